@@ -1,0 +1,1 @@
+//! Write-ahead log and write-behind persistence (see docs/ARCHITECTURE.md).
