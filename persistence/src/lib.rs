@@ -1,1 +1,51 @@
-//! Write-ahead log and write-behind persistence (see docs/ARCHITECTURE.md).
+//! # sokdo-persistence — the write-ahead log and the write-behind sinks
+//!
+//! Shards never touch a disk or a database. They hand every accepted record to this crate
+//! through a [`Handle`], which only pushes onto a bounded crossbeam channel and returns at once.
+//! Everything slow happens on three threads owned by [`Persistence`]:
+//!
+//! 1. **`sokdo-wal`** ([`wal_thread`]) drains the append channel — everything queued, up to
+//!    a group bound — encodes the group ([`record`]: rkyv payload, length, CRC32, log sequence
+//!    number), writes it with one io_uring `write` linked to one `fdatasync` ([`wal`]), and
+//!    then tells each shard which of its tickets are durable ([`Completion::Durable`]). This is
+//!    group commit: a thousand concurrent sends cost one sync. The written records then join
+//!    the in-memory [`backlog`] of records the sink has not confirmed yet.
+//! 2. **`sokdo-sink`** ([`sink_thread`]) takes batches from the backlog — by count
+//!    (`batch_messages_max`) or age (`batch_age_ms`) — and applies them to the sink:
+//!    the embedded [`store`] (redb) by default, or [`mongo`] when a URI is configured. Only when a
+//!    batch is confirmed does it leave the backlog and move the *confirmed* log sequence number
+//!    forward; the WAL thread deletes whole segments below that mark and nothing else. A sink that
+//!    is down is retried with backoff while appends keep succeeding and the log grows, up to
+//!    `wal_bytes_max`, where [`Handle::append`] answers [`AppendError::Full`] — never a silent drop.
+//! 3. **`sokdo-read`** ([`read_thread`]) serves `history` and `join after_seq` reads: it copies
+//!    the backlog's records for the room, queries the sink, merges the two and delivers a
+//!    [`Completion::Read`] to the asking shard.
+//!
+//! [`Persistence::open`] replays the log first (stopping cleanly at a torn or corrupt tail,
+//! which it truncates), folds the replayed records over the sink's own snapshot and returns one
+//! [`RoomSnapshot`] per room, so the engine continues sequence numbers without reuse and
+//! restores rooms, members and read pointers. The replayed records are re-applied to the sink,
+//! which is harmless because every sink write is idempotent (keyed by room and seq).
+//!
+//! Where to start reading: [`api`] for the types the engine sees, then [`persistence`] for the
+//! threads, [`wal`] for the file format. `docs/PERSISTENCE.md` has the whole story and the
+//! measured figures.
+
+pub mod api;
+pub mod backlog;
+pub mod mongo;
+pub mod persistence;
+pub mod read_thread;
+pub mod record;
+pub mod sink;
+pub mod sink_thread;
+pub mod snapshot;
+pub mod store;
+pub mod wal;
+pub mod wal_thread;
+
+pub use api::{
+    AppendError, Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record,
+    RoomSnapshot, Stats, StoredMessage, Ticket,
+};
+pub use persistence::{Handle, Persistence};

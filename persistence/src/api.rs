@@ -1,0 +1,346 @@
+//! The types the engine sees: configuration, records, tickets, completions, errors.
+//!
+//! This module owns no behaviour beyond validation; it never does I/O.
+
+use std::path::PathBuf;
+
+/// When a `send` may be acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// [`Completion::Durable`] only after the record's group is `fdatasync`ed.
+    Sync,
+    /// [`Completion::Durable`] as soon as the group is written (page cache); the log is synced
+    /// every [`ASYNC_SYNC_INTERVAL_MS`](crate::wal_thread::ASYNC_SYNC_INTERVAL_MS). A crash may
+    /// lose the last unsynced groups.
+    Async,
+}
+
+/// Persistence configuration. Every limit carries its unit in its name.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Directory holding `wal/` (segments) and `store.redb` (the embedded store).
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Total bytes of log segments; past it, [`AppendError::Full`].
+    pub wal_bytes_max: u64,
+    /// A segment is closed and a new one started past this size; trimming deletes whole segments.
+    pub wal_segment_bytes: u64,
+    /// A sink batch is written once it holds this many records…
+    pub batch_messages_max: usize,
+    /// …or once its oldest record has waited this long.
+    pub batch_age_ms: u64,
+    /// `Some` selects the MongoDB sink instead of the embedded store.
+    pub mongodb_uri: Option<String>,
+    pub mongodb_database: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            durability: Durability::Sync,
+            wal_bytes_max: 256 * 1024 * 1024,
+            wal_segment_bytes: 16 * 1024 * 1024,
+            batch_messages_max: 1000,
+            batch_age_ms: 50,
+            mongodb_uri: None,
+            mongodb_database: "sokdo".to_string(),
+        }
+    }
+}
+
+/// The smallest segment we accept: below it, rotation would dominate the write path.
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
+
+impl Config {
+    /// Rejects configurations that could never work, with the reason.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+            return Err(Error::Config(format!(
+                "wal_segment_bytes must be at least {WAL_SEGMENT_BYTES_MIN}"
+            )));
+        }
+        // The live segment is never trimmed, so the log needs room for it plus at least one more.
+        if self.wal_bytes_max < 2 * self.wal_segment_bytes {
+            return Err(Error::Config(
+                "wal_bytes_max must be at least twice wal_segment_bytes".to_string(),
+            ));
+        }
+        if self.batch_messages_max == 0 {
+            return Err(Error::Config(
+                "batch_messages_max must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One accepted fact. The log stores these; the sinks apply them idempotently.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Record {
+    Message {
+        room: String,
+        seq: u64,
+        msg_id: String,
+        from: String,
+        name: Option<String>,
+        body: String,
+        ts_ms: u64,
+        client_msg_id: Option<String>,
+    },
+    Deleted {
+        room: String,
+        seq: u64,
+        by: String,
+        ts_ms: u64,
+    },
+    Room {
+        room: String,
+        title: Option<String>,
+        private: bool,
+        password_hash: Option<String>,
+        creator: String,
+        created_ms: u64,
+    },
+    Member {
+        room: String,
+        user: String,
+        joined: bool,
+    },
+    ReadPointer {
+        room: String,
+        user: String,
+        seq: u64,
+    },
+}
+
+impl Record {
+    pub fn room(&self) -> &str {
+        match self {
+            Record::Message { room, .. }
+            | Record::Deleted { room, .. }
+            | Record::Room { room, .. }
+            | Record::Member { room, .. }
+            | Record::ReadPointer { room, .. } => room,
+        }
+    }
+
+    /// An upper bound of the encoded frame's size, computed without encoding, so that
+    /// [`Handle::append`](crate::Handle::append) can reserve log space on the caller's thread.
+    /// rkyv stores each string inline or out of line with at most 8 bytes of header and 7 of
+    /// padding; the fixed part of every variant is below 96 bytes.
+    pub fn frame_bytes_upper_bound(&self) -> u64 {
+        const FIXED_BYTES: u64 = 96;
+        const PER_STRING_BYTES: u64 = 16;
+        let s = |v: &str| v.len() as u64 + PER_STRING_BYTES;
+        let o = |v: &Option<String>| v.as_deref().map_or(PER_STRING_BYTES, s);
+        let strings = match self {
+            Record::Message {
+                room,
+                msg_id,
+                from,
+                name,
+                body,
+                client_msg_id,
+                ..
+            } => s(room) + s(msg_id) + s(from) + o(name) + s(body) + o(client_msg_id),
+            Record::Deleted { room, by, .. } => s(room) + s(by),
+            Record::Room {
+                room,
+                title,
+                password_hash,
+                creator,
+                ..
+            } => s(room) + o(title) + o(password_hash) + s(creator),
+            Record::Member { room, user, .. } | Record::ReadPointer { room, user, .. } => {
+                s(room) + s(user)
+            }
+        };
+        crate::record::FRAME_HEADER_BYTES as u64 + FIXED_BYTES + strings
+    }
+}
+
+/// Opaque to this crate: the shard that asked and its token, returned in the completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    pub shard: u16,
+    pub token: u64,
+}
+
+/// A message as read back; `body: None` with `deleted: true` is a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub room: String,
+    pub seq: u64,
+    pub msg_id: String,
+    pub from: String,
+    pub name: Option<String>,
+    pub body: Option<String>,
+    pub ts_ms: u64,
+    pub deleted: bool,
+}
+
+/// The most messages one read returns, whatever the request asks.
+pub const READ_MESSAGES_MAX: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadRequest {
+    /// The newest `limit` messages with `seq < before_seq` (all, if `None`), ascending.
+    Before {
+        room: String,
+        before_seq: Option<u64>,
+        limit: usize,
+    },
+    /// The oldest `limit` messages with `seq > after_seq`, ascending.
+    After {
+        room: String,
+        after_seq: u64,
+        limit: usize,
+    },
+}
+
+impl ReadRequest {
+    pub fn room(&self) -> &str {
+        match self {
+            ReadRequest::Before { room, .. } | ReadRequest::After { room, .. } => room,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        match self {
+            ReadRequest::Before { limit, .. } | ReadRequest::After { limit, .. } => {
+                (*limit).min(READ_MESSAGES_MAX)
+            }
+        }
+    }
+
+    /// Whether `seq` lies in the requested range (ignoring the limit).
+    pub fn admits(&self, seq: u64) -> bool {
+        match self {
+            ReadRequest::Before { before_seq, .. } => before_seq.is_none_or(|b| seq < b),
+            ReadRequest::After { after_seq, .. } => seq > *after_seq,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Completion {
+    /// These tickets' records are durable (see [`Durability`]). Each ticket is delivered once.
+    Durable(Vec<Ticket>),
+    Read {
+        ticket: Ticket,
+        result: Result<Vec<StoredMessage>, Error>,
+    },
+}
+
+/// The engine's side of completions: push to the shard's inbox and wake it.
+/// Called from persistence threads; must be cheap and must never block.
+pub trait CompletionSink: Send + Sync + 'static {
+    fn complete(&self, c: Completion);
+}
+
+/// Everything the engine needs to resume a room after a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    pub room: String,
+    pub title: Option<String>,
+    pub private: bool,
+    pub password_hash: Option<String>,
+    pub creator: String,
+    pub created_ms: u64,
+    /// The highest seq ever logged for the room; the next message gets `last_seq + 1`.
+    pub last_seq: u64,
+    /// Sorted.
+    pub members: Vec<String>,
+    /// Sorted by user.
+    pub read_pointers: Vec<(String, u64)>,
+}
+
+/// Counters for `/metrics`. Read from atomics; never on the message path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes of log segments on disk plus space reserved by appends in flight.
+    pub wal_bytes: u64,
+    pub wal_segments: u64,
+    /// Records written to the log but not yet confirmed by the sink.
+    pub wal_records_pending_sink: u64,
+    /// Log sequence numbers between the last one written and the last one confirmed.
+    pub sink_lag_records: u64,
+    pub records_appended: u64,
+    /// Group commits done; each is exactly one `write` and at most one `fdatasync`.
+    pub group_commits: u64,
+    pub fdatasyncs: u64,
+    pub last_group_records: u64,
+    pub sink_batches: u64,
+    pub sink_errors: u64,
+    pub sink_up: bool,
+}
+
+/// Why an append or read was refused. Nothing refused was accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    /// The log is at `wal_bytes_max` or the hand-off queue is full: the engine answers
+    /// `unavailable`.
+    #[error("persistence is full")]
+    Full,
+    #[error("persistence is closed")]
+    Closed,
+    /// The record could never fit in a log frame (`RECORD_BYTES_MAX`); the engine's body limit
+    /// should make this unreachable.
+    #[error("record too large for the log")]
+    TooLarge,
+    #[error("ticket names shard {0}, which has no completion sink")]
+    UnknownShard(u16),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("record codec: {0}")]
+    Codec(String),
+    #[error("embedded store: {0}")]
+    Store(String),
+    #[error("mongodb: {0}")]
+    Mongo(String),
+    #[error("a persistence thread panicked: {0}")]
+    ThreadPanicked(&'static str),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => { $(impl From<$t> for Error {
+        fn from(e: $t) -> Self { Error::Store(e.to_string()) }
+    })* };
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<mongodb::error::Error> for Error {
+    fn from(e: mongodb::error::Error) -> Self {
+        Error::Mongo(e.to_string())
+    }
+}

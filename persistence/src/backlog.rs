@@ -1,0 +1,185 @@
+//! Records written to the log but not yet confirmed by the sink, in lsn order.
+//!
+//! The WAL thread pushes each written group; the sink thread takes batches from the front (by
+//! count or age) and pops them only once the sink confirmed them; the read thread copies a
+//! room's records to merge them with what the sink returns. Its size is bounded by the log's:
+//! every record here is also in a segment, and segments are bounded by `wal_bytes_max`.
+//!
+//! A `std` mutex is right here: the three users are persistence threads, never shards.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::api::Record;
+
+struct Pending {
+    lsn: u64,
+    at: Instant,
+    rec: Arc<Record>,
+}
+
+#[derive(Default)]
+struct Inner {
+    records: VecDeque<Pending>,
+    closing: bool,
+}
+
+#[derive(Default)]
+pub struct Backlog {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+/// A batch for the sink: `(lsn, record)` in lsn order.
+pub type Batch = Vec<(u64, Arc<Record>)>;
+
+impl Backlog {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves the queue consistent (every method mutates it
+        // in one step), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, group: impl IntoIterator<Item = (u64, Arc<Record>)>) {
+        let at = Instant::now();
+        let mut inner = self.lock();
+        for (lsn, rec) in group {
+            debug_assert!(
+                inner.records.back().is_none_or(|p| p.lsn < lsn),
+                "lsns increase"
+            );
+            inner.records.push_back(Pending { lsn, at, rec });
+        }
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Wakes every waiter; from now on [`Backlog::next_batch`] returns without waiting.
+    pub fn close(&self) {
+        self.lock().closing = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `count_max` records are queued, the oldest is `age` old, or the backlog is
+    /// closing; returns up to `count_max` records from the front (empty only when closing).
+    pub fn next_batch(&self, count_max: usize, age: Duration) -> Batch {
+        let mut inner = self.lock();
+        loop {
+            let ready = match inner.records.front() {
+                _ if inner.closing => true,
+                None => false,
+                Some(oldest) => inner.records.len() >= count_max || oldest.at.elapsed() >= age,
+            };
+            if ready {
+                let take = inner.records.len().min(count_max);
+                return inner
+                    .records
+                    .iter()
+                    .take(take)
+                    .map(|p| (p.lsn, p.rec.clone()))
+                    .collect();
+            }
+            let wait = inner
+                .records
+                .front()
+                .map(|p| age.saturating_sub(p.at.elapsed()));
+            inner = match wait {
+                Some(d) => {
+                    self.changed
+                        .wait_timeout(inner, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.changed.wait(inner).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    /// Drops every record with lsn ≤ `lsn` (the sink confirmed them).
+    pub fn confirm(&self, lsn: u64) {
+        let mut inner = self.lock();
+        while inner.records.front().is_some_and(|p| p.lsn <= lsn) {
+            inner.records.pop_front();
+        }
+    }
+
+    /// Copies the room's records, in lsn order.
+    pub fn for_room(&self, room: &str) -> Vec<Arc<Record>> {
+        let inner = self.lock();
+        inner
+            .records
+            .iter()
+            .filter(|p| p.rec.room() == room)
+            .map(|p| p.rec.clone())
+            .collect()
+    }
+
+    /// Sleeps for `d` unless the backlog closes first (the sink's retry backoff).
+    pub fn wait_unless_closing(&self, d: Duration) {
+        let deadline = Instant::now() + d;
+        let mut inner = self.lock();
+        while !inner.closing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(room: &str) -> Arc<Record> {
+        Arc::new(Record::Member {
+            room: room.into(),
+            user: "u".into(),
+            joined: true,
+        })
+    }
+
+    #[test]
+    fn a_full_batch_is_returned_without_waiting_for_age() {
+        let b = Backlog::default();
+        b.push((1..=5).map(|lsn| (lsn, rec("a"))));
+        let batch = b.next_batch(3, Duration::from_secs(3600));
+        assert_eq!(
+            batch.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        b.confirm(3);
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn closing_releases_a_partial_batch_and_then_an_empty_one() {
+        let b = Backlog::default();
+        b.push([(1, rec("a")), (2, rec("b"))]);
+        b.close();
+        assert_eq!(b.next_batch(10, Duration::from_secs(3600)).len(), 2);
+        b.confirm(2);
+        assert!(b.next_batch(10, Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn for_room_filters_by_room() {
+        let b = Backlog::default();
+        b.push([(1, rec("a")), (2, rec("b")), (3, rec("a"))]);
+        assert_eq!(b.for_room("a").len(), 2);
+    }
+}

@@ -1,0 +1,292 @@
+//! [`Persistence`] (owns the threads) and [`Handle`] (what shards hold).
+//!
+//! `open` replays the log, opens the sink, folds the replay over the sink's snapshot and starts
+//! the three threads. A `Handle` only reserves log space with one atomic and `try_send`s on a
+//! bounded channel: it never blocks, never locks, never does I/O.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+
+use crate::api::{
+    AppendError, CompletionSink, Config, Durability, Error, ReadRequest, Record, RoomSnapshot,
+    Stats, Ticket,
+};
+use crate::backlog::Backlog;
+use crate::read_thread::{self, ReadCmd};
+use crate::record::RECORD_BYTES_MAX;
+use crate::sink::Opened;
+use crate::snapshot::Rooms;
+use crate::wal::Wal;
+use crate::wal_thread::{self, WalCmd};
+use crate::{mongo, sink_thread, store};
+
+/// Appends queued for the WAL thread before `append` answers `Full`.
+pub const APPEND_QUEUE_RECORDS_MAX: usize = 65_536;
+/// Reads queued for the read thread before `read` answers `Full`.
+pub const READ_QUEUE_REQUESTS_MAX: usize = 4_096;
+
+/// State shared by the handles and the three threads. Counters are relaxed atomics: they are
+/// statistics or monotonic marks, never locks.
+pub(crate) struct Shared {
+    pub sinks: Vec<Arc<dyn CompletionSink>>,
+    pub durability: Durability,
+    pub batch_messages_max: usize,
+    pub batch_age_ms: u64,
+    pub wal_bytes_max: u64,
+    pub backlog: Backlog,
+    pub closing: AtomicBool,
+    /// Segment bytes plus reservations of appends not yet written.
+    pub wal_bytes: AtomicU64,
+    pub wal_segments: AtomicU64,
+    pub written_lsn: AtomicU64,
+    pub confirmed_lsn: AtomicU64,
+    pub records_appended: AtomicU64,
+    pub group_commits: AtomicU64,
+    pub fdatasyncs: AtomicU64,
+    pub last_group_records: AtomicU64,
+    pub sink_batches: AtomicU64,
+    pub sink_errors: AtomicU64,
+    pub sink_up: AtomicBool,
+    last_sink_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn set_last_sink_error(&self, e: String) {
+        *self
+            .last_sink_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+}
+
+/// What shards hold: cheap to clone, `Send`, never blocks.
+#[derive(Clone)]
+pub struct Handle {
+    appends: Sender<WalCmd>,
+    reads: Sender<ReadCmd>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    fn check_shard(&self, ticket: Option<Ticket>) -> Result<(), AppendError> {
+        match ticket {
+            Some(t) if usize::from(t.shard) >= self.shared.sinks.len() => {
+                Err(AppendError::UnknownShard(t.shard))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues `rec` for the log. `Ok` means accepted: it will be written (and `ticket`, if any,
+    /// completed with [`Completion::Durable`](crate::Completion::Durable)) unless the process
+    /// dies first. `Full` means nothing was accepted: the log is at `wal_bytes_max` (the sink is
+    /// behind) or the hand-off queue is full.
+    pub fn append(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), AppendError> {
+        self.check_shard(ticket)?;
+        if self.shared.closing.load(Relaxed) {
+            return Err(AppendError::Closed);
+        }
+        let reserved_bytes = rec.frame_bytes_upper_bound();
+        if reserved_bytes > RECORD_BYTES_MAX as u64 {
+            return Err(AppendError::TooLarge);
+        }
+        let before = self.shared.wal_bytes.fetch_add(reserved_bytes, Relaxed);
+        if before + reserved_bytes > self.shared.wal_bytes_max {
+            self.shared.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+            return Err(AppendError::Full);
+        }
+        match self.appends.try_send(WalCmd::Append {
+            rec,
+            ticket,
+            reserved_bytes,
+        }) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => AppendError::Full,
+                    TrySendError::Disconnected(_) => AppendError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Queues a history read; the answer comes as [`Completion::Read`](crate::Completion::Read)
+    /// to `ticket.shard`.
+    pub fn read(&self, req: ReadRequest, ticket: Ticket) -> Result<(), AppendError> {
+        self.check_shard(Some(ticket))?;
+        match self.reads.try_send(ReadCmd::Read { req, ticket }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(AppendError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(AppendError::Closed),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        Stats {
+            wal_bytes: s.wal_bytes.load(Relaxed),
+            wal_segments: s.wal_segments.load(Relaxed),
+            wal_records_pending_sink: s.backlog.len() as u64,
+            sink_lag_records: s
+                .written_lsn
+                .load(Relaxed)
+                .saturating_sub(s.confirmed_lsn.load(Relaxed)),
+            records_appended: s.records_appended.load(Relaxed),
+            group_commits: s.group_commits.load(Relaxed),
+            fdatasyncs: s.fdatasyncs.load(Relaxed),
+            last_group_records: s.last_group_records.load(Relaxed),
+            sink_batches: s.sink_batches.load(Relaxed),
+            sink_errors: s.sink_errors.load(Relaxed),
+            sink_up: s.sink_up.load(Relaxed),
+        }
+    }
+
+    /// The last error the sink returned, for logs (`None` if it never failed).
+    pub fn last_sink_error(&self) -> Option<String> {
+        self.shared
+            .last_sink_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Owns the WAL, sink and read threads. Dropping it shuts down like [`Persistence::shutdown`],
+/// ignoring errors.
+pub struct Persistence {
+    handle: Handle,
+    wal: Option<JoinHandle<Result<(), Error>>>,
+    sink: Option<JoinHandle<()>>,
+    read: Option<JoinHandle<()>>,
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, Error> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(Error::io(name))
+}
+
+impl Persistence {
+    /// Replays the log, opens the sink and starts the threads. `sinks[i]` receives the
+    /// completions of tickets with `shard == i`. Returns every room's state for the engine.
+    pub fn open(
+        cfg: Config,
+        sinks: Vec<Arc<dyn CompletionSink>>,
+    ) -> Result<(Persistence, Vec<RoomSnapshot>), Error> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(Error::io(&cfg.data_dir))?;
+        let (wal, replay) = Wal::open(&cfg.data_dir.join("wal"), cfg.wal_segment_bytes)?;
+        let Opened {
+            sink,
+            reader,
+            rooms,
+        } = match &cfg.mongodb_uri {
+            Some(uri) => mongo::open_sink(uri, &cfg.mongodb_database)?,
+            None => store::Store::open_sink(&cfg.data_dir.join("store.redb"))?,
+        };
+        let mut folded = Rooms::from_snapshots(rooms);
+        replay.records.iter().for_each(|(_, r)| folded.apply(r));
+        let written_lsn = wal.next_lsn() - 1;
+        let confirmed_lsn = written_lsn - replay.records.len() as u64;
+        let shared = Arc::new(Shared {
+            sinks,
+            durability: cfg.durability,
+            batch_messages_max: cfg.batch_messages_max,
+            batch_age_ms: cfg.batch_age_ms,
+            wal_bytes_max: cfg.wal_bytes_max,
+            backlog: Backlog::default(),
+            closing: AtomicBool::new(false),
+            wal_bytes: AtomicU64::new(wal.bytes()),
+            wal_segments: AtomicU64::new(wal.segments() as u64),
+            written_lsn: AtomicU64::new(written_lsn),
+            confirmed_lsn: AtomicU64::new(confirmed_lsn),
+            records_appended: AtomicU64::new(0),
+            group_commits: AtomicU64::new(0),
+            fdatasyncs: AtomicU64::new(0),
+            last_group_records: AtomicU64::new(0),
+            sink_batches: AtomicU64::new(0),
+            sink_errors: AtomicU64::new(0),
+            sink_up: AtomicBool::new(true),
+            last_sink_error: Mutex::new(None),
+        });
+        shared.backlog.push(
+            replay
+                .records
+                .into_iter()
+                .map(|(lsn, r)| (lsn, Arc::new(r))),
+        );
+        let (append_tx, append_rx) = bounded(APPEND_QUEUE_RECORDS_MAX);
+        let (read_tx, read_rx) = bounded(READ_QUEUE_REQUESTS_MAX);
+        let s = shared.clone();
+        let wal = spawn("sokdo-wal", move || wal_thread::run(wal, append_rx, s))?;
+        let s = shared.clone();
+        let sink = spawn("sokdo-sink", move || sink_thread::run(sink, s))?;
+        let s = shared.clone();
+        let read = spawn("sokdo-read", move || read_thread::run(reader, read_rx, s))?;
+        let handle = Handle {
+            appends: append_tx,
+            reads: read_tx,
+            shared,
+        };
+        let p = Persistence {
+            handle,
+            wal: Some(wal),
+            sink: Some(sink),
+            read: Some(read),
+        };
+        Ok((p, folded.into_snapshots()))
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Flushes and syncs the log, drains what the sink accepts within
+    /// [`SHUTDOWN_DRAIN_MS`](crate::sink_thread::SHUTDOWN_DRAIN_MS) (the rest stays in the log
+    /// for the next start) and joins the threads. Call it after the shards stopped appending.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        let shared = &self.handle.shared;
+        shared.closing.store(true, Relaxed);
+        let mut result = Ok(());
+        if let Some(wal) = self.wal.take() {
+            // The WAL thread may have died of an I/O error, dropping its receiver: ignore that.
+            let _ = self.handle.appends.send(WalCmd::Shutdown);
+            result = wal
+                .join()
+                .map_err(|_| Error::ThreadPanicked("sokdo-wal"))
+                .and_then(|r| r);
+        }
+        shared.backlog.close();
+        if let Some(sink) = self.sink.take() {
+            if sink.join().is_err() && result.is_ok() {
+                result = Err(Error::ThreadPanicked("sokdo-sink"));
+            }
+        }
+        if let Some(read) = self.read.take() {
+            let _ = self.handle.reads.send(ReadCmd::Shutdown);
+            if read.join().is_err() && result.is_ok() {
+                result = Err(Error::ThreadPanicked("sokdo-read"));
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Persistence {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

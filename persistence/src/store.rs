@@ -1,0 +1,321 @@
+//! The embedded store: the default sink, one redb file at `{data_dir}/store.redb`.
+//!
+//! Why redb: pure Rust (no C toolchain, no RocksDB build on a 2-core box), ACID with
+//! copy-on-write B-trees and a crash-safe commit, MVCC so the read thread never blocks the sink
+//! thread's writes, one file, a stable file format since 1.0, and actively maintained. A sink
+//! batch is exactly one write transaction — the group commit of the store — so its cost is
+//! one fsync per batch, not per record. (fjall, an LSM tree, would be the pick for write volumes
+//! far beyond one instance's; our writes are already batched and reads are range scans.)
+//!
+//! Tables (keys sort as tuples, so one room's messages are contiguous and ordered by seq):
+//! - `messages`: `(room, seq)` → rkyv [`Row`]; a tombstone is a row with `deleted` and no body;
+//! - `rooms`: `room` → rkyv [`RoomRow`], including `last_seq`;
+//! - `members`: `(room, user)` → `()`;
+//! - `read_pointers`: `(room, user)` → `seq`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::api::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::sink::{Opened, Sink, SinkReader};
+
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
+const READ_POINTERS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_pointers");
+
+#[derive(Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Row {
+    msg_id: String,
+    from: String,
+    name: Option<String>,
+    body: Option<String>,
+    ts_ms: u64,
+    deleted: bool,
+}
+
+#[derive(Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct RoomRow {
+    title: Option<String>,
+    private: bool,
+    password_hash: Option<String>,
+    creator: String,
+    created_ms: u64,
+    last_seq: u64,
+}
+
+fn encode<T>(v: &T) -> Result<rkyv::util::AlignedVec, Error>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >,
+{
+    rkyv::to_bytes::<rkyv::rancor::Error>(v).map_err(|e| Error::Store(e.to_string()))
+}
+
+macro_rules! decode {
+    ($t:ty, $bytes:expr) => {{
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice($bytes);
+        rkyv::from_bytes::<$t, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| Error::Store(e.to_string()))
+    }};
+}
+
+/// The sink side (writes); clone the `Arc<Database>` for readers.
+pub struct Store {
+    db: Arc<Database>,
+}
+
+/// The read side.
+pub struct StoreReader {
+    db: Arc<Database>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        // Creating the tables up front lets readers open them before the first write.
+        txn.open_table(MESSAGES)?;
+        txn.open_table(ROOMS)?;
+        txn.open_table(MEMBERS)?;
+        txn.open_table(READ_POINTERS)?;
+        txn.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Opens the store as a sink: writer, reader and every room's snapshot.
+    pub fn open_sink(path: &Path) -> Result<Opened, Error> {
+        let store = Store::open(path)?;
+        let rooms = store.snapshot()?;
+        let reader = Box::new(store.reader());
+        Ok(Opened {
+            sink: Box::new(store),
+            reader,
+            rooms,
+        })
+    }
+
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: self.db.clone(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Result<Vec<RoomSnapshot>, Error> {
+        let txn = self.db.begin_read()?;
+        let mut rooms = Vec::new();
+        for entry in txn.open_table(ROOMS)?.iter()? {
+            let (k, v) = entry?;
+            let row = decode!(RoomRow, v.value())?;
+            rooms.push(RoomSnapshot {
+                room: k.value().to_string(),
+                title: row.title,
+                private: row.private,
+                password_hash: row.password_hash,
+                creator: row.creator,
+                created_ms: row.created_ms,
+                last_seq: row.last_seq,
+                members: Vec::new(),
+                read_pointers: Vec::new(),
+            });
+        }
+        // Both tables and `rooms` iterate in room order, so one merge pass attaches them.
+        let members = txn.open_table(MEMBERS)?;
+        let pointers = txn.open_table(READ_POINTERS)?;
+        for snap in &mut rooms {
+            let room = snap.room.as_str();
+            for entry in members.range((room, "")..)? {
+                let (k, _) = entry?;
+                let (r, user) = k.value();
+                if r != room {
+                    break;
+                }
+                snap.members.push(user.to_string());
+            }
+            for entry in pointers.range((room, "")..)? {
+                let (k, v) = entry?;
+                let (r, user) = k.value();
+                if r != room {
+                    break;
+                }
+                snap.read_pointers.push((user.to_string(), v.value()));
+            }
+        }
+        Ok(rooms)
+    }
+
+    fn apply_one(txn: &redb::WriteTransaction, rec: &Record) -> Result<(), Error> {
+        match rec {
+            Record::Message {
+                room,
+                seq,
+                msg_id,
+                from,
+                name,
+                body,
+                ts_ms,
+                ..
+            } => {
+                let mut messages = txn.open_table(MESSAGES)?;
+                // Present already means a replay, or a tombstone that must stay a tombstone.
+                if messages.get((room.as_str(), *seq))?.is_none() {
+                    let row = Row {
+                        msg_id: msg_id.clone(),
+                        from: from.clone(),
+                        name: name.clone(),
+                        body: Some(body.clone()),
+                        ts_ms: *ts_ms,
+                        deleted: false,
+                    };
+                    messages.insert((room.as_str(), *seq), encode(&row)?.as_slice())?;
+                }
+                bump_last_seq(txn, room, *seq)
+            }
+            Record::Deleted { room, seq, .. } => {
+                let mut messages = txn.open_table(MESSAGES)?;
+                let old = match messages.get((room.as_str(), *seq))? {
+                    Some(v) => decode!(Row, v.value())?,
+                    None => Row::default(),
+                };
+                let row = Row {
+                    body: None,
+                    deleted: true,
+                    ..old
+                };
+                messages.insert((room.as_str(), *seq), encode(&row)?.as_slice())?;
+                bump_last_seq(txn, room, *seq)
+            }
+            Record::Room {
+                room,
+                title,
+                private,
+                password_hash,
+                creator,
+                created_ms,
+            } => {
+                let mut rooms = txn.open_table(ROOMS)?;
+                let last_seq = match rooms.get(room.as_str())? {
+                    Some(v) => decode!(RoomRow, v.value())?.last_seq,
+                    None => 0,
+                };
+                let row = RoomRow {
+                    title: title.clone(),
+                    private: *private,
+                    password_hash: password_hash.clone(),
+                    creator: creator.clone(),
+                    created_ms: *created_ms,
+                    last_seq,
+                };
+                rooms.insert(room.as_str(), encode(&row)?.as_slice())?;
+                Ok(())
+            }
+            Record::Member { room, user, joined } => {
+                let mut members = txn.open_table(MEMBERS)?;
+                ensure_room(txn, room)?;
+                if *joined {
+                    members.insert((room.as_str(), user.as_str()), ())?;
+                } else {
+                    members.remove((room.as_str(), user.as_str()))?;
+                }
+                Ok(())
+            }
+            Record::ReadPointer { room, user, seq } => {
+                let mut pointers = txn.open_table(READ_POINTERS)?;
+                ensure_room(txn, room)?;
+                let old = pointers
+                    .get((room.as_str(), user.as_str()))?
+                    .map_or(0, |v| v.value());
+                pointers.insert((room.as_str(), user.as_str()), old.max(*seq))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn room_row(txn: &redb::WriteTransaction, room: &str) -> Result<Option<RoomRow>, Error> {
+    let rooms = txn.open_table(ROOMS)?;
+    let row = rooms.get(room)?;
+    row.map(|v| decode!(RoomRow, v.value())).transpose()
+}
+
+/// A room touched before its `Room` record (e.g. created implicitly) still gets a row, so the
+/// snapshot lists it.
+fn ensure_room(txn: &redb::WriteTransaction, room: &str) -> Result<(), Error> {
+    if room_row(txn, room)?.is_none() {
+        txn.open_table(ROOMS)?
+            .insert(room, encode(&RoomRow::default())?.as_slice())?;
+    }
+    Ok(())
+}
+
+fn bump_last_seq(txn: &redb::WriteTransaction, room: &str, seq: u64) -> Result<(), Error> {
+    let mut row = room_row(txn, room)?.unwrap_or_default();
+    if row.last_seq < seq || row.last_seq == 0 {
+        row.last_seq = row.last_seq.max(seq);
+        txn.open_table(ROOMS)?
+            .insert(room, encode(&row)?.as_slice())?;
+    }
+    Ok(())
+}
+
+impl Sink for Store {
+    fn apply(&mut self, batch: &[(u64, Arc<Record>)]) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        for (_, rec) in batch {
+            Store::apply_one(&txn, rec)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl SinkReader for StoreReader {
+    fn read(&mut self, req: &ReadRequest) -> Result<Vec<StoredMessage>, Error> {
+        let txn = self.db.begin_read()?;
+        let messages = txn.open_table(MESSAGES)?;
+        let room = req.room();
+        let limit = req.limit();
+        let rows: Vec<_> = match req {
+            ReadRequest::Before { before_seq, .. } => {
+                let hi = before_seq.unwrap_or(u64::MAX);
+                let mut rows = messages
+                    .range((room, 0)..(room, hi))?
+                    .rev()
+                    .take(limit)
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.reverse();
+                rows
+            }
+            ReadRequest::After { after_seq, .. } => match after_seq.checked_add(1) {
+                Some(lo) => messages
+                    .range((room, lo)..=(room, u64::MAX))?
+                    .take(limit)
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
+        };
+        rows.into_iter()
+            .map(|(k, v)| {
+                let row = decode!(Row, v.value())?;
+                Ok(StoredMessage {
+                    room: room.to_string(),
+                    seq: k.value().1,
+                    msg_id: row.msg_id,
+                    from: row.from,
+                    name: row.name,
+                    body: row.body,
+                    ts_ms: row.ts_ms,
+                    deleted: row.deleted,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,341 @@
+//! The log on disk: segment files, appends through io_uring, replay, trimming.
+//!
+//! A segment is `wal/{first_lsn:020}.wal`, a run of [`record`](crate::record) frames whose lsns
+//! start at `first_lsn` and increase by one. Only the last segment (the *live* one) is written;
+//! once a group would push it past `wal_segment_bytes` a new one is started. Trimming deletes
+//! whole segments, oldest first, whose every record the sink has confirmed; the live segment is
+//! never deleted, so its name always tells where lsns continue.
+//!
+//! Appends go through one io_uring: a `write` linked to an `fdatasync` (`IOSQE_IO_LINK`), one
+//! `io_uring_enter` per group. If the kernel refuses io_uring (old kernel, seccomp) the same
+//! calls are made with `pwrite` and `fdatasync`, and [`Wal::uses_io_uring`] says so.
+//!
+//! Replay reads every segment in order and stops at the first damaged frame (torn write, flipped
+//! byte, lsn gap). That segment is truncated to its last good frame and every later segment is
+//! deleted: a record after a hole was never acknowledged as durable, because groups are synced
+//! in order and an acknowledgement waits for its group's sync.
+//!
+//! This module owns files only; it knows nothing of threads, tickets or sinks.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use crate::api::{Error, Record};
+use crate::record::{self, Damage};
+
+/// Entries in the ring: one write and one fdatasync per group.
+const RING_ENTRIES: u32 = 8;
+const USER_DATA_WRITE: u64 = 1;
+const USER_DATA_SYNC: u64 = 2;
+
+struct Segment {
+    first_lsn: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// What replay found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Every good record, in lsn order.
+    pub records: Vec<(u64, Record)>,
+    /// Bytes cut from the damaged segment's tail.
+    pub truncated_bytes: u64,
+    /// Whole segments deleted because they followed the damage.
+    pub segments_dropped: usize,
+    pub damage: Option<Damage>,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    segments: VecDeque<Segment>,
+    live: File,
+    next_lsn: u64,
+    segment_bytes_max: u64,
+    ring: Option<IoUring>,
+    dirty: bool,
+    fdatasyncs: u64,
+}
+
+fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}.wal"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(Error::io(dir))? {
+        let path = entry.map_err(Error::io(dir))?.path();
+        let lsn = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(lsn) = lsn {
+            found.push((lsn, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir))
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, replaying and repairing it.
+    pub fn open(dir: &Path, segment_bytes_max: u64) -> Result<(Wal, Replay), Error> {
+        fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let mut replay = Replay::default();
+        let mut segments = VecDeque::new();
+        let mut expected: Option<u64> = None;
+        for (first_lsn, path) in list_segments(dir)? {
+            let lsn_gap = expected.is_some_and(|e| e != first_lsn);
+            if replay.damage.is_some() || lsn_gap {
+                replay.damage.get_or_insert(Damage::UnexpectedLsn);
+                fs::remove_file(&path).map_err(Error::io(&path))?;
+                replay.segments_dropped += 1;
+                continue;
+            }
+            let buf = fs::read(&path).map_err(Error::io(&path))?;
+            let decoded = record::decode_all(&buf, first_lsn);
+            expected = Some(first_lsn + decoded.records.len() as u64);
+            replay.records.extend(decoded.records);
+            if let Some(damage) = decoded.damage {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(Error::io(&path))?;
+                file.set_len(decoded.good_bytes as u64)
+                    .map_err(Error::io(&path))?;
+                file.sync_all().map_err(Error::io(&path))?;
+                replay.truncated_bytes = (buf.len() - decoded.good_bytes) as u64;
+                replay.damage = Some(damage);
+            }
+            segments.push_back(Segment {
+                first_lsn,
+                path,
+                bytes: decoded.good_bytes as u64,
+            });
+        }
+        if segments.is_empty() {
+            let path = segment_path(dir, 1);
+            File::create(&path).map_err(Error::io(&path))?;
+            sync_dir(dir)?;
+            segments.push_back(Segment {
+                first_lsn: 1,
+                path,
+                bytes: 0,
+            });
+        } else if replay.segments_dropped > 0 {
+            sync_dir(dir)?;
+        }
+        let last = segments.back().expect("at least one segment");
+        let next_lsn = expected.unwrap_or(last.first_lsn);
+        let live = OpenOptions::new()
+            .write(true)
+            .open(&last.path)
+            .map_err(Error::io(&last.path))?;
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            segments,
+            live,
+            next_lsn,
+            segment_bytes_max,
+            ring: IoUring::new(RING_ENTRIES).ok(),
+            dirty: false,
+            fdatasyncs: 0,
+        };
+        Ok((wal, replay))
+    }
+
+    /// The lsn the next appended record must carry.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn fdatasyncs(&self) -> u64 {
+        self.fdatasyncs
+    }
+
+    pub fn uses_io_uring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Appends a group of `records` frames (encoded with lsns from [`Wal::next_lsn`]) in one
+    /// write, followed by one `fdatasync` when `sync`.
+    pub fn append(&mut self, group: &[u8], records: u64, sync: bool) -> Result<(), Error> {
+        debug_assert!(records > 0 && !group.is_empty());
+        let live_bytes = self.segments.back().map_or(0, |s| s.bytes);
+        if live_bytes > 0 && live_bytes + group.len() as u64 > self.segment_bytes_max {
+            self.rotate()?;
+        }
+        let live = self.segments.back_mut().expect("live segment");
+        let offset = live.bytes;
+        let path = live.path.clone();
+        let synced = write_at(self.ring.as_mut(), &self.live, group, offset, sync)
+            .map_err(Error::io(&path))?;
+        let live = self.segments.back_mut().expect("live segment");
+        live.bytes += group.len() as u64;
+        self.next_lsn += records;
+        self.dirty = !synced;
+        if synced {
+            self.fdatasyncs += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes every appended byte durable.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let path = &self.segments.back().expect("live segment").path;
+        fdatasync(self.ring.as_mut(), &self.live).map_err(Error::io(path))?;
+        self.dirty = false;
+        self.fdatasyncs += 1;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), Error> {
+        self.sync()?;
+        let path = segment_path(&self.dir, self.next_lsn);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        sync_dir(&self.dir)?;
+        self.segments.push_back(Segment {
+            first_lsn: self.next_lsn,
+            path,
+            bytes: 0,
+        });
+        self.live = file;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments whose records all have lsn ≤ `confirmed_lsn`.
+    /// Returns the bytes freed.
+    pub fn trim(&mut self, confirmed_lsn: u64) -> Result<u64, Error> {
+        let mut freed = 0;
+        while self.segments.len() > 1 && self.segments[1].first_lsn <= confirmed_lsn + 1 {
+            let old = self.segments.pop_front().expect("two segments");
+            fs::remove_file(&old.path).map_err(Error::io(&old.path))?;
+            freed += old.bytes;
+        }
+        if freed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(freed)
+    }
+}
+
+/// Writes all of `buf` at `offset`; with `sync`, then `fdatasync`s. Returns whether it synced.
+fn write_at(
+    ring: Option<&mut IoUring>,
+    file: &File,
+    buf: &[u8],
+    offset: u64,
+    sync: bool,
+) -> io::Result<bool> {
+    let Some(ring) = ring else {
+        file.write_all_at(buf, offset)?;
+        if sync {
+            file.sync_data()?;
+        }
+        return Ok(sync);
+    };
+    let fd = types::Fd(file.as_raw_fd());
+    let mut done = 0usize;
+    loop {
+        let rest = &buf[done..];
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let write = opcode::Write::new(fd, rest.as_ptr(), len)
+            .offset(offset + done as u64)
+            .build()
+            .user_data(USER_DATA_WRITE);
+        let fsync = opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(USER_DATA_SYNC);
+        let wanted = if sync { 2 } else { 1 };
+        // SAFETY: `rest` outlives the submission because we wait for both completions below.
+        unsafe {
+            let mut sq = ring.submission();
+            if sync {
+                sq.push(&write.flags(squeue::Flags::IO_LINK))
+                    .map_err(io::Error::other)?;
+                sq.push(&fsync).map_err(io::Error::other)?;
+            } else {
+                sq.push(&write).map_err(io::Error::other)?;
+            }
+        }
+        ring.submit_and_wait(wanted)?;
+        let (mut written, mut synced) = (None, false);
+        for cqe in ring.completion() {
+            let res = cqe.result();
+            match cqe.user_data() {
+                USER_DATA_WRITE if res < 0 => return Err(io::Error::from_raw_os_error(-res)),
+                USER_DATA_WRITE => written = Some(res as usize),
+                // A short write severs the link: the sync comes back cancelled and is redone.
+                _ if res == -libc_ecanceled() => {}
+                _ if res < 0 => return Err(io::Error::from_raw_os_error(-res)),
+                _ => synced = true,
+            }
+        }
+        let written =
+            written.ok_or_else(|| io::Error::other("io_uring lost a write completion"))?;
+        if written == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+        }
+        done += written;
+        if done == buf.len() && (synced || !sync) {
+            return Ok(sync);
+        }
+        if done == buf.len() {
+            fdatasync(Some(ring), file)?;
+            return Ok(true);
+        }
+    }
+}
+
+fn fdatasync(ring: Option<&mut IoUring>, file: &File) -> io::Result<()> {
+    let Some(ring) = ring else {
+        return file.sync_data();
+    };
+    let fsync = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(USER_DATA_SYNC);
+    // SAFETY: the entry references no memory of ours.
+    unsafe { ring.submission().push(&fsync).map_err(io::Error::other)? };
+    ring.submit_and_wait(1)?;
+    for cqe in ring.completion() {
+        if cqe.result() < 0 {
+            return Err(io::Error::from_raw_os_error(-cqe.result()));
+        }
+    }
+    Ok(())
+}
+
+/// `ECANCELED` on Linux; spelled out to avoid a libc dependency for one constant.
+const fn libc_ecanceled() -> i32 {
+    125
+}
