@@ -228,8 +228,8 @@ impl Persistence {
         let (read_tx, read_rx) = bounded(READ_QUEUE_REQUESTS_MAX);
         let s = shared.clone();
         let wal = spawn("sokdo-wal", move || wal_thread::run(wal, append_rx, s))?;
-        let s = shared.clone();
-        let sink = spawn("sokdo-sink", move || sink_thread::run(sink, s))?;
+        let (s, nudge) = (shared.clone(), append_tx.clone());
+        let sink = spawn("sokdo-sink", move || sink_thread::run(sink, nudge, s))?;
         let s = shared.clone();
         let read = spawn("sokdo-read", move || read_thread::run(reader, read_rx, s))?;
         let handle = Handle {

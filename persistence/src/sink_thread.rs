@@ -11,14 +11,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
+
 use crate::persistence::Shared;
 use crate::sink::Sink;
+use crate::wal_thread::WalCmd;
 
 pub const SINK_RETRY_MIN_MS: u64 = 50;
 pub const SINK_RETRY_MAX_MS: u64 = 2_000;
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 
-pub(crate) fn run(mut sink: Box<dyn Sink>, shared: Arc<Shared>) {
+pub(crate) fn run(mut sink: Box<dyn Sink>, wal: Sender<WalCmd>, shared: Arc<Shared>) {
     let count_max = shared.batch_messages_max;
     let age = Duration::from_millis(shared.batch_age_ms);
     let mut backoff_ms = SINK_RETRY_MIN_MS;
@@ -39,6 +42,8 @@ pub(crate) fn run(mut sink: Box<dyn Sink>, shared: Arc<Shared>) {
             Ok(()) => {
                 shared.backlog.confirm(last_lsn);
                 shared.confirmed_lsn.store(last_lsn, Relaxed);
+                // A nudge, not a request: if the queue is full the WAL thread is awake anyway.
+                let _ = wal.try_send(WalCmd::Trim);
                 shared.sink_batches.fetch_add(1, Relaxed);
                 shared.sink_up.store(true, Relaxed);
                 backoff_ms = SINK_RETRY_MIN_MS;

@@ -36,6 +36,8 @@ pub(crate) enum WalCmd {
         ticket: Option<Ticket>,
         reserved_bytes: u64,
     },
+    /// The sink confirmed more: trim now rather than at the next idle tick.
+    Trim,
     Shutdown,
 }
 
@@ -106,6 +108,7 @@ fn collect(
     while let Some(cmd) = next.take() {
         match cmd {
             WalCmd::Shutdown => return Ok(true),
+            WalCmd::Trim => {}
             WalCmd::Append {
                 rec,
                 ticket,
