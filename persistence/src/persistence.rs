@@ -37,6 +37,7 @@ pub(crate) struct Shared {
     pub batch_messages_max: usize,
     pub batch_age_ms: u64,
     pub wal_bytes_max: u64,
+    pub wal_segment_bytes: u64,
     pub backlog: Backlog,
     pub closing: AtomicBool,
     /// Segment bytes plus reservations of appends not yet written.
@@ -203,6 +204,7 @@ impl Persistence {
             batch_messages_max: cfg.batch_messages_max,
             batch_age_ms: cfg.batch_age_ms,
             wal_bytes_max: cfg.wal_bytes_max,
+            wal_segment_bytes: cfg.wal_segment_bytes,
             backlog: Backlog::default(),
             closing: AtomicBool::new(false),
             wal_bytes: AtomicU64::new(wal.bytes()),

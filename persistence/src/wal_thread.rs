@@ -23,7 +23,9 @@ use crate::wal::Wal;
 
 /// The most records one group commit carries.
 pub const GROUP_RECORDS_MAX: usize = 4096;
-/// A group stops growing once its encoded frames reach this size.
+/// A group stops growing once its encoded frames reach this size (or `wal_segment_bytes`, if
+/// smaller, so that one group never makes a segment much larger than configured and trimming
+/// keeps its granularity).
 pub const GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Under `Durability::Async`, the longest a written group waits for its `fdatasync`.
 pub const ASYNC_SYNC_INTERVAL_MS: u64 = 50;
@@ -56,6 +58,8 @@ pub(crate) fn run(mut wal: Wal, rx: Receiver<WalCmd>, shared: Arc<Shared>) -> Re
         tickets: vec![Vec::new(); shards],
         reserved_bytes: 0,
     };
+    let group_bytes_max =
+        GROUP_BYTES_MAX.min(usize::try_from(shared.wal_segment_bytes).unwrap_or(usize::MAX));
     let mut last_sync = Instant::now();
     let mut shutdown = false;
     while !shutdown {
@@ -70,7 +74,7 @@ pub(crate) fn run(mut wal: Wal, rx: Receiver<WalCmd>, shared: Arc<Shared>) -> Re
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if let Some(first) = first {
-            shutdown = collect(&mut wal, first, &rx, &mut group)?;
+            shutdown = collect(&mut wal, first, &rx, &mut group, group_bytes_max)?;
         }
         if !group.records.is_empty() {
             commit(&mut wal, &mut group, &shared, &mut last_sync)?;
@@ -87,7 +91,7 @@ pub(crate) fn run(mut wal: Wal, rx: Receiver<WalCmd>, shared: Arc<Shared>) -> Re
     }
     // Appends that raced with shutdown still get written rather than dropped.
     while let Ok(cmd) = rx.try_recv() {
-        collect(&mut wal, cmd, &rx, &mut group)?;
+        collect(&mut wal, cmd, &rx, &mut group, group_bytes_max)?;
         if !group.records.is_empty() {
             commit(&mut wal, &mut group, &shared, &mut last_sync)?;
         }
@@ -103,6 +107,7 @@ fn collect(
     first: WalCmd,
     rx: &Receiver<WalCmd>,
     group: &mut Group,
+    group_bytes_max: usize,
 ) -> Result<bool, Error> {
     let mut next = Some(first);
     while let Some(cmd) = next.take() {
@@ -127,7 +132,7 @@ fn collect(
                 }
             }
         }
-        if group.records.len() < GROUP_RECORDS_MAX && group.buf.len() < GROUP_BYTES_MAX {
+        if group.records.len() < GROUP_RECORDS_MAX && group.buf.len() < group_bytes_max {
             next = rx.try_recv().ok();
         }
     }
