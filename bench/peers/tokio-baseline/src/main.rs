@@ -15,7 +15,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
@@ -108,10 +107,11 @@ async fn serve(mut stream: TcpStream, rooms: Rooms) -> anyhow::Result<()> {
         }
     });
     let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
-    let hello = json!({"op":"hello","user":user,"session":format!("s{session}"),
-        "instance":"tokio-baseline","shard":0,"heartbeat_ms":30000,
-        "limits":{"body_bytes_max":4096,"frame_bytes_max":65536,"outbound_queue_bytes_max":0}});
-    let _ = out_tx.send(Message::text(hello.to_string()));
+    let hello = format!(
+        r#"{{"op":"hello","user":{},"session":"s{session}","instance":"tokio-baseline","shard":0,"heartbeat_ms":30000,"limits":{{"body_bytes_max":4096,"frame_bytes_max":65536,"outbound_queue_bytes_max":0}}}}"#,
+        quote(&user)
+    );
+    let _ = out_tx.send(Message::text(hello));
     let mut forwarders = Vec::new();
     while let Some(frame) = source.next().await {
         let text = match frame? {
@@ -121,9 +121,9 @@ async fn serve(mut stream: TcpStream, rooms: Rooms) -> anyhow::Result<()> {
         };
         let reply = match serde_json::from_str::<Request_>(&text) {
             Ok(req) => handle(req, &user, &rooms, &out_tx, &mut forwarders),
-            Err(e) => json!({"op":"error","code":"bad_request","message":e.to_string()}),
+            Err(e) => error(&serde_json::Value::Null, "bad_request", &e.to_string()),
         };
-        let _ = out_tx.send(Message::text(reply.to_string()));
+        let _ = out_tx.send(Message::text(reply));
     }
     for f in forwarders {
         f.abort();
@@ -138,13 +138,10 @@ fn handle(
     rooms: &Rooms,
     out_tx: &mpsc::UnboundedSender<Message>,
     forwarders: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> serde_json::Value {
+) -> String {
     let id = req.id.unwrap_or(serde_json::Value::Null);
-    let error = |code: &str, message: &str| {
-        json!({"op":"error","id":id,"code":code,"message":message})
-    };
     match (req.op.as_str(), req.room) {
-        ("ping", _) => json!({"op":"ok","id":id,"pong":true}),
+        ("ping", _) => format!(r#"{{"op":"ok","id":{id},"pong":true}}"#),
         ("join", Some(room)) => {
             let (rx, last_seq) = {
                 let mut map = rooms.lock().unwrap();
@@ -155,7 +152,10 @@ fn handle(
                 (r.tx.subscribe(), r.last_seq)
             };
             forwarders.push(tokio::spawn(forward(rx, out_tx.clone())));
-            json!({"op":"ok","id":id,"room":room,"last_seq":last_seq,"unread":0})
+            format!(
+                r#"{{"op":"ok","id":{id},"room":{},"last_seq":{last_seq},"unread":0}}"#,
+                quote(&room)
+            )
         }
         ("send", Some(room)) => {
             let body = req.body.unwrap_or_default();
@@ -165,19 +165,39 @@ fn handle(
                 .unwrap_or(0);
             let mut map = rooms.lock().unwrap();
             let Some(r) = map.get_mut(&room) else {
-                return error("not_member", "join the room first");
+                return error(&id, "not_member", "join the room first");
             };
             r.last_seq += 1;
             let seq = r.last_seq;
             let msg_id = format!("{room}-{seq}");
-            let event = json!({"op":"msg","room":room,"seq":seq,"msg_id":msg_id,
-                "from":user,"body":body,"ts":ts});
-            let _ = r.tx.send(Arc::from(event.to_string()));
-            json!({"op":"ok","id":id,"room":room,"seq":seq,"msg_id":msg_id,"ts":ts})
+            let (room, msg_id) = (quote(&room), quote(&msg_id));
+            let event = format!(
+                r#"{{"op":"msg","room":{room},"seq":{seq},"msg_id":{msg_id},"from":{},"body":{},"ts":{ts}}}"#,
+                quote(user),
+                quote(&body)
+            );
+            let _ = r.tx.send(Arc::from(event));
+            format!(
+                r#"{{"op":"ok","id":{id},"room":{room},"seq":{seq},"msg_id":{msg_id},"ts":{ts}}}"#
+            )
         }
-        ("join" | "send", None) => error("bad_request", "missing room"),
-        _ => error("bad_request", "unknown op"),
+        ("join" | "send", None) => error(&id, "bad_request", "missing room"),
+        _ => error(&id, "bad_request", "unknown op"),
     }
+}
+
+/// A JSON string literal. Replies are formatted by hand so `op` comes first, as sokdo's do
+/// (serde_json's `json!` sorts keys).
+fn quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+fn error(id: &serde_json::Value, code: &str, message: &str) -> String {
+    format!(
+        r#"{{"op":"error","id":{id},"code":{},"message":{}}}"#,
+        quote(code),
+        quote(message)
+    )
 }
 
 async fn forward(mut rx: broadcast::Receiver<Arc<str>>, out: mpsc::UnboundedSender<Message>) {

@@ -1,0 +1,489 @@
+//! `compare`: the same scenarios against each target, one after another on this machine,
+//! each server started fresh, pinned to the same CPUs (`taskset`) and held to the same memory
+//! limit (a cgroup: v1's memory controller when mounted, else v2), the bench itself pinned to
+//! the other CPUs. Prints and records the ratios to the first target.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, ValueEnum};
+
+use crate::proto::Protocol;
+use crate::report::{Comparison, ComparisonRow, Host, Run, Summary};
+use crate::scenario::{self, IdleArgs, RampArgs};
+use crate::FanoutArgs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    Sokdo,
+    Socketio,
+    Ws,
+    Tokio,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioKind {
+    Ramp,
+    Fanout,
+    Idle,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// Servers to compare; the first is the baseline of the ratios.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sokdo,socketio,ws,tokio"
+    )]
+    targets: Vec<TargetKind>,
+    /// Scenarios to run against each target.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fanout,idle,ramp"
+    )]
+    scenarios: Vec<ScenarioKind>,
+    /// Flags for `ramp` (e.g. "--step-s 5 --target-users 20000").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    ramp_args: String,
+    /// Flags for `fanout`.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    fanout_args: String,
+    /// Flags for `idle`.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    idle_args: String,
+    /// CPUs the server runs on (taskset list).
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// CPUs the bench runs on.
+    #[arg(long, default_value = "1")]
+    bench_cpus: String,
+    /// The server's memory limit (a t3.small has 2 GiB).
+    #[arg(long, default_value_t = 2048)]
+    memory_limit_mib: u64,
+    /// sokdo's shards (one per server CPU is the fair setting).
+    #[arg(long, default_value_t = 1)]
+    sokdo_shards: u32,
+    /// The sokdo binary (default: beside this one).
+    #[arg(long, env = "SOKDO_BIN")]
+    sokdo_bin: Option<PathBuf>,
+    /// The tokio peer's binary (default: beside this one).
+    #[arg(long)]
+    tokio_bin: Option<PathBuf>,
+    /// Where the Node peers live (after scripts/install-bench-peers.sh).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/peers"))]
+    peers_dir: PathBuf,
+    /// Port of the server under test.
+    #[arg(long, default_value_t = 19_100)]
+    port: u16,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
+    if let Err(e) = pin_self(&args.bench_cpus) {
+        eprintln!(
+            "warning: could not pin the bench to CPUs {}: {e}",
+            args.bench_cpus
+        );
+    }
+    let mut runs = Vec::new();
+    let mut limit_applied = None;
+    for scenario in &args.scenarios {
+        for target in &args.targets {
+            eprintln!("== {scenario:?} against {target:?}");
+            let run = match Server::start(args, *target) {
+                Ok(server) => {
+                    limit_applied = limit_applied.or(server.memory_limit_bytes);
+                    let result = run_scenario(args, *scenario, *target, &server);
+                    server.stop();
+                    result?
+                }
+                Err(e) => not_started(*scenario, *target, &e),
+            };
+            crate::print_runs(std::slice::from_ref(&run));
+            runs.push(run);
+        }
+    }
+    let host = Host {
+        bench_cpus: Some(args.bench_cpus.clone()),
+        server_cpus: Some(args.server_cpus.clone()),
+        server_memory_limit_bytes: limit_applied,
+        ..Host::default()
+    };
+    let mut report = crate::new_report("compare", runs, host);
+    report.comparison = Some(comparison(&report.runs, name(args.targets[0])));
+    print_comparison(report.comparison.as_ref().expect("just set"));
+    crate::write_reports(&report, args.json.as_deref(), args.html.as_deref())
+}
+
+fn name(t: TargetKind) -> &'static str {
+    match t {
+        TargetKind::Sokdo => "sokdo",
+        TargetKind::Socketio => "socketio",
+        TargetKind::Ws => "ws",
+        TargetKind::Tokio => "tokio",
+    }
+}
+
+fn protocol(t: TargetKind) -> Protocol {
+    match t {
+        TargetKind::Socketio => Protocol::Socketio,
+        _ => Protocol::Sokdo,
+    }
+}
+
+/// A scenario's own flags, parsed as its subcommand would parse them.
+#[derive(Parser)]
+struct Flags<T: Args> {
+    #[command(flatten)]
+    inner: T,
+}
+
+fn parse_flags<T: Args>(
+    scenario: &str,
+    extra: &str,
+    target: TargetKind,
+    server: &Server,
+) -> anyhow::Result<T> {
+    let mut argv: Vec<String> = vec![
+        scenario.into(),
+        "--server".into(),
+        server.addr.to_string(),
+        "--protocol".into(),
+        format!("{:?}", protocol(target)).to_lowercase(),
+        "--target-name".into(),
+        name(target).into(),
+        "--server-pid".into(),
+        server.child.id().to_string(),
+    ];
+    argv.extend(extra.split_whitespace().map(String::from));
+    Ok(Flags::<T>::try_parse_from(argv)
+        .with_context(|| format!("--{scenario}-args {extra:?}"))?
+        .inner)
+}
+
+fn run_scenario(
+    args: &CompareArgs,
+    scenario: ScenarioKind,
+    target: TargetKind,
+    server: &Server,
+) -> anyhow::Result<Run> {
+    match scenario {
+        ScenarioKind::Ramp => scenario::ramp(&parse_flags::<RampArgs>(
+            "ramp",
+            &args.ramp_args,
+            target,
+            server,
+        )?),
+        ScenarioKind::Fanout => {
+            let a = parse_flags::<FanoutArgs>("fanout", &args.fanout_args, target, server)?;
+            scenario::run_load(&a.common, "fanout", &a.load())
+        }
+        ScenarioKind::Idle => scenario::idle(&parse_flags::<IdleArgs>(
+            "idle",
+            &args.idle_args,
+            target,
+            server,
+        )?),
+    }
+}
+
+fn not_started(scenario: ScenarioKind, target: TargetKind, e: &anyhow::Error) -> Run {
+    eprintln!("warning: {target:?} not started: {e:#}");
+    Run {
+        scenario: format!("{scenario:?}").to_lowercase(),
+        target: name(target).into(),
+        protocol: format!("{:?}", protocol(target)).to_lowercase(),
+        summary: Summary {
+            unreachable: true,
+            stop_reason: format!("server not started: {e:#}"),
+            ..Summary::default()
+        },
+        ..Run::default()
+    }
+}
+
+/// A server under test: its process and the cgroup holding it.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    cgroup: Option<PathBuf>,
+    memory_limit_bytes: Option<u64>,
+    _data_dir: Option<TempDir>,
+}
+
+impl Server {
+    fn start(args: &CompareArgs, target: TargetKind) -> anyhow::Result<Server> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", args.port).parse()?;
+        let beside = |bin: &str| -> anyhow::Result<PathBuf> {
+            Ok(std::env::current_exe()?.with_file_name(bin))
+        };
+        let mut data_dir = None;
+        let program: Vec<String> = match target {
+            TargetKind::Sokdo => {
+                let bin = match &args.sokdo_bin {
+                    Some(b) => b.clone(),
+                    None => beside("sokdo")?,
+                };
+                let dir = TempDir::new("sokdo-bench-data")?;
+                let argv = vec![
+                    path_str(&bin),
+                    "--listen".into(),
+                    addr.to_string(),
+                    "--shards".into(),
+                    args.sokdo_shards.to_string(),
+                    "--data-dir".into(),
+                    path_str(&dir.0),
+                ];
+                data_dir = Some(dir);
+                argv
+            }
+            TargetKind::Tokio => {
+                let bin = match &args.tokio_bin {
+                    Some(b) => b.clone(),
+                    None => beside("sokdo-peer-tokio")?,
+                };
+                vec![path_str(&bin), "--listen".into(), addr.to_string()]
+            }
+            TargetKind::Ws | TargetKind::Socketio => {
+                let dir = args.peers_dir.join(if target == TargetKind::Ws {
+                    "ws"
+                } else {
+                    "socketio"
+                });
+                anyhow::ensure!(
+                    dir.join("node_modules").is_dir(),
+                    "{} has no node_modules: run scripts/install-bench-peers.sh",
+                    dir.display()
+                );
+                vec![
+                    "node".into(),
+                    path_str(&dir.join("server.js")),
+                    "--listen".into(),
+                    addr.to_string(),
+                ]
+            }
+        };
+        anyhow::ensure!(
+            program[0] == "node" || Path::new(&program[0]).is_file(),
+            "{} is missing (build it: cargo build --release -p sokdo-engine -p sokdo-peer-tokio)",
+            program[0]
+        );
+        anyhow::ensure!(
+            !scenario::reachable(addr),
+            "port {} is already in use",
+            args.port
+        );
+        let limit = args.memory_limit_mib * 1024 * 1024;
+        let cgroup = make_cgroup(name(target), limit)
+            .map_err(|e| eprintln!("warning: no memory limit for the server: {e:#}"))
+            .ok();
+        // `sh` puts itself in the cgroup, then becomes taskset, which becomes the server:
+        // one pid throughout, limited and pinned from its first allocation.
+        let enter = match &cgroup {
+            Some((dir, _)) => format!("echo $$ > '{}/cgroup.procs' && ", dir.display()),
+            None => String::new(),
+        };
+        let script = format!("{enter}exec taskset -c {} \"$@\"", args.server_cpus);
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .args(&program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the server")?;
+        let server = Server {
+            child,
+            addr,
+            memory_limit_bytes: cgroup.as_ref().map(|(_, l)| *l),
+            cgroup: cgroup.map(|(d, _)| d),
+            _data_dir: data_dir,
+        };
+        server.wait_ready(Duration::from_secs(30))?;
+        Ok(server)
+    }
+
+    /// Polls `/healthz` until it answers 200 (bounded).
+    fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if healthz(self.addr) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("{} did not answer /healthz within {within:?}", self.addr)
+    }
+
+    fn stop(mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.cgroup {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn healthz(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
+
+/// A memory cgroup for the server: v1 when its memory controller is mounted, else v2.
+fn make_cgroup(target: &str, limit: u64) -> anyhow::Result<(PathBuf, u64)> {
+    let leaf = format!("sokdo-bench-{target}-{}", std::process::id());
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    let (dir, file) = if v1.join("memory.limit_in_bytes").exists() {
+        (v1.join(leaf), "memory.limit_in_bytes")
+    } else {
+        (Path::new("/sys/fs/cgroup").join(leaf), "memory.max")
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(file), limit.to_string())
+        .with_context(|| format!("writing {}/{file}", dir.display()))?;
+    Ok((dir, limit))
+}
+
+/// Pins this process (and the workers it starts) to `cpus` ("1", "0-3", "1,3").
+fn pin_self(cpus: &str) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for part in cpus.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        for cpu in a.trim().parse::<usize>()?..=b.trim().parse::<usize>()? {
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+    }
+    // SAFETY: a valid set of the size given, for this process.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    anyhow::ensure!(rc == 0, "{}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> anyhow::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            crate::clock::monotonic_ns()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The headline metrics, per scenario, with ratios to `baseline`.
+pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
+    let metrics: [(&str, &str, bool, fn(&Run) -> Option<f64>); 5] = [
+        ("ramp", "users held", true, |r| {
+            Some(r.summary.users_held as f64)
+        }),
+        ("fanout", "deliveries/s", true, |r| {
+            Some(r.summary.deliveries_per_s)
+        }),
+        ("fanout", "latency p99 ms", false, |r| {
+            (r.summary.latency_ms.samples > 0).then_some(r.summary.latency_ms.p99)
+        }),
+        ("fanout", "latency p50 ms", false, |r| {
+            (r.summary.latency_ms.samples > 0).then_some(r.summary.latency_ms.p50)
+        }),
+        ("idle", "RSS bytes per connection", false, |r| {
+            r.summary.server_rss_per_connection_bytes
+        }),
+    ];
+    let mut rows = Vec::new();
+    for (scenario, metric, higher_is_better, value) in metrics {
+        let mut row = ComparisonRow {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            higher_is_better,
+            ..ComparisonRow::default()
+        };
+        for run in runs.iter().filter(|r| {
+            r.scenario == scenario && !r.summary.stop_reason.starts_with("server not started")
+        }) {
+            if let Some(v) = value(run) {
+                row.values.insert(run.target.clone(), v);
+            }
+        }
+        if row.values.is_empty() {
+            continue;
+        }
+        if let Some(base) = row.values.get(baseline).copied().filter(|b| *b != 0.0) {
+            row.ratios = row
+                .values
+                .iter()
+                .map(|(t, v)| (t.clone(), v / base))
+                .collect();
+        }
+        rows.push(row);
+    }
+    Comparison {
+        baseline: baseline.into(),
+        rows,
+    }
+}
+
+fn print_comparison(c: &Comparison) {
+    println!("\n== comparison (ratio to {})", c.baseline);
+    for row in &c.rows {
+        let cells: Vec<String> = row
+            .values
+            .iter()
+            .map(|(t, v)| match row.ratios.get(t) {
+                Some(r) => format!("{t} {v:.1} (×{r:.2})"),
+                None => format!("{t} {v:.1}"),
+            })
+            .collect();
+        println!(
+            "   {:<7} {:<26} {}",
+            row.scenario,
+            row.metric,
+            cells.join("  ")
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The JSON report: every figure a run produced. Its schema is documented in
+//! `docs/BENCHMARKS.md`; change both together.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What `--json` writes: one or more runs (several for `steady --preset webchat` and for
+/// `compare`), plus the comparison table when there is one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: u32,
+    pub command: String,
+    pub started_unix_s: u64,
+    pub host: Host,
+    pub runs: Vec<Run>,
+    pub comparison: Option<Comparison>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Host {
+    pub cpus: usize,
+    pub bench_cpus: Option<String>,
+    pub server_cpus: Option<String>,
+    pub server_memory_limit_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Run {
+    /// `ramp`, `fanout`, `steady:ktb`, `idle`, …
+    pub scenario: String,
+    /// `sokdo`, `socketio`, `ws`, `tokio`, or the address given.
+    pub target: String,
+    pub protocol: String,
+    pub server: String,
+    /// The scenario's flags, as given.
+    pub config: serde_json::Value,
+    pub duration_s: f64,
+    pub summary: Summary,
+    pub generator: Generator,
+    /// One sample per stats interval (1 s by default).
+    pub timeline: Vec<Sample>,
+    /// `ramp` only: one entry per step.
+    pub steps: Vec<Step>,
+    /// `steady` only: the seed's targets, each with the measured value and a verdict.
+    pub checks: Vec<Check>,
+    pub passed: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub users_attempted: u64,
+    pub users_peak: u64,
+    /// `ramp`: the highest user count held at the end of a step that stayed healthy.
+    pub users_held: u64,
+    pub connect_ok: u64,
+    pub connect_fail: u64,
+    pub disconnects: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub received: u64,
+    /// Σ over rooms of acked sends × members; `None` when membership changed while sending.
+    pub expected_deliveries: Option<u64>,
+    /// Deliveries per second while publishing.
+    pub deliveries_per_s: f64,
+    pub sends_per_s: f64,
+    pub latency_ms: Latency,
+    pub session_length_s_mean: f64,
+    pub errors: BTreeMap<String, u64>,
+    /// The server stopped answering (connects failing past the threshold, or gone).
+    pub unreachable: bool,
+    pub stop_reason: String,
+    pub server_rss_before_bytes: Option<u64>,
+    pub server_rss_after_bytes: Option<u64>,
+    pub server_rss_per_connection_bytes: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn from_us(h: &hdrhistogram::Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            samples: h.len(),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Generator {
+    pub workers: u64,
+    pub cpu_s: f64,
+    /// Of one core, averaged over the run, all workers together.
+    pub cpu_percent: f64,
+    /// The busiest worker's share of one core (a worker is one thread).
+    pub busiest_worker_cpu_percent: f64,
+    pub warning: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub users: u64,
+    pub connect_ok: u64,
+    pub connect_fail: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub sends_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub latency_ms: Latency,
+    pub errors: u64,
+    pub bench_cpu_percent: f64,
+    pub server_rss_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Step {
+    pub step: u64,
+    pub t_s: f64,
+    pub users_target: u64,
+    pub users_connected: u64,
+    pub connect_ok: u64,
+    pub connect_fail: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub latency_ms: Latency,
+    pub session_length_s_mean: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub healthy: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub pass: bool,
+}
+
+/// `compare`: per scenario, one row per target and the ratios to the first target.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Comparison {
+    pub baseline: String,
+    pub rows: Vec<ComparisonRow>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ComparisonRow {
+    pub scenario: String,
+    pub metric: String,
+    /// `true` when a larger value is better.
+    pub higher_is_better: bool,
+    /// target → value
+    pub values: BTreeMap<String, f64>,
+    /// target → value ÷ baseline's value
+    pub ratios: BTreeMap<String, f64>,
+}

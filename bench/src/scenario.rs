@@ -1,0 +1,501 @@
+//! The scenarios: `fanout`, `steady` presets (both a fixed load, [`run_load`]), `ramp`
+//! (users added in steps until the target or the server gives up) and `idle` (memory per
+//! connection). Each drives a [`Fleet`] one tick (one second) at a time and turns the ticks
+//! into a [`Run`].
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::clock;
+use crate::fleet::{Fleet, FleetConfig, Target, View};
+use crate::proto::Protocol;
+use crate::report::{Generator, Latency, Run, Sample, Step, Summary};
+use crate::worker::{Command, Rooms};
+
+/// Flags every scenario shares.
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct Common {
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub server: SocketAddr,
+    /// The protocol the server speaks.
+    #[arg(long, value_enum, default_value = "sokdo")]
+    pub protocol: Protocol,
+    /// A label for the target in reports.
+    #[arg(long, default_value = "sokdo")]
+    pub target_name: String,
+    /// The server's pid, to read its RSS from /proc when it runs on this machine.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Write the HTML report (with SVG plots) here.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
+    /// At least this many worker processes (more when users need them: ≤ 18,000 each).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u64,
+    /// One user in this many parses its frames for latency; the others only count them.
+    #[arg(long, default_value_t = 10)]
+    pub sample_every: u64,
+    /// Bytes of each message body (at least the timestamp).
+    #[arg(long, default_value_t = 64)]
+    pub body_bytes: usize,
+    /// Time allowed for connect + upgrade + admission + join, per user.
+    #[arg(long, default_value_t = 10_000)]
+    pub setup_timeout_ms: u64,
+    /// Handshakes in flight per worker.
+    #[arg(long, default_value_t = 256)]
+    pub handshakes_in_flight_max: usize,
+}
+
+/// A fixed load: the shape shared by `fanout` and the `steady` presets.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Load {
+    pub users: u64,
+    pub rooms: Rooms,
+    pub publishers: u64,
+    /// Messages per second, all publishers together.
+    pub rate_total: f64,
+    /// Stop each publisher after this many messages (and the run when all are done).
+    pub messages_max: Option<u64>,
+    /// Publishing time, when `messages_max` is not set; its bound when it is.
+    pub duration_s: f64,
+    /// Time allowed for deliveries in flight to arrive after publishing stops.
+    pub drain_s: f64,
+}
+
+/// A running scenario: its fleet, timeline and progress bar.
+struct Session {
+    common: Common,
+    fleet: Fleet,
+    bar: ProgressBar,
+    timeline: Vec<Sample>,
+    prev: Option<View>,
+    peak_users: u64,
+    cpu_busiest: Vec<f64>,
+    started: Instant,
+}
+
+impl Session {
+    fn start(common: &Common, users_max: u64, rooms: Rooms) -> anyhow::Result<Session> {
+        let cfg = FleetConfig {
+            users_max,
+            workers_min: common.workers,
+            rooms,
+            body_bytes: common.body_bytes.max(24),
+            sample_every: common.sample_every,
+            setup_timeout_ms: common.setup_timeout_ms,
+            handshakes_in_flight_max: common.handshakes_in_flight_max,
+        };
+        let target = Target {
+            server: common.server,
+            protocol: common.protocol,
+        };
+        let fleet = Fleet::start(&target, &cfg, clock::monotonic_ns())?;
+        let bar = ProgressBar::new(users_max);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed:>4} [{bar:24}] {pos}/{len} users  {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        Ok(Session {
+            common: common.clone(),
+            fleet,
+            bar,
+            timeline: Vec::new(),
+            prev: None,
+            peak_users: 0,
+            cpu_busiest: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    fn tick(&mut self) -> View {
+        let view = self.fleet.tick(Duration::from_secs(3));
+        let rss = self.common.server_pid.and_then(rss_bytes);
+        let sample = view.sample(self.prev.as_ref(), rss);
+        self.bar.set_position(view.totals.connected);
+        self.bar.set_message(format!(
+            "sent {}  recv {} ({:.0}/s)  p99 {:.1} ms  fail {}  errors {}  bench cpu {:.0}%",
+            view.totals.sent,
+            view.totals.received,
+            sample.deliveries_per_s,
+            sample.latency_ms.p99,
+            view.totals.connect_fail,
+            view.errors_total(),
+            view.cpu_percent
+        ));
+        self.peak_users = self.peak_users.max(view.totals.connected);
+        self.cpu_busiest.push(view.busiest_cpu_percent);
+        self.timeline.push(sample);
+        self.prev = Some(view.clone());
+        view
+    }
+
+    /// True when the server lost most of our users and refuses new connections.
+    fn server_gone(&self, view: &View) -> bool {
+        let lost = view.totals.connected < self.peak_users.div_ceil(2);
+        let nothing =
+            self.peak_users == 0 && view.totals.connect_fail > 0 && view.totals.connect_ok == 0;
+        (lost || nothing || view.workers_alive == 0) && !reachable(self.common.server)
+    }
+
+    /// Ticks until every user asked for so far has connected or failed (bounded).
+    fn wait_connected(&mut self, users: u64) -> (View, bool) {
+        let deadline = Instant::now()
+            + Duration::from_millis(self.common.setup_timeout_ms)
+            + Duration::from_secs(users / 500 + 5);
+        loop {
+            let view = self.tick();
+            let done = view.totals.connect_ok + view.totals.connect_fail >= users;
+            if done || Instant::now() >= deadline {
+                return (view, false);
+            }
+            if self.server_gone(&view) {
+                return (view, true);
+            }
+        }
+    }
+
+    fn finish(self, scenario: &str, config: serde_json::Value, mut summary: Summary) -> Run {
+        let Session {
+            common,
+            fleet,
+            bar,
+            timeline,
+            peak_users,
+            cpu_busiest,
+            started,
+            ..
+        } = self;
+        let workers = fleet.workers;
+        let total_latency = fleet.total_latency.clone();
+        let last = fleet.close();
+        bar.finish_and_clear();
+        let duration_s = started.elapsed().as_secs_f64();
+        let t = &last.totals;
+        summary.users_attempted = t.attempted;
+        summary.users_peak = peak_users;
+        summary.connect_ok = t.connect_ok;
+        summary.connect_fail = t.connect_fail;
+        summary.disconnects = t.disconnects;
+        summary.sent = t.sent;
+        summary.acked = t.acked;
+        summary.received = t.received;
+        summary.errors = t.errors.clone();
+        summary.latency_ms = Latency::from_us(&total_latency);
+        summary.session_length_s_mean = last.session_length_s_mean();
+        let generator = generator_report(workers, t.cpu_ns, duration_s, &cpu_busiest);
+        if let Some(w) = &generator.warning {
+            eprintln!("warning: {w}");
+        }
+        Run {
+            scenario: scenario.to_string(),
+            target: common.target_name.clone(),
+            protocol: format!("{:?}", common.protocol).to_lowercase(),
+            server: common.server.to_string(),
+            config,
+            duration_s,
+            summary,
+            generator,
+            timeline,
+            ..Run::default()
+        }
+    }
+}
+
+fn generator_report(workers: u64, cpu_ns: u64, duration_s: f64, busiest: &[f64]) -> Generator {
+    let cpu_s = cpu_ns as f64 / 1e9;
+    // The busiest worker over the busier half of the ticks: publishing, not idling.
+    let mut sorted = busiest.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let top = &sorted[..sorted.len().div_ceil(2)];
+    let busiest_avg = if top.is_empty() {
+        0.0
+    } else {
+        top.iter().sum::<f64>() / top.len() as f64
+    };
+    let warning = (busiest_avg > 85.0).then(|| {
+        format!(
+            "the load generator may be the bottleneck: its busiest worker used {busiest_avg:.0}% \
+             of a core; add --workers or bench CPUs, and read the figures as a lower bound"
+        )
+    });
+    Generator {
+        workers,
+        cpu_s,
+        cpu_percent: cpu_s / duration_s.max(1e-3) * 100.0,
+        busiest_worker_cpu_percent: busiest_avg,
+        warning,
+    }
+}
+
+/// Can a TCP connection to the server still be made?
+pub fn reachable(server: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&server, Duration::from_secs(1)).is_ok()
+}
+
+/// VmRSS of a local process, in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Connects `load.users`, publishes, drains, and reports deliveries and latency.
+pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<Run> {
+    let config = serde_json::json!({ "load": load, "common": common });
+    let mut s = Session::start(common, load.users, load.rooms)?;
+    s.fleet.send(&Command::Connect {
+        users_end: load.users,
+    });
+    let (view, gone) = s.wait_connected(load.users);
+    let mut summary = Summary::default();
+    if gone || view.totals.connect_ok == 0 {
+        summary.unreachable = gone || !reachable(common.server);
+        summary.stop_reason = "no user could connect".into();
+        return Ok(s.finish(scenario, config, summary));
+    }
+    let publishers = load.publishers.min(load.users).max(1);
+    let interval_us = (publishers as f64 * 1e6 / load.rate_total.max(1e-3)).round() as u64;
+    s.fleet.send(&Command::Publish {
+        publishers,
+        interval_us,
+        messages_max: load.messages_max,
+    });
+    let start = view.clone();
+    let publish_until = Instant::now() + Duration::from_secs_f64(load.duration_s);
+    summary.stop_reason = "duration elapsed".into();
+    let mut last = view;
+    while Instant::now() < publish_until {
+        last = s.tick();
+        if s.server_gone(&last) {
+            summary.unreachable = true;
+            summary.stop_reason = "server unreachable".into();
+            break;
+        }
+        if load.messages_max.is_some() && last.totals.publishers_done >= publishers {
+            summary.stop_reason = "every publisher sent its messages".into();
+            break;
+        }
+    }
+    s.fleet.send(&Command::StopPublish);
+    let publish_end_s = last.t_s;
+    let publish_end = last.clone();
+    if !summary.unreachable {
+        let drain_until = Instant::now() + Duration::from_secs_f64(load.drain_s);
+        loop {
+            let view = s.tick();
+            let done = view.totals.acked >= view.totals.sent
+                && view
+                    .expected_deliveries
+                    .is_some_and(|e| view.totals.received >= e);
+            last = view;
+            if done || Instant::now() >= drain_until {
+                break;
+            }
+            if s.server_gone(&last) {
+                summary.unreachable = true;
+                summary.stop_reason = "server unreachable".into();
+                break;
+            }
+        }
+    }
+    summary.expected_deliveries = last.expected_deliveries;
+    // Throughput while publishing: what the server delivered under load (a backlog delivered
+    // after the publishers stopped does not count as throughput).
+    let window_s = (publish_end_s - start.t_s).max(1e-3);
+    summary.deliveries_per_s =
+        (publish_end.totals.received - start.totals.received) as f64 / window_s;
+    summary.sends_per_s =
+        (last.totals.sent - start.totals.sent) as f64 / (publish_end_s - start.t_s).max(1e-3);
+    summary.users_held = start.totals.connected;
+    Ok(s.finish(scenario, config, summary))
+}
+
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct RampArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Users at the first step.
+    #[arg(long, default_value_t = 500)]
+    pub start_users: u64,
+    /// Users added at each step.
+    #[arg(long, default_value_t = 500)]
+    pub step_users: u64,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 30.0)]
+    pub step_s: f64,
+    /// Stop when this many users are connected.
+    #[arg(long, default_value_t = 100_000)]
+    pub target_users: u64,
+    /// Users per room (rooms fill in order of arrival).
+    #[arg(long, default_value_t = 50)]
+    pub room_size: u64,
+    /// Seconds between two messages of one user (0: nobody chats).
+    #[arg(long, default_value_t = 10.0)]
+    pub message_interval_s: f64,
+    /// A step in which more than this fraction of new connects fail ends the ramp: the
+    /// server is deemed unreachable.
+    #[arg(long, default_value_t = 0.5)]
+    pub fail_fraction_max: f64,
+}
+
+/// The seeds' competition: add users in steps until the target or until the server fails.
+pub fn ramp(args: &RampArgs) -> anyhow::Result<Run> {
+    let config = serde_json::to_value(args)?;
+    let mut s = Session::start(
+        &args.common,
+        args.target_users,
+        Rooms::Blocks(args.room_size),
+    )?;
+    if args.message_interval_s > 0.0 {
+        s.fleet.send(&Command::Publish {
+            publishers: u64::MAX,
+            interval_us: (args.message_interval_s * 1e6) as u64,
+            messages_max: None,
+        });
+    }
+    let mut summary = Summary {
+        stop_reason: "target reached".into(),
+        ..Summary::default()
+    };
+    let mut steps: Vec<Step> = Vec::new();
+    let mut users_target = args.start_users.min(args.target_users);
+    let mut prev_end: Option<View> = None;
+    for step in 0.. {
+        s.fleet.send(&Command::Connect {
+            users_end: users_target,
+        });
+        let step_until = Instant::now() + Duration::from_secs_f64(args.step_s);
+        let mut step_latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+        let total_before = s.fleet.total_latency.clone();
+        let mut view = s.tick();
+        while Instant::now() < step_until {
+            view = s.tick();
+        }
+        // Let this step's connects settle before judging it (bounded by the setup timeout).
+        if view.totals.connect_ok + view.totals.connect_fail < users_target {
+            view = s.wait_connected(users_target).0;
+        }
+        let _ = step_latency.add(&s.fleet.total_latency);
+        let _ = step_latency.subtract(&total_before);
+        let record = step_record(step, &view, prev_end.as_ref(), users_target, &step_latency);
+        let attempted = record.connect_ok + record.connect_fail;
+        let failed_fraction = record.connect_fail as f64 / attempted.max(1) as f64;
+        let healthy = failed_fraction <= args.fail_fraction_max && reachable(args.common.server);
+        steps.push(Step { healthy, ..record });
+        if healthy {
+            summary.users_held = summary.users_held.max(view.totals.connected);
+        } else {
+            summary.unreachable = true;
+            summary.stop_reason = format!(
+                "step {step}: {:.0}% of new connects failed (limit {:.0}%)",
+                failed_fraction * 100.0,
+                args.fail_fraction_max * 100.0
+            );
+            break;
+        }
+        if users_target >= args.target_users {
+            break;
+        }
+        users_target = (users_target + args.step_users).min(args.target_users);
+        prev_end = Some(view);
+    }
+    let mut run = s.finish("ramp", config, summary);
+    run.steps = steps;
+    Ok(run)
+}
+
+fn step_record(
+    step: u64,
+    v: &View,
+    prev: Option<&View>,
+    target: u64,
+    h: &hdrhistogram::Histogram<u64>,
+) -> Step {
+    let p = prev.map(|p| p.totals.clone()).unwrap_or_default();
+    let t = &v.totals;
+    let mut errors = t.errors.clone();
+    for (k, n) in &p.errors {
+        if let Some(e) = errors.get_mut(k) {
+            *e = e.saturating_sub(*n);
+        }
+    }
+    errors.retain(|_, n| *n > 0);
+    Step {
+        step,
+        t_s: v.t_s,
+        users_target: target,
+        users_connected: t.connected,
+        connect_ok: t.connect_ok - p.connect_ok,
+        connect_fail: t.connect_fail - p.connect_fail,
+        sent: t.sent - p.sent,
+        received: t.received - p.received,
+        latency_ms: Latency::from_us(h),
+        session_length_s_mean: v.session_length_s_mean(),
+        errors,
+        healthy: true,
+    }
+}
+
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    /// Users per room.
+    #[arg(long, default_value_t = 50)]
+    pub room_size: u64,
+    /// Seconds to hold the connections before reading the server's memory.
+    #[arg(long, default_value_t = 2.0)]
+    pub hold_s: f64,
+}
+
+/// Opens idle connections and reports the server's resident memory per connection.
+pub fn idle(args: &IdleArgs) -> anyhow::Result<Run> {
+    let config = serde_json::to_value(args)?;
+    let pid = args.common.server_pid;
+    let before = pid.and_then(rss_bytes);
+    let mut s = Session::start(&args.common, args.users, Rooms::Blocks(args.room_size))?;
+    s.fleet.send(&Command::Connect {
+        users_end: args.users,
+    });
+    let (mut view, gone) = s.wait_connected(args.users);
+    let hold_until = Instant::now() + Duration::from_secs_f64(args.hold_s);
+    while !gone && Instant::now() < hold_until {
+        view = s.tick();
+    }
+    let after = pid.and_then(rss_bytes);
+    let connected = view.totals.connected;
+    let mut summary = Summary {
+        unreachable: gone,
+        stop_reason: if gone {
+            "server unreachable"
+        } else {
+            "connections held"
+        }
+        .into(),
+        users_held: connected,
+        server_rss_before_bytes: before,
+        server_rss_after_bytes: after,
+        ..Summary::default()
+    };
+    if let (Some(b), Some(a)) = (before, after) {
+        if connected > 0 {
+            summary.server_rss_per_connection_bytes =
+                Some((a as f64 - b as f64) / connected as f64);
+        }
+    }
+    Ok(s.finish("idle", config, summary))
+}

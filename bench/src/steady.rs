@@ -1,0 +1,177 @@
+//! The seeds' own workloads as presets (shared/seeds/BRIEF.md), each judged against the
+//! seed's own target.
+
+use clap::{Args, ValueEnum};
+
+use crate::report::{Check, Run};
+use crate::scenario::{run_load, Common, Load};
+use crate::worker::Rooms;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum Preset {
+    /// Seed 002: 3,000 users × 1 msg/s, rooms of 30; target: 0 % errors, mean ≤ 100 ms.
+    Ktb,
+    /// Seed 001: 5,000 msg/s from 5,000 users, rooms of 10; target: p99 ≤ 1,000 ms, the
+    /// full rate sustained.
+    Thiscode,
+    /// Seed 003: one room, 1,000 users × 100 messages, then 2,000 users × 50; target:
+    /// mean < 2,000 ms, errors < 1 %.
+    Webchat,
+}
+
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct SteadyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, value_enum)]
+    pub preset: Preset,
+    /// Scale every user count by this factor (e.g. 0.1 for a quick check).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Publishing time for `ktb` and `thiscode`.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration_s: f64,
+    /// Messages per second of each `webchat` user.
+    #[arg(long, default_value_t = 1.0)]
+    pub webchat_user_rate: f64,
+}
+
+pub fn steady(args: &SteadyArgs) -> anyhow::Result<Vec<Run>> {
+    let scaled = |n: u64| ((n as f64 * args.scale).round() as u64).max(2);
+    let mut runs = Vec::new();
+    match args.preset {
+        Preset::Ktb => {
+            let users = scaled(3000);
+            let load = Load {
+                users,
+                rooms: Rooms::Modulo(users.div_ceil(30)),
+                publishers: users,
+                rate_total: users as f64,
+                messages_max: None,
+                duration_s: args.duration_s,
+                drain_s: 10.0,
+            };
+            let mut run = run_load(&args.common, "steady:ktb", &load)?;
+            let error_rate = error_rate(&run);
+            let checks = vec![
+                check(
+                    "message errors",
+                    "0 %",
+                    error_rate * 100.0,
+                    "%",
+                    error_rate == 0.0,
+                ),
+                mean_check(&run, 100.0),
+            ];
+            judge(&mut run, checks);
+            runs.push(run);
+        }
+        Preset::Thiscode => {
+            let users = scaled(5000);
+            let rate = users as f64;
+            let load = Load {
+                users,
+                rooms: Rooms::Modulo(users.div_ceil(10)),
+                publishers: users,
+                rate_total: rate,
+                messages_max: None,
+                duration_s: args.duration_s,
+                drain_s: 10.0,
+            };
+            let mut run = run_load(&args.common, "steady:thiscode", &load)?;
+            let p99 = run.summary.latency_ms.p99;
+            let sends = run.summary.sends_per_s;
+            judge(
+                &mut run,
+                vec![
+                    check(
+                        "send→receive p99",
+                        "≤ 1000 ms",
+                        p99,
+                        "ms",
+                        p99 <= 1000.0 && p99 > 0.0,
+                    ),
+                    check(
+                        "messages/s sustained",
+                        &format!("≥ {:.0}", rate * 0.95),
+                        sends,
+                        "/s",
+                        sends >= rate * 0.95,
+                    ),
+                ],
+            );
+            runs.push(run);
+        }
+        Preset::Webchat => {
+            for (users, messages) in [(1000, 100), (2000, 50)] {
+                let users = scaled(users);
+                let load = Load {
+                    users,
+                    rooms: Rooms::Modulo(1),
+                    publishers: users,
+                    rate_total: users as f64 * args.webchat_user_rate,
+                    messages_max: Some(messages),
+                    duration_s: messages as f64 / args.webchat_user_rate * 3.0 + 10.0,
+                    drain_s: 30.0,
+                };
+                let name = format!("steady:webchat-{users}x{messages}");
+                let mut run = run_load(&args.common, &name, &load)?;
+                let error_rate = error_rate(&run);
+                let checks = vec![
+                    check(
+                        "errors",
+                        "< 1 %",
+                        error_rate * 100.0,
+                        "%",
+                        error_rate < 0.01,
+                    ),
+                    mean_check(&run, 2000.0),
+                ];
+                judge(&mut run, checks);
+                runs.push(run);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Failed sends, failed connects and lost deliveries, over what was attempted.
+fn error_rate(run: &Run) -> f64 {
+    let s = &run.summary;
+    let lost = s
+        .expected_deliveries
+        .map(|e| e.saturating_sub(s.received))
+        .unwrap_or(0);
+    let failed = s.sent.saturating_sub(s.acked) + s.connect_fail + lost;
+    let attempted = s.sent + s.users_attempted + s.expected_deliveries.unwrap_or(0);
+    if run.summary.unreachable {
+        return 1.0;
+    }
+    failed as f64 / attempted.max(1) as f64
+}
+
+fn mean_check(run: &Run, limit_ms: f64) -> Check {
+    let mean = run.summary.latency_ms.mean;
+    let ok = run.summary.latency_ms.samples > 0 && mean <= limit_ms;
+    check(
+        "send→receive mean",
+        &format!("≤ {limit_ms} ms"),
+        mean,
+        "ms",
+        ok,
+    )
+}
+
+fn check(name: &str, target: &str, measured: f64, unit: &str, pass: bool) -> Check {
+    Check {
+        name: name.into(),
+        target: target.into(),
+        measured: format!("{measured:.2} {unit}"),
+        pass,
+    }
+}
+
+fn judge(run: &mut Run, checks: Vec<Check>) {
+    run.passed = Some(checks.iter().all(|c| c.pass));
+    run.checks = checks;
+}
