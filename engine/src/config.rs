@@ -1,0 +1,246 @@
+//! Configuration: one struct, every limit a flag with its unit last in the name, each flag
+//! also readable from a `SOKDO_*` environment variable. Read-only after start-up, so the
+//! shards may share it through an `Arc`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The effective configuration of one `sokdo` process.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "sokdo",
+    version,
+    about = "sokdo: a thread-per-core WebSocket chat engine"
+)]
+pub struct Config {
+    /// Address to listen on (HTTP and WebSocket share it). Port 0 picks a free port; the
+    /// chosen address is printed on stdout as `listening on ADDR`.
+    #[arg(long, env = "SOKDO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Number of shards (one pinned executor per shard). Default: the CPUs this process may
+    /// run on.
+    #[arg(long, env = "SOKDO_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shards: Option<u16>,
+
+    /// Pin each shard to one CPU of the process's affinity mask.
+    #[arg(long, env = "SOKDO_PIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin: bool,
+
+    /// Directory for the write-ahead log and the embedded store.
+    #[arg(long, env = "SOKDO_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// HS256 secret for client JWTs. Without it the server runs in development mode and
+    /// accepts `?user=ID`, which it allows only on a loopback address.
+    #[arg(long, env = "SOKDO_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Name of this instance in `hello` and metrics. Default: `sokdo-<pid>`.
+    #[arg(long, env = "SOKDO_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// `join` of an unknown room creates it as a public room.
+    #[arg(long, env = "SOKDO_AUTO_CREATE_ROOMS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_create_rooms: bool,
+
+    /// Largest message body, in bytes of UTF-8.
+    #[arg(long, env = "SOKDO_BODY_BYTES_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub body_bytes_max: u32,
+
+    /// Largest WebSocket message a client may send (after reassembly); larger closes 1009.
+    #[arg(long, env = "SOKDO_FRAME_BYTES_MAX", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(128..=16_777_216))]
+    pub frame_bytes_max: u32,
+
+    /// Bytes queued for one connection before it is closed as a slow consumer (1013).
+    #[arg(long, env = "SOKDO_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub outbound_queue_bytes_max: u32,
+
+    /// Recent messages each room keeps in memory for replay and history.
+    #[arg(long, env = "SOKDO_HISTORY_RING_MESSAGES_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub history_ring_messages_max: u32,
+
+    /// `client_msg_id`s each room remembers for retries (the retry window, by count).
+    #[arg(long, env = "SOKDO_IDEMPOTENCY_KEYS_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub idempotency_keys_max: u32,
+
+    /// Rooms one connection may be joined to at once.
+    #[arg(long, env = "SOKDO_ROOMS_PER_CONNECTION_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rooms_per_connection_max: u32,
+
+    /// Rooms each shard may home.
+    #[arg(long, env = "SOKDO_ROOMS_PER_SHARD_MAX", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rooms_per_shard_max: u32,
+
+    /// Largest room id, in bytes.
+    #[arg(long, env = "SOKDO_ROOM_ID_BYTES_MAX", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub room_id_bytes_max: u32,
+
+    /// Open connections per shard (sockets in any phase); past it new ones get HTTP 503.
+    #[arg(long, env = "SOKDO_CONNECTIONS_PER_SHARD_MAX", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections_per_shard_max: u32,
+
+    /// Interval of server WebSocket pings.
+    #[arg(long, env = "SOKDO_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub heartbeat_ms: u64,
+
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    #[arg(long, env = "SOKDO_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(200..))]
+    pub idle_timeout_ms: u64,
+
+    /// Time a new socket has to complete its HTTP request or WebSocket upgrade.
+    #[arg(long, env = "SOKDO_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub handshake_timeout_ms: u64,
+
+    /// Time a closing connection has to take its close frame before the socket is dropped.
+    #[arg(long, env = "SOKDO_CLOSE_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub close_timeout_ms: u64,
+
+    /// Largest HTTP request head (request line and headers).
+    #[arg(long, env = "SOKDO_HTTP_REQUEST_BYTES_MAX", default_value_t = 8192, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    pub http_request_bytes_max: u32,
+
+    /// Capacity of each shard-to-shard channel, in messages.
+    #[arg(long, env = "SOKDO_SHARD_CHANNEL_MESSAGES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..))]
+    pub shard_channel_messages_max: u32,
+
+    /// On SIGTERM, spread the closing of connections over this long, so clients do not all
+    /// reconnect to the other instances at the same instant.
+    #[arg(long, env = "SOKDO_DRAIN_SPREAD_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub drain_spread_ms: u64,
+
+    /// Upper bound on the whole drain; the process exits by then whatever remains.
+    #[arg(long, env = "SOKDO_DRAIN_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub drain_timeout_ms: u64,
+
+    /// `reconnect_after_ms` told to clients in the `closing` event (each gets a jittered
+    /// value up to this).
+    #[arg(long, env = "SOKDO_RECONNECT_AFTER_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub reconnect_after_ms: u64,
+}
+
+/// A configuration that does not make sense as a whole, naming the flags involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--jwt-secret is required when --listen is not a loopback address (development mode accepts ?user= only on loopback); got --listen {0}")]
+    DevModeNotLoopback(SocketAddr),
+    #[error("--frame-bytes-max ({frame}) must exceed --body-bytes-max ({body}) by at least 512 bytes of JSON envelope")]
+    FrameSmallerThanBody { frame: u32, body: u32 },
+    #[error("--idle-timeout-ms ({idle}) must be larger than --heartbeat-ms ({heartbeat}), or idle clients are closed between pings")]
+    IdleBelowHeartbeat { idle: u64, heartbeat: u64 },
+}
+
+impl Config {
+    /// Checks the relations between flags that clap's per-flag ranges cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.is_none() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::DevModeNotLoopback(self.listen));
+        }
+        if self.frame_bytes_max < self.body_bytes_max.saturating_add(512) {
+            return Err(ConfigError::FrameSmallerThanBody {
+                frame: self.frame_bytes_max,
+                body: self.body_bytes_max,
+            });
+        }
+        if self.idle_timeout_ms <= self.heartbeat_ms {
+            return Err(ConfigError::IdleBelowHeartbeat {
+                idle: self.idle_timeout_ms,
+                heartbeat: self.heartbeat_ms,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn dev_mode(&self) -> bool {
+        self.jwt_secret.is_none()
+    }
+
+    pub fn instance(&self) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| format!("sokdo-{}", std::process::id()))
+    }
+
+    /// The effective configuration, one `key = value` per line, secrets redacted.
+    pub fn summary(&self, shards: u16) -> String {
+        let secret = if self.jwt_secret.is_some() {
+            "<set>"
+        } else {
+            "<none: development mode>"
+        };
+        let lines = [
+            format!("listen = {}", self.listen),
+            format!("shards = {shards}"),
+            format!("pin = {}", self.pin),
+            format!("data_dir = {}", self.data_dir.display()),
+            format!("jwt_secret = {secret}"),
+            format!("instance_id = {}", self.instance()),
+            format!("auto_create_rooms = {}", self.auto_create_rooms),
+            format!("body_bytes_max = {}", self.body_bytes_max),
+            format!("frame_bytes_max = {}", self.frame_bytes_max),
+            format!(
+                "outbound_queue_bytes_max = {}",
+                self.outbound_queue_bytes_max
+            ),
+            format!(
+                "history_ring_messages_max = {}",
+                self.history_ring_messages_max
+            ),
+            format!("idempotency_keys_max = {}", self.idempotency_keys_max),
+            format!(
+                "rooms_per_connection_max = {}",
+                self.rooms_per_connection_max
+            ),
+            format!("rooms_per_shard_max = {}", self.rooms_per_shard_max),
+            format!("room_id_bytes_max = {}", self.room_id_bytes_max),
+            format!(
+                "connections_per_shard_max = {}",
+                self.connections_per_shard_max
+            ),
+            format!("heartbeat_ms = {}", self.heartbeat_ms),
+            format!("idle_timeout_ms = {}", self.idle_timeout_ms),
+            format!("handshake_timeout_ms = {}", self.handshake_timeout_ms),
+            format!("close_timeout_ms = {}", self.close_timeout_ms),
+            format!("http_request_bytes_max = {}", self.http_request_bytes_max),
+            format!(
+                "shard_channel_messages_max = {}",
+                self.shard_channel_messages_max
+            ),
+            format!("drain_spread_ms = {}", self.drain_spread_ms),
+            format!("drain_timeout_ms = {}", self.drain_timeout_ms),
+            format!("reconnect_after_ms = {}", self.reconnect_after_ms),
+        ];
+        lines.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("sokdo").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let cfg = parse(&[]).unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.dev_mode());
+    }
+
+    #[test]
+    fn dev_mode_refuses_public_address() {
+        let cfg = parse(&["--listen", "0.0.0.0:9000"]).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--jwt-secret"), "{err}");
+    }
+
+    #[test]
+    fn bad_flag_value_names_the_flag() {
+        let err = parse(&["--shards", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--shards"), "{err}");
+    }
+}

@@ -1,0 +1,262 @@
+//! HTTP on the WebSocket port: the request head of a new socket decides whether it is
+//! upgraded (`/ws`, after authentication) or answered and closed (`/healthz`, `/readyz`,
+//! `/metrics`, `/`). Pure: the connection hands in bytes and gets back what to do.
+
+use bytes::Bytes;
+
+use crate::auth::{Auth, Identity};
+
+/// Request headers parsed at most; more is 431.
+const HEADERS_MAX: usize = 48;
+
+/// The chat page served at `/` (embedded; no build step).
+pub const CHAT_PAGE: &str = include_str!("../static/index.html");
+
+pub enum Outcome {
+    /// The head is not complete yet.
+    Incomplete,
+    /// Send these bytes, then close.
+    Respond(Bytes),
+    /// Switch to WebSocket: send the 101 response, then `hello`.
+    Upgrade { identity: Identity, response: Bytes },
+}
+
+/// What the router needs to know about the server's state.
+pub struct Context<'a> {
+    pub auth: &'a Auth,
+    pub draining: bool,
+    pub shard_full: bool,
+    pub metrics: &'a dyn Fn() -> String,
+}
+
+pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Partial) => Outcome::Incomplete,
+        Ok(httparse::Status::Complete(_)) => Outcome::from_request(&req, ctx),
+        Err(httparse::Error::TooManyHeaders) => Outcome::Respond(plain(
+            431,
+            "Request Header Fields Too Large",
+            "too many headers\n",
+        )),
+        Err(e) => Outcome::Respond(plain(
+            400,
+            "Bad Request",
+            &format!("malformed HTTP request: {e}\n"),
+        )),
+    }
+}
+
+impl Outcome {
+    fn from_request(req: &httparse::Request<'_, '_>, ctx: &Context<'_>) -> Outcome {
+        let target = req.path.unwrap_or("/");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if req.method != Some("GET") {
+            return Outcome::Respond(plain(
+                405,
+                "Method Not Allowed",
+                "only GET is served here\n",
+            ));
+        }
+        let respond = Outcome::Respond;
+        match path {
+            "/healthz" => respond(plain(200, "OK", "ok\n")),
+            "/readyz" if ctx.draining => respond(plain(503, "Service Unavailable", "draining\n")),
+            "/readyz" => respond(plain(200, "OK", "ready\n")),
+            "/metrics" => respond(response(
+                200,
+                "OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                (ctx.metrics)().as_bytes(),
+                "",
+            )),
+            "/" => respond(response(
+                200,
+                "OK",
+                "text/html; charset=utf-8",
+                CHAT_PAGE.as_bytes(),
+                "",
+            )),
+            "/ws" => upgrade(req, query, ctx),
+            _ => respond(plain(404, "Not Found", "no such path\n")),
+        }
+    }
+}
+
+fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> Outcome {
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Outcome::Respond(plain(
+            400,
+            "Bad Request",
+            "expected a WebSocket upgrade (Upgrade: websocket)\n",
+        ));
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Outcome::Respond(response(
+            426,
+            "Upgrade Required",
+            "text/plain; charset=utf-8",
+            b"only WebSocket version 13 is supported\n",
+            "Sec-WebSocket-Version: 13\r\n",
+        ));
+    }
+    let Some(key) = header("sec-websocket-key") else {
+        return Outcome::Respond(plain(400, "Bad Request", "missing Sec-WebSocket-Key\n"));
+    };
+    if ctx.draining || ctx.shard_full {
+        let why = if ctx.draining {
+            "draining: reconnect to another instance\n"
+        } else {
+            "at capacity: retry later\n"
+        };
+        return Outcome::Respond(response(
+            503,
+            "Service Unavailable",
+            "text/plain; charset=utf-8",
+            why.as_bytes(),
+            "Retry-After: 1\r\n",
+        ));
+    }
+    let mut token = None;
+    let mut user = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "token" => token = Some(v.into_owned()),
+            "user" => user = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let bearer = header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match ctx
+        .auth
+        .authenticate(bearer, token.as_deref(), user.as_deref())
+    {
+        Ok(identity) => {
+            let accept = crate::ws::accept_key(key.trim().as_bytes());
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            Outcome::Upgrade {
+                identity,
+                response: Bytes::from(response),
+            }
+        }
+        Err(e) => Outcome::Respond(plain(401, "Unauthorized", &format!("{e}\n"))),
+    }
+}
+
+fn plain(status: u16, reason: &str, body: &str) -> Bytes {
+    response(
+        status,
+        reason,
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+        "",
+    )
+}
+
+/// A complete HTTP/1.1 response that closes the connection.
+pub fn response(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &[u8],
+    extra_headers: &str,
+) -> Bytes {
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(auth: &Auth, draining: bool) -> Context<'_> {
+        Context {
+            auth,
+            draining,
+            shard_full: false,
+            metrics: &|| String::from("m"),
+        }
+    }
+
+    fn status(out: Outcome) -> String {
+        match out {
+            Outcome::Respond(b) => String::from_utf8_lossy(&b[..12]).into_owned(),
+            Outcome::Upgrade { response, .. } => {
+                String::from_utf8_lossy(&response[..12]).into_owned()
+            }
+            Outcome::Incomplete => "incomplete".into(),
+        }
+    }
+
+    const UPGRADE: &str = "GET /ws?user=al%20ice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn routes() {
+        let auth = Auth::new(None);
+        assert_eq!(
+            status(route(b"GET /healthz HTTP/1.1\r\n\r\n", &ctx(&auth, false))),
+            "HTTP/1.1 200"
+        );
+        assert_eq!(
+            status(route(b"GET /readyz HTTP/1.1\r\n\r\n", &ctx(&auth, true))),
+            "HTTP/1.1 503"
+        );
+        assert_eq!(
+            status(route(b"GET /nope HTTP/1.1\r\n\r\n", &ctx(&auth, false))),
+            "HTTP/1.1 404"
+        );
+        assert_eq!(
+            status(route(b"POST /ws HTTP/1.1\r\n\r\n", &ctx(&auth, false))),
+            "HTTP/1.1 405"
+        );
+        assert_eq!(
+            status(route(b"GET /ws HTTP/1.1\r\n\r\n", &ctx(&auth, false))),
+            "HTTP/1.1 400"
+        );
+        assert_eq!(
+            status(route(b"GET /healthz HTTP/1.1\r\n", &ctx(&auth, false))),
+            "incomplete"
+        );
+    }
+
+    #[test]
+    fn upgrade_answers_the_rfc_example_key() {
+        let auth = Auth::new(None);
+        match route(UPGRADE.as_bytes(), &ctx(&auth, false)) {
+            Outcome::Upgrade { identity, response } => {
+                assert_eq!(identity.user, "al ice");
+                let text = String::from_utf8(response.to_vec()).unwrap();
+                assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+            }
+            _ => panic!("expected an upgrade"),
+        }
+        assert_eq!(
+            status(route(UPGRADE.as_bytes(), &ctx(&auth, true))),
+            "HTTP/1.1 503"
+        );
+        let secured = Auth::new(Some("k"));
+        assert_eq!(
+            status(route(UPGRADE.as_bytes(), &ctx(&secured, false))),
+            "HTTP/1.1 401"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics, one set per shard (label `shard`).
+//!
+//! Every metric a shard writes is its own: counters and gauges are relaxed atomics that only
+//! the owning shard writes, so the message path takes no lock and shares no cache line with
+//! another shard. The registry itself is only read, by whichever shard serves `/metrics`.
+//! prometheus-client's `Histogram` takes a mutex on every observation, so the latency
+//! histogram here is a fixed set of atomic buckets encoded through the same registry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
+/// Upper bounds of the latency buckets, in seconds: 10 µs … ~5 s, doubling.
+const LATENCY_BOUNDS_S: [f64; 20] = {
+    let mut bounds = [0.0; 20];
+    let mut i = 0;
+    let mut b = 0.000_01;
+    while i < 20 {
+        bounds[i] = b;
+        b *= 2.0;
+        i += 1;
+    }
+    bounds
+};
+
+/// A histogram written by one shard without locks.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram(Arc<HistogramCells>);
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    buckets: [AtomicU64; LATENCY_BOUNDS_S.len() + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let idx = LATENCY_BOUNDS_S.partition_point(|b| *b < secs);
+        self.0.buckets[idx].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .sum_ns
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_S
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.0.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, self.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The families, registered once; each shard takes its own children at start-up.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<ShardLabel, Gauge>,
+    connections_accepted: Family<ShardLabel, Counter>,
+    connections_refused: Family<ShardLabel, Counter>,
+    messages_in: Family<ShardLabel, Counter>,
+    deliveries: Family<ShardLabel, Counter>,
+    bytes_out: Family<ShardLabel, Counter>,
+    cross_shard_messages: Family<ShardLabel, Counter>,
+    inbox_depth: Family<ShardLabel, Gauge>,
+    outbound_queue_bytes: Family<ShardLabel, Gauge>,
+    slow_consumer_closes: Family<ShardLabel, Counter>,
+    protocol_errors: Family<ShardLabel, Counter>,
+    rooms_homed: Family<ShardLabel, Gauge>,
+    fanout_latency: Family<ShardLabel, LatencyHistogram>,
+}
+
+macro_rules! register {
+    ($registry:ident, $( $field:ident : $name:literal, $help:literal; )*) => {
+        $( let $field = Family::default(); $registry.register($name, $help, $field.clone()); )*
+    };
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sokdo");
+        register!(registry,
+            connections: "connections", "Open connections (any phase)";
+            connections_accepted: "connections_accepted", "Sockets accepted";
+            connections_refused: "connections_refused", "Sockets refused with HTTP 503 (shard full or draining)";
+            messages_in: "messages_in", "Messages accepted and sequenced by their room's home";
+            deliveries: "deliveries", "Message frames queued to subscribers";
+            bytes_out: "bytes_out", "Bytes written to sockets";
+            cross_shard_messages: "cross_shard_messages", "Messages sent to other shards";
+            inbox_depth: "inbox_depth", "Messages waiting in this shard's inbound queues";
+            outbound_queue_bytes: "outbound_queue_bytes", "Bytes queued to this shard's connections";
+            slow_consumer_closes: "slow_consumer_closes", "Connections closed 1013 for overflowing outbound_queue_bytes_max";
+            protocol_errors: "protocol_errors", "Requests answered with an error";
+            rooms_homed: "rooms_homed", "Rooms whose home is this shard";
+        );
+        let fanout_latency = Family::default();
+        registry.register(
+            "fanout_latency_seconds",
+            "From a send arriving at a shard to its frame being queued to the subscribers of another (or the same) shard",
+            fanout_latency.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            connections_accepted,
+            connections_refused,
+            messages_in,
+            deliveries,
+            bytes_out,
+            cross_shard_messages,
+            inbox_depth,
+            outbound_queue_bytes,
+            slow_consumer_closes,
+            protocol_errors,
+            rooms_homed,
+            fanout_latency,
+        }
+    }
+
+    pub fn for_shard(&self, shard: u16) -> ShardMetrics {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
+        ShardMetrics {
+            connections: self.connections.get_or_create(&label).clone(),
+            connections_accepted: self.connections_accepted.get_or_create(&label).clone(),
+            connections_refused: self.connections_refused.get_or_create(&label).clone(),
+            messages_in: self.messages_in.get_or_create(&label).clone(),
+            deliveries: self.deliveries.get_or_create(&label).clone(),
+            bytes_out: self.bytes_out.get_or_create(&label).clone(),
+            cross_shard_messages: self.cross_shard_messages.get_or_create(&label).clone(),
+            inbox_depth: self.inbox_depth.get_or_create(&label).clone(),
+            outbound_queue_bytes: self.outbound_queue_bytes.get_or_create(&label).clone(),
+            slow_consumer_closes: self.slow_consumer_closes.get_or_create(&label).clone(),
+            protocol_errors: self.protocol_errors.get_or_create(&label).clone(),
+            rooms_homed: self.rooms_homed.get_or_create(&label).clone(),
+            fanout_latency: self.fanout_latency.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The Prometheus text exposition of every shard's metrics.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding into a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One shard's own metric children.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    pub connections: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_refused: Counter,
+    pub messages_in: Counter,
+    pub deliveries: Counter,
+    pub bytes_out: Counter,
+    pub cross_shard_messages: Counter,
+    pub inbox_depth: Gauge,
+    pub outbound_queue_bytes: Gauge,
+    pub slow_consumer_closes: Counter,
+    pub protocol_errors: Counter,
+    pub rooms_homed: Gauge,
+    pub fanout_latency: LatencyHistogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_shard_labels_and_histogram() {
+        let metrics = Metrics::new();
+        let s1 = metrics.for_shard(1);
+        s1.deliveries.inc_by(3);
+        s1.fanout_latency.observe(Duration::from_micros(30));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"sokdo_deliveries_total{shard="1"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sokdo_fanout_latency_seconds_count{shard="1"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sokdo_fanout_latency_seconds_bucket{le="0.00004",shard="1"} 1"#)
+                || text.contains("le=\"4e-5\""),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! A room's state on its home shard: sequencing, the ring of recent messages, members,
+//! read pointers, retry keys, and which shards hold subscribers.
+//!
+//! Pure logic: no sockets, no clocks (time comes in as arguments), no other shard. The home
+//! shard is the only writer, so nothing here is shared or locked. Tests drive it directly.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::protocol::Msg;
+
+/// Bounds of one room, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    pub history_ring_messages_max: usize,
+    pub idempotency_keys_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub title: Option<String>,
+    pub private: bool,
+    pub creator: String,
+    pub created_ms: u64,
+}
+
+/// What `publish` did.
+#[derive(Debug, PartialEq)]
+pub enum Published<'a> {
+    /// A new message with the next sequence number; deliver it.
+    New(&'a Msg),
+    /// A retry of an earlier `client_msg_id`: reply with the original, deliver nothing.
+    Duplicate { seq: u64, msg_id: String, ts: u64 },
+}
+
+/// The messages a replay of `after_seq` can give from memory.
+#[derive(Debug, PartialEq)]
+pub struct Replay<'a> {
+    pub messages: Vec<&'a Msg>,
+    /// Messages after `after_seq` that the ring no longer holds.
+    pub missing_before_ring: u64,
+}
+
+#[derive(Debug)]
+pub struct Room {
+    id: String,
+    info: RoomInfo,
+    limits: RoomLimits,
+    last_seq: u64,
+    ring: VecDeque<Msg>,
+    members: HashSet<String>,
+    read_seq: HashMap<String, u64>,
+    retry_keys: HashMap<(String, String), (u64, u64)>,
+    retry_order: VecDeque<(String, String)>,
+    subscribers_per_shard: Vec<u32>,
+    online: HashMap<String, u32>,
+}
+
+impl Room {
+    pub fn new(id: String, info: RoomInfo, limits: RoomLimits, shards: usize) -> Room {
+        assert!(limits.history_ring_messages_max > 0 && limits.idempotency_keys_max > 0);
+        Room {
+            id,
+            info,
+            limits,
+            last_seq: 0,
+            ring: VecDeque::new(),
+            members: HashSet::new(),
+            read_seq: HashMap::new(),
+            retry_keys: HashMap::new(),
+            retry_order: VecDeque::new(),
+            subscribers_per_shard: vec![0; shards],
+            online: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn info(&self) -> &RoomInfo {
+        &self.info
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn msg_id(room: &str, seq: u64) -> String {
+        format!("{room}:{seq}")
+    }
+
+    /// Assigns the next sequence number to a message, unless `client_msg_id` repeats one this
+    /// user sent within the retry window. The sender's read pointer moves to its own message.
+    pub fn publish(
+        &mut self,
+        from: &str,
+        name: Option<&str>,
+        body: String,
+        client_msg_id: Option<&str>,
+        ts: u64,
+    ) -> Published<'_> {
+        if let Some(key) = client_msg_id {
+            let key = (from.to_owned(), key.to_owned());
+            if let Some(&(seq, ts)) = self.retry_keys.get(&key) {
+                return Published::Duplicate {
+                    seq,
+                    msg_id: Room::msg_id(&self.id, seq),
+                    ts,
+                };
+            }
+            self.remember_retry_key(key, self.last_seq + 1, ts);
+        }
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        if self.ring.len() == self.limits.history_ring_messages_max {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(Msg {
+            room: self.id.clone(),
+            seq,
+            msg_id: Room::msg_id(&self.id, seq),
+            from: from.to_owned(),
+            name: name.map(str::to_owned),
+            body,
+            ts,
+        });
+        self.mark_read(from, seq);
+        debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
+        debug_assert_eq!(self.ring.back().map(|m| m.seq), Some(self.last_seq));
+        Published::New(self.ring.back().expect("just pushed"))
+    }
+
+    fn remember_retry_key(&mut self, key: (String, String), seq: u64, ts: u64) {
+        if self.retry_order.len() == self.limits.idempotency_keys_max {
+            if let Some(oldest) = self.retry_order.pop_front() {
+                self.retry_keys.remove(&oldest);
+            }
+        }
+        self.retry_order.push_back(key.clone());
+        self.retry_keys.insert(key, (seq, ts));
+    }
+
+    /// Messages with `seq > after_seq` still in the ring, ascending.
+    pub fn replay(&self, after_seq: u64) -> Replay<'_> {
+        let first_in_ring = self.ring.front().map_or(self.last_seq + 1, |m| m.seq);
+        let missing_before_ring = first_in_ring.saturating_sub(after_seq + 1);
+        let skip = (after_seq + 1).saturating_sub(first_in_ring) as usize;
+        Replay {
+            messages: self.ring.iter().skip(skip).collect(),
+            missing_before_ring,
+        }
+    }
+
+    /// The newest `limit` messages with `seq < before_seq` (all, without it), ascending.
+    pub fn history(&self, before_seq: Option<u64>, limit: usize) -> Vec<&Msg> {
+        let end = match before_seq {
+            None => self.ring.len(),
+            Some(before) => self.ring.partition_point(|m| m.seq < before),
+        };
+        let start = end.saturating_sub(limit);
+        self.ring.range(start..end).collect()
+    }
+
+    /// Adds a member; a new member's read pointer starts at the room's current end.
+    pub fn add_member(&mut self, user: &str) {
+        if self.members.insert(user.to_owned()) {
+            self.read_seq
+                .entry(user.to_owned())
+                .or_insert(self.last_seq);
+        }
+    }
+
+    pub fn remove_member(&mut self, user: &str) {
+        self.members.remove(user);
+        self.read_seq.remove(user);
+    }
+
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members.contains(user)
+    }
+
+    /// Moves a read pointer forward only; returns whether it moved.
+    pub fn mark_read(&mut self, user: &str, seq: u64) -> bool {
+        let seq = seq.min(self.last_seq);
+        let ptr = self.read_seq.entry(user.to_owned()).or_insert(0);
+        if seq > *ptr {
+            *ptr = seq;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Messages after the user's read pointer. A user's own messages move their pointer,
+    /// so they never count as unread.
+    pub fn unread(&self, user: &str) -> u64 {
+        let read = self.read_seq.get(user).copied().unwrap_or(self.last_seq);
+        self.last_seq - read
+    }
+
+    /// Counts one more subscribed connection of `user` on `shard`. Returns whether the user
+    /// just came online in the room (its first connection).
+    pub fn subscribe(&mut self, shard: usize, user: &str) -> bool {
+        self.subscribers_per_shard[shard] += 1;
+        let count = self.online.entry(user.to_owned()).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Counts one subscribed connection fewer. Returns whether the user went offline in the
+    /// room (its last connection).
+    pub fn unsubscribe(&mut self, shard: usize, user: &str) -> bool {
+        let count = &mut self.subscribers_per_shard[shard];
+        debug_assert!(*count > 0, "unsubscribe without subscribe on shard {shard}");
+        *count = count.saturating_sub(1);
+        match self.online.get_mut(user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.online.remove(user);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Users with at least one subscribed connection.
+    pub fn online_users(&self) -> impl Iterator<Item = &str> {
+        self.online.keys().map(String::as_str)
+    }
+
+    /// Shards that hold at least one subscriber: each gets one copy of every message.
+    pub fn subscribed_shards(&self) -> impl Iterator<Item = usize> + '_ {
+        self.subscribers_per_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(shard, _)| shard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn room(ring: usize) -> Room {
+        let info = RoomInfo {
+            title: None,
+            private: false,
+            creator: "c".into(),
+            created_ms: 0,
+        };
+        let limits = RoomLimits {
+            history_ring_messages_max: ring,
+            idempotency_keys_max: 4,
+        };
+        Room::new("r".into(), info, limits, 2)
+    }
+
+    fn send(room: &mut Room, from: &str, key: Option<&str>) -> u64 {
+        match room.publish(from, None, "b".into(), key, 7) {
+            Published::New(m) => m.seq,
+            Published::Duplicate { seq, .. } => seq,
+        }
+    }
+
+    #[test]
+    fn retry_returns_the_original_seq_and_stores_nothing() {
+        let mut r = room(10);
+        let first = send(&mut r, "u", Some("k"));
+        send(&mut r, "v", None);
+        let retry = r.publish("u", None, "b".into(), Some("k"), 9);
+        assert_eq!(
+            retry,
+            Published::Duplicate {
+                seq: first,
+                msg_id: "r:1".into(),
+                ts: 7
+            }
+        );
+        assert_eq!(r.last_seq(), 2);
+        // The same key from another user is a different message.
+        assert_eq!(send(&mut r, "v", Some("k")), 3);
+    }
+
+    #[test]
+    fn retry_window_is_bounded() {
+        let mut r = room(10);
+        for k in 0..5 {
+            send(&mut r, "u", Some(&k.to_string()));
+        }
+        assert_eq!(r.retry_keys.len(), 4);
+        assert_eq!(send(&mut r, "u", Some("0")), 6, "oldest key forgotten");
+    }
+
+    #[test]
+    fn unread_excludes_own_messages() {
+        let mut r = room(10);
+        r.add_member("a");
+        r.add_member("b");
+        send(&mut r, "a", None);
+        send(&mut r, "a", None);
+        assert_eq!(r.unread("a"), 0);
+        assert_eq!(r.unread("b"), 2);
+        assert!(r.mark_read("b", 1));
+        assert!(!r.mark_read("b", 1), "pointer moves forward only");
+        assert_eq!(r.unread("b"), 1);
+    }
+
+    #[test]
+    fn replay_reports_what_the_ring_lost() {
+        let mut r = room(3);
+        for _ in 0..5 {
+            send(&mut r, "u", None);
+        }
+        let replay = r.replay(0);
+        assert_eq!(
+            replay.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert_eq!(replay.missing_before_ring, 2);
+        assert_eq!(r.replay(5).messages.len(), 0);
+        assert_eq!(r.replay(9).missing_before_ring, 0);
+    }
+
+    #[test]
+    fn subscribed_shards_follow_counts() {
+        let mut r = room(3);
+        assert!(r.subscribe(1, "a"));
+        assert!(!r.subscribe(1, "a"), "second connection of the same user");
+        assert!(r.subscribe(0, "b"));
+        assert!(!r.unsubscribe(1, "a"));
+        assert_eq!(r.subscribed_shards().collect::<Vec<_>>(), [0, 1]);
+        assert!(r.unsubscribe(1, "a"), "last connection of a");
+        assert_eq!(r.subscribed_shards().collect::<Vec<_>>(), [0]);
+        assert_eq!(r.online_users().collect::<Vec<_>>(), ["b"]);
+    }
+
+    proptest! {
+        #[test]
+        fn seqs_increase_without_gaps_and_ring_stays_bounded(
+            ring in 1usize..20,
+            sends in proptest::collection::vec((0u8..3, proptest::option::of(0u8..6)), 1..200),
+        ) {
+            let mut r = room(ring);
+            let mut last = 0;
+            for (user, key) in sends {
+                let key = key.map(|k| k.to_string());
+                let before = r.last_seq();
+                let seq = send(&mut r, &user.to_string(), key.as_deref());
+                if r.last_seq() > before {
+                    prop_assert_eq!(seq, last + 1);
+                    last = seq;
+                } else {
+                    prop_assert!(seq <= last);
+                }
+                prop_assert!(r.ring.len() <= ring);
+            }
+            let seqs: Vec<u64> = r.ring.iter().map(|m| m.seq).collect();
+            prop_assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+        }
+
+        #[test]
+        fn history_is_the_newest_below_the_cursor(n in 0u64..40, before in 0u64..45, limit in 1usize..10) {
+            let mut r = room(25);
+            for _ in 0..n { send(&mut r, "u", None); }
+            let got: Vec<u64> = r.history(Some(before), limit).iter().map(|m| m.seq).collect();
+            let first_in_ring = n.saturating_sub(25) + 1;
+            let expected: Vec<u64> = (first_in_ring..=n).filter(|s| *s < before).collect();
+            let expected = expected[expected.len().saturating_sub(limit)..].to_vec();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Starting and stopping a process: listeners, shard threads, signals.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::shard::{self, Shared};
+
+/// Pending connections the kernel holds per listener (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Runs the server until it has drained after SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let cpus = allowed_cpus();
+    let shards = cfg.shards.unwrap_or(cpus.len().max(1) as u16);
+    if cfg.dev_mode() {
+        tracing::warn!(
+            "DEVELOPMENT MODE: no --jwt-secret; any client may connect as ?user=ID (loopback only)"
+        );
+    }
+    let listeners = bind_all(cfg.listen, shards)?;
+    let addr = listeners[0]
+        .local_addr()?
+        .as_socket()
+        .context("listener has an IP address")?;
+    eprintln!("sokdo configuration:\n{}", cfg.summary(shards));
+
+    let shared = Arc::new(Shared {
+        shards,
+        instance: cfg.instance(),
+        auth: Auth::new(cfg.jwt_secret.as_deref()),
+        metrics: Metrics::new(),
+        mesh: Mesh::new(shards as usize, cfg.shard_channel_messages_max as usize),
+        cfg,
+    });
+    watch_signals(shared.clone())?;
+
+    let mut handles = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let placement = if shared.cfg.pin {
+            Placement::Fixed(cpus[id % cpus.len()])
+        } else {
+            Placement::Unbound
+        };
+        let shared = shared.clone();
+        let fd = listener.into_raw_fd();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("sokdo-shard-{id}"))
+            .spawn(move || async move {
+                // SAFETY: `fd` is a listening socket this thread now owns alone.
+                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                shard::run(id as u16, shared, listener).await
+            })
+            .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))?;
+        handles.push(handle);
+    }
+    println!("listening on {addr}");
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One `SO_REUSEPORT` listener per shard on the same address; the first one resolves
+/// port 0 for the others.
+fn bind_all(listen: SocketAddr, shards: u16) -> anyhow::Result<Vec<Socket>> {
+    let mut addr = listen;
+    let mut listeners = Vec::new();
+    for _ in 0..shards {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket
+            .bind(&addr.into())
+            .with_context(|| format!("--listen {listen}: cannot bind"))?;
+        socket.listen(LISTEN_BACKLOG)?;
+        addr = socket
+            .local_addr()?
+            .as_socket()
+            .context("listener has an IP address")?;
+        listeners.push(socket);
+    }
+    Ok(listeners)
+}
+
+/// CPUs this process may run on (its affinity mask, e.g. as narrowed by `taskset`).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data and `sched_getaffinity` writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|cpu| ok && unsafe { libc::CPU_ISSET(*cpu, &set) })
+        .collect();
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
+}
+
+/// First SIGTERM/SIGINT drains; a second one exits at once.
+fn watch_signals(shared: Arc<Shared>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("sokdo-signals".into())
+        .spawn(move || {
+            let mut draining = false;
+            for signal in signals.forever() {
+                if draining {
+                    tracing::warn!(signal, "second signal: exiting without finishing the drain");
+                    std::process::exit(1);
+                }
+                draining = true;
+                tracing::info!(signal, "draining: /readyz now answers 503");
+                shared.mesh.request_drain();
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,929 @@
+//! A shard: one glommio executor pinned to one core, owning its listener, its connections,
+//! the rooms it homes and its table of local subscribers. Nothing in here is shared with
+//! another shard; shards talk only through [`ShardMsg`]s on the [`Mesh`].
+//!
+//! Three tasks run on every shard besides the connections: `accept_loop` (its own
+//! `SO_REUSEPORT` listener), `inbox_loop` (messages from other shards) and `ticker`
+//! (heartbeats, timeouts, gauges, draining). The connection side of a request is here; the
+//! room side, run on the room's home shard, is in `home.rs`.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::net::{TcpListener, TcpStream};
+use slab::Slab;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::conn::{ConnDriver, ConnEntry, ConnRef, Phase};
+use crate::mesh::{Mesh, ShardId};
+use crate::metrics::{Metrics, ShardMetrics};
+use crate::protocol::{self, ErrorCode, ProtoError, Request, RequestId};
+use crate::room::Room;
+use crate::ws::{self, close, Inbound};
+
+/// Messages one shard's inbox task handles per batch before yielding.
+const INBOX_BATCH_MAX: usize = 256;
+/// Bad requests one connection may make before it is closed 1008.
+const PROTOCOL_ERRORS_PER_CONNECTION_MAX: u32 = 64;
+
+/// What every shard reads and no shard writes.
+pub struct Shared {
+    pub cfg: Config,
+    pub shards: u16,
+    pub instance: String,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    pub mesh: Mesh<ShardMsg>,
+}
+
+impl Shared {
+    /// The home shard of a room: a hash of its id, the same on every shard.
+    pub fn home_of(&self, room: &str) -> ShardId {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        (h.finish() % u64::from(self.shards)) as ShardId
+    }
+}
+
+/// Where a request came from, so the home can answer it.
+#[derive(Debug)]
+pub struct Origin {
+    pub shard: ShardId,
+    pub conn: ConnRef,
+    pub id: RequestId,
+}
+
+/// A request executed on the home shard of its room.
+#[derive(Debug)]
+pub enum HomeReq {
+    Join {
+        room: String,
+        user: String,
+        password: Option<String>,
+        after_seq: Option<u64>,
+        /// False when the connection already receives the room (a repeated `join`).
+        subscribe: bool,
+    },
+    Create {
+        room: String,
+        user: String,
+        title: Option<String>,
+        private: bool,
+        password: Option<String>,
+    },
+    /// `explicit: false` is a connection going away: it stops receiving, stays a member.
+    Leave {
+        room: String,
+        user: String,
+        explicit: bool,
+    },
+    Send {
+        room: String,
+        user: String,
+        name: Option<String>,
+        body: String,
+        client_msg_id: Option<String>,
+        received_at: Instant,
+    },
+    History {
+        room: String,
+        user: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    },
+}
+
+/// Every message that crosses from one shard to another.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To a room's home.
+    Home(Origin, HomeReq),
+    /// From a room's home to a shard with subscribers: the event's JSON, framed once there.
+    Deliver {
+        room: Arc<str>,
+        payload: Bytes,
+        received_at: Instant,
+    },
+    /// From a home to one connection: an encoded frame.
+    Reply { conn: ConnRef, frame: Bytes },
+    /// From a home to one connection after `join`: the reply, then the replay; and the
+    /// connection starts receiving the room (unless it already did).
+    Subscribed {
+        conn: ConnRef,
+        room: Arc<str>,
+        user: Arc<str>,
+        subscribe: bool,
+        frames: Vec<Bytes>,
+    },
+}
+
+struct DrainState {
+    started: Instant,
+    closes_per_tick: usize,
+}
+
+pub struct Shard {
+    pub id: ShardId,
+    pub shared: Arc<Shared>,
+    pub m: ShardMetrics,
+    pub conns: Slab<ConnEntry>,
+    next_conn_id: u64,
+    /// Local subscribers of each room: slab keys.
+    subs: HashMap<Arc<str>, Vec<u32>>,
+    /// Rooms this shard homes.
+    pub(crate) rooms: HashMap<Arc<str>, Room>,
+    /// Messages for each other shard that its full queue could not take yet, in order.
+    outbox: Vec<VecDeque<ShardMsg>>,
+    draining: Option<DrainState>,
+    tick: Duration,
+}
+
+impl Shard {
+    pub fn new(id: ShardId, shared: Arc<Shared>) -> Shard {
+        let tick = Duration::from_millis((shared.cfg.heartbeat_ms / 4).clamp(10, 250));
+        Shard {
+            id,
+            m: shared.metrics.for_shard(id),
+            conns: Slab::new(),
+            next_conn_id: 0,
+            subs: HashMap::new(),
+            rooms: HashMap::new(),
+            outbox: (0..shared.shards).map(|_| VecDeque::new()).collect(),
+            draining: None,
+            tick,
+            shared,
+        }
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    fn conn_ref(&self, key: usize) -> ConnRef {
+        ConnRef {
+            key: key as u32,
+            id: self.conns[key].id,
+        }
+    }
+
+    fn add_conn(&mut self, now: Instant) -> usize {
+        self.next_conn_id += 1;
+        self.m.connections.inc();
+        self.m.connections_accepted.inc();
+        self.conns.insert(ConnEntry::new(self.next_conn_id, now))
+    }
+
+    /// Forgets a connection whose task ended; the homes of its rooms hear of it.
+    pub fn remove_conn(&mut self, key: usize) {
+        let rooms = std::mem::take(&mut self.conns[key].rooms);
+        let user = self.conns[key].user.to_string();
+        let conn = self.conn_ref(key);
+        for (room, idx) in rooms {
+            self.unsubscribe_local(&room, idx);
+            let req = HomeReq::Leave {
+                room: room.to_string(),
+                user: user.clone(),
+                explicit: false,
+            };
+            self.send_home(
+                &room,
+                Origin {
+                    shard: self.id,
+                    conn,
+                    id: None,
+                },
+                req,
+            );
+        }
+        self.conns.remove(key);
+        self.m.connections.dec();
+    }
+
+    pub fn note_written(&mut self, bytes: usize) {
+        self.m.bytes_out.inc_by(bytes as u64);
+    }
+
+    // ---- bytes in -------------------------------------------------------------------
+
+    /// Bytes read from connection `key`: the HTTP head until upgraded, frames after.
+    pub fn on_bytes(
+        &mut self,
+        key: usize,
+        head: &mut Vec<u8>,
+        decoder: &mut ws::Decoder,
+        bytes: &mut [u8],
+    ) {
+        let entry = &mut self.conns[key];
+        entry.last_recv = Instant::now();
+        match entry.phase {
+            Phase::Http => self.on_http(key, head, bytes),
+            Phase::Open | Phase::Closing => {
+                let max = self.cfg().frame_bytes_max as usize;
+                let result = decoder.feed(bytes, max, &mut |frame| self.on_frame(key, frame));
+                if let Err(e) = result {
+                    self.close_conn(key, e.close_code(), &e.to_string(), true);
+                }
+            }
+        }
+    }
+
+    fn on_http(&mut self, key: usize, head: &mut Vec<u8>, bytes: &[u8]) {
+        head.extend_from_slice(bytes);
+        let outcome = if head.len() > self.cfg().http_request_bytes_max as usize {
+            crate::http::Outcome::Respond(crate::http::response(
+                431,
+                "Request Header Fields Too Large",
+                "text/plain; charset=utf-8",
+                b"request head exceeds http_request_bytes_max\n",
+                "",
+            ))
+        } else {
+            let metrics = || self.shared.metrics.encode();
+            let ctx = crate::http::Context {
+                auth: &self.shared.auth,
+                draining: self.draining.is_some() || self.shared.mesh.drain_requested(),
+                shard_full: self.conns.len() > self.cfg().connections_per_shard_max as usize,
+                metrics: &metrics,
+            };
+            crate::http::route(head, &ctx)
+        };
+        match outcome {
+            crate::http::Outcome::Incomplete => {}
+            crate::http::Outcome::Respond(response) => {
+                *head = Vec::new();
+                if response.starts_with(b"HTTP/1.1 503") {
+                    self.m.connections_refused.inc();
+                }
+                let close_timeout = Duration::from_millis(self.cfg().close_timeout_ms);
+                let entry = &mut self.conns[key];
+                entry.phase = Phase::Closing;
+                entry.end_when_flushed = true;
+                entry.close_deadline = Some(Instant::now() + close_timeout);
+                entry.out.push(response);
+            }
+            crate::http::Outcome::Upgrade { identity, response } => {
+                *head = Vec::new();
+                self.open(key, identity, response);
+            }
+        }
+    }
+
+    fn open(&mut self, key: usize, identity: crate::auth::Identity, response: Bytes) {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let entry = &mut self.conns[key];
+        entry.phase = Phase::Open;
+        entry.user = Rc::from(identity.user.as_str());
+        entry.name = identity.name.as_deref().map(Rc::from);
+        let session = format!("{}.{}.{}", shared.instance, self.id, entry.id);
+        let hello = protocol::event(
+            "hello",
+            protocol::Hello {
+                user: &identity.user,
+                session: &session,
+                instance: &shared.instance,
+                shard: self.id,
+                heartbeat_ms: cfg.heartbeat_ms,
+                limits: protocol::Limits {
+                    body_bytes_max: cfg.body_bytes_max,
+                    frame_bytes_max: cfg.frame_bytes_max,
+                    outbound_queue_bytes_max: cfg.outbound_queue_bytes_max,
+                    history_limit_max: protocol::HISTORY_LIMIT_MAX,
+                    rooms_per_connection_max: cfg.rooms_per_connection_max,
+                },
+            },
+        );
+        entry.out.push(response);
+        entry.out.push(ws::text(&hello));
+    }
+
+    /// One frame from an open connection. Returns false once the connection is closing.
+    fn on_frame(&mut self, key: usize, frame: Inbound<'_>) -> bool {
+        let phase = self.conns[key].phase;
+        match frame {
+            Inbound::Text(_) | Inbound::Ping(_) if phase != Phase::Open => true,
+            Inbound::Text(text) => {
+                if std::str::from_utf8(text).is_err() {
+                    self.close_conn(key, close::INVALID_PAYLOAD, "text frame is not UTF-8", true);
+                    return false;
+                }
+                self.on_text(key, text);
+                self.conns[key].phase == Phase::Open
+            }
+            Inbound::Binary => {
+                self.close_conn(
+                    key,
+                    close::UNSUPPORTED,
+                    "binary frames are not supported",
+                    true,
+                );
+                false
+            }
+            Inbound::Ping(payload) => {
+                self.push_frame(key, ws::pong(payload));
+                true
+            }
+            Inbound::Pong => true,
+            Inbound::Close(_) => {
+                if phase == Phase::Open {
+                    self.close_conn(key, close::NORMAL, "", false);
+                }
+                self.conns[key].end_when_flushed = true;
+                false
+            }
+        }
+    }
+
+    fn on_text(&mut self, key: usize, text: &[u8]) {
+        let limits = protocol::ParseLimits {
+            body_bytes_max: self.cfg().body_bytes_max as usize,
+            room_id_bytes_max: self.cfg().room_id_bytes_max as usize,
+        };
+        match protocol::parse(text, limits) {
+            Ok((id, req)) => {
+                if let Err(err) = self.on_request(key, id.as_deref(), req) {
+                    self.reply_error(key, id.as_deref(), &err);
+                }
+            }
+            Err((id, err)) => self.reply_error(key, id.as_deref(), &err),
+        }
+    }
+
+    // ---- requests, connection side ----------------------------------------------------
+
+    fn on_request(
+        &mut self,
+        key: usize,
+        id: Option<&serde_json::value::RawValue>,
+        req: Request,
+    ) -> Result<(), ProtoError> {
+        let entry = &self.conns[key];
+        let user = entry.user.to_string();
+        let joined = req.room().and_then(|room| entry.room_index(room));
+        let home_req = match req {
+            Request::Ping => {
+                let ts = now_ms();
+                self.push_frame(
+                    key,
+                    ws::text(&protocol::ok(
+                        id,
+                        serde_json::json!({"pong": true, "ts": ts}),
+                    )),
+                );
+                return Ok(());
+            }
+            Request::Join {
+                room,
+                password,
+                after_seq,
+            } => {
+                let max = self.cfg().rooms_per_connection_max as usize;
+                if joined.is_none() && entry.rooms.len() >= max {
+                    return Err(ProtoError::new(
+                        ErrorCode::Forbidden,
+                        format!("rooms_per_connection_max ({max}) reached: leave a room first"),
+                    ));
+                }
+                HomeReq::Join {
+                    room,
+                    user,
+                    password,
+                    after_seq,
+                    subscribe: joined.is_none(),
+                }
+            }
+            Request::Create {
+                room,
+                title,
+                private,
+                password,
+            } => HomeReq::Create {
+                room,
+                user,
+                title,
+                private,
+                password,
+            },
+            Request::Leave { room } => {
+                let idx = joined.ok_or_else(|| not_member(&room))?;
+                let (arc, sub_idx) = self.conns[key].rooms.swap_remove(idx);
+                self.unsubscribe_local(&arc, sub_idx);
+                HomeReq::Leave {
+                    room,
+                    user,
+                    explicit: true,
+                }
+            }
+            Request::Send {
+                room,
+                body,
+                client_msg_id,
+            } => {
+                if joined.is_none() {
+                    return Err(not_member(&room));
+                }
+                let name = entry.name.as_deref().map(str::to_owned);
+                HomeReq::Send {
+                    room,
+                    user,
+                    name,
+                    body,
+                    client_msg_id,
+                    received_at: Instant::now(),
+                }
+            }
+            Request::History {
+                room,
+                before_seq,
+                limit,
+            } => HomeReq::History {
+                room,
+                user,
+                before_seq,
+                limit,
+            },
+        };
+        let room = home_req.room().to_owned();
+        let home = self.shared.home_of(&room);
+        if home != self.id && !self.outbox[home as usize].is_empty() {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                "the room's shard is busy: retry shortly",
+            ));
+        }
+        let origin = Origin {
+            shard: self.id,
+            conn: self.conn_ref(key),
+            id: id.map(ToOwned::to_owned),
+        };
+        self.send_home(&room, origin, home_req);
+        Ok(())
+    }
+
+    fn send_home(&mut self, room: &str, origin: Origin, req: HomeReq) {
+        let home = self.shared.home_of(room);
+        self.emit(home, ShardMsg::Home(origin, req));
+    }
+
+    fn reply_error(
+        &mut self,
+        key: usize,
+        id: Option<&serde_json::value::RawValue>,
+        err: &ProtoError,
+    ) {
+        self.m.protocol_errors.inc();
+        self.push_frame(key, ws::text(&protocol::error(id, err)));
+        let entry = &mut self.conns[key];
+        entry.errors += 1;
+        if entry.errors > PROTOCOL_ERRORS_PER_CONNECTION_MAX {
+            self.close_conn(key, close::POLICY, "too many bad requests", false);
+        }
+    }
+
+    // ---- messages between shards -------------------------------------------------------
+
+    /// Sends a message to shard `to`; to this shard, applies it at once.
+    pub(crate) fn emit(&mut self, to: ShardId, msg: ShardMsg) {
+        if to == self.id {
+            return self.apply(msg);
+        }
+        self.m.cross_shard_messages.inc();
+        let backlog = &mut self.outbox[to as usize];
+        if !backlog.is_empty() {
+            backlog.push_back(msg);
+            return;
+        }
+        if let Err(msg) = self.shared.mesh.try_send(self.id, to, msg) {
+            backlog.push_back(msg);
+            self.shared.mesh.mark_stalled(self.id, to);
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for to in 0..self.outbox.len() {
+            while let Some(msg) = self.outbox[to].pop_front() {
+                if let Err(msg) = self.shared.mesh.try_send(self.id, to as ShardId, msg) {
+                    self.outbox[to].push_front(msg);
+                    self.shared.mesh.mark_stalled(self.id, to as ShardId);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Home(origin, req) => self.handle_home(origin, req),
+            ShardMsg::Deliver {
+                room,
+                payload,
+                received_at,
+            } => self.deliver(&room, &payload, received_at),
+            ShardMsg::Reply { conn, frame } => {
+                if let Some(key) = self.live(conn) {
+                    self.push_frame(key, frame);
+                }
+            }
+            ShardMsg::Subscribed {
+                conn,
+                room,
+                user,
+                subscribe,
+                frames,
+            } => self.on_subscribed(conn, room, user, subscribe, frames),
+        }
+    }
+
+    fn live(&self, conn: ConnRef) -> Option<usize> {
+        let key = conn.key as usize;
+        self.conns.get(key).filter(|e| e.id == conn.id).map(|_| key)
+    }
+
+    fn on_subscribed(
+        &mut self,
+        conn: ConnRef,
+        room: Arc<str>,
+        user: Arc<str>,
+        subscribe: bool,
+        frames: Vec<Bytes>,
+    ) {
+        let key = self
+            .live(conn)
+            .filter(|k| self.conns[*k].phase == Phase::Open);
+        let already = key.is_some_and(|k| self.conns[k].room_index(&room).is_some());
+        if subscribe && (key.is_none() || already) {
+            // The home counted a subscription this connection cannot take: give it back.
+            let req = HomeReq::Leave {
+                room: room.to_string(),
+                user: user.to_string(),
+                explicit: false,
+            };
+            self.send_home(
+                &room,
+                Origin {
+                    shard: self.id,
+                    conn,
+                    id: None,
+                },
+                req,
+            );
+        }
+        let Some(key) = key else { return };
+        if subscribe && !already {
+            let list = self.subs.entry(room.clone()).or_default();
+            list.push(key as u32);
+            let idx = (list.len() - 1) as u32;
+            self.conns[key].rooms.push((room, idx));
+        }
+        // The replay is bounded by the ring, so it bypasses the queue bound.
+        let entry = &mut self.conns[key];
+        for frame in frames {
+            entry.out.push(frame);
+        }
+        entry.wake();
+    }
+
+    fn unsubscribe_local(&mut self, room: &Arc<str>, idx: u32) {
+        let Some(list) = self.subs.get_mut(room) else {
+            debug_assert!(false, "unsubscribe from a room with no local list");
+            return;
+        };
+        let idx = idx as usize;
+        list.swap_remove(idx);
+        if let Some(&moved) = list.get(idx) {
+            let rooms = &mut self.conns[moved as usize].rooms;
+            if let Some(slot) = rooms.iter_mut().find(|(r, _)| r == room) {
+                slot.1 = idx as u32;
+            }
+        }
+        if list.is_empty() {
+            self.subs.remove(room);
+        }
+    }
+
+    /// One message for every local subscriber of `room`: framed once, queued to each.
+    fn deliver(&mut self, room: &str, payload: &[u8], received_at: Instant) {
+        let Shard {
+            subs,
+            conns,
+            m,
+            shared,
+            ..
+        } = self;
+        let Some(keys) = subs.get(room) else { return };
+        let frame = ws::text(payload);
+        let max = shared.cfg.outbound_queue_bytes_max as usize;
+        let mut slow = Vec::new();
+        let mut delivered = 0;
+        for &key in keys {
+            let entry = &mut conns[key as usize];
+            if entry.phase != Phase::Open {
+                continue;
+            }
+            if entry.out.bytes() + frame.len() > max {
+                slow.push(key as usize);
+                continue;
+            }
+            let was_idle = entry.out.is_empty();
+            entry.out.push(frame.clone());
+            if was_idle {
+                entry.wake();
+            }
+            delivered += 1;
+        }
+        m.deliveries.inc_by(delivered);
+        m.fanout_latency.observe(received_at.elapsed());
+        for key in slow {
+            self.m.slow_consumer_closes.inc();
+            self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", true);
+        }
+    }
+
+    /// Queues a frame to one connection, within its bound.
+    pub(crate) fn push_frame(&mut self, key: usize, frame: Bytes) {
+        let max = self.cfg().outbound_queue_bytes_max as usize;
+        let entry = &mut self.conns[key];
+        if entry.phase == Phase::Closing {
+            return;
+        }
+        if entry.out.bytes() + frame.len() > max {
+            self.m.slow_consumer_closes.inc();
+            return self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", true);
+        }
+        entry.out.push(frame);
+        entry.wake();
+    }
+
+    /// Starts the closing handshake: queues a close frame (after the pending frames, or
+    /// instead of them) and gives the client `close_timeout_ms` to take it.
+    pub(crate) fn close_conn(&mut self, key: usize, code: u16, reason: &str, drop_pending: bool) {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg().close_timeout_ms);
+        let entry = &mut self.conns[key];
+        if entry.phase == Phase::Closing {
+            return;
+        }
+        entry.phase = Phase::Closing;
+        if drop_pending {
+            entry.out.drop_unsent();
+        }
+        entry.out.push(ws::close_frame(code, reason));
+        entry.close_deadline = Some(deadline);
+        entry.wake();
+    }
+
+    // ---- time ------------------------------------------------------------------------
+
+    /// Heartbeats, timeouts, gauges and draining. Returns true once the shard may stop.
+    fn on_tick(&mut self, now: Instant) -> bool {
+        let cfg = &self.shared.cfg;
+        let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
+        let idle = Duration::from_millis(cfg.idle_timeout_ms);
+        let handshake = Duration::from_millis(cfg.handshake_timeout_ms);
+        let mut idle_keys = Vec::new();
+        let mut queued = 0;
+        for (key, entry) in self.conns.iter_mut() {
+            queued += entry.out.bytes();
+            match entry.phase {
+                Phase::Http if now - entry.opened_at > handshake => entry.kill = true,
+                Phase::Closing if entry.close_deadline.is_some_and(|d| now > d) => {
+                    entry.kill = true
+                }
+                Phase::Open if now - entry.last_recv > idle => idle_keys.push(key),
+                Phase::Open if now - entry.last_ping >= heartbeat => {
+                    entry.last_ping = now;
+                    entry.out.push(ws::ping());
+                }
+                _ => continue,
+            }
+            entry.wake();
+        }
+        for key in idle_keys {
+            self.close_conn(key, close::GOING_AWAY, "idle timeout", false);
+        }
+        self.m.outbound_queue_bytes.set(queued as i64);
+        self.m
+            .inbox_depth
+            .set(self.shared.mesh.depth(self.id) as i64);
+        self.m.rooms_homed.set(self.rooms.len() as i64);
+        if self.draining.is_none() && self.shared.mesh.drain_requested() {
+            self.begin_drain(now);
+        }
+        self.drain_step(now)
+    }
+
+    fn begin_drain(&mut self, now: Instant) {
+        let open = self.conns.len();
+        let spread_ms = self.cfg().drain_spread_ms;
+        let ticks = (spread_ms / self.tick.as_millis().max(1) as u64).max(1) as usize;
+        let closes_per_tick = if spread_ms == 0 {
+            usize::MAX
+        } else {
+            open.div_ceil(ticks).max(1)
+        };
+        tracing::info!(shard = self.id, open, closes_per_tick, "draining");
+        self.draining = Some(DrainState {
+            started: now,
+            closes_per_tick,
+        });
+    }
+
+    fn drain_step(&mut self, now: Instant) -> bool {
+        let Some(drain) = &self.draining else {
+            return false;
+        };
+        let elapsed = now - drain.started;
+        // Stay up (answering /readyz 503) for the whole spread, so the load balancer sees
+        // it, even when this shard has no connections left.
+        let spread_over = elapsed >= Duration::from_millis(self.cfg().drain_spread_ms);
+        if (self.conns.is_empty() && spread_over)
+            || elapsed > Duration::from_millis(self.cfg().drain_timeout_ms)
+        {
+            return true;
+        }
+        let reconnect_max = self.cfg().reconnect_after_ms;
+        let batch: Vec<(usize, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.phase == Phase::Open)
+            .take(drain.closes_per_tick)
+            .map(|(k, e)| (k, e.id))
+            .collect();
+        for (key, id) in batch {
+            // Spread reconnects: each client waits a different share of the maximum.
+            let reconnect_after_ms = id.wrapping_mul(2_654_435_761) % (reconnect_max + 1);
+            let event = protocol::event(
+                "closing",
+                serde_json::json!({"reason": "shutdown", "reconnect_after_ms": reconnect_after_ms}),
+            );
+            self.push_frame(key, ws::text(&event));
+            self.close_conn(key, close::GOING_AWAY, "server draining", false);
+        }
+        false
+    }
+}
+
+impl HomeReq {
+    /// The room a request addresses: its home shard executes it.
+    pub fn room(&self) -> &str {
+        match self {
+            HomeReq::Join { room, .. }
+            | HomeReq::Create { room, .. }
+            | HomeReq::Leave { room, .. }
+            | HomeReq::Send { room, .. }
+            | HomeReq::History { room, .. } => room,
+        }
+    }
+}
+
+fn not_member(room: &str) -> ProtoError {
+    ProtoError::new(ErrorCode::NotMember, format!("join room `{room}` first"))
+}
+
+/// Milliseconds since the Unix epoch: the `ts` of messages.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+// ---- tasks ---------------------------------------------------------------------------
+
+/// Runs shard `id` on the current glommio executor until it has drained.
+pub async fn run(id: ShardId, shared: Arc<Shared>, listener: TcpListener) {
+    let shard = Rc::new(RefCell::new(Shard::new(id, shared)));
+    // When the ticker ends the drain, the other two futures (and the listener, which leaves
+    // the SO_REUSEPORT group) are dropped with it.
+    let background = futures_lite::future::or(
+        accept_loop(shard.clone(), listener),
+        inbox_loop(shard.clone()),
+    );
+    futures_lite::future::or(ticker(shard), background).await;
+}
+
+async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => start_conn(&shard, stream),
+            Err(e) => {
+                // Out of file descriptors, most likely: wait instead of spinning, and say
+                // so at most once a second.
+                shard.borrow().m.connections_refused.inc();
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(shard = shard.borrow().id, error = %e, "accept failed");
+                    last_warning = Some(Instant::now());
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn start_conn(shard: &Rc<RefCell<Shard>>, stream: TcpStream) {
+    // Small messages must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let key = shard.borrow_mut().add_conn(Instant::now());
+    glommio::spawn_local(ConnDriver::new(shard.clone(), stream, key)).detach();
+}
+
+async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
+    let (id, shared) = {
+        let s = shard.borrow();
+        (s.id, s.shared.clone())
+    };
+    loop {
+        Woken {
+            mesh: &shared.mesh,
+            shard: id,
+            polled: false,
+        }
+        .await;
+        loop {
+            let popped = {
+                let mut s = shard.borrow_mut();
+                s.flush_outbox();
+                shared
+                    .mesh
+                    .drain(id, INBOX_BATCH_MAX, |_, msg| s.apply(msg))
+            };
+            if popped < INBOX_BATCH_MAX {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+}
+
+/// Ready when messages wait for this shard, or when the shard was woken (by a sender, by
+/// a receiver that made room for its backlog, or by a drain request).
+struct Woken<'a> {
+    mesh: &'a Mesh<ShardMsg>,
+    shard: ShardId,
+    polled: bool,
+}
+
+impl Future for Woken<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.polled {
+            return Poll::Ready(());
+        }
+        self.polled = true;
+        self.mesh.register(self.shard, cx.waker());
+        if self.mesh.has_pending(self.shard) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+async fn ticker(shard: Rc<RefCell<Shard>>) {
+    let tick = shard.borrow().tick;
+    loop {
+        glommio::timer::sleep(tick).await;
+        if shard.borrow_mut().on_tick(Instant::now()) {
+            let s = shard.borrow();
+            tracing::info!(shard = s.id, left = s.conns.len(), "drained");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn shared(shards: u16) -> Shared {
+        Shared {
+            cfg: Config::parse_from(["sokdo"]),
+            shards,
+            instance: "t".into(),
+            auth: Auth::new(None),
+            metrics: Metrics::new(),
+            mesh: Mesh::new(shards as usize, 4),
+        }
+    }
+
+    #[test]
+    fn rooms_spread_over_shards_and_stay_put() {
+        let s = shared(4);
+        let homes: Vec<ShardId> = (0..200).map(|i| s.home_of(&format!("room-{i}"))).collect();
+        for shard in 0..4 {
+            let n = homes.iter().filter(|h| **h == shard).count();
+            assert!(n > 20, "shard {shard} homes only {n} of 200 rooms");
+        }
+        assert_eq!(s.home_of("room-7"), homes[7]);
+    }
+}

@@ -1,0 +1,110 @@
+//! Bad input gets a clear error and the connection stays usable; limits close with the
+//! right codes; a slow consumer cannot grow the server's memory.
+
+use serde_json::json;
+use tokio::net::TcpSocket;
+
+use crate::support::{eventually, Client, Server};
+
+#[tokio::test]
+async fn bad_requests_get_error_codes_and_the_connection_stays_open() {
+    let server = Server::start(&["--body-bytes-max", "100"]);
+    let mut c = Client::connect(&server, "a").await;
+    c.send_raw("this is not json").await;
+    let v = c.recv().await;
+    assert_eq!(
+        (v["op"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+
+    let v = c.request(json!({"op": "teleport"})).await;
+    assert_eq!(v["code"], "bad_request");
+    assert!(v["message"].as_str().unwrap().contains("teleport"));
+
+    let v = c.request(json!({"op": "send", "body": "no room"})).await;
+    assert_eq!(v["code"], "bad_request");
+
+    let v = c
+        .request(json!({"op": "send", "room": "r", "body": "x"}))
+        .await;
+    assert_eq!(v["code"], "not_member");
+
+    c.ok(json!({"op": "join", "room": "r"})).await;
+    let v = c
+        .request(json!({"op": "send", "room": "r", "body": "x".repeat(101)}))
+        .await;
+    assert_eq!(v["code"], "too_large");
+
+    let v = c
+        .request(json!({"op": "history", "room": "r", "limit": 1000}))
+        .await;
+    assert_eq!(v["code"], "bad_request");
+
+    let pong = c.ok(json!({"op": "ping"})).await;
+    assert_eq!(pong["pong"], true);
+    c.ok(json!({"op": "send", "room": "r", "body": "still here"}))
+        .await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_1009() {
+    let server = Server::start(&["--frame-bytes-max", "1024", "--body-bytes-max", "256"]);
+    let mut c = Client::connect(&server, "a").await;
+    c.send_raw(&"x".repeat(2000)).await;
+    assert_eq!(c.closed().await.0, 1009);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_1013_and_memory_stays_bounded() {
+    let server = Server::start(&[
+        "--outbound-queue-bytes-max",
+        "65536",
+        "--body-bytes-max",
+        "8192",
+        "--frame-bytes-max",
+        "16384",
+        // A small ring, so the messages it legitimately keeps do not hide growth.
+        "--history-ring-messages-max",
+        "16",
+    ]);
+    // The slow client shrinks its receive buffer so the server's queue fills quickly.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream =
+        tokio_tungstenite::MaybeTlsStream::Plain(socket.connect(server.addr).await.unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(server.ws_url("user=slow"), stream)
+        .await
+        .unwrap();
+    let mut slow = Client::from_ws(ws).await;
+    slow.ok(json!({"op": "join", "room": "r"})).await;
+
+    let mut fast = Client::connect(&server, "fast").await;
+    fast.ok(json!({"op": "join", "room": "r"})).await;
+    let mut sender = Client::connect(&server, "sender").await;
+    sender.ok(json!({"op": "join", "room": "r"})).await;
+
+    let body = "y".repeat(8000);
+    let rss_before = server.rss_bytes();
+    const SENDS: u64 = 3000; // 24 MB through the room
+    let mut last_seq = 0;
+    for _ in 0..SENDS {
+        let v = sender
+            .ok(json!({"op": "send", "room": "r", "body": body}))
+            .await;
+        last_seq = v["seq"].as_u64().unwrap();
+        // The fast client keeps up.
+        while fast.event_of("msg").await["seq"].as_u64().unwrap() < last_seq {}
+    }
+    assert_eq!(last_seq, SENDS);
+    let grown = server.rss_bytes().saturating_sub(rss_before);
+    assert!(
+        grown < 8 << 20,
+        "RSS grew {grown} bytes while 24 MB went to a client that does not read"
+    );
+    eventually("a slow-consumer close", || {
+        server.metric("sokdo_slow_consumer_closes_total") >= 1.0
+    })
+    .await;
+    let (code, reason) = slow.closed().await;
+    assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
+}

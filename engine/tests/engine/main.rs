@@ -1,0 +1,8 @@
+//! Integration tests: the real `sokdo` binary, real WebSocket clients.
+
+mod support;
+
+mod auth;
+mod lifecycle;
+mod limits;
+mod messaging;

@@ -1,0 +1,266 @@
+//! Test harness: the real `sokdo` binary on a free loopback port, and a real WebSocket
+//! client (tokio-tungstenite). Every wait is bounded; nothing sleeps to synchronise.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `sokdo --listen 127.0.0.1:0 --shards 2 ARGS…` and waits for its address.
+    pub fn start(args: &[&str]) -> Server {
+        let data =
+            std::env::temp_dir().join(format!("sokdo-test-{}-{}", std::process::id(), unique()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sokdo"))
+            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env("SOKDO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sokdo");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("address"));
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("sokdo printed its address");
+        Server {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.addr)
+    }
+
+    /// A plain HTTP/1.1 GET; returns the status and the body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read response");
+        let status = out[9..12].parse().expect("status code");
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of a metric summed over shards (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Resident memory of the server, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(within) {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                // SAFETY: killing our own child, which the waiting thread then reaps.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("sokdo did not exit within {within:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Waits until `cond` holds, polling, for at most `WAIT`.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub hello: Value,
+    next_id: u64,
+    events: VecDeque<Value>,
+}
+
+impl Client {
+    pub async fn connect(server: &Server, user: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url(&format!("user={user}")))
+            .await
+            .expect("upgrade");
+        Client::from_ws(ws).await
+    }
+
+    pub async fn from_ws(ws: Ws) -> Client {
+        let mut c = Client {
+            ws,
+            hello: Value::Null,
+            next_id: 0,
+            events: VecDeque::new(),
+        };
+        c.hello = c.recv().await;
+        assert_eq!(c.hello["op"], "hello", "first frame is hello: {}", c.hello);
+        c
+    }
+
+    pub fn shard(&self) -> u64 {
+        self.hello["shard"].as_u64().unwrap()
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Next JSON frame from the socket (bounded wait).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("connection open")
+                .expect("frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request with a fresh id and returns its reply; events read meanwhile are
+    /// kept for `event()`.
+    pub async fn request(&mut self, mut req: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        req["id"] = json!(id);
+        self.send_raw(&req.to_string()).await;
+        loop {
+            let v = self.recv().await;
+            if v["id"] == json!(id) {
+                return v;
+            }
+            self.events.push_back(v);
+        }
+    }
+
+    pub async fn ok(&mut self, req: Value) -> Value {
+        let reply = self.request(req.clone()).await;
+        assert_eq!(reply["op"], "ok", "{req} -> {reply}");
+        reply
+    }
+
+    /// Next pushed event (no id).
+    pub async fn event(&mut self) -> Value {
+        if let Some(v) = self.events.pop_front() {
+            return v;
+        }
+        self.recv().await
+    }
+
+    /// Next event of the given op, skipping others.
+    pub async fn event_of(&mut self, op: &str) -> Value {
+        loop {
+            let v = self.event().await;
+            if v["op"] == op {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close within the wait");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (u16::from(CloseCode::Status), String::new())
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
