@@ -418,7 +418,8 @@ impl Drop for TempDir {
 
 /// The headline metrics, per scenario, with ratios to `baseline`.
 pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
-    let metrics: [(&str, &str, bool, fn(&Run) -> Option<f64>); 5] = [
+    type Metric = (&'static str, &'static str, bool, fn(&Run) -> Option<f64>);
+    let metrics: [Metric; 5] = [
         ("ramp", "users held", true, |r| {
             Some(r.summary.users_held as f64)
         }),

@@ -139,12 +139,13 @@ impl Session {
         view
     }
 
-    /// True when the server lost most of our users and refuses new connections.
+    /// True when the server lost most of our users (or never took any) and refuses new
+    /// connections.
     fn server_gone(&self, view: &View) -> bool {
-        let lost = view.totals.connected < self.peak_users.div_ceil(2);
-        let nothing =
-            self.peak_users == 0 && view.totals.connect_fail > 0 && view.totals.connect_ok == 0;
-        (lost || nothing || view.workers_alive == 0) && !reachable(self.common.server)
+        let t = &view.totals;
+        let lost = t.connected == 0 || t.connected < self.peak_users.div_ceil(2);
+        let tried = t.connect_ok + t.connect_fail > 0;
+        ((lost && tried) || view.workers_alive == 0) && !reachable(self.common.server)
     }
 
     /// Ticks until every user asked for so far has connected or failed (bounded).
@@ -154,12 +155,12 @@ impl Session {
             + Duration::from_secs(users / 500 + 5);
         loop {
             let view = self.tick();
+            if self.server_gone(&view) {
+                return (view, true);
+            }
             let done = view.totals.connect_ok + view.totals.connect_fail >= users;
             if done || Instant::now() >= deadline {
                 return (view, false);
-            }
-            if self.server_gone(&view) {
-                return (view, true);
             }
         }
     }
@@ -261,7 +262,12 @@ pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<
     let mut summary = Summary::default();
     if gone || view.totals.connect_ok == 0 {
         summary.unreachable = gone || !reachable(common.server);
-        summary.stop_reason = "no user could connect".into();
+        summary.stop_reason = if summary.unreachable {
+            "server unreachable"
+        } else {
+            "no user could connect"
+        }
+        .into();
         return Ok(s.finish(scenario, config, summary));
     }
     let publishers = load.publishers.min(load.users).max(1);

@@ -311,7 +311,7 @@ async fn user(
         user: index,
         room,
         room_name: format!("{}-r{room}", job.room_prefix),
-        sampled: index % job.sample_every.max(1) == 0,
+        sampled: index.is_multiple_of(job.sample_every.max(1)),
         next_id: 1,
         sent: 0,
         rng: index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,

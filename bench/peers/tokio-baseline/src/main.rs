@@ -30,6 +30,12 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9002")]
     listen: String,
+    /// Accepted and ignored, so the peer starts with sokdo's command line.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Accepted and ignored, as `--shards`: the baseline keeps nothing.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 struct Room {
@@ -72,6 +78,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+// tungstenite's handshake callback returns its error response by value: its API, not ours.
+#[allow(clippy::result_large_err)]
 async fn serve(mut stream: TcpStream, rooms: Rooms) -> anyhow::Result<()> {
     let mut head = [0u8; 16];
     let n = stream.peek(&mut head).await?;
