@@ -33,6 +33,37 @@ pub struct Config {
     #[arg(long, env = "SOKDO_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// When a `send` is acknowledged: `sync` after its record is fdatasync'd in the log
+    /// (a crash loses no acknowledged message); `async` at once (a crash may lose the last
+    /// unsynced group).
+    #[arg(long, env = "SOKDO_DURABILITY", value_enum, default_value = "sync")]
+    pub durability: DurabilityArg,
+
+    /// Most bytes the write-ahead log may hold while the sink catches up; past it, sends
+    /// get `unavailable`.
+    #[arg(long, env = "SOKDO_WAL_BYTES_MAX", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(8192..))]
+    pub wal_bytes_max: u64,
+
+    /// Size of one log segment; the log is trimmed a whole segment at a time.
+    #[arg(long, env = "SOKDO_WAL_SEGMENT_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub wal_segment_bytes: u64,
+
+    /// A write-behind batch is written once it holds this many records…
+    #[arg(long, env = "SOKDO_BATCH_MESSAGES_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch_messages_max: u64,
+
+    /// …or once its oldest record has waited this long.
+    #[arg(long, env = "SOKDO_BATCH_AGE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub batch_age_ms: u64,
+
+    /// Write messages behind to MongoDB (official driver) instead of the embedded store.
+    #[arg(long, env = "SOKDO_MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// MongoDB database name.
+    #[arg(long, env = "SOKDO_MONGODB_DATABASE", default_value = "sokdo")]
+    pub mongodb_database: String,
+
     /// HS256 secret for client JWTs. Without it the server runs in development mode and
     /// accepts `?user=ID`, which it allows only on a loopback address.
     #[arg(long, env = "SOKDO_JWT_SECRET", hide_env_values = true)]
@@ -121,6 +152,12 @@ pub struct Config {
     pub reconnect_after_ms: u64,
 }
 
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurabilityArg {
+    Sync,
+    Async,
+}
+
 /// A configuration that does not make sense as a whole, naming the flags involved.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -128,6 +165,8 @@ pub enum ConfigError {
     DevModeNotLoopback(SocketAddr),
     #[error("--frame-bytes-max ({frame}) must exceed --body-bytes-max ({body}) by at least 512 bytes of JSON envelope")]
     FrameSmallerThanBody { frame: u32, body: u32 },
+    #[error("--wal-bytes-max ({max}) must be at least twice --wal-segment-bytes ({segment})")]
+    WalSmallerThanSegments { max: u64, segment: u64 },
     #[error("--idle-timeout-ms ({idle}) must be larger than --heartbeat-ms ({heartbeat}), or idle clients are closed between pings")]
     IdleBelowHeartbeat { idle: u64, heartbeat: u64 },
 }
@@ -144,6 +183,12 @@ impl Config {
                 body: self.body_bytes_max,
             });
         }
+        if self.wal_bytes_max < 2 * self.wal_segment_bytes {
+            return Err(ConfigError::WalSmallerThanSegments {
+                max: self.wal_bytes_max,
+                segment: self.wal_segment_bytes,
+            });
+        }
         if self.idle_timeout_ms <= self.heartbeat_ms {
             return Err(ConfigError::IdleBelowHeartbeat {
                 idle: self.idle_timeout_ms,
@@ -151,6 +196,23 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The persistence crate's configuration.
+    pub fn persistence(&self) -> sokdo_persistence::Config {
+        sokdo_persistence::Config {
+            data_dir: self.data_dir.clone(),
+            durability: match self.durability {
+                DurabilityArg::Sync => sokdo_persistence::Durability::Sync,
+                DurabilityArg::Async => sokdo_persistence::Durability::Async,
+            },
+            wal_bytes_max: self.wal_bytes_max,
+            wal_segment_bytes: self.wal_segment_bytes,
+            batch_messages_max: self.batch_messages_max as usize,
+            batch_age_ms: self.batch_age_ms,
+            mongodb_uri: self.mongodb_uri.clone(),
+            mongodb_database: self.mongodb_database.clone(),
+        }
     }
 
     pub fn dev_mode(&self) -> bool {
@@ -176,6 +238,20 @@ impl Config {
             format!("pin = {}", self.pin),
             format!("data_dir = {}", self.data_dir.display()),
             format!("jwt_secret = {secret}"),
+            format!("durability = {:?}", self.durability),
+            format!("wal_bytes_max = {}", self.wal_bytes_max),
+            format!("wal_segment_bytes = {}", self.wal_segment_bytes),
+            format!("batch_messages_max = {}", self.batch_messages_max),
+            format!("batch_age_ms = {}", self.batch_age_ms),
+            format!(
+                "sink = {}",
+                if self.mongodb_uri.is_some() {
+                    "mongodb (uri set)"
+                } else {
+                    "embedded store"
+                }
+            ),
+            format!("mongodb_database = {}", self.mongodb_database),
             format!("instance_id = {}", self.instance()),
             format!("auto_create_rooms = {}", self.auto_create_rooms),
             format!("body_bytes_max = {}", self.body_bytes_max),

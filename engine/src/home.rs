@@ -8,10 +8,33 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
+use sokdo_persistence::{AppendError, Completion, ReadRequest, Record, Ticket};
+
+use crate::persist::to_msg;
 use crate::protocol::{self, ErrorCode, Msg, ProtoError};
 use crate::room::{Published, Room, RoomInfo, RoomLimits};
 use crate::shard::{now_ms, HomeReq, Origin, Shard, ShardMsg};
 use crate::ws;
+
+/// Most messages a `join` replays from the store before the ring (PROTOCOL.md: a client
+/// that was away longer pages the rest with `history`).
+const REPLAY_FROM_STORE_MESSAGES_MAX: usize = 1000;
+
+/// A request waiting for the persistence thread.
+pub(crate) enum Pending {
+    /// A `send` whose `ok` goes out once its record is durable.
+    Ack { origin: Origin, frame: Bytes },
+    /// A `join` whose replay starts before the ring: the store's part is being read.
+    Join {
+        origin: Origin,
+        room: Arc<str>,
+        user: String,
+        after_seq: u64,
+        subscribe: bool,
+    },
+    /// A `history` reaching below the ring.
+    History { origin: Origin, room: Arc<str> },
+}
 
 #[derive(Serialize)]
 struct JoinOk<'a> {
@@ -38,7 +61,7 @@ struct RoomOk<'a> {
 #[derive(Serialize)]
 struct HistoryOk<'a> {
     room: &'a str,
-    messages: Vec<&'a Msg>,
+    messages: &'a [&'a Msg],
 }
 
 #[derive(Serialize)]
@@ -105,16 +128,20 @@ impl Shard {
             } => self.home_history(&origin, &room, &user, before_seq, limit),
         };
         if let Err(err) = result {
-            self.m.protocol_errors.inc();
-            let frame = ws::text(&protocol::error(origin.id.as_deref(), &err));
-            self.emit(
-                origin.shard,
-                ShardMsg::Reply {
-                    conn: origin.conn,
-                    frame,
-                },
-            );
+            self.reply_err(&origin, &err);
         }
+    }
+
+    fn reply_err(&mut self, origin: &Origin, err: &ProtoError) {
+        self.m.protocol_errors.inc();
+        let frame = ws::text(&protocol::error(origin.id.as_deref(), err));
+        self.emit(
+            origin.shard,
+            ShardMsg::Reply {
+                conn: origin.conn,
+                frame,
+            },
+        );
     }
 
     fn reply<T: Serialize>(&mut self, origin: &Origin, body: T) {
@@ -144,6 +171,49 @@ impl Shard {
         }
     }
 
+    fn ticket(&mut self) -> Ticket {
+        self.next_token += 1;
+        Ticket {
+            shard: self.id,
+            token: self.next_token,
+        }
+    }
+
+    /// Hands a record to the write-ahead log; a full log refuses the request.
+    fn log(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), ProtoError> {
+        self.shared
+            .persist
+            .append(rec, ticket)
+            .map_err(|e| match e {
+                AppendError::Full => ProtoError::new(
+                    ErrorCode::Unavailable,
+                    "the message log is full (wal_bytes_max) while storage catches up: retry later",
+                ),
+                AppendError::Closed => {
+                    ProtoError::new(ErrorCode::Unavailable, "the server is shutting down")
+                }
+                AppendError::TooLarge => {
+                    ProtoError::new(ErrorCode::TooLarge, "record too large for the log")
+                }
+                AppendError::UnknownShard(_) => {
+                    ProtoError::new(ErrorCode::Internal, "persistence misconfigured")
+                }
+            })
+    }
+
+    fn read_store(
+        &mut self,
+        req: ReadRequest,
+        pending: impl FnOnce() -> Pending,
+    ) -> Result<(), ProtoError> {
+        let ticket = self.ticket();
+        self.shared.persist.read(req, ticket).map_err(|_| {
+            ProtoError::new(ErrorCode::Unavailable, "storage is busy: retry shortly")
+        })?;
+        self.pending.insert(ticket.token, pending());
+        Ok(())
+    }
+
     fn room_key(&self, room: &str) -> Result<Arc<str>, ProtoError> {
         self.rooms
             .get_key_value(room)
@@ -151,7 +221,12 @@ impl Shard {
             .ok_or_else(|| ProtoError::new(ErrorCode::NotFound, format!("no room `{room}`")))
     }
 
-    fn new_room(&mut self, room: String, info: RoomInfo) -> Result<Arc<str>, ProtoError> {
+    fn new_room(
+        &mut self,
+        room: String,
+        info: RoomInfo,
+        password_hash: Option<String>,
+    ) -> Result<Arc<str>, ProtoError> {
         let max = self.cfg().rooms_per_shard_max as usize;
         if self.rooms.len() >= max {
             return Err(ProtoError::new(
@@ -159,15 +234,48 @@ impl Shard {
                 format!("this shard homes rooms_per_shard_max ({max}) rooms"),
             ));
         }
-        let limits = RoomLimits {
+        self.log(
+            Record::Room {
+                room: room.clone(),
+                title: info.title.clone(),
+                private: info.private,
+                password_hash: password_hash.clone(),
+                creator: info.creator.clone(),
+                created_ms: info.created_ms,
+            },
+            None,
+        )?;
+        let key: Arc<str> = Arc::from(room.as_str());
+        let mut r = Room::new(room, info, self.room_limits(), self.shared.shards as usize);
+        r.password_hash = password_hash;
+        self.rooms.insert(key.clone(), r);
+        Ok(key)
+    }
+
+    pub(crate) fn room_limits(&self) -> RoomLimits {
+        RoomLimits {
             history_ring_messages_max: self.cfg().history_ring_messages_max as usize,
             idempotency_keys_max: self.cfg().idempotency_keys_max as usize,
-        };
-        let key: Arc<str> = Arc::from(room.as_str());
-        let shards = self.shared.shards as usize;
+        }
+    }
+
+    fn add_member(&mut self, key: &Arc<str>, user: &str) -> Result<(), ProtoError> {
+        if self.rooms[key].is_member(user) {
+            return Ok(());
+        }
+        self.log(
+            Record::Member {
+                room: key.to_string(),
+                user: user.to_owned(),
+                joined: true,
+            },
+            None,
+        )?;
         self.rooms
-            .insert(key.clone(), Room::new(room, info, limits, shards));
-        Ok(key)
+            .get_mut(key)
+            .expect("room exists")
+            .add_member(user);
+        Ok(())
     }
 
     fn home_join(
@@ -188,32 +296,77 @@ impl Shard {
                     creator: user.to_owned(),
                     created_ms: now_ms(),
                 };
-                self.new_room(room.to_owned(), info)?
+                self.new_room(room.to_owned(), info, None)?
             }
             Err(e) => return Err(e),
         };
-        let r = self.rooms.get_mut(&key).expect("room exists");
+        let r = &self.rooms[&key];
         if r.info().private && !r.is_member(user) {
             return Err(ProtoError::new(
                 ErrorCode::Forbidden,
                 format!("room `{room}` is private"),
             ));
         }
-        r.add_member(user);
+        let below_ring = after_seq.filter(|after| after + 1 < r.ring_first_seq());
+        self.add_member(&key, user)?;
+        match below_ring {
+            Some(after_seq) => {
+                let req = ReadRequest::After {
+                    room: room.to_owned(),
+                    after_seq,
+                    limit: REPLAY_FROM_STORE_MESSAGES_MAX,
+                };
+                let (origin, user) = (origin.clone(), user.to_owned());
+                self.read_store(req, || Pending::Join {
+                    origin,
+                    room: key,
+                    user,
+                    after_seq,
+                    subscribe,
+                })
+            }
+            None => {
+                self.finish_join(origin, &key, user, after_seq, subscribe, Vec::new());
+                Ok(())
+            }
+        }
+    }
+
+    /// Subscribes the connection and sends it the `ok`, then every message after
+    /// `after_seq`: first those read from the store, then the ring's. Run on the home, so no
+    /// live message can slip between the replay and the subscription.
+    fn finish_join(
+        &mut self,
+        origin: &Origin,
+        key: &Arc<str>,
+        user: &str,
+        after_seq: Option<u64>,
+        subscribe: bool,
+        stored: Vec<Msg>,
+    ) {
+        let r = self.rooms.get_mut(key).expect("room exists");
         let came_online = subscribe && r.subscribe(origin.shard as usize, user);
         let ok = protocol::ok(
             origin.id.as_deref(),
             JoinOk {
-                room,
+                room: key,
                 last_seq: r.last_seq(),
                 unread: r.unread(user),
             },
         );
         let mut frames = vec![ws::text(&ok)];
         if let Some(after) = after_seq {
-            let replay = r.replay(after);
+            let ring_first = r.ring_first_seq();
+            let mut last = after;
+            for m in stored
+                .iter()
+                .filter(|m| m.seq > after && m.seq < ring_first)
+            {
+                frames.push(ws::text(&protocol::event("msg", m)));
+                last = m.seq;
+            }
             frames.extend(
-                replay
+                r.replay(last)
                     .messages
                     .iter()
                     .map(|m| ws::text(&protocol::event("msg", m))),
@@ -228,10 +381,9 @@ impl Shard {
         };
         self.emit(origin.shard, msg);
         if came_online {
-            let event = protocol::event("joined", UserInRoom { room, user });
-            self.broadcast(&key, Bytes::from(event), Instant::now());
+            let event = protocol::event("joined", UserInRoom { room: key, user });
+            self.broadcast(key, Bytes::from(event), Instant::now());
         }
-        Ok(())
     }
 
     fn home_create(
@@ -255,11 +407,8 @@ impl Shard {
             creator: user.to_owned(),
             created_ms: now_ms(),
         };
-        let key = self.new_room(room, info)?;
-        self.rooms
-            .get_mut(&key)
-            .expect("just created")
-            .add_member(user);
+        let key = self.new_room(room, info, None)?;
+        self.add_member(&key, user)?;
         self.reply(origin, RoomOk { room: &key });
         Ok(())
     }
@@ -272,6 +421,16 @@ impl Shard {
         explicit: bool,
     ) -> Result<(), ProtoError> {
         let key = self.room_key(room)?;
+        if explicit {
+            self.log(
+                Record::Member {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                    joined: false,
+                },
+                None,
+            )?;
+        }
         let r = self.rooms.get_mut(&key).expect("room exists");
         let went_offline = r.unsubscribe(origin.shard as usize, user);
         if explicit {
@@ -297,46 +456,81 @@ impl Shard {
         received_at: Instant,
     ) -> Result<(), ProtoError> {
         let key = self.room_key(room)?;
-        let r = self.rooms.get_mut(&key).expect("room exists");
-        let (ok, payload) = match r.publish(user, name, body, client_msg_id, now_ms()) {
-            Published::Duplicate { seq, msg_id, ts } => (
-                protocol::ok(
-                    origin.id.as_deref(),
-                    SendOk {
-                        room,
-                        seq,
-                        msg_id: &msg_id,
-                        ts,
-                        duplicate: true,
-                    },
-                ),
-                None,
-            ),
-            Published::New(msg) => {
-                let ok = SendOk {
+        let r = &self.rooms[&key];
+        if let Some((seq, ts)) = r.retry_of(user, client_msg_id) {
+            let msg_id = Room::msg_id(room, seq);
+            self.reply(
+                origin,
+                SendOk {
                     room,
-                    seq: msg.seq,
-                    msg_id: &msg.msg_id,
-                    ts: msg.ts,
-                    duplicate: false,
-                };
-                (
-                    protocol::ok(origin.id.as_deref(), ok),
-                    Some(Bytes::from(protocol::event("msg", msg))),
-                )
-            }
+                    seq,
+                    msg_id: &msg_id,
+                    ts,
+                    duplicate: true,
+                },
+            );
+            return Ok(());
+        }
+        let (seq, ts) = (r.last_seq() + 1, now_ms());
+        let ticket = self.shared.durable_acks.then(|| self.ticket());
+        let record = Record::Message {
+            room: room.to_owned(),
+            seq,
+            msg_id: Room::msg_id(room, seq),
+            from: user.to_owned(),
+            name: name.map(str::to_owned),
+            body: body.clone(),
+            ts_ms: ts,
+            client_msg_id: client_msg_id.map(str::to_owned),
         };
-        self.emit(
-            origin.shard,
-            ShardMsg::Reply {
-                conn: origin.conn,
-                frame: ws::text(&ok),
+        self.log(record, ticket)?;
+        // The sender has read its own message. Best effort: a full log only makes this
+        // pointer lag after a restart.
+        let _ = self.log(
+            Record::ReadPointer {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                seq,
+            },
+            None,
+        );
+        let r = self.rooms.get_mut(&key).expect("room exists");
+        let Published::New(msg) = r.publish(user, name, body, client_msg_id, ts) else {
+            unreachable!("retry keys were checked above");
+        };
+        debug_assert_eq!(msg.seq, seq, "the logged seq is the published seq");
+        let ok = protocol::ok(
+            origin.id.as_deref(),
+            SendOk {
+                room,
+                seq,
+                msg_id: &msg.msg_id,
+                ts,
+                duplicate: false,
             },
         );
-        if let Some(payload) = payload {
-            self.m.messages_in.inc();
-            self.broadcast(&key, payload, received_at);
+        let payload = Bytes::from(protocol::event("msg", msg));
+        let frame = ws::text(&ok);
+        match ticket {
+            Some(t) => {
+                self.pending.insert(
+                    t.token,
+                    Pending::Ack {
+                        origin: origin.clone(),
+                        frame,
+                    },
+                );
+            }
+            None => self.emit(
+                origin.shard,
+                ShardMsg::Reply {
+                    conn: origin.conn,
+                    frame,
+                },
+            ),
         }
+        self.m.messages_in.inc();
+        self.broadcast(&key, payload, received_at);
         Ok(())
     }
 
@@ -356,20 +550,94 @@ impl Shard {
                 format!("room `{room}` is private"),
             ));
         }
-        let ok = protocol::ok(
-            origin.id.as_deref(),
-            HistoryOk {
-                room,
-                messages: r.history(before_seq, limit as usize),
-            },
-        );
-        self.emit(
-            origin.shard,
-            ShardMsg::Reply {
-                conn: origin.conn,
-                frame: ws::text(&ok),
-            },
-        );
-        Ok(())
+        let from_ring = r.history(before_seq, limit as usize);
+        if from_ring.len() == limit as usize || r.ring_first_seq() <= 1 {
+            let ok = protocol::ok(
+                origin.id.as_deref(),
+                HistoryOk {
+                    room,
+                    messages: &from_ring,
+                },
+            );
+            self.emit(
+                origin.shard,
+                ShardMsg::Reply {
+                    conn: origin.conn,
+                    frame: ws::text(&ok),
+                },
+            );
+            return Ok(());
+        }
+        let req = ReadRequest::Before {
+            room: room.to_owned(),
+            before_seq,
+            limit: limit as usize,
+        };
+        let origin = origin.clone();
+        self.read_store(req, || Pending::History { origin, room: key })
+    }
+
+    /// A completion from the persistence threads.
+    pub(crate) fn on_completion(&mut self, completion: Completion) {
+        match completion {
+            Completion::Durable(tickets) => {
+                for ticket in tickets {
+                    if let Some(Pending::Ack { origin, frame }) = self.pending.remove(&ticket.token)
+                    {
+                        self.emit(
+                            origin.shard,
+                            ShardMsg::Reply {
+                                conn: origin.conn,
+                                frame,
+                            },
+                        );
+                    }
+                }
+            }
+            Completion::Read { ticket, result } => {
+                let Some(pending) = self.pending.remove(&ticket.token) else {
+                    return;
+                };
+                let stored: Result<Vec<Msg>, _> =
+                    result.map(|msgs| msgs.into_iter().map(to_msg).collect());
+                match (pending, stored) {
+                    (
+                        Pending::Join {
+                            origin,
+                            room,
+                            user,
+                            after_seq,
+                            subscribe,
+                        },
+                        Ok(msgs),
+                    ) => self.finish_join(&origin, &room, &user, Some(after_seq), subscribe, msgs),
+                    (Pending::History { origin, room }, Ok(msgs)) => {
+                        let refs: Vec<&Msg> = msgs.iter().collect();
+                        let ok = protocol::ok(
+                            origin.id.as_deref(),
+                            HistoryOk {
+                                room: &room,
+                                messages: &refs,
+                            },
+                        );
+                        self.emit(
+                            origin.shard,
+                            ShardMsg::Reply {
+                                conn: origin.conn,
+                                frame: ws::text(&ok),
+                            },
+                        );
+                    }
+                    (Pending::Join { origin, .. } | Pending::History { origin, .. }, Err(e)) => {
+                        tracing::warn!(error = %e, "store read failed");
+                        self.reply_err(
+                            &origin,
+                            &ProtoError::new(ErrorCode::Unavailable, "storage read failed: retry"),
+                        );
+                    }
+                    (Pending::Ack { .. }, _) => debug_assert!(false, "a read completed an ack"),
+                }
+            }
+        }
     }
 }

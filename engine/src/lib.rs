@@ -32,6 +32,7 @@ mod home;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod persist;
 pub mod protocol;
 pub mod room;
 pub mod server;

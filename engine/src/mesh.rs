@@ -62,6 +62,11 @@ impl<T> Mesh<T> {
         Ok(())
     }
 
+    /// Wakes `shard`'s inbox task (used by the persistence threads after a completion).
+    pub fn wake(&self, shard: ShardId) {
+        self.wakers[shard as usize].wake();
+    }
+
     /// Asks `to` to wake `from` once it has drained the queue between them.
     pub fn mark_stalled(&self, from: ShardId, to: ShardId) {
         self.stalled[self.pair(from, to)].store(true, Ordering::Release);

@@ -169,6 +169,14 @@ impl Metrics {
         }
     }
 
+    /// Adds metrics read at scrape time (the persistence figures). Call before sharing.
+    pub fn register_collector(
+        &mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) {
+        self.registry.register_collector(collector);
+    }
+
     /// The Prometheus text exposition of every shard's metrics.
     pub fn encode(&self) -> String {
         let mut out = String::new();

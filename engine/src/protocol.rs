@@ -319,8 +319,12 @@ pub struct Msg {
     pub from: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub body: String,
+    /// `None` once deleted: history and replays then hold a tombstone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     pub ts: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 #[derive(Serialize)]

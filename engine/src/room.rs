@@ -44,6 +44,8 @@ pub struct Replay<'a> {
 pub struct Room {
     id: String,
     info: RoomInfo,
+    /// argon2 hash of a private room's password (never the password).
+    pub password_hash: Option<String>,
     limits: RoomLimits,
     last_seq: u64,
     ring: VecDeque<Msg>,
@@ -61,6 +63,7 @@ impl Room {
         Room {
             id,
             info,
+            password_hash: None,
             limits,
             last_seq: 0,
             ring: VecDeque::new(),
@@ -71,6 +74,39 @@ impl Room {
             subscribers_per_shard: vec![0; shards],
             online: HashMap::new(),
         }
+    }
+
+    /// A room as persisted: sequence numbers continue after `last_seq`; the ring starts empty
+    /// (older messages are read from the store).
+    pub fn restore(
+        snapshot: sokdo_persistence::RoomSnapshot,
+        limits: RoomLimits,
+        shards: usize,
+    ) -> Room {
+        let info = RoomInfo {
+            title: snapshot.title,
+            private: snapshot.private,
+            creator: snapshot.creator,
+            created_ms: snapshot.created_ms,
+        };
+        let mut room = Room::new(snapshot.room, info, limits, shards);
+        room.password_hash = snapshot.password_hash;
+        room.last_seq = snapshot.last_seq;
+        room.members = snapshot.members.into_iter().collect();
+        room.read_seq = snapshot.read_pointers.into_iter().collect();
+        room
+    }
+
+    /// The first seq the ring holds (`last_seq + 1` when empty): below it, ask the store.
+    pub fn ring_first_seq(&self) -> u64 {
+        self.ring.front().map_or(self.last_seq + 1, |m| m.seq)
+    }
+
+    /// The original `(seq, ts)` when `client_msg_id` repeats one this user sent within the
+    /// retry window.
+    pub fn retry_of(&self, from: &str, client_msg_id: Option<&str>) -> Option<(u64, u64)> {
+        let key = (from.to_owned(), client_msg_id?.to_owned());
+        self.retry_keys.get(&key).copied()
     }
 
     pub fn id(&self) -> &str {
@@ -121,8 +157,9 @@ impl Room {
             msg_id: Room::msg_id(&self.id, seq),
             from: from.to_owned(),
             name: name.map(str::to_owned),
-            body,
+            body: Some(body),
             ts,
+            deleted: false,
         });
         self.mark_read(from, seq);
         debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
@@ -162,12 +199,19 @@ impl Room {
     }
 
     /// Adds a member; a new member's read pointer starts at the room's current end.
-    pub fn add_member(&mut self, user: &str) {
-        if self.members.insert(user.to_owned()) {
+    /// Returns whether the user was not a member before.
+    pub fn add_member(&mut self, user: &str) -> bool {
+        let new = self.members.insert(user.to_owned());
+        if new {
             self.read_seq
                 .entry(user.to_owned())
                 .or_insert(self.last_seq);
         }
+        new
+    }
+
+    pub fn read_seq(&self, user: &str) -> u64 {
+        self.read_seq.get(user).copied().unwrap_or(0)
     }
 
     pub fn remove_member(&mut self, user: &str) {

@@ -9,10 +9,12 @@ use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, DurabilityArg};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
+use crate::persist::{Completions, HandleDebug, StatsCollector};
 use crate::shard::{self, Shared};
+use sokdo_persistence::{Persistence, RoomSnapshot};
 
 /// Pending connections the kernel holds per listener (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -34,18 +36,40 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("listener has an IP address")?;
     eprintln!("sokdo configuration:\n{}", cfg.summary(shards));
 
+    let mesh = Arc::new(Mesh::new(
+        shards as usize,
+        cfg.shard_channel_messages_max as usize,
+    ));
+    let completions = Completions::new(mesh.clone());
+    let (persistence, snapshots) = Persistence::open(cfg.persistence(), completions.sinks())
+        .with_context(|| {
+            format!(
+                "opening the log and store in --data-dir {}",
+                cfg.data_dir.display()
+            )
+        })?;
+    tracing::info!(rooms = snapshots.len(), "recovered");
+    let mut rooms_by_shard: Vec<Vec<RoomSnapshot>> = (0..shards).map(|_| Vec::new()).collect();
+    for snapshot in snapshots {
+        rooms_by_shard[shard::home_of(&snapshot.room, shards) as usize].push(snapshot);
+    }
+    let mut metrics = Metrics::new();
+    metrics.register_collector(Box::new(StatsCollector(HandleDebug(persistence.handle()))));
     let shared = Arc::new(Shared {
         shards,
         instance: cfg.instance(),
         auth: Auth::new(cfg.jwt_secret.as_deref()),
-        metrics: Metrics::new(),
-        mesh: Mesh::new(shards as usize, cfg.shard_channel_messages_max as usize),
+        metrics,
+        mesh,
+        completions,
+        persist: persistence.handle(),
+        durable_acks: cfg.durability == DurabilityArg::Sync,
         cfg,
     });
     watch_signals(shared.clone())?;
 
     let mut handles = Vec::new();
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for ((id, listener), rooms) in listeners.into_iter().enumerate().zip(rooms_by_shard) {
         let placement = if shared.cfg.pin {
             Placement::Fixed(cpus[id % cpus.len()])
         } else {
@@ -58,7 +82,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .spawn(move || async move {
                 // SAFETY: `fd` is a listening socket this thread now owns alone.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                shard::run(id as u16, shared, listener).await
+                shard::run(id as u16, shared, listener, rooms).await
             })
             .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))?;
         handles.push(handle);

@@ -24,11 +24,14 @@ use slab::Slab;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn::{ConnDriver, ConnEntry, ConnRef, Phase};
+use crate::home::Pending;
 use crate::mesh::{Mesh, ShardId};
 use crate::metrics::{Metrics, ShardMetrics};
+use crate::persist::Completions;
 use crate::protocol::{self, ErrorCode, ProtoError, Request, RequestId};
 use crate::room::Room;
 use crate::ws::{self, close, Inbound};
+use sokdo_persistence::RoomSnapshot;
 
 /// Messages one shard's inbox task handles per batch before yielding.
 const INBOX_BATCH_MAX: usize = 256;
@@ -42,20 +45,28 @@ pub struct Shared {
     pub instance: String,
     pub auth: Auth,
     pub metrics: Metrics,
-    pub mesh: Mesh<ShardMsg>,
+    pub mesh: Arc<Mesh<ShardMsg>>,
+    pub completions: Arc<Completions>,
+    pub persist: sokdo_persistence::Handle,
+    /// `--durability sync`: a `send` is answered once its record is durable.
+    pub durable_acks: bool,
 }
 
 impl Shared {
-    /// The home shard of a room: a hash of its id, the same on every shard.
     pub fn home_of(&self, room: &str) -> ShardId {
-        let mut h = DefaultHasher::new();
-        room.hash(&mut h);
-        (h.finish() % u64::from(self.shards)) as ShardId
+        home_of(room, self.shards)
     }
 }
 
+/// The home shard of a room: a hash of its id, the same on every shard.
+pub fn home_of(room: &str, shards: u16) -> ShardId {
+    let mut h = DefaultHasher::new();
+    room.hash(&mut h);
+    (h.finish() % u64::from(shards)) as ShardId
+}
+
 /// Where a request came from, so the home can answer it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Origin {
     pub shard: ShardId,
     pub conn: ConnRef,
@@ -145,12 +156,16 @@ pub struct Shard {
     outbox: Vec<VecDeque<ShardMsg>>,
     draining: Option<DrainState>,
     tick: Duration,
+    /// Requests of rooms homed here that wait for the persistence thread, by ticket token.
+    pub(crate) pending: HashMap<u64, Pending>,
+    pub(crate) next_token: u64,
 }
 
 impl Shard {
-    pub fn new(id: ShardId, shared: Arc<Shared>) -> Shard {
+    /// A shard that homes the given rooms, as persisted.
+    pub fn new(id: ShardId, shared: Arc<Shared>, rooms: Vec<RoomSnapshot>) -> Shard {
         let tick = Duration::from_millis((shared.cfg.heartbeat_ms / 4).clamp(10, 250));
-        Shard {
+        let mut shard = Shard {
             id,
             m: shared.metrics.for_shard(id),
             conns: Slab::new(),
@@ -160,8 +175,19 @@ impl Shard {
             outbox: (0..shared.shards).map(|_| VecDeque::new()).collect(),
             draining: None,
             tick,
+            pending: HashMap::new(),
+            next_token: 0,
             shared,
+        };
+        let (limits, shards) = (shard.room_limits(), shard.shared.shards as usize);
+        for snapshot in rooms {
+            debug_assert_eq!(shard.shared.home_of(&snapshot.room), id);
+            let key: Arc<str> = Arc::from(snapshot.room.as_str());
+            shard
+                .rooms
+                .insert(key, Room::restore(snapshot, limits, shards));
         }
+        shard
     }
 
     pub fn cfg(&self) -> &Config {
@@ -798,8 +824,13 @@ pub fn now_ms() -> u64 {
 // ---- tasks ---------------------------------------------------------------------------
 
 /// Runs shard `id` on the current glommio executor until it has drained.
-pub async fn run(id: ShardId, shared: Arc<Shared>, listener: TcpListener) {
-    let shard = Rc::new(RefCell::new(Shard::new(id, shared)));
+pub async fn run(
+    id: ShardId,
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    rooms: Vec<RoomSnapshot>,
+) {
+    let shard = Rc::new(RefCell::new(Shard::new(id, shared, rooms)));
     // When the ticker ends the drain, the other two futures (and the listener, which leaves
     // the SO_REUSEPORT group) are dropped with it.
     let background = futures_lite::future::or(
@@ -842,7 +873,7 @@ async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
     };
     loop {
         Woken {
-            mesh: &shared.mesh,
+            shared: &shared,
             shard: id,
             polled: false,
         }
@@ -851,9 +882,18 @@ async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
             let popped = {
                 let mut s = shard.borrow_mut();
                 s.flush_outbox();
-                shared
-                    .mesh
-                    .drain(id, INBOX_BATCH_MAX, |_, msg| s.apply(msg))
+                let mut popped = 0;
+                while popped < INBOX_BATCH_MAX {
+                    let Some(completion) = shared.completions.pop(id) else {
+                        break;
+                    };
+                    s.on_completion(completion);
+                    popped += 1;
+                }
+                popped
+                    + shared
+                        .mesh
+                        .drain(id, INBOX_BATCH_MAX, |_, msg| s.apply(msg))
             };
             if popped < INBOX_BATCH_MAX {
                 break;
@@ -866,7 +906,7 @@ async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
 /// Ready when messages wait for this shard, or when the shard was woken (by a sender, by
 /// a receiver that made room for its backlog, or by a drain request).
 struct Woken<'a> {
-    mesh: &'a Mesh<ShardMsg>,
+    shared: &'a Shared,
     shard: ShardId,
     polled: bool,
 }
@@ -879,8 +919,10 @@ impl Future for Woken<'_> {
             return Poll::Ready(());
         }
         self.polled = true;
-        self.mesh.register(self.shard, cx.waker());
-        if self.mesh.has_pending(self.shard) {
+        self.shared.mesh.register(self.shard, cx.waker());
+        if self.shared.mesh.has_pending(self.shard)
+            || self.shared.completions.has_pending(self.shard)
+        {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -903,27 +945,14 @@ async fn ticker(shard: Rc<RefCell<Shard>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn shared(shards: u16) -> Shared {
-        Shared {
-            cfg: Config::parse_from(["sokdo"]),
-            shards,
-            instance: "t".into(),
-            auth: Auth::new(None),
-            metrics: Metrics::new(),
-            mesh: Mesh::new(shards as usize, 4),
-        }
-    }
 
     #[test]
     fn rooms_spread_over_shards_and_stay_put() {
-        let s = shared(4);
-        let homes: Vec<ShardId> = (0..200).map(|i| s.home_of(&format!("room-{i}"))).collect();
+        let homes: Vec<ShardId> = (0..200).map(|i| home_of(&format!("room-{i}"), 4)).collect();
         for shard in 0..4 {
             let n = homes.iter().filter(|h| **h == shard).count();
             assert!(n > 20, "shard {shard} homes only {n} of 200 rooms");
         }
-        assert_eq!(s.home_of("room-7"), homes[7]);
+        assert_eq!(home_of("room-7", 4), homes[7]);
     }
 }

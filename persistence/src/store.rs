@@ -73,6 +73,9 @@ pub struct Store {
     db: Arc<Database>,
 }
 
+/// Bytes of redb page cache; the store is written to far more than it is read.
+pub const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The read side.
 pub struct StoreReader {
     db: Arc<Database>,
@@ -80,7 +83,10 @@ pub struct StoreReader {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, Error> {
-        let db = Database::create(path)?;
+        // redb's default page cache is 1 GiB: on a 2 GiB instance the cache must be bounded.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         // Creating the tables up front lets readers open them before the first write.
         txn.open_table(MESSAGES)?;

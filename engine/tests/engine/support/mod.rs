@@ -24,14 +24,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `sokdo --listen 127.0.0.1:0 --shards 2 ARGS…` and waits for its address.
+    /// Starts `sokdo --listen 127.0.0.1:0 --shards 2 ARGS…` on a fresh data directory and
+    /// waits for its address.
     pub fn start(args: &[&str]) -> Server {
-        let data =
-            std::env::temp_dir().join(format!("sokdo-test-{}-{}", std::process::id(), unique()));
+        let data = temp_dir("data");
+        Server::start_in(&data, args)
+    }
+
+    /// Like `start`, on the given data directory (to restart on the same log and store).
+    pub fn start_in(data: &std::path::Path, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sokdo"))
             .args(["--listen", "127.0.0.1:0", "--shards", "2"])
             .arg("--data-dir")
-            .arg(&data)
+            .arg(data)
             .args(args)
             .env("SOKDO_LOG", "warn")
             .stdout(Stdio::piped())
@@ -128,6 +133,18 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// A new empty directory under the system's temporary directory.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sokdo-test-{what}-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn unique() -> u64 {

@@ -1,0 +1,160 @@
+//! The engine's side of persistence: where completions land, and how stored records turn
+//! back into protocol messages.
+//!
+//! The persistence threads are not glommio executors, so their completions do not travel on
+//! the mesh: each shard has its own lock-free completion queue, and the persistence thread
+//! wakes the shard's inbox task through the mesh's waker after pushing. The queue needs no
+//! bound of its own: every completion answers an append or read that the bounded log or read
+//! channel already admitted.
+
+use std::sync::Arc;
+
+use crossbeam_queue::SegQueue;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use sokdo_persistence::{Completion, CompletionSink, Handle, StoredMessage};
+
+use crate::mesh::{Mesh, ShardId};
+use crate::protocol::Msg;
+use crate::shard::ShardMsg;
+
+/// One completion queue per shard.
+pub struct Completions {
+    queues: Vec<SegQueue<Completion>>,
+    mesh: Arc<Mesh<ShardMsg>>,
+}
+
+impl Completions {
+    pub fn new(mesh: Arc<Mesh<ShardMsg>>) -> Arc<Completions> {
+        Arc::new(Completions {
+            queues: (0..mesh.shards()).map(|_| SegQueue::new()).collect(),
+            mesh,
+        })
+    }
+
+    /// The sinks `Persistence::open` wants, index = shard.
+    pub fn sinks(self: &Arc<Self>) -> Vec<Arc<dyn CompletionSink>> {
+        (0..self.queues.len())
+            .map(|shard| {
+                Arc::new(ShardSink {
+                    completions: self.clone(),
+                    shard: shard as ShardId,
+                }) as Arc<dyn CompletionSink>
+            })
+            .collect()
+    }
+
+    pub fn pop(&self, shard: ShardId) -> Option<Completion> {
+        self.queues[shard as usize].pop()
+    }
+
+    pub fn has_pending(&self, shard: ShardId) -> bool {
+        !self.queues[shard as usize].is_empty()
+    }
+}
+
+struct ShardSink {
+    completions: Arc<Completions>,
+    shard: ShardId,
+}
+
+impl CompletionSink for ShardSink {
+    fn complete(&self, c: Completion) {
+        self.completions.queues[self.shard as usize].push(c);
+        self.completions.mesh.wake(self.shard);
+    }
+}
+
+/// A stored message as the protocol shows it (a tombstone has no body).
+pub fn to_msg(m: StoredMessage) -> Msg {
+    Msg {
+        room: m.room,
+        seq: m.seq,
+        msg_id: m.msg_id,
+        from: m.from,
+        name: m.name,
+        body: if m.deleted { None } else { m.body },
+        ts: m.ts_ms,
+        deleted: m.deleted,
+    }
+}
+
+/// Exposes the log and sink figures on `/metrics`, read at scrape time.
+#[derive(Debug)]
+pub struct StatsCollector(pub HandleDebug);
+
+/// `Handle` is not `Debug`; the collector only needs it for `stats()`.
+pub struct HandleDebug(pub Handle);
+
+impl std::fmt::Debug for HandleDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("persistence handle")
+    }
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0 .0.stats();
+        let gauges: [(&str, &str, i64); 5] = [
+            (
+                "wal_bytes",
+                "Bytes of write-ahead log on disk (and reserved)",
+                s.wal_bytes as i64,
+            ),
+            (
+                "wal_segments",
+                "Write-ahead log segment files",
+                s.wal_segments as i64,
+            ),
+            (
+                "sink_lag_records",
+                "Records logged but not yet confirmed by the sink (persistence lag)",
+                s.sink_lag_records as i64,
+            ),
+            (
+                "wal_last_group_records",
+                "Records in the last group commit",
+                s.last_group_records as i64,
+            ),
+            (
+                "sink_up",
+                "1 while the sink (embedded store or MongoDB) accepts batches",
+                i64::from(s.sink_up),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = ConstGauge::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let counters: [(&str, &str, u64); 5] = [
+            (
+                "wal_records_appended",
+                "Records appended to the log",
+                s.records_appended,
+            ),
+            (
+                "wal_group_commits",
+                "Group commits (one write each)",
+                s.group_commits,
+            ),
+            ("wal_fdatasyncs", "fdatasync calls on the log", s.fdatasyncs),
+            (
+                "sink_batches",
+                "Batches confirmed by the sink",
+                s.sink_batches,
+            ),
+            (
+                "sink_errors",
+                "Failed sink batches (retried)",
+                s.sink_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
