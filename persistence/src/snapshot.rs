@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn folding_a_suffix_twice_changes_nothing() {
-        let log = vec![
+        let log = [
             Record::Member {
                 room: "r".into(),
                 user: "a".into(),

@@ -95,7 +95,7 @@ pub fn message(room: &str, seq: u64) -> Record {
         seq,
         msg_id: format!("m-{room}-{seq}"),
         from: format!("user{}", seq % 3),
-        name: (seq % 2 == 0).then(|| "Name".to_string()),
+        name: seq.is_multiple_of(2).then(|| "Name".to_string()),
         body: format!("body {seq} of {room}"),
         ts_ms: 1_700_000_000_000 + seq,
         client_msg_id: None,
