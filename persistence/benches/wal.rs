@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sokdo_persistence::{
-    AppendError, Completion, CompletionSink, Config, Durability, Handle, Persistence, Record, Ticket,
+    AppendError, Completion, CompletionSink, Config, Durability, Handle, Persistence, Record,
+    Ticket,
 };
 
 const SUMMARY_APPENDS: u64 = 20_000;
@@ -83,8 +84,16 @@ fn run(h: &Handle, acks: &Acks, threads: u64, n: u64) -> Duration {
 
 fn open(durability: Durability) -> (tempfile::TempDir, Persistence, Arc<Acks>) {
     let dir = tempfile::tempdir().unwrap();
-    let acks = Arc::new(Acks { base: Instant::now(), done: AtomicU64::new(0), latencies_ns: Mutex::default() });
-    let cfg = Config { data_dir: dir.path().to_path_buf(), durability, ..Config::default() };
+    let acks = Arc::new(Acks {
+        base: Instant::now(),
+        done: AtomicU64::new(0),
+        latencies_ns: Mutex::default(),
+    });
+    let cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        durability,
+        ..Config::default()
+    };
     let (p, _) = Persistence::open(cfg, vec![acks.clone() as Arc<dyn CompletionSink>]).unwrap();
     (dir, p, acks)
 }
@@ -116,10 +125,23 @@ fn closed_loop(durability: Durability, threads: u64) {
     let dir = tempfile::tempdir().unwrap();
     let base = Instant::now();
     let acks: Vec<Arc<Acks>> = (0..threads)
-        .map(|_| Arc::new(Acks { base, done: AtomicU64::new(0), latencies_ns: Mutex::default() }))
+        .map(|_| {
+            Arc::new(Acks {
+                base,
+                done: AtomicU64::new(0),
+                latencies_ns: Mutex::default(),
+            })
+        })
         .collect();
-    let cfg = Config { data_dir: dir.path().to_path_buf(), durability, ..Config::default() };
-    let sinks = acks.iter().map(|a| a.clone() as Arc<dyn CompletionSink>).collect();
+    let cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        durability,
+        ..Config::default()
+    };
+    let sinks = acks
+        .iter()
+        .map(|a| a.clone() as Arc<dyn CompletionSink>)
+        .collect();
     let (p, _) = Persistence::open(cfg, sinks).unwrap();
     let per_thread = CLOSED_LOOP_APPENDS / threads;
     let start = Instant::now();
@@ -129,7 +151,14 @@ fn closed_loop(durability: Durability, threads: u64) {
             s.spawn(move || {
                 for i in 0..per_thread {
                     let token = a.base.elapsed().as_nanos() as u64;
-                    h.append(message(i), Some(Ticket { shard: t as u16, token })).unwrap();
+                    h.append(
+                        message(i),
+                        Some(Ticket {
+                            shard: t as u16,
+                            token,
+                        }),
+                    )
+                    .unwrap();
                     while a.done.load(Relaxed) <= i {
                         std::thread::yield_now();
                     }
@@ -138,7 +167,10 @@ fn closed_loop(durability: Durability, threads: u64) {
         }
     });
     let took = start.elapsed();
-    let mut l: Vec<u64> = acks.iter().flat_map(|a| std::mem::take(&mut *a.latencies_ns.lock().unwrap())).collect();
+    let mut l: Vec<u64> = acks
+        .iter()
+        .flat_map(|a| std::mem::take(&mut *a.latencies_ns.lock().unwrap()))
+        .collect();
     l.sort_unstable();
     let pct = |q: f64| l[((l.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
     let st = p.handle().stats();
@@ -160,16 +192,20 @@ fn bench(c: &mut Criterion) {
         }
     }
     let mut g = c.benchmark_group("wal_acked_appends");
-    g.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for durability in [Durability::Sync, Durability::Async] {
         for threads in [1u64, 4, 16] {
             summary(durability, threads);
             let (_dir, p, acks) = open(durability);
             let h = p.handle();
             g.throughput(Throughput::Elements(1));
-            g.bench_with_input(BenchmarkId::new(format!("{durability:?}"), threads), &threads, |b, &t| {
-                b.iter_custom(|iters| run(&h, &acks, t, iters.max(t)))
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("{durability:?}"), threads),
+                &threads,
+                |b, &t| b.iter_custom(|iters| run(&h, &acks, t, iters.max(t))),
+            );
             p.shutdown().unwrap();
         }
     }
