@@ -93,6 +93,10 @@ pub struct Config {
     #[arg(long, env = "SOKDO_HISTORY_RING_MESSAGES_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub history_ring_messages_max: u32,
 
+    /// Shortest interval between two `typing` notices of one connection.
+    #[arg(long, env = "SOKDO_TYPING_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub typing_interval_ms: u64,
+
     /// `client_msg_id`s each room remembers for retries (the retry window, by count).
     #[arg(long, env = "SOKDO_IDEMPOTENCY_KEYS_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub idempotency_keys_max: u32,
@@ -265,6 +269,7 @@ impl Config {
                 self.history_ring_messages_max
             ),
             format!("idempotency_keys_max = {}", self.idempotency_keys_max),
+            format!("typing_interval_ms = {}", self.typing_interval_ms),
             format!(
                 "rooms_per_connection_max = {}",
                 self.rooms_per_connection_max

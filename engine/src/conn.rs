@@ -77,6 +77,8 @@ pub struct ConnEntry {
     pub kill: bool,
     /// Requests answered with an error so far.
     pub errors: u32,
+    /// The last `typing` notice (rate limit).
+    pub last_typing: Option<Instant>,
 }
 
 impl ConnEntry {
@@ -96,6 +98,7 @@ impl ConnEntry {
             end_when_flushed: false,
             kill: false,
             errors: 0,
+            last_typing: None,
         }
     }
 

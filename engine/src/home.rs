@@ -13,7 +13,7 @@ use sokdo_persistence::{AppendError, Completion, ReadRequest, Record, Ticket};
 use crate::persist::to_msg;
 use crate::protocol::{self, ErrorCode, Msg, ProtoError};
 use crate::room::{Published, Room, RoomInfo, RoomLimits};
-use crate::shard::{now_ms, HomeReq, Origin, Shard, ShardMsg};
+use crate::shard::{now_ms, HomeReq, Origin, RoomEntry, RoomsQuery, Shard, ShardMsg};
 use crate::ws;
 
 /// Most messages a `join` replays from the store before the ring (PROTOCOL.md: a client
@@ -34,6 +34,37 @@ pub(crate) enum Pending {
     },
     /// A `history` reaching below the ring.
     History { origin: Origin, room: Arc<str> },
+    /// A `delete` of a message the ring no longer holds: its author is read first.
+    Delete {
+        origin: Origin,
+        room: Arc<str>,
+        user: String,
+        seq: u64,
+    },
+}
+
+fn not_member(room: &str) -> ProtoError {
+    ProtoError::new(ErrorCode::NotMember, format!("join room `{room}` first"))
+}
+
+#[derive(Serialize)]
+struct ReadEvent<'a> {
+    room: &'a str,
+    user: &'a str,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct ReadOk<'a> {
+    room: &'a str,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct DeletedEvent<'a> {
+    room: &'a str,
+    seq: u64,
+    by: &'a str,
 }
 
 #[derive(Serialize)]
@@ -97,8 +128,25 @@ impl Shard {
                 user,
                 title,
                 private,
-                password,
-            } => self.home_create(&origin, room, &user, title, private, password.as_deref()),
+                password_hash,
+            } => self.home_create(&origin, room, &user, title, private, password_hash),
+            HomeReq::UpdateRoom {
+                room,
+                user,
+                title,
+                private,
+                password_hash,
+            } => self.home_update_room(&origin, &room, &user, title, private, password_hash),
+            HomeReq::Read { room, user, seq } => self.home_read(&origin, &room, &user, seq),
+            HomeReq::Delete { room, user, seq } => self.home_delete(&origin, &room, &user, seq),
+            HomeReq::Typing { room, user } => self.home_typing(&origin, &room, &user),
+            HomeReq::Presence { room, user } => self.home_presence(&origin, &room, &user),
+            HomeReq::Search {
+                room,
+                user,
+                query,
+                limit,
+            } => self.home_search(&origin, &room, &user, &query, limit),
             HomeReq::Leave {
                 room,
                 user,
@@ -157,6 +205,17 @@ impl Shard {
 
     /// Sends an event's JSON once to each shard with subscribers of the room.
     fn broadcast(&mut self, room: &Arc<str>, payload: Bytes, received_at: Instant) {
+        self.broadcast_except(room, payload, received_at, None);
+    }
+
+    fn broadcast_except(
+        &mut self,
+        room: &Arc<str>,
+        payload: Bytes,
+        received_at: Instant,
+        except: Option<&str>,
+    ) {
+        let except: Option<Arc<str>> = except.map(Arc::from);
         let shards: Vec<u16> = match self.rooms.get(room) {
             Some(r) => r.subscribed_shards().map(|s| s as u16).collect(),
             None => return,
@@ -166,6 +225,7 @@ impl Shard {
                 room: room.clone(),
                 payload: payload.clone(),
                 received_at,
+                except: except.clone(),
             };
             self.emit(shard, msg);
         }
@@ -283,7 +343,7 @@ impl Shard {
         origin: &Origin,
         room: &str,
         user: &str,
-        _password: Option<&str>,
+        password: Option<&str>,
         after_seq: Option<u64>,
         subscribe: bool,
     ) -> Result<(), ProtoError> {
@@ -301,32 +361,68 @@ impl Shard {
             Err(e) => return Err(e),
         };
         let r = &self.rooms[&key];
-        if r.info().private && !r.is_member(user) {
+        if !r.info().private || r.is_member(user) {
+            return self.join_admitted(origin, &key, user, after_seq, subscribe);
+        }
+        let (Some(password), Some(hash)) = (password, r.password_hash.clone()) else {
             return Err(ProtoError::new(
                 ErrorCode::Forbidden,
-                format!("room `{room}` is private"),
+                format!("room `{room}` is private: `join` needs its password"),
             ));
-        }
-        let below_ring = after_seq.filter(|after| after + 1 < r.ring_first_seq());
-        self.add_member(&key, user)?;
+        };
+        // argon2 runs on the blocking pool; the join resumes here when it is checked.
+        let (me, origin, user, password) = (
+            self.me.clone(),
+            origin.clone(),
+            user.to_owned(),
+            password.to_owned(),
+        );
+        glommio::spawn_local(async move {
+            let matches =
+                crate::password::off_shard(move || crate::password::verify(&password, &hash)).await;
+            let Some(shard) = me.upgrade() else { return };
+            let mut shard = shard.borrow_mut();
+            let result = if matches {
+                shard.join_admitted(&origin, &key, &user, after_seq, subscribe)
+            } else {
+                Err(ProtoError::new(ErrorCode::Forbidden, "wrong password"))
+            };
+            if let Err(e) = result {
+                shard.reply_err(&origin, &e);
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    fn join_admitted(
+        &mut self,
+        origin: &Origin,
+        key: &Arc<str>,
+        user: &str,
+        after_seq: Option<u64>,
+        subscribe: bool,
+    ) -> Result<(), ProtoError> {
+        let below_ring = after_seq.filter(|after| after + 1 < self.rooms[key].ring_first_seq());
+        self.add_member(key, user)?;
         match below_ring {
             Some(after_seq) => {
                 let req = ReadRequest::After {
-                    room: room.to_owned(),
+                    room: key.to_string(),
                     after_seq,
                     limit: REPLAY_FROM_STORE_MESSAGES_MAX,
                 };
-                let (origin, user) = (origin.clone(), user.to_owned());
+                let (origin, user, room) = (origin.clone(), user.to_owned(), key.clone());
                 self.read_store(req, || Pending::Join {
                     origin,
-                    room: key,
+                    room,
                     user,
                     after_seq,
                     subscribe,
                 })
             }
             None => {
-                self.finish_join(origin, &key, user, after_seq, subscribe, Vec::new());
+                self.finish_join(origin, key, user, after_seq, subscribe, Vec::new());
                 Ok(())
             }
         }
@@ -393,7 +489,7 @@ impl Shard {
         user: &str,
         title: Option<String>,
         private: bool,
-        _password: Option<&str>,
+        password_hash: Option<String>,
     ) -> Result<(), ProtoError> {
         if self.rooms.contains_key(room.as_str()) {
             return Err(ProtoError::new(
@@ -407,10 +503,271 @@ impl Shard {
             creator: user.to_owned(),
             created_ms: now_ms(),
         };
-        let key = self.new_room(room, info, None)?;
+        let key = self.new_room(room, info, password_hash)?;
         self.add_member(&key, user)?;
         self.reply(origin, RoomOk { room: &key });
         Ok(())
+    }
+
+    fn home_update_room(
+        &mut self,
+        origin: &Origin,
+        room: &str,
+        user: &str,
+        title: Option<String>,
+        private: Option<bool>,
+        password_hash: Option<String>,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let r = &self.rooms[&key];
+        if r.info().creator != user {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "only the room's creator may change it",
+            ));
+        }
+        let password_hash = password_hash.or_else(|| r.password_hash.clone());
+        if private == Some(true) && password_hash.is_none() {
+            return Err(ProtoError::new(
+                ErrorCode::BadRequest,
+                "a private room needs a `password`",
+            ));
+        }
+        let info = r.info();
+        self.log(
+            Record::Room {
+                room: room.to_owned(),
+                title: title.clone().or_else(|| info.title.clone()),
+                private: private.unwrap_or(info.private),
+                password_hash: password_hash.clone(),
+                creator: info.creator.clone(),
+                created_ms: info.created_ms,
+            },
+            None,
+        )?;
+        let r = self.rooms.get_mut(&key).expect("room exists");
+        r.set_info(title, private);
+        r.password_hash = password_hash;
+        self.reply(origin, RoomOk { room });
+        Ok(())
+    }
+
+    fn home_read(
+        &mut self,
+        origin: &Origin,
+        room: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let r = &self.rooms[&key];
+        if !r.is_member(user) {
+            return Err(not_member(room));
+        }
+        let seq = seq.min(r.last_seq());
+        if seq > r.read_seq(user) {
+            self.log(
+                Record::ReadPointer {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                    seq,
+                },
+                None,
+            )?;
+            self.rooms
+                .get_mut(&key)
+                .expect("room exists")
+                .mark_read(user, seq);
+            let event = protocol::event("read", ReadEvent { room, user, seq });
+            self.broadcast(&key, Bytes::from(event), Instant::now());
+        }
+        let seq = self.rooms[&key].read_seq(user);
+        self.reply(origin, ReadOk { room, seq });
+        Ok(())
+    }
+
+    fn home_delete(
+        &mut self,
+        origin: &Origin,
+        room: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let r = &self.rooms[&key];
+        if seq == 0 || seq > r.last_seq() {
+            return Err(ProtoError::new(
+                ErrorCode::NotFound,
+                format!("no message {seq} in `{room}`"),
+            ));
+        }
+        match r.in_ring(seq) {
+            Some(m) => {
+                let author = m.from.clone();
+                self.finish_delete(origin, &key, user, seq, &author)
+            }
+            None => {
+                let req = ReadRequest::After {
+                    room: room.to_owned(),
+                    after_seq: seq - 1,
+                    limit: 1,
+                };
+                let (origin, user) = (origin.clone(), user.to_owned());
+                self.read_store(req, || Pending::Delete {
+                    origin,
+                    room: key,
+                    user,
+                    seq,
+                })
+            }
+        }
+    }
+
+    /// Deletes a message once its author is known: the author and the room's creator may.
+    fn finish_delete(
+        &mut self,
+        origin: &Origin,
+        key: &Arc<str>,
+        user: &str,
+        seq: u64,
+        author: &str,
+    ) -> Result<(), ProtoError> {
+        let r = &self.rooms[key];
+        if author != user && r.info().creator != user {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "only the author or the room's creator may delete a message",
+            ));
+        }
+        let ts_ms = now_ms();
+        self.log(
+            Record::Deleted {
+                room: key.to_string(),
+                seq,
+                by: user.to_owned(),
+                ts_ms,
+            },
+            None,
+        )?;
+        if self.rooms.get_mut(key).expect("room exists").delete(seq) {
+            let event = protocol::event(
+                "deleted",
+                DeletedEvent {
+                    room: key,
+                    seq,
+                    by: user,
+                },
+            );
+            self.broadcast(key, Bytes::from(event), Instant::now());
+        }
+        self.reply(origin, RoomOk { room: key });
+        Ok(())
+    }
+
+    fn home_typing(&mut self, origin: &Origin, room: &str, user: &str) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let event = protocol::event("typing", UserInRoom { room, user });
+        self.broadcast_except(&key, Bytes::from(event), Instant::now(), Some(user));
+        self.reply(origin, RoomOk { room });
+        Ok(())
+    }
+
+    fn visible(&self, key: &Arc<str>, user: &str) -> Result<(), ProtoError> {
+        let r = &self.rooms[key];
+        if r.info().private && !r.is_member(user) {
+            return Err(ProtoError::new(
+                ErrorCode::NotMember,
+                format!("room `{key}` is private"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn home_presence(&mut self, origin: &Origin, room: &str, user: &str) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        self.visible(&key, user)?;
+        let mut users: Vec<&str> = self.rooms[&key].online_users().collect();
+        users.sort_unstable();
+        let ok = protocol::ok(
+            origin.id.as_deref(),
+            serde_json::json!({"room": room, "users": users}),
+        );
+        self.emit(
+            origin.shard,
+            ShardMsg::Reply {
+                conn: origin.conn,
+                frame: ws::text(&ok),
+            },
+        );
+        Ok(())
+    }
+
+    fn home_search(
+        &mut self,
+        origin: &Origin,
+        room: &str,
+        user: &str,
+        query: &str,
+        limit: u32,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        self.visible(&key, user)?;
+        let r = &self.rooms[&key];
+        let found: Vec<&Msg> = r
+            .search(query, limit as usize)
+            .into_iter()
+            .filter_map(|seq| r.in_ring(seq))
+            .collect();
+        let ok = protocol::ok(
+            origin.id.as_deref(),
+            HistoryOk {
+                room,
+                messages: &found,
+            },
+        );
+        self.emit(
+            origin.shard,
+            ShardMsg::Reply {
+                conn: origin.conn,
+                frame: ws::text(&ok),
+            },
+        );
+        Ok(())
+    }
+
+    /// This shard's part of a `rooms` answer: the rooms it homes that match, sorted by id,
+    /// after the cursor, at most `limit`. A scan of the homed rooms.
+    pub(crate) fn rooms_part(&self, q: &RoomsQuery) -> Vec<RoomEntry> {
+        let needle = q.query.as_deref().map(str::to_lowercase);
+        let mut entries: Vec<RoomEntry> = self
+            .rooms
+            .iter()
+            .filter(|(id, _)| q.cursor.as_deref().is_none_or(|c| &***id > c))
+            .filter(|(_, r)| {
+                let member = r.is_member(&q.user);
+                if !member && (q.joined || r.info().private) {
+                    return false;
+                }
+                needle.as_deref().is_none_or(|n| {
+                    r.id().to_lowercase().contains(n)
+                        || r.info()
+                            .title
+                            .as_deref()
+                            .is_some_and(|t| t.to_lowercase().contains(n))
+                })
+            })
+            .map(|(_, r)| RoomEntry {
+                room: r.id().to_owned(),
+                title: r.info().title.clone(),
+                private: r.info().private,
+                members: r.member_count(),
+                last_seq: r.last_seq(),
+                unread: r.is_member(&q.user).then(|| r.unread(&q.user)),
+            })
+            .collect();
+        entries.sort_by(|a, b| a.room.cmp(&b.room));
+        entries.truncate(q.limit as usize + 1);
+        entries
     }
 
     fn home_leave(
@@ -628,7 +985,35 @@ impl Shard {
                             },
                         );
                     }
-                    (Pending::Join { origin, .. } | Pending::History { origin, .. }, Err(e)) => {
+                    (
+                        Pending::Delete {
+                            origin,
+                            room,
+                            user,
+                            seq,
+                        },
+                        Ok(msgs),
+                    ) => {
+                        let result = match msgs.iter().find(|m| m.seq == seq) {
+                            Some(m) => {
+                                let author = m.from.clone();
+                                self.finish_delete(&origin, &room, &user, seq, &author)
+                            }
+                            None => Err(ProtoError::new(
+                                ErrorCode::NotFound,
+                                format!("no message {seq} in `{room}`"),
+                            )),
+                        };
+                        if let Err(e) = result {
+                            self.reply_err(&origin, &e);
+                        }
+                    }
+                    (
+                        Pending::Join { origin, .. }
+                        | Pending::History { origin, .. }
+                        | Pending::Delete { origin, .. },
+                        Err(e),
+                    ) => {
                         tracing::warn!(error = %e, "store read failed");
                         self.reply_err(
                             &origin,

@@ -64,6 +64,12 @@ impl ProtoError {
 pub const HISTORY_LIMIT_MAX: u32 = 100;
 /// `history` without `limit`.
 pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
+pub const SEARCH_LIMIT_MAX: u32 = 100;
+pub const SEARCH_LIMIT_DEFAULT: u32 = 20;
+pub const ROOMS_LIMIT_MAX: u32 = 100;
+pub const ROOMS_LIMIT_DEFAULT: u32 = 50;
+/// Longest search query.
+pub const QUERY_BYTES_MAX: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -91,6 +97,38 @@ pub enum Request {
         before_seq: Option<u64>,
         limit: u32,
     },
+    Read {
+        room: String,
+        seq: u64,
+    },
+    Delete {
+        room: String,
+        seq: u64,
+    },
+    Typing {
+        room: String,
+    },
+    Presence {
+        room: String,
+    },
+    Search {
+        room: String,
+        query: String,
+        limit: u32,
+    },
+    /// The creator changes a room: title, privacy, password (docs/PROTOCOL.md).
+    UpdateRoom {
+        room: String,
+        title: Option<String>,
+        private: Option<bool>,
+        password: Option<String>,
+    },
+    Rooms {
+        query: Option<String>,
+        joined: bool,
+        limit: u32,
+        cursor: Option<String>,
+    },
     Ping,
 }
 
@@ -102,8 +140,14 @@ impl Request {
             | Request::Create { room, .. }
             | Request::Leave { room }
             | Request::Send { room, .. }
-            | Request::History { room, .. } => Some(room),
-            Request::Ping => None,
+            | Request::History { room, .. }
+            | Request::Read { room, .. }
+            | Request::Delete { room, .. }
+            | Request::Typing { room }
+            | Request::Presence { room }
+            | Request::Search { room, .. }
+            | Request::UpdateRoom { room, .. } => Some(room),
+            Request::Rooms { .. } | Request::Ping => None,
         }
     }
 }
@@ -128,7 +172,13 @@ struct Wire<'a> {
     private: Option<bool>,
     after_seq: Option<u64>,
     before_seq: Option<u64>,
+    seq: Option<u64>,
     limit: Option<u32>,
+    #[serde(borrow)]
+    query: Option<Cow<'a, str>>,
+    joined: Option<bool>,
+    #[serde(borrow)]
+    cursor: Option<Cow<'a, str>>,
 }
 
 /// Limits that parsing enforces.
@@ -225,6 +275,45 @@ fn build(wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
                 limit,
             }
         }
+        "read" => Request::Read {
+            room: room()?,
+            seq: wire.seq.ok_or_else(|| missing(op, "seq"))?,
+        },
+        "delete" => Request::Delete {
+            room: room()?,
+            seq: wire.seq.ok_or_else(|| missing(op, "seq"))?,
+        },
+        "typing" => Request::Typing { room: room()? },
+        "presence" => Request::Presence { room: room()? },
+        "search" => {
+            let query = wire.query.ok_or_else(|| missing(op, "query"))?.into_owned();
+            if query.trim().is_empty() || query.len() > QUERY_BYTES_MAX {
+                return Err(ProtoError::new(
+                    ErrorCode::BadRequest,
+                    format!("`query` must be 1..={QUERY_BYTES_MAX} bytes, not blank"),
+                ));
+            }
+            Request::Search {
+                room: room()?,
+                query,
+                limit: limit_field(wire.limit, SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX)?,
+            }
+        }
+        "update_room" => Request::UpdateRoom {
+            room: room()?,
+            title: wire.title.map(Cow::into_owned),
+            private: wire.private,
+            password: wire.password.map(Cow::into_owned),
+        },
+        "rooms" => Request::Rooms {
+            query: wire
+                .query
+                .map(Cow::into_owned)
+                .filter(|q| !q.trim().is_empty()),
+            joined: wire.joined.unwrap_or(false),
+            limit: limit_field(wire.limit, ROOMS_LIMIT_DEFAULT, ROOMS_LIMIT_MAX)?,
+            cursor: wire.cursor.map(Cow::into_owned),
+        },
         "ping" => Request::Ping,
         other => {
             return Err(ProtoError::new(
@@ -233,6 +322,20 @@ fn build(wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
             ))
         }
     })
+}
+
+fn limit_field(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ProtoError> {
+    match limit.unwrap_or(default) {
+        0 => Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            format!("`limit` must be 1..={max}"),
+        )),
+        n if n > max => Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            format!("`limit` must be 1..={max}"),
+        )),
+        n => Ok(n),
+    }
 }
 
 fn room_field(op: &str, room: Option<&str>, limits: ParseLimits) -> Result<String, ProtoError> {

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::protocol::Msg;
+use crate::search::SearchIndex;
 
 /// Bounds of one room, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +56,7 @@ pub struct Room {
     retry_order: VecDeque<(String, String)>,
     subscribers_per_shard: Vec<u32>,
     online: HashMap<String, u32>,
+    search: SearchIndex,
 }
 
 impl Room {
@@ -73,6 +75,8 @@ impl Room {
             retry_order: VecDeque::new(),
             subscribers_per_shard: vec![0; shards],
             online: HashMap::new(),
+            // Search covers the ring's messages: both evict one message per new one.
+            search: SearchIndex::new(limits.history_ring_messages_max),
         }
     }
 
@@ -95,6 +99,51 @@ impl Room {
         room.members = snapshot.members.into_iter().collect();
         room.read_seq = snapshot.read_pointers.into_iter().collect();
         room
+    }
+
+    /// The message at `seq`, if the ring still holds it.
+    pub fn in_ring(&self, seq: u64) -> Option<&Msg> {
+        let first = self.ring.front()?.seq;
+        self.ring.get(seq.checked_sub(first)? as usize)
+    }
+
+    /// Turns a message into a tombstone (in the ring and the search index). Returns whether
+    /// it was not deleted already.
+    pub fn delete(&mut self, seq: u64) -> bool {
+        self.search.remove(seq);
+        let Some(first) = self.ring.front().map(|m| m.seq) else {
+            return true;
+        };
+        match seq
+            .checked_sub(first)
+            .and_then(|i| self.ring.get_mut(i as usize))
+        {
+            Some(m) if m.deleted => false,
+            Some(m) => {
+                m.deleted = true;
+                m.body = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Seqs of messages matching `query`, newest first (docs: `search.rs`).
+    pub fn search(&self, query: &str, limit: usize) -> Vec<u64> {
+        self.search.search(query, limit)
+    }
+
+    pub fn set_info(&mut self, title: Option<String>, private: Option<bool>) {
+        if let Some(title) = title {
+            self.info.title = Some(title);
+        }
+        if let Some(private) = private {
+            self.info.private = private;
+        }
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
     }
 
     /// The first seq the ring holds (`last_seq + 1` when empty): below it, ask the store.
@@ -162,6 +211,9 @@ impl Room {
             deleted: false,
         });
         self.mark_read(from, seq);
+        if let Some(body) = self.ring.back().and_then(|m| m.body.as_deref()) {
+            self.search.add(seq, body);
+        }
         debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
         debug_assert_eq!(self.ring.back().map(|m| m.seq), Some(self.last_seq));
         Published::New(self.ring.back().expect("just pushed"))

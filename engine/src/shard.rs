@@ -89,7 +89,38 @@ pub enum HomeReq {
         user: String,
         title: Option<String>,
         private: bool,
-        password: Option<String>,
+        password_hash: Option<String>,
+    },
+    UpdateRoom {
+        room: String,
+        user: String,
+        title: Option<String>,
+        private: Option<bool>,
+        password_hash: Option<String>,
+    },
+    Read {
+        room: String,
+        user: String,
+        seq: u64,
+    },
+    Delete {
+        room: String,
+        user: String,
+        seq: u64,
+    },
+    Typing {
+        room: String,
+        user: String,
+    },
+    Presence {
+        room: String,
+        user: String,
+    },
+    Search {
+        room: String,
+        user: String,
+        query: String,
+        limit: u32,
     },
     /// `explicit: false` is a connection going away: it stops receiving, stays a member.
     Leave {
@@ -123,7 +154,17 @@ pub enum ShardMsg {
         room: Arc<str>,
         payload: Bytes,
         received_at: Instant,
+        /// Not to this user's connections (`typing` goes to the others).
+        except: Option<Arc<str>>,
     },
+    /// From a shard answering `rooms` to every shard (itself included).
+    RoomsQuery {
+        from: ShardId,
+        token: u64,
+        query: Arc<RoomsQuery>,
+    },
+    /// The rooms a shard homes that match, back to the asking shard.
+    RoomsPart { token: u64, entries: Vec<RoomEntry> },
     /// From a home to one connection: an encoded frame.
     Reply { conn: ConnRef, frame: Bytes },
     /// From a home to one connection after `join`: the reply, then the replay; and the
@@ -159,6 +200,9 @@ pub struct Shard {
     /// Requests of rooms homed here that wait for the persistence thread, by ticket token.
     pub(crate) pending: HashMap<u64, Pending>,
     pub(crate) next_token: u64,
+    gathers: HashMap<u64, Gather>,
+    /// This shard itself, for tasks that come back to it after an await.
+    pub(crate) me: std::rc::Weak<RefCell<Shard>>,
 }
 
 impl Shard {
@@ -177,6 +221,8 @@ impl Shard {
             tick,
             pending: HashMap::new(),
             next_token: 0,
+            gathers: HashMap::new(),
+            me: std::rc::Weak::new(),
             shared,
         };
         let (limits, shards) = (shard.room_limits(), shard.shared.shards as usize);
@@ -395,15 +441,32 @@ impl Shard {
         let entry = &self.conns[key];
         let user = entry.user.to_string();
         let joined = req.room().and_then(|room| entry.room_index(room));
+        let origin = Origin {
+            shard: self.id,
+            conn: self.conn_ref(key),
+            id: id.map(ToOwned::to_owned),
+        };
         let home_req = match req {
             Request::Ping => {
-                let ts = now_ms();
-                self.push_frame(
-                    key,
-                    ws::text(&protocol::ok(
-                        id,
-                        serde_json::json!({"pong": true, "ts": ts}),
-                    )),
+                let ok = protocol::ok(id, serde_json::json!({"pong": true, "ts": now_ms()}));
+                self.push_frame(key, ws::text(&ok));
+                return Ok(());
+            }
+            Request::Rooms {
+                query,
+                joined,
+                limit,
+                cursor,
+            } => {
+                self.gather_rooms(
+                    origin,
+                    RoomsQuery {
+                        user,
+                        query,
+                        joined,
+                        limit,
+                        cursor,
+                    },
                 );
                 return Ok(());
             }
@@ -432,13 +495,37 @@ impl Shard {
                 title,
                 private,
                 password,
-            } => HomeReq::Create {
+            } => {
+                if private && password.is_none() {
+                    return Err(ProtoError::new(
+                        ErrorCode::BadRequest,
+                        "a private room needs a `password`",
+                    ));
+                }
+                let req = HomeReq::Create {
+                    room,
+                    user,
+                    title,
+                    private,
+                    password_hash: None,
+                };
+                return self.forward_hashing(origin, req, password);
+            }
+            Request::UpdateRoom {
                 room,
-                user,
                 title,
                 private,
                 password,
-            },
+            } => {
+                let req = HomeReq::UpdateRoom {
+                    room,
+                    user,
+                    title,
+                    private,
+                    password_hash: None,
+                };
+                return self.forward_hashing(origin, req, password);
+            }
             Request::Leave { room } => {
                 let idx = joined.ok_or_else(|| not_member(&room))?;
                 let (arc, sub_idx) = self.conns[key].rooms.swap_remove(idx);
@@ -467,6 +554,21 @@ impl Shard {
                     received_at: Instant::now(),
                 }
             }
+            Request::Typing { room } => {
+                if joined.is_none() {
+                    return Err(not_member(&room));
+                }
+                let interval = Duration::from_millis(self.cfg().typing_interval_ms);
+                let entry = &mut self.conns[key];
+                if entry.last_typing.is_some_and(|t| t.elapsed() < interval) {
+                    return Err(ProtoError::new(
+                        ErrorCode::RateLimited,
+                        format!("at most one `typing` per {} ms", interval.as_millis()),
+                    ));
+                }
+                entry.last_typing = Some(Instant::now());
+                HomeReq::Typing { room, user }
+            }
             Request::History {
                 room,
                 before_seq,
@@ -477,8 +579,22 @@ impl Shard {
                 before_seq,
                 limit,
             },
+            Request::Read { room, seq } => HomeReq::Read { room, user, seq },
+            Request::Delete { room, seq } => HomeReq::Delete { room, user, seq },
+            Request::Presence { room } => HomeReq::Presence { room, user },
+            Request::Search { room, query, limit } => HomeReq::Search {
+                room,
+                user,
+                query,
+                limit,
+            },
         };
-        let room = home_req.room().to_owned();
+        self.forward(origin, home_req)
+    }
+
+    /// Sends a request to its room's home, unless that shard is backed up.
+    fn forward(&mut self, origin: Origin, req: HomeReq) -> Result<(), ProtoError> {
+        let room = req.room().to_owned();
         let home = self.shared.home_of(&room);
         if home != self.id && !self.outbox[home as usize].is_empty() {
             return Err(ProtoError::new(
@@ -486,13 +602,99 @@ impl Shard {
                 "the room's shard is busy: retry shortly",
             ));
         }
-        let origin = Origin {
-            shard: self.id,
-            conn: self.conn_ref(key),
-            id: id.map(ToOwned::to_owned),
-        };
-        self.send_home(&room, origin, home_req);
+        self.send_home(&room, origin, req);
         Ok(())
+    }
+
+    /// Forwards a request that sets a password: the argon2 hash is computed on the blocking
+    /// pool first, so the shard never stalls on it.
+    fn forward_hashing(
+        &mut self,
+        origin: Origin,
+        mut req: HomeReq,
+        password: Option<String>,
+    ) -> Result<(), ProtoError> {
+        let Some(password) = password else {
+            return self.forward(origin, req);
+        };
+        crate::password::check_length(&password)?;
+        let me = self.me.clone();
+        glommio::spawn_local(async move {
+            let hashed = crate::password::off_shard(move || crate::password::hash(&password)).await;
+            let Some(shard) = me.upgrade() else { return };
+            let mut shard = shard.borrow_mut();
+            let Some(key) = shard.live(origin.conn) else {
+                return;
+            };
+            let id = origin.id.clone();
+            let result = hashed.and_then(|hash| {
+                if let HomeReq::Create { password_hash, .. }
+                | HomeReq::UpdateRoom { password_hash, .. } = &mut req
+                {
+                    *password_hash = Some(hash);
+                }
+                shard.forward(origin, req)
+            });
+            if let Err(e) = result {
+                shard.reply_error(key, id.as_deref(), &e);
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    // ---- rooms: a query every shard answers for the rooms it homes ---------------------
+
+    fn gather_rooms(&mut self, origin: Origin, query: RoomsQuery) {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.gathers.insert(
+            token,
+            Gather {
+                origin,
+                parts_left: self.shared.shards,
+                entries: Vec::new(),
+                limit: query.limit as usize,
+            },
+        );
+        let query = Arc::new(query);
+        for shard in 0..self.shared.shards {
+            self.emit(
+                shard,
+                ShardMsg::RoomsQuery {
+                    from: self.id,
+                    token,
+                    query: query.clone(),
+                },
+            );
+        }
+    }
+
+    fn on_rooms_part(&mut self, token: u64, entries: Vec<RoomEntry>) {
+        let Some(gather) = self.gathers.get_mut(&token) else {
+            return;
+        };
+        gather.entries.extend(entries);
+        gather.parts_left -= 1;
+        if gather.parts_left > 0 {
+            return;
+        }
+        let mut gather = self.gathers.remove(&token).expect("present");
+        gather.entries.sort_by(|a, b| a.room.cmp(&b.room));
+        let more = gather.entries.len() > gather.limit;
+        gather.entries.truncate(gather.limit);
+        let cursor = if more {
+            gather.entries.last().map(|e| e.room.clone())
+        } else {
+            None
+        };
+        let ok = protocol::ok(
+            gather.origin.id.as_deref(),
+            serde_json::json!({"rooms": gather.entries, "cursor": cursor}),
+        );
+        if let Some(key) = self.live(gather.origin.conn) {
+            self.push_frame(key, ws::text(&ok));
+        }
     }
 
     fn send_home(&mut self, room: &str, origin: Origin, req: HomeReq) {
@@ -553,7 +755,13 @@ impl Shard {
                 room,
                 payload,
                 received_at,
-            } => self.deliver(&room, &payload, received_at),
+                except,
+            } => self.deliver(&room, &payload, received_at, except.as_deref()),
+            ShardMsg::RoomsQuery { from, token, query } => {
+                let entries = self.rooms_part(&query);
+                self.emit(from, ShardMsg::RoomsPart { token, entries });
+            }
+            ShardMsg::RoomsPart { token, entries } => self.on_rooms_part(token, entries),
             ShardMsg::Reply { conn, frame } => {
                 if let Some(key) = self.live(conn) {
                     self.push_frame(key, frame);
@@ -637,7 +845,7 @@ impl Shard {
     }
 
     /// One message for every local subscriber of `room`: framed once, queued to each.
-    fn deliver(&mut self, room: &str, payload: &[u8], received_at: Instant) {
+    fn deliver(&mut self, room: &str, payload: &[u8], received_at: Instant, except: Option<&str>) {
         let Shard {
             subs,
             conns,
@@ -652,7 +860,7 @@ impl Shard {
         let mut delivered = 0;
         for &key in keys {
             let entry = &mut conns[key as usize];
-            if entry.phase != Phase::Open {
+            if entry.phase != Phase::Open || except.is_some_and(|u| *entry.user == *u) {
                 continue;
             }
             if entry.out.bytes() + frame.len() > max {
@@ -805,9 +1013,45 @@ impl HomeReq {
             | HomeReq::Create { room, .. }
             | HomeReq::Leave { room, .. }
             | HomeReq::Send { room, .. }
-            | HomeReq::History { room, .. } => room,
+            | HomeReq::History { room, .. }
+            | HomeReq::UpdateRoom { room, .. }
+            | HomeReq::Read { room, .. }
+            | HomeReq::Delete { room, .. }
+            | HomeReq::Typing { room, .. }
+            | HomeReq::Presence { room, .. }
+            | HomeReq::Search { room, .. } => room,
         }
     }
+}
+
+/// A `rooms` request, asked of every shard.
+#[derive(Debug)]
+pub struct RoomsQuery {
+    pub user: String,
+    pub query: Option<String>,
+    pub joined: bool,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+/// One room in a `rooms` reply.
+#[derive(Debug, serde::Serialize)]
+pub struct RoomEntry {
+    pub room: String,
+    pub title: Option<String>,
+    pub private: bool,
+    pub members: usize,
+    pub last_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+}
+
+/// A `rooms` request waiting for every shard's part.
+struct Gather {
+    origin: Origin,
+    parts_left: u16,
+    entries: Vec<RoomEntry>,
+    limit: usize,
 }
 
 fn not_member(room: &str) -> ProtoError {
@@ -831,6 +1075,7 @@ pub async fn run(
     rooms: Vec<RoomSnapshot>,
 ) {
     let shard = Rc::new(RefCell::new(Shard::new(id, shared, rooms)));
+    shard.borrow_mut().me = Rc::downgrade(&shard);
     // When the ticker ends the drain, the other two futures (and the listener, which leaves
     // the SO_REUSEPORT group) are dropped with it.
     let background = futures_lite::future::or(

@@ -1,0 +1,191 @@
+//! Message search inside one room: an in-memory bigram index over the room's most recent
+//! messages, bounded by `search_index_messages_max`.
+//!
+//! Korean, Chinese and Japanese text has no spaces to split words on, so the index keys are
+//! pairs of consecutive characters (bigrams) of the lower-cased text; any substring of two
+//! or more characters is found through the postings of its bigrams and then confirmed with a
+//! plain substring test. A query of several whitespace-separated terms matches messages
+//! holding every term. Pure: the home shard owns one index per room.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Two characters, packed.
+type Bigram = u64;
+
+#[derive(Debug)]
+pub struct SearchIndex {
+    messages_max: usize,
+    /// (seq, lower-cased text), ascending by seq; the text is empty once deleted.
+    docs: VecDeque<(u64, String)>,
+    /// Seqs holding each bigram, ascending.
+    postings: HashMap<Bigram, VecDeque<u64>>,
+}
+
+fn bigrams(text: &str) -> impl Iterator<Item = Bigram> + '_ {
+    let mut chars = text.chars().peekable();
+    std::iter::from_fn(move || loop {
+        let a = chars.next()?;
+        let b = *chars.peek()?;
+        if a.is_whitespace() || b.is_whitespace() {
+            continue;
+        }
+        return Some((u64::from(u32::from(a)) << 32) | u64::from(u32::from(b)));
+    })
+}
+
+impl SearchIndex {
+    pub fn new(messages_max: usize) -> SearchIndex {
+        assert!(messages_max > 0);
+        SearchIndex {
+            messages_max,
+            docs: VecDeque::new(),
+            postings: HashMap::new(),
+        }
+    }
+
+    /// Indexes a message; seqs arrive in increasing order.
+    pub fn add(&mut self, seq: u64, body: &str) {
+        debug_assert!(
+            self.docs.back().is_none_or(|(last, _)| *last < seq),
+            "seqs increase"
+        );
+        if self.docs.len() == self.messages_max {
+            self.evict_oldest();
+        }
+        let text = body.to_lowercase();
+        for gram in bigrams(&text) {
+            let list = self.postings.entry(gram).or_default();
+            if list.back() != Some(&seq) {
+                list.push_back(seq);
+            }
+        }
+        self.docs.push_back((seq, text));
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some((seq, text)) = self.docs.pop_front() else {
+            return;
+        };
+        for gram in bigrams(&text) {
+            if let Some(list) = self.postings.get_mut(&gram) {
+                if list.front() == Some(&seq) {
+                    list.pop_front();
+                }
+                if list.is_empty() {
+                    self.postings.remove(&gram);
+                }
+            }
+        }
+    }
+
+    /// Forgets a deleted message's text (its postings are skipped when confirming).
+    pub fn remove(&mut self, seq: u64) {
+        if let Ok(i) = self.docs.binary_search_by_key(&seq, |(s, _)| *s) {
+            self.docs[i].1.clear();
+        }
+    }
+
+    /// Seqs of messages holding every term of `query`, newest first, at most `limit`.
+    pub fn search(&self, query: &str, limit: usize) -> Vec<u64> {
+        let query = query.to_lowercase();
+        let terms: Vec<&str> = query.split_whitespace().collect();
+        if terms.is_empty() {
+            return Vec::new();
+        }
+        let matches = |text: &str| terms.iter().all(|t| text.contains(t));
+        let candidates: Vec<u64> = match self.rarest_posting(&terms) {
+            Some(list) => list.iter().rev().copied().collect(),
+            None => self.docs.iter().rev().map(|(seq, _)| *seq).collect(),
+        };
+        candidates
+            .into_iter()
+            .filter(|seq| self.text(*seq).is_some_and(matches))
+            .take(limit)
+            .collect()
+    }
+
+    /// The shortest posting list among the query's bigrams (`None` when no term has two
+    /// characters: those fall back to a scan). A bigram no message has means no match.
+    fn rarest_posting(&self, terms: &[&str]) -> Option<&VecDeque<u64>> {
+        static EMPTY: VecDeque<u64> = VecDeque::new();
+        let mut best: Option<&VecDeque<u64>> = None;
+        for gram in terms.iter().flat_map(|t| bigrams(t)) {
+            let list = self.postings.get(&gram).unwrap_or(&EMPTY);
+            if best.is_none_or(|b| list.len() < b.len()) {
+                best = Some(list);
+            }
+        }
+        best
+    }
+
+    fn text(&self, seq: u64) -> Option<&str> {
+        let i = self.docs.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        Some(&self.docs[i].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn index(bodies: &[&str]) -> SearchIndex {
+        let mut ix = SearchIndex::new(100);
+        for (i, b) in bodies.iter().enumerate() {
+            ix.add(i as u64 + 1, b);
+        }
+        ix
+    }
+
+    #[test]
+    fn korean_substrings_without_spaces() {
+        let ix = index(&[
+            "오늘 회의는 세시에 합니다",
+            "점심 먹었어요",
+            "회의실 예약 완료",
+        ]);
+        assert_eq!(ix.search("회의", 10), [3, 1], "newest first");
+        assert_eq!(ix.search("세시", 10), [1]);
+        assert_eq!(ix.search("의는", 10), [1]);
+        assert_eq!(ix.search("저녁", 10), Vec::<u64>::new());
+        assert_eq!(ix.search("회의 세시", 10), [1], "every term");
+    }
+
+    #[test]
+    fn words_case_insensitive_and_single_characters() {
+        let ix = index(&["Deploy at NOON", "lunch", "deploy done"]);
+        assert_eq!(ix.search("deploy", 10), [3, 1]);
+        assert_eq!(ix.search("noon", 1), [1]);
+        assert_eq!(ix.search("l", 10), [3, 2, 1]);
+    }
+
+    #[test]
+    fn bounded_and_deletions_forgotten() {
+        let mut ix = SearchIndex::new(2);
+        ix.add(1, "회의 하나");
+        ix.add(2, "회의 둘");
+        ix.add(3, "회의 셋");
+        assert_eq!(ix.search("회의", 10), [3, 2], "the oldest was evicted");
+        ix.remove(3);
+        assert_eq!(ix.search("회의", 10), [2]);
+        assert!(ix.postings.values().all(|l| l.len() <= 2));
+    }
+
+    proptest! {
+        #[test]
+        fn finds_exactly_the_messages_containing_the_query(
+            bodies in proptest::collection::vec("[가나다 ab]{0,12}", 1..30),
+            query in "[가나다ab]{1,3}",
+        ) {
+            let mut ix = SearchIndex::new(1000);
+            for (i, b) in bodies.iter().enumerate() {
+                ix.add(i as u64 + 1, b);
+            }
+            let expected: Vec<u64> = (1..=bodies.len() as u64)
+                .rev()
+                .filter(|s| bodies[*s as usize - 1].contains(query.as_str()))
+                .collect();
+            prop_assert_eq!(ix.search(&query, 1000), expected);
+        }
+    }
+}
