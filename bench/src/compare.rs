@@ -80,7 +80,7 @@ pub struct CompareArgs {
     /// Where the Node peers live (after scripts/install-bench-peers.sh).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/peers"))]
     peers_dir: PathBuf,
-    /// Port of the server under test.
+    /// Port of the first server under test; each later run uses the next one.
     #[arg(long, default_value_t = 19_100)]
     port: u16,
     #[arg(long)]
@@ -101,7 +101,9 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     for scenario in &args.scenarios {
         for target in &args.targets {
             eprintln!("== {scenario:?} against {target:?}");
-            let run = match Server::start(args, *target) {
+            // A fresh port per run: a stopped server's port may linger a moment.
+            let port = args.port + runs.len() as u16;
+            let run = match Server::start(args, *target, port) {
                 Ok(server) => {
                     limit_applied = limit_applied.or(server.memory_limit_bytes);
                     let result = run_scenario(args, *scenario, *target, &server);
@@ -223,8 +225,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &CompareArgs, target: TargetKind) -> anyhow::Result<Server> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", args.port).parse()?;
+    fn start(args: &CompareArgs, target: TargetKind, port: u16) -> anyhow::Result<Server> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let beside = |bin: &str| -> anyhow::Result<PathBuf> {
             Ok(std::env::current_exe()?.with_file_name(bin))
         };
