@@ -4,6 +4,7 @@ mod support;
 
 mod auth;
 mod durability;
+mod features;
 mod lifecycle;
 mod limits;
 mod messaging;
