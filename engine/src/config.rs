@@ -69,6 +69,20 @@ pub struct Config {
     #[arg(long, env = "SOKDO_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Key a back end sends as `X-Api-Key` to `POST /api/rooms/{room}/messages`; without it
+    /// that endpoint is disabled.
+    #[arg(long, env = "SOKDO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Serve `/api/auth/register|login|password` (accounts kept in `accounts.redb`).
+    /// Needs --jwt-secret to sign the tokens it issues.
+    #[arg(long, env = "SOKDO_ACCOUNTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub accounts: bool,
+
+    /// Lifetime of tokens issued by `/api/auth/login`.
+    #[arg(long, env = "SOKDO_TOKEN_TTL_S", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(60..))]
+    pub token_ttl_s: u64,
+
     /// Name of this instance in `hello` and metrics. Default: `sokdo-<pid>`.
     #[arg(long, env = "SOKDO_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -167,6 +181,8 @@ pub enum DurabilityArg {
 pub enum ConfigError {
     #[error("--jwt-secret is required when --listen is not a loopback address (development mode accepts ?user= only on loopback); got --listen {0}")]
     DevModeNotLoopback(SocketAddr),
+    #[error("--accounts needs --jwt-secret to sign the tokens it issues")]
+    AccountsWithoutSecret,
     #[error("--frame-bytes-max ({frame}) must exceed --body-bytes-max ({body}) by at least 512 bytes of JSON envelope")]
     FrameSmallerThanBody { frame: u32, body: u32 },
     #[error("--wal-bytes-max ({max}) must be at least twice --wal-segment-bytes ({segment})")]
@@ -180,6 +196,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.is_none() && !self.listen.ip().is_loopback() {
             return Err(ConfigError::DevModeNotLoopback(self.listen));
+        }
+        if self.accounts && self.jwt_secret.is_none() {
+            return Err(ConfigError::AccountsWithoutSecret);
         }
         if self.frame_bytes_max < self.body_bytes_max.saturating_add(512) {
             return Err(ConfigError::FrameSmallerThanBody {
@@ -242,6 +261,16 @@ impl Config {
             format!("pin = {}", self.pin),
             format!("data_dir = {}", self.data_dir.display()),
             format!("jwt_secret = {secret}"),
+            format!(
+                "api_key = {}",
+                if self.api_key.is_some() {
+                    "<set>"
+                } else {
+                    "<none: server API disabled>"
+                }
+            ),
+            format!("accounts = {}", self.accounts),
+            format!("token_ttl_s = {}", self.token_ttl_s),
             format!("durability = {:?}", self.durability),
             format!("wal_bytes_max = {}", self.wal_bytes_max),
             format!("wal_segment_bytes = {}", self.wal_segment_bytes),

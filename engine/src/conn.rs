@@ -52,6 +52,8 @@ pub enum Phase {
     Http,
     /// Upgraded and authenticated.
     Open,
+    /// An HTTP API call waiting for its reply.
+    Api,
     /// A close frame or a final HTTP response is queued; no new frames are accepted.
     Closing,
 }
@@ -79,6 +81,8 @@ pub struct ConnEntry {
     pub errors: u32,
     /// The last `typing` notice (rate limit).
     pub last_typing: Option<Instant>,
+    /// HTTP status of a successful reply to this connection's API call.
+    pub api_ok_status: u16,
 }
 
 impl ConnEntry {
@@ -99,6 +103,7 @@ impl ConnEntry {
             kill: false,
             errors: 0,
             last_typing: None,
+            api_ok_status: 200,
         }
     }
 

@@ -17,6 +17,8 @@ pub enum Outcome {
     Incomplete,
     /// Send these bytes, then close.
     Respond(Bytes),
+    /// An API call to execute; its reply becomes the HTTP response.
+    Api(crate::api::ApiCall),
     /// Switch to WebSocket: send the 101 response, then `hello`.
     Upgrade { identity: Identity, response: Bytes },
 }
@@ -27,6 +29,11 @@ pub struct Context<'a> {
     pub draining: bool,
     pub shard_full: bool,
     pub metrics: &'a dyn Fn() -> String,
+    /// `--api-key`: `None` disables `POST /api/rooms/{room}/messages`.
+    pub api_key: Option<&'a str>,
+    /// `--accounts`: enables `/api/auth/*`.
+    pub accounts: bool,
+    pub body_bytes_max: usize,
 }
 
 pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
@@ -34,7 +41,32 @@ pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Partial) => Outcome::Incomplete,
-        Ok(httparse::Status::Complete(_)) => Outcome::from_request(&req, ctx),
+        Ok(httparse::Status::Complete(head_len)) => {
+            let content_length = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                });
+            let body_len = match content_length {
+                None => 0,
+                Some(Some(n)) => n,
+                Some(None) => {
+                    return Outcome::Respond(plain(
+                        400,
+                        "Bad Request",
+                        "malformed Content-Length\n",
+                    ))
+                }
+            };
+            if head.len() < head_len + body_len {
+                return Outcome::Incomplete;
+            }
+            Outcome::from_request(&req, &head[head_len..head_len + body_len], ctx)
+        }
         Err(httparse::Error::TooManyHeaders) => Outcome::Respond(plain(
             431,
             "Request Header Fields Too Large",
@@ -49,9 +81,15 @@ pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
 }
 
 impl Outcome {
-    fn from_request(req: &httparse::Request<'_, '_>, ctx: &Context<'_>) -> Outcome {
+    fn from_request(req: &httparse::Request<'_, '_>, body: &[u8], ctx: &Context<'_>) -> Outcome {
         let target = req.path.unwrap_or("/");
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if path.starts_with("/api/") {
+            return match api_call(req, path, query, body, ctx) {
+                Ok(call) => Outcome::Api(call),
+                Err(e) => Outcome::Respond(crate::api::error_response(&e)),
+            };
+        }
         if req.method != Some("GET") {
             return Outcome::Respond(plain(
                 405,
@@ -84,13 +122,92 @@ impl Outcome {
     }
 }
 
+fn header<'h>(req: &httparse::Request<'_, 'h>, name: &str) -> Option<&'h str> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+}
+
+/// Who the request is, by the WebSocket's rules: a JWT from `Authorization: Bearer` or
+/// `?token=`, or `?user=` in development mode.
+fn identify(
+    req: &httparse::Request<'_, '_>,
+    query: &str,
+    auth: &Auth,
+) -> Result<Identity, crate::auth::AuthError> {
+    let mut token = None;
+    let mut user = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "token" => token = Some(v.into_owned()),
+            "user" => user = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let bearer = header(req, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    auth.authenticate(bearer, token.as_deref(), user.as_deref())
+}
+
+fn api_call(
+    req: &httparse::Request<'_, '_>,
+    path: &str,
+    query: &str,
+    body: &[u8],
+    ctx: &Context<'_>,
+) -> Result<crate::api::ApiCall, crate::accounts::ApiError> {
+    use crate::accounts::ApiError;
+    use crate::protocol::ErrorCode;
+    let method = req.method.unwrap_or("");
+    if let Some(action) = path.strip_prefix("/api/auth/") {
+        if !matches!(action, "register" | "login" | "password") {
+            return Err(ApiError::new(404, ErrorCode::NotFound, "no such path"));
+        }
+        if !ctx.accounts {
+            return Err(ApiError::new(
+                404,
+                ErrorCode::NotFound,
+                "accounts are disabled (start the server with --accounts)",
+            ));
+        }
+        if method != "POST" {
+            return Err(ApiError::new(400, ErrorCode::BadRequest, "use POST"));
+        }
+        return crate::api::auth(action, body);
+    }
+    let room = crate::api::room_of(path)
+        .ok_or_else(|| ApiError::new(404, ErrorCode::NotFound, "no such path"))?;
+    match method {
+        "POST" => {
+            let Some(expected) = ctx.api_key else {
+                return Err(ApiError::new(
+                    403,
+                    ErrorCode::Forbidden,
+                    "the server API is disabled (start the server with --api-key)",
+                ));
+            };
+            if header(req, "x-api-key") != Some(expected) {
+                return Err(ApiError::new(
+                    401,
+                    ErrorCode::Unauthorized,
+                    "missing or wrong X-Api-Key",
+                ));
+            }
+            crate::api::publish(room, body, ctx.body_bytes_max)
+        }
+        "GET" => {
+            let identity = identify(req, query, ctx.auth)
+                .map_err(|e| ApiError::new(401, ErrorCode::Unauthorized, e.to_string()))?;
+            crate::api::history(room, identity, query)
+        }
+        _ => Err(ApiError::new(400, ErrorCode::BadRequest, "use GET or POST")),
+    }
+}
+
 fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> Outcome {
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
+    let header = |name: &str| header(req, name);
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
@@ -127,22 +244,7 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
             "Retry-After: 1\r\n",
         ));
     }
-    let mut token = None;
-    let mut user = None;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match &*k {
-            "token" => token = Some(v.into_owned()),
-            "user" => user = Some(v.into_owned()),
-            _ => {}
-        }
-    }
-    let bearer = header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match ctx
-        .auth
-        .authenticate(bearer, token.as_deref(), user.as_deref())
-    {
+    match identify(req, query, ctx.auth) {
         Ok(identity) => {
             let accept = crate::ws::accept_key(key.trim().as_bytes());
             let response = format!(
@@ -194,6 +296,9 @@ mod tests {
             draining,
             shard_full: false,
             metrics: &|| String::from("m"),
+            api_key: None,
+            accounts: false,
+            body_bytes_max: 100,
         }
     }
 
@@ -204,6 +309,7 @@ mod tests {
                 String::from_utf8_lossy(&response[..12]).into_owned()
             }
             Outcome::Incomplete => "incomplete".into(),
+            Outcome::Api(_) => "api".into(),
         }
     }
 

@@ -25,6 +25,8 @@
 //! (Prometheus, per shard, lock-free), and draining on SIGTERM ([`shard`]'s ticker).
 //! `docs/ARCHITECTURE.md` has the picture and the reasons.
 
+pub mod accounts;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;

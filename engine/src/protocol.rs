@@ -25,6 +25,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code named `s` (`internal` for any other string).
+    pub fn named(s: &str) -> ErrorCode {
+        [
+            ErrorCode::BadRequest,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::NotMember,
+            ErrorCode::RoomExists,
+            ErrorCode::Unavailable,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .unwrap_or(ErrorCode::Internal)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",

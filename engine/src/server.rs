@@ -53,6 +53,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     for snapshot in snapshots {
         rooms_by_shard[shard::home_of(&snapshot.room, shards) as usize].push(snapshot);
     }
+    let accounts = match (&cfg.accounts, &cfg.jwt_secret) {
+        (true, Some(secret)) => Some(Arc::new(
+            crate::accounts::Accounts::open(
+                &cfg.data_dir.join("accounts.redb"),
+                secret,
+                cfg.token_ttl_s,
+            )
+            .context("opening accounts.redb")?,
+        )),
+        _ => None,
+    };
     let mut metrics = Metrics::new();
     metrics.register_collector(Box::new(StatsCollector(HandleDebug(persistence.handle()))));
     let shared = Arc::new(Shared {
@@ -63,6 +74,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         mesh,
         completions,
         persist: persistence.handle(),
+        accounts,
         durable_acks: cfg.durability == DurabilityArg::Sync,
         cfg,
     });

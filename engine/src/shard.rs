@@ -48,6 +48,8 @@ pub struct Shared {
     pub mesh: Arc<Mesh<ShardMsg>>,
     pub completions: Arc<Completions>,
     pub persist: sokdo_persistence::Handle,
+    /// `--accounts`.
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// `--durability sync`: a `send` is answered once its record is durable.
     pub durable_acks: bool,
 }
@@ -201,6 +203,7 @@ pub struct Shard {
     pub(crate) pending: HashMap<u64, Pending>,
     pub(crate) next_token: u64,
     gathers: HashMap<u64, Gather>,
+    login_limiter: LoginLimiter,
     /// This shard itself, for tasks that come back to it after an await.
     pub(crate) me: std::rc::Weak<RefCell<Shard>>,
 }
@@ -222,6 +225,7 @@ impl Shard {
             pending: HashMap::new(),
             next_token: 0,
             gathers: HashMap::new(),
+            login_limiter: LoginLimiter::default(),
             me: std::rc::Weak::new(),
             shared,
         };
@@ -298,6 +302,7 @@ impl Shard {
         entry.last_recv = Instant::now();
         match entry.phase {
             Phase::Http => self.on_http(key, head, bytes),
+            Phase::Api => {}
             Phase::Open | Phase::Closing => {
                 let max = self.cfg().frame_bytes_max as usize;
                 let result = decoder.feed(bytes, max, &mut |frame| self.on_frame(key, frame));
@@ -325,6 +330,9 @@ impl Shard {
                 draining: self.draining.is_some() || self.shared.mesh.drain_requested(),
                 shard_full: self.conns.len() > self.cfg().connections_per_shard_max as usize,
                 metrics: &metrics,
+                api_key: self.cfg().api_key.as_deref(),
+                accounts: self.shared.accounts.is_some(),
+                body_bytes_max: self.cfg().body_bytes_max as usize,
             };
             crate::http::route(head, &ctx)
         };
@@ -335,18 +343,140 @@ impl Shard {
                 if response.starts_with(b"HTTP/1.1 503") {
                     self.m.connections_refused.inc();
                 }
-                let close_timeout = Duration::from_millis(self.cfg().close_timeout_ms);
-                let entry = &mut self.conns[key];
-                entry.phase = Phase::Closing;
-                entry.end_when_flushed = true;
-                entry.close_deadline = Some(Instant::now() + close_timeout);
-                entry.out.push(response);
+                self.respond_http(key, response);
+            }
+            crate::http::Outcome::Api(call) => {
+                *head = Vec::new();
+                self.on_api(key, call);
             }
             crate::http::Outcome::Upgrade { identity, response } => {
                 *head = Vec::new();
                 self.open(key, identity, response);
             }
         }
+    }
+
+    /// Sends a complete HTTP response and closes once it is written.
+    fn respond_http(&mut self, key: usize, response: Bytes) {
+        let close_timeout = Duration::from_millis(self.cfg().close_timeout_ms);
+        let entry = &mut self.conns[key];
+        entry.phase = Phase::Closing;
+        entry.end_when_flushed = true;
+        entry.close_deadline = Some(Instant::now() + close_timeout);
+        entry.out.push(response);
+        entry.wake();
+    }
+
+    /// Runs an HTTP API call: room calls go to the room's home like WebSocket requests
+    /// (the reply comes back through `api_reply`); account calls run on the blocking pool.
+    fn on_api(&mut self, key: usize, call: crate::api::ApiCall) {
+        use crate::api::ApiCall;
+        let deadline = Instant::now() + Duration::from_millis(self.cfg().handshake_timeout_ms);
+        let entry = &mut self.conns[key];
+        entry.phase = Phase::Api;
+        entry.api_ok_status = call.ok_status();
+        entry.close_deadline = Some(deadline);
+        let origin = Origin {
+            shard: self.id,
+            conn: self.conn_ref(key),
+            id: None,
+        };
+        let req = match call {
+            ApiCall::Publish {
+                room,
+                from,
+                body,
+                client_msg_id,
+            } => HomeReq::Send {
+                room,
+                user: from,
+                name: None,
+                body,
+                client_msg_id,
+                received_at: Instant::now(),
+            },
+            ApiCall::History {
+                room,
+                identity,
+                before_seq,
+                limit,
+            } => HomeReq::History {
+                room,
+                user: identity.user,
+                before_seq,
+                limit,
+            },
+            account_call => return self.on_account_call(key, account_call),
+        };
+        if let Err(e) = self.forward(origin, req) {
+            let response = crate::api::error_response(&e.into());
+            self.respond_http(key, response);
+        }
+    }
+
+    /// A home's reply (a WebSocket frame of JSON) to an API call, as an HTTP response.
+    fn api_reply(&mut self, key: usize, frame: &[u8]) {
+        let json = ws::payload_of(frame);
+        let status = match serde_json::from_slice::<serde_json::Value>(json) {
+            Ok(v) if v["op"] == "ok" => self.conns[key].api_ok_status,
+            Ok(v) => {
+                crate::api::status_of(protocol::ErrorCode::named(v["code"].as_str().unwrap_or("")))
+            }
+            Err(_) => 500,
+        };
+        self.respond_http(key, crate::api::json_response(status, json));
+    }
+
+    fn on_account_call(&mut self, key: usize, call: crate::api::ApiCall) {
+        use crate::api::ApiCall;
+        let Some(accounts) = self.shared.accounts.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let login_user = match &call {
+            ApiCall::Login { user, .. } | ApiCall::Password { user, .. } => Some(user.clone()),
+            _ => None,
+        };
+        if let Some(user) = &login_user {
+            if self.login_limiter.is_limited(user, now) {
+                let err = crate::accounts::ApiError::new(
+                    429,
+                    protocol::ErrorCode::RateLimited,
+                    "too many failed attempts: wait a minute",
+                );
+                return self.respond_http(key, crate::api::error_response(&err));
+            }
+        }
+        let (me, conn, ok_status) = (self.me.clone(), self.conn_ref(key), call.ok_status());
+        glommio::spawn_local(async move {
+            let result = crate::password::off_shard(move || match call {
+                ApiCall::Register { user, password, name } => {
+                    accounts.register(&user, &password, name.as_deref()).map(|()| serde_json::json!({"op": "ok", "user": user}))
+                }
+                ApiCall::Login { user, password } => accounts
+                    .login(&user, &password)
+                    .map(|l| serde_json::json!({"op": "ok", "token": l.token, "user": l.user, "expires_at": l.expires_at})),
+                ApiCall::Password { user, old_password, new_password } => {
+                    accounts.change_password(&user, &old_password, &new_password).map(|()| serde_json::json!({"op": "ok"}))
+                }
+                _ => unreachable!("only account calls come here"),
+            })
+            .await;
+            let Some(shard) = me.upgrade() else { return };
+            let mut shard = shard.borrow_mut();
+            let Some(key) = shard.live(conn) else { return };
+            if let (Some(user), Err(e)) = (&login_user, &result) {
+                if e.status == 401 {
+                    shard.login_limiter.failed(user, Instant::now());
+                }
+            }
+            let response = match result {
+                Ok(body) => crate::api::json_response(ok_status, body.to_string().as_bytes()),
+                Err(e) => crate::api::error_response(&e),
+            };
+            shard.respond_http(key, response);
+        })
+        .detach();
     }
 
     fn open(&mut self, key: usize, identity: crate::auth::Identity, response: Bytes) {
@@ -762,11 +892,11 @@ impl Shard {
                 self.emit(from, ShardMsg::RoomsPart { token, entries });
             }
             ShardMsg::RoomsPart { token, entries } => self.on_rooms_part(token, entries),
-            ShardMsg::Reply { conn, frame } => {
-                if let Some(key) = self.live(conn) {
-                    self.push_frame(key, frame);
-                }
-            }
+            ShardMsg::Reply { conn, frame } => match self.live(conn) {
+                Some(key) if self.conns[key].phase == Phase::Api => self.api_reply(key, &frame),
+                Some(key) => self.push_frame(key, frame),
+                None => {}
+            },
             ShardMsg::Subscribed {
                 conn,
                 room,
@@ -928,7 +1058,7 @@ impl Shard {
             queued += entry.out.bytes();
             match entry.phase {
                 Phase::Http if now - entry.opened_at > handshake => entry.kill = true,
-                Phase::Closing if entry.close_deadline.is_some_and(|d| now > d) => {
+                Phase::Closing | Phase::Api if entry.close_deadline.is_some_and(|d| now > d) => {
                     entry.kill = true
                 }
                 Phase::Open if now - entry.last_recv > idle => idle_keys.push(key),
@@ -1021,6 +1151,37 @@ impl HomeReq {
             | HomeReq::Presence { room, .. }
             | HomeReq::Search { room, .. } => room,
         }
+    }
+}
+
+/// Failed logins per user on this shard, in a sliding minute.
+#[derive(Default)]
+struct LoginLimiter {
+    failures: HashMap<String, (u32, Instant)>,
+}
+
+impl LoginLimiter {
+    const FAILURES_PER_MINUTE_MAX: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(60);
+    /// Users tracked at most; past it the oldest half is forgotten.
+    const USERS_MAX: usize = 100_000;
+
+    fn is_limited(&self, user: &str, now: Instant) -> bool {
+        self.failures.get(user).is_some_and(|(n, since)| {
+            *n >= Self::FAILURES_PER_MINUTE_MAX && now - *since < Self::WINDOW
+        })
+    }
+
+    fn failed(&mut self, user: &str, now: Instant) {
+        if self.failures.len() >= Self::USERS_MAX {
+            self.failures
+                .retain(|_, (_, since)| now - *since < Self::WINDOW);
+        }
+        let entry = self.failures.entry(user.to_owned()).or_insert((0, now));
+        if now - entry.1 >= Self::WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
     }
 }
 

@@ -247,6 +247,15 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     encode(OpCode::Control(Control::Close), &payload)
 }
 
+/// The payload of a frame this module encoded (server frames are unmasked).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let mut cursor = Cursor::new(frame);
+    match FrameHeader::parse(&mut cursor) {
+        Ok(Some(_)) => &frame[cursor.position() as usize..],
+        _ => &[],
+    }
+}
+
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(client_key: &[u8]) -> String {
     tungstenite::handshake::derive_accept_key(client_key)

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod api;
 mod auth;
 mod durability;
 mod features;

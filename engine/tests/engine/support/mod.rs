@@ -69,9 +69,29 @@ impl Server {
 
     /// A plain HTTP/1.1 GET; returns the status and the body.
     pub fn get(&self, path: &str) -> (u16, String) {
+        self.http("GET", path, &[], "")
+    }
+
+    /// One HTTP/1.1 request (the server closes after answering); the status and the body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
         s.set_read_timeout(Some(WAIT)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read response");
         let status = out[9..12].parse().expect("status code");

@@ -1,0 +1,220 @@
+//! The HTTP API beside the WebSocket: publishing from a trusted back end, history, and the
+//! optional accounts. Parsing here is pure; `shard.rs` executes a call like a WebSocket
+//! request and turns the reply into an HTTP response.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::accounts::ApiError;
+use crate::auth::Identity;
+use crate::protocol::{self, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
+
+#[derive(Debug)]
+pub enum ApiCall {
+    /// `POST /api/rooms/{room}/messages` (API key checked).
+    Publish {
+        room: String,
+        from: String,
+        body: String,
+        client_msg_id: Option<String>,
+    },
+    /// `GET /api/rooms/{room}/messages` (token checked).
+    History {
+        room: String,
+        identity: Identity,
+        before_seq: Option<u64>,
+        limit: u32,
+    },
+    Register {
+        user: String,
+        password: String,
+        name: Option<String>,
+    },
+    Login {
+        user: String,
+        password: String,
+    },
+    Password {
+        user: String,
+        old_password: String,
+        new_password: String,
+    },
+}
+
+impl ApiCall {
+    /// The HTTP status of a successful reply.
+    pub fn ok_status(&self) -> u16 {
+        match self {
+            ApiCall::Publish { .. } | ApiCall::Register { .. } => 201,
+            _ => 200,
+        }
+    }
+}
+
+/// The HTTP status for a protocol error code.
+pub fn status_of(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::BadRequest => 400,
+        ErrorCode::Unauthorized => 401,
+        ErrorCode::Forbidden | ErrorCode::NotMember => 403,
+        ErrorCode::NotFound => 404,
+        ErrorCode::RoomExists => 409,
+        ErrorCode::TooLarge => 413,
+        ErrorCode::RateLimited => 429,
+        ErrorCode::Unavailable => 503,
+        ErrorCode::Internal => 500,
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+pub fn json_response(status: u16, body: &[u8]) -> Bytes {
+    crate::http::response(status, reason(status), "application/json", body, "")
+}
+
+pub fn error_response(err: &ApiError) -> Bytes {
+    json_response(err.status, &protocol::error(None, &err.error))
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(400, ErrorCode::BadRequest, message)
+}
+
+fn json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    body: String,
+    from: Option<String>,
+    client_msg_id: Option<String>,
+}
+
+pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCall, ApiError> {
+    let p: PublishBody = json(body)?;
+    if p.body.len() > body_bytes_max {
+        return Err(ApiError::new(
+            413,
+            ErrorCode::TooLarge,
+            format!("body_bytes_max is {body_bytes_max}"),
+        ));
+    }
+    let from = p.from.unwrap_or_else(|| "api".to_owned());
+    if from.is_empty() || from.len() > crate::auth::USER_ID_BYTES_MAX {
+        return Err(bad("`from` must be 1..=64 bytes"));
+    }
+    Ok(ApiCall::Publish {
+        room,
+        from,
+        body: p.body,
+        client_msg_id: p.client_msg_id,
+    })
+}
+
+pub fn history(room: String, identity: Identity, query: &str) -> Result<ApiCall, ApiError> {
+    let mut before_seq = None;
+    let mut limit = HISTORY_LIMIT_DEFAULT;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "before_seq" => {
+                before_seq = Some(
+                    v.parse()
+                        .map_err(|_| bad("`before_seq` must be a number"))?,
+                )
+            }
+            "limit" => limit = v.parse().map_err(|_| bad("`limit` must be a number"))?,
+            _ => {}
+        }
+    }
+    if limit == 0 || limit > HISTORY_LIMIT_MAX {
+        return Err(bad(format!("`limit` must be 1..={HISTORY_LIMIT_MAX}")));
+    }
+    Ok(ApiCall::History {
+        room,
+        identity,
+        before_seq,
+        limit,
+    })
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    user: String,
+    password: Option<String>,
+    name: Option<String>,
+    old_password: Option<String>,
+    new_password: Option<String>,
+}
+
+pub fn auth(action: &str, body: &[u8]) -> Result<ApiCall, ApiError> {
+    let c: Credentials = json(body)?;
+    let need =
+        |v: Option<String>, field: &str| v.ok_or_else(|| bad(format!("missing field `{field}`")));
+    Ok(match action {
+        "register" => ApiCall::Register {
+            user: c.user,
+            password: need(c.password, "password")?,
+            name: c.name,
+        },
+        "login" => ApiCall::Login {
+            user: c.user,
+            password: need(c.password, "password")?,
+        },
+        _ => ApiCall::Password {
+            user: c.user,
+            old_password: need(c.old_password, "old_password")?,
+            new_password: need(c.new_password, "new_password")?,
+        },
+    })
+}
+
+/// The room named in `/api/rooms/{room}/messages`, percent-decoded.
+pub fn room_of(path: &str) -> Option<String> {
+    let encoded = path
+        .strip_prefix("/api/rooms/")?
+        .strip_suffix("/messages")?;
+    let room = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()?;
+    (!room.is_empty() && !room.contains('/')).then(|| room.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_bodies() {
+        assert_eq!(
+            room_of("/api/rooms/%EB%B0%A9/messages").as_deref(),
+            Some("방")
+        );
+        assert_eq!(room_of("/api/rooms//messages"), None);
+        assert!(
+            matches!(publish("r".into(), br#"{"body":"hi"}"#, 10), Ok(ApiCall::Publish { from, .. }) if from == "api")
+        );
+        assert_eq!(
+            publish("r".into(), br#"{"body":"too long body"}"#, 4)
+                .unwrap_err()
+                .status,
+            413
+        );
+        assert_eq!(publish("r".into(), b"nope", 4).unwrap_err().status, 400);
+        assert_eq!(auth("login", br#"{"user":"u"}"#).unwrap_err().status, 400);
+    }
+}
