@@ -129,7 +129,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 pub fn new_report(command: &str, runs: Vec<Run>, mut host: Host) -> Report {
-    host.cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: sysconf reads a constant; online CPUs, not this process's affinity mask.
+    host.cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
     Report {
         schema: 1,
         command: command.to_string(),
