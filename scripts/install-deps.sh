@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# Everything the tests need beyond Rust and Node: idempotent, non-interactive, run as root.
+# What the test command needs beyond Rust and Node: Chromium, a Hangul font and
+# playwright-core for the browser test. Idempotent, non-interactive, run as root.
+# (The bench's comparison peers are installed separately: scripts/install-bench-peers.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DEBIAN_FRONTEND=noninteractive
-
-for script in scripts/install-bench-peers.sh scripts/install-browser-deps.sh; do
-  if [ -x "$script" ]; then
-    "$script"
-  fi
-done
+scripts/install-browser-deps.sh

@@ -13,7 +13,7 @@ use sokdo_persistence::{AppendError, Completion, ReadRequest, Record, Ticket};
 use crate::persist::to_msg;
 use crate::protocol::{self, ErrorCode, Msg, ProtoError};
 use crate::room::{Published, Room, RoomInfo, RoomLimits};
-use crate::shard::{now_ms, HomeReq, Origin, RoomEntry, RoomsQuery, Shard, ShardMsg};
+use crate::shard::{not_member, now_ms, HomeReq, Origin, RoomEntry, RoomsQuery, Shard, ShardMsg};
 use crate::ws;
 
 /// Most messages a `join` replays from the store before the ring (PROTOCOL.md: a client
@@ -23,7 +23,15 @@ const REPLAY_FROM_STORE_MESSAGES_MAX: usize = 1000;
 /// A request waiting for the persistence thread.
 pub(crate) enum Pending {
     /// A `send` whose `ok` goes out once its record is durable.
-    Ack { origin: Origin, frame: Bytes },
+    /// Its `msg` is delivered at the same moment, so no subscriber ever sees a message a
+    /// crash could take back (and whose seq a restart would reuse).
+    Ack {
+        origin: Origin,
+        frame: Bytes,
+        room: Arc<str>,
+        payload: Bytes,
+        received_at: Instant,
+    },
     /// A `join` whose replay starts before the ring: the store's part is being read.
     Join {
         origin: Origin,
@@ -41,10 +49,6 @@ pub(crate) enum Pending {
         user: String,
         seq: u64,
     },
-}
-
-fn not_member(room: &str) -> ProtoError {
-    ProtoError::new(ErrorCode::NotMember, format!("join room `{room}` first"))
 }
 
 #[derive(Serialize)]
@@ -868,26 +872,29 @@ impl Shard {
         );
         let payload = Bytes::from(protocol::event("msg", msg));
         let frame = ws::text(&ok);
+        self.m.messages_in.inc();
         match ticket {
             Some(t) => {
-                self.pending.insert(
-                    t.token,
-                    Pending::Ack {
-                        origin: origin.clone(),
+                let ack = Pending::Ack {
+                    origin: origin.clone(),
+                    frame,
+                    room: key,
+                    payload,
+                    received_at,
+                };
+                self.pending.insert(t.token, ack);
+            }
+            None => {
+                self.emit(
+                    origin.shard,
+                    ShardMsg::Reply {
+                        conn: origin.conn,
                         frame,
                     },
                 );
+                self.broadcast(&key, payload, received_at);
             }
-            None => self.emit(
-                origin.shard,
-                ShardMsg::Reply {
-                    conn: origin.conn,
-                    frame,
-                },
-            ),
         }
-        self.m.messages_in.inc();
-        self.broadcast(&key, payload, received_at);
         Ok(())
     }
 
@@ -939,7 +946,13 @@ impl Shard {
         match completion {
             Completion::Durable(tickets) => {
                 for ticket in tickets {
-                    if let Some(Pending::Ack { origin, frame }) = self.pending.remove(&ticket.token)
+                    if let Some(Pending::Ack {
+                        origin,
+                        frame,
+                        room,
+                        payload,
+                        received_at,
+                    }) = self.pending.remove(&ticket.token)
                     {
                         self.emit(
                             origin.shard,
@@ -948,6 +961,7 @@ impl Shard {
                                 frame,
                             },
                         );
+                        self.broadcast(&room, payload, received_at);
                     }
                 }
             }

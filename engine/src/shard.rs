@@ -265,20 +265,7 @@ impl Shard {
         let conn = self.conn_ref(key);
         for (room, idx) in rooms {
             self.unsubscribe_local(&room, idx);
-            let req = HomeReq::Leave {
-                room: room.to_string(),
-                user: user.clone(),
-                explicit: false,
-            };
-            self.send_home(
-                &room,
-                Origin {
-                    shard: self.id,
-                    conn,
-                    id: None,
-                },
-                req,
-            );
+            self.release_subscription(&room, &user, conn);
         }
         self.conns.remove(key);
         self.m.connections.dec();
@@ -827,6 +814,25 @@ impl Shard {
         }
     }
 
+    /// Tells a room's home that a connection no longer receives the room (it went away, or
+    /// it could not take a subscription the home had counted). It stays a member.
+    fn release_subscription(&mut self, room: &str, user: &str, conn: ConnRef) {
+        let req = HomeReq::Leave {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            explicit: false,
+        };
+        self.send_home(
+            room,
+            Origin {
+                shard: self.id,
+                conn,
+                id: None,
+            },
+            req,
+        );
+    }
+
     fn send_home(&mut self, room: &str, origin: Origin, req: HomeReq) {
         let home = self.shared.home_of(room);
         self.emit(home, ShardMsg::Home(origin, req));
@@ -840,6 +846,11 @@ impl Shard {
     ) {
         self.m.protocol_errors.inc();
         self.push_frame(key, ws::text(&protocol::error(id, err)));
+        // Only malformed requests count as abuse; refusals (`not_member`, `rate_limited`…)
+        // are normal traffic.
+        if !matches!(err.code, ErrorCode::BadRequest | ErrorCode::TooLarge) {
+            return;
+        }
         let entry = &mut self.conns[key];
         entry.errors += 1;
         if entry.errors > PROTOCOL_ERRORS_PER_CONNECTION_MAX {
@@ -926,20 +937,7 @@ impl Shard {
         let already = key.is_some_and(|k| self.conns[k].room_index(&room).is_some());
         if subscribe && (key.is_none() || already) {
             // The home counted a subscription this connection cannot take: give it back.
-            let req = HomeReq::Leave {
-                room: room.to_string(),
-                user: user.to_string(),
-                explicit: false,
-            };
-            self.send_home(
-                &room,
-                Origin {
-                    shard: self.id,
-                    conn,
-                    id: None,
-                },
-                req,
-            );
+            self.release_subscription(&room, &user, conn);
         }
         let Some(key) = key else { return };
         if subscribe && !already {
@@ -1215,7 +1213,7 @@ struct Gather {
     limit: usize,
 }
 
-fn not_member(room: &str) -> ProtoError {
+pub(crate) fn not_member(room: &str) -> ProtoError {
     ProtoError::new(ErrorCode::NotMember, format!("join room `{room}` first"))
 }
 
