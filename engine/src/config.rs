@@ -127,9 +127,15 @@ pub struct Config {
     #[arg(long, env = "SOKDO_ROOM_ID_BYTES_MAX", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub room_id_bytes_max: u32,
 
-    /// Open connections per shard (sockets in any phase); past it new ones get HTTP 503.
+    /// Admitted WebSocket connections per shard; past it, new ones are upgraded but wait in
+    /// the admission queue (`queued` with their position) until a place frees.
     #[arg(long, env = "SOKDO_CONNECTIONS_PER_SHARD_MAX", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections_per_shard_max: u32,
+
+    /// Connections one shard's admission queue holds; past it, upgrades get HTTP 503 with
+    /// `Retry-After`.
+    #[arg(long, env = "SOKDO_ADMISSION_QUEUE_PER_SHARD_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..))]
+    pub admission_queue_per_shard_max: u32,
 
     /// Interval of server WebSocket pings.
     #[arg(long, env = "SOKDO_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]

@@ -50,7 +50,9 @@ pub struct ConnRef {
 pub enum Phase {
     /// Reading the HTTP request head.
     Http,
-    /// Upgraded and authenticated.
+    /// Upgraded and authenticated, waiting in the admission queue.
+    Queued,
+    /// Upgraded, authenticated and admitted.
     Open,
     /// An HTTP API call waiting for its reply.
     Api,
@@ -83,6 +85,10 @@ pub struct ConnEntry {
     pub last_typing: Option<Instant>,
     /// HTTP status of a successful reply to this connection's API call.
     pub api_ok_status: u16,
+    /// Counted in the shard's admitted connections.
+    pub admitted: bool,
+    /// The admission-queue position last told to the client.
+    pub queue_position: u32,
 }
 
 impl ConnEntry {
@@ -104,6 +110,8 @@ impl ConnEntry {
             errors: 0,
             last_typing: None,
             api_ok_status: 200,
+            admitted: false,
+            queue_position: 0,
         }
     }
 

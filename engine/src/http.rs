@@ -27,6 +27,9 @@ pub enum Outcome {
 pub struct Context<'a> {
     pub auth: &'a Auth,
     pub draining: bool,
+    /// Every admission place is taken: `/readyz` answers 503.
+    pub at_capacity: bool,
+    /// The admission queue is full too: upgrades get 503.
     pub shard_full: bool,
     pub metrics: &'a dyn Fn() -> String,
     /// `--api-key`: `None` disables `POST /api/rooms/{room}/messages`.
@@ -101,6 +104,7 @@ impl Outcome {
         match path {
             "/healthz" => respond(plain(200, "OK", "ok\n")),
             "/readyz" if ctx.draining => respond(plain(503, "Service Unavailable", "draining\n")),
+            "/readyz" if ctx.at_capacity => respond(plain(503, "Service Unavailable", "full\n")),
             "/readyz" => respond(plain(200, "OK", "ready\n")),
             "/metrics" => respond(response(
                 200,
@@ -294,6 +298,7 @@ mod tests {
         Context {
             auth,
             draining,
+            at_capacity: false,
             shard_full: false,
             metrics: &|| String::from("m"),
             api_key: None,

@@ -204,6 +204,10 @@ pub struct Shard {
     pub(crate) next_token: u64,
     gathers: HashMap<u64, Gather>,
     login_limiter: LoginLimiter,
+    /// Connections counted against `connections_per_shard_max`.
+    admitted: usize,
+    /// Upgraded connections waiting for a place, in arrival order.
+    admission: VecDeque<ConnRef>,
     /// This shard itself, for tasks that come back to it after an await.
     pub(crate) me: std::rc::Weak<RefCell<Shard>>,
 }
@@ -226,6 +230,8 @@ impl Shard {
             next_token: 0,
             gathers: HashMap::new(),
             login_limiter: LoginLimiter::default(),
+            admitted: 0,
+            admission: VecDeque::new(),
             me: std::rc::Weak::new(),
             shared,
         };
@@ -267,8 +273,12 @@ impl Shard {
             self.unsubscribe_local(&room, idx);
             self.release_subscription(&room, &user, conn);
         }
-        self.conns.remove(key);
+        let entry = self.conns.remove(key);
         self.m.connections.dec();
+        if entry.admitted {
+            self.admitted -= 1;
+            self.admit_waiting();
+        }
     }
 
     pub fn note_written(&mut self, bytes: usize) {
@@ -290,7 +300,7 @@ impl Shard {
         match entry.phase {
             Phase::Http => self.on_http(key, head, bytes),
             Phase::Api => {}
-            Phase::Open | Phase::Closing => {
+            Phase::Queued | Phase::Open | Phase::Closing => {
                 let max = self.cfg().frame_bytes_max as usize;
                 let result = decoder.feed(bytes, max, &mut |frame| self.on_frame(key, frame));
                 if let Err(e) = result {
@@ -315,7 +325,9 @@ impl Shard {
             let ctx = crate::http::Context {
                 auth: &self.shared.auth,
                 draining: self.draining.is_some() || self.shared.mesh.drain_requested(),
-                shard_full: self.conns.len() > self.cfg().connections_per_shard_max as usize,
+                at_capacity: self.admitted >= self.cfg().connections_per_shard_max as usize,
+                shard_full: self.admitted >= self.cfg().connections_per_shard_max as usize
+                    && self.admission.len() >= self.cfg().admission_queue_per_shard_max as usize,
                 metrics: &metrics,
                 api_key: self.cfg().api_key.as_deref(),
                 accounts: self.shared.accounts.is_some(),
@@ -338,7 +350,7 @@ impl Shard {
             }
             crate::http::Outcome::Upgrade { identity, response } => {
                 *head = Vec::new();
-                self.open(key, identity, response);
+                self.upgraded(key, identity, response);
             }
         }
     }
@@ -466,18 +478,45 @@ impl Shard {
         .detach();
     }
 
-    fn open(&mut self, key: usize, identity: crate::auth::Identity, response: Bytes) {
+    /// A connection upgraded and authenticated: admitted at once if a place is free and
+    /// nobody waits, queued otherwise (the bound on the queue was checked before upgrading).
+    fn upgraded(&mut self, key: usize, identity: crate::auth::Identity, response: Bytes) {
+        let conn = self.conn_ref(key);
+        let entry = &mut self.conns[key];
+        entry.user = Rc::from(identity.user.as_str());
+        entry.name = identity.name.as_deref().map(Rc::from);
+        entry.out.push(response);
+        if self.admitted < self.cfg().connections_per_shard_max as usize
+            && self.admission.is_empty()
+        {
+            return self.admit(key);
+        }
+        self.conns[key].phase = Phase::Queued;
+        self.admission.push_back(conn);
+        self.tell_position(key, self.admission.len() as u32);
+    }
+
+    fn tell_position(&mut self, key: usize, position: u32) {
+        let entry = &mut self.conns[key];
+        entry.queue_position = position;
+        let event = protocol::event("queued", serde_json::json!({"position": position}));
+        entry.out.push(ws::text(&event));
+        entry.wake();
+    }
+
+    /// Gives a connection its place and its `hello`.
+    fn admit(&mut self, key: usize) {
+        self.admitted += 1;
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
         let entry = &mut self.conns[key];
         entry.phase = Phase::Open;
-        entry.user = Rc::from(identity.user.as_str());
-        entry.name = identity.name.as_deref().map(Rc::from);
+        entry.admitted = true;
         let session = format!("{}.{}.{}", shared.instance, self.id, entry.id);
         let hello = protocol::event(
             "hello",
             protocol::Hello {
-                user: &identity.user,
+                user: &entry.user,
                 session: &session,
                 instance: &shared.instance,
                 shard: self.id,
@@ -491,15 +530,58 @@ impl Shard {
                 },
             },
         );
-        entry.out.push(response);
         entry.out.push(ws::text(&hello));
+        entry.wake();
+    }
+
+    /// Admits waiting connections while places are free; tells the others their position.
+    fn admit_waiting(&mut self) {
+        let cap = self.cfg().connections_per_shard_max as usize;
+        while self.admitted < cap {
+            let Some(conn) = self.admission.pop_front() else {
+                break;
+            };
+            if let Some(key) = self
+                .live(conn)
+                .filter(|k| self.conns[*k].phase == Phase::Queued)
+            {
+                self.admit(key);
+            }
+        }
+        let waiting: Vec<ConnRef> = std::mem::take(&mut self.admission)
+            .into_iter()
+            .filter(|c| {
+                self.live(*c)
+                    .is_some_and(|k| self.conns[k].phase == Phase::Queued)
+            })
+            .collect();
+        for (i, conn) in waiting.iter().enumerate() {
+            let key = conn.key as usize;
+            if self.conns[key].queue_position != i as u32 + 1 {
+                self.tell_position(key, i as u32 + 1);
+            }
+        }
+        self.admission = waiting.into();
     }
 
     /// One frame from an open connection. Returns false once the connection is closing.
     fn on_frame(&mut self, key: usize, frame: Inbound<'_>) -> bool {
         let phase = self.conns[key].phase;
         match frame {
-            Inbound::Text(_) | Inbound::Ping(_) if phase != Phase::Open => true,
+            Inbound::Text(_) if phase == Phase::Queued => {
+                let position = self.conns[key].queue_position;
+                let err = ProtoError::new(
+                    ErrorCode::Unavailable,
+                    format!("queued at position {position}: wait for `hello`"),
+                );
+                self.reply_error(key, None, &err);
+                true
+            }
+            Inbound::Text(_) | Inbound::Ping(_)
+                if !matches!(phase, Phase::Open | Phase::Queued) =>
+            {
+                true
+            }
             Inbound::Text(text) => {
                 if std::str::from_utf8(text).is_err() {
                     self.close_conn(key, close::INVALID_PAYLOAD, "text frame is not UTF-8", true);
@@ -523,7 +605,7 @@ impl Shard {
             }
             Inbound::Pong => true,
             Inbound::Close(_) => {
-                if phase == Phase::Open {
+                if matches!(phase, Phase::Open | Phase::Queued) {
                     self.close_conn(key, close::NORMAL, "", false);
                 }
                 self.conns[key].end_when_flushed = true;
@@ -1059,8 +1141,8 @@ impl Shard {
                 Phase::Closing | Phase::Api if entry.close_deadline.is_some_and(|d| now > d) => {
                     entry.kill = true
                 }
-                Phase::Open if now - entry.last_recv > idle => idle_keys.push(key),
-                Phase::Open if now - entry.last_ping >= heartbeat => {
+                Phase::Open | Phase::Queued if now - entry.last_recv > idle => idle_keys.push(key),
+                Phase::Open | Phase::Queued if now - entry.last_ping >= heartbeat => {
                     entry.last_ping = now;
                     entry.out.push(ws::ping());
                 }
@@ -1072,6 +1154,7 @@ impl Shard {
             self.close_conn(key, close::GOING_AWAY, "idle timeout", false);
         }
         self.m.outbound_queue_bytes.set(queued as i64);
+        self.admit_waiting();
         self.m
             .inbox_depth
             .set(self.shared.mesh.depth(self.id) as i64);
@@ -1115,7 +1198,7 @@ impl Shard {
         let batch: Vec<(usize, u64)> = self
             .conns
             .iter()
-            .filter(|(_, e)| e.phase == Phase::Open)
+            .filter(|(_, e)| matches!(e.phase, Phase::Open | Phase::Queued))
             .take(drain.closes_per_tick)
             .map(|(k, e)| (k, e.id))
             .collect();

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admission;
 mod api;
 mod auth;
 mod durability;

@@ -24,7 +24,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `sokdo --listen 127.0.0.1:0 --shards 2 ARGS…` on a fresh data directory and
+    /// Starts `sokdo --listen 127.0.0.1:0 --shards 2 ARGS…` (ARGS may set `--shards`) on a
+    /// fresh data directory and
     /// waits for its address.
     pub fn start(args: &[&str]) -> Server {
         let data = temp_dir("data");
@@ -33,8 +34,14 @@ impl Server {
 
     /// Like `start`, on the given data directory (to restart on the same log and store).
     pub fn start_in(data: &std::path::Path, args: &[&str]) -> Server {
+        let shards: &[&str] = if args.contains(&"--shards") {
+            &[]
+        } else {
+            &["--shards", "2"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_sokdo"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(shards)
             .arg("--data-dir")
             .arg(data)
             .args(args)
@@ -209,6 +216,16 @@ impl Client {
         c.hello = c.recv().await;
         assert_eq!(c.hello["op"], "hello", "first frame is hello: {}", c.hello);
         c
+    }
+
+    /// A client whose `hello` the test already read (after waiting in the admission queue).
+    pub fn from_ws_admitted(ws: Ws, hello: Value) -> Client {
+        Client {
+            ws,
+            hello,
+            next_id: 0,
+            events: VecDeque::new(),
+        }
     }
 
     pub fn shard(&self) -> u64 {
