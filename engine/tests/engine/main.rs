@@ -10,3 +10,4 @@ mod features;
 mod lifecycle;
 mod limits;
 mod messaging;
+mod mongo;
