@@ -18,7 +18,8 @@ use crate::{clock, proto::Protocol};
 /// How to reach the server and shape the load; what every worker's `Job` shares.
 #[derive(Clone, Debug)]
 pub struct Target {
-    pub server: SocketAddr,
+    /// The target's server processes (users go to their room's, see `worker::server_of_room`).
+    pub servers: Vec<SocketAddr>,
     pub protocol: Protocol,
 }
 
@@ -86,7 +87,7 @@ impl Fleet {
             let job = Job {
                 worker: w,
                 workers,
-                server: target.server,
+                servers: target.servers.clone(),
                 protocol: target.protocol,
                 source_ip: Ipv4Addr::new(127, 0, 0, 2 + w as u8),
                 clock_origin_ns,
@@ -253,7 +254,14 @@ fn add(t: &mut Stats, s: &Stats) {
     t.session_s_live_sum += s.session_s_live_sum;
     t.sessions_closed += s.sessions_closed;
     t.publishers_done += s.publishers_done;
+    if t.connected_by_server.len() < s.connected_by_server.len() {
+        t.connected_by_server.resize(s.connected_by_server.len(), 0);
+    }
+    for (t, s) in t.connected_by_server.iter_mut().zip(&s.connected_by_server) {
+        *t += s;
+    }
     t.cpu_ns += s.cpu_ns;
+    t.rss_bytes += s.rss_bytes;
     for (k, v) in &s.errors {
         *t.errors.entry(k.clone()).or_default() += v;
     }

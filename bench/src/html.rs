@@ -30,7 +30,7 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
          {{text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}.pass{{color:#187a18}}\
          .fail{{color:#b00;font-weight:bold}}.warn{{color:#a60}}</style></head><body>\
          <h1>sokdo-bench — {cmd}</h1><p>{cpus} CPUs; server CPUs {scpu}; bench CPUs {bcpu}; \
-         server memory limit {mem}.</p>",
+         server memory limit {mem}{procs}.</p>",
         cmd = report.command,
         cpus = report.host.cpus,
         scpu = report.host.server_cpus.as_deref().unwrap_or("unpinned"),
@@ -39,6 +39,12 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
             .host
             .server_memory_limit_bytes
             .map_or("none".into(), |b| format!("{} MiB", b >> 20)),
+        procs = match report.host.server_processes {
+            Some(n) if n > 1 => format!(
+                " (for all {n} processes of a target together; room r on process r mod {n})"
+            ),
+            _ => String::new(),
+        },
     );
     if let Some(c) = &report.comparison {
         comparison_section(&mut h, c)?;
@@ -226,6 +232,28 @@ fn scenario_section(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Re
         "sends/s",
         &series(|s| s.sends_per_s),
     )?);
+    if runs
+        .iter()
+        .any(|r| r.timeline.iter().any(|s| s.server_rss_bytes.is_some()))
+    {
+        let rss: Vec<Series> = runs
+            .iter()
+            .map(|r| {
+                (
+                    r.target.clone(),
+                    r.timeline
+                        .iter()
+                        .filter_map(|s| Some((s.t_s, s.server_rss_bytes? as f64 / 1048576.0)))
+                        .collect(),
+                )
+            })
+            .collect();
+        h.push_str(&line_chart(
+            &format!("{scenario}: server RSS, all processes (MiB)"),
+            "MiB",
+            &rss,
+        )?);
+    }
     h.push_str("</div>");
     Ok(())
 }

@@ -18,6 +18,7 @@ mod clock;
 mod compare;
 mod fleet;
 mod html;
+mod kernel;
 mod proto;
 mod report;
 mod scenario;
@@ -168,6 +169,9 @@ pub fn print_runs(runs: &[Run]) {
             "   users: held {}  peak {}  connect ok {} / fail {}  disconnects {}",
             s.users_held, s.users_peak, s.connect_ok, s.connect_fail, s.disconnects
         );
+        if s.users_by_server.len() > 1 {
+            println!("   users per server process: {:?}", s.users_by_server);
+        }
         println!(
             "   messages: sent {}  acked {}  received {}  expected {}  ({:.0} deliveries/s, {:.0} sends/s)",
             s.sent,
@@ -188,13 +192,28 @@ pub fn print_runs(runs: &[Run]) {
         if !s.errors.is_empty() {
             println!("   errors: {:?}", s.errors);
         }
+        if let Some(rss) = s.server_rss_after_bytes {
+            println!(
+                "   server RSS (all processes): {:.1} MiB{}",
+                rss as f64 / 1048576.0,
+                s.server_cgroup_memory_peak_bytes
+                    .map_or(String::new(), |p| format!(
+                        "  cgroup peak {:.1} MiB",
+                        p as f64 / 1048576.0
+                    ))
+            );
+        }
+        if let Some(n) = s.server_oom_kills.filter(|n| *n > 0) {
+            println!("   server processes OOM-killed: {n}");
+        }
         println!(
-            "   stop: {}{}  generator: {} workers, {:.0}% cpu (busiest {:.0}%)",
+            "   stop: {}{}  generator: {} workers, {:.0}% cpu (busiest {:.0}%), {:.0} MiB",
             s.stop_reason,
             if s.unreachable { " (UNREACHABLE)" } else { "" },
             r.generator.workers,
             r.generator.cpu_percent,
-            r.generator.busiest_worker_cpu_percent
+            r.generator.busiest_worker_cpu_percent,
+            r.generator.rss_bytes_max as f64 / 1048576.0
         );
         for c in &r.checks {
             let verdict = if c.pass { "PASS" } else { "FAIL" };

@@ -23,6 +23,9 @@ pub struct Host {
     pub bench_cpus: Option<String>,
     pub server_cpus: Option<String>,
     pub server_memory_limit_bytes: Option<u64>,
+    /// `compare`: processes per target, sharing its CPUs and memory limit.
+    #[serde(default)]
+    pub server_processes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -53,6 +56,9 @@ pub struct Summary {
     pub users_peak: u64,
     /// `ramp`: the highest user count held at the end of a step that stayed healthy.
     pub users_held: u64,
+    /// Users per server process (`--server` order) when `users_held` was measured.
+    #[serde(default)]
+    pub users_by_server: Vec<u64>,
     pub connect_ok: u64,
     pub connect_fail: u64,
     pub disconnects: u64,
@@ -73,6 +79,11 @@ pub struct Summary {
     pub server_rss_before_bytes: Option<u64>,
     pub server_rss_after_bytes: Option<u64>,
     pub server_rss_per_connection_bytes: Option<f64>,
+    /// `compare`: the target's cgroup — peak memory charged to it, and OOM kills in it.
+    #[serde(default)]
+    pub server_cgroup_memory_peak_bytes: Option<u64>,
+    #[serde(default)]
+    pub server_oom_kills: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -112,6 +123,9 @@ pub struct Generator {
     pub cpu_percent: f64,
     /// The busiest worker's share of one core (a worker is one thread).
     pub busiest_worker_cpu_percent: f64,
+    /// Σ VmRSS of the workers, the highest seen.
+    #[serde(default)]
+    pub rss_bytes_max: u64,
     pub warning: Option<String>,
 }
 
@@ -145,6 +159,9 @@ pub struct Step {
     pub session_length_s_mean: f64,
     pub errors: BTreeMap<String, u64>,
     pub healthy: bool,
+    /// Σ VmRSS of the target's processes at the end of the step (`--server-pid`).
+    #[serde(default)]
+    pub server_rss_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

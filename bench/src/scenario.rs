@@ -18,18 +18,25 @@ use crate::worker::{Command, Rooms};
 /// Flags every scenario shares.
 #[derive(Args, Clone, Debug, serde::Serialize)]
 pub struct Common {
-    /// The server's address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub server: SocketAddr,
+    /// The server's address; a comma-separated list for a target of several processes,
+    /// where room `r` is served by the `r mod N`-th (a room's members share a process).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub server: Vec<SocketAddr>,
     /// The protocol the server speaks.
     #[arg(long, value_enum, default_value = "sokdo")]
     pub protocol: Protocol,
     /// A label for the target in reports.
     #[arg(long, default_value = "sokdo")]
     pub target_name: String,
-    /// The server's pid, to read its RSS from /proc when it runs on this machine.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server's pid, to read its RSS from /proc when it runs on this machine; a
+    /// comma-separated list for several processes (their RSS is summed).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -78,6 +85,7 @@ struct Session {
     prev: Option<View>,
     peak_users: u64,
     cpu_busiest: Vec<f64>,
+    bench_rss_max: u64,
     started: Instant,
 }
 
@@ -93,9 +101,13 @@ impl Session {
             handshakes_in_flight_max: common.handshakes_in_flight_max,
         };
         let target = Target {
-            server: common.server,
+            servers: common.server.clone(),
             protocol: common.protocol,
         };
+        crate::kernel::prepare(
+            users_max,
+            crate::worker::USERS_PER_WORKER_MAX.min(users_max),
+        );
         let fleet = Fleet::start(&target, &cfg, clock::monotonic_ns())?;
         let bar = ProgressBar::new(users_max);
         bar.set_style(
@@ -113,13 +125,14 @@ impl Session {
             prev: None,
             peak_users: 0,
             cpu_busiest: Vec::new(),
+            bench_rss_max: 0,
             started: Instant::now(),
         })
     }
 
     fn tick(&mut self) -> View {
         let view = self.fleet.tick(Duration::from_secs(3));
-        let rss = self.common.server_pid.and_then(rss_bytes);
+        let rss = servers_rss(&self.common.server_pid);
         let sample = view.sample(self.prev.as_ref(), rss);
         self.bar.set_position(view.totals.connected);
         self.bar.set_message(format!(
@@ -134,6 +147,7 @@ impl Session {
         ));
         self.peak_users = self.peak_users.max(view.totals.connected);
         self.cpu_busiest.push(view.busiest_cpu_percent);
+        self.bench_rss_max = self.bench_rss_max.max(view.totals.rss_bytes);
         self.timeline.push(sample);
         self.prev = Some(view.clone());
         view
@@ -145,7 +159,7 @@ impl Session {
         let t = &view.totals;
         let lost = t.connected == 0 || t.connected < self.peak_users.div_ceil(2);
         let tried = t.connect_ok + t.connect_fail > 0;
-        ((lost && tried) || view.workers_alive == 0) && !reachable(self.common.server)
+        ((lost && tried) || view.workers_alive == 0) && unreachable(&self.common.server).is_some()
     }
 
     /// Ticks until every user asked for so far has connected or failed (bounded).
@@ -173,6 +187,7 @@ impl Session {
             timeline,
             peak_users,
             cpu_busiest,
+            bench_rss_max,
             started,
             ..
         } = self;
@@ -193,7 +208,8 @@ impl Session {
         summary.errors = t.errors.clone();
         summary.latency_ms = Latency::from_us(&total_latency);
         summary.session_length_s_mean = last.session_length_s_mean();
-        let generator = generator_report(workers, t.cpu_ns, duration_s, &cpu_busiest);
+        let mut generator = generator_report(workers, t.cpu_ns, duration_s, &cpu_busiest);
+        generator.rss_bytes_max = bench_rss_max;
         if let Some(w) = &generator.warning {
             eprintln!("warning: {w}");
         }
@@ -201,7 +217,7 @@ impl Session {
             scenario: scenario.to_string(),
             target: common.target_name.clone(),
             protocol: format!("{:?}", common.protocol).to_lowercase(),
-            server: common.server.to_string(),
+            server: servers_label(&common.server),
             config,
             duration_s,
             summary,
@@ -234,6 +250,7 @@ fn generator_report(workers: u64, cpu_ns: u64, duration_s: f64, busiest: &[f64])
         cpu_s,
         cpu_percent: cpu_s / duration_s.max(1e-3) * 100.0,
         busiest_worker_cpu_percent: busiest_avg,
+        rss_bytes_max: 0,
         warning,
     }
 }
@@ -241,6 +258,25 @@ fn generator_report(workers: u64, cpu_ns: u64, duration_s: f64, busiest: &[f64])
 /// Can a TCP connection to the server still be made?
 pub fn reachable(server: SocketAddr) -> bool {
     TcpStream::connect_timeout(&server, Duration::from_secs(1)).is_ok()
+}
+
+/// The first of a target's server processes that refuses TCP connections, if any: a target
+/// whose process died has lost the rooms that process held.
+pub fn unreachable(servers: &[SocketAddr]) -> Option<SocketAddr> {
+    servers.iter().copied().find(|s| !reachable(*s))
+}
+
+/// `a` or `a,b,c`: the report's `server` field.
+pub fn servers_label(servers: &[SocketAddr]) -> String {
+    let v: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+    v.join(",")
+}
+
+/// Σ VmRSS over a target's processes (those still alive); `None` when none can be read.
+pub fn servers_rss(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .filter_map(|p| rss_bytes(*p))
+        .fold(None, |acc, r| Some(acc.unwrap_or(0) + r))
 }
 
 /// VmRSS of a local process, in bytes.
@@ -261,7 +297,7 @@ pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<
     let (view, gone) = s.wait_connected(load.users);
     let mut summary = Summary::default();
     if gone || view.totals.connect_ok == 0 {
-        summary.unreachable = gone || !reachable(common.server);
+        summary.unreachable = gone || unreachable(&common.server).is_some();
         summary.stop_reason = if summary.unreachable {
             "server unreachable"
         } else {
@@ -324,6 +360,7 @@ pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<
     summary.sends_per_s =
         (last.totals.sent - start.totals.sent) as f64 / (publish_end_s - start.t_s).max(1e-3);
     summary.users_held = start.totals.connected;
+    summary.users_by_server = start.totals.connected_by_server.clone();
     Ok(s.finish(scenario, config, summary))
 }
 
@@ -353,23 +390,25 @@ pub struct RampArgs {
     /// server is deemed unreachable.
     #[arg(long, default_value_t = 0.5)]
     pub fail_fraction_max: f64,
+    /// Stop after this many seconds even if the target is not reached (0: no limit); the
+    /// report says so and gives the users held until then.
+    #[arg(long, default_value_t = 0.0)]
+    pub time_limit_s: f64,
+    /// Seconds allowed, after the last step, for messages in flight to arrive.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_s: f64,
 }
 
 /// The seeds' competition: add users in steps until the target or until the server fails.
 pub fn ramp(args: &RampArgs) -> anyhow::Result<Run> {
     let config = serde_json::to_value(args)?;
+    let rss_before = servers_rss(&args.common.server_pid);
     let mut s = Session::start(
         &args.common,
         args.target_users,
         Rooms::Blocks(args.room_size),
     )?;
-    if args.message_interval_s > 0.0 {
-        s.fleet.send(&Command::Publish {
-            publishers: u64::MAX,
-            interval_us: (args.message_interval_s * 1e6) as u64,
-            messages_max: None,
-        });
-    }
+    let started = Instant::now();
     let mut summary = Summary {
         stop_reason: "target reached".into(),
         ..Summary::default()
@@ -394,27 +433,79 @@ pub fn ramp(args: &RampArgs) -> anyhow::Result<Run> {
         }
         let _ = step_latency.add(&s.fleet.total_latency);
         let _ = step_latency.subtract(&total_before);
-        let record = step_record(step, &view, prev_end.as_ref(), users_target, &step_latency);
+        let mut record = step_record(step, &view, prev_end.as_ref(), users_target, &step_latency);
+        let rss = servers_rss(&args.common.server_pid);
+        record.server_rss_bytes = rss;
         let attempted = record.connect_ok + record.connect_fail;
         let failed_fraction = record.connect_fail as f64 / attempted.max(1) as f64;
-        let healthy = failed_fraction <= args.fail_fraction_max && reachable(args.common.server);
+        let refusing = unreachable(&args.common.server);
+        let healthy = failed_fraction <= args.fail_fraction_max && refusing.is_none();
         steps.push(Step { healthy, ..record });
         if healthy {
-            summary.users_held = summary.users_held.max(view.totals.connected);
+            if view.totals.connected >= summary.users_held {
+                summary.users_held = view.totals.connected;
+                summary.users_by_server = view.totals.connected_by_server.clone();
+                summary.server_rss_after_bytes = rss;
+            }
+            // The users of settled steps chat: a room that filled within steps is complete
+            // before its first message, so every message has all its members as recipients.
+            if args.message_interval_s > 0.0 {
+                s.fleet.send(&Command::Publish {
+                    publishers: users_target,
+                    interval_us: (args.message_interval_s * 1e6) as u64,
+                    messages_max: None,
+                });
+            }
         } else {
             summary.unreachable = true;
-            summary.stop_reason = format!(
-                "step {step}: {:.0}% of new connects failed (limit {:.0}%)",
-                failed_fraction * 100.0,
-                args.fail_fraction_max * 100.0
-            );
+            summary.stop_reason = match refusing {
+                Some(addr) if failed_fraction <= args.fail_fraction_max => {
+                    format!("step {step}: {addr} refuses connections")
+                }
+                _ => format!(
+                    "step {step}: {:.0}% of new connects failed (limit {:.0}%)",
+                    failed_fraction * 100.0,
+                    args.fail_fraction_max * 100.0
+                ),
+            };
             break;
         }
         if users_target >= args.target_users {
             break;
         }
+        if args.time_limit_s > 0.0 && started.elapsed().as_secs_f64() >= args.time_limit_s {
+            summary.stop_reason = format!(
+                "time limit of {:.0} s reached at {} users (target {})",
+                args.time_limit_s, users_target, args.target_users
+            );
+            break;
+        }
         users_target = (users_target + args.step_users).min(args.target_users);
         prev_end = Some(view);
+    }
+    // Stop chatting and let the messages in flight arrive (bounded), so that the totals can
+    // be checked: received = Σ rooms (acked × members) when nobody left.
+    s.fleet.send(&Command::StopPublish);
+    if !summary.unreachable {
+        let drain_until = Instant::now() + Duration::from_secs_f64(args.drain_s);
+        loop {
+            let view = s.tick();
+            let done = view.totals.acked >= view.totals.sent
+                && view
+                    .expected_deliveries
+                    .is_some_and(|e| view.totals.received >= e);
+            summary.expected_deliveries = view.expected_deliveries;
+            if done || Instant::now() >= drain_until || s.server_gone(&view) {
+                break;
+            }
+        }
+    }
+    summary.server_rss_before_bytes = rss_before;
+    if let (Some(b), Some(a)) = (rss_before, summary.server_rss_after_bytes) {
+        if summary.users_held > 0 {
+            summary.server_rss_per_connection_bytes =
+                Some((a as f64 - b as f64) / summary.users_held as f64);
+        }
     }
     let mut run = s.finish("ramp", config, summary);
     run.steps = steps;
@@ -450,6 +541,7 @@ fn step_record(
         session_length_s_mean: v.session_length_s_mean(),
         errors,
         healthy: true,
+        server_rss_bytes: None,
     }
 }
 
@@ -471,8 +563,8 @@ pub struct IdleArgs {
 /// Opens idle connections and reports the server's resident memory per connection.
 pub fn idle(args: &IdleArgs) -> anyhow::Result<Run> {
     let config = serde_json::to_value(args)?;
-    let pid = args.common.server_pid;
-    let before = pid.and_then(rss_bytes);
+    let pids = &args.common.server_pid;
+    let before = servers_rss(pids);
     let mut s = Session::start(&args.common, args.users, Rooms::Blocks(args.room_size))?;
     s.fleet.send(&Command::Connect {
         users_end: args.users,
@@ -482,7 +574,7 @@ pub fn idle(args: &IdleArgs) -> anyhow::Result<Run> {
     while !gone && Instant::now() < hold_until {
         view = s.tick();
     }
-    let after = pid.and_then(rss_bytes);
+    let after = servers_rss(pids);
     let connected = view.totals.connected;
     let mut summary = Summary {
         unreachable: gone,
@@ -493,6 +585,7 @@ pub fn idle(args: &IdleArgs) -> anyhow::Result<Run> {
         }
         .into(),
         users_held: connected,
+        users_by_server: view.totals.connected_by_server.clone(),
         server_rss_before_bytes: before,
         server_rss_after_bytes: after,
         ..Summary::default()

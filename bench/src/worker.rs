@@ -61,7 +61,9 @@ impl Rooms {
 pub struct Job {
     pub worker: u64,
     pub workers: u64,
-    pub server: SocketAddr,
+    /// The target's server processes; a user connects to the one of its room
+    /// (room `r` → `servers[r mod len]`), so a room's members share a process.
+    pub servers: Vec<SocketAddr>,
     pub protocol: Protocol,
     pub source_ip: Ipv4Addr,
     /// CLOCK_MONOTONIC at the coordinator's start: the one clock of body timestamps.
@@ -74,6 +76,19 @@ pub struct Job {
     pub setup_timeout_ms: u64,
     pub handshakes_in_flight_max: usize,
     pub stats_interval_ms: u64,
+}
+
+impl Job {
+    /// The index in `servers` of the process that holds `room`: every member of a room meets
+    /// on one process (sokdo processes do not share rooms with each other yet).
+    pub fn server_of(&self, room: u64) -> usize {
+        server_of_room(self.servers.len(), room)
+    }
+}
+
+/// Room `r` lives on server process `r mod processes`.
+pub fn server_of_room(processes: usize, room: u64) -> usize {
+    (room % processes.max(1) as u64) as usize
 }
 
 /// The coordinator's commands, one JSON line each on a worker's stdin.
@@ -122,7 +137,13 @@ pub struct Stats {
     pub session_s_live_sum: f64,
     pub sessions_closed: u64,
     pub publishers_done: u64,
+    /// Live users per server process (the index in `Job::servers`).
+    #[serde(default)]
+    pub connected_by_server: Vec<u64>,
     pub cpu_ns: u64,
+    /// This worker's resident memory (VmRSS).
+    #[serde(default)]
+    pub rss_bytes: u64,
     /// hdrhistogram V2, base64: send→receive latency in µs over the interval.
     pub latency_us: String,
     /// `(room, acked sends, live members)`, present once publishing stopped.
@@ -149,6 +170,8 @@ struct Shared {
     latency: RefCell<Option<Histogram<u64>>>,
     /// room → (acked, members)
     rooms: RefCell<BTreeMap<u64, (u64, u64)>>,
+    /// Live users per server process.
+    by_server: RefCell<Vec<u64>>,
 }
 
 impl Shared {
@@ -202,6 +225,8 @@ async fn serve(job: Job, mut cmds: mpsc::UnboundedReceiver<Command>) -> anyhow::
     let job = Rc::new(job);
     let shared = Rc::new(Shared::default());
     *shared.latency.borrow_mut() = Some(Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)?);
+    anyhow::ensure!(!job.servers.is_empty(), "a job without servers");
+    *shared.by_server.borrow_mut() = vec![0; job.servers.len()];
     let (plan_tx, plan_rx) = watch::channel(Plan::default());
     let handshakes = Rc::new(Semaphore::new(job.handshakes_in_flight_max));
     let mut next_user = job.worker;
@@ -267,7 +292,9 @@ fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::R
         session_s_live_sum: s.connected.get() as f64 * now_s - s.live_start_s_sum.get(),
         sessions_closed: s.sessions_closed.get(),
         publishers_done: s.publishers_done.get(),
+        connected_by_server: s.by_server.borrow().clone(),
         cpu_ns: clock::process_cpu_ns(),
+        rss_bytes: crate::scenario::rss_bytes(std::process::id()).unwrap_or(0),
         latency_us: base64::engine::general_purpose::STANDARD.encode(&bytes),
         by_room: with_rooms.then(|| {
             s.rooms
@@ -295,12 +322,14 @@ async fn user(
 ) {
     let permit = handshakes.acquire().await;
     let deadline = Instant::now() + Duration::from_millis(job.setup_timeout_ms);
-    let stream = match tokio::time::timeout_at(deadline, connect(&job)).await {
+    let room = job.rooms.of(index);
+    let server_index = job.server_of(room);
+    let server = job.servers[server_index];
+    let stream = match tokio::time::timeout_at(deadline, connect(&job, server)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return fail(&shared, connect_error_kind(&e)),
         Err(_) => return fail(&shared, "connect_timeout"),
     };
-    let room = job.rooms.of(index);
     let mut conn = Conn {
         job: job.clone(),
         shared: shared.clone(),
@@ -311,6 +340,7 @@ async fn user(
         user: index,
         room,
         room_name: format!("{}-r{room}", job.room_prefix),
+        server_index,
         sampled: index.is_multiple_of(job.sample_every.max(1)),
         next_id: 1,
         sent: 0,
@@ -318,7 +348,7 @@ async fn user(
         failure: None,
     };
     let path = job.protocol.path(&format!("u{index}"));
-    let request = wire::upgrade_request(&job.server.to_string(), &path, conn.rng);
+    let request = wire::upgrade_request(&server.to_string(), &path, conn.rng);
     conn.out.extend_from_slice(request.as_bytes());
     let outcome = conn.run(stream, plan, deadline, permit).await;
     conn.finish(outcome);
@@ -339,7 +369,7 @@ fn connect_error_kind(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn connect(job: &Job) -> std::io::Result<TcpStream> {
+async fn connect(job: &Job, server: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     // Choose the source port at connect(), per destination, so each source address gives a
     // full ephemeral range towards the server (IP_BIND_ADDRESS_NO_PORT).
@@ -355,7 +385,7 @@ async fn connect(job: &Job) -> std::io::Result<TcpStream> {
         );
     }
     socket.bind(SocketAddr::new(job.source_ip.into(), 0))?;
-    let stream = socket.connect(job.server).await?;
+    let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -385,6 +415,7 @@ struct Conn {
     user: u64,
     room: u64,
     room_name: String,
+    server_index: usize,
     sampled: bool,
     next_id: u64,
     sent: u64,
@@ -618,6 +649,7 @@ impl Conn {
         Shared::bump(&s.connect_ok);
         s.live_start_s_sum.set(s.live_start_s_sum.get() + since_s);
         s.rooms.borrow_mut().entry(self.room).or_default().1 += 1;
+        s.by_server.borrow_mut()[self.server_index] += 1;
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -635,6 +667,7 @@ impl Conn {
                 s.session_s_closed_sum
                     .set(s.session_s_closed_sum.get() + (now_s - since_s));
                 Shared::bump(&s.sessions_closed);
+                s.by_server.borrow_mut()[self.server_index] -= 1;
                 if let Some(r) = s.rooms.borrow_mut().get_mut(&self.room) {
                     r.1 -= 1;
                 }
