@@ -68,7 +68,12 @@ pub struct CompareArgs {
     /// The server's memory limit (a t3.small has 2 GiB).
     #[arg(long, default_value_t = 2048)]
     memory_limit_mib: u64,
-    /// sokdo's shards (one per server CPU is the fair setting).
+    /// Server processes per target, on consecutive ports, all in the target's one cgroup and
+    /// CPU set (one instance whose processes sit behind a local load balancer); users go to
+    /// the process of their room (room r → process r mod N).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    server_processes: u64,
+    /// sokdo's shards per process (one per server CPU is the fair setting).
     #[arg(long, default_value_t = 1)]
     sokdo_shards: u32,
     /// The sokdo binary (default: beside this one).
@@ -101,14 +106,18 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     for scenario in &args.scenarios {
         for target in &args.targets {
             eprintln!("== {scenario:?} against {target:?}");
-            // A fresh port per run: a stopped server's port may linger a moment.
-            let port = args.port + runs.len() as u16;
+            // Fresh ports per run: a stopped server's port may linger a moment.
+            let port = args.port + (runs.len() as u64 * args.server_processes.max(1)) as u16;
             let run = match Server::start(args, *target, port) {
                 Ok(server) => {
                     limit_applied = limit_applied.or(server.memory_limit_bytes);
                     let result = run_scenario(args, *scenario, *target, &server);
+                    let (peak, oom_kills) = server.memory_report();
                     server.stop();
-                    result?
+                    let mut run = result?;
+                    run.summary.server_cgroup_memory_peak_bytes = peak;
+                    run.summary.server_oom_kills = oom_kills;
+                    run
                 }
                 Err(e) => not_started(*scenario, *target, &e),
             };
@@ -120,6 +129,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         bench_cpus: Some(args.bench_cpus.clone()),
         server_cpus: Some(args.server_cpus.clone()),
         server_memory_limit_bytes: limit_applied,
+        server_processes: Some(args.server_processes.max(1)),
         ..Host::default()
     };
     let mut report = crate::new_report("compare", runs, host);
@@ -160,14 +170,14 @@ fn parse_flags<T: Args>(
     let mut argv: Vec<String> = vec![
         scenario.into(),
         "--server".into(),
-        server.addr.to_string(),
+        scenario::servers_label(&server.addrs),
         "--protocol".into(),
         format!("{:?}", protocol(target)).to_lowercase(),
         "--target-name".into(),
         name(target).into(),
-        "--server-pid".into(),
-        server.child.id().to_string(),
     ];
+    let pids: Vec<String> = server.pids().iter().map(|p| p.to_string()).collect();
+    argv.extend(["--server-pid".into(), pids.join(",")]);
     argv.extend(extra.split_whitespace().map(String::from));
     Ok(Flags::<T>::try_parse_from(argv)
         .with_context(|| format!("--{scenario}-args {extra:?}"))?
@@ -215,138 +225,183 @@ fn not_started(scenario: ScenarioKind, target: TargetKind, e: &anyhow::Error) ->
     }
 }
 
-/// A server under test: its process and the cgroup holding it.
+/// A target under test: its server processes (one per port, from `port`) and the cgroup
+/// holding them all — one emulated instance whose processes sit behind a load balancer.
 struct Server {
-    child: Child,
-    addr: SocketAddr,
+    children: Vec<Child>,
+    addrs: Vec<SocketAddr>,
     cgroup: Option<PathBuf>,
     memory_limit_bytes: Option<u64>,
-    _data_dir: Option<TempDir>,
+    _data_dirs: Vec<TempDir>,
 }
 
 impl Server {
     fn start(args: &CompareArgs, target: TargetKind, port: u16) -> anyhow::Result<Server> {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let beside = |bin: &str| -> anyhow::Result<PathBuf> {
-            Ok(std::env::current_exe()?.with_file_name(bin))
-        };
-        let mut data_dir = None;
-        let program: Vec<String> = match target {
-            TargetKind::Sokdo => {
-                let bin = match &args.sokdo_bin {
-                    Some(b) => b.clone(),
-                    None => beside("sokdo")?,
-                };
-                let dir = TempDir::new("sokdo-bench-data")?;
-                let argv = vec![
-                    path_str(&bin),
-                    "--listen".into(),
-                    addr.to_string(),
-                    "--shards".into(),
-                    args.sokdo_shards.to_string(),
-                    "--data-dir".into(),
-                    path_str(&dir.0),
-                ];
-                data_dir = Some(dir);
-                argv
-            }
-            TargetKind::Tokio => {
-                let bin = match &args.tokio_bin {
-                    Some(b) => b.clone(),
-                    None => beside("sokdo-peer-tokio")?,
-                };
-                vec![path_str(&bin), "--listen".into(), addr.to_string()]
-            }
-            TargetKind::Ws | TargetKind::Socketio => {
-                let dir = args.peers_dir.join(if target == TargetKind::Ws {
-                    "ws"
-                } else {
-                    "socketio"
-                });
-                anyhow::ensure!(
-                    dir.join("node_modules").is_dir(),
-                    "{} has no node_modules: run scripts/install-bench-peers.sh",
-                    dir.display()
-                );
-                vec![
-                    "node".into(),
-                    path_str(&dir.join("server.js")),
-                    "--listen".into(),
-                    addr.to_string(),
-                ]
-            }
-        };
-        anyhow::ensure!(
-            program[0] == "node" || Path::new(&program[0]).is_file(),
-            "{} is missing (build it: cargo build --release -p sokdo-engine -p sokdo-peer-tokio)",
-            program[0]
-        );
-        anyhow::ensure!(
-            !scenario::reachable(addr),
-            "port {} is already in use",
-            args.port
-        );
+        let processes = args.server_processes.max(1);
         let limit = args.memory_limit_mib * 1024 * 1024;
         let cgroup = make_cgroup(name(target), limit)
             .map_err(|e| eprintln!("warning: no memory limit for the server: {e:#}"))
             .ok();
-        // `sh` puts itself in the cgroup, then becomes taskset, which becomes the server:
-        // one pid throughout, limited and pinned from its first allocation.
-        let enter = match &cgroup {
-            Some((dir, _)) => format!("echo $$ > '{}/cgroup.procs' && ", dir.display()),
-            None => String::new(),
-        };
-        let script = format!("{enter}exec taskset -c {} \"$@\"", args.server_cpus);
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .args(&program)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the server")?;
-        let server = Server {
-            child,
-            addr,
+        let mut server = Server {
+            children: Vec::new(),
+            addrs: Vec::new(),
             memory_limit_bytes: cgroup.as_ref().map(|(_, l)| *l),
             cgroup: cgroup.map(|(d, _)| d),
-            _data_dir: data_dir,
+            _data_dirs: Vec::new(),
         };
+        for i in 0..processes {
+            let addr: SocketAddr = format!("127.0.0.1:{}", port + i as u16).parse()?;
+            let (program, data_dir) = program(args, target, addr)?;
+            anyhow::ensure!(
+                !scenario::reachable(addr),
+                "port {} is already in use",
+                addr.port()
+            );
+            // `sh` puts itself in the cgroup, then becomes taskset, which becomes the server:
+            // one pid throughout, limited and pinned from its first allocation.
+            let enter = match &server.cgroup {
+                Some(dir) => format!("echo $$ > '{}/cgroup.procs' && ", dir.display()),
+                None => String::new(),
+            };
+            let script = format!("{enter}exec taskset -c {} \"$@\"", args.server_cpus);
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .arg("sh")
+                .args(&program)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the server")?;
+            server.children.push(child);
+            server.addrs.push(addr);
+            server._data_dirs.extend(data_dir);
+        }
         server.wait_ready(Duration::from_secs(30))?;
         Ok(server)
     }
 
-    /// Polls `/healthz` until it answers 200 (bounded).
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
+    /// Polls every process's `/healthz` until it answers 200 (bounded).
     fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if healthz(self.addr) {
-                return Ok(());
+        for addr in &self.addrs {
+            while !healthz(*addr) {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{addr} did not answer /healthz within {within:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        anyhow::bail!("{} did not answer /healthz within {within:?}", self.addr)
+        Ok(())
+    }
+
+    /// The cgroup's peak memory and the OOM kills in it, when it has them.
+    fn memory_report(&self) -> (Option<u64>, Option<u64>) {
+        let Some(dir) = &self.cgroup else {
+            return (None, None);
+        };
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        let peak = read("memory.max_usage_in_bytes")
+            .or_else(|| read("memory.peak"))
+            .and_then(|v| v.trim().parse().ok());
+        let oom = read("memory.oom_control")
+            .or_else(|| read("memory.events"))
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            });
+        (peak, oom)
     }
 
     fn stop(mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        for child in &self.children {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in self.children.iter_mut() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if let Some(dir) = &self.cgroup {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// The command line of one server process of `target` on `addr`, and its data directory.
+fn program(
+    args: &CompareArgs,
+    target: TargetKind,
+    addr: SocketAddr,
+) -> anyhow::Result<(Vec<String>, Option<TempDir>)> {
+    let beside =
+        |bin: &str| -> anyhow::Result<PathBuf> { Ok(std::env::current_exe()?.with_file_name(bin)) };
+    let mut data_dir = None;
+    let program: Vec<String> = match target {
+        TargetKind::Sokdo => {
+            let bin = match &args.sokdo_bin {
+                Some(b) => b.clone(),
+                None => beside("sokdo")?,
+            };
+            let dir = TempDir::new("sokdo-bench-data")?;
+            let argv = vec![
+                path_str(&bin),
+                "--listen".into(),
+                addr.to_string(),
+                "--shards".into(),
+                args.sokdo_shards.to_string(),
+                "--data-dir".into(),
+                path_str(&dir.0),
+            ];
+            data_dir = Some(dir);
+            argv
+        }
+        TargetKind::Tokio => {
+            let bin = match &args.tokio_bin {
+                Some(b) => b.clone(),
+                None => beside("sokdo-peer-tokio")?,
+            };
+            vec![path_str(&bin), "--listen".into(), addr.to_string()]
+        }
+        TargetKind::Ws | TargetKind::Socketio => {
+            let dir = args.peers_dir.join(if target == TargetKind::Ws {
+                "ws"
+            } else {
+                "socketio"
+            });
+            anyhow::ensure!(
+                dir.join("node_modules").is_dir(),
+                "{} has no node_modules: run scripts/install-bench-peers.sh",
+                dir.display()
+            );
+            vec![
+                "node".into(),
+                path_str(&dir.join("server.js")),
+                "--listen".into(),
+                addr.to_string(),
+            ]
+        }
+    };
+    anyhow::ensure!(
+        program[0] == "node" || Path::new(&program[0]).is_file(),
+        "{} is missing (build it: cargo build --release -p sokdo-engine -p sokdo-peer-tokio)",
+        program[0]
+    );
+    Ok((program, data_dir))
 }
 
 fn path_str(p: &Path) -> String {
@@ -421,9 +476,22 @@ impl Drop for TempDir {
 /// The headline metrics, per scenario, with ratios to `baseline`.
 pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
     type Metric = (&'static str, &'static str, bool, fn(&Run) -> Option<f64>);
-    let metrics: [Metric; 5] = [
+    let metrics: [Metric; 8] = [
         ("ramp", "users held", true, |r| {
             Some(r.summary.users_held as f64)
+        }),
+        ("ramp", "p99 ms at last healthy step", false, |r| {
+            last_healthy(r)
+                .filter(|st| st.latency_ms.samples > 0)
+                .map(|st| st.latency_ms.p99)
+        }),
+        ("ramp", "server RSS MiB at users held", false, |r| {
+            r.summary
+                .server_rss_after_bytes
+                .map(|b| b as f64 / (1024.0 * 1024.0))
+        }),
+        ("ramp", "RSS bytes per user held", false, |r| {
+            r.summary.server_rss_per_connection_bytes
         }),
         ("fanout", "deliveries/s", true, |r| {
             Some(r.summary.deliveries_per_s)
@@ -469,6 +537,11 @@ pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
         baseline: baseline.into(),
         rows,
     }
+}
+
+/// The last step of a ramp that stayed healthy.
+pub fn last_healthy(r: &Run) -> Option<&crate::report::Step> {
+    r.steps.iter().rev().find(|st| st.healthy)
 }
 
 fn print_comparison(c: &Comparison) {
