@@ -253,6 +253,94 @@ fn ramp_holds_every_step_and_reports_it() {
     assert!(u(&s["sent"]) > 0 && u(&s["received"]) > 0, "{s}");
 }
 
+/// Σ of a counter over a sokdo process's shards, from its `/metrics`.
+fn metric_sum(addr: SocketAddr, name: &str) -> u64 {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("metrics");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn ramp_over_two_processes_puts_each_room_on_one_and_counts_every_delivery() {
+    let a = Server::start();
+    let b = Server::start();
+    let servers = format!("{},{}", a.addr, b.addr);
+    let pids = format!("{},{}", a.pid(), b.pid());
+    // Rooms of 10 filled in arrival order; steps of 20 add whole rooms, so room r (r = 0..5)
+    // is complete before its first message, and lives on process r mod 2.
+    let report = run_bench(
+        &[
+            "ramp",
+            "--server",
+            &servers,
+            "--server-pid",
+            &pids,
+            "--start-users",
+            "20",
+            "--step-users",
+            "20",
+            "--target-users",
+            "60",
+            "--step-s",
+            "1",
+            "--room-size",
+            "10",
+            "--message-interval-s",
+            "0.3",
+            "--drain-s",
+            "10",
+            "--workers",
+            "2",
+        ],
+        Duration::from_secs(60),
+    );
+    let run = &report["runs"][0];
+    let s = &run["summary"];
+    assert_eq!(run["server"], servers.as_str());
+    assert_eq!(s["unreachable"], false, "{s}");
+    assert_eq!(u(&s["users_held"]), 60, "{s}");
+    assert_eq!(u(&s["connect_fail"]), 0, "{s}");
+    let by_server: Vec<u64> = s["users_by_server"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u)
+        .collect();
+    assert_eq!(
+        by_server,
+        vec![30, 30],
+        "rooms 0, 2, 4 on one, 1, 3, 5 on the other"
+    );
+    let acked = u(&s["acked"]);
+    assert!(acked > 0, "{s}");
+    assert_eq!(acked, u(&s["sent"]), "every send acknowledged: {s}");
+    // Every room has 10 members, the sender among them.
+    assert_eq!(u(&s["expected_deliveries"]), acked * 10, "{s}");
+    assert_eq!(u(&s["received"]), acked * 10, "{s}");
+    // Both processes delivered their rooms' messages (the servers' counter also counts the
+    // presence events of joins, which the bench does not count as messages).
+    let (da, db) = (
+        metric_sum(a.addr, "sokdo_deliveries_total"),
+        metric_sum(b.addr, "sokdo_deliveries_total"),
+    );
+    assert!(da > 0 && db > 0, "deliveries per process: {da}, {db}");
+    assert!(da + db >= u(&s["received"]), "{da} + {db}: {s}");
+    assert!(
+        u(&s["server_rss_after_bytes"]) > 0,
+        "RSS summed over both processes: {s}"
+    );
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{run}");
+    assert!(steps.iter().all(|st| st["healthy"] == true));
+}
+
 #[test]
 fn idle_reports_server_memory_per_connection() {
     let server = Server::start();
