@@ -283,10 +283,15 @@ describe('chat page in headless Chromium', () => {
   });
 
   step('bob reads the messages and alice sees the read mark', ['a message from alice arrives at bob'], async () => {
-    // Bob's page shows the lobby, so it reports the newest visible message with `read`.
+    // Bob's page shows the lobby, so it reports the newest visible message with `read`,
+    // and alice's messages up to it show bob's mark.
+    const aliceSent = pages.alice.locator('[data-testid="msg"][data-state="sent"][data-from="alice"]');
+    const newest = aliceSent.last().getByTestId('msg-read');
+    await newest.waitFor({ timeout: UI_TIMEOUT_MS });
+    assert.match(await newest.textContent(), /✓ read by bob/);
     const mark = sentMessage(pages.alice, HELLO_MESSAGE).getByTestId('msg-read');
-    await mark.waitFor({ timeout: UI_TIMEOUT_MS });
     assert.match(await mark.textContent(), /✓ read by bob/);
+    assert.equal(await aliceSent.getByTestId('msg-read').count(), await aliceSent.count());
     // Bob's own view shows no read mark from himself.
     assert.equal(await sentMessage(pages.bob, HELLO_MESSAGE).getByTestId('msg-read').count(), 0);
   });
