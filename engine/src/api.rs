@@ -114,6 +114,15 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
             format!("body_bytes_max is {body_bytes_max}"),
         ));
     }
+    if p.client_msg_id
+        .as_ref()
+        .is_some_and(|k| k.len() > protocol::CLIENT_MSG_ID_BYTES_MAX)
+    {
+        return Err(bad(format!(
+            "`client_msg_id` must be at most {} bytes",
+            protocol::CLIENT_MSG_ID_BYTES_MAX
+        )));
+    }
     let from = p.from.unwrap_or_else(|| "api".to_owned());
     if from.is_empty() || from.len() > crate::auth::USER_ID_BYTES_MAX {
         return Err(bad("`from` must be 1..=64 bytes"));

@@ -12,7 +12,7 @@ use sokdo_persistence::{AppendError, Completion, ReadRequest, Record, Ticket};
 
 use crate::persist::to_msg;
 use crate::protocol::{self, ErrorCode, Msg, ProtoError};
-use crate::room::{Published, Room, RoomInfo, RoomLimits};
+use crate::room::{Room, RoomInfo, RoomLimits};
 use crate::shard::{not_member, now_ms, HomeReq, Origin, RoomEntry, RoomsQuery, Shard, ShardMsg};
 use crate::ws;
 
@@ -20,18 +20,23 @@ use crate::ws;
 /// that was away longer pages the rest with `history`).
 const REPLAY_FROM_STORE_MESSAGES_MAX: usize = 1000;
 
+/// A `send` whose record is logged and whose seq is reserved.
+pub(crate) struct AcceptedSend {
+    origin: Origin,
+    room: Arc<str>,
+    seq: u64,
+    from: String,
+    name: Option<String>,
+    body: String,
+    ts: u64,
+    received_at: Instant,
+}
+
 /// A request waiting for the persistence thread.
 pub(crate) enum Pending {
-    /// A `send` whose `ok` goes out once its record is durable.
-    /// Its `msg` is delivered at the same moment, so no subscriber ever sees a message a
-    /// crash could take back (and whose seq a restart would reuse).
-    Ack {
-        origin: Origin,
-        frame: Bytes,
-        room: Arc<str>,
-        payload: Bytes,
-        received_at: Instant,
-    },
+    /// A `send` whose `ok` goes out once its record is durable; the message becomes visible
+    /// (ring, `msg` to subscribers) at the same moment.
+    Ack(AcceptedSend),
     /// A `join` whose replay starts before the ring: the store's part is being read.
     Join {
         origin: Origin,
@@ -407,7 +412,8 @@ impl Shard {
         after_seq: Option<u64>,
         subscribe: bool,
     ) -> Result<(), ProtoError> {
-        let below_ring = after_seq.filter(|after| after + 1 < self.rooms[key].ring_first_seq());
+        let below_ring =
+            after_seq.filter(|after| after.saturating_add(1) < self.rooms[key].ring_first_seq());
         self.add_member(key, user)?;
         match below_ring {
             Some(after_seq) => {
@@ -782,25 +788,29 @@ impl Shard {
         explicit: bool,
     ) -> Result<(), ProtoError> {
         let key = self.room_key(room)?;
-        if explicit {
-            self.log(
-                Record::Member {
-                    room: room.to_owned(),
-                    user: user.to_owned(),
-                    joined: false,
-                },
-                None,
-            )?;
-        }
-        let r = self.rooms.get_mut(&key).expect("room exists");
-        let went_offline = r.unsubscribe(origin.shard as usize, user);
-        if explicit {
-            r.remove_member(user);
-            self.reply(origin, RoomOk { room });
-        }
+        // The connection has stopped receiving the room whatever happens below: count it
+        // out first, so the home and the subscriber shard never disagree.
+        let went_offline = self
+            .rooms
+            .get_mut(&key)
+            .expect("room exists")
+            .unsubscribe(origin.shard as usize, user);
         if went_offline {
             let event = protocol::event("left", UserInRoom { room, user });
             self.broadcast(&key, Bytes::from(event), Instant::now());
+        }
+        if explicit {
+            let record = Record::Member {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                joined: false,
+            };
+            self.log(record, None)?;
+            self.rooms
+                .get_mut(&key)
+                .expect("room exists")
+                .remove_member(user);
+            self.reply(origin, RoomOk { room });
         }
         Ok(())
     }
@@ -832,7 +842,7 @@ impl Shard {
             );
             return Ok(());
         }
-        let (seq, ts) = (r.last_seq() + 1, now_ms());
+        let (seq, ts) = (r.next_seq(), now_ms());
         let ticket = self.shared.durable_acks.then(|| self.ticket());
         let record = Record::Message {
             room: room.to_owned(),
@@ -856,46 +866,61 @@ impl Shard {
             None,
         );
         let r = self.rooms.get_mut(&key).expect("room exists");
-        let Published::New(msg) = r.publish(user, name, body, client_msg_id, ts) else {
-            unreachable!("retry keys were checked above");
-        };
-        debug_assert_eq!(msg.seq, seq, "the logged seq is the published seq");
-        let ok = protocol::ok(
-            origin.id.as_deref(),
-            SendOk {
-                room,
-                seq,
-                msg_id: &msg.msg_id,
-                ts,
-                duplicate: false,
-            },
-        );
-        let payload = Bytes::from(protocol::event("msg", msg));
-        let frame = ws::text(&ok);
+        let reserved = r.reserve(user, client_msg_id, ts);
+        debug_assert_eq!(reserved, seq, "the logged seq is the reserved seq");
         self.m.messages_in.inc();
+        let send = AcceptedSend {
+            origin: origin.clone(),
+            room: key,
+            seq,
+            from: user.to_owned(),
+            name: name.map(str::to_owned),
+            body,
+            ts,
+            received_at,
+        };
         match ticket {
             Some(t) => {
-                let ack = Pending::Ack {
-                    origin: origin.clone(),
-                    frame,
-                    room: key,
-                    payload,
-                    received_at,
-                };
-                self.pending.insert(t.token, ack);
+                self.pending.insert(t.token, Pending::Ack(send));
             }
-            None => {
-                self.emit(
-                    origin.shard,
-                    ShardMsg::Reply {
-                        conn: origin.conn,
-                        frame,
-                    },
-                );
-                self.broadcast(&key, payload, received_at);
-            }
+            None => self.publish_send(send),
         }
         Ok(())
+    }
+
+    /// Makes an accepted message visible: into the room, `ok` to the sender, `msg` to every
+    /// subscriber. With durable acks this runs when the record is durable, so nobody ever
+    /// sees a message (or a seq) that a crash could take back.
+    fn publish_send(&mut self, send: AcceptedSend) {
+        let AcceptedSend {
+            origin,
+            room,
+            seq,
+            from,
+            name,
+            body,
+            ts,
+            received_at,
+        } = send;
+        let r = self.rooms.get_mut(&room).expect("room exists");
+        let msg = r.publish(seq, &from, name.as_deref(), body, ts);
+        let ok = SendOk {
+            room: &room,
+            seq,
+            msg_id: &msg.msg_id,
+            ts,
+            duplicate: false,
+        };
+        let frame = ws::text(&protocol::ok(origin.id.as_deref(), ok));
+        let payload = Bytes::from(protocol::event("msg", msg));
+        self.emit(
+            origin.shard,
+            ShardMsg::Reply {
+                conn: origin.conn,
+                frame,
+            },
+        );
+        self.broadcast(&room, payload, received_at);
     }
 
     fn home_history(
@@ -946,22 +971,8 @@ impl Shard {
         match completion {
             Completion::Durable(tickets) => {
                 for ticket in tickets {
-                    if let Some(Pending::Ack {
-                        origin,
-                        frame,
-                        room,
-                        payload,
-                        received_at,
-                    }) = self.pending.remove(&ticket.token)
-                    {
-                        self.emit(
-                            origin.shard,
-                            ShardMsg::Reply {
-                                conn: origin.conn,
-                                frame,
-                            },
-                        );
-                        self.broadcast(&room, payload, received_at);
+                    if let Some(Pending::Ack(send)) = self.pending.remove(&ticket.token) {
+                        self.publish_send(send);
                     }
                 }
             }
@@ -1034,7 +1045,7 @@ impl Shard {
                             &ProtoError::new(ErrorCode::Unavailable, "storage read failed: retry"),
                         );
                     }
-                    (Pending::Ack { .. }, _) => debug_assert!(false, "a read completed an ack"),
+                    (Pending::Ack(_), _) => debug_assert!(false, "a read completed an ack"),
                 }
             }
         }

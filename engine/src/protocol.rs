@@ -88,6 +88,10 @@ pub const ROOMS_LIMIT_MAX: u32 = 100;
 pub const ROOMS_LIMIT_DEFAULT: u32 = 50;
 /// Longest search query.
 pub const QUERY_BYTES_MAX: usize = 256;
+/// Longest room title.
+pub const TITLE_BYTES_MAX: usize = 256;
+/// Longest `client_msg_id` (a room keeps the last `idempotency_keys_max` of them).
+pub const CLIENT_MSG_ID_BYTES_MAX: usize = 128;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -255,7 +259,7 @@ fn build(wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
         },
         "create" => Request::Create {
             room: room()?,
-            title: wire.title.map(Cow::into_owned),
+            title: bounded("title", wire.title, TITLE_BYTES_MAX)?,
             private: wire.private.unwrap_or(false),
             password: wire.password.map(Cow::into_owned),
         },
@@ -276,7 +280,11 @@ fn build(wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
             Request::Send {
                 room,
                 body,
-                client_msg_id: wire.client_msg_id.map(Cow::into_owned),
+                client_msg_id: bounded(
+                    "client_msg_id",
+                    wire.client_msg_id,
+                    CLIENT_MSG_ID_BYTES_MAX,
+                )?,
             }
         }
         "history" => {
@@ -319,7 +327,7 @@ fn build(wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
         }
         "update_room" => Request::UpdateRoom {
             room: room()?,
-            title: wire.title.map(Cow::into_owned),
+            title: bounded("title", wire.title, TITLE_BYTES_MAX)?,
             private: wire.private,
             password: wire.password.map(Cow::into_owned),
         },
@@ -340,6 +348,20 @@ fn build(wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
             ))
         }
     })
+}
+
+fn bounded(
+    field: &str,
+    value: Option<Cow<'_, str>>,
+    max: usize,
+) -> Result<Option<String>, ProtoError> {
+    match value {
+        Some(v) if v.len() > max => Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            format!("`{field}` must be at most {max} bytes"),
+        )),
+        v => Ok(v.map(Cow::into_owned)),
+    }
 }
 
 fn limit_field(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ProtoError> {

@@ -24,15 +24,6 @@ pub struct RoomInfo {
     pub created_ms: u64,
 }
 
-/// What `publish` did.
-#[derive(Debug, PartialEq)]
-pub enum Published<'a> {
-    /// A new message with the next sequence number; deliver it.
-    New(&'a Msg),
-    /// A retry of an earlier `client_msg_id`: reply with the original, deliver nothing.
-    Duplicate { seq: u64, msg_id: String, ts: u64 },
-}
-
 /// The messages a replay of `after_seq` can give from memory.
 #[derive(Debug, PartialEq)]
 pub struct Replay<'a> {
@@ -48,7 +39,10 @@ pub struct Room {
     /// argon2 hash of a private room's password (never the password).
     pub password_hash: Option<String>,
     limits: RoomLimits,
+    /// The last published (visible) seq.
     last_seq: u64,
+    /// The last seq handed out; above `last_seq` while records wait to be durable.
+    reserved_seq: u64,
     ring: VecDeque<Msg>,
     members: HashSet<String>,
     read_seq: HashMap<String, u64>,
@@ -68,6 +62,7 @@ impl Room {
             password_hash: None,
             limits,
             last_seq: 0,
+            reserved_seq: 0,
             ring: VecDeque::new(),
             members: HashSet::new(),
             read_seq: HashMap::new(),
@@ -96,6 +91,7 @@ impl Room {
         let mut room = Room::new(snapshot.room, info, limits, shards);
         room.password_hash = snapshot.password_hash;
         room.last_seq = snapshot.last_seq;
+        room.reserved_seq = snapshot.last_seq;
         room.members = snapshot.members.into_iter().collect();
         room.read_seq = snapshot.read_pointers.into_iter().collect();
         room
@@ -174,32 +170,47 @@ impl Room {
         format!("{room}:{seq}")
     }
 
-    /// Assigns the next sequence number to a message, unless `client_msg_id` repeats one this
-    /// user sent within the retry window. The sender's read pointer moves to its own message.
+    /// The seq the next reserved message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.reserved_seq + 1
+    }
+
+    /// Assigns the next sequence number to a message whose record is being logged, and
+    /// remembers its `client_msg_id` (the caller checked `retry_of` first). The message is
+    /// not visible until `publish`: with durable acks that is when its record is durable.
+    pub fn reserve(&mut self, from: &str, client_msg_id: Option<&str>, ts: u64) -> u64 {
+        debug_assert!(
+            self.retry_of(from, client_msg_id).is_none(),
+            "retry keys are checked first"
+        );
+        self.reserved_seq += 1;
+        if let Some(key) = client_msg_id {
+            self.remember_retry_key((from.to_owned(), key.to_owned()), self.reserved_seq, ts);
+        }
+        self.reserved_seq
+    }
+
+    /// Makes a reserved message visible: the ring, search, `last_seq`. Reserved messages are
+    /// published in seq order. The sender's read pointer moves to its own message.
     pub fn publish(
         &mut self,
+        seq: u64,
         from: &str,
         name: Option<&str>,
         body: String,
-        client_msg_id: Option<&str>,
         ts: u64,
-    ) -> Published<'_> {
-        if let Some(key) = client_msg_id {
-            let key = (from.to_owned(), key.to_owned());
-            if let Some(&(seq, ts)) = self.retry_keys.get(&key) {
-                return Published::Duplicate {
-                    seq,
-                    msg_id: Room::msg_id(&self.id, seq),
-                    ts,
-                };
-            }
-            self.remember_retry_key(key, self.last_seq + 1, ts);
-        }
-        self.last_seq += 1;
-        let seq = self.last_seq;
+    ) -> &Msg {
+        assert_eq!(
+            seq,
+            self.last_seq + 1,
+            "messages are published in seq order, without gaps"
+        );
+        assert!(seq <= self.reserved_seq, "only reserved seqs are published");
+        self.last_seq = seq;
         if self.ring.len() == self.limits.history_ring_messages_max {
             self.ring.pop_front();
         }
+        self.search.add(seq, &body);
         self.ring.push_back(Msg {
             room: self.id.clone(),
             seq,
@@ -211,12 +222,8 @@ impl Room {
             deleted: false,
         });
         self.mark_read(from, seq);
-        if let Some(body) = self.ring.back().and_then(|m| m.body.as_deref()) {
-            self.search.add(seq, body);
-        }
         debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
-        debug_assert_eq!(self.ring.back().map(|m| m.seq), Some(self.last_seq));
-        Published::New(self.ring.back().expect("just pushed"))
+        self.ring.back().expect("just pushed")
     }
 
     fn remember_retry_key(&mut self, key: (String, String), seq: u64, ts: u64) {
@@ -232,8 +239,9 @@ impl Room {
     /// Messages with `seq > after_seq` still in the ring, ascending.
     pub fn replay(&self, after_seq: u64) -> Replay<'_> {
         let first_in_ring = self.ring.front().map_or(self.last_seq + 1, |m| m.seq);
-        let missing_before_ring = first_in_ring.saturating_sub(after_seq + 1);
-        let skip = (after_seq + 1).saturating_sub(first_in_ring) as usize;
+        let next = after_seq.saturating_add(1);
+        let missing_before_ring = first_in_ring.saturating_sub(next);
+        let skip = usize::try_from(next.saturating_sub(first_in_ring)).unwrap_or(usize::MAX);
         Replay {
             messages: self.ring.iter().skip(skip).collect(),
             missing_before_ring,
@@ -356,11 +364,13 @@ mod tests {
         Room::new("r".into(), info, limits, 2)
     }
 
+    /// A send as the home runs it: the retry check, then reserve and publish.
     fn send(room: &mut Room, from: &str, key: Option<&str>) -> u64 {
-        match room.publish(from, None, "b".into(), key, 7) {
-            Published::New(m) => m.seq,
-            Published::Duplicate { seq, .. } => seq,
+        if let Some((seq, _)) = room.retry_of(from, key) {
+            return seq;
         }
+        let seq = room.reserve(from, key, 7);
+        room.publish(seq, from, None, "b".into(), 7).seq
     }
 
     #[test]
@@ -368,18 +378,28 @@ mod tests {
         let mut r = room(10);
         let first = send(&mut r, "u", Some("k"));
         send(&mut r, "v", None);
-        let retry = r.publish("u", None, "b".into(), Some("k"), 9);
-        assert_eq!(
-            retry,
-            Published::Duplicate {
-                seq: first,
-                msg_id: "r:1".into(),
-                ts: 7
-            }
-        );
+        assert_eq!(r.retry_of("u", Some("k")), Some((first, 7)));
+        assert_eq!(send(&mut r, "u", Some("k")), first);
         assert_eq!(r.last_seq(), 2);
         // The same key from another user is a different message.
         assert_eq!(send(&mut r, "v", Some("k")), 3);
+    }
+
+    #[test]
+    fn reserved_messages_stay_invisible_until_published() {
+        let mut r = room(10);
+        let a = r.reserve("u", Some("k"), 1);
+        let b = r.reserve("u", None, 2);
+        assert_eq!((a, b, r.last_seq(), r.next_seq()), (1, 2, 0, 3));
+        assert!(r.history(None, 10).is_empty() && r.replay(0).messages.is_empty());
+        assert_eq!(
+            r.retry_of("u", Some("k")),
+            Some((1, 1)),
+            "a retry during the wait is a duplicate"
+        );
+        r.publish(a, "u", None, "a".into(), 1);
+        r.publish(b, "u", None, "b".into(), 2);
+        assert_eq!(r.last_seq(), 2);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Message search inside one room: an in-memory bigram index over the room's most recent
-//! messages, bounded by `search_index_messages_max`.
+//! messages, bounded like the room's ring (`history_ring_messages_max`).
 //!
 //! Korean, Chinese and Japanese text has no spaces to split words on, so the index keys are
 //! pairs of consecutive characters (bigrams) of the lower-cased text; any substring of two
@@ -15,8 +15,9 @@ type Bigram = u64;
 #[derive(Debug)]
 pub struct SearchIndex {
     messages_max: usize,
-    /// (seq, lower-cased text), ascending by seq; the text is empty once deleted.
-    docs: VecDeque<(u64, String)>,
+    /// (seq, lower-cased text, deleted), ascending by seq. A deleted message keeps its text
+    /// until evicted, so eviction still finds (and clears) its postings.
+    docs: VecDeque<(u64, String, bool)>,
     /// Seqs holding each bigram, ascending.
     postings: HashMap<Bigram, VecDeque<u64>>,
 }
@@ -46,7 +47,7 @@ impl SearchIndex {
     /// Indexes a message; seqs arrive in increasing order.
     pub fn add(&mut self, seq: u64, body: &str) {
         debug_assert!(
-            self.docs.back().is_none_or(|(last, _)| *last < seq),
+            self.docs.back().is_none_or(|(last, _, _)| *last < seq),
             "seqs increase"
         );
         if self.docs.len() == self.messages_max {
@@ -59,11 +60,11 @@ impl SearchIndex {
                 list.push_back(seq);
             }
         }
-        self.docs.push_back((seq, text));
+        self.docs.push_back((seq, text, false));
     }
 
     fn evict_oldest(&mut self) {
-        let Some((seq, text)) = self.docs.pop_front() else {
+        let Some((seq, text, _)) = self.docs.pop_front() else {
             return;
         };
         for gram in bigrams(&text) {
@@ -78,10 +79,10 @@ impl SearchIndex {
         }
     }
 
-    /// Forgets a deleted message's text (its postings are skipped when confirming).
+    /// Hides a deleted message from every search (its postings go when it is evicted).
     pub fn remove(&mut self, seq: u64) {
-        if let Ok(i) = self.docs.binary_search_by_key(&seq, |(s, _)| *s) {
-            self.docs[i].1.clear();
+        if let Ok(i) = self.docs.binary_search_by_key(&seq, |(s, _, _)| *s) {
+            self.docs[i].2 = true;
         }
     }
 
@@ -95,7 +96,7 @@ impl SearchIndex {
         let matches = |text: &str| terms.iter().all(|t| text.contains(t));
         let candidates: Vec<u64> = match self.rarest_posting(&terms) {
             Some(list) => list.iter().rev().copied().collect(),
-            None => self.docs.iter().rev().map(|(seq, _)| *seq).collect(),
+            None => self.docs.iter().rev().map(|(seq, _, _)| *seq).collect(),
         };
         candidates
             .into_iter()
@@ -118,9 +119,11 @@ impl SearchIndex {
         best
     }
 
+    /// The text of a message that is not deleted.
     fn text(&self, seq: u64) -> Option<&str> {
-        let i = self.docs.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
-        Some(&self.docs[i].1)
+        let i = self.docs.binary_search_by_key(&seq, |(s, _, _)| *s).ok()?;
+        let (_, text, deleted) = &self.docs[i];
+        (!deleted).then_some(text.as_str())
     }
 }
 
@@ -168,6 +171,9 @@ mod tests {
         assert_eq!(ix.search("회의", 10), [3, 2], "the oldest was evicted");
         ix.remove(3);
         assert_eq!(ix.search("회의", 10), [2]);
+        for seq in 4..20 {
+            ix.add(seq, "회의 계속");
+        }
         assert!(ix.postings.values().all(|l| l.len() <= 2));
     }
 

@@ -5,7 +5,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Auth;
@@ -91,6 +91,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let fd = listener.into_raw_fd();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("sokdo-shard-{id}"))
+            // argon2 and account-store calls run on this pool: not pinned to the shard's core,
+            // so the kernel may run them on a quieter one.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 // SAFETY: `fd` is a listening socket this thread now owns alone.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };

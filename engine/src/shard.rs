@@ -727,6 +727,8 @@ impl Shard {
             }
             Request::Leave { room } => {
                 let idx = joined.ok_or_else(|| not_member(&room))?;
+                // Refuse before changing anything, so the home and this shard stay in step.
+                self.check_home_ready(&room)?;
                 let (arc, sub_idx) = self.conns[key].rooms.swap_remove(idx);
                 self.unsubscribe_local(&arc, sub_idx);
                 HomeReq::Leave {
@@ -789,6 +791,18 @@ impl Shard {
             },
         };
         self.forward(origin, home_req)
+    }
+
+    /// Client requests are not forwarded to a shard whose queue from this one is full.
+    fn check_home_ready(&self, room: &str) -> Result<(), ProtoError> {
+        let home = self.shared.home_of(room);
+        if home != self.id && !self.outbox[home as usize].is_empty() {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                "the room's shard is busy: retry shortly",
+            ));
+        }
+        Ok(())
     }
 
     /// Sends a request to its room's home, unless that shard is backed up.
@@ -1022,14 +1036,38 @@ impl Shard {
             self.release_subscription(&room, &user, conn);
         }
         let Some(key) = key else { return };
+        let rooms_max = self.cfg().rooms_per_connection_max as usize;
+        if subscribe && !already && self.conns[key].rooms.len() >= rooms_max {
+            // Joins sent back to back all passed the check at the connection; this one is over.
+            self.release_subscription(&room, &user, conn);
+            let err = ProtoError::new(
+                ErrorCode::Forbidden,
+                format!("rooms_per_connection_max ({rooms_max}) reached: leave a room first"),
+            );
+            let id = json_id_of(
+                frames
+                    .first()
+                    .map(|f| ws::payload_of(f))
+                    .unwrap_or_default(),
+            );
+            return self.reply_error(key, id.as_deref(), &err);
+        }
         if subscribe && !already {
             let list = self.subs.entry(room.clone()).or_default();
             list.push(key as u32);
             let idx = (list.len() - 1) as u32;
             self.conns[key].rooms.push((room, idx));
         }
-        // The replay is bounded by the ring, so it bypasses the queue bound.
+        // A replay (bounded by the ring and the store read) may exceed the queue bound when it
+        // arrives at an idle connection, but replays never pile up: one arriving while the
+        // connection has not taken the previous one closes it as a slow consumer.
+        let max = self.cfg().outbound_queue_bytes_max as usize;
+        let replay_bytes: usize = frames.iter().map(Bytes::len).sum();
         let entry = &mut self.conns[key];
+        if !entry.out.is_empty() && entry.out.bytes() + replay_bytes > max {
+            self.m.slow_consumer_closes.inc();
+            return self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", true);
+        }
         for frame in frames {
             entry.out.push(frame);
         }
@@ -1099,7 +1137,9 @@ impl Shard {
         if entry.phase == Phase::Closing {
             return;
         }
-        if entry.out.bytes() + frame.len() > max {
+        // One frame always fits an empty queue: a reply larger than the bound (a `history`
+        // page of long messages) is not a slow consumer.
+        if !entry.out.is_empty() && entry.out.bytes() + frame.len() > max {
             self.m.slow_consumer_closes.inc();
             return self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", true);
         }
@@ -1298,6 +1338,15 @@ struct Gather {
 
 pub(crate) fn not_member(room: &str) -> ProtoError {
     ProtoError::new(ErrorCode::NotMember, format!("join room `{room}` first"))
+}
+
+/// The `id` of a reply frame's JSON, to answer the same request with an error instead.
+fn json_id_of(json: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        id: Option<Box<serde_json::value::RawValue>>,
+    }
+    serde_json::from_slice::<WithId>(json).ok()?.id
 }
 
 /// Milliseconds since the Unix epoch: the `ts` of messages.

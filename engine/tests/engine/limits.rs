@@ -117,3 +117,52 @@ async fn a_client_that_stops_reading_is_closed_1013_and_memory_stays_bounded() {
     let (code, reason) = slow.closed().await;
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
 }
+
+#[tokio::test]
+async fn a_reply_larger_than_the_queue_bound_is_not_a_slow_consumer() {
+    let server = Server::start(&[
+        "--outbound-queue-bytes-max",
+        "4096",
+        "--body-bytes-max",
+        "2000",
+    ]);
+    let mut c = Client::connect(&server, "a").await;
+    c.ok(json!({"op": "join", "room": "r"})).await;
+    for _ in 0..5 {
+        c.ok(json!({"op": "send", "room": "r", "body": "z".repeat(2000)}))
+            .await;
+        c.event_of("msg").await;
+    }
+    let page = c
+        .ok(json!({"op": "history", "room": "r", "limit": 5}))
+        .await;
+    assert_eq!(
+        page["messages"].as_array().unwrap().len(),
+        5,
+        "a 10 KB page through a 4 KB queue"
+    );
+    c.ok(json!({"op": "ping"})).await;
+}
+
+#[tokio::test]
+async fn joins_sent_back_to_back_still_respect_the_room_limit() {
+    let server = Server::start(&["--rooms-per-connection-max", "2"]);
+    let mut c = Client::connect(&server, "a").await;
+    for (i, room) in ["j1", "j2", "j3", "j4"].iter().enumerate() {
+        c.send_raw(&json!({"op": "join", "id": i, "room": room}).to_string())
+            .await;
+    }
+    let mut codes = Vec::new();
+    while codes.len() < 4 {
+        let v = c.recv().await;
+        if v["id"].is_u64() {
+            codes.push(v["code"].as_str().unwrap_or("ok").to_owned());
+        }
+    }
+    assert_eq!(codes.iter().filter(|c| *c == "ok").count(), 2, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| *c == "forbidden").count(),
+        2,
+        "{codes:?}"
+    );
+}
