@@ -14,15 +14,19 @@
 //!    through [`protocol::parse`] into a typed request.
 //! 3. The request goes to the **home shard** of its room (a hash of the room id) as a
 //!    [`shard::ShardMsg::Home`] — or is run at once when this shard is the home.
-//! 4. The home ([`home`]) changes the [`room::Room`]: assigns the next `seq`, keeps the
-//!    message in the room's ring, answers the sender, and sends the `msg` event's JSON
-//!    **once to each shard with subscribers** ([`shard::ShardMsg::Deliver`]).
+//! 4. The home ([`home`]) reserves the room's next `seq` ([`room::Room`]) and hands the
+//!    record to the write-ahead log ([`persist`], the `sokdo-persistence` crate). Once the
+//!    record is durable (`--durability sync`; at once with `async`) the message enters the
+//!    room's ring, the sender gets its `ok`, and the `msg` event's JSON goes **once to each
+//!    shard with subscribers** ([`shard::ShardMsg::Deliver`]).
 //! 5. Each of those shards frames it **once** ([`ws::text`]) and queues the same `Bytes` to
 //!    every local subscriber, within `outbound_queue_bytes_max` (overflow closes 1013).
 //! 6. Each subscriber's task writes everything queued in one `sendmsg` ([`conn`]).
 //!
 //! Around that path: [`config`] (every limit a flag with its unit), [`metrics`]
-//! (Prometheus, per shard, lock-free), and draining on SIGTERM ([`shard`]'s ticker).
+//! (Prometheus, per shard, lock-free), admission past capacity and draining on SIGTERM
+//! ([`shard`]), room features ([`home`], [`search`], [`password`]), and HTTP beside the
+//! WebSocket ([`api`], [`accounts`]).
 //! `docs/ARCHITECTURE.md` has the picture and the reasons.
 
 pub mod accounts;
