@@ -73,6 +73,9 @@ pub struct CompareArgs {
     /// the process of their room (room r → process r mod N).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     server_processes: u64,
+    /// More flags for every sokdo process (e.g. "--durability async").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    sokdo_args: String,
     /// sokdo's shards per process (one per server CPU is the fair setting).
     #[arg(long, default_value_t = 1)]
     sokdo_shards: u32,
@@ -358,7 +361,7 @@ fn program(
                 None => beside("sokdo")?,
             };
             let dir = TempDir::new("sokdo-bench-data")?;
-            let argv = vec![
+            let mut argv = vec![
                 path_str(&bin),
                 "--listen".into(),
                 addr.to_string(),
@@ -367,6 +370,7 @@ fn program(
                 "--data-dir".into(),
                 path_str(&dir.0),
             ];
+            argv.extend(args.sokdo_args.split_whitespace().map(String::from));
             data_dir = Some(dir);
             argv
         }
@@ -556,7 +560,7 @@ fn print_comparison(c: &Comparison) {
             })
             .collect();
         println!(
-            "   {:<7} {:<26} {}",
+            "   {:<7} {:<30} {}",
             row.scenario,
             row.metric,
             cells.join("  ")
