@@ -162,6 +162,25 @@ impl Session {
         ((lost && tried) || view.workers_alive == 0) && unreachable(&self.common.server).is_some()
     }
 
+    /// After the publishers stop: ticks until every send is acked and every expected
+    /// delivery arrived, `drain_s` passes, or the server is gone (the `bool`).
+    fn drain(&mut self, drain_s: f64) -> (View, bool) {
+        let drain_until = Instant::now() + Duration::from_secs_f64(drain_s);
+        loop {
+            let view = self.tick();
+            let done = view.totals.acked >= view.totals.sent
+                && view
+                    .expected_deliveries
+                    .is_some_and(|e| view.totals.received >= e);
+            if done || Instant::now() >= drain_until {
+                return (view, false);
+            }
+            if self.server_gone(&view) {
+                return (view, true);
+            }
+        }
+    }
+
     /// Ticks until every user asked for so far has connected or failed (bounded).
     fn wait_connected(&mut self, users: u64) -> (View, bool) {
         let deadline = Instant::now()
@@ -333,22 +352,11 @@ pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<
     let publish_end_s = last.t_s;
     let publish_end = last.clone();
     if !summary.unreachable {
-        let drain_until = Instant::now() + Duration::from_secs_f64(load.drain_s);
-        loop {
-            let view = s.tick();
-            let done = view.totals.acked >= view.totals.sent
-                && view
-                    .expected_deliveries
-                    .is_some_and(|e| view.totals.received >= e);
-            last = view;
-            if done || Instant::now() >= drain_until {
-                break;
-            }
-            if s.server_gone(&last) {
-                summary.unreachable = true;
-                summary.stop_reason = "server unreachable".into();
-                break;
-            }
+        let (view, gone) = s.drain(load.drain_s);
+        last = view;
+        if gone {
+            summary.unreachable = true;
+            summary.stop_reason = "server unreachable".into();
         }
     }
     summary.expected_deliveries = last.expected_deliveries;
@@ -487,18 +495,7 @@ pub fn ramp(args: &RampArgs) -> anyhow::Result<Run> {
     // be checked: received = Σ rooms (acked × members) when nobody left.
     s.fleet.send(&Command::StopPublish);
     if !summary.unreachable {
-        let drain_until = Instant::now() + Duration::from_secs_f64(args.drain_s);
-        loop {
-            let view = s.tick();
-            let done = view.totals.acked >= view.totals.sent
-                && view
-                    .expected_deliveries
-                    .is_some_and(|e| view.totals.received >= e);
-            summary.expected_deliveries = view.expected_deliveries;
-            if done || Instant::now() >= drain_until || s.server_gone(&view) {
-                break;
-            }
-        }
+        summary.expected_deliveries = s.drain(args.drain_s).0.expected_deliveries;
     }
     summary.server_rss_before_bytes = rss_before;
     if let (Some(b), Some(a)) = (rss_before, summary.server_rss_after_bytes) {
