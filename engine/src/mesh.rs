@@ -1,20 +1,20 @@
 //! The lock-free mesh between shards: one bounded single-producer queue for every ordered
-//! pair of shards, and one waker per shard.
+//! pair of shards, and one [`Doorbell`] per shard.
 //!
-//! A shard that sends pushes onto the queue `(from, to)` and wakes `to`'s inbox task, which
-//! drains every queue addressed to it, a bounded batch at a time. Nothing spins: an idle
-//! shard's inbox task is parked on its waker, and glommio turns a wake from a foreign
-//! thread into an eventfd notification. Waking is naturally coalesced — `AtomicWaker`
-//! hands its waker out once per registration, so a burst of pushes wakes the receiver once.
+//! A shard that sends pushes onto the queue `(from, to)` and rings `to`'s doorbell; `to`'s
+//! inbox task drains every queue addressed to it, a bounded batch at a time. Nothing spins:
+//! an idle shard's inbox task is parked on its doorbell.
 //!
 //! Messages between one pair of shards keep their order: that is what lets a room's home
 //! send a `join` reply and then live messages, and the subscriber shard see them in that
 //! order. When a queue is full the sender keeps its own ordered backlog (see
-//! `shard::Outbox`) and asks the receiver, through `stalled`, to wake it once it has made
+//! `shard::Outbox`) and asks the receiver, through `stalled`, to ring it once it has made
 //! room.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Waker;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
@@ -24,7 +24,7 @@ pub type ShardId = u16;
 pub struct Mesh<T> {
     shards: usize,
     queues: Vec<ArrayQueue<T>>,
-    wakers: Vec<AtomicWaker>,
+    doorbells: Vec<Doorbell>,
     stalled: Vec<AtomicBool>,
     drain_requested: AtomicBool,
 }
@@ -37,7 +37,7 @@ impl<T> Mesh<T> {
             queues: (0..shards * shards)
                 .map(|_| ArrayQueue::new(queue_messages_max))
                 .collect(),
-            wakers: (0..shards).map(|_| AtomicWaker::new()).collect(),
+            doorbells: (0..shards).map(|_| Doorbell::default()).collect(),
             stalled: (0..shards * shards)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
@@ -54,36 +54,32 @@ impl<T> Mesh<T> {
         from as usize * self.shards + to as usize
     }
 
-    /// Pushes `msg` from `from` to `to` and wakes `to`. Gives the message back when the
+    /// Pushes `msg` from `from` to `to` and rings `to`. Gives the message back when the
     /// queue is full; the caller then marks itself stalled and keeps it in order.
     pub fn try_send(&self, from: ShardId, to: ShardId, msg: T) -> Result<(), T> {
         self.queues[self.pair(from, to)].push(msg)?;
-        self.wakers[to as usize].wake();
+        self.doorbells[to as usize].ring();
         Ok(())
     }
 
-    /// Wakes `shard`'s inbox task (used by the persistence threads after a completion).
-    pub fn wake(&self, shard: ShardId) {
-        self.wakers[shard as usize].wake();
+    /// The doorbell of `shard`'s inbox task: other threads (the persistence threads after
+    /// a completion) ring it after publishing work for that shard.
+    pub fn doorbell(&self, shard: ShardId) -> &Doorbell {
+        &self.doorbells[shard as usize]
     }
 
-    /// Asks `to` to wake `from` once it has drained the queue between them.
+    /// Asks `to` to ring `from` once it has drained the queue between them.
     pub fn mark_stalled(&self, from: ShardId, to: ShardId) {
         self.stalled[self.pair(from, to)].store(true, Ordering::Release);
         // The receiver may have drained everything before the flag was set.
-        self.wakers[to as usize].wake();
-    }
-
-    /// Registers the waker of `shard`'s inbox task. Call before checking for messages.
-    pub fn register(&self, shard: ShardId, waker: &Waker) {
-        self.wakers[shard as usize].register(waker);
+        self.doorbells[to as usize].ring();
     }
 
     pub fn has_pending(&self, shard: ShardId) -> bool {
         (0..self.shards).any(|from| !self.queues[self.pair(from as ShardId, shard)].is_empty())
     }
 
-    /// Pops up to `budget` messages addressed to `shard`, fairly across senders, and wakes
+    /// Pops up to `budget` messages addressed to `shard`, fairly across senders, and rings
     /// senders that were stalled on a full queue. Returns how many it popped.
     pub fn drain(
         &self,
@@ -103,7 +99,7 @@ impl<T> Mesh<T> {
                 popped += 1;
             }
             if self.stalled[pair].swap(false, Ordering::AcqRel) {
-                self.wakers[from as usize].wake();
+                self.doorbells[from as usize].ring();
             }
         }
         popped
@@ -119,13 +115,116 @@ impl<T> Mesh<T> {
     /// Asks every shard to drain (SIGTERM). Safe from any thread.
     pub fn request_drain(&self) {
         self.drain_requested.store(true, Ordering::Release);
-        for waker in &self.wakers {
-            waker.wake();
+        for bell in &self.doorbells {
+            bell.ring();
         }
     }
 
     pub fn drain_requested(&self) -> bool {
         self.drain_requested.load(Ordering::Acquire)
+    }
+}
+
+const IDLE: u8 = 0;
+const ARMED: u8 = 1;
+const RUNG: u8 = 2;
+
+/// How any thread wakes one task that sleeps on it, with **at most one wake in flight**.
+///
+/// Why not just an `AtomicWaker`: glommio turns every wake from a foreign thread into a
+/// *clone* of the task's waker, queued on the owning executor and dropped only when that
+/// executor next polls its reactor (at the latest after its 100 ms preemption timer). A
+/// task that registers again and again inside one such turn, while a persistence thread or
+/// another shard wakes it each time, queues one clone per round; glommio counts a task's
+/// references in an `i16`, and at 32,768 the shard panics ("Waker invariant broken").
+///
+/// The doorbell makes the number of wakes independent of the traffic:
+/// - `ring` (any thread, after publishing work) swaps the state to `RUNG` and wakes the
+///   task only if the state was `ARMED`, that is, only if the task is asleep;
+/// - the task arms the bell only when it is about to sleep ([`Doorbell::sleep`]): if a
+///   ring came since it last slept, it does not sleep at all. While the task is busy,
+///   rings cost one atomic swap and no wake.
+///
+/// A wake is sent only on an `ARMED → RUNG` transition, and the task arms again only after
+/// the wake has made it run (its waker is handed to nobody else), so one clone at most
+/// waits in glommio's foreign-wake queue, whatever the number of rings.
+#[derive(Default)]
+pub struct Doorbell {
+    state: AtomicU8,
+    waker: AtomicWaker,
+    /// Wakes actually sent (rings that found the task asleep); for `/metrics`.
+    wakes: AtomicU64,
+}
+
+impl Doorbell {
+    /// Tells the sleeper that work was published. Safe from any thread; never blocks.
+    pub fn ring(&self) {
+        if self.state.swap(RUNG, Ordering::AcqRel) == ARMED {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+            self.waker.wake();
+        }
+    }
+
+    /// Resolves once the bell has been rung since the last `sleep` resolved. Await it from
+    /// one task only, and only from a task whose waker goes nowhere else: that is what
+    /// bounds the wakes in flight to one.
+    pub fn sleep(&self) -> Sleep<'_> {
+        Sleep {
+            bell: self,
+            armed: false,
+        }
+    }
+
+    /// Wakes sent so far.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
+    }
+}
+
+/// The future of [`Doorbell::sleep`].
+pub struct Sleep<'a> {
+    bell: &'a Doorbell,
+    armed: bool,
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let bell = self.bell;
+        if self.armed {
+            // Still ARMED: polled although nothing rang (not expected, since the waker is
+            // private); keep sleeping. Otherwise a ring moved it to RUNG and woke us.
+            return match bell.state.compare_exchange(
+                RUNG,
+                IDLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => Poll::Ready(()),
+                Err(_) => {
+                    bell.waker.register(cx.waker());
+                    Poll::Pending
+                }
+            };
+        }
+        // Register before arming: a ring that sees ARMED must find the waker.
+        bell.waker.register(cx.waker());
+        match bell
+            .state
+            .compare_exchange(IDLE, ARMED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.armed = true;
+                Poll::Pending
+            }
+            Err(_) => {
+                // Rung while we worked: work may be waiting, do not sleep. A swap, not a
+                // store, so that it acquires the latest ring's work too.
+                bell.state.swap(IDLE, Ordering::AcqRel);
+                Poll::Ready(())
+            }
+        }
     }
 }
 
@@ -170,5 +269,102 @@ mod tests {
             });
         }
         sender.join().unwrap();
+    }
+
+    /// The regression test for the waker-reference overflow (issue 9). A receiver that
+    /// always finds work (a standing backlog) while a "shard" thread (mesh pushes) and a
+    /// "persistence" thread (completions) ring it without pause: the shape in which the
+    /// former inbox, which registered its waker anew on every round, left one waker clone in
+    /// glommio's foreign-wake queue per round and panicked past 32,768 (reproduced with
+    /// that pattern in this harness). Far more rings than that reach one task here, with a
+    /// busy task beside it, and every message arrives in order.
+    #[test]
+    fn a_busy_executor_survives_any_number_of_foreign_rings() {
+        use crossbeam_queue::SegQueue;
+        use std::sync::atomic::AtomicBool;
+
+        const BACKLOG: u64 = 300_000;
+        const EACH: u64 = 600_000;
+        let mesh: Arc<Mesh<u64>> = Arc::new(Mesh::new(2, 1 << 20));
+        let completions: Arc<SegQueue<u64>> = Arc::new(SegQueue::new());
+        for i in 0..BACKLOG {
+            mesh.try_send(0, 1, i).unwrap();
+            completions.push(i);
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let pace = || (0..20).for_each(|_| std::hint::spin_loop());
+
+        let shard_thread = {
+            let mesh = mesh.clone();
+            std::thread::spawn(move || {
+                for i in BACKLOG..EACH {
+                    let mut msg = i;
+                    while let Err(back) = mesh.try_send(0, 1, msg) {
+                        msg = back;
+                        std::hint::spin_loop();
+                    }
+                    pace();
+                }
+            })
+        };
+        let persistence_thread = {
+            let (mesh, completions) = (mesh.clone(), completions.clone());
+            std::thread::spawn(move || {
+                for i in BACKLOG..EACH {
+                    completions.push(i);
+                    mesh.doorbell(1).ring();
+                    pace();
+                }
+            })
+        };
+
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn({
+                let (mesh, completions, done) = (mesh.clone(), completions.clone(), done.clone());
+                move || async move {
+                    let busy = glommio::spawn_local({
+                        let done = done.clone();
+                        async move {
+                            while !done.load(Ordering::Relaxed) {
+                                std::hint::black_box((0..200).sum::<u64>());
+                                glommio::executor().yield_now().await;
+                            }
+                        }
+                    });
+                    let inbox = glommio::spawn_local(async move {
+                        let (mut next_msg, mut next_completion) = (0, 0);
+                        while next_msg < EACH || next_completion < EACH {
+                            // Small batches: many rounds per reactor turn.
+                            let mut popped = mesh.drain(1, 2, |_, m| {
+                                assert_eq!(m, next_msg, "mesh order");
+                                next_msg += 1;
+                            });
+                            if let Some(c) = completions.pop() {
+                                assert_eq!(c, next_completion, "completion order");
+                                next_completion += 1;
+                                popped += 1;
+                            }
+                            // As `shard::inbox_loop` does.
+                            if popped == 0 {
+                                mesh.doorbell(1).sleep().await;
+                            } else {
+                                glommio::executor().yield_now().await;
+                            }
+                        }
+                        mesh.doorbell(1).wakes()
+                    });
+                    let wakes = inbox.await;
+                    done.store(true, Ordering::Relaxed);
+                    busy.await;
+                    wakes
+                }
+            })
+            .unwrap();
+        shard_thread.join().unwrap();
+        persistence_thread.join().unwrap();
+        let wakes = executor.join().expect("the executor thread did not panic");
+        // A wake is sent only to a sleeping task: far fewer than the rings.
+        let rings = 2 * (EACH - BACKLOG);
+        assert!(wakes < rings / 2, "{wakes} wakes for {rings} rings");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The persistence threads are not glommio executors, so their completions do not travel on
 //! the mesh: each shard has its own lock-free completion queue, and the persistence thread
-//! wakes the shard's inbox task through the mesh's waker after pushing. The queue needs no
+//! rings the shard's doorbell (`mesh::Doorbell`) after pushing. The queue needs no
 //! bound of its own: every completion answers an append or read that the bounded log or read
 //! channel already admitted.
 
@@ -63,7 +63,7 @@ struct ShardSink {
 impl CompletionSink for ShardSink {
     fn complete(&self, c: Completion) {
         self.completions.queues[self.shard as usize].push(c);
-        self.completions.mesh.wake(self.shard);
+        self.completions.mesh.doorbell(self.shard).ring();
     }
 }
 

@@ -9,12 +9,9 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1369,11 +1366,10 @@ pub async fn run(
     shard.borrow_mut().me = Rc::downgrade(&shard);
     // When the ticker ends the drain, the other two futures (and the listener, which leaves
     // the SO_REUSEPORT group) are dropped with it.
-    let background = futures_lite::future::or(
-        accept_loop(shard.clone(), listener),
-        inbox_loop(shard.clone()),
-    );
-    futures_lite::future::or(ticker(shard), background).await;
+    // The inbox is a task of its own (its waker belongs to the doorbell alone); dropping its
+    // handle cancels it.
+    let _inbox = glommio::spawn_local(inbox_loop(shard.clone()));
+    futures_lite::future::or(accept_loop(shard.clone(), listener), ticker(shard)).await;
 }
 
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
@@ -1402,66 +1398,40 @@ fn start_conn(shard: &Rc<RefCell<Shard>>, stream: TcpStream) {
     glommio::spawn_local(ConnDriver::new(shard.clone(), stream, key)).detach();
 }
 
+/// Applies what other shards and the persistence threads sent, a bounded batch at a time,
+/// between the shard's other tasks while work keeps coming, and sleeps on the shard's
+/// doorbell once a look finds nothing. Runs as a task of its own:
+/// its waker must go to the doorbell only (see `mesh::Doorbell`).
 async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
     let (id, shared) = {
         let s = shard.borrow();
         (s.id, s.shared.clone())
     };
     loop {
-        Woken {
-            shared: &shared,
-            shard: id,
-            polled: false,
-        }
-        .await;
-        loop {
-            let popped = {
-                let mut s = shard.borrow_mut();
-                s.flush_outbox();
-                let mut popped = 0;
-                while popped < INBOX_BATCH_MAX {
-                    let Some(completion) = shared.completions.pop(id) else {
-                        break;
-                    };
-                    s.on_completion(completion);
-                    popped += 1;
-                }
-                popped
-                    + shared
-                        .mesh
-                        .drain(id, INBOX_BATCH_MAX, |_, msg| s.apply(msg))
-            };
-            if popped < INBOX_BATCH_MAX {
-                break;
+        let popped = {
+            let mut s = shard.borrow_mut();
+            s.flush_outbox();
+            let mut popped = 0;
+            while popped < INBOX_BATCH_MAX {
+                let Some(completion) = shared.completions.pop(id) else {
+                    break;
+                };
+                s.on_completion(completion);
+                popped += 1;
             }
-            glommio::yield_if_needed().await;
-        }
-    }
-}
-
-/// Ready when messages wait for this shard, or when the shard was woken (by a sender, by
-/// a receiver that made room for its backlog, or by a drain request).
-struct Woken<'a> {
-    shared: &'a Shared,
-    shard: ShardId,
-    polled: bool,
-}
-
-impl Future for Woken<'_> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.polled {
-            return Poll::Ready(());
-        }
-        self.polled = true;
-        self.shared.mesh.register(self.shard, cx.waker());
-        if self.shared.mesh.has_pending(self.shard)
-            || self.shared.completions.has_pending(self.shard)
-        {
-            Poll::Ready(())
+            popped
+                + shared
+                    .mesh
+                    .drain(id, INBOX_BATCH_MAX, |_, msg| s.apply(msg))
+        };
+        if popped == 0 {
+            // Nothing came since the last look: sleep until the next ring (at once if it
+            // already came).
+            shared.mesh.doorbell(id).sleep().await;
         } else {
-            Poll::Pending
+            // While work keeps coming, poll between the other tasks instead of sleeping:
+            // a foreign wake reaches a busy executor only at its next reactor turn.
+            glommio::executor().yield_now().await;
         }
     }
 }
