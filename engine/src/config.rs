@@ -170,6 +170,16 @@ pub struct Config {
     #[arg(long, env = "SOKDO_DRAIN_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub drain_timeout_ms: u64,
 
+    /// `/healthz` answers 503 while a shard has not run its ticker for this long (a shard
+    /// stuck in a loop or a blocking call), so that a load balancer moves its users.
+    #[arg(long, env = "SOKDO_STALL_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub stall_timeout_ms: u64,
+
+    /// Test only: serve `POST /debug/fault/…` to make a shard or the log thread panic or
+    /// stall. Refused unless in development mode (no --jwt-secret).
+    #[arg(long, env = "SOKDO_FAULT_INJECTION", hide = true, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub fault_injection: bool,
+
     /// `reconnect_after_ms` told to clients in the `closing` event (each gets a jittered
     /// value up to this).
     #[arg(long, env = "SOKDO_RECONNECT_AFTER_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -195,6 +205,10 @@ pub enum ConfigError {
     WalSmallerThanSegments { max: u64, segment: u64 },
     #[error("--idle-timeout-ms ({idle}) must be larger than --heartbeat-ms ({heartbeat}), or idle clients are closed between pings")]
     IdleBelowHeartbeat { idle: u64, heartbeat: u64 },
+    #[error(
+        "--fault-injection (SOKDO_FAULT_INJECTION) is for tests: it is refused with --jwt-secret"
+    )]
+    FaultInjectionInProduction,
 }
 
 impl Config {
@@ -223,6 +237,9 @@ impl Config {
                 idle: self.idle_timeout_ms,
                 heartbeat: self.heartbeat_ms,
             });
+        }
+        if self.fault_injection && self.jwt_secret.is_some() {
+            return Err(ConfigError::FaultInjectionInProduction);
         }
         Ok(())
     }
@@ -325,6 +342,7 @@ impl Config {
                 self.shard_channel_messages_max
             ),
             format!("drain_spread_ms = {}", self.drain_spread_ms),
+            format!("stall_timeout_ms = {}", self.stall_timeout_ms),
             format!("drain_timeout_ms = {}", self.drain_timeout_ms),
             format!("reconnect_after_ms = {}", self.reconnect_after_ms),
         ];

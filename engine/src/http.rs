@@ -21,6 +21,19 @@ pub enum Outcome {
     Api(crate::api::ApiCall),
     /// Switch to WebSocket: send the 101 response, then `hello`.
     Upgrade { identity: Identity, response: Bytes },
+    /// Test only (`--fault-injection`): answer 202, then inject the fault.
+    Fault(Fault),
+}
+
+/// A fault `POST /debug/fault/…` injects (test only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `/debug/fault/panic-shard?shard=N`: shard N panics.
+    PanicShard(u16),
+    /// `/debug/fault/stall-shard?shard=N&ms=M`: shard N blocks its thread for M ms.
+    StallShard(u16, u64),
+    /// `/debug/fault/panic-log`: the write-ahead log thread panics.
+    PanicLog,
 }
 
 /// What the router needs to know about the server's state.
@@ -32,6 +45,10 @@ pub struct Context<'a> {
     /// The admission queue is full too: upgrades get 503.
     pub shard_full: bool,
     pub metrics: &'a dyn Fn() -> String,
+    /// `Err(why)` when some part of the process cannot serve: `/healthz` answers 503.
+    pub health: &'a dyn Fn() -> Result<(), String>,
+    /// `--fault-injection`: serve `POST /debug/fault/…`.
+    pub faults: bool,
     /// `--api-key`: `None` disables `POST /api/rooms/{room}/messages`.
     pub api_key: Option<&'a str>,
     /// `--accounts`: enables `/api/auth/*`.
@@ -93,6 +110,13 @@ impl Outcome {
                 Err(e) => Outcome::Respond(crate::api::error_response(&e)),
             };
         }
+        if let Some(kind) = path.strip_prefix("/debug/fault/").filter(|_| ctx.faults) {
+            return match (req.method, fault(kind, query)) {
+                (Some("POST"), Ok(f)) => Outcome::Fault(f),
+                (Some("POST"), Err(why)) => Outcome::Respond(plain(400, "Bad Request", &why)),
+                _ => Outcome::Respond(plain(405, "Method Not Allowed", "POST only\n")),
+            };
+        }
         if req.method != Some("GET") {
             return Outcome::Respond(plain(
                 405,
@@ -102,7 +126,10 @@ impl Outcome {
         }
         let respond = Outcome::Respond;
         match path {
-            "/healthz" => respond(plain(200, "OK", "ok\n")),
+            "/healthz" => respond(match (ctx.health)() {
+                Ok(()) => plain(200, "OK", "ok\n"),
+                Err(why) => plain(503, "Service Unavailable", &format!("{why}\n")),
+            }),
             "/readyz" if ctx.draining => respond(plain(503, "Service Unavailable", "draining\n")),
             "/readyz" if ctx.at_capacity => respond(plain(503, "Service Unavailable", "full\n")),
             "/readyz" => respond(plain(200, "OK", "ready\n")),
@@ -123,6 +150,28 @@ impl Outcome {
             "/ws" => upgrade(req, query, ctx),
             _ => respond(plain(404, "Not Found", "no such path\n")),
         }
+    }
+}
+
+/// Parses `/debug/fault/KIND?…`.
+fn fault(kind: &str, query: &str) -> Result<Fault, String> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .ok_or_else(|| format!("missing ?{name}=\n"))
+            .and_then(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("?{name}= is not a number\n"))
+            })
+    };
+    let shard =
+        || param("shard").and_then(|n| u16::try_from(n).map_err(|_| "?shard= too large\n".into()));
+    match kind {
+        "panic-shard" => Ok(Fault::PanicShard(shard()?)),
+        "stall-shard" => Ok(Fault::StallShard(shard()?, param("ms")?)),
+        "panic-log" => Ok(Fault::PanicLog),
+        _ => Err("faults: panic-shard?shard=N, stall-shard?shard=N&ms=M, panic-log\n".into()),
     }
 }
 
@@ -263,7 +312,7 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
     }
 }
 
-fn plain(status: u16, reason: &str, body: &str) -> Bytes {
+pub fn plain(status: u16, reason: &str, body: &str) -> Bytes {
     response(
         status,
         reason,
@@ -301,6 +350,8 @@ mod tests {
             at_capacity: false,
             shard_full: false,
             metrics: &|| String::from("m"),
+            health: &|| Ok(()),
+            faults: false,
             api_key: None,
             accounts: false,
             body_bytes_max: 100,
@@ -315,6 +366,7 @@ mod tests {
             }
             Outcome::Incomplete => "incomplete".into(),
             Outcome::Api(_) => "api".into(),
+            Outcome::Fault(_) => "fault".into(),
         }
     }
 
@@ -347,6 +399,57 @@ mod tests {
             status(route(b"GET /healthz HTTP/1.1\r\n", &ctx(&auth, false))),
             "incomplete"
         );
+    }
+
+    #[test]
+    fn healthz_reports_a_stalled_shard() {
+        let auth = Auth::new(None);
+        let ctx = Context {
+            health: &|| Err("shard 1 has not run for 12000 ms".into()),
+            ..ctx(&auth, false)
+        };
+        let Outcome::Respond(r) = route(b"GET /healthz HTTP/1.1\r\n\r\n", &ctx) else {
+            panic!("not a response")
+        };
+        let text = String::from_utf8_lossy(&r);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        assert!(
+            text.ends_with("shard 1 has not run for 12000 ms\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn fault_routes_exist_only_with_fault_injection() {
+        let auth = Auth::new(None);
+        let off = ctx(&auth, false);
+        let on = Context {
+            faults: true,
+            ..ctx(&auth, false)
+        };
+        let req = |path: &str, ctx: &Context<'_>| {
+            route(format!("POST {path} HTTP/1.1\r\n\r\n").as_bytes(), ctx)
+        };
+        let fault = |path: &str| match req(path, &on) {
+            Outcome::Fault(f) => Some(f),
+            _ => None,
+        };
+        assert_eq!(status(req("/debug/fault/panic-log", &off)), "HTTP/1.1 405");
+        assert_eq!(fault("/debug/fault/panic-log"), Some(Fault::PanicLog));
+        assert_eq!(
+            fault("/debug/fault/panic-shard?shard=3"),
+            Some(Fault::PanicShard(3))
+        );
+        assert_eq!(
+            fault("/debug/fault/stall-shard?shard=1&ms=250"),
+            Some(Fault::StallShard(1, 250))
+        );
+        assert_eq!(status(req("/debug/fault/panic-shard", &on)), "HTTP/1.1 400");
+        assert_eq!(
+            status(req("/debug/fault/panic-shard?shard=x", &on)),
+            "HTTP/1.1 400"
+        );
+        assert_eq!(status(req("/debug/fault/nothing", &on)), "HTTP/1.1 400");
     }
 
     #[test]

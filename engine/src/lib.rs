@@ -36,6 +36,7 @@ pub mod config;
 pub mod conn;
 mod home;
 pub mod http;
+pub mod liveness;
 pub mod mesh;
 pub mod metrics;
 pub mod password;

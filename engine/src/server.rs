@@ -22,8 +22,12 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// Runs the server until it has drained after SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     cfg.validate()?;
+    crate::liveness::install_panic_hook();
     let cpus = allowed_cpus();
     let shards = cfg.shards.unwrap_or(cpus.len().max(1) as u16);
+    if cfg.fault_injection {
+        tracing::warn!("FAULT INJECTION: POST /debug/fault/… can crash this process (tests only)");
+    }
     if cfg.dev_mode() {
         tracing::warn!(
             "DEVELOPMENT MODE: no --jwt-secret; any client may connect as ?user=ID (loopback only)"
@@ -76,6 +80,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         persist: persistence.handle(),
         accounts,
         durable_acks: cfg.durability == DurabilityArg::Sync,
+        liveness: crate::liveness::Liveness::new(shards, cfg.stall_timeout_ms),
         cfg,
     });
     watch_signals(shared.clone())?;
@@ -97,7 +102,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .spawn(move || async move {
                 // SAFETY: `fd` is a listening socket this thread now owns alone.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                shard::run(id as u16, shared, listener, rooms).await
+                shard::run(id as u16, shared.clone(), listener, rooms).await;
+                if !shared.mesh.drain_requested() {
+                    crate::liveness::fatal(&format!(
+                        "shard {id} stopped although no drain was asked"
+                    ));
+                }
             })
             .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))?;
         handles.push(handle);

@@ -49,6 +49,8 @@ pub struct Shared {
     pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// `--durability sync`: a `send` is answered once its record is durable.
     pub durable_acks: bool,
+    /// When each shard last ran, for `/healthz`.
+    pub liveness: crate::liveness::Liveness,
 }
 
 impl Shared {
@@ -175,6 +177,8 @@ pub enum ShardMsg {
         subscribe: bool,
         frames: Vec<Bytes>,
     },
+    /// Test only (`--fault-injection`): inject this fault here.
+    Fault(crate::http::Fault),
 }
 
 struct DrainState {
@@ -326,6 +330,8 @@ impl Shard {
                 shard_full: self.admitted >= self.cfg().connections_per_shard_max as usize
                     && self.admission.len() >= self.cfg().admission_queue_per_shard_max as usize,
                 metrics: &metrics,
+                health: &|| self.shared.liveness.check(),
+                faults: self.cfg().fault_injection,
                 api_key: self.cfg().api_key.as_deref(),
                 accounts: self.shared.accounts.is_some(),
                 body_bytes_max: self.cfg().body_bytes_max as usize,
@@ -349,7 +355,37 @@ impl Shard {
                 *head = Vec::new();
                 self.upgraded(key, identity, response);
             }
+            crate::http::Outcome::Fault(fault) => {
+                *head = Vec::new();
+                tracing::warn!(?fault, "injecting a fault (--fault-injection)");
+                let to = match fault {
+                    crate::http::Fault::PanicShard(n) | crate::http::Fault::StallShard(n, _) => n,
+                    crate::http::Fault::PanicLog => self.id,
+                };
+                let accepted = crate::http::plain(202, "Accepted", "injecting\n");
+                self.respond_http(key, accepted);
+                if to < self.shared.shards {
+                    self.emit(to, ShardMsg::Fault(fault));
+                }
+            }
         }
+    }
+
+    /// Injects a fault (test only), after this turn so that the 202 goes out first.
+    fn inject(&mut self, fault: crate::http::Fault) {
+        let persist = self.shared.persist.clone();
+        glommio::spawn_local(async move {
+            glommio::executor().yield_now().await;
+            match fault {
+                crate::http::Fault::PanicShard(n) => panic!("injected fault: shard {n} panics"),
+                crate::http::Fault::StallShard(_, ms) => {
+                    // Blocks the shard's thread on purpose: a shard stuck in a call.
+                    std::thread::sleep(Duration::from_millis(ms))
+                }
+                crate::http::Fault::PanicLog => persist.inject_panic(),
+            }
+        })
+        .detach();
     }
 
     /// Sends a complete HTTP response and closes once it is written.
@@ -1008,6 +1044,7 @@ impl Shard {
                 subscribe,
                 frames,
             } => self.on_subscribed(conn, room, user, subscribe, frames),
+            ShardMsg::Fault(fault) => self.inject(fault),
         }
     }
 
@@ -1439,6 +1476,7 @@ async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
 async fn ticker(shard: Rc<RefCell<Shard>>) {
     let tick = shard.borrow().tick;
     loop {
+        shard.borrow().shared.liveness.ran(shard.borrow().id);
         glommio::timer::sleep(tick).await;
         if shard.borrow_mut().on_tick(Instant::now()) {
             let s = shard.borrow();

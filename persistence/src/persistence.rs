@@ -116,6 +116,12 @@ impl Handle {
         }
     }
 
+    /// Test only (fault injection): makes the log thread panic once it takes this command.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        let _ = self.appends.send(WalCmd::Panic);
+    }
+
     /// Queues a history read; the answer comes as [`Completion::Read`](crate::Completion::Read)
     /// to `ticket.shard`.
     pub fn read(&self, req: ReadRequest, ticket: Ticket) -> Result<(), AppendError> {
@@ -229,7 +235,19 @@ impl Persistence {
         let (append_tx, append_rx) = bounded(APPEND_QUEUE_RECORDS_MAX);
         let (read_tx, read_rx) = bounded(READ_QUEUE_REQUESTS_MAX);
         let s = shared.clone();
-        let wal = spawn("sokdo-wal", move || wal_thread::run(wal, append_rx, s))?;
+        let wal = spawn("sokdo-wal", move || {
+            let closing = s.clone();
+            let result = wal_thread::run(wal, append_rx, s);
+            if let Err(e) = &result {
+                // Nothing would take the records of the callers still waiting for their
+                // completions: a process that goes on without its log only seems alive.
+                assert!(
+                    closing.closing.load(Relaxed),
+                    "the log thread failed and cannot take more records: {e}"
+                );
+            }
+            result
+        })?;
         let (s, nudge) = (shared.clone(), append_tx.clone());
         let sink = spawn("sokdo-sink", move || sink_thread::run(sink, nudge, s))?;
         let s = shared.clone();

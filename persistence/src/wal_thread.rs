@@ -41,6 +41,8 @@ pub(crate) enum WalCmd {
     /// The sink confirmed more: trim now rather than at the next idle tick.
     Trim,
     Shutdown,
+    /// Fault injection for tests ([`Handle::inject_panic`](crate::Handle::inject_panic)).
+    Panic,
 }
 
 struct Group {
@@ -114,6 +116,7 @@ fn collect(
         match cmd {
             WalCmd::Shutdown => return Ok(true),
             WalCmd::Trim => {}
+            WalCmd::Panic => panic!("injected fault: the log thread panics"),
             WalCmd::Append {
                 rec,
                 ticket,
