@@ -78,3 +78,107 @@ async fn sigterm_drains_readiness_then_connections_then_exits() {
     let status = server.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }
+
+/// A server whose `POST /debug/fault/…` is on (test only).
+fn with_faults(args: &[&str]) -> Server {
+    let data = crate::support::temp_dir("faults");
+    Server::start_with_env(&data, args, &[("SOKDO_FAULT_INJECTION", "1")])
+}
+
+/// Injects `fault`, then checks the process ends with status 70 and logs the panic with
+/// the thread's name, the message and a backtrace.
+fn dies_of(fault: &str, thread: &str, message: &str) {
+    let mut server = with_faults(&[]);
+    server.expect_panic();
+    assert_eq!(server.get("/healthz").0, 200);
+    let (status, _) = server.http("POST", &format!("/debug/fault/{fault}"), &[], "");
+    assert_eq!(status, 202);
+    let exit = server.wait_exit(WAIT);
+    assert_eq!(exit.code(), Some(70), "{exit:?}");
+    let panics = server.log_lines("panicked");
+    assert_eq!(panics.len(), 1, "{panics:?}");
+    assert!(
+        // glommio appends its executor id to a shard thread's name.
+        panics[0].contains(&format!("thread '{thread}")) && panics[0].contains(message),
+        "{panics:?}"
+    );
+    assert!(
+        !server.log_lines("sokdo_engine::").is_empty(),
+        "no backtrace frame in the log"
+    );
+}
+
+#[test]
+fn a_panicking_shard_ends_the_process_with_its_backtrace() {
+    dies_of(
+        "panic-shard?shard=1",
+        "sokdo-shard-1",
+        "injected fault: shard 1 panics",
+    );
+}
+
+#[test]
+fn a_panicking_log_thread_ends_the_process() {
+    dies_of(
+        "panic-log",
+        "sokdo-wal",
+        "injected fault: the log thread panics",
+    );
+}
+
+#[test]
+fn a_stalled_shard_fails_healthz_until_it_runs_again() {
+    let server = with_faults(&["--stall-timeout-ms", "300"]);
+    let (status, _) = server.http("POST", "/debug/fault/stall-shard?shard=1&ms=4000", &[], "");
+    assert_eq!(status, 202);
+    // Requests that land on the stalled shard get no answer; shard 0 reports it.
+    let short = Duration::from_millis(500);
+    let deadline = std::time::Instant::now() + WAIT;
+    let reported = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz never reported the stall"
+        );
+        if let Some((503, body)) = server.try_get("/healthz", short) {
+            break body;
+        }
+    };
+    assert!(
+        reported.starts_with("shard 1 has not run for"),
+        "{reported}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.try_get("/healthz", short) != Some((200, "ok\n".into())) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz never recovered"
+        );
+    }
+}
+
+#[test]
+fn fault_injection_is_refused_in_production_and_off_by_default() {
+    let out = std::process::Command::new(crate::support::sokdo_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "s3cret-s3cret-s3cret",
+        ])
+        .env("SOKDO_FAULT_INJECTION", "1")
+        .output()
+        .expect("run sokdo");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--fault-injection (SOKDO_FAULT_INJECTION) is for tests"),
+        "{stderr}"
+    );
+    let server = Server::start(&[]);
+    let (status, _) = server.http("POST", "/debug/fault/panic-shard?shard=0", &[], "");
+    assert_eq!(
+        status, 405,
+        "fault routes exist only with --fault-injection"
+    );
+    assert_eq!(server.get("/healthz").0, 200);
+}

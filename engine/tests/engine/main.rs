@@ -11,3 +11,4 @@ mod lifecycle;
 mod limits;
 mod messaging;
 mod mongo;
+mod stress;

@@ -4,29 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use crate::support::{Client, Server};
-
-/// Connects clients until at least one lands on each of the two shards.
-async fn clients_on_both_shards(server: &Server, n: usize) -> Vec<Client> {
-    let mut clients = Vec::new();
-    let mut i = 0;
-    while clients.len() < n
-        || clients
-            .iter()
-            .map(Client::shard)
-            .collect::<HashSet<_>>()
-            .len()
-            < 2
-    {
-        assert!(
-            i < n + 200,
-            "the kernel never spread connections over both shards"
-        );
-        clients.push(Client::connect(server, &format!("u{i}")).await);
-        i += 1;
-    }
-    clients
-}
+use crate::support::{clients_on_both_shards, Client, Server};
 
 #[tokio::test]
 async fn every_subscriber_on_every_shard_gets_every_message_in_order() {

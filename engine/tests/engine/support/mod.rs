@@ -2,7 +2,7 @@
 //! client (tokio-tungstenite). Every wait is bounded; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -21,6 +21,19 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Every line the server wrote to stderr (also echoed to the test's stderr).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+    /// Set by a test that makes the server panic on purpose.
+    panic_expected: bool,
+}
+
+/// The server binary: `SOKDO_BIN` when set (to run these tests against another build),
+/// else the one cargo built with this test.
+pub fn sokdo_bin() -> std::path::PathBuf {
+    std::env::var_os("SOKDO_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sokdo").into())
 }
 
 impl Server {
@@ -34,22 +47,39 @@ impl Server {
 
     /// Like `start`, on the given data directory (to restart on the same log and store).
     pub fn start_in(data: &std::path::Path, args: &[&str]) -> Server {
+        Server::start_with_env(data, args, &[])
+    }
+
+    /// Like `start_in`, with extra environment variables.
+    pub fn start_with_env(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let shards: &[&str] = if args.contains(&"--shards") {
             &[]
         } else {
             &["--shards", "2"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sokdo"))
+        let mut child = Command::new(sokdo_bin())
             .args(["--listen", "127.0.0.1:0"])
             .args(shards)
             .arg("--data-dir")
             .arg(data)
             .args(args)
             .env("SOKDO_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start sokdo");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let log_reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[sokdo] {line}");
+                    log.lock().unwrap().push(line);
+                }
+            })
+        };
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -63,7 +93,21 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            log,
+            log_reader: Some(log_reader),
+            panic_expected: false,
         }
+    }
+
+    /// The lines of the server's log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// This test makes the server panic on purpose: do not fail it for that.
+    pub fn expect_panic(&mut self) {
+        self.panic_expected = true;
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,6 +121,19 @@ impl Server {
     /// A plain HTTP/1.1 GET; returns the status and the body.
     pub fn get(&self, path: &str) -> (u16, String) {
         self.http("GET", path, &[], "")
+    }
+
+    /// A GET that gives up after `within` (a stalled shard may hold the socket): `None`
+    /// when no complete answer came.
+    pub fn try_get(&self, path: &str, within: Duration) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect_timeout(&self.addr, within).ok()?;
+        s.set_read_timeout(Some(within)).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.get(9..12)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n")?.1.to_owned();
+        Some((status, body))
     }
 
     /// One HTTP/1.1 request (the server closes after answering); the status and the body.
@@ -154,10 +211,20 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server and fails the test if the server's log shows a panic: a shard that
+    /// dies quietly must never pass a test.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // The pipe closes with the process: the reader ends once it has read everything.
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        if !self.panic_expected && !std::thread::panicking() {
+            let panics = self.log_lines("panicked");
+            assert!(panics.is_empty(), "the server panicked: {panics:?}");
         }
     }
 }
@@ -310,6 +377,28 @@ impl Client {
             }
         }
     }
+}
+
+/// Connects clients until at least one lands on each of the two shards.
+pub async fn clients_on_both_shards(server: &Server, n: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    let mut i = 0;
+    while clients.len() < n
+        || clients
+            .iter()
+            .map(Client::shard)
+            .collect::<HashSet<_>>()
+            .len()
+            < 2
+    {
+        assert!(
+            i < n + 200,
+            "the kernel never spread connections over both shards"
+        );
+        clients.push(Client::connect(server, &format!("u{i}")).await);
+        i += 1;
+    }
+    clients
 }
 
 pub fn now_secs() -> u64 {
