@@ -362,11 +362,13 @@ impl Shard {
                     crate::http::Fault::PanicShard(n) | crate::http::Fault::StallShard(n, _) => n,
                     crate::http::Fault::PanicLog => self.id,
                 };
+                if to >= self.shared.shards {
+                    let none = crate::http::plain(400, "Bad Request", "no such shard\n");
+                    return self.respond_http(key, none);
+                }
                 let accepted = crate::http::plain(202, "Accepted", "injecting\n");
                 self.respond_http(key, accepted);
-                if to < self.shared.shards {
-                    self.emit(to, ShardMsg::Fault(fault));
-                }
+                self.emit(to, ShardMsg::Fault(fault));
             }
         }
     }

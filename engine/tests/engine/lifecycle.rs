@@ -181,4 +181,8 @@ fn fault_injection_is_refused_in_production_and_off_by_default() {
         "fault routes exist only with --fault-injection"
     );
     assert_eq!(server.get("/healthz").0, 200);
+    let faulty = with_faults(&[]);
+    let (status, body) = faulty.http("POST", "/debug/fault/panic-shard?shard=2", &[], "");
+    assert_eq!((status, body.as_str()), (400, "no such shard\n"));
+    assert_eq!(faulty.get("/healthz").0, 200);
 }
