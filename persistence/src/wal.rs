@@ -275,30 +275,28 @@ fn write_at(
             .flags(types::FsyncFlags::DATASYNC)
             .build()
             .user_data(USER_DATA_SYNC);
-        let wanted = if sync { 2 } else { 1 };
-        // SAFETY: `rest` outlives the submission because we wait for both completions below.
-        unsafe {
-            let mut sq = ring.submission();
-            if sync {
-                sq.push(&write.flags(squeue::Flags::IO_LINK))
-                    .map_err(io::Error::other)?;
-                sq.push(&fsync).map_err(io::Error::other)?;
-            } else {
-                sq.push(&write).map_err(io::Error::other)?;
-            }
-        }
-        ring.submit_and_wait(wanted)?;
+        let entries = if sync {
+            vec![write.flags(squeue::Flags::IO_LINK), fsync]
+        } else {
+            vec![write]
+        };
+        // SAFETY: `rest` outlives the submission: `submit_all` returns only once the kernel
+        // has completed every entry it submitted (or ends the process when it cannot know).
+        let cqes = unsafe { submit_all(ring, &entries)? };
         let (mut written, mut synced) = (None, false);
-        for cqe in ring.completion() {
-            let res = cqe.result();
-            match cqe.user_data() {
-                USER_DATA_WRITE if res < 0 => return Err(io::Error::from_raw_os_error(-res)),
+        let mut error = None;
+        for (user_data, res) in cqes {
+            match user_data {
+                USER_DATA_WRITE if res < 0 => error = Some(io::Error::from_raw_os_error(-res)),
                 USER_DATA_WRITE => written = Some(res as usize),
-                // A short write severs the link: the sync comes back cancelled and is redone.
+                // A short or failed write severs the link: the sync comes back cancelled.
                 _ if res == -libc_ecanceled() => {}
-                _ if res < 0 => return Err(io::Error::from_raw_os_error(-res)),
+                _ if res < 0 => error = Some(io::Error::from_raw_os_error(-res)),
                 _ => synced = true,
             }
+        }
+        if let Some(e) = error {
+            return Err(e);
         }
         let written =
             written.ok_or_else(|| io::Error::other("io_uring lost a write completion"))?;
@@ -325,14 +323,58 @@ fn fdatasync(ring: Option<&mut IoUring>, file: &File) -> io::Result<()> {
         .build()
         .user_data(USER_DATA_SYNC);
     // SAFETY: the entry references no memory of ours.
-    unsafe { ring.submission().push(&fsync).map_err(io::Error::other)? };
-    ring.submit_and_wait(1)?;
-    for cqe in ring.completion() {
-        if cqe.result() < 0 {
-            return Err(io::Error::from_raw_os_error(-cqe.result()));
+    for (_, res) in unsafe { submit_all(ring, &[fsync])? } {
+        if res < 0 {
+            return Err(io::Error::from_raw_os_error(-res));
         }
     }
     Ok(())
+}
+
+/// Submits `entries` and waits for the completion of each: `(user_data, result)` pairs.
+///
+/// Nothing is left in flight when it returns Ok or Err: entries that do not fit are refused
+/// before any is queued (the ring is empty between calls), and an interrupted or busy wait is
+/// resumed. Once queued, an entry cannot be taken back, so if the kernel keeps refusing to
+/// take or report them the process cannot know when the memory they point at is free: it
+/// panics (fail-stop, see the engine's `liveness`) rather than return into freeing it.
+///
+/// # Safety
+/// Every buffer the entries point at must stay valid until this returns.
+unsafe fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Result<Vec<(u64, i32)>> {
+    const RETRIES_MAX: u32 = 1_000;
+    {
+        let mut sq = ring.submission();
+        if sq.capacity() - sq.len() < entries.len() {
+            return Err(io::Error::other("io_uring submission queue is full"));
+        }
+        for entry in entries {
+            // SAFETY: the caller keeps the buffers valid until every completion is reaped;
+            // there is room, so the push cannot fail.
+            unsafe { sq.push(entry).expect("room was checked") };
+        }
+    }
+    let mut cqes = Vec::with_capacity(entries.len());
+    let mut retries = 0;
+    while cqes.len() < entries.len() {
+        if let Err(e) = ring.submit_and_wait(entries.len() - cqes.len()) {
+            // EINTR, EAGAIN, EBUSY (completion queue full: reaping below makes room).
+            let transient = matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::ResourceBusy
+            );
+            retries += 1;
+            assert!(
+                transient && retries <= RETRIES_MAX,
+                "io_uring_enter failed ({e}) with log writes queued or in flight: the buffer \
+                 they read cannot be freed safely"
+            );
+        }
+        cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+    }
+    Ok(cqes)
 }
 
 /// `ECANCELED` on Linux; spelled out to avoid a libc dependency for one constant.
