@@ -119,7 +119,10 @@ fn main() -> anyhow::Result<()> {
             vec![scenario::run_load(&a.common, "fanout", &a.load())?],
             a.common,
         ),
-        Cmd::Steady(a) => ("steady", steady::steady(&a)?, a.common),
+        Cmd::Steady(a) => {
+            a.check().unwrap_or_else(|e| e.exit());
+            ("steady", steady::steady(&a)?, a.common)
+        }
         Cmd::Idle(a) => ("idle", vec![scenario::idle(&a)?], a.common),
     };
     let report = new_report(command, runs, Host::default());

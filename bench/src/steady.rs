@@ -1,6 +1,7 @@
 //! The seeds' own workloads as presets (shared/seeds/BRIEF.md), each judged against the
 //! seed's own target.
 
+use clap::error::ErrorKind;
 use clap::{Args, ValueEnum};
 
 use crate::report::{Check, Run};
@@ -9,10 +10,11 @@ use crate::worker::Rooms;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum Preset {
-    /// Seed 002: 3,000 users × 1 msg/s, rooms of 30; target: 0 % errors, mean ≤ 100 ms.
+    /// Seed 002: 3,000 users × 1 msg/s, rooms of 30 (`--room-size`); target: 0 % errors,
+    /// mean ≤ 100 ms.
     Ktb,
-    /// Seed 001: 5,000 msg/s from 5,000 users, rooms of 10; target: p99 ≤ 1,000 ms, the
-    /// full rate sustained.
+    /// Seed 001: 5,000 msg/s from 5,000 users, rooms of 10 (`--room-size`); target: p99 ≤
+    /// 1,000 ms, the full rate sustained.
     Thiscode,
     /// Seed 003: one room, 1,000 users × 100 messages, then 2,000 users × 50; target:
     /// mean < 2,000 ms, errors < 1 %.
@@ -28,12 +30,43 @@ pub struct SteadyArgs {
     /// Scale every user count by this factor (e.g. 0.1 for a quick check).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
-    /// Publishing time for `ktb` and `thiscode`.
+    /// Users per room for `ktb` (default 30) and `thiscode` (default 10). The users are dealt
+    /// round-robin over ⌈users ÷ this⌉ rooms (user u in room u mod that), so a room holds at
+    /// most this many, exactly this many when it divides the (scaled) user count. Refused
+    /// with `webchat`, whose one room holds every user.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub room_size: Option<u64>,
+    /// Publishing time for `ktb` and `thiscode`, in seconds.
     #[arg(long, default_value_t = 60.0)]
     pub duration_s: f64,
+    /// Time allowed, after publishing stops, for the acks and deliveries in flight to arrive
+    /// (the run ends as soon as they all have), in seconds. Default: 10 for `ktb` and
+    /// `thiscode`, 30 for each `webchat` run.
+    #[arg(long)]
+    pub drain_s: Option<f64>,
     /// Messages per second of each `webchat` user.
     #[arg(long, default_value_t = 1.0)]
     pub webchat_user_rate: f64,
+}
+
+impl SteadyArgs {
+    /// What clap's attributes cannot say: `--room-size` means nothing to `webchat`.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if self.preset == Preset::Webchat && self.room_size.is_some() {
+            let mut cmd = SteadyArgs::augment_args(clap::Command::new("sokdo-bench steady"));
+            return Err(cmd.error(
+                ErrorKind::ArgumentConflict,
+                "the argument '--room-size <ROOM_SIZE>' cannot be used with '--preset webchat': \
+                 its one room holds every user",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rooms for `users` users, `default` users per room unless `--room-size` says otherwise.
+    fn rooms(&self, users: u64, default: u64) -> Rooms {
+        Rooms::Modulo(users.div_ceil(self.room_size.unwrap_or(default)))
+    }
 }
 
 pub fn steady(args: &SteadyArgs) -> anyhow::Result<Vec<Run>> {
@@ -44,12 +77,12 @@ pub fn steady(args: &SteadyArgs) -> anyhow::Result<Vec<Run>> {
             let users = scaled(3000);
             let load = Load {
                 users,
-                rooms: Rooms::Modulo(users.div_ceil(30)),
+                rooms: args.rooms(users, 30),
                 publishers: users,
                 rate_total: users as f64,
                 messages_max: None,
                 duration_s: args.duration_s,
-                drain_s: 10.0,
+                drain_s: args.drain_s.unwrap_or(10.0),
             };
             let mut run = run_load(&args.common, "steady:ktb", &load)?;
             let error_rate = error_rate(&run);
@@ -71,12 +104,12 @@ pub fn steady(args: &SteadyArgs) -> anyhow::Result<Vec<Run>> {
             let rate = users as f64;
             let load = Load {
                 users,
-                rooms: Rooms::Modulo(users.div_ceil(10)),
+                rooms: args.rooms(users, 10),
                 publishers: users,
                 rate_total: rate,
                 messages_max: None,
                 duration_s: args.duration_s,
-                drain_s: 10.0,
+                drain_s: args.drain_s.unwrap_or(10.0),
             };
             let mut run = run_load(&args.common, "steady:thiscode", &load)?;
             let p99 = run.summary.latency_ms.p99;
@@ -112,7 +145,7 @@ pub fn steady(args: &SteadyArgs) -> anyhow::Result<Vec<Run>> {
                     rate_total: users as f64 * args.webchat_user_rate,
                     messages_max: Some(messages),
                     duration_s: messages as f64 / args.webchat_user_rate * 3.0 + 10.0,
-                    drain_s: 30.0,
+                    drain_s: args.drain_s.unwrap_or(30.0),
                 };
                 let name = format!("steady:webchat-{users}x{messages}");
                 let mut run = run_load(&args.common, &name, &load)?;

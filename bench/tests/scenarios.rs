@@ -9,18 +9,33 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A `sokdo` on a free loopback port, with its own data directory. Its stderr (its log, and
+/// any panic message) is kept in memory; dropping the server kills it and then fails the
+/// test if that log reports a panic — a shard that panicked fails the test even when the
+/// bench's figures looked right.
 struct Server {
     child: Child,
     addr: SocketAddr,
     data_dir: PathBuf,
+    log: Arc<Mutex<Vec<u8>>>,
+    log_reader: Option<JoinHandle<()>>,
 }
 
 impl Server {
+    /// One shard, default durability (`sync`).
     fn start() -> Server {
+        Server::start_with(&["--shards", "1"])
+    }
+
+    /// `args` after `--listen` and `--data-dir`: `--shards` (sokdo's default is one per CPU)
+    /// and any other of sokdo's flags, e.g. `["--shards", "2", "--durability", "async"]`.
+    fn start_with(args: &[&str]) -> Server {
         let bin = sokdo_bin();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -29,17 +44,29 @@ impl Server {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let data_dir = unique_path("data");
         std::fs::create_dir_all(&data_dir).unwrap();
-        let child = Command::new(&bin)
-            .args(["--listen", &addr.to_string(), "--shards", "1", "--data-dir"])
+        let mut child = Command::new(&bin)
+            .args(["--listen", &addr.to_string(), "--data-dir"])
             .arg(&data_dir)
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        let log_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
         let server = Server {
             child,
             addr,
             data_dir,
+            log,
+            log_reader: Some(log_reader),
         };
         wait_until(Duration::from_secs(20), "sokdo answers /healthz", || {
             healthz(addr)
@@ -50,13 +77,58 @@ impl Server {
     fn pid(&self) -> String {
         self.child.id().to_string()
     }
+
+    /// The server's stderr so far.
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
+    }
+}
+
+/// The lines of a server log that report a panic (a thread's, or one glommio caught while
+/// waking a task), each with the few lines after it (the message, the location).
+fn panic_report(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let hits: Vec<usize> = (0..lines.len())
+        .filter(|&i| {
+            lines[i].contains("panicked") || lines[i].contains("Panic while calling waker")
+        })
+        .collect();
+    let first = *hits.first()?;
+    let mut report = format!(
+        "{} panic line(s) in the server's log; from the first:\n",
+        hits.len()
+    );
+    for line in lines.iter().skip(first).take(20) {
+        report.push_str(line);
+        report.push('\n');
+    }
+    Some(report)
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The pipe closes with the process; bounded in case something else still holds it.
+        if let Some(reader) = self.log_reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        let Some(report) = panic_report(&self.log()) else {
+            return;
+        };
+        if std::thread::panicking() {
+            // The test failed already; say why the server may have misbehaved.
+            eprintln!("sokdo at {}: {report}", self.addr);
+        } else {
+            panic!("sokdo at {}: {report}", self.addr);
+        }
     }
 }
 
@@ -418,4 +490,175 @@ fn established_to(port: u16) -> usize {
             cols.len() > 3 && cols[1].ends_with(&local) && cols[3] == "01"
         })
         .count()
+}
+
+/// The seeds' steady loads take this lock, so that under `cargo test` (tests as threads of
+/// one process) they run one at a time: two at once on a 2-core machine starve the debug
+/// server, and deliveries miss the drain. (nextest runs each test in a process of its own;
+/// `.config/nextest.toml` gives these tests all of its test threads instead.)
+static SEED_LOAD: Mutex<()> = Mutex::new(());
+
+/// Users per room in a seed's steady load.
+#[derive(Clone, Copy)]
+enum Members {
+    /// Every room has this many users.
+    Each(u64),
+    /// One room holds every user of the run (`webchat`).
+    Everyone,
+}
+
+/// Runs `steady --preset <preset> <load>` against a 2-shard sokdo in `durability` mode
+/// (100-byte bodies, as in issue 9), expecting `runs` runs in the report, and checks each
+/// run's totals: every user connected and stayed, every send acknowledged, and received =
+/// Σ rooms acked × members = acked × `members` (rooms of equal size). Dropping the server
+/// then checks its log for panics. The preset's latency targets (`passed`) are not checked:
+/// this is a debug server on a CI machine; the totals do not depend on timing.
+fn seed_load_delivers_every_message(
+    preset: &str,
+    durability: &str,
+    load: &[&str],
+    members: Members,
+    runs: usize,
+) {
+    let _one_at_a_time = SEED_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with(&["--shards", "2", "--durability", durability]);
+    let addr = server.addr.to_string();
+    let mut args = vec!["steady", "--preset", preset, "--server", &addr];
+    // However slow this machine, every message in flight gets time to arrive; the run ends
+    // as soon as all have.
+    args.extend_from_slice(&["--body-bytes", "100", "--drain-s", "60"]);
+    args.extend_from_slice(load);
+    let started = Instant::now();
+    let report = run_bench(&args, Duration::from_secs(300));
+    eprintln!(
+        "steady --preset {preset} ({durability}): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let report_runs = report["runs"].as_array().unwrap();
+    assert_eq!(report_runs.len(), runs, "{report}");
+    for run in report_runs {
+        let name = run["scenario"].as_str().unwrap();
+        assert!(name.starts_with(&format!("steady:{preset}")), "{name}");
+        let s = &run["summary"];
+        eprintln!(
+            "  {name}: {} users, sent {}, acked {}, received {} of {}",
+            s["connect_ok"], s["sent"], s["acked"], s["received"], s["expected_deliveries"]
+        );
+        assert_eq!(s["unreachable"], false, "{name}: {s}");
+        let users = u(&run["config"]["load"]["users"]);
+        assert_eq!(
+            u(&s["connect_ok"]),
+            users,
+            "{name}: every user connected: {s}"
+        );
+        assert_eq!(u(&s["connect_fail"]), 0, "{name}: {s}");
+        assert_eq!(u(&s["disconnects"]), 0, "{name}: nobody was closed: {s}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{name}: {s}");
+        let acked = u(&s["acked"]);
+        assert!(acked > 0, "{name}: {s}");
+        assert_eq!(acked, u(&s["sent"]), "{name}: every send acknowledged: {s}");
+        let members = match members {
+            Members::Each(m) => m,
+            Members::Everyone => users,
+        };
+        // The rooms the bench used: users dealt over users ÷ members rooms, all full.
+        assert_eq!(
+            users % members,
+            0,
+            "{name}: rooms of {members} for {users} users"
+        );
+        let rooms = serde_json::json!({ "modulo": users / members });
+        assert_eq!(run["config"]["load"]["rooms"], rooms, "{name}");
+        assert_eq!(u(&s["expected_deliveries"]), acked * members, "{name}: {s}");
+        assert_eq!(u(&s["received"]), acked * members, "{name}: {s}");
+        if let Some(shape) = name.strip_prefix("steady:webchat-") {
+            // webchat-<users>x<messages>: each user sent all its messages.
+            let per_user: u64 = shape.split_once('x').unwrap().1.parse().unwrap();
+            assert_eq!(
+                s["stop_reason"], "every publisher sent its messages",
+                "{name}: {s}"
+            );
+            assert_eq!(acked, users * per_user, "{name}: {s}");
+        }
+    }
+    // `server` drops here, before the lock: it is killed, and its log checked for panics.
+}
+
+/// Seed 002 as issue 9 ran it: 3,000 users in rooms of 10 (not the preset's 30: that is
+/// 90,000 deliveries/s, more than a debug server on 2 cores delivers), one message per user
+/// per second, 20 s.
+const KTB: &[&str] = &["--room-size", "10", "--duration-s", "20"];
+
+/// Seed 001, with the preset's own rooms of 10 (no `--room-size`): 1,500 users (0.3 × 5,000)
+/// × 1 msg/s, 20 s. At 0.6 it would be the same load as `KTB` above, which covers 3,000.
+const THISCODE: &[&str] = &["--scale", "0.3", "--duration-s", "20"];
+
+/// Seed 003: one room of 40 users × 100 messages, then 80 users × 50 (0.04 × 1,000 and
+/// 2,000), 10 messages/s each: 160,000 then 320,000 deliveries, ~10 s + ~5 s of sending.
+const WEBCHAT: &[&str] = &["--scale", "0.04", "--webchat-user-rate", "10"];
+
+#[test]
+fn seed_load_ktb_sync() {
+    seed_load_delivers_every_message("ktb", "sync", KTB, Members::Each(10), 1);
+}
+
+#[test]
+fn seed_load_ktb_async() {
+    seed_load_delivers_every_message("ktb", "async", KTB, Members::Each(10), 1);
+}
+
+#[test]
+fn seed_load_thiscode_sync() {
+    seed_load_delivers_every_message("thiscode", "sync", THISCODE, Members::Each(10), 1);
+}
+
+#[test]
+fn seed_load_thiscode_async() {
+    seed_load_delivers_every_message("thiscode", "async", THISCODE, Members::Each(10), 1);
+}
+
+#[test]
+fn seed_load_webchat_sync() {
+    seed_load_delivers_every_message("webchat", "sync", WEBCHAT, Members::Everyone, 2);
+}
+
+#[test]
+fn seed_load_webchat_async() {
+    seed_load_delivers_every_message("webchat", "async", WEBCHAT, Members::Everyone, 2);
+}
+
+#[test]
+fn steady_refuses_a_room_size_for_webchat() {
+    let out = bench(&[
+        "steady",
+        "--preset",
+        "webchat",
+        "--room-size",
+        "10",
+        "--server",
+        "127.0.0.1:1",
+    ])
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--room-size <ROOM_SIZE>' cannot be used with '--preset webchat'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn server_log_panics_are_found() {
+    let log = "INFO sokdo_engine::server: listening\n\
+               thread 'shard-1' panicked at engine/src/mesh.rs:10:5:\n\
+               index out of bounds\n\
+               INFO next\n";
+    let report = panic_report(log).expect("a panic");
+    assert!(report.starts_with("1 panic line(s)"), "{report}");
+    assert!(report.contains("index out of bounds"), "{report}");
+    let waker = "ERROR glommio: Panic while calling waker! Any { .. }\n";
+    assert!(panic_report(waker).is_some());
+    assert!(panic_report("INFO sokdo_engine::server: recovered rooms=0\n").is_none());
 }
