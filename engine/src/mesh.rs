@@ -175,6 +175,29 @@ impl Doorbell {
         }
     }
 
+    /// Runs `drain` (which takes a bounded batch of the published work and returns how many
+    /// items it took, or `None` to stop) for as long as work keeps coming, and sleeps on the
+    /// bell when it stops. While work comes the loop yields only when glommio asks (it has
+    /// run for a preemption slice): a sleeping task is woken only at the executor's next
+    /// reactor turn, which on a busy shard comes late. Before sleeping it looks once more
+    /// after the shard's other tasks had a turn, so a steady trickle is served without a
+    /// wake per item.
+    pub async fn serve(&self, mut drain: impl FnMut() -> Option<usize>) {
+        let mut looked_again = false;
+        while let Some(popped) = drain() {
+            if popped > 0 {
+                looked_again = false;
+                glommio::yield_if_needed().await;
+            } else if !looked_again {
+                looked_again = true;
+                glommio::executor().yield_now().await;
+            } else {
+                looked_again = false;
+                self.sleep().await;
+            }
+        }
+    }
+
     /// Wakes sent so far.
     pub fn wakes(&self) -> u64 {
         self.wakes.load(Ordering::Relaxed)
@@ -333,7 +356,11 @@ mod tests {
                     });
                     let inbox = glommio::spawn_local(async move {
                         let (mut next_msg, mut next_completion) = (0, 0);
-                        while next_msg < EACH || next_completion < EACH {
+                        let bell = mesh.doorbell(1);
+                        bell.serve(|| {
+                            if next_msg == EACH && next_completion == EACH {
+                                return None;
+                            }
                             // Small batches: many rounds per reactor turn.
                             let mut popped = mesh.drain(1, 2, |_, m| {
                                 assert_eq!(m, next_msg, "mesh order");
@@ -344,14 +371,10 @@ mod tests {
                                 next_completion += 1;
                                 popped += 1;
                             }
-                            // As `shard::inbox_loop` does.
-                            if popped == 0 {
-                                mesh.doorbell(1).sleep().await;
-                            } else {
-                                glommio::executor().yield_now().await;
-                            }
-                        }
-                        mesh.doorbell(1).wakes()
+                            Some(popped)
+                        })
+                        .await;
+                        bell.wakes()
                     });
                     let wakes = inbox.await;
                     done.store(true, Ordering::Relaxed);

@@ -30,6 +30,9 @@ use crate::room::Room;
 use crate::ws::{self, close, Inbound};
 use sokdo_persistence::RoomSnapshot;
 
+/// How long the inbox may wait behind the connection tasks once it has work (glommio's
+/// preemption slice while the inbox's task queue is active).
+const INBOX_LATENCY: Duration = Duration::from_millis(1);
 /// Messages one shard's inbox task handles per batch before yielding.
 const INBOX_BATCH_MAX: usize = 256;
 /// Bad requests one connection may make before it is closed 1008.
@@ -1405,9 +1408,18 @@ pub async fn run(
     shard.borrow_mut().me = Rc::downgrade(&shard);
     // When the ticker ends the drain, the other two futures (and the listener, which leaves
     // the SO_REUSEPORT group) are dropped with it.
-    // The inbox is a task of its own (its waker belongs to the doorbell alone); dropping its
+    // The inbox is a task of its own (its waker belongs to the doorbell alone), in a task
+    // queue of its own marked latency-sensitive: a wake for it from another thread then
+    // writes the executor's eventfd at once, which preempts the connection tasks at their
+    // next boundary instead of waiting for the end of their 100 ms slice. Dropping the
     // handle cancels it.
-    let _inbox = glommio::spawn_local(inbox_loop(shard.clone()));
+    let inbox_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(1000),
+        glommio::Latency::Matters(INBOX_LATENCY),
+        "sokdo-inbox",
+    );
+    let _inbox = glommio::spawn_local_into(inbox_loop(shard.clone()), inbox_queue)
+        .expect("the task queue was just created");
     futures_lite::future::or(accept_loop(shard.clone(), listener), ticker(shard)).await;
 }
 
@@ -1446,33 +1458,24 @@ async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
         let s = shard.borrow();
         (s.id, s.shared.clone())
     };
-    loop {
-        let popped = {
-            let mut s = shard.borrow_mut();
-            s.flush_outbox();
-            let mut popped = 0;
-            while popped < INBOX_BATCH_MAX {
-                let Some(completion) = shared.completions.pop(id) else {
-                    break;
-                };
-                s.on_completion(completion);
-                popped += 1;
-            }
-            popped
-                + shared
-                    .mesh
-                    .drain(id, INBOX_BATCH_MAX, |_, msg| s.apply(msg))
-        };
-        if popped == 0 {
-            // Nothing came since the last look: sleep until the next ring (at once if it
-            // already came).
-            shared.mesh.doorbell(id).sleep().await;
-        } else {
-            // While work keeps coming, poll between the other tasks instead of sleeping:
-            // a foreign wake reaches a busy executor only at its next reactor turn.
-            glommio::executor().yield_now().await;
+    let serving = shared.mesh.doorbell(id).serve(|| {
+        let mut s = shard.borrow_mut();
+        s.flush_outbox();
+        let mut popped = 0;
+        while popped < INBOX_BATCH_MAX {
+            let Some(completion) = shared.completions.pop(id) else {
+                break;
+            };
+            s.on_completion(completion);
+            popped += 1;
         }
-    }
+        let popped = popped
+            + shared
+                .mesh
+                .drain(id, INBOX_BATCH_MAX, |_, msg| s.apply(msg));
+        Some(popped)
+    });
+    serving.await;
 }
 
 async fn ticker(shard: Rc<RefCell<Shard>>) {
