@@ -4,11 +4,11 @@
 //! request was answered, every message reached every member in order, `/healthz` still
 //! answers, and — when the `Server` is dropped — that the log shows no panic.
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{clients_on_both_shards, Client, Server, WAIT};
+use crate::support::{clients_on_both_shards, Client, Server};
 
 /// Requests one client keeps in flight, as in the report that found the panic.
 const IN_FLIGHT_MAX: u64 = 512;
@@ -48,7 +48,7 @@ async fn pipeline(
             }
             client.ws.flush().await.expect("flush");
         }
-        let v = next_json(client).await;
+        let v = client.recv().await;
         if v.get("id").is_some() {
             assert_eq!(v["op"], "ok", "request {} failed: {v}", v["id"]);
             answered += 1;
@@ -57,21 +57,6 @@ async fn pipeline(
         }
     }
     answered
-}
-
-async fn next_json(client: &mut Client) -> Value {
-    loop {
-        let frame = tokio::time::timeout(WAIT, client.ws.next())
-            .await
-            .expect("a frame within the wait")
-            .expect("connection open")
-            .expect("frame");
-        match frame {
-            Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
 }
 
 /// Counts one room's `msg` events and checks their seqs are consecutive.
@@ -107,7 +92,7 @@ impl Msgs {
     /// Reads from `client` until `count` messages were seen.
     async fn read_until(&mut self, client: &mut Client, count: u64) {
         while self.count < count {
-            let v = next_json(client).await;
+            let v = client.recv().await;
             self.see(&v);
         }
         assert_eq!(self.count, count, "more messages than were sent");
