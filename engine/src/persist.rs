@@ -49,10 +49,6 @@ impl Completions {
     pub fn pop(&self, shard: ShardId) -> Option<Completion> {
         self.queues[shard as usize].pop()
     }
-
-    pub fn has_pending(&self, shard: ShardId) -> bool {
-        !self.queues[shard as usize].is_empty()
-    }
 }
 
 struct ShardSink {
