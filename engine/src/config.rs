@@ -205,6 +205,8 @@ pub enum ConfigError {
     WalSmallerThanSegments { max: u64, segment: u64 },
     #[error("--idle-timeout-ms ({idle}) must be larger than --heartbeat-ms ({heartbeat}), or idle clients are closed between pings")]
     IdleBelowHeartbeat { idle: u64, heartbeat: u64 },
+    #[error("--stall-timeout-ms ({stall}) must be at least {min}: four of the shards' ticks (--heartbeat-ms / 4, 10–250 ms), or a running shard looks stuck")]
+    StallBelowTicks { stall: u64, min: u64 },
     #[error(
         "--fault-injection (SOKDO_FAULT_INJECTION) is for tests: it is refused with --jwt-secret"
     )]
@@ -238,10 +240,21 @@ impl Config {
                 heartbeat: self.heartbeat_ms,
             });
         }
+        if self.stall_timeout_ms < 4 * self.tick_ms() {
+            return Err(ConfigError::StallBelowTicks {
+                stall: self.stall_timeout_ms,
+                min: 4 * self.tick_ms(),
+            });
+        }
         if self.fault_injection && self.jwt_secret.is_some() {
             return Err(ConfigError::FaultInjectionInProduction);
         }
         Ok(())
+    }
+
+    /// The interval of each shard's ticker (heartbeats, timeouts, liveness), in ms.
+    pub fn tick_ms(&self) -> u64 {
+        (self.heartbeat_ms / 4).clamp(10, 250)
     }
 
     /// The persistence crate's configuration.

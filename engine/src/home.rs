@@ -386,7 +386,7 @@ impl Shard {
             user.to_owned(),
             password.to_owned(),
         );
-        glommio::spawn_local(async move {
+        crate::shard::spawn_task(async move {
             let matches =
                 crate::password::off_shard(move || crate::password::verify(&password, &hash)).await;
             let Some(shard) = me.upgrade() else { return };

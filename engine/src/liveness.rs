@@ -5,11 +5,13 @@
 //!   connections and rooms alone, so a shard that died would leave its listener accepting
 //!   sockets nobody answers, and its rooms unreachable from the other shards. The hook logs
 //!   the panic with its thread and backtrace, then exits at once with [`EXIT_FATAL`].
-//!   Restarting the process replays the write-ahead log, which holds every acknowledged
-//!   message; docs/ARCHITECTURE.md says why this beats restarting one shard.
+//!   Restarting the process replays the write-ahead log, which holds every message
+//!   acknowledged with `--durability sync` (with `async`, the last unsynced group may be
+//!   lost, as on any crash); docs/ARCHITECTURE.md says why this beats restarting one shard.
 //! - **A shard that stops running is reported** ([`Liveness`]): each shard's ticker stamps
 //!   the time it last ran; `/healthz`, answered by any shard, is 503 while some shard has
-//!   not run for `--stall-timeout-ms` (a shard stuck in a loop or a blocking call).
+//!   not run for `--stall-timeout-ms` (a shard stuck in a loop or a blocking call). A shard
+//!   that finished its drain is not a stall.
 //! - A thread that ends when nobody asked it to is as fatal as a panic ([`fatal`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,11 +26,21 @@ pub const EXIT_FATAL: i32 = 70;
 /// whether or not something would have caught the unwind (glommio catches panics of
 /// wakers and goes on without the task).
 pub fn install_panic_hook() {
-    static PANICKING: AtomicBool = AtomicBool::new(false);
+    static REPORTING: AtomicBool = AtomicBool::new(false);
+    thread_local! {
+        static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
     std::panic::set_hook(Box::new(|info| {
-        if PANICKING.swap(true, Ordering::SeqCst) {
-            // A second panic while reporting the first: stop without another word.
+        if IN_HOOK.replace(true) {
+            // This thread panicked while reporting its first panic: stop without a word.
             std::process::abort();
+        }
+        if REPORTING.swap(true, Ordering::SeqCst) {
+            // Another thread is reporting its panic and will end the process: wait for it,
+            // so that its report is not cut short.
+            loop {
+                std::thread::park();
+            }
         }
         let thread = std::thread::current();
         let location = info
@@ -54,11 +66,13 @@ pub fn fatal(why: &str) -> ! {
 
 fn exit_now() -> ! {
     // `_exit`, not `exit`: no atexit handlers or stdout flushing that could wait on a lock
-    // the dead thread held. The log is on stderr, which is unbuffered; every acknowledged
-    // message is in the write-ahead log already.
+    // the dead thread held. The log is on stderr, which is unbuffered.
     // SAFETY: `_exit` has no preconditions; it ends the process.
     unsafe { libc::_exit(EXIT_FATAL) }
 }
+
+/// A shard that has finished its drain and stopped on purpose.
+const STOPPED: u64 = u64::MAX;
 
 /// When each shard last ran its ticker.
 pub struct Liveness {
@@ -85,6 +99,11 @@ impl Liveness {
         self.ran_at(shard, self.now_ms());
     }
 
+    /// `shard` finished its drain: it stops running and is not a stall.
+    pub fn stopped(&self, shard: ShardId) {
+        self.last_run_ms[shard as usize].store(STOPPED, Ordering::Relaxed);
+    }
+
     fn ran_at(&self, shard: ShardId, now_ms: u64) {
         self.last_run_ms[shard as usize].store(now_ms, Ordering::Relaxed);
     }
@@ -95,16 +114,25 @@ impl Liveness {
     }
 
     fn check_at(&self, now: u64) -> Result<(), String> {
-        for (shard, last) in self.last_run_ms.iter().enumerate() {
-            let silent_ms = now.saturating_sub(last.load(Ordering::Relaxed));
-            if silent_ms > self.stall_timeout_ms {
-                return Err(format!(
-                    "shard {shard} has not run for {silent_ms} ms (--stall-timeout-ms {})",
-                    self.stall_timeout_ms
-                ));
-            }
+        let stalled: Vec<String> = self
+            .last_run_ms
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, last)| {
+                let last = last.load(Ordering::Relaxed);
+                let silent_ms = now.saturating_sub(last);
+                (last != STOPPED && silent_ms > self.stall_timeout_ms)
+                    .then(|| format!("shard {shard} has not run for {silent_ms} ms"))
+            })
+            .collect();
+        if stalled.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(format!(
+            "{} (--stall-timeout-ms {})",
+            stalled.join(", "),
+            self.stall_timeout_ms
+        ))
     }
 }
 
@@ -124,6 +152,13 @@ mod tests {
         );
         live.ran_at(1, 1_600);
         assert_eq!(live.check_at(2_500), Ok(()));
-        assert!(live.check_at(2_501).unwrap_err().starts_with("shard 0 "));
+        assert_eq!(
+            live.check_at(2_601).unwrap_err(),
+            "shard 0 has not run for 1101 ms, shard 1 has not run for 1001 ms \
+             (--stall-timeout-ms 1000)"
+        );
+        live.stopped(0);
+        live.stopped(1);
+        assert_eq!(live.check_at(1_000_000), Ok(()));
     }
 }

@@ -38,9 +38,28 @@ pub fn verify(password: &str, hash: &str) -> bool {
     })
 }
 
+thread_local! {
+    /// Calls of this shard's thread still on the blocking pool.
+    static IN_FLIGHT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Runs `f` on the executor's blocking pool.
 pub async fn off_shard<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            IN_FLIGHT.with(|n| n.set(n.get() - 1));
+        }
+    }
+    IN_FLIGHT.with(|n| n.set(n.get() + 1));
+    let _done = Done;
     glommio::executor().spawn_blocking(f).await
+}
+
+/// Calls of this thread's `off_shard` not finished yet. A shard's drain waits for them:
+/// glommio's pool thread panics if it finishes a job after its executor is gone.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.with(|n| n.get())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -219,7 +220,7 @@ pub struct Shard {
 impl Shard {
     /// A shard that homes the given rooms, as persisted.
     pub fn new(id: ShardId, shared: Arc<Shared>, rooms: Vec<RoomSnapshot>) -> Shard {
-        let tick = Duration::from_millis((shared.cfg.heartbeat_ms / 4).clamp(10, 250));
+        let tick = Duration::from_millis(shared.cfg.tick_ms());
         let mut shard = Shard {
             id,
             m: shared.metrics.for_shard(id),
@@ -379,7 +380,7 @@ impl Shard {
     /// Injects a fault (test only), after this turn so that the 202 goes out first.
     fn inject(&mut self, fault: crate::http::Fault) {
         let persist = self.shared.persist.clone();
-        glommio::spawn_local(async move {
+        spawn_task(async move {
             glommio::executor().yield_now().await;
             match fault {
                 crate::http::Fault::PanicShard(n) => panic!("injected fault: shard {n} panics"),
@@ -485,7 +486,7 @@ impl Shard {
             }
         }
         let (me, conn, ok_status) = (self.me.clone(), self.conn_ref(key), call.ok_status());
-        glommio::spawn_local(async move {
+        spawn_task(async move {
             let result = crate::password::off_shard(move || match call {
                 ApiCall::Register { user, password, name } => {
                     accounts.register(&user, &password, name.as_deref()).map(|()| serde_json::json!({"op": "ok", "user": user}))
@@ -870,7 +871,7 @@ impl Shard {
         };
         crate::password::check_length(&password)?;
         let me = self.me.clone();
-        glommio::spawn_local(async move {
+        spawn_task(async move {
             let hashed = crate::password::off_shard(move || crate::password::hash(&password)).await;
             let Some(shard) = me.upgrade() else { return };
             let mut shard = shard.borrow_mut();
@@ -1268,7 +1269,7 @@ impl Shard {
         // Stay up (answering /readyz 503) for the whole spread, so the load balancer sees
         // it, even when this shard has no connections left.
         let spread_over = elapsed >= Duration::from_millis(self.cfg().drain_spread_ms);
-        if (self.conns.is_empty() && spread_over)
+        if (self.conns.is_empty() && spread_over && crate::password::in_flight() == 0)
             || elapsed > Duration::from_millis(self.cfg().drain_timeout_ms)
         {
             return true;
@@ -1404,6 +1405,7 @@ pub async fn run(
     listener: TcpListener,
     rooms: Vec<RoomSnapshot>,
 ) {
+    TASKS.set(Some(glommio::executor().current_task_queue()));
     let shard = Rc::new(RefCell::new(Shard::new(id, shared, rooms)));
     shard.borrow_mut().me = Rc::downgrade(&shard);
     // When the ticker ends the drain, the other two futures (and the listener, which leaves
@@ -1421,6 +1423,21 @@ pub async fn run(
     let _inbox = glommio::spawn_local_into(inbox_loop(shard.clone()), inbox_queue)
         .expect("the task queue was just created");
     futures_lite::future::or(accept_loop(shard.clone(), listener), ticker(shard)).await;
+}
+
+thread_local! {
+    /// The shard's default task queue, where connection tasks and their helpers run.
+    static TASKS: std::cell::Cell<Option<glommio::TaskQueueHandle>> = const { std::cell::Cell::new(None) };
+}
+
+/// Spawns a helper task of the shard (a continuation after the blocking pool, a fault) into
+/// the default task queue: `glommio::spawn_local` would put it in whichever queue is running,
+/// and tasks spawned by the inbox must not run as latency-sensitive.
+pub(crate) fn spawn_task<T: 'static>(
+    future: impl Future<Output = T> + 'static,
+) -> glommio::Task<T> {
+    let queue = TASKS.get().expect("spawn_task runs on a shard");
+    glommio::spawn_local_into(future, queue).expect("the shard's default queue exists")
 }
 
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
@@ -1485,6 +1502,7 @@ async fn ticker(shard: Rc<RefCell<Shard>>) {
         glommio::timer::sleep(tick).await;
         if shard.borrow_mut().on_tick(Instant::now()) {
             let s = shard.borrow();
+            s.shared.liveness.stopped(s.id);
             tracing::info!(shard = s.id, left = s.conns.len(), "drained");
             return;
         }
