@@ -342,7 +342,13 @@ fn fdatasync(ring: Option<&mut IoUring>, file: &File) -> io::Result<()> {
 /// # Safety
 /// Every buffer the entries point at must stay valid until this returns.
 unsafe fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Result<Vec<(u64, i32)>> {
-    const RETRIES_MAX: u32 = 1_000;
+    /// Consecutive refusals without progress before giving up: with the backoff below,
+    /// about 8 s of a kernel that neither takes nor reports the entries.
+    const RETRIES_MAX: u32 = 16;
+    debug_assert!(
+        ring.completion().is_empty(),
+        "a completion was left unreaped"
+    );
     {
         let mut sq = ring.submission();
         if sq.capacity() - sq.len() < entries.len() {
@@ -357,6 +363,7 @@ unsafe fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Resul
     let mut cqes = Vec::with_capacity(entries.len());
     let mut retries = 0;
     while cqes.len() < entries.len() {
+        let before = cqes.len();
         if let Err(e) = ring.submit_and_wait(entries.len() - cqes.len()) {
             // EINTR, EAGAIN, EBUSY (completion queue full: reaping below makes room).
             let transient = matches!(
@@ -368,11 +375,18 @@ unsafe fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Resul
             retries += 1;
             assert!(
                 transient && retries <= RETRIES_MAX,
-                "io_uring_enter failed ({e}) with log writes queued or in flight: the buffer \
-                 they read cannot be freed safely"
+                "io_uring_enter failed ({e}) with log entries queued or in flight: the memory \
+                 they use cannot be freed safely"
             );
+            if !matches!(e.kind(), io::ErrorKind::Interrupted) {
+                // Backoff on the log thread (never a shard): 1 ms, 2 ms, … up to 1 s.
+                std::thread::sleep(std::time::Duration::from_millis(1 << retries.min(10)));
+            }
         }
         cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        if cqes.len() > before {
+            retries = 0;
+        }
     }
     Ok(cqes)
 }
