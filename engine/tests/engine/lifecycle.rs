@@ -87,7 +87,7 @@ fn with_faults(args: &[&str]) -> Server {
 
 /// Injects `fault`, then checks the process ends with status 70 and logs the panic with
 /// the thread's name, the message and a backtrace.
-fn dies_of(fault: &str, thread: &str, message: &str) {
+fn dies_of(fault: &str, thread: &str, message: &str, frame: &str) {
     let mut server = with_faults(&[]);
     server.expect_panic();
     assert_eq!(server.get("/healthz").0, 200);
@@ -103,8 +103,8 @@ fn dies_of(fault: &str, thread: &str, message: &str) {
         "{panics:?}"
     );
     assert!(
-        !server.log_lines("sokdo_engine::").is_empty(),
-        "no backtrace frame in the log"
+        !server.log_lines(frame).is_empty(),
+        "no backtrace frame of {frame} in the log"
     );
 }
 
@@ -114,6 +114,7 @@ fn a_panicking_shard_ends_the_process_with_its_backtrace() {
         "panic-shard?shard=1",
         "sokdo-shard-1",
         "injected fault: shard 1 panics",
+        "sokdo_engine::shard::Shard::inject",
     );
 }
 
@@ -123,13 +124,22 @@ fn a_panicking_log_thread_ends_the_process() {
         "panic-log",
         "sokdo-wal",
         "injected fault: the log thread panics",
+        "sokdo_persistence::wal_thread::collect",
     );
 }
 
 #[test]
 fn a_stalled_shard_fails_healthz_until_it_runs_again() {
-    let server = with_faults(&["--stall-timeout-ms", "300"]);
-    let (status, _) = server.http("POST", "/debug/fault/stall-shard?shard=1&ms=4000", &[], "");
+    // Ticks every 25 ms; a shard is stuck after 1 s (40 ticks of margin); the stall lasts 5 s.
+    let server = with_faults(&[
+        "--heartbeat-ms",
+        "100",
+        "--idle-timeout-ms",
+        "60000",
+        "--stall-timeout-ms",
+        "1000",
+    ]);
+    let (status, _) = server.http("POST", "/debug/fault/stall-shard?shard=1&ms=5000", &[], "");
     assert_eq!(status, 202);
     // Requests that land on the stalled shard get no answer; shard 0 reports it.
     let short = Duration::from_millis(500);
