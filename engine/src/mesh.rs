@@ -8,7 +8,7 @@
 //! Messages between one pair of shards keep their order: that is what lets a room's home
 //! send a `join` reply and then live messages, and the subscriber shard see them in that
 //! order. When a queue is full the sender keeps its own ordered backlog (see
-//! `shard::Outbox`) and asks the receiver, through `stalled`, to ring it once it has made
+//! `Shard::outbox`) and asks the receiver, through `stalled`, to ring it once it has made
 //! room.
 
 use std::future::Future;

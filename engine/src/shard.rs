@@ -1408,13 +1408,13 @@ pub async fn run(
     TASKS.set(Some(glommio::executor().current_task_queue()));
     let shard = Rc::new(RefCell::new(Shard::new(id, shared, rooms)));
     shard.borrow_mut().me = Rc::downgrade(&shard);
-    // When the ticker ends the drain, the other two futures (and the listener, which leaves
-    // the SO_REUSEPORT group) are dropped with it.
+    // When the ticker ends the drain, the accept loop (and the listener, which leaves the
+    // SO_REUSEPORT group) and the inbox's handle are dropped with it.
     // The inbox is a task of its own (its waker belongs to the doorbell alone), in a task
     // queue of its own marked latency-sensitive: a wake for it from another thread then
     // writes the executor's eventfd at once, which preempts the connection tasks at their
-    // next boundary instead of waiting for the end of their 100 ms slice. Dropping the
-    // handle cancels it.
+    // next boundary instead of waiting for the end of their slice. Dropping the handle
+    // cancels it.
     let inbox_queue = glommio::executor().create_task_queue(
         glommio::Shares::Static(1000),
         glommio::Latency::Matters(INBOX_LATENCY),
@@ -1467,9 +1467,9 @@ fn start_conn(shard: &Rc<RefCell<Shard>>, stream: TcpStream) {
 }
 
 /// Applies what other shards and the persistence threads sent, a bounded batch at a time,
-/// between the shard's other tasks while work keeps coming, and sleeps on the shard's
-/// doorbell once a look finds nothing. Runs as a task of its own:
-/// its waker must go to the doorbell only (see `mesh::Doorbell`).
+/// as long as work keeps coming, and sleeps on the shard's doorbell once a drain finds
+/// nothing (`Doorbell::serve`). Runs as a task of its own: its waker must go to the doorbell
+/// only (see `mesh::Doorbell`).
 async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
     let (id, shared) = {
         let s = shard.borrow();

@@ -236,13 +236,12 @@ impl Persistence {
         let (read_tx, read_rx) = bounded(READ_QUEUE_REQUESTS_MAX);
         let s = shared.clone();
         let wal = spawn("sokdo-wal", move || {
-            let closing = s.clone();
-            let result = wal_thread::run(wal, append_rx, s);
+            let result = wal_thread::run(wal, append_rx, s.clone());
             if let Err(e) = &result {
                 // Nothing would take the records of the callers still waiting for their
                 // completions: a process that goes on without its log only seems alive.
                 assert!(
-                    closing.closing.load(Relaxed),
+                    s.closing.load(Relaxed),
                     "the log thread failed and cannot take more records: {e}"
                 );
             }
