@@ -118,7 +118,7 @@ impl Metrics {
             deliveries: "deliveries", "Message frames queued to subscribers";
             bytes_out: "bytes_out", "Bytes written to sockets";
             cross_shard_messages: "cross_shard_messages", "Messages sent to other shards";
-            inbox_depth: "inbox_depth", "Messages waiting in this shard's inbound queues";
+            inbox_depth: "inbox_depth", "Messages and completions waiting in this shard's inbound queues (other shards, persistence)";
             outbound_queue_bytes: "outbound_queue_bytes", "Bytes queued to this shard's connections";
             slow_consumer_closes: "slow_consumer_closes", "Connections closed 1013 for overflowing outbound_queue_bytes_max";
             protocol_errors: "protocol_errors", "Requests answered with an error";

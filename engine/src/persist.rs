@@ -49,6 +49,11 @@ impl Completions {
     pub fn pop(&self, shard: ShardId) -> Option<Completion> {
         self.queues[shard as usize].pop()
     }
+
+    /// Completions waiting for `shard` (a gauge for metrics).
+    pub fn depth(&self, shard: ShardId) -> usize {
+        self.queues[shard as usize].len()
+    }
 }
 
 struct ShardSink {

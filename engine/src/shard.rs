@@ -31,9 +31,6 @@ use crate::room::Room;
 use crate::ws::{self, close, Inbound};
 use sokdo_persistence::RoomSnapshot;
 
-/// How long the inbox may wait behind the connection tasks once it has work (glommio's
-/// preemption slice while the inbox's task queue is active).
-const INBOX_LATENCY: Duration = Duration::from_millis(1);
 /// Messages one shard's inbox task handles per batch before yielding.
 const INBOX_BATCH_MAX: usize = 256;
 /// Bad requests one connection may make before it is closed 1008.
@@ -1237,7 +1234,7 @@ impl Shard {
         self.admit_waiting();
         self.m
             .inbox_depth
-            .set(self.shared.mesh.depth(self.id) as i64);
+            .set((self.shared.mesh.depth(self.id) + self.shared.completions.depth(self.id)) as i64);
         self.m.rooms_homed.set(self.rooms.len() as i64);
         if self.draining.is_none() && self.shared.mesh.drain_requested() {
             self.begin_drain(now);
@@ -1411,13 +1408,13 @@ pub async fn run(
     // When the ticker ends the drain, the accept loop (and the listener, which leaves the
     // SO_REUSEPORT group) and the inbox's handle are dropped with it.
     // The inbox is a task of its own (its waker belongs to the doorbell alone), in a task
-    // queue of its own marked latency-sensitive: a wake for it from another thread then
-    // writes the executor's eventfd at once, which preempts the connection tasks at their
-    // next boundary instead of waiting for the end of their slice. Dropping the handle
-    // cancels it.
+    // queue of its own. Not `Latency::Matters`: with a latency-sensitive queue, glommio 0.9
+    // on this kernel sometimes put a shard's executor to sleep with runnable tasks and let
+    // it oversleep its own timers (a connection's requests unread for 20 s; see
+    // docs/ARCHITECTURE.md, "The inbox task queue"). Dropping the handle cancels it.
     let inbox_queue = glommio::executor().create_task_queue(
         glommio::Shares::Static(1000),
-        glommio::Latency::Matters(INBOX_LATENCY),
+        glommio::Latency::NotImportant,
         "sokdo-inbox",
     );
     let _inbox = glommio::spawn_local_into(inbox_loop(shard.clone()), inbox_queue)
