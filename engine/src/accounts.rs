@@ -141,7 +141,7 @@ impl Accounts {
         if !password::verify(pass, &account.hash) {
             return Err(wrong());
         }
-        let expires_at = crate::shard::now_ms() / 1000 + self.token_ttl_s;
+        let expires_at = crate::clock::now_ms() / 1000 + self.token_ttl_s;
         let claims = Claims {
             sub: user,
             name: account.name.as_deref(),

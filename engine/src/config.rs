@@ -161,6 +161,18 @@ pub struct Config {
     #[arg(long, env = "SOKDO_SHARD_CHANNEL_MESSAGES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..))]
     pub shard_channel_messages_max: u32,
 
+    /// Messages a shard holds for one other shard whose channel is full, in messages. At the
+    /// bound, new requests whose effects would go to that shard are refused `unavailable`
+    /// (nothing accepted is dropped; see docs/ARCHITECTURE.md, "Every queue is bounded").
+    #[arg(long, env = "SOKDO_SHARD_OUTBOX_MESSAGES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub shard_outbox_messages_max: u32,
+
+    /// Report glommio task queues that run past their time slice (a task hogging a shard)
+    /// with a backtrace in the log and in `sokdo_stalls_total`. On by default in debug
+    /// builds; `sokdo-bench` turns it on for the servers it starts.
+    #[arg(long, env = "SOKDO_DETECT_STALLS", default_value_t = cfg!(debug_assertions), value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub detect_stalls: bool,
+
     /// On SIGTERM, spread the closing of connections over this long, so clients do not all
     /// reconnect to the other instances at the same instant.
     #[arg(long, env = "SOKDO_DRAIN_SPREAD_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -356,6 +368,11 @@ impl Config {
             ),
             format!("drain_spread_ms = {}", self.drain_spread_ms),
             format!("stall_timeout_ms = {}", self.stall_timeout_ms),
+            format!(
+                "shard_outbox_messages_max = {}",
+                self.shard_outbox_messages_max
+            ),
+            format!("detect_stalls = {}", self.detect_stalls),
             format!("drain_timeout_ms = {}", self.drain_timeout_ms),
             format!("reconnect_after_ms = {}", self.reconnect_after_ms),
         ];

@@ -7,43 +7,57 @@
 //!
 //! The story of a message, from socket to fan-out:
 //!
-//! 1. A socket is accepted by some shard ([`shard::run`]); its task ([`conn::ConnDriver`])
-//!    reads the HTTP head into a buffer lent by the shard. [`http`] routes it: health,
-//!    metrics, the page, or `/ws`, where [`auth`] checks the JWT *before* the upgrade.
-//! 2. After the upgrade, bytes go through [`ws::Decoder`] into frames, and each text frame
-//!    through [`protocol::parse`] into a typed request.
-//! 3. The request goes to the **home shard** of its room (a hash of the room id) as a
-//!    [`shard::ShardMsg::Home`] — or is run at once when this shard is the home.
-//! 4. The home ([`home`]) reserves the room's next `seq` ([`room::Room`]) and hands the
-//!    record to the write-ahead log ([`persist`], the `sokdo-persistence` crate). Once the
-//!    record is durable (`--durability sync`; at once with `async`) the message enters the
-//!    room's ring, the sender gets its `ok`, and the `msg` event's JSON goes **once to each
-//!    shard with subscribers** ([`shard::ShardMsg::Deliver`]).
-//! 5. Each of those shards frames it **once** ([`ws::text`]) and queues the same `Bytes` to
-//!    every local subscriber, within `outbound_queue_bytes_max` (overflow closes 1013).
-//! 6. Each subscriber's task writes everything queued in one `sendmsg` ([`conn`]).
+//! 1. A socket is accepted by some shard (`shard::tasks`); its task (`conn::ConnDriver`)
+//!    reads the HTTP head into a buffer lent by the shard. `http` routes it: health,
+//!    metrics, the page, or `/ws`, where `auth` checks the JWT *before* the upgrade.
+//! 2. After the upgrade, bytes go through `ws::Decoder` into frames, and each text frame
+//!    through `protocol::parse` into a typed request (`shard::inbound`).
+//! 3. The request goes to the **home shard** of its room (`placement`: FNV-1a of the room
+//!    id) as a `ShardMsg::Home` (`mesh::msg`) — or is run at once when this shard is the
+//!    home.
+//! 4. The home (`home::Homes`) reserves the room's next `seq` (`room::Room`) and hands the
+//!    record to the write-ahead log (the `sokdo-persistence` crate; completions come back
+//!    through `persist`). Once the record is durable (`--durability sync`; at once with
+//!    `async`) the message enters the room's ring, the sender gets its typed `Reply`, and the
+//!    `msg` event's JSON goes **once to each shard with subscribers** (`ShardMsg::Deliver`).
+//!    The home returns these messages; the shard sends them.
+//! 5. Each of those shards frames it **once** (`ws::text`) and queues the same `Bytes` to
+//!    every local subscriber, within `outbound_queue_bytes_max` (`shard::fanout`; overflow
+//!    closes 1013).
+//! 6. Each subscriber's task writes everything queued in one `sendmsg` (`conn::outbound`).
 //!
-//! Around that path: [`config`] (every limit a flag with its unit), [`metrics`]
-//! (Prometheus, per shard, lock-free), admission past capacity and draining on SIGTERM
-//! ([`shard`]), room features ([`home`], [`search`], [`password`]), and HTTP beside the
-//! WebSocket ([`api`], [`accounts`]).
-//! `docs/ARCHITECTURE.md` has the picture and the reasons.
+//! Around that path: `config` (every limit a flag with its unit), `metrics` (Prometheus,
+//! per shard, lock-free), admission past capacity and draining on SIGTERM (`shard`), room
+//! features (`home`, `room`, `password`), HTTP beside the WebSocket (`api`, `accounts`),
+//! and `liveness` (never half-alive). `docs/ARCHITECTURE.md` has the picture, the module
+//! graph and the reasons.
+//!
+//! Modules are listed below lowest layer first; each uses only modules above it (no import
+//! cycle: `docs/ARCHITECTURE.md` shows the command that checks it). Only [`config`] and
+//! [`server`] are public: the binary needs nothing else.
 
-pub mod accounts;
-pub mod api;
-pub mod auth;
+// Leaves: no other module of the crate.
+mod clock;
 pub mod config;
-pub mod conn;
+mod liveness;
+mod metrics;
+mod placement;
+// Pure codecs.
+mod api;
+mod auth;
+mod http;
+mod protocol;
+mod ws;
+// State without I/O.
+mod accounts;
+mod password;
+mod room;
+// Between shards and threads.
+mod conn;
+mod instance;
+mod mesh;
+mod persist;
+// A room's home, then the shard that hosts homes and connections.
 mod home;
-pub mod http;
-pub mod liveness;
-pub mod mesh;
-pub mod metrics;
-pub mod password;
-pub mod persist;
-pub mod protocol;
-pub mod room;
-pub mod search;
 pub mod server;
-pub mod shard;
-pub mod ws;
+mod shard;

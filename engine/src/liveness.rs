@@ -162,3 +162,29 @@ mod tests {
         assert_eq!(live.check_at(1_000_000), Ok(()));
     }
 }
+
+/// glommio's stall detector, with a threshold of our own (`--detect-stalls`): a task queue
+/// that runs this long past its time slice is logged with the backtrace of what held the
+/// shard (glommio's own report, through the `log` bridge). The count of stalls on
+/// `/metrics` comes from the ticker instead (`sokdo_stalls_total`: ticks that fired late),
+/// because glommio's report type is not nameable outside the crate.
+#[derive(Debug)]
+pub struct StallReport;
+
+impl StallReport {
+    /// Past the slice by this much is a stall: a task that held the shard for over half a
+    /// second is a bug in any build, while a debug build's slow turns (tens of ms past the
+    /// slice, measured) are not. Each report symbolizes a backtrace, which costs memory and
+    /// time, so it must stay rare.
+    const OVER_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+}
+
+impl glommio::StallDetectionHandler for StallReport {
+    fn threshold(
+        &self,
+        _queue: glommio::TaskQueueHandle,
+        _max_expected_runtime: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        Some(Self::OVER_SLICE)
+    }
+}

@@ -6,6 +6,8 @@
 //! prometheus-client's `Histogram` takes a mutex on every observation, so the latency
 //! histogram here is a fixed set of atomic buckets encoded through the same registry.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,92 +85,36 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
-/// The families, registered once; each shard takes its own children at start-up.
-pub struct Metrics {
-    registry: Registry,
-    connections: Family<ShardLabel, Gauge>,
-    connections_accepted: Family<ShardLabel, Counter>,
-    connections_refused: Family<ShardLabel, Counter>,
-    messages_in: Family<ShardLabel, Counter>,
-    deliveries: Family<ShardLabel, Counter>,
-    bytes_out: Family<ShardLabel, Counter>,
-    cross_shard_messages: Family<ShardLabel, Counter>,
-    inbox_depth: Family<ShardLabel, Gauge>,
-    outbound_queue_bytes: Family<ShardLabel, Gauge>,
-    slow_consumer_closes: Family<ShardLabel, Counter>,
-    protocol_errors: Family<ShardLabel, Counter>,
-    rooms_homed: Family<ShardLabel, Gauge>,
-    fanout_latency: Family<ShardLabel, LatencyHistogram>,
-}
-
-macro_rules! register {
-    ($registry:ident, $( $field:ident : $name:literal, $help:literal; )*) => {
-        $( let $field = Family::default(); $registry.register($name, $help, $field.clone()); )*
-    };
-}
-
-impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("sokdo");
-        register!(registry,
-            connections: "connections", "Open connections (any phase)";
-            connections_accepted: "connections_accepted", "Sockets accepted";
-            connections_refused: "connections_refused", "Sockets refused with HTTP 503 (shard full or draining)";
-            messages_in: "messages_in", "Messages accepted and sequenced by their room's home";
-            deliveries: "deliveries", "Message frames queued to subscribers";
-            bytes_out: "bytes_out", "Bytes written to sockets";
-            cross_shard_messages: "cross_shard_messages", "Messages sent to other shards";
-            inbox_depth: "inbox_depth", "Messages and completions waiting in this shard's inbound queues (other shards, persistence)";
-            outbound_queue_bytes: "outbound_queue_bytes", "Bytes queued to this shard's connections";
-            slow_consumer_closes: "slow_consumer_closes", "Connections closed 1013 for overflowing outbound_queue_bytes_max";
-            protocol_errors: "protocol_errors", "Requests answered with an error";
-            rooms_homed: "rooms_homed", "Rooms whose home is this shard";
-        );
-        let fanout_latency = Family::default();
-        registry.register(
-            "fanout_latency_seconds",
-            "From a send arriving at a shard to its frame being queued to the subscribers of another (or the same) shard",
-            fanout_latency.clone(),
-        );
-        Metrics {
-            registry,
-            connections,
-            connections_accepted,
-            connections_refused,
-            messages_in,
-            deliveries,
-            bytes_out,
-            cross_shard_messages,
-            inbox_depth,
-            outbound_queue_bytes,
-            slow_consumer_closes,
-            protocol_errors,
-            rooms_homed,
-            fanout_latency,
+/// Declares every per-shard metric once: the family registered in [`Metrics`], the child
+/// each shard keeps in [`ShardMetrics`], and the line that hands one to the other.
+macro_rules! shard_metrics {
+    ($( $field:ident : $kind:ty = $name:literal, $help:literal; )*) => {
+        /// The families, registered once; each shard takes its own children at start-up.
+        pub struct Metrics {
+            registry: Registry,
+            $( $field: Family<ShardLabel, $kind>, )*
         }
-    }
 
-    pub fn for_shard(&self, shard: u16) -> ShardMetrics {
-        let label = ShardLabel {
-            shard: shard.to_string(),
-        };
-        ShardMetrics {
-            connections: self.connections.get_or_create(&label).clone(),
-            connections_accepted: self.connections_accepted.get_or_create(&label).clone(),
-            connections_refused: self.connections_refused.get_or_create(&label).clone(),
-            messages_in: self.messages_in.get_or_create(&label).clone(),
-            deliveries: self.deliveries.get_or_create(&label).clone(),
-            bytes_out: self.bytes_out.get_or_create(&label).clone(),
-            cross_shard_messages: self.cross_shard_messages.get_or_create(&label).clone(),
-            inbox_depth: self.inbox_depth.get_or_create(&label).clone(),
-            outbound_queue_bytes: self.outbound_queue_bytes.get_or_create(&label).clone(),
-            slow_consumer_closes: self.slow_consumer_closes.get_or_create(&label).clone(),
-            protocol_errors: self.protocol_errors.get_or_create(&label).clone(),
-            rooms_homed: self.rooms_homed.get_or_create(&label).clone(),
-            fanout_latency: self.fanout_latency.get_or_create(&label).clone(),
+        /// One shard's own metric children.
+        #[derive(Clone)]
+        pub struct ShardMetrics {
+            $( pub $field: $kind, )*
         }
-    }
 
+        impl Metrics {
+            pub fn new() -> Metrics {
+                let mut registry = Registry::with_prefix("sokdo");
+                $(
+                    let $field = Family::<ShardLabel, $kind>::default();
+                    registry.register($name, $help, $field.clone());
+                )*
+                Metrics { registry, $( $field, )* }
+            }
+
+            pub fn for_shard(&self, shard: u16) -> ShardMetrics {
+                let label = ShardLabel { shard: shard.to_string() };
+                ShardMetrics { $( $field: self.$field.get_or_create(&label).clone(), )* }
+            }
     /// Adds metrics read at scrape time (the persistence figures). Call before sharing.
     pub fn register_collector(
         &mut self,
@@ -184,30 +130,34 @@ impl Metrics {
             .expect("encoding into a String cannot fail");
         out
     }
+        }
+    };
+}
+
+shard_metrics! {
+    connections: Gauge = "connections", "Open connections (any phase)";
+    connections_accepted: Counter = "connections_accepted", "Sockets accepted";
+    connections_refused: Counter = "connections_refused", "Sockets refused with HTTP 503 (shard full or draining)";
+    messages_in: Counter = "messages_in", "Messages accepted and sequenced by their room's home";
+    deliveries: Counter = "deliveries", "Message frames queued to subscribers";
+    bytes_out: Counter = "bytes_out", "Bytes written to sockets";
+    cross_shard_messages: Counter = "cross_shard_messages", "Messages sent to other shards";
+    inbox_depth: Gauge = "inbox_depth", "Messages and completions waiting in this shard's inbound queues (other shards, persistence)";
+    shard_outbox_messages: Gauge = "shard_outbox_messages", "Messages this shard holds for other shards whose channel was full";
+    shard_outbox_refusals: Counter = "shard_outbox_refusals", "Requests refused `unavailable` because a shard they reach was backed up (shard_outbox_messages_max)";
+    home_requests_waiting: Gauge = "home_requests_waiting", "Requests of rooms homed here waiting for the persistence threads (durable acks, store reads)";
+    outbound_queue_bytes: Gauge = "outbound_queue_bytes", "Bytes queued to this shard's connections";
+    slow_consumer_closes: Counter = "slow_consumer_closes", "Connections closed 1013 for overflowing outbound_queue_bytes_max";
+    protocol_errors: Counter = "protocol_errors", "Requests answered with an error";
+    rooms_homed: Gauge = "rooms_homed", "Rooms whose home is this shard";
+    stalls: Counter = "stalls", "Ticks of this shard's timer that fired over 50 ms late: a task held the core (see --detect-stalls for its backtrace)";
+    fanout_latency: LatencyHistogram = "fanout_latency_seconds", "From a send arriving at a shard to its frame being queued to the subscribers of another (or the same) shard";
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
-}
-
-/// One shard's own metric children.
-#[derive(Clone)]
-pub struct ShardMetrics {
-    pub connections: Gauge,
-    pub connections_accepted: Counter,
-    pub connections_refused: Counter,
-    pub messages_in: Counter,
-    pub deliveries: Counter,
-    pub bytes_out: Counter,
-    pub cross_shard_messages: Counter,
-    pub inbox_depth: Gauge,
-    pub outbound_queue_bytes: Gauge,
-    pub slow_consumer_closes: Counter,
-    pub protocol_errors: Counter,
-    pub rooms_homed: Gauge,
-    pub fanout_latency: LatencyHistogram,
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! bound of its own: every completion answers an append or read that the bounded log or read
 //! channel already admitted.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
@@ -16,21 +18,21 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use sokdo_persistence::{Completion, CompletionSink, Handle, StoredMessage};
 
-use crate::mesh::{Mesh, ShardId};
+use crate::mesh::{Doorbell, ShardId};
 use crate::protocol::Msg;
-use crate::shard::ShardMsg;
 
 /// One completion queue per shard.
 pub struct Completions {
     queues: Vec<SegQueue<Completion>>,
-    mesh: Arc<Mesh<ShardMsg>>,
+    /// The shards' doorbells (from the mesh): a completion rings its shard's.
+    doorbells: Arc<[Doorbell]>,
 }
 
 impl Completions {
-    pub fn new(mesh: Arc<Mesh<ShardMsg>>) -> Arc<Completions> {
+    pub fn new(doorbells: Arc<[Doorbell]>) -> Arc<Completions> {
         Arc::new(Completions {
-            queues: (0..mesh.shards()).map(|_| SegQueue::new()).collect(),
-            mesh,
+            queues: (0..doorbells.len()).map(|_| SegQueue::new()).collect(),
+            doorbells,
         })
     }
 
@@ -64,7 +66,7 @@ struct ShardSink {
 impl CompletionSink for ShardSink {
     fn complete(&self, c: Completion) {
         self.completions.queues[self.shard as usize].push(c);
-        self.completions.mesh.doorbell(self.shard).ring();
+        self.completions.doorbells[self.shard as usize].ring();
     }
 }
 
@@ -82,22 +84,21 @@ pub fn to_msg(m: StoredMessage) -> Msg {
     }
 }
 
-/// Exposes the log and sink figures on `/metrics`, read at scrape time.
-#[derive(Debug)]
-pub struct StatsCollector(pub HandleDebug);
+/// Exposes the log and sink figures on `/metrics`, read at scrape time (on whichever shard
+/// serves the scrape: `Handle::stats` reads atomics only).
+pub struct StatsCollector {
+    pub persist: Handle,
+}
 
-/// `Handle` is not `Debug`; the collector only needs it for `stats()`.
-pub struct HandleDebug(pub Handle);
-
-impl std::fmt::Debug for HandleDebug {
+impl std::fmt::Debug for StatsCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("persistence handle")
+        f.write_str("StatsCollector")
     }
 }
 
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0 .0.stats();
+        let s = self.persist.stats();
         let gauges: [(&str, &str, i64); 5] = [
             (
                 "wal_bytes",

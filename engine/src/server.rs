@@ -9,11 +9,11 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Auth;
-use crate::config::{Config, DurabilityArg};
+use crate::config::Config;
+use crate::instance::Instance;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::persist::{Completions, HandleDebug, StatsCollector};
-use crate::shard::{self, Shared};
+use crate::persist::{Completions, StatsCollector};
 use sokdo_persistence::{Persistence, RoomSnapshot};
 
 /// Pending connections the kernel holds per listener (capped by `net.core.somaxconn`).
@@ -44,7 +44,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         shards as usize,
         cfg.shard_channel_messages_max as usize,
     ));
-    let completions = Completions::new(mesh.clone());
+    let completions = Completions::new(mesh.doorbells());
     let (persistence, snapshots) = Persistence::open(cfg.persistence(), completions.sinks())
         .with_context(|| {
             format!(
@@ -55,7 +55,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(rooms = snapshots.len(), "recovered");
     let mut rooms_by_shard: Vec<Vec<RoomSnapshot>> = (0..shards).map(|_| Vec::new()).collect();
     for snapshot in snapshots {
-        rooms_by_shard[shard::home_of(&snapshot.room, shards) as usize].push(snapshot);
+        rooms_by_shard[crate::placement::home_of(&snapshot.room, shards) as usize].push(snapshot);
     }
     let accounts = match (&cfg.accounts, &cfg.jwt_secret) {
         (true, Some(secret)) => Some(Arc::new(
@@ -69,41 +69,45 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let mut metrics = Metrics::new();
-    metrics.register_collector(Box::new(StatsCollector(HandleDebug(persistence.handle()))));
-    let shared = Arc::new(Shared {
-        shards,
-        instance: cfg.instance(),
+    metrics.register_collector(Box::new(StatsCollector {
+        persist: persistence.handle(),
+    }));
+    let instance = Arc::new(Instance {
+        name: cfg.instance(),
         auth: Auth::new(cfg.jwt_secret.as_deref()),
         metrics,
         mesh,
         completions,
         persist: persistence.handle(),
         accounts,
-        durable_acks: cfg.durability == DurabilityArg::Sync,
         liveness: crate::liveness::Liveness::new(shards, cfg.stall_timeout_ms),
         cfg,
     });
-    watch_signals(shared.clone())?;
+    watch_signals(instance.clone())?;
 
     let mut handles = Vec::new();
     for ((id, listener), rooms) in listeners.into_iter().enumerate().zip(rooms_by_shard) {
-        let placement = if shared.cfg.pin {
+        let placement = if instance.cfg.pin {
             Placement::Fixed(cpus[id % cpus.len()])
         } else {
             Placement::Unbound
         };
-        let shared = shared.clone();
+        let instance = instance.clone();
         let fd = listener.into_raw_fd();
-        let handle = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("sokdo-shard-{id}"))
             // argon2 and account-store calls run on this pool: not pinned to the shard's core,
             // so the kernel may run them on a quieter one.
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
+        if instance.cfg.detect_stalls {
+            builder = builder.detect_stalls(Some(Box::new(crate::liveness::StallReport)));
+        }
+        let handle = builder
             .spawn(move || async move {
                 // SAFETY: `fd` is a listening socket this thread now owns alone.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                shard::run(id as u16, shared.clone(), listener, rooms).await;
-                if !shared.mesh.drain_requested() {
+                crate::shard::run(id as u16, instance.clone(), listener, rooms).await;
+                if !instance.mesh.drain_requested() {
                     crate::liveness::fatal(&format!(
                         "shard {id} stopped although no drain was asked"
                     ));
@@ -148,10 +152,12 @@ fn bind_all(listen: SocketAddr, shards: u16) -> anyhow::Result<Vec<Socket>> {
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: `cpu_set_t` is plain data and `sched_getaffinity` writes at most its size.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the size passed is the size of `set`.
     let ok =
         unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
             == 0;
     let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the number of CPUs a `cpu_set_t` holds.
         .filter(|cpu| ok && unsafe { libc::CPU_ISSET(*cpu, &set) })
         .collect();
     if cpus.is_empty() {
@@ -162,7 +168,7 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 /// First SIGTERM/SIGINT drains; a second one exits at once.
-fn watch_signals(shared: Arc<Shared>) -> anyhow::Result<()> {
+fn watch_signals(instance: Arc<Instance>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
@@ -176,7 +182,7 @@ fn watch_signals(shared: Arc<Shared>) -> anyhow::Result<()> {
                 }
                 draining = true;
                 tracing::info!(signal, "draining: /readyz now answers 503");
-                shared.mesh.request_drain();
+                instance.mesh.request_drain();
             }
         })?;
     Ok(())

@@ -114,7 +114,7 @@ fn a_panicking_shard_ends_the_process_with_its_backtrace() {
         "panic-shard?shard=1",
         "sokdo-shard-1",
         "injected fault: shard 1 panics",
-        "sokdo_engine::shard::Shard::inject",
+        "sokdo_engine::shard::Shard>::inject",
     );
 }
 

@@ -7,6 +7,8 @@
 //! plain substring test. A query of several whitespace-separated terms matches messages
 //! holding every term. Pure: the home shard owns one index per room.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, VecDeque};
 
 /// Two characters, packed.

@@ -4,10 +4,14 @@
 //! Pure logic: no sockets, no clocks (time comes in as arguments), no other shard. The home
 //! shard is the only writer, so nothing here is shared or locked. Tests drive it directly.
 
+#![forbid(unsafe_code)]
+
+mod search;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::protocol::Msg;
-use crate::search::SearchIndex;
+use search::SearchIndex;
 
 /// Bounds of one room, from the configuration.
 #[derive(Debug, Clone, Copy)]

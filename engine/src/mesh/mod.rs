@@ -7,24 +7,31 @@
 //!
 //! Messages between one pair of shards keep their order: that is what lets a room's home
 //! send a `join` reply and then live messages, and the subscriber shard see them in that
-//! order. When a queue is full the sender keeps its own ordered backlog (see
-//! `Shard::outbox`) and asks the receiver, through `stalled`, to ring it once it has made
+//! order. When a queue is full the sender keeps its own ordered, bounded backlog
+//! (`shard::outbox`) and asks the receiver, through `stalled`, to ring it once it has made
 //! room.
+//!
+//! What travels on the mesh is [`msg::ShardMsg`]; `msg.rs` is the one file of cross-shard
+//! messages and draws which message may cause which.
+#![forbid(unsafe_code)]
+
+pub mod msg;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::ArrayQueue;
 
-pub type ShardId = u16;
+pub use crate::placement::ShardId;
 
 pub struct Mesh<T> {
     shards: usize,
     queues: Vec<ArrayQueue<T>>,
-    doorbells: Vec<Doorbell>,
+    doorbells: Arc<[Doorbell]>,
     stalled: Vec<AtomicBool>,
     drain_requested: AtomicBool,
 }
@@ -66,6 +73,12 @@ impl<T> Mesh<T> {
     /// a completion) ring it after publishing work for that shard.
     pub fn doorbell(&self, shard: ShardId) -> &Doorbell {
         &self.doorbells[shard as usize]
+    }
+
+    /// Every shard's doorbell, for threads that are not shards (the persistence threads'
+    /// completion sinks) and so need no queue of the mesh.
+    pub fn doorbells(&self) -> Arc<[Doorbell]> {
+        self.doorbells.clone()
     }
 
     /// Asks `to` to ring `from` once it has drained the queue between them.
@@ -111,7 +124,7 @@ impl<T> Mesh<T> {
     /// Asks every shard to drain (SIGTERM). Safe from any thread.
     pub fn request_drain(&self) {
         self.drain_requested.store(true, Ordering::Release);
-        for bell in &self.doorbells {
+        for bell in self.doorbells.iter() {
             bell.ring();
         }
     }

@@ -1,0 +1,168 @@
+//! The task of one connection: read, flush, park. It knows the shard only as a
+//! [`ConnHost`].
+#![forbid(unsafe_code)]
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use super::ConnHost;
+use crate::ws::Decoder;
+
+/// Size of the read buffer each shard lends to one read at a time: one read takes what a
+/// busy client sent in a turn (a burst of small requests) and the largest frame's worth of
+/// a slow one, while ten thousand idle connections hold none.
+const READ_BUF_BYTES: usize = 64 * 1024;
+/// Reads a task does before it yields to the other tasks of its shard, so one client that
+/// keeps sending cannot hold the shard for more than ~8 × 64 KiB of parsing.
+const READS_PER_POLL_MAX: usize = 8;
+
+thread_local! {
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF_BYTES]);
+}
+
+/// The task of one connection.
+pub struct ConnDriver<H: ConnHost> {
+    host: Rc<RefCell<H>>,
+    stream: TcpStream,
+    key: usize,
+    decoder: Decoder,
+    /// The HTTP request head while it arrives in pieces; empty afterwards.
+    head: Vec<u8>,
+}
+
+enum Step {
+    Continue,
+    Pending,
+    End,
+}
+
+impl<H: ConnHost> ConnDriver<H> {
+    pub fn new(host: Rc<RefCell<H>>, stream: TcpStream, key: usize) -> ConnDriver<H> {
+        ConnDriver {
+            host,
+            stream,
+            key,
+            decoder: Decoder::default(),
+            head: Vec::new(),
+        }
+    }
+
+    /// Sends what is queued. Registers for writability when the socket is full.
+    fn flush(&mut self, cx: &mut Context<'_>) -> Step {
+        let fd = self.stream.as_raw_fd();
+        let mut host = self.host.borrow_mut();
+        loop {
+            let entry = host.entry(self.key);
+            if entry.out.is_empty() {
+                return Step::Continue;
+            }
+            match entry.out.write_to(fd) {
+                Ok(n) => host.written(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Let glommio watch for writability: it first retries the front frame
+                    // itself, so account for whatever it manages to send.
+                    let front = entry.out.front_unwritten().expect("queue is not empty");
+                    return match Pin::new(&mut self.stream).poll_write(cx, front) {
+                        Poll::Pending => Step::Pending,
+                        Poll::Ready(Ok(n)) => {
+                            entry.out.advance(n);
+                            host.written(n);
+                            continue;
+                        }
+                        Poll::Ready(Err(_)) => Step::End,
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Step::End,
+            }
+        }
+    }
+
+    /// Reads once into the shard's buffer and hands the bytes to the shard.
+    fn read(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut buf = READ_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        if buf.is_empty() {
+            buf = vec![0; READ_BUF_BYTES];
+        }
+        let step = match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+            Poll::Pending => Step::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Step::End,
+            Poll::Ready(Ok(n)) => {
+                let mut host = self.host.borrow_mut();
+                host.on_bytes(self.key, &mut self.head, &mut self.decoder, &mut buf[..n]);
+                Step::Continue
+            }
+        };
+        READ_BUF.with(|b| *b.borrow_mut() = buf);
+        step
+    }
+
+    fn should_end(&self) -> bool {
+        let mut host = self.host.borrow_mut();
+        let entry = host.entry(self.key);
+        entry.kill || (entry.end_when_flushed && entry.out.is_empty())
+    }
+
+    fn park(&self, cx: &Context<'_>) {
+        let mut host = self.host.borrow_mut();
+        let entry = host.entry(self.key);
+        match &entry.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => entry.waker = Some(cx.waker().clone()),
+        }
+    }
+}
+
+impl<H: ConnHost> Future for ConnDriver<H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..READS_PER_POLL_MAX {
+            if this.should_end() {
+                return Poll::Ready(());
+            }
+            if let Step::End = this.flush(cx) {
+                return Poll::Ready(());
+            }
+            if this.should_end() {
+                return Poll::Ready(());
+            }
+            match this.read(cx) {
+                Step::End => return Poll::Ready(()),
+                Step::Pending => {
+                    this.park(cx);
+                    return Poll::Pending;
+                }
+                Step::Continue => {}
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<H: ConnHost> Drop for ConnDriver<H> {
+    fn drop(&mut self) {
+        // Runs when the task ends and when a draining executor drops it: either way the
+        // shard forgets the connection and tells the homes of its rooms.
+        // The host is never borrowed while one of its tasks is dropped: tasks end in their
+        // own poll, and a draining executor drops them after the shard's tasks returned.
+        let host = self.host.try_borrow_mut();
+        debug_assert!(
+            host.is_ok(),
+            "a connection task dropped while its shard is borrowed"
+        );
+        if let Ok(mut host) = host {
+            host.forget(self.key);
+        }
+    }
+}

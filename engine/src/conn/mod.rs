@@ -1,0 +1,129 @@
+//! One client connection: its small state in the shard's slab ([`ConnEntry`]) and the task
+//! that moves its bytes ([`ConnDriver`]).
+//!
+//! Memory is the point of this file. An idle connection holds its socket, a slab entry of a
+//! few hundred bytes and a parked task — no read buffer, no write buffer. A read borrows the
+//! shard's one read buffer for the duration of a non-blocking `recv`; glommio's stream only
+//! waits for readiness while pending, so nothing is pinned while a client is quiet. Outbound
+//! frames are `Bytes` shared by every subscriber of the shard; a connection's queue holds
+//! references, bounded by `outbound_queue_bytes_max`, and all of them go out in one
+//! `sendmsg` (scatter-gather, non-blocking) per turn of the task.
+//!
+//! - [`outbound`]: the queue of frames and the one `sendmsg` (the only `unsafe` on the data
+//!   path);
+//! - [`driver`]: the task, generic over a [`ConnHost`] — the shard, seen only through the
+//!   four calls a connection needs, so this module does not know the shard.
+
+mod driver;
+mod outbound;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+pub use driver::ConnDriver;
+pub use outbound::Outbound;
+
+use crate::ws::Decoder;
+
+/// What a connection's task needs from the shard that owns it.
+pub trait ConnHost {
+    /// The connection's entry (it exists until `forget`).
+    fn entry(&mut self, key: usize) -> &mut ConnEntry;
+    /// Bytes read from the connection: the HTTP head until upgraded, frames after.
+    fn on_bytes(&mut self, key: usize, head: &mut Vec<u8>, decoder: &mut Decoder, bytes: &mut [u8]);
+    /// Bytes written to some connection's socket (a counter).
+    fn written(&mut self, bytes: usize);
+    /// The connection's task ended: forget it.
+    fn forget(&mut self, key: usize);
+}
+
+/// A connection named across shards: its slab key and a generation, so a reply for a
+/// connection that has gone never reaches the next one in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub key: u32,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Http,
+    /// Upgraded and authenticated, waiting in the admission queue.
+    Queued,
+    /// Upgraded, authenticated and admitted.
+    Open,
+    /// An HTTP API call waiting for its reply.
+    Api,
+    /// A close frame or a final HTTP response is queued; no new frames are accepted.
+    Closing,
+}
+
+/// A connection's state in the shard's slab.
+pub struct ConnEntry {
+    /// Which connection holds this slab slot, for [`ConnRef`]; never reused in a process.
+    pub generation: u64,
+    pub phase: Phase,
+    pub user: Rc<str>,
+    pub name: Option<Rc<str>>,
+    /// Rooms this connection receives, each with its index in the shard's subscriber list.
+    pub rooms: Vec<(Arc<str>, u32)>,
+    pub out: Outbound,
+    pub waker: Option<Waker>,
+    pub opened_at: Instant,
+    pub last_recv: Instant,
+    pub last_ping: Instant,
+    /// The moment a closing connection (or an API call) is dropped if it has not finished.
+    pub close_deadline: Option<Instant>,
+    /// The peer sent a close frame, or this is a plain HTTP response: end once flushed.
+    pub end_when_flushed: bool,
+    /// Drop the socket at the next poll (timeouts).
+    pub kill: bool,
+    /// Malformed requests so far (`bad_request`, `too_large`): past a bound, closed 1008.
+    pub malformed_requests: u32,
+    /// The last `typing` notice (rate limit).
+    pub last_typing: Option<Instant>,
+    /// HTTP status of a successful reply to this connection's API call.
+    pub api_ok_status: u16,
+    /// Counted in the shard's admitted connections.
+    pub admitted: bool,
+    /// The admission-queue position last told to the client.
+    pub queue_position: u32,
+}
+
+impl ConnEntry {
+    pub fn new(generation: u64, now: Instant) -> ConnEntry {
+        ConnEntry {
+            generation,
+            phase: Phase::Http,
+            user: Rc::from(""),
+            name: None,
+            rooms: Vec::new(),
+            out: Outbound::default(),
+            waker: None,
+            opened_at: now,
+            last_recv: now,
+            last_ping: now,
+            close_deadline: None,
+            end_when_flushed: false,
+            kill: false,
+            malformed_requests: 0,
+            last_typing: None,
+            api_ok_status: 200,
+            admitted: false,
+            queue_position: 0,
+        }
+    }
+
+    pub fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub fn room_index(&self, room: &str) -> Option<usize> {
+        self.rooms.iter().position(|(r, _)| &**r == room)
+    }
+}

@@ -1,0 +1,130 @@
+//! A connection's queue of encoded frames, and the one `sendmsg` that writes them.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+use bytes::Bytes;
+
+/// Frames handed to one `sendmsg`. DESIGN.md measured the cost of few frames per write
+/// (8 per write: 1.6 M deliveries/s; 32: 6.4 M); 64 iovecs (1 KiB, on the stack) leave a
+/// burst room to go out in one call.
+const IOVECS_PER_WRITE_MAX: usize = 64;
+/// Queue storage an idle connection may keep: a `VecDeque` that grew past this for a burst
+/// is freed once drained, so ten thousand idle connections hold no burst-sized buffers.
+const IDLE_QUEUE_CAPACITY_MAX: usize = 8;
+
+/// A connection's queue of encoded frames.
+#[derive(Default)]
+pub struct Outbound {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Bytes of the front frame already on the wire.
+    front_written: usize,
+}
+
+impl Outbound {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Drops every frame not yet started (a half-written frame must finish, or the stream
+    /// is corrupt). Returns the bytes dropped.
+    pub fn drop_unsent(&mut self) -> usize {
+        let keep = usize::from(self.front_written > 0);
+        let dropped: usize = self.frames.drain(keep..).map(|f| f.len()).sum();
+        self.bytes -= dropped;
+        dropped
+    }
+
+    /// Writes as much as the socket takes in one `sendmsg`. Returns the bytes written;
+    /// `WouldBlock` when the socket took nothing.
+    pub(super) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; IOVECS_PER_WRITE_MAX];
+        let mut count = 0;
+        for (i, frame) in self.frames.iter().take(IOVECS_PER_WRITE_MAX).enumerate() {
+            let skip = if i == 0 { self.front_written } else { 0 };
+            iov[i] = libc::iovec {
+                iov_base: frame[skip..].as_ptr() as *mut libc::c_void,
+                iov_len: frame.len() - skip,
+            };
+            count += 1;
+        }
+        let written = sendmsg(fd, &iov[..count])?;
+        self.advance(written);
+        Ok(written)
+    }
+
+    pub(super) fn front_unwritten(&self) -> Option<&[u8]> {
+        self.frames.front().map(|f| &f[self.front_written..])
+    }
+
+    pub(super) fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let front_left = self.frames[0].len() - self.front_written;
+            if written < front_left {
+                self.front_written += written;
+                return;
+            }
+            written -= front_left;
+            self.frames.pop_front();
+            self.front_written = 0;
+        }
+        if self.frames.is_empty() && self.frames.capacity() > IDLE_QUEUE_CAPACITY_MAX {
+            // An idle connection keeps no queue storage.
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+/// Non-blocking scatter-gather send of `iov` on a stream socket.
+fn sendmsg(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: `msghdr` is plain data; a zeroed one has no address and no control data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len();
+    // SAFETY: every iovec points into a `Bytes` that `Outbound` keeps alive for the call,
+    // and `fd` is the open socket of the stream the caller owns.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn partial_writes_keep_the_stream_intact() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut out = Outbound::default();
+        out.push(Bytes::from_static(b"hello "));
+        out.push(Bytes::from_static(b"world"));
+        out.advance(3);
+        assert_eq!(out.bytes(), 8);
+        assert_eq!(out.drop_unsent(), 5, "half-written front frame is kept");
+        out.push(Bytes::from_static(b"!"));
+        assert_eq!(out.write_to(a.as_raw_fd()).unwrap(), 4);
+        assert!(out.is_empty());
+        let mut got = [0u8; 4];
+        io::Read::read_exact(&mut &b, &mut got).unwrap();
+        assert_eq!(&got, b"lo !");
+    }
+}

@@ -1,0 +1,381 @@
+//! The room side of requests, run on the room's home shard: the only place a room's state
+//! changes.
+//!
+//! [`Homes`] owns the rooms a shard homes, the requests waiting for the persistence
+//! threads, and the tickets that name them. Its handlers **return** what to send, in an
+//! [`Outgoing`], instead of sending it (TigerBeetle: the parent holds the state, the helpers
+//! compute the change): a `Reply` or `Subscribed` to the origin connection, and each event
+//! once to every shard that holds subscribers of the room (`Deliver`). The shard applies
+//! the list right after the call; `mesh/msg.rs` says why that keeps the observable order.
+//!
+//! Nothing here touches a socket, a thread, a clock or the mesh: time comes in as a
+//! [`Now`], the write-ahead log as a [`Journal`], and work that must not run on the shard
+//! (an argon2 check) goes back out as an [`Offload`]. So tests drive it directly (`tests.rs`).
+#![forbid(unsafe_code)]
+
+mod completions;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use sokdo_persistence::{AppendError, ReadRequest, Record, RoomSnapshot, Ticket};
+
+use crate::mesh::msg::{HomeOp, HomeReq, Origin, Outgoing, Reply, ShardMsg, Subscribe};
+use crate::mesh::ShardId;
+use crate::protocol::{self, ErrorCode, ProtoError};
+use crate::room::{Room, RoomLimits};
+
+/// Where records go: the write-ahead log (`sokdo_persistence::Handle`), or a test's fake.
+/// Both calls only queue and return at once; results come back as completions.
+pub trait Journal {
+    fn append(&self, record: Record, ticket: Option<Ticket>) -> Result<(), AppendError>;
+    /// Queues a store read; false when the read queue is full.
+    fn read(&self, request: ReadRequest, ticket: Ticket) -> bool;
+}
+
+impl Journal for sokdo_persistence::Handle {
+    fn append(&self, record: Record, ticket: Option<Ticket>) -> Result<(), AppendError> {
+        sokdo_persistence::Handle::append(self, record, ticket)
+    }
+
+    fn read(&self, request: ReadRequest, ticket: Ticket) -> bool {
+        sokdo_persistence::Handle::read(self, request, ticket).is_ok()
+    }
+}
+
+/// The moment a request is handled: the wall clock for `ts` fields, the monotonic clock for
+/// latency. Read once by the shard per call.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub ms: u64,
+    pub at: Instant,
+}
+
+/// The rules a home applies, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HomeRules {
+    pub limits: RoomLimits,
+    /// `--rooms-per-shard-max`.
+    pub rooms_max: usize,
+    /// `--auto-create-rooms`: a `join` of an unknown room creates it.
+    pub auto_create_rooms: bool,
+    /// `--durability sync`: a `send` is answered once its record is durable.
+    pub durable_acks: bool,
+}
+
+/// Work a home hands back to the shard because it must not run on the shard.
+#[derive(Debug)]
+pub enum Offload {
+    /// A `join` of a private room: check the password on the blocking pool, then call
+    /// [`Homes::join_verified`].
+    VerifyPassword(PasswordCheck),
+}
+
+/// A `join` waiting for its password check.
+#[derive(Debug)]
+pub struct PasswordCheck {
+    pub password: String,
+    pub hash: String,
+    joining: Joining,
+}
+
+/// A `join` on its way: admitted, waiting for a password check or for the store's part of
+/// its replay.
+#[derive(Debug)]
+struct Joining {
+    origin: Origin,
+    room: Arc<str>,
+    user: String,
+    /// The client's position: replay every message after it.
+    after_seq: Option<u64>,
+    subscribe: Subscribe,
+}
+
+/// Most messages a `join` replays from the store before the ring (PROTOCOL.md: a client
+/// that was away longer pages the rest with `history`).
+const REPLAY_FROM_STORE_MESSAGES_MAX: usize = 1000;
+
+/// A `send` whose record is logged and whose seq is reserved.
+#[derive(Debug)]
+struct AcceptedSend {
+    origin: Origin,
+    room: Arc<str>,
+    seq: u64,
+    from: String,
+    name: Option<String>,
+    body: String,
+    ts: u64,
+    received_at: Instant,
+}
+
+/// A request waiting for the persistence thread, by ticket.
+#[derive(Debug)]
+enum Waiting {
+    /// A `send` whose `ok` goes out once its record is durable; the message becomes visible
+    /// (ring, `msg` to subscribers) at the same moment.
+    Ack(AcceptedSend),
+    /// A `join` whose replay starts before the ring: the store's part is being read.
+    Join(Joining),
+    /// A `history` reaching below the ring.
+    History { origin: Origin, room: Arc<str> },
+    /// A `delete` of a message the ring no longer holds: its author is read first.
+    Delete {
+        origin: Origin,
+        room: Arc<str>,
+        user: String,
+        seq: u64,
+    },
+}
+
+/// The rooms one shard homes, and what waits on them.
+pub struct Homes {
+    shard: ShardId,
+    shards: u16,
+    rules: HomeRules,
+    rooms: HashMap<Arc<str>, Room>,
+    waiting: HashMap<u64, Waiting>,
+    next_ticket: u64,
+    journal: Box<dyn Journal>,
+    /// `sokdo_messages_in_total` of this shard.
+    messages_in: Counter,
+}
+
+impl Homes {
+    /// The homes of shard `shard` of `shards`, with the rooms it homes as persisted.
+    pub fn new(
+        (shard, shards): (ShardId, u16),
+        rules: HomeRules,
+        journal: Box<dyn Journal>,
+        messages_in: Counter,
+        snapshots: Vec<RoomSnapshot>,
+    ) -> Homes {
+        let mut homes = Homes {
+            shard,
+            shards,
+            rules,
+            rooms: HashMap::new(),
+            waiting: HashMap::new(),
+            next_ticket: 0,
+            journal,
+            messages_in,
+        };
+        for snapshot in snapshots {
+            debug_assert_eq!(crate::placement::home_of(&snapshot.room, shards), shard);
+            let key: Arc<str> = Arc::from(snapshot.room.as_str());
+            let room = Room::restore(snapshot, rules.limits, shards as usize);
+            homes.rooms.insert(key, room);
+        }
+        homes
+    }
+
+    /// Rooms homed here (a gauge).
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Requests waiting for the persistence threads (a gauge).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The shards a request to `room` may send events to: those with its subscribers.
+    pub fn reach(&self, room: &str) -> Vec<ShardId> {
+        self.rooms.get(room).map_or_else(Vec::new, |r| {
+            r.subscribed_shards().map(|s| s as ShardId).collect()
+        })
+    }
+
+    /// Executes one request; what to send goes to `out`, work for the blocking pool comes
+    /// back.
+    pub fn handle(
+        &mut self,
+        origin: Origin,
+        req: HomeReq,
+        now: Now,
+        out: &mut Outgoing,
+    ) -> Option<Offload> {
+        debug_assert_eq!(
+            crate::placement::home_of(&req.room, self.shards),
+            self.shard,
+            "a shard only touches rooms it homes"
+        );
+        let HomeReq { room, user, op } = req;
+        let mut call = Call {
+            origin: &origin,
+            user: &user,
+            now,
+            out,
+        };
+        let result = match op {
+            HomeOp::Join {
+                password,
+                after_seq,
+                subscribe,
+            } => self.join(&mut call, &room, password, after_seq, subscribe),
+            HomeOp::Create {
+                title,
+                private,
+                password_hash,
+            } => self
+                .create(&mut call, room, title, private, password_hash)
+                .map(|()| None),
+            HomeOp::UpdateRoom {
+                title,
+                private,
+                password_hash,
+            } => self
+                .update_room(&mut call, &room, title, private, password_hash)
+                .map(|()| None),
+            HomeOp::Read { seq } => self.read(&mut call, &room, seq).map(|()| None),
+            HomeOp::Delete { seq } => self.delete(&mut call, &room, seq).map(|()| None),
+            HomeOp::Typing => self.typing(&mut call, &room).map(|()| None),
+            HomeOp::Presence => self.presence(&mut call, &room).map(|()| None),
+            HomeOp::Search { query, limit } => {
+                self.search(&mut call, &room, &query, limit).map(|()| None)
+            }
+            HomeOp::Leave(leaving) => self.leave(&mut call, &room, leaving).map(|()| None),
+            HomeOp::Send {
+                name,
+                body,
+                client_msg_id,
+                received_at,
+            } => {
+                let send = requests::Send {
+                    name,
+                    body,
+                    client_msg_id,
+                    received_at,
+                };
+                self.send(&mut call, &room, send).map(|()| None)
+            }
+            HomeOp::History { before_seq, limit } => self
+                .history(&mut call, &room, before_seq, limit)
+                .map(|()| None),
+        };
+        result.unwrap_or_else(|err| {
+            reply_err(out, &origin, err);
+            None
+        })
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        Ticket {
+            shard: self.shard,
+            token: self.next_ticket,
+        }
+    }
+
+    /// Hands a record to the write-ahead log; a full log refuses the request.
+    fn log(&self, record: Record, ticket: Option<Ticket>) -> Result<(), ProtoError> {
+        self.journal.append(record, ticket).map_err(refusal)
+    }
+
+    /// Asks the store for a read; the request waits under a ticket for the completion.
+    fn read_store(&mut self, req: ReadRequest, waiting: Waiting) -> Result<(), ProtoError> {
+        let ticket = self.ticket();
+        if !self.journal.read(req, ticket) {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                "storage is busy: retry shortly",
+            ));
+        }
+        self.waiting.insert(ticket.token, waiting);
+        Ok(())
+    }
+
+    fn room_key(&self, room: &str) -> Result<Arc<str>, ProtoError> {
+        self.rooms
+            .get_key_value(room)
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| ProtoError::new(ErrorCode::NotFound, format!("no room `{room}`")))
+    }
+
+    /// The room `key` names; only called with a key `room_key` returned in the same call.
+    fn room(&self, key: &Arc<str>) -> &Room {
+        &self.rooms[key]
+    }
+
+    fn room_mut(&mut self, key: &Arc<str>) -> &mut Room {
+        self.rooms
+            .get_mut(key)
+            .expect("a key from room_key names a room")
+    }
+
+    /// Sends an event's JSON once to each shard with subscribers of the room, except to
+    /// `except`'s connections.
+    fn broadcast(
+        &self,
+        out: &mut Outgoing,
+        key: &Arc<str>,
+        event: Vec<u8>,
+        received_at: Instant,
+        except: Option<&str>,
+    ) {
+        let payload = Bytes::from(event);
+        let except: Option<Arc<str>> = except.map(Arc::from);
+        for shard in self.room(key).subscribed_shards() {
+            let msg = ShardMsg::Deliver {
+                room: key.clone(),
+                payload: payload.clone(),
+                received_at,
+                except: except.clone(),
+            };
+            out.push(shard as ShardId, msg);
+        }
+    }
+}
+
+/// One request being handled: who asked, when, and where the answers go.
+struct Call<'a> {
+    origin: &'a Origin,
+    user: &'a str,
+    now: Now,
+    out: &'a mut Outgoing,
+}
+
+impl Call<'_> {
+    fn ok<T: Serialize>(&mut self, body: T) {
+        reply_ok(self.out, self.origin, body);
+    }
+}
+
+fn reply_ok<T: Serialize>(out: &mut Outgoing, origin: &Origin, body: T) {
+    let json = protocol::ok(origin.request.as_deref(), body);
+    out.reply(origin, Reply::Ok(Bytes::from(json)));
+}
+
+fn reply_err(out: &mut Outgoing, origin: &Origin, error: ProtoError) {
+    let request = origin.request.clone();
+    out.reply(origin, Reply::Error { request, error });
+}
+
+/// What a client is told when the log refuses a record.
+fn refusal(e: AppendError) -> ProtoError {
+    match e {
+        AppendError::Full => ProtoError::new(
+            ErrorCode::Unavailable,
+            "the message log is full (wal_bytes_max) while storage catches up: retry later",
+        ),
+        AppendError::Closed => {
+            ProtoError::new(ErrorCode::Unavailable, "the server is shutting down")
+        }
+        AppendError::TooLarge => {
+            ProtoError::new(ErrorCode::TooLarge, "record too large for the log")
+        }
+        AppendError::UnknownShard(_) => {
+            ProtoError::new(ErrorCode::Internal, "persistence misconfigured")
+        }
+    }
+}
+
+pub fn not_member(room: &str) -> ProtoError {
+    ProtoError::new(ErrorCode::NotMember, format!("join room `{room}` first"))
+}

@@ -1,0 +1,710 @@
+//! One handler per request: join · create · update · read · delete · typing · presence ·
+//! search · leave · send · history, and the `rooms` part a home contributes.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use sokdo_persistence::{ReadRequest, Record};
+
+use super::{
+    not_member, AcceptedSend, Call, Homes, Joining, Now, Offload, PasswordCheck, Waiting,
+    REPLAY_FROM_STORE_MESSAGES_MAX,
+};
+use crate::mesh::msg::{Leaving, Origin, Outgoing, RoomEntry, RoomsQuery, ShardMsg, Subscribe};
+use crate::protocol::{self, ErrorCode, Msg, ProtoError};
+use crate::room::{Room, RoomInfo};
+
+#[derive(Serialize)]
+struct ReadEvent<'a> {
+    room: &'a str,
+    user: &'a str,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct ReadOk<'a> {
+    room: &'a str,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct DeletedEvent<'a> {
+    room: &'a str,
+    seq: u64,
+    by: &'a str,
+}
+
+#[derive(Serialize)]
+struct JoinOk<'a> {
+    room: &'a str,
+    last_seq: u64,
+    unread: u64,
+}
+
+#[derive(Serialize)]
+struct SendOk<'a> {
+    room: &'a str,
+    seq: u64,
+    msg_id: &'a str,
+    ts: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+#[derive(Serialize)]
+pub(super) struct RoomOk<'a> {
+    pub(super) room: &'a str,
+}
+
+#[derive(Serialize)]
+pub(super) struct HistoryOk<'a> {
+    pub(super) room: &'a str,
+    pub(super) messages: &'a [&'a Msg],
+}
+
+#[derive(Serialize)]
+struct UserInRoom<'a> {
+    room: &'a str,
+    user: &'a str,
+}
+
+#[derive(Serialize)]
+struct PresenceOk<'a> {
+    room: &'a str,
+    users: Vec<&'a str>,
+}
+
+/// The fields of a `send` the home needs beyond room and user.
+pub(super) struct Send {
+    pub(super) name: Option<String>,
+    pub(super) body: String,
+    pub(super) client_msg_id: Option<String>,
+    pub(super) received_at: Instant,
+}
+
+impl Homes {
+    // === join ===
+
+    pub(super) fn join(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        password: Option<String>,
+        after_seq: Option<u64>,
+        subscribe: Subscribe,
+    ) -> Result<Option<Offload>, ProtoError> {
+        let key = match self.room_key(room) {
+            Ok(key) => key,
+            Err(_) if self.rules.auto_create_rooms => {
+                let info = RoomInfo {
+                    title: None,
+                    private: false,
+                    creator: call.user.to_owned(),
+                    created_ms: call.now.ms,
+                };
+                self.new_room(room.to_owned(), info, None)?
+            }
+            Err(e) => return Err(e),
+        };
+        let joining = Joining {
+            origin: call.origin.clone(),
+            room: key.clone(),
+            user: call.user.to_owned(),
+            after_seq,
+            subscribe,
+        };
+        let r = self.room(&key);
+        if !r.info().private || r.is_member(call.user) {
+            self.join_admitted(call.out, joining, call.now)?;
+            return Ok(None);
+        }
+        let (Some(password), Some(hash)) = (password, r.password_hash.clone()) else {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                format!("room `{room}` is private: `join` needs its password"),
+            ));
+        };
+        let check = PasswordCheck {
+            password,
+            hash,
+            joining,
+        };
+        Ok(Some(Offload::VerifyPassword(check)))
+    }
+
+    /// A private room's `join` after its password was checked on the blocking pool.
+    pub fn join_verified(
+        &mut self,
+        check: PasswordCheck,
+        matches: bool,
+        now: Now,
+        out: &mut Outgoing,
+    ) {
+        let origin = check.joining.origin.clone();
+        let result = if matches {
+            self.join_admitted(out, check.joining, now)
+        } else {
+            Err(ProtoError::new(ErrorCode::Forbidden, "wrong password"))
+        };
+        if let Err(e) = result {
+            super::reply_err(out, &origin, e);
+        }
+    }
+
+    /// A `join` the room admits: a member from now on; the replay starts with a store read
+    /// when it reaches below the ring.
+    fn join_admitted(
+        &mut self,
+        out: &mut Outgoing,
+        joining: Joining,
+        now: Now,
+    ) -> Result<(), ProtoError> {
+        let ring_first = self.room(&joining.room).ring_first_seq();
+        let below_ring = joining
+            .after_seq
+            .filter(|after| after.saturating_add(1) < ring_first);
+        self.add_member(&joining.room, &joining.user)?;
+        let Some(after_seq) = below_ring else {
+            self.finish_join(out, &joining, Vec::new(), now);
+            return Ok(());
+        };
+        let req = ReadRequest::After {
+            room: joining.room.to_string(),
+            after_seq,
+            limit: REPLAY_FROM_STORE_MESSAGES_MAX,
+        };
+        self.read_store(req, Waiting::Join(joining))
+    }
+
+    /// Subscribes the connection and sends it the `ok`, then every message after
+    /// `after_seq`: first those read from the store, then the ring's. Run on the home, so no
+    /// live message can slip between the replay and the subscription.
+    pub(super) fn finish_join(
+        &mut self,
+        out: &mut Outgoing,
+        joining: &Joining,
+        stored: Vec<Msg>,
+        now: Now,
+    ) {
+        let Joining {
+            origin,
+            room: key,
+            user,
+            after_seq,
+            subscribe,
+        } = joining;
+        let r = self.room_mut(key);
+        let came_online = *subscribe == Subscribe::New && r.subscribe(origin.shard as usize, user);
+        let ok = protocol::ok(
+            origin.request.as_deref(),
+            JoinOk {
+                room: key,
+                last_seq: r.last_seq(),
+                unread: r.unread(user),
+            },
+        );
+        let replay = after_seq.map_or_else(Vec::new, |after| replay_frames(r, after, &stored));
+        let msg = ShardMsg::Subscribed {
+            conn: origin.conn,
+            request: origin.request.clone(),
+            room: key.clone(),
+            user: Arc::from(user.as_str()),
+            subscribe: *subscribe,
+            ok: ok.into(),
+            replay,
+        };
+        out.push(origin.shard, msg);
+        if came_online {
+            let event = protocol::event("joined", UserInRoom { room: key, user });
+            self.broadcast(out, key, event, now.at, None);
+        }
+    }
+
+    // === create, update ===
+
+    pub(super) fn create(
+        &mut self,
+        call: &mut Call<'_>,
+        room: String,
+        title: Option<String>,
+        private: bool,
+        password_hash: Option<String>,
+    ) -> Result<(), ProtoError> {
+        if self.rooms.contains_key(room.as_str()) {
+            return Err(ProtoError::new(
+                ErrorCode::RoomExists,
+                format!("room `{room}` exists"),
+            ));
+        }
+        let info = RoomInfo {
+            title,
+            private,
+            creator: call.user.to_owned(),
+            created_ms: call.now.ms,
+        };
+        let key = self.new_room(room, info, password_hash)?;
+        self.add_member(&key, call.user)?;
+        call.ok(RoomOk { room: &key });
+        Ok(())
+    }
+
+    pub(super) fn update_room(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        title: Option<String>,
+        private: Option<bool>,
+        password_hash: Option<String>,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let r = self.room(&key);
+        if r.info().creator != call.user {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "only the room's creator may change it",
+            ));
+        }
+        let password_hash = password_hash.or_else(|| r.password_hash.clone());
+        if private == Some(true) && password_hash.is_none() {
+            return Err(ProtoError::new(
+                ErrorCode::BadRequest,
+                "a private room needs a `password`",
+            ));
+        }
+        let info = r.info();
+        self.log(
+            Record::Room {
+                room: room.to_owned(),
+                title: title.clone().or_else(|| info.title.clone()),
+                private: private.unwrap_or(info.private),
+                password_hash: password_hash.clone(),
+                creator: info.creator.clone(),
+                created_ms: info.created_ms,
+            },
+            None,
+        )?;
+        let r = self.room_mut(&key);
+        r.set_info(title, private);
+        r.password_hash = password_hash;
+        call.ok(RoomOk { room });
+        Ok(())
+    }
+
+    fn new_room(
+        &mut self,
+        room: String,
+        info: RoomInfo,
+        password_hash: Option<String>,
+    ) -> Result<Arc<str>, ProtoError> {
+        let max = self.rules.rooms_max;
+        if self.rooms.len() >= max {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                format!("this shard homes rooms_per_shard_max ({max}) rooms"),
+            ));
+        }
+        self.log(
+            Record::Room {
+                room: room.clone(),
+                title: info.title.clone(),
+                private: info.private,
+                password_hash: password_hash.clone(),
+                creator: info.creator.clone(),
+                created_ms: info.created_ms,
+            },
+            None,
+        )?;
+        let key: Arc<str> = Arc::from(room.as_str());
+        let mut r = Room::new(room, info, self.rules.limits, self.shards as usize);
+        r.password_hash = password_hash;
+        self.rooms.insert(key.clone(), r);
+        Ok(key)
+    }
+
+    fn add_member(&mut self, key: &Arc<str>, user: &str) -> Result<(), ProtoError> {
+        if self.room(key).is_member(user) {
+            return Ok(());
+        }
+        let record = Record::Member {
+            room: key.to_string(),
+            user: user.to_owned(),
+            joined: true,
+        };
+        self.log(record, None)?;
+        self.room_mut(key).add_member(user);
+        Ok(())
+    }
+
+    // === read, delete ===
+
+    pub(super) fn read(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        seq: u64,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let user = call.user;
+        let r = self.room(&key);
+        if !r.is_member(user) {
+            return Err(not_member(room));
+        }
+        let seq = seq.min(r.last_seq());
+        if seq > r.read_seq(user) {
+            let record = Record::ReadPointer {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                seq,
+            };
+            self.log(record, None)?;
+            self.room_mut(&key).mark_read(user, seq);
+            let event = protocol::event("read", ReadEvent { room, user, seq });
+            self.broadcast(call.out, &key, event, call.now.at, None);
+        }
+        let seq = self.room(&key).read_seq(user);
+        call.ok(ReadOk { room, seq });
+        Ok(())
+    }
+
+    pub(super) fn delete(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        seq: u64,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let r = self.room(&key);
+        if seq == 0 || seq > r.last_seq() {
+            return Err(no_message(room, seq));
+        }
+        if let Some(m) = r.in_ring(seq) {
+            let author = m.from.clone();
+            let (origin, user, now) = (call.origin, call.user, call.now);
+            return self.finish_delete(call.out, origin, (&key, seq), user, &author, now);
+        }
+        let req = ReadRequest::After {
+            room: room.to_owned(),
+            after_seq: seq - 1,
+            limit: 1,
+        };
+        let waiting = Waiting::Delete {
+            origin: call.origin.clone(),
+            room: key,
+            user: call.user.to_owned(),
+            seq,
+        };
+        self.read_store(req, waiting)
+    }
+
+    /// Deletes a message once its author is known: the author and the room's creator may.
+    pub(super) fn finish_delete(
+        &mut self,
+        out: &mut Outgoing,
+        origin: &Origin,
+        (key, seq): (&Arc<str>, u64),
+        user: &str,
+        author: &str,
+        now: Now,
+    ) -> Result<(), ProtoError> {
+        if author != user && self.room(key).info().creator != user {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "only the author or the room's creator may delete a message",
+            ));
+        }
+        let record = Record::Deleted {
+            room: key.to_string(),
+            seq,
+            by: user.to_owned(),
+            ts_ms: now.ms,
+        };
+        self.log(record, None)?;
+        if self.room_mut(key).delete(seq) {
+            let event = DeletedEvent {
+                room: key,
+                seq,
+                by: user,
+            };
+            self.broadcast(out, key, protocol::event("deleted", event), now.at, None);
+        }
+        super::reply_ok(out, origin, RoomOk { room: key });
+        Ok(())
+    }
+
+    // === typing, presence, search ===
+
+    pub(super) fn typing(&mut self, call: &mut Call<'_>, room: &str) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let user = call.user;
+        let event = protocol::event("typing", UserInRoom { room, user });
+        self.broadcast(call.out, &key, event, call.now.at, Some(user));
+        call.ok(RoomOk { room });
+        Ok(())
+    }
+
+    /// A private room shows its content to members only.
+    fn visible(&self, key: &Arc<str>, user: &str) -> Result<(), ProtoError> {
+        let r = self.room(key);
+        if r.info().private && !r.is_member(user) {
+            return Err(ProtoError::new(
+                ErrorCode::NotMember,
+                format!("room `{key}` is private"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn presence(&mut self, call: &mut Call<'_>, room: &str) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        self.visible(&key, call.user)?;
+        let mut users: Vec<&str> = self.room(&key).online_users().collect();
+        users.sort_unstable();
+        call.ok(PresenceOk { room, users });
+        Ok(())
+    }
+
+    pub(super) fn search(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        query: &str,
+        limit: u32,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        self.visible(&key, call.user)?;
+        let r = self.room(&key);
+        let found: Vec<&Msg> = r
+            .search(query, limit as usize)
+            .into_iter()
+            .filter_map(|seq| r.in_ring(seq))
+            .collect();
+        call.ok(HistoryOk {
+            room,
+            messages: &found,
+        });
+        Ok(())
+    }
+
+    /// This shard's part of a `rooms` answer: the rooms it homes that match, sorted by id,
+    /// after the cursor, at most `limit` + 1 (so the asker knows whether there are more).
+    /// A scan of the homed rooms.
+    pub fn rooms_part(&self, q: &RoomsQuery) -> Vec<RoomEntry> {
+        let needle = q.query.as_deref().map(str::to_lowercase);
+        let matches = |r: &Room| {
+            if !r.is_member(&q.user) && (q.joined || r.info().private) {
+                return false;
+            }
+            needle.as_deref().is_none_or(|n| {
+                r.id().to_lowercase().contains(n)
+                    || r.info()
+                        .title
+                        .as_deref()
+                        .is_some_and(|t| t.to_lowercase().contains(n))
+            })
+        };
+        let mut entries: Vec<RoomEntry> = self
+            .rooms
+            .iter()
+            .filter(|(id, _)| q.cursor.as_deref().is_none_or(|c| &***id > c))
+            .filter(|(_, r)| matches(r))
+            .map(|(_, r)| RoomEntry {
+                room: r.id().to_owned(),
+                title: r.info().title.clone(),
+                private: r.info().private,
+                members: r.member_count(),
+                last_seq: r.last_seq(),
+                unread: r.is_member(&q.user).then(|| r.unread(&q.user)),
+            })
+            .collect();
+        entries.sort_by(|a, b| a.room.cmp(&b.room));
+        entries.truncate(q.limit as usize + 1);
+        entries
+    }
+
+    // === leave ===
+
+    pub(super) fn leave(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        leaving: Leaving,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let user = call.user;
+        // The connection has stopped receiving the room whatever happens below: count it
+        // out first, so the home and the subscriber shard never disagree.
+        let went_offline = self
+            .room_mut(&key)
+            .unsubscribe(call.origin.shard as usize, user);
+        if went_offline {
+            let event = protocol::event("left", UserInRoom { room, user });
+            self.broadcast(call.out, &key, event, call.now.at, None);
+        }
+        if leaving == Leaving::Membership {
+            let record = Record::Member {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                joined: false,
+            };
+            self.log(record, None)?;
+            self.room_mut(&key).remove_member(user);
+            call.ok(RoomOk { room });
+        }
+        Ok(())
+    }
+
+    // === send ===
+
+    pub(super) fn send(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        send: Send,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        let user = call.user;
+        let client_msg_id = send.client_msg_id.as_deref();
+        let r = self.room(&key);
+        if let Some((seq, ts)) = r.retry_of(user, client_msg_id) {
+            let msg_id = Room::msg_id(room, seq);
+            call.ok(SendOk {
+                room,
+                seq,
+                msg_id: &msg_id,
+                ts,
+                duplicate: true,
+            });
+            return Ok(());
+        }
+        let (seq, ts) = (r.next_seq(), call.now.ms);
+        let ticket = self.rules.durable_acks.then(|| self.ticket());
+        let record = Record::Message {
+            room: room.to_owned(),
+            seq,
+            msg_id: Room::msg_id(room, seq),
+            from: user.to_owned(),
+            name: send.name.clone(),
+            body: send.body.clone(),
+            ts_ms: ts,
+            client_msg_id: send.client_msg_id.clone(),
+        };
+        self.log(record, ticket)?;
+        // The sender has read its own message. Best effort: a full log only makes this
+        // pointer lag after a restart.
+        let pointer = Record::ReadPointer {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            seq,
+        };
+        let _ = self.log(pointer, None);
+        let reserved = self.room_mut(&key).reserve(user, client_msg_id, ts);
+        assert_eq!(reserved, seq, "the logged seq is the reserved seq");
+        self.messages_in.inc();
+        let accepted = AcceptedSend {
+            origin: call.origin.clone(),
+            room: key,
+            seq,
+            from: user.to_owned(),
+            name: send.name,
+            body: send.body,
+            ts,
+            received_at: send.received_at,
+        };
+        match ticket {
+            Some(t) => {
+                self.waiting.insert(t.token, Waiting::Ack(accepted));
+            }
+            None => self.publish_send(call.out, accepted),
+        }
+        Ok(())
+    }
+
+    /// Makes an accepted message visible: into the room, `ok` to the sender, `msg` to every
+    /// subscriber. With durable acks this runs when the record is durable, so nobody ever
+    /// sees a message (or a seq) that a crash could take back.
+    pub(super) fn publish_send(&mut self, out: &mut Outgoing, send: AcceptedSend) {
+        let AcceptedSend {
+            origin,
+            room,
+            seq,
+            from,
+            name,
+            body,
+            ts,
+            received_at,
+        } = send;
+        let msg = self
+            .room_mut(&room)
+            .publish(seq, &from, name.as_deref(), body, ts);
+        let ok = SendOk {
+            room: &room,
+            seq,
+            msg_id: &msg.msg_id,
+            ts,
+            duplicate: false,
+        };
+        super::reply_ok(out, &origin, ok);
+        let event = protocol::event("msg", msg);
+        self.broadcast(out, &room, event, received_at, None);
+    }
+
+    // === history ===
+
+    pub(super) fn history(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<(), ProtoError> {
+        let key = self.room_key(room)?;
+        self.visible(&key, call.user)?;
+        let r = self.room(&key);
+        let from_ring = r.history(before_seq, limit as usize);
+        if from_ring.len() == limit as usize || r.ring_first_seq() <= 1 {
+            call.ok(HistoryOk {
+                room,
+                messages: &from_ring,
+            });
+            return Ok(());
+        }
+        let req = ReadRequest::Before {
+            room: room.to_owned(),
+            before_seq,
+            limit: limit as usize,
+        };
+        let waiting = Waiting::History {
+            origin: call.origin.clone(),
+            room: key,
+        };
+        self.read_store(req, waiting)
+    }
+}
+
+/// The `msg` frames of a replay after `after`: the store's part below the ring, then the
+/// ring's, in seq order without a repeat.
+fn replay_frames(r: &Room, after: u64, stored: &[Msg]) -> Vec<bytes::Bytes> {
+    let ring_first = r.ring_first_seq();
+    let mut frames = Vec::new();
+    let mut last = after;
+    for m in stored
+        .iter()
+        .filter(|m| m.seq > after && m.seq < ring_first)
+    {
+        frames.push(crate::ws::text(&protocol::event("msg", m)));
+        last = m.seq;
+    }
+    let from_ring = r.replay(last).messages;
+    frames.extend(
+        from_ring
+            .iter()
+            .map(|m| crate::ws::text(&protocol::event("msg", m))),
+    );
+    frames
+}
+
+pub(super) fn no_message(room: &str, seq: u64) -> ProtoError {
+    ProtoError::new(ErrorCode::NotFound, format!("no message {seq} in `{room}`"))
+}

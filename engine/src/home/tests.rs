@@ -1,0 +1,475 @@
+//! `Homes` driven directly: no socket, no thread, no clock, no mesh. A fake journal records
+//! what would go to the write-ahead log; time is passed in; what a home sends is read from
+//! the `Outgoing` it returns.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use serde_json::Value;
+use sokdo_persistence::{AppendError, Completion, ReadRequest, Record, StoredMessage, Ticket};
+
+use super::{HomeRules, Homes, Journal, Now, Offload};
+use crate::conn::ConnRef;
+use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, Outgoing, Reply, ShardMsg, Subscribe};
+use crate::mesh::ShardId;
+use crate::protocol::ErrorCode;
+use crate::room::RoomLimits;
+
+/// What the home handed to the log: appends and reads, with their tickets.
+#[derive(Default)]
+struct Log {
+    appended: Vec<(Record, Option<Ticket>)>,
+    reads: Vec<(ReadRequest, Ticket)>,
+    full: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeJournal(Rc<RefCell<Log>>);
+
+impl Journal for FakeJournal {
+    fn append(&self, record: Record, ticket: Option<Ticket>) -> Result<(), AppendError> {
+        let mut log = self.0.borrow_mut();
+        if log.full {
+            return Err(AppendError::Full);
+        }
+        log.appended.push((record, ticket));
+        Ok(())
+    }
+
+    fn read(&self, request: ReadRequest, ticket: Ticket) -> bool {
+        self.0.borrow_mut().reads.push((request, ticket));
+        true
+    }
+}
+
+/// Home shard 0 of 2 (the rooms of these tests are homed there) and its journal.
+struct Fixture {
+    homes: Homes,
+    log: FakeJournal,
+    now: Now,
+}
+
+fn fixture(durable_acks: bool, ring: usize) -> Fixture {
+    let log = FakeJournal::default();
+    let rules = HomeRules {
+        limits: RoomLimits {
+            history_ring_messages_max: ring,
+            idempotency_keys_max: 100,
+        },
+        rooms_max: 10,
+        auto_create_rooms: true,
+        durable_acks,
+    };
+    let homes = Homes::new(
+        (0, 2),
+        rules,
+        Box::new(log.clone()),
+        Counter::default(),
+        Vec::new(),
+    );
+    let now = Now {
+        ms: 1_700_000_000_000,
+        at: Instant::now(),
+    };
+    Fixture { homes, log, now }
+}
+
+/// A connection `n` on shard `shard`, asking with request id `n`.
+fn origin(shard: ShardId, n: u32) -> Origin {
+    Origin {
+        shard,
+        conn: ConnRef {
+            key: n,
+            generation: u64::from(n),
+        },
+        request: Some(serde_json::value::to_raw_value(&n).unwrap()),
+    }
+}
+
+impl Fixture {
+    fn call(&mut self, origin: Origin, user: &str, room: &str, op: HomeOp) -> Outgoing {
+        let mut out = Outgoing::default();
+        let req = HomeReq {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            op,
+        };
+        let offload = self.homes.handle(origin, req, self.now, &mut out);
+        assert!(offload.is_none(), "unexpected offload {offload:?}");
+        out
+    }
+
+    fn join(&mut self, origin: Origin, user: &str, room: &str, after_seq: Option<u64>) -> Outgoing {
+        let op = HomeOp::Join {
+            password: None,
+            after_seq,
+            subscribe: Subscribe::New,
+        };
+        self.call(origin, user, room, op)
+    }
+
+    fn send(&mut self, origin: Origin, user: &str, room: &str, body: &str) -> Outgoing {
+        let op = HomeOp::Send {
+            name: None,
+            body: body.to_owned(),
+            client_msg_id: None,
+            received_at: self.now.at,
+        };
+        self.call(origin, user, room, op)
+    }
+
+    fn complete(&mut self, completion: Completion) -> Outgoing {
+        let mut out = Outgoing::default();
+        self.homes.on_completion(completion, self.now, &mut out);
+        out
+    }
+
+    fn tickets(&self) -> Vec<Ticket> {
+        let log = self.log.0.borrow();
+        log.appended.iter().filter_map(|(_, t)| *t).collect()
+    }
+}
+
+/// The `ok` JSON of the only reply in `out`, or the error code.
+fn reply(out: &Outgoing) -> Result<Value, ErrorCode> {
+    let replies: Vec<_> = out
+        .msgs()
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ShardMsg::Reply { reply, .. } => Some(reply),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "one reply expected: {:?}", out.msgs());
+    match replies[0] {
+        Reply::Ok(json) => Ok(serde_json::from_slice(json).unwrap()),
+        Reply::Error { error, .. } => Err(error.code),
+    }
+}
+
+/// The `msg` events delivered, as (shard, seq).
+fn delivered(out: &Outgoing) -> Vec<(ShardId, u64)> {
+    out.msgs()
+        .iter()
+        .filter_map(|(to, m)| match m {
+            ShardMsg::Deliver { payload, .. } => {
+                let v: Value = serde_json::from_slice(payload).unwrap();
+                (v["op"] == "msg").then(|| (*to, v["seq"].as_u64().unwrap()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The seqs a `Subscribed` replays, in order.
+fn replayed(out: &Outgoing) -> Vec<u64> {
+    let (_, ShardMsg::Subscribed { replay, .. }) = &out.msgs()[0] else {
+        panic!(
+            "the join's first message is its Subscribed: {:?}",
+            out.msgs()
+        );
+    };
+    replay
+        .iter()
+        .map(|frame| {
+            let v: Value = serde_json::from_slice(crate::ws::payload_of(frame)).unwrap();
+            v["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+fn stored(room: &str, seq: u64, from: &str) -> StoredMessage {
+    StoredMessage {
+        room: room.to_owned(),
+        seq,
+        msg_id: format!("{room}:{seq}"),
+        from: from.to_owned(),
+        name: None,
+        body: Some(format!("m{seq}")),
+        ts_ms: 1,
+        deleted: false,
+    }
+}
+
+/// Goal: a home gives consecutive seqs from 1, answers the sender with its seq, sends each
+/// message once to every shard with subscribers, and logs every message before answering.
+#[test]
+fn sends_are_sequenced_logged_and_delivered_once_per_shard() {
+    let mut f = fixture(false, 100);
+    f.join(origin(0, 1), "ann", "room", None);
+    f.join(origin(1, 2), "bob", "room", None);
+    for (i, expected) in [1u64, 2, 3].into_iter().enumerate() {
+        let out = f.send(origin(0, 1), "ann", "room", &format!("hello {i}"));
+        let ok = reply(&out).unwrap();
+        assert_eq!(ok["seq"], expected);
+        assert_eq!(ok["id"], 1, "the reply carries the request's id");
+        assert_eq!(delivered(&out), vec![(0, expected), (1, expected)]);
+    }
+    let log = f.log.0.borrow();
+    let seqs: Vec<u64> = log
+        .appended
+        .iter()
+        .filter_map(|(r, _)| match r {
+            Record::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+/// Goal: with durable acks, nobody sees a message before its record is durable: no reply
+/// and no delivery at `send`; both at the completion, in the order the log completes.
+/// A full log refuses the send without reserving a seq.
+#[test]
+fn durable_acks_wait_for_the_log_and_keep_its_order() {
+    let mut f = fixture(true, 100);
+    f.join(origin(0, 1), "ann", "room", None);
+    let first = f.send(origin(0, 1), "ann", "room", "one");
+    let second = f.send(origin(0, 1), "ann", "room", "two");
+    assert!(
+        first.msgs().is_empty() && second.msgs().is_empty(),
+        "nothing before durable"
+    );
+    assert_eq!(f.homes.waiting(), 2);
+
+    let history = f.call(
+        origin(0, 1),
+        "ann",
+        "room",
+        HomeOp::History {
+            before_seq: None,
+            limit: 10,
+        },
+    );
+    assert_eq!(reply(&history).unwrap()["messages"], Value::Array(vec![]));
+
+    let tickets = f.tickets();
+    assert_eq!(tickets.len(), 2);
+    let out = f.complete(Completion::Durable(vec![tickets[0]]));
+    assert_eq!(reply(&out).unwrap()["seq"], 1);
+    assert_eq!(delivered(&out), vec![(0, 1)]);
+    let out = f.complete(Completion::Durable(vec![tickets[1]]));
+    assert_eq!(reply(&out).unwrap()["seq"], 2);
+    assert_eq!(f.homes.waiting(), 0);
+
+    f.log.0.borrow_mut().full = true;
+    let refused = f.send(origin(0, 1), "ann", "room", "three");
+    assert_eq!(reply(&refused), Err(ErrorCode::Unavailable));
+    f.log.0.borrow_mut().full = false;
+    let tickets_before = f.tickets().len();
+    f.send(origin(0, 1), "ann", "room", "three");
+    let t = f.tickets()[tickets_before];
+    let out = f.complete(Completion::Durable(vec![t]));
+    assert_eq!(
+        reply(&out).unwrap()["seq"],
+        3,
+        "the refused send took no seq"
+    );
+}
+
+/// Goal: a `join` with a position replays every later message before any live one: the
+/// `Subscribed` (ok + replay) comes first, the ring's part follows the store's part, in seq
+/// order without repeats, and the next live message is delivered after it.
+#[test]
+fn join_replays_the_store_then_the_ring_before_live_messages() {
+    let mut f = fixture(false, 2);
+    f.join(origin(0, 1), "ann", "room", None);
+    for i in 1..=5 {
+        f.send(origin(0, 1), "ann", "room", &format!("m{i}"));
+    }
+    // The ring holds 4 and 5: a position in the ring needs no store read.
+    let out = f.join(origin(1, 2), "bob", "room", Some(3));
+    assert_eq!(replayed(&out), vec![4, 5]);
+
+    // Below the ring: the store is read first, and nothing is sent until it answers.
+    let out = f.join(origin(1, 3), "cat", "room", Some(1));
+    assert!(out.msgs().is_empty(), "the join waits for the store");
+    let (request, ticket) = f.log.0.borrow().reads[0].clone();
+    assert_eq!(
+        request,
+        ReadRequest::After {
+            room: "room".into(),
+            after_seq: 1,
+            limit: super::REPLAY_FROM_STORE_MESSAGES_MAX
+        }
+    );
+    let store: Vec<StoredMessage> = (2..=4).map(|s| stored("room", s, "ann")).collect();
+    let out = f.complete(Completion::Read {
+        ticket,
+        result: Ok(store),
+    });
+    assert_eq!(
+        replayed(&out),
+        vec![2, 3, 4, 5],
+        "store 2–3, then the ring 4–5"
+    );
+    let ShardMsg::Subscribed { ok, .. } = &out.msgs()[0].1 else {
+        unreachable!()
+    };
+    let ok: Value = serde_json::from_slice(ok).unwrap();
+    assert_eq!(
+        (ok["id"].as_u64(), ok["last_seq"].as_u64()),
+        (Some(3), Some(5))
+    );
+
+    let live = f.send(origin(0, 1), "ann", "room", "m6");
+    assert_eq!(
+        delivered(&live),
+        vec![(0, 6), (1, 6)],
+        "shard 1 now has subscribers"
+    );
+}
+
+/// Goal: a private room admits its members, refuses others without a password, and hands a
+/// password to the shard to check off the shard; the check's result decides the join.
+#[test]
+fn a_private_room_needs_its_password_checked_off_the_shard() {
+    let mut f = fixture(false, 100);
+    let create = HomeOp::Create {
+        title: None,
+        private: true,
+        password_hash: Some("HASH".into()),
+    };
+    assert_eq!(
+        reply(&f.call(origin(0, 1), "ann", "den", create)).unwrap()["room"],
+        "den"
+    );
+    let out = f.join(origin(0, 2), "bob", "den", None);
+    assert_eq!(reply(&out), Err(ErrorCode::Forbidden), "no password given");
+
+    let check_with = |f: &mut Fixture, n: u32| {
+        let mut out = Outgoing::default();
+        let op = HomeOp::Join {
+            password: Some("secret".into()),
+            after_seq: None,
+            subscribe: Subscribe::New,
+        };
+        let req = HomeReq {
+            room: "den".into(),
+            user: "bob".into(),
+            op,
+        };
+        match f.homes.handle(origin(0, n), req, f.now, &mut out) {
+            Some(Offload::VerifyPassword(check)) => {
+                assert_eq!(
+                    (check.password.as_str(), check.hash.as_str()),
+                    ("secret", "HASH")
+                );
+                assert!(out.msgs().is_empty(), "nothing is sent before the check");
+                check
+            }
+            other => panic!("expected a password check, got {other:?}"),
+        }
+    };
+    let check = check_with(&mut f, 3);
+    let mut out = Outgoing::default();
+    f.homes.join_verified(check, false, f.now, &mut out);
+    assert_eq!(reply(&out), Err(ErrorCode::Forbidden), "wrong password");
+
+    let check = check_with(&mut f, 4);
+    let mut out = Outgoing::default();
+    f.homes.join_verified(check, true, f.now, &mut out);
+    assert!(matches!(out.msgs()[0].1, ShardMsg::Subscribed { .. }));
+    // Now a member: joins again without a password.
+    let out = f.join(origin(0, 5), "bob", "den", None);
+    assert!(matches!(out.msgs()[0].1, ShardMsg::Subscribed { .. }));
+}
+
+/// Goal: the author and the room's creator may delete a message, nobody else; a seq that
+/// was never given is `not_found`; a message no longer in the ring is read from the store
+/// to find its author first.
+#[test]
+fn delete_rules() {
+    let mut f = fixture(false, 2);
+    let create = HomeOp::Create {
+        title: None,
+        private: false,
+        password_hash: None,
+    };
+    f.call(origin(0, 1), "owner", "room", create);
+    f.join(origin(0, 2), "ann", "room", None);
+    f.join(origin(0, 3), "bob", "room", None);
+    for who in ["ann", "ann", "ann", "bob"] {
+        f.send(origin(0, 2), who, "room", "x");
+    }
+    let del = |seq| HomeOp::Delete { seq };
+    assert_eq!(
+        reply(&f.call(origin(0, 3), "bob", "room", del(4))).unwrap()["room"],
+        "room"
+    );
+    assert_eq!(
+        reply(&f.call(origin(0, 3), "bob", "room", del(3))),
+        Err(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        reply(&f.call(origin(0, 1), "owner", "room", del(3))).unwrap()["room"],
+        "room"
+    );
+    assert_eq!(
+        reply(&f.call(origin(0, 1), "owner", "room", del(0))),
+        Err(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        reply(&f.call(origin(0, 1), "owner", "room", del(9))),
+        Err(ErrorCode::NotFound)
+    );
+
+    // Seq 1 left the ring (it holds 3 and 4): its author comes from the store.
+    let out = f.call(origin(0, 3), "bob", "room", del(1));
+    assert!(out.msgs().is_empty(), "the delete waits for the store");
+    let (_, ticket) = f.log.0.borrow().reads[0].clone();
+    let out = f.complete(Completion::Read {
+        ticket,
+        result: Ok(vec![stored("room", 1, "ann")]),
+    });
+    assert_eq!(reply(&out), Err(ErrorCode::Forbidden), "bob is not ann");
+    let log = f.log.0.borrow();
+    let deletes = log
+        .appended
+        .iter()
+        .filter(|(r, _)| matches!(r, Record::Deleted { .. }))
+        .count();
+    assert_eq!(deletes, 2, "only the allowed deletes were logged");
+}
+
+/// Goal: a connection going away stops receiving the room but stays a member; `leave`
+/// ends the membership and is logged.
+#[test]
+fn leaving_by_connection_keeps_the_membership() {
+    let mut f = fixture(false, 100);
+    f.join(origin(1, 1), "ann", "room", None);
+    let out = f.call(
+        origin(1, 1),
+        "ann",
+        "room",
+        HomeOp::Leave(Leaving::Connection),
+    );
+    assert!(
+        out.msgs()
+            .iter()
+            .all(|(_, m)| !matches!(m, ShardMsg::Reply { .. })),
+        "no reply"
+    );
+    let out = f.send(origin(0, 2), "ann", "room", "still a member");
+    assert_eq!(reply(&out).unwrap()["seq"], 1);
+    assert!(
+        delivered(&out).is_empty(),
+        "nobody receives the room any more"
+    );
+    f.join(origin(1, 1), "ann", "room", None);
+    assert_eq!(
+        delivered(&f.send(origin(0, 2), "ann", "room", "back")),
+        vec![(1, 2)]
+    );
+    let out = f.call(
+        origin(1, 1),
+        "ann",
+        "room",
+        HomeOp::Leave(Leaving::Membership),
+    );
+    assert_eq!(reply(&out).unwrap()["room"], "room");
+    let out = f.call(origin(1, 1), "ann", "room", HomeOp::Read { seq: 2 });
+    assert_eq!(reply(&out), Err(ErrorCode::NotMember));
+}

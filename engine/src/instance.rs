@@ -1,0 +1,40 @@
+//! What every shard of the process reads and no shard writes: the configuration, the
+//! mesh, the persistence handle, the metrics registry, liveness. Built once by `server`
+//! before the shards start, then shared behind an `Arc`.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use crate::auth::Auth;
+use crate::config::{Config, DurabilityArg};
+use crate::mesh::msg::ShardMsg;
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::persist::Completions;
+
+pub struct Instance {
+    pub cfg: Config,
+    /// This instance's name, in `hello` and session ids.
+    pub name: String,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    pub mesh: Arc<Mesh<ShardMsg>>,
+    pub completions: Arc<Completions>,
+    pub persist: sokdo_persistence::Handle,
+    /// The account store, with `--accounts`.
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
+    /// When each shard last ran, for `/healthz`.
+    pub liveness: crate::liveness::Liveness,
+}
+
+impl Instance {
+    /// Shards of this process (the mesh has one doorbell and one row of queues each).
+    pub fn shards(&self) -> u16 {
+        self.mesh.shards() as u16
+    }
+
+    /// `--durability sync`: a `send` is answered once its record is durable.
+    pub fn durable_acks(&self) -> bool {
+        self.cfg.durability == DurabilityArg::Sync
+    }
+}

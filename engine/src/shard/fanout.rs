@@ -1,0 +1,222 @@
+//! Frames out: the local subscribers of each room, one frame per delivery shared by all of
+//! them, replies to one connection, and the closing handshake. Every queue to a connection
+//! is bounded by `outbound_queue_bytes_max`; a connection that overflows it is closed 1013.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Shard;
+use crate::conn::{ConnRef, Phase};
+use crate::mesh::msg::{Reply, Subscribe};
+use crate::protocol::{self, ErrorCode, ProtoError, RequestId};
+use crate::ws::{self, close};
+
+/// Bad requests one connection may make before it is closed 1008: enough for a client with
+/// a bug to see its errors in a log, few enough that a hostile one cannot keep the shard
+/// parsing garbage.
+const MALFORMED_REQUESTS_PER_CONNECTION_MAX: u32 = 64;
+
+/// A `join` the home admitted, arriving at the connection's shard.
+pub(super) struct Joined {
+    pub(super) conn: ConnRef,
+    pub(super) request: RequestId,
+    pub(super) room: Arc<str>,
+    pub(super) user: Arc<str>,
+    pub(super) subscribe: Subscribe,
+}
+
+impl Shard {
+    /// A home's answer to one of this shard's connections.
+    pub(super) fn on_reply(&mut self, conn: ConnRef, reply: Reply) {
+        let Some(key) = self.live(conn) else { return };
+        if self.conns[key].phase == Phase::Api {
+            return self.api_reply(key, reply);
+        }
+        match reply {
+            Reply::Ok(json) => self.push_frame(key, ws::text(&json)),
+            Reply::Error { request, error } => self.reply_error(key, request.as_deref(), &error),
+        }
+    }
+
+    /// Answers one request with an error; malformed requests count towards closing.
+    pub(super) fn reply_error(
+        &mut self,
+        key: usize,
+        id: Option<&serde_json::value::RawValue>,
+        err: &ProtoError,
+    ) {
+        self.metrics.protocol_errors.inc();
+        self.push_frame(key, ws::text(&protocol::error(id, err)));
+        // Only malformed requests count as abuse; refusals (`not_member`, `rate_limited`…)
+        // are normal traffic.
+        if !matches!(err.code, ErrorCode::BadRequest | ErrorCode::TooLarge) {
+            return;
+        }
+        let entry = &mut self.conns[key];
+        entry.malformed_requests += 1;
+        if entry.malformed_requests > MALFORMED_REQUESTS_PER_CONNECTION_MAX {
+            self.close_conn(key, close::POLICY, "too many bad requests", Unsent::Send);
+        }
+    }
+
+    /// The home admitted a `join`: the connection starts receiving the room and gets the
+    /// `ok` and the replay, in that order.
+    pub(super) fn on_subscribed(&mut self, joined: Joined, ok: Bytes, replay: Vec<Bytes>) {
+        let Joined {
+            conn,
+            request,
+            room,
+            user,
+            subscribe,
+        } = joined;
+        let new = subscribe == Subscribe::New;
+        let key = self
+            .live(conn)
+            .filter(|k| self.conns[*k].phase == Phase::Open);
+        let already = key.is_some_and(|k| self.conns[k].room_index(&room).is_some());
+        if new && (key.is_none() || already) {
+            // The home counted a subscription this connection cannot take: give it back.
+            self.release_subscription(&room, &user, conn);
+        }
+        let Some(key) = key else { return };
+        if new && !already {
+            if let Err(err) = self.check_rooms_per_connection(key) {
+                // Joins sent back to back all passed the check at the connection; this one
+                // is over.
+                self.release_subscription(&room, &user, conn);
+                return self.reply_error(key, request.as_deref(), &err);
+            }
+            let list = self.subs.entry(room.clone()).or_default();
+            list.push(key as u32);
+            let idx = (list.len() - 1) as u32;
+            self.conns[key].rooms.push((room, idx));
+        }
+        // A replay (bounded by the ring and the store read) may exceed the queue bound when it
+        // arrives at an idle connection, but replays never pile up: one arriving while the
+        // connection has not taken the previous one closes it as a slow consumer.
+        let max = self.cfg().outbound_queue_bytes_max as usize;
+        let ok = ws::text(&ok);
+        let bytes = ok.len() + replay.iter().map(Bytes::len).sum::<usize>();
+        let entry = &mut self.conns[key];
+        if !entry.out.is_empty() && entry.out.bytes() + bytes > max {
+            return self.close_slow(key);
+        }
+        entry.out.push(ok);
+        for frame in replay {
+            entry.out.push(frame);
+        }
+        entry.wake();
+    }
+
+    pub(super) fn unsubscribe_local(&mut self, room: &Arc<str>, idx: u32) {
+        let Some(list) = self.subs.get_mut(room) else {
+            debug_assert!(false, "unsubscribe from a room with no local list");
+            return;
+        };
+        let idx = idx as usize;
+        list.swap_remove(idx);
+        if let Some(&moved) = list.get(idx) {
+            let rooms = &mut self.conns[moved as usize].rooms;
+            if let Some(slot) = rooms.iter_mut().find(|(r, _)| r == room) {
+                slot.1 = idx as u32;
+            }
+        }
+        if list.is_empty() {
+            self.subs.remove(room);
+        }
+    }
+
+    /// One message for every local subscriber of `room`: framed once, queued to each.
+    pub(super) fn deliver(
+        &mut self,
+        room: &str,
+        payload: &[u8],
+        received_at: Instant,
+        except: Option<&str>,
+    ) {
+        let Shard {
+            subs,
+            conns,
+            metrics,
+            instance,
+            ..
+        } = self;
+        let Some(keys) = subs.get(room) else { return };
+        let frame = ws::text(payload);
+        let max = instance.cfg.outbound_queue_bytes_max as usize;
+        let mut slow = Vec::new();
+        let mut delivered = 0;
+        for &key in keys {
+            let entry = &mut conns[key as usize];
+            if entry.phase != Phase::Open || except.is_some_and(|u| *entry.user == *u) {
+                continue;
+            }
+            if entry.out.bytes() + frame.len() > max {
+                slow.push(key as usize);
+                continue;
+            }
+            let was_idle = entry.out.is_empty();
+            entry.out.push(frame.clone());
+            if was_idle {
+                entry.wake();
+            }
+            delivered += 1;
+        }
+        metrics.deliveries.inc_by(delivered);
+        metrics.fanout_latency.observe(received_at.elapsed());
+        for key in slow {
+            self.close_slow(key);
+        }
+    }
+
+    /// Queues a frame to one connection, within its bound.
+    pub(super) fn push_frame(&mut self, key: usize, frame: Bytes) {
+        let max = self.cfg().outbound_queue_bytes_max as usize;
+        let entry = &mut self.conns[key];
+        if entry.phase == Phase::Closing {
+            return;
+        }
+        // One frame always fits an empty queue: a reply larger than the bound (a `history`
+        // page of long messages) is not a slow consumer.
+        if !entry.out.is_empty() && entry.out.bytes() + frame.len() > max {
+            return self.close_slow(key);
+        }
+        entry.out.push(frame);
+        entry.wake();
+    }
+
+    /// Closes a connection whose queue would overflow `outbound_queue_bytes_max`.
+    fn close_slow(&mut self, key: usize) {
+        self.metrics.slow_consumer_closes.inc();
+        self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", Unsent::Drop);
+    }
+
+    /// Starts the closing handshake: queues a close frame (after the pending frames, or
+    /// instead of them) and gives the client `close_timeout_ms` to take it.
+    pub(super) fn close_conn(&mut self, key: usize, code: u16, reason: &str, unsent: Unsent) {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg().close_timeout_ms);
+        let entry = &mut self.conns[key];
+        if entry.phase == Phase::Closing {
+            return;
+        }
+        entry.phase = Phase::Closing;
+        if unsent == Unsent::Drop {
+            entry.out.drop_unsent();
+        }
+        entry.out.push(ws::close_frame(code, reason));
+        entry.close_deadline = Some(deadline);
+        entry.wake();
+    }
+}
+
+/// What a close does with the frames queued but not yet written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unsent {
+    /// They go out before the close frame (a normal close, a drain).
+    Send,
+    /// They are dropped (a protocol error, a slow consumer: the client would not read them).
+    Drop,
+}

@@ -1,0 +1,507 @@
+//! Bytes in: the HTTP head until the upgrade, WebSocket frames after, and each text frame
+//! turned into a request for its room's home.
+#![forbid(unsafe_code)]
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::admission::Arrival;
+use super::fanout::Unsent;
+use super::tasks::spawn_task;
+use super::Shard;
+use crate::conn::Phase;
+use crate::home::not_member;
+use crate::http::{Fault, Outcome};
+use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, RoomsQuery, ShardMsg, Subscribe};
+use crate::protocol::{self, ErrorCode, ProtoError, Request, RequestId};
+use crate::ws::{self, close, Inbound};
+
+impl Shard {
+    /// Bytes read from connection `key`: the HTTP head until upgraded, frames after.
+    pub(super) fn on_bytes_in(
+        &mut self,
+        key: usize,
+        head: &mut Vec<u8>,
+        decoder: &mut ws::Decoder,
+        bytes: &mut [u8],
+    ) {
+        let entry = &mut self.conns[key];
+        entry.last_recv = Instant::now();
+        match entry.phase {
+            Phase::Http => self.on_http(key, head, bytes),
+            Phase::Api => {}
+            Phase::Queued | Phase::Open | Phase::Closing => {
+                let max = self.cfg().frame_bytes_max as usize;
+                let result = decoder.feed(bytes, max, &mut |frame| self.on_frame(key, frame));
+                if let Err(e) = result {
+                    self.close_conn(key, e.close_code(), &e.to_string(), Unsent::Drop);
+                }
+            }
+        }
+    }
+
+    fn on_http(&mut self, key: usize, head: &mut Vec<u8>, bytes: &[u8]) {
+        head.extend_from_slice(bytes);
+        let outcome = if head.len() > self.cfg().http_request_bytes_max as usize {
+            Outcome::Respond(crate::http::response(
+                431,
+                "Request Header Fields Too Large",
+                "text/plain; charset=utf-8",
+                b"request head exceeds http_request_bytes_max\n",
+                "",
+            ))
+        } else {
+            let metrics = || self.instance.metrics.encode();
+            let health = || self.instance.liveness.check();
+            let ctx = crate::http::Context {
+                auth: &self.instance.auth,
+                draining: self.draining.is_some() || self.instance.mesh.drain_requested(),
+                at_capacity: self.admission.at_capacity(),
+                shard_full: self.admission.is_full(),
+                metrics: &metrics,
+                health: &health,
+                faults: self.cfg().fault_injection,
+                api_key: self.cfg().api_key.as_deref(),
+                accounts: self.instance.accounts.is_some(),
+                body_bytes_max: self.cfg().body_bytes_max as usize,
+            };
+            crate::http::route(head, &ctx)
+        };
+        if !matches!(outcome, Outcome::Incomplete) {
+            *head = Vec::new();
+        }
+        match outcome {
+            Outcome::Incomplete => {}
+            Outcome::Respond(response) => {
+                if response.starts_with(b"HTTP/1.1 503") {
+                    self.metrics.connections_refused.inc();
+                }
+                self.respond_http(key, response);
+            }
+            Outcome::Api(call) => self.on_api(key, call),
+            Outcome::Upgrade { identity, response } => self.upgraded(key, identity, response),
+            Outcome::Fault(fault) => self.on_fault(key, fault),
+        }
+    }
+
+    /// `POST /debug/fault/…` (`--fault-injection`): the fault is sent to its shard.
+    fn on_fault(&mut self, key: usize, fault: Fault) {
+        tracing::warn!(?fault, "injecting a fault (--fault-injection)");
+        let to = match fault {
+            Fault::PanicShard(n) | Fault::StallShard(n, _) => n,
+            Fault::PanicLog => self.id,
+        };
+        if to >= self.instance.shards() {
+            let none = crate::http::plain(400, "Bad Request", "no such shard\n");
+            return self.respond_http(key, none);
+        }
+        let accepted = crate::http::plain(202, "Accepted", "injecting\n");
+        self.respond_http(key, accepted);
+        self.emit(to, ShardMsg::Fault(fault));
+    }
+
+    /// Injects a fault (test only), after this turn so that the 202 goes out first.
+    pub(super) fn inject(&mut self, fault: Fault) {
+        let persist = self.instance.persist.clone();
+        spawn_task(async move {
+            glommio::executor().yield_now().await;
+            match fault {
+                Fault::PanicShard(n) => panic!("injected fault: shard {n} panics"),
+                Fault::StallShard(_, ms) => {
+                    // Blocks the shard's thread on purpose: a shard stuck in a call.
+                    #[allow(clippy::disallowed_methods, reason = "the fault is a blocked shard")]
+                    std::thread::sleep(Duration::from_millis(ms))
+                }
+                Fault::PanicLog => persist.inject_panic(),
+            }
+        })
+        .detach();
+    }
+
+    /// Sends a complete HTTP response and closes once it is written.
+    pub(super) fn respond_http(&mut self, key: usize, response: Bytes) {
+        let close_timeout = Duration::from_millis(self.cfg().close_timeout_ms);
+        let entry = &mut self.conns[key];
+        entry.phase = Phase::Closing;
+        entry.end_when_flushed = true;
+        entry.close_deadline = Some(Instant::now() + close_timeout);
+        entry.out.push(response);
+        entry.wake();
+    }
+
+    /// A connection upgraded and authenticated: admitted at once if a place is free and
+    /// nobody waits, queued otherwise (the bound on the queue was checked before upgrading).
+    fn upgraded(&mut self, key: usize, identity: crate::auth::Identity, response: Bytes) {
+        let conn = self.conn_ref(key);
+        let entry = &mut self.conns[key];
+        entry.user = Rc::from(identity.user.as_str());
+        entry.name = identity.name.as_deref().map(Rc::from);
+        entry.out.push(response);
+        match self.admission.arrive(conn) {
+            Arrival::Admitted => self.admit(key),
+            Arrival::Queued(position) => {
+                self.conns[key].phase = Phase::Queued;
+                self.tell_position(key, position);
+            }
+        }
+    }
+
+    fn tell_position(&mut self, key: usize, position: u32) {
+        let entry = &mut self.conns[key];
+        entry.queue_position = position;
+        let event = protocol::event("queued", serde_json::json!({"position": position}));
+        entry.out.push(ws::text(&event));
+        entry.wake();
+    }
+
+    /// Gives a connection its place (already counted by `admission`) and its `hello`.
+    fn admit(&mut self, key: usize) {
+        let instance = self.instance.clone();
+        let cfg = &instance.cfg;
+        let entry = &mut self.conns[key];
+        entry.phase = Phase::Open;
+        entry.admitted = true;
+        let session = format!("{}.{}.{}", instance.name, self.id, entry.generation);
+        let hello = protocol::event(
+            "hello",
+            protocol::Hello {
+                user: &entry.user,
+                session: &session,
+                instance: &instance.name,
+                shard: self.id,
+                heartbeat_ms: cfg.heartbeat_ms,
+                limits: protocol::Limits {
+                    body_bytes_max: cfg.body_bytes_max,
+                    frame_bytes_max: cfg.frame_bytes_max,
+                    outbound_queue_bytes_max: cfg.outbound_queue_bytes_max,
+                    history_limit_max: protocol::HISTORY_LIMIT_MAX,
+                    rooms_per_connection_max: cfg.rooms_per_connection_max,
+                },
+            },
+        );
+        entry.out.push(ws::text(&hello));
+        entry.wake();
+    }
+
+    /// Admits waiting connections while places are free; tells the others their position.
+    pub(super) fn admit_waiting(&mut self) {
+        let conns = &self.conns;
+        let queued = |conn: crate::conn::ConnRef| {
+            conns
+                .get(conn.key as usize)
+                .filter(|e| e.generation == conn.generation && e.phase == Phase::Queued)
+                .map(|e| e.queue_position)
+        };
+        let fill = self.admission.fill(queued);
+        for conn in fill.admitted {
+            self.admit(conn.key as usize);
+        }
+        for (conn, position) in fill.moved {
+            self.tell_position(conn.key as usize, position);
+        }
+    }
+
+    /// One frame from an open connection. Returns false once the connection is closing.
+    fn on_frame(&mut self, key: usize, frame: Inbound<'_>) -> bool {
+        let phase = self.conns[key].phase;
+        match frame {
+            Inbound::Text(_) if phase == Phase::Queued => {
+                let position = self.conns[key].queue_position;
+                let err = ProtoError::new(
+                    ErrorCode::Unavailable,
+                    format!("queued at position {position}: wait for `hello`"),
+                );
+                self.reply_error(key, None, &err);
+                true
+            }
+            Inbound::Text(_) | Inbound::Ping(_)
+                if !matches!(phase, Phase::Open | Phase::Queued) =>
+            {
+                true
+            }
+            Inbound::Text(text) => {
+                if std::str::from_utf8(text).is_err() {
+                    self.close_conn(
+                        key,
+                        close::INVALID_PAYLOAD,
+                        "text frame is not UTF-8",
+                        Unsent::Drop,
+                    );
+                    return false;
+                }
+                self.on_text(key, text);
+                self.conns[key].phase == Phase::Open
+            }
+            Inbound::Binary => {
+                let reason = "binary frames are not supported";
+                self.close_conn(key, close::UNSUPPORTED, reason, Unsent::Drop);
+                false
+            }
+            Inbound::Ping(payload) => {
+                self.push_frame(key, ws::pong(payload));
+                true
+            }
+            Inbound::Pong => true,
+            Inbound::Close(_) => {
+                if matches!(phase, Phase::Open | Phase::Queued) {
+                    self.close_conn(key, close::NORMAL, "", Unsent::Send);
+                }
+                self.conns[key].end_when_flushed = true;
+                false
+            }
+        }
+    }
+
+    fn on_text(&mut self, key: usize, text: &[u8]) {
+        let limits = protocol::ParseLimits {
+            body_bytes_max: self.cfg().body_bytes_max as usize,
+            room_id_bytes_max: self.cfg().room_id_bytes_max as usize,
+        };
+        match protocol::parse(text, limits) {
+            Ok((id, req)) => {
+                if let Err(err) = self.on_request(key, id.clone(), req) {
+                    self.reply_error(key, id.as_deref(), &err);
+                }
+            }
+            Err((id, err)) => self.reply_error(key, id.as_deref(), &err),
+        }
+    }
+
+    // === requests, connection side ===
+
+    /// A parsed request: answered here (`ping`, `rooms`), or checked against this
+    /// connection's state and sent to the room's home.
+    fn on_request(&mut self, key: usize, id: RequestId, req: Request) -> Result<(), ProtoError> {
+        let origin = Origin {
+            shard: self.id,
+            conn: self.conn_ref(key),
+            request: id,
+        };
+        let user = self.conns[key].user.to_string();
+        let (room, op) = match req {
+            Request::Ping => return self.pong(key, &origin),
+            Request::Rooms {
+                query,
+                joined,
+                limit,
+                cursor,
+            } => {
+                let query = RoomsQuery {
+                    user,
+                    query,
+                    joined,
+                    limit,
+                    cursor,
+                };
+                return self.gather_rooms(origin, query);
+            }
+            Request::Create {
+                room,
+                title,
+                private,
+                password,
+            } => {
+                if private && password.is_none() {
+                    return Err(needs_password());
+                }
+                let op = HomeOp::Create {
+                    title,
+                    private,
+                    password_hash: None,
+                };
+                return self.forward_hashing(origin, HomeReq { room, user, op }, password);
+            }
+            Request::UpdateRoom {
+                room,
+                title,
+                private,
+                password,
+            } => {
+                let op = HomeOp::UpdateRoom {
+                    title,
+                    private,
+                    password_hash: None,
+                };
+                return self.forward_hashing(origin, HomeReq { room, user, op }, password);
+            }
+            Request::Leave { room } => (room.clone(), self.leave_here(key, &room)?),
+            other => self.home_op(key, other)?,
+        };
+        self.forward(origin, HomeReq { room, user, op })
+    }
+
+    fn pong(&mut self, key: usize, origin: &Origin) -> Result<(), ProtoError> {
+        let pong = serde_json::json!({"pong": true, "ts": crate::clock::now_ms()});
+        let ok = protocol::ok(origin.request.as_deref(), pong);
+        self.push_frame(key, ws::text(&ok));
+        Ok(())
+    }
+
+    /// `leave`: the connection stops receiving the room here first, then tells the home.
+    fn leave_here(&mut self, key: usize, room: &str) -> Result<HomeOp, ProtoError> {
+        let idx = self.conns[key]
+            .room_index(room)
+            .ok_or_else(|| not_member(room))?;
+        // Refuse before changing anything, so the home and this shard stay in step.
+        self.check_home_ready(room)?;
+        let (arc, sub_idx) = self.conns[key].rooms.swap_remove(idx);
+        self.unsubscribe_local(&arc, sub_idx);
+        Ok(HomeOp::Leave(Leaving::Membership))
+    }
+
+    /// The requests that only need this connection's checks before going to the home.
+    fn home_op(&mut self, key: usize, req: Request) -> Result<(String, HomeOp), ProtoError> {
+        let entry = &self.conns[key];
+        let joined = req.room().and_then(|room| entry.room_index(room)).is_some();
+        let member = |room: &str| {
+            if joined {
+                Ok(())
+            } else {
+                Err(not_member(room))
+            }
+        };
+        Ok(match req {
+            Request::Join {
+                room,
+                password,
+                after_seq,
+            } => {
+                if !joined {
+                    self.check_rooms_per_connection(key)?;
+                }
+                let subscribe = if joined {
+                    Subscribe::Already
+                } else {
+                    Subscribe::New
+                };
+                let op = HomeOp::Join {
+                    password,
+                    after_seq,
+                    subscribe,
+                };
+                (room, op)
+            }
+            Request::Send {
+                room,
+                body,
+                client_msg_id,
+            } => {
+                member(&room)?;
+                let op = HomeOp::Send {
+                    name: entry.name.as_deref().map(str::to_owned),
+                    body,
+                    client_msg_id,
+                    received_at: Instant::now(),
+                };
+                (room, op)
+            }
+            Request::Typing { room } => {
+                member(&room)?;
+                self.check_typing_rate(key)?;
+                (room, HomeOp::Typing)
+            }
+            Request::History {
+                room,
+                before_seq,
+                limit,
+            } => (room, HomeOp::History { before_seq, limit }),
+            Request::Read { room, seq } => (room, HomeOp::Read { seq }),
+            Request::Delete { room, seq } => (room, HomeOp::Delete { seq }),
+            Request::Presence { room } => (room, HomeOp::Presence),
+            Request::Search { room, query, limit } => (room, HomeOp::Search { query, limit }),
+            Request::Ping
+            | Request::Rooms { .. }
+            | Request::Create { .. }
+            | Request::UpdateRoom { .. }
+            | Request::Leave { .. } => unreachable!("on_request handles these itself"),
+        })
+    }
+
+    /// A connection receives at most `rooms_per_connection_max` rooms.
+    pub(super) fn check_rooms_per_connection(&self, key: usize) -> Result<(), ProtoError> {
+        let max = self.cfg().rooms_per_connection_max as usize;
+        if self.conns[key].rooms.len() >= max {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                format!("rooms_per_connection_max ({max}) reached: leave a room first"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// At most one `typing` per `typing_interval_ms` and connection.
+    fn check_typing_rate(&mut self, key: usize) -> Result<(), ProtoError> {
+        let interval = Duration::from_millis(self.cfg().typing_interval_ms);
+        let entry = &mut self.conns[key];
+        if entry.last_typing.is_some_and(|t| t.elapsed() < interval) {
+            return Err(ProtoError::new(
+                ErrorCode::RateLimited,
+                format!("at most one `typing` per {} ms", interval.as_millis()),
+            ));
+        }
+        entry.last_typing = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Client requests are not forwarded to a shard that messages from this one wait for:
+    /// the client retries instead of adding to the backlog.
+    fn check_home_ready(&self, room: &str) -> Result<(), ProtoError> {
+        if self.outbox.has_backlog(self.home_of(room)) {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                "the room's shard is busy: retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends a request to its room's home, unless that shard is backed up.
+    pub(super) fn forward(&mut self, origin: Origin, req: HomeReq) -> Result<(), ProtoError> {
+        self.check_home_ready(&req.room)?;
+        self.emit(self.home_of(&req.room), ShardMsg::Home(origin, req));
+        Ok(())
+    }
+
+    /// Forwards a request that sets a password: the argon2 hash is computed on the blocking
+    /// pool first, so the shard never stalls on it.
+    fn forward_hashing(
+        &mut self,
+        origin: Origin,
+        mut req: HomeReq,
+        password: Option<String>,
+    ) -> Result<(), ProtoError> {
+        let Some(password) = password else {
+            return self.forward(origin, req);
+        };
+        crate::password::check_length(&password)?;
+        let me = self.me.clone();
+        spawn_task(async move {
+            let hashed = crate::password::off_shard(move || crate::password::hash(&password)).await;
+            let Some(shard) = me.upgrade() else { return };
+            let mut shard = shard.borrow_mut();
+            let Some(key) = shard.live(origin.conn) else {
+                return;
+            };
+            let id = origin.request.clone();
+            let result = hashed.and_then(|hash| {
+                if let HomeOp::Create { password_hash, .. }
+                | HomeOp::UpdateRoom { password_hash, .. } = &mut req.op
+                {
+                    *password_hash = Some(hash);
+                }
+                shard.forward(origin, req)
+            });
+            if let Err(e) = result {
+                shard.reply_error(key, id.as_deref(), &e);
+            }
+        })
+        .detach();
+        Ok(())
+    }
+}
+
+fn needs_password() -> ProtoError {
+    ProtoError::new(ErrorCode::BadRequest, "a private room needs a `password`")
+}
