@@ -27,14 +27,14 @@
 //! restores rooms, members and read pointers. The replayed records are re-applied to the sink,
 //! which is harmless because every sink write is idempotent (keyed by room and seq).
 //!
-//! Where to start reading: [`api`] for the types the engine sees, then [`persistence`] for the
+//! Where to start reading: [`contract`] for the types the engine sees, then [`handle`] for the
 //! threads, [`wal`] for the file format. `docs/PERSISTENCE.md` has the whole story and the
 //! measured figures.
 
-pub mod api;
 pub mod backlog;
+pub mod contract;
+pub mod handle;
 pub mod mongo;
-pub mod persistence;
 pub mod read_thread;
 pub mod record;
 pub mod sink;
@@ -44,8 +44,8 @@ pub mod store;
 pub mod wal;
 pub mod wal_thread;
 
-pub use api::{
+pub use contract::{
     AppendError, Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record,
     RoomSnapshot, Stats, StoredMessage, Ticket,
 };
-pub use persistence::{Handle, Persistence};
+pub use handle::{Handle, Persistence};

@@ -31,7 +31,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::runtime::Runtime;
 
-use crate::api::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
 use crate::sink::{Opened, Sink, SinkReader};
 use crate::snapshot::Rooms;
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::api::{Completion, ReadRequest, Record, StoredMessage, Ticket};
-use crate::persistence::Shared;
+use crate::contract::{Completion, ReadRequest, Record, StoredMessage, Ticket};
+use crate::handle::Shared;
 use crate::sink::SinkReader;
 
 pub(crate) enum ReadCmd {

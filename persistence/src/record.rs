@@ -11,7 +11,7 @@
 //! checksum mismatch, an unexpected lsn or a payload rkyv's validator rejects all end the
 //! readable log at that frame. This module does no I/O.
 
-use crate::api::{Error, Record};
+use crate::contract::{Error, Record};
 
 pub const FRAME_HEADER_BYTES: usize = 16;
 /// The largest payload a frame may carry; a longer length field means corruption.

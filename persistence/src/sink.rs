@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::api::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
 
 pub trait Sink: Send {
     /// Applies the batch. Must be idempotent: a batch may be applied again after a crash or a

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::persistence::Shared;
+use crate::handle::Shared;
 use crate::sink::Sink;
 use crate::wal_thread::WalCmd;
 

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::{Record, RoomSnapshot};
+use crate::contract::{Record, RoomSnapshot};
 
 #[derive(Default)]
 struct RoomState {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::api::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
 use crate::sink::{Opened, Sink, SinkReader};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use crate::api::{Error, Record};
+use crate::contract::{Error, Record};
 use crate::record::{self, Damage};
 
 /// Entries in the ring: one write and one fdatasync per group.

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::api::{Completion, Durability, Error, Record, Ticket};
-use crate::persistence::Shared;
+use crate::contract::{Completion, Durability, Error, Record, Ticket};
+use crate::handle::Shared;
 use crate::record::encode_frame;
 use crate::wal::Wal;
 

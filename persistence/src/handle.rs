@@ -11,11 +11,11 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
-use crate::api::{
+use crate::backlog::Backlog;
+use crate::contract::{
     AppendError, CompletionSink, Config, Durability, Error, ReadRequest, Record, RoomSnapshot,
     Stats, Ticket,
 };
-use crate::backlog::Backlog;
 use crate::read_thread::{self, ReadCmd};
 use crate::record::RECORD_BYTES_MAX;
 use crate::sink::Opened;
