@@ -124,40 +124,6 @@ impl Record {
             | Record::ReadPointer { room, .. } => room,
         }
     }
-
-    /// An upper bound of the encoded frame's size, computed without encoding, so that
-    /// [`Handle::append`](crate::Handle::append) can reserve log space on the caller's thread.
-    /// rkyv stores each string inline or out of line with at most 8 bytes of header and 7 of
-    /// padding; the fixed part of every variant is below 96 bytes.
-    pub fn frame_bytes_upper_bound(&self) -> u64 {
-        const FIXED_BYTES: u64 = 96;
-        const PER_STRING_BYTES: u64 = 16;
-        let s = |v: &str| v.len() as u64 + PER_STRING_BYTES;
-        let o = |v: &Option<String>| v.as_deref().map_or(PER_STRING_BYTES, s);
-        let strings = match self {
-            Record::Message {
-                room,
-                msg_id,
-                from,
-                name,
-                body,
-                client_msg_id,
-                ..
-            } => s(room) + s(msg_id) + s(from) + o(name) + s(body) + o(client_msg_id),
-            Record::Deleted { room, by, .. } => s(room) + s(by),
-            Record::Room {
-                room,
-                title,
-                password_hash,
-                creator,
-                ..
-            } => s(room) + o(title) + o(password_hash) + s(creator),
-            Record::Member { room, user, .. } | Record::ReadPointer { room, user, .. } => {
-                s(room) + s(user)
-            }
-        };
-        crate::record::FRAME_HEADER_BYTES as u64 + FIXED_BYTES + strings
-    }
 }
 
 /// Opaque to this crate: the shard that asked and its token, returned in the completion.

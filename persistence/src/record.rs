@@ -17,6 +17,43 @@ pub const FRAME_HEADER_BYTES: usize = 16;
 /// The largest payload a frame may carry; a longer length field means corruption.
 pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
 
+// The bound lives beside the frame layout it bounds: `contract` knows records, not the log.
+impl Record {
+    /// An upper bound of the encoded frame's size, computed without encoding, so that
+    /// [`Handle::append`](crate::Handle::append) can reserve log space on the caller's thread.
+    /// rkyv stores each string inline or out of line with at most 8 bytes of header and 7 of
+    /// padding; the fixed part of every variant is below 96 bytes.
+    pub fn frame_bytes_upper_bound(&self) -> u64 {
+        const FIXED_BYTES: u64 = 96;
+        const PER_STRING_BYTES: u64 = 16;
+        let s = |v: &str| v.len() as u64 + PER_STRING_BYTES;
+        let o = |v: &Option<String>| v.as_deref().map_or(PER_STRING_BYTES, s);
+        let strings = match self {
+            Record::Message {
+                room,
+                msg_id,
+                from,
+                name,
+                body,
+                client_msg_id,
+                ..
+            } => s(room) + s(msg_id) + s(from) + o(name) + s(body) + o(client_msg_id),
+            Record::Deleted { room, by, .. } => s(room) + s(by),
+            Record::Room {
+                room,
+                title,
+                password_hash,
+                creator,
+                ..
+            } => s(room) + o(title) + o(password_hash) + s(creator),
+            Record::Member { room, user, .. } | Record::ReadPointer { room, user, .. } => {
+                s(room) + s(user)
+            }
+        };
+        FRAME_HEADER_BYTES as u64 + FIXED_BYTES + strings
+    }
+}
+
 /// Appends one frame for `rec` with log sequence number `lsn` to `out`; returns its size.
 pub fn encode_frame(rec: &Record, lsn: u64, out: &mut Vec<u8>) -> Result<usize, Error> {
     let payload =
