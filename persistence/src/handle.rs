@@ -13,69 +13,36 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 
 use crate::backlog::Backlog;
 use crate::contract::{
-    AppendError, CompletionSink, Config, Durability, Error, ReadRequest, Record, RoomSnapshot,
-    Stats, Ticket,
+    AppendError, CompletionSink, Config, Error, ReadRequest, Record, RoomSnapshot, Stats, Ticket,
 };
+use crate::mongo;
 use crate::read_thread::{self, ReadCmd};
 use crate::record::RECORD_BYTES_MAX;
 use crate::sink::Opened;
+use crate::sink_thread;
 use crate::snapshot::Rooms;
+use crate::state::Pipeline;
+use crate::store;
 use crate::wal::Wal;
 use crate::wal_thread::{self, WalCmd};
-use crate::{mongo, sink_thread, store};
 
 /// Appends queued for the WAL thread before `append` answers `Full`.
 pub const APPEND_QUEUE_RECORDS_MAX: usize = 65_536;
 /// Reads queued for the read thread before `read` answers `Full`.
 pub const READ_QUEUE_REQUESTS_MAX: usize = 4_096;
 
-/// State shared by the handles and the three threads. Counters are relaxed atomics: they are
-/// statistics or monotonic marks, never locks.
-pub(crate) struct Shared {
-    pub sinks: Vec<Arc<dyn CompletionSink>>,
-    pub durability: Durability,
-    pub batch_messages_max: usize,
-    pub batch_age_ms: u64,
-    pub wal_bytes_max: u64,
-    pub wal_segment_bytes: u64,
-    pub backlog: Backlog,
-    pub closing: AtomicBool,
-    /// Segment bytes plus reservations of appends not yet written.
-    pub wal_bytes: AtomicU64,
-    pub wal_segments: AtomicU64,
-    pub written_lsn: AtomicU64,
-    pub confirmed_lsn: AtomicU64,
-    pub records_appended: AtomicU64,
-    pub group_commits: AtomicU64,
-    pub fdatasyncs: AtomicU64,
-    pub last_group_records: AtomicU64,
-    pub sink_batches: AtomicU64,
-    pub sink_errors: AtomicU64,
-    pub sink_up: AtomicBool,
-    last_sink_error: Mutex<Option<String>>,
-}
-
-impl Shared {
-    pub fn set_last_sink_error(&self, e: String) {
-        *self
-            .last_sink_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(e);
-    }
-}
-
 /// What shards hold: cheap to clone, `Send`, never blocks.
 #[derive(Clone)]
 pub struct Handle {
     appends: Sender<WalCmd>,
     reads: Sender<ReadCmd>,
-    shared: Arc<Shared>,
+    pipeline: Arc<Pipeline>,
 }
 
 impl Handle {
     fn check_shard(&self, ticket: Option<Ticket>) -> Result<(), AppendError> {
         match ticket {
-            Some(t) if usize::from(t.shard) >= self.shared.sinks.len() => {
+            Some(t) if usize::from(t.shard) >= self.pipeline.sinks.len() => {
                 Err(AppendError::UnknownShard(t.shard))
             }
             _ => Ok(()),
@@ -88,16 +55,16 @@ impl Handle {
     /// behind) or the hand-off queue is full.
     pub fn append(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), AppendError> {
         self.check_shard(ticket)?;
-        if self.shared.closing.load(Relaxed) {
+        if self.pipeline.closing.load(Relaxed) {
             return Err(AppendError::Closed);
         }
         let reserved_bytes = rec.frame_bytes_upper_bound();
         if reserved_bytes > RECORD_BYTES_MAX as u64 {
             return Err(AppendError::TooLarge);
         }
-        let before = self.shared.wal_bytes.fetch_add(reserved_bytes, Relaxed);
-        if before + reserved_bytes > self.shared.wal_bytes_max {
-            self.shared.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+        let before = self.pipeline.wal_bytes.fetch_add(reserved_bytes, Relaxed);
+        if before + reserved_bytes > self.pipeline.wal_bytes_max {
+            self.pipeline.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
             return Err(AppendError::Full);
         }
         match self.appends.try_send(WalCmd::Append {
@@ -107,7 +74,7 @@ impl Handle {
         }) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.shared.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+                self.pipeline.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
                 Err(match e {
                     TrySendError::Full(_) => AppendError::Full,
                     TrySendError::Disconnected(_) => AppendError::Closed,
@@ -134,7 +101,7 @@ impl Handle {
     }
 
     pub fn stats(&self) -> Stats {
-        let s = &self.shared;
+        let s = &self.pipeline;
         Stats {
             wal_bytes: s.wal_bytes.load(Relaxed),
             wal_segments: s.wal_segments.load(Relaxed),
@@ -155,7 +122,7 @@ impl Handle {
 
     /// The last error the sink returned, for logs (`None` if it never failed).
     pub fn last_sink_error(&self) -> Option<String> {
-        self.shared
+        self.pipeline
             .last_sink_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -204,7 +171,7 @@ impl Persistence {
         replay.records.iter().for_each(|(_, r)| folded.apply(r));
         let written_lsn = wal.next_lsn() - 1;
         let confirmed_lsn = written_lsn - replay.records.len() as u64;
-        let shared = Arc::new(Shared {
+        let pipeline = Arc::new(Pipeline {
             sinks,
             durability: cfg.durability,
             batch_messages_max: cfg.batch_messages_max,
@@ -226,7 +193,7 @@ impl Persistence {
             sink_up: AtomicBool::new(true),
             last_sink_error: Mutex::new(None),
         });
-        shared.backlog.push(
+        pipeline.backlog.push(
             replay
                 .records
                 .into_iter()
@@ -234,7 +201,7 @@ impl Persistence {
         );
         let (append_tx, append_rx) = bounded(APPEND_QUEUE_RECORDS_MAX);
         let (read_tx, read_rx) = bounded(READ_QUEUE_REQUESTS_MAX);
-        let s = shared.clone();
+        let s = pipeline.clone();
         let wal = spawn("sokdo-wal", move || {
             let result = wal_thread::run(wal, append_rx, s.clone());
             if let Err(e) = &result {
@@ -247,14 +214,14 @@ impl Persistence {
             }
             result
         })?;
-        let (s, nudge) = (shared.clone(), append_tx.clone());
+        let (s, nudge) = (pipeline.clone(), append_tx.clone());
         let sink = spawn("sokdo-sink", move || sink_thread::run(sink, nudge, s))?;
-        let s = shared.clone();
+        let s = pipeline.clone();
         let read = spawn("sokdo-read", move || read_thread::run(reader, read_rx, s))?;
         let handle = Handle {
             appends: append_tx,
             reads: read_tx,
-            shared,
+            pipeline,
         };
         let p = Persistence {
             handle,
@@ -277,8 +244,8 @@ impl Persistence {
     }
 
     fn stop(&mut self) -> Result<(), Error> {
-        let shared = &self.handle.shared;
-        shared.closing.store(true, Relaxed);
+        let pipeline = &self.handle.pipeline;
+        pipeline.closing.store(true, Relaxed);
         let mut result = Ok(());
         if let Some(wal) = self.wal.take() {
             // The WAL thread may have died of an I/O error, dropping its receiver: ignore that.
@@ -288,7 +255,7 @@ impl Persistence {
                 .map_err(|_| Error::ThreadPanicked("sokdo-wal"))
                 .and_then(|r| r);
         }
-        shared.backlog.close();
+        pipeline.backlog.close();
         if let Some(sink) = self.sink.take() {
             if sink.join().is_err() && result.is_ok() {
                 result = Err(Error::ThreadPanicked("sokdo-sink"));

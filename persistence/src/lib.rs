@@ -40,6 +40,7 @@ pub mod record;
 pub mod sink;
 pub mod sink_thread;
 pub mod snapshot;
+mod state;
 pub mod store;
 pub mod wal;
 pub mod wal_thread;
