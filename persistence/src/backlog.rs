@@ -59,10 +59,6 @@ impl Backlog {
         self.lock().records.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Wakes every waiter; from now on [`Backlog::next_batch`] returns without waiting.
     pub fn close(&self) {
         self.lock().closing = true;

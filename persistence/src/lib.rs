@@ -31,22 +31,34 @@
 //! threads, [`wal`] for the file format. `docs/PERSISTENCE.md` has the whole story and the
 //! measured figures.
 
-pub mod backlog;
-pub mod contract;
-pub mod handle;
-pub mod mongo;
-pub mod read_thread;
-pub mod record;
-pub mod sink;
-pub mod sink_thread;
-pub mod snapshot;
+// Lowest layer first: a module uses only modules of the layers above it (see the graph above).
+// Layer 0, the types the engine sees:
+mod contract;
+// Layer 1, pure pieces over those types: the frame codec, folding, the backlog, the sink traits:
+mod backlog;
+mod record;
+mod sink;
+mod snapshot;
+// Layer 2, files and databases: the log's segments, the two sinks:
+mod mongo;
+mod store;
+mod wal;
+// Layer 3, what the threads share:
 mod state;
-pub mod store;
-pub mod wal;
-pub mod wal_thread;
+// Layer 4, the threads:
+mod read_thread;
+mod sink_thread;
+mod wal_thread;
+// Layer 5, what the engine holds:
+mod handle;
 
 pub use contract::{
     AppendError, Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record,
     RoomSnapshot, Stats, StoredMessage, Ticket,
 };
 pub use handle::{Handle, Persistence};
+
+/// The log itself, below the threads: its file format and its files. The engine never needs
+/// these; the crate's tests and tools write and damage logs with them.
+pub use record::{encode_frame, Damage, RECORD_BYTES_MAX};
+pub use wal::{Replay, Wal};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sokdo_persistence::record::{encode_frame, Damage};
-use sokdo_persistence::wal::Wal;
+use sokdo_persistence::Wal;
+use sokdo_persistence::{encode_frame, Damage};
 use sokdo_persistence::{AppendError, Persistence, ReadRequest, Record, Ticket};
 use support::{config, message, seqs, sinks, wait_for, Collector};
 
