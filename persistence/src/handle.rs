@@ -31,7 +31,23 @@ pub const APPEND_QUEUE_RECORDS_MAX: usize = 65_536;
 /// Reads queued for the read thread before `read` answers `Full`.
 pub const READ_QUEUE_REQUESTS_MAX: usize = 4_096;
 
-/// What shards hold: cheap to clone, `Send`, never blocks.
+/// What shards hold: cheap to clone, `Send`. **It never blocks and never locks.**
+///
+/// A shard thread runs thousands of connections on one core (DESIGN §1): one blocking call
+/// stalls all of them, and a lock shared with a persistence thread would let a slow disk or a
+/// slow sink reach into the shard through that lock. So every method here touches only
+/// relaxed atomics, the immutable part of the shared `Pipeline` (`state.rs`), and the non-blocking `try_send` of a
+/// bounded crossbeam channel, whose refusal is an answer (`Full`), never a wait:
+/// - [`append`](Handle::append): one `fetch_add` reserves log space, then `try_send`;
+/// - [`read`](Handle::read): `try_send`;
+/// - [`stats`](Handle::stats): atomic loads only — the backlog's length included, which its
+///   lock holders maintain as an atomic (`Backlog::len`);
+/// - [`inject_panic`](Handle::inject_panic) (tests): `try_send`.
+///
+/// The one lock on that path is not ours: when the receiving thread is parked, crossbeam's
+/// `try_send` takes the channel's waker mutex for the few instructions it needs to unpark it.
+/// No holder of that mutex ever waits while holding it. What does take a lock — the last sink
+/// error — is on [`Persistence`], which the process holds, not the shards.
 #[derive(Clone)]
 pub struct Handle {
     appends: Sender<WalCmd>,
@@ -84,9 +100,11 @@ impl Handle {
     }
 
     /// Test only (fault injection): makes the log thread panic once it takes this command.
+    /// Like every `Handle` method it does not wait: with the append queue full
+    /// ([`APPEND_QUEUE_RECORDS_MAX`] records waiting) the fault is not injected.
     #[doc(hidden)]
     pub fn inject_panic(&self) {
-        let _ = self.appends.send(WalCmd::Panic);
+        let _ = self.appends.try_send(WalCmd::Panic);
     }
 
     /// Queues a history read; the answer comes as [`Completion::Read`](crate::Completion::Read)
@@ -100,6 +118,7 @@ impl Handle {
         }
     }
 
+    /// The figures for `/metrics`, from atomic loads only: a shard may call it at any time.
     pub fn stats(&self) -> Stats {
         let s = &self.pipeline;
         Stats {
@@ -118,15 +137,6 @@ impl Handle {
             sink_errors: s.sink_errors.load(Relaxed),
             sink_up: s.sink_up.load(Relaxed),
         }
-    }
-
-    /// The last error the sink returned, for logs (`None` if it never failed).
-    pub fn last_sink_error(&self) -> Option<String> {
-        self.pipeline
-            .last_sink_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
 
@@ -234,6 +244,17 @@ impl Persistence {
 
     pub fn handle(&self) -> Handle {
         self.handle.clone()
+    }
+
+    /// The last error the sink returned, for logs (`None` if it never failed). It takes the
+    /// lock the sink thread writes under, which is why it is here and not on [`Handle`].
+    pub fn last_sink_error(&self) -> Option<String> {
+        self.handle
+            .pipeline
+            .last_sink_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Flushes and syncs the log, drains what the sink accepts within
