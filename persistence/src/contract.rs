@@ -242,23 +242,27 @@ pub struct Stats {
     pub sink_up: bool,
 }
 
-/// Why an append or read was refused. Nothing refused was accepted.
+/// Why an append or a read was refused at submission. Nothing refused was accepted.
+/// (`AppendError` is the former name, still exported as an alias.)
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AppendError {
+pub enum SubmitError {
     /// The log is at `wal_bytes_max` or the hand-off queue is full: the engine answers
     /// `unavailable`.
     #[error("persistence is full")]
     Full,
     #[error("persistence is closed")]
     Closed,
-    /// The record could never fit in a log frame (`RECORD_BYTES_MAX`); the engine's body limit
-    /// should make this unreachable.
+    /// An append only: the record could never fit in a log frame (`RECORD_BYTES_MAX`); the
+    /// engine's body limit should make this unreachable.
     #[error("record too large for the log")]
     TooLarge,
     #[error("ticket names shard {0}, which has no completion sink")]
     UnknownShard(u16),
 }
 
+/// What went wrong inside persistence. Each variant that wraps a library's error keeps it as
+/// its [`source`](std::error::Error::source); the message repeats it, because the engine logs
+/// only the message.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {0}")]
@@ -269,12 +273,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// rkyv could not encode or decode a log frame's record.
     #[error("record codec: {0}")]
-    Codec(String),
+    Codec(#[source] rkyv::rancor::Error),
+    /// A record whose archive exceeds `RECORD_BYTES_MAX`.
+    #[error("record codec: record of {bytes} bytes exceeds RECORD_BYTES_MAX")]
+    RecordTooLarge { bytes: usize },
     #[error("embedded store: {0}")]
-    Store(String),
+    Store(#[source] redb::Error),
+    /// rkyv could not encode or decode a row of the embedded store.
+    #[error("embedded store: {0}")]
+    StoreRow(#[source] rkyv::rancor::Error),
     #[error("mongodb: {0}")]
-    Mongo(String),
+    Mongo(#[from] mongodb::error::Error),
     #[error("a persistence thread panicked: {0}")]
     ThreadPanicked(&'static str),
 }
@@ -286,18 +297,14 @@ impl Error {
     }
 }
 
-impl From<redb::Error> for Error {
-    fn from(e: redb::Error) -> Self {
-        Error::Store(e.to_string())
-    }
-}
-
+// Every redb error type converts into `redb::Error`, which keeps it as the source.
 macro_rules! redb_errors {
     ($($t:ty),*) => { $(impl From<$t> for Error {
-        fn from(e: $t) -> Self { Error::Store(e.to_string()) }
+        fn from(e: $t) -> Self { Error::Store(e.into()) }
     })* };
 }
 redb_errors!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -305,8 +312,23 @@ redb_errors!(
     redb::CommitError
 );
 
-impl From<mongodb::error::Error> for Error {
-    fn from(e: mongodb::error::Error) -> Self {
-        Error::Mongo(e.to_string())
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn wrapped_errors_keep_their_source_and_their_message() {
+        let store = Error::from(redb::StorageError::Corrupted("bad page".into()));
+        let source = store.source().expect("the redb error is the source");
+        assert!(source.to_string().contains("bad page"), "{source}");
+        assert!(store.to_string().contains("bad page"), "{store}");
+
+        let garbage = rkyv::util::AlignedVec::<16>::new();
+        let codec = rkyv::from_bytes::<Record, rkyv::rancor::Error>(&garbage)
+            .map_err(Error::Codec)
+            .expect_err("an empty buffer is no record");
+        assert!(codec.source().is_some());
     }
 }

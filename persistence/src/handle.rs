@@ -13,7 +13,7 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 
 use crate::backlog::Backlog;
 use crate::contract::{
-    AppendError, CompletionSink, Config, Error, ReadRequest, Record, RoomSnapshot, Stats, Ticket,
+    CompletionSink, Config, Error, ReadRequest, Record, RoomSnapshot, Stats, SubmitError, Ticket,
 };
 use crate::mongo;
 use crate::read_thread::{self, ReadCmd};
@@ -56,10 +56,10 @@ pub struct Handle {
 }
 
 impl Handle {
-    fn check_shard(&self, ticket: Option<Ticket>) -> Result<(), AppendError> {
+    fn check_shard(&self, ticket: Option<Ticket>) -> Result<(), SubmitError> {
         match ticket {
             Some(t) if usize::from(t.shard) >= self.pipeline.sinks.len() => {
-                Err(AppendError::UnknownShard(t.shard))
+                Err(SubmitError::UnknownShard(t.shard))
             }
             _ => Ok(()),
         }
@@ -69,19 +69,19 @@ impl Handle {
     /// completed with [`Completion::Durable`](crate::Completion::Durable)) unless the process
     /// dies first. `Full` means nothing was accepted: the log is at `wal_bytes_max` (the sink is
     /// behind) or the hand-off queue is full.
-    pub fn append(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), AppendError> {
+    pub fn append(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), SubmitError> {
         self.check_shard(ticket)?;
         if self.pipeline.closing.load(Relaxed) {
-            return Err(AppendError::Closed);
+            return Err(SubmitError::Closed);
         }
         let reserved_bytes = rec.frame_bytes_upper_bound();
         if reserved_bytes > RECORD_BYTES_MAX as u64 {
-            return Err(AppendError::TooLarge);
+            return Err(SubmitError::TooLarge);
         }
         let before = self.pipeline.wal_bytes.fetch_add(reserved_bytes, Relaxed);
         if before + reserved_bytes > self.pipeline.wal_bytes_max {
             self.pipeline.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
-            return Err(AppendError::Full);
+            return Err(SubmitError::Full);
         }
         match self.appends.try_send(WalCmd::Append {
             rec,
@@ -92,8 +92,8 @@ impl Handle {
             Err(e) => {
                 self.pipeline.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
                 Err(match e {
-                    TrySendError::Full(_) => AppendError::Full,
-                    TrySendError::Disconnected(_) => AppendError::Closed,
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Closed,
                 })
             }
         }
@@ -109,12 +109,12 @@ impl Handle {
 
     /// Queues a history read; the answer comes as [`Completion::Read`](crate::Completion::Read)
     /// to `ticket.shard`.
-    pub fn read(&self, req: ReadRequest, ticket: Ticket) -> Result<(), AppendError> {
+    pub fn read(&self, req: ReadRequest, ticket: Ticket) -> Result<(), SubmitError> {
         self.check_shard(Some(ticket))?;
         match self.reads.try_send(ReadCmd::Read { req, ticket }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(AppendError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(AppendError::Closed),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
         }
     }
 

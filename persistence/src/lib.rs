@@ -16,7 +16,7 @@
 //!    batch is confirmed does it leave the backlog and move the *confirmed* log sequence number
 //!    forward; the WAL thread deletes whole segments below that mark and nothing else. A sink that
 //!    is down is retried with backoff while appends keep succeeding and the log grows, up to
-//!    `wal_bytes_max`, where [`Handle::append`] answers [`AppendError::Full`] — never a silent drop.
+//!    `wal_bytes_max`, where [`Handle::append`] answers [`SubmitError::Full`] — never a silent drop.
 //! 3. **`sokdo-read`** ([`read_thread`]) serves `history` and `join after_seq` reads: it copies
 //!    the backlog's records for the room, queries the sink, merges the two and delivers a
 //!    [`Completion::Read`] to the asking shard.
@@ -53,9 +53,12 @@ mod wal_thread;
 mod handle;
 
 pub use contract::{
-    AppendError, Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record,
-    RoomSnapshot, Stats, StoredMessage, Ticket,
+    Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record, RoomSnapshot,
+    Stats, StoredMessage, SubmitError, Ticket,
 };
+/// The former name of [`SubmitError`], from when only appends returned it; the engine still
+/// uses it.
+pub type AppendError = SubmitError;
 pub use handle::{Handle, Persistence};
 
 /// The log itself, below the threads: its file format and its files. The engine never needs

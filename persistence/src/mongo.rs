@@ -94,7 +94,7 @@ pub fn open_sink(uri: &str, database: &str) -> Result<Opened, Error> {
         .thread_name("sokdo-mongo")
         .enable_all()
         .build()
-        .map_err(|e| Error::Mongo(format!("tokio runtime: {e}")))?;
+        .map_err(Error::io("sokdo-mongo runtime"))?;
     let rt = Arc::new(rt);
     let db = rt.block_on(async {
         let mut opts = ClientOptions::parse(uri).await?;

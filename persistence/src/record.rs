@@ -56,13 +56,11 @@ impl Record {
 
 /// Appends one frame for `rec` with log sequence number `lsn` to `out`; returns its size.
 pub fn encode_frame(rec: &Record, lsn: u64, out: &mut Vec<u8>) -> Result<usize, Error> {
-    let payload =
-        rkyv::to_bytes::<rkyv::rancor::Error>(rec).map_err(|e| Error::Codec(e.to_string()))?;
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(rec).map_err(Error::Codec)?;
     if payload.len() > RECORD_BYTES_MAX {
-        return Err(Error::Codec(format!(
-            "record of {} bytes exceeds RECORD_BYTES_MAX",
-            payload.len()
-        )));
+        return Err(Error::RecordTooLarge {
+            bytes: payload.len(),
+        });
     }
     let lsn_bytes = lsn.to_le_bytes();
     let mut crc = crc32fast::Hasher::new();

@@ -56,15 +56,14 @@ where
         >,
     >,
 {
-    rkyv::to_bytes::<rkyv::rancor::Error>(v).map_err(|e| Error::Store(e.to_string()))
+    rkyv::to_bytes::<rkyv::rancor::Error>(v).map_err(Error::StoreRow)
 }
 
 macro_rules! decode {
     ($t:ty, $bytes:expr) => {{
         let mut aligned = rkyv::util::AlignedVec::<16>::new();
         aligned.extend_from_slice($bytes);
-        rkyv::from_bytes::<$t, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| Error::Store(e.to_string()))
+        rkyv::from_bytes::<$t, rkyv::rancor::Error>(&aligned).map_err(Error::StoreRow)
     }};
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use sokdo_persistence::Wal;
 use sokdo_persistence::{encode_frame, Damage};
-use sokdo_persistence::{AppendError, Persistence, ReadRequest, Record, Ticket};
+use sokdo_persistence::{Persistence, ReadRequest, Record, SubmitError, Ticket};
 use support::{config, message, seqs, sinks, wait_for, Collector};
 
 const SEGMENT_BYTES: u64 = 4096;
@@ -226,7 +226,7 @@ fn a_full_log_refuses_appends_and_loses_nothing_it_accepted() {
                 }),
             ) {
                 Ok(()) => accepted += 1,
-                Err(AppendError::Full) => break,
+                Err(SubmitError::Full) => break,
                 Err(e) => panic!("unexpected {e}"),
             }
         }
@@ -242,7 +242,7 @@ fn a_full_log_refuses_appends_and_loses_nothing_it_accepted() {
     assert!(accepted > 10, "only {accepted} fit");
     assert_eq!(
         h.append(message("r", accepted + 1), None),
-        Err(AppendError::Full),
+        Err(SubmitError::Full),
         "still full"
     );
     let stats = h.stats();
