@@ -5,20 +5,18 @@
 //! bounded channel: it never blocks, never locks, never does I/O.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
-use crate::backlog::Backlog;
 use crate::contract::{
     CompletionSink, Config, Error, ReadRequest, Record, RoomSnapshot, Stats, SubmitError, Ticket,
 };
 use crate::mongo;
 use crate::read_thread::{self, ReadCmd};
 use crate::record::RECORD_BYTES_MAX;
-use crate::sink::Opened;
+use crate::sink::{Opened, Sink, SinkReader};
 use crate::sink_thread;
 use crate::snapshot::Rooms;
 use crate::state::Pipeline;
@@ -179,36 +177,18 @@ impl Persistence {
         };
         let mut folded = Rooms::from_snapshots(rooms);
         replay.records.iter().for_each(|(_, r)| folded.apply(r));
-        let written_lsn = wal.next_lsn() - 1;
-        let confirmed_lsn = written_lsn - replay.records.len() as u64;
-        let pipeline = Arc::new(Pipeline {
-            sinks,
-            durability: cfg.durability,
-            batch_messages_max: cfg.batch_messages_max,
-            batch_age_ms: cfg.batch_age_ms,
-            wal_bytes_max: cfg.wal_bytes_max,
-            wal_segment_bytes: cfg.wal_segment_bytes,
-            backlog: Backlog::default(),
-            closing: AtomicBool::new(false),
-            wal_bytes: AtomicU64::new(wal.bytes()),
-            wal_segments: AtomicU64::new(wal.segments() as u64),
-            written_lsn: AtomicU64::new(written_lsn),
-            confirmed_lsn: AtomicU64::new(confirmed_lsn),
-            records_appended: AtomicU64::new(0),
-            group_commits: AtomicU64::new(0),
-            fdatasyncs: AtomicU64::new(0),
-            last_group_records: AtomicU64::new(0),
-            sink_batches: AtomicU64::new(0),
-            sink_errors: AtomicU64::new(0),
-            sink_up: AtomicBool::new(true),
-            last_sink_error: Mutex::new(None),
-        });
-        pipeline.backlog.push(
-            replay
-                .records
-                .into_iter()
-                .map(|(lsn, r)| (lsn, Arc::new(r))),
-        );
+        let pipeline = Arc::new(Pipeline::new(&cfg, sinks, &wal, replay.records));
+        let p = Persistence::start(pipeline, wal, sink, reader)?;
+        Ok((p, folded.into_snapshots()))
+    }
+
+    /// Starts the three threads on a recovered log and an opened sink.
+    fn start(
+        pipeline: Arc<Pipeline>,
+        wal: Wal,
+        sink: Box<dyn Sink>,
+        reader: Box<dyn SinkReader>,
+    ) -> Result<Persistence, Error> {
         let (append_tx, append_rx) = bounded(APPEND_QUEUE_RECORDS_MAX);
         let (read_tx, read_rx) = bounded(READ_QUEUE_REQUESTS_MAX);
         let s = pipeline.clone();
@@ -233,13 +213,12 @@ impl Persistence {
             reads: read_tx,
             pipeline,
         };
-        let p = Persistence {
+        Ok(Persistence {
             handle,
             wal: Some(wal),
             sink: Some(sink),
             read: Some(read),
-        };
-        Ok((p, folded.into_snapshots()))
+        })
     }
 
     pub fn handle(&self) -> Handle {

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use crate::backlog::Backlog;
-use crate::contract::{CompletionSink, Durability};
+use crate::contract::{CompletionSink, Config, Durability, Record};
+use crate::wal::Wal;
 
 pub(crate) struct Pipeline {
     /// `sinks[i]` receives the completions of shard `i`'s tickets. Fixed at open.
@@ -52,6 +53,42 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
+    /// The state after recovery: `replayed` are the records the log holds beyond what the
+    /// sink confirmed; they start the backlog, and the confirmed lsn is just below them.
+    pub fn new(
+        cfg: &Config,
+        sinks: Vec<Arc<dyn CompletionSink>>,
+        wal: &Wal,
+        replayed: Vec<(u64, Record)>,
+    ) -> Pipeline {
+        let written_lsn = wal.next_lsn() - 1;
+        let confirmed_lsn = written_lsn - replayed.len() as u64;
+        let backlog = Backlog::default();
+        backlog.push(replayed.into_iter().map(|(lsn, r)| (lsn, Arc::new(r))));
+        Pipeline {
+            sinks,
+            durability: cfg.durability,
+            batch_messages_max: cfg.batch_messages_max,
+            batch_age_ms: cfg.batch_age_ms,
+            wal_bytes_max: cfg.wal_bytes_max,
+            wal_segment_bytes: cfg.wal_segment_bytes,
+            backlog,
+            closing: AtomicBool::new(false),
+            wal_bytes: AtomicU64::new(wal.bytes()),
+            wal_segments: AtomicU64::new(wal.segments() as u64),
+            written_lsn: AtomicU64::new(written_lsn),
+            records_appended: AtomicU64::new(0),
+            group_commits: AtomicU64::new(0),
+            fdatasyncs: AtomicU64::new(0),
+            last_group_records: AtomicU64::new(0),
+            confirmed_lsn: AtomicU64::new(confirmed_lsn),
+            sink_batches: AtomicU64::new(0),
+            sink_errors: AtomicU64::new(0),
+            sink_up: AtomicBool::new(true),
+            last_sink_error: Mutex::new(None),
+        }
+    }
+
     pub fn set_last_sink_error(&self, e: String) {
         *self
             .last_sink_error
