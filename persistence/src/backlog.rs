@@ -9,6 +9,8 @@
 //! one figure shards read, [`Backlog::len`], is an atomic that the lock holders keep equal to
 //! the queue's length, so reading it never takes the lock.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

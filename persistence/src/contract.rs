@@ -2,6 +2,8 @@
 //!
 //! This module owns no behaviour beyond validation; it never does I/O.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 /// When a `send` may be acknowledged.

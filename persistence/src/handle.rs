@@ -4,6 +4,8 @@
 //! the three threads. A `Handle` only reserves log space with one atomic and `try_send`s on a
 //! bounded channel: it never blocks, never locks, never does I/O.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -20,6 +20,8 @@
 //! as success, and it never overwrites a tombstone. Everything else is an upsert with `$set` or
 //! `$max`, or a delete, each of which gives the same result applied twice.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

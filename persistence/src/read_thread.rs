@@ -5,6 +5,8 @@
 //! is then in the sink's answer, and one not yet confirmed is in the copy — never in neither.
 //! Reads are never done on a shard thread; the result goes back as [`Completion::Read`].
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -11,6 +11,8 @@
 //! checksum mismatch, an unexpected lsn or a payload rkyv's validator rejects all end the
 //! readable log at that frame. This module does no I/O.
 
+#![forbid(unsafe_code)]
+
 use crate::contract::{Error, Record};
 
 pub const FRAME_HEADER_BYTES: usize = 16;

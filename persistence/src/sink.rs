@@ -4,6 +4,8 @@
 //! Each comes as a writer (owned by the sink thread) and a reader (owned by the read thread);
 //! both sides share the underlying database handle.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};

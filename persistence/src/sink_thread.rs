@@ -7,6 +7,8 @@
 //! the log grows and `Stats::sink_up` is false. On shutdown it keeps draining for at most
 //! [`SHUTDOWN_DRAIN_MS`]; what is left stays in the log and is replayed at the next start.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

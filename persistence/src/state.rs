@@ -13,6 +13,8 @@
 //! [`Handle`](crate::Handle) act on it. It sits below all of them, so none imports another
 //! through it.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 

@@ -13,6 +13,8 @@
 //! - `members`: `(room, user)` → `()`;
 //! - `read_pointers`: `(room, user)` → `seq`.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 

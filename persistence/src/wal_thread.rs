@@ -10,6 +10,8 @@
 //!
 //! Between groups it trims segments the sink has confirmed. It never talks to the sink.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
