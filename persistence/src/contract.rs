@@ -12,7 +12,7 @@ pub enum Durability {
     /// [`Completion::Durable`] only after the record's group is `fdatasync`ed.
     Sync,
     /// [`Completion::Durable`] as soon as the group is written (page cache); the log is synced
-    /// every [`ASYNC_SYNC_INTERVAL_MS`](crate::wal_thread::ASYNC_SYNC_INTERVAL_MS). A crash may
+    /// every [`ASYNC_SYNC_INTERVAL_MS`](crate::ASYNC_SYNC_INTERVAL_MS). A crash may
     /// lose the last unsynced groups.
     Async,
 }

@@ -239,7 +239,7 @@ impl Persistence {
     }
 
     /// Flushes and syncs the log, drains what the sink accepts within
-    /// [`SHUTDOWN_DRAIN_MS`](crate::sink_thread::SHUTDOWN_DRAIN_MS) (the rest stays in the log
+    /// [`SHUTDOWN_DRAIN_MS`](crate::SHUTDOWN_DRAIN_MS) (the rest stays in the log
     /// for the next start) and joins the threads. Call it after the shards stopped appending.
     pub fn shutdown(mut self) -> Result<(), Error> {
         self.stop()
