@@ -23,7 +23,7 @@ pub struct Config {
     /// Directory holding `wal/` (segments) and `store.redb` (the embedded store).
     pub data_dir: PathBuf,
     pub durability: Durability,
-    /// Total bytes of log segments; past it, [`AppendError::Full`].
+    /// Total bytes of log segments; past it, [`SubmitError::Full`].
     pub wal_bytes_max: u64,
     /// A segment is closed and a new one started past this size; trimming deletes whole segments.
     pub wal_segment_bytes: u64,
