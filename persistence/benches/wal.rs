@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sokdo_persistence::{
-    AppendError, Completion, CompletionSink, Config, Durability, Handle, Persistence, Record,
+    Completion, CompletionSink, Config, Durability, Handle, Persistence, Record, SubmitError,
     Ticket,
 };
 
@@ -65,7 +65,7 @@ fn run(h: &Handle, acks: &Acks, threads: u64, n: u64) -> Duration {
                     loop {
                         match h.append(rec, Some(Ticket { shard: 0, token })) {
                             Ok(()) => break,
-                            Err(AppendError::Full) => {
+                            Err(SubmitError::Full) => {
                                 rec = message(t * n + i);
                                 std::thread::yield_now();
                             }

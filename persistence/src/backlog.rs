@@ -5,13 +5,18 @@
 //! room's records to merge them with what the sink returns. Its size is bounded by the log's:
 //! every record here is also in a segment, and segments are bounded by `wal_bytes_max`.
 //!
-//! A `std` mutex is right here: the three users are persistence threads, never shards.
+//! A `std` mutex is right here: the three users are persistence threads, never shards. The
+//! one figure shards read, [`Backlog::len`], is an atomic that the lock holders keep equal to
+//! the queue's length, so reading it never takes the lock.
+
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::api::Record;
+use crate::contract::Record;
 
 struct Pending {
     lsn: u64,
@@ -29,6 +34,8 @@ struct Inner {
 pub struct Backlog {
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// `inner.records.len()`, stored by whoever changed it while still holding the lock.
+    len: AtomicUsize,
 }
 
 /// A batch for the sink: `(lsn, record)` in lsn order.
@@ -51,16 +58,15 @@ impl Backlog {
             );
             inner.records.push_back(Pending { lsn, at, rec });
         }
+        self.len.store(inner.records.len(), Relaxed);
         drop(inner);
         self.changed.notify_all();
     }
 
+    /// Records written but not confirmed yet. Lock-free (shards read it for `/metrics`): the
+    /// value of a moment ago, exact once the writers are quiet.
     pub fn len(&self) -> usize {
-        self.lock().records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len.load(Relaxed)
     }
 
     /// Wakes every waiter; from now on [`Backlog::next_batch`] returns without waiting.
@@ -110,6 +116,7 @@ impl Backlog {
         while inner.records.front().is_some_and(|p| p.lsn <= lsn) {
             inner.records.pop_front();
         }
+        self.len.store(inner.records.len(), Relaxed);
     }
 
     /// Copies the room's records, in lsn order.
@@ -174,6 +181,21 @@ mod tests {
         assert_eq!(b.next_batch(10, Duration::from_secs(3600)).len(), 2);
         b.confirm(2);
         assert!(b.next_batch(10, Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn len_follows_the_queue_and_is_read_without_the_lock() {
+        let b = Arc::new(Backlog::default());
+        b.push((1..=3).map(|lsn| (lsn, rec("a"))));
+        b.confirm(1);
+        let held = b.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = b.clone();
+        std::thread::spawn(move || tx.send(reader.len()));
+        // A `len` that took the lock would still be waiting for `held`.
+        let len = rx.recv_timeout(Duration::from_secs(10));
+        drop(held);
+        assert_eq!(len, Ok(2));
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! as success, and it never overwrites a tombstone. Everything else is an upsert with `$set` or
 //! `$max`, or a delete, each of which gives the same result applied twice.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::runtime::Runtime;
 
-use crate::api::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
 use crate::sink::{Opened, Sink, SinkReader};
 use crate::snapshot::Rooms;
 
@@ -94,7 +96,7 @@ pub fn open_sink(uri: &str, database: &str) -> Result<Opened, Error> {
         .thread_name("sokdo-mongo")
         .enable_all()
         .build()
-        .map_err(|e| Error::Mongo(format!("tokio runtime: {e}")))?;
+        .map_err(Error::io("sokdo-mongo runtime"))?;
     let rt = Arc::new(rt);
     let db = rt.block_on(async {
         let mut opts = ClientOptions::parse(uri).await?;

@@ -5,27 +5,29 @@
 //! is then in the sink's answer, and one not yet confirmed is in the copy — never in neither.
 //! Reads are never done on a shard thread; the result goes back as [`Completion::Read`].
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use crate::api::{Completion, ReadRequest, Record, StoredMessage, Ticket};
-use crate::persistence::Shared;
+use crate::contract::{Completion, ReadRequest, Record, StoredMessage, Ticket};
 use crate::sink::SinkReader;
+use crate::state::Pipeline;
 
 pub(crate) enum ReadCmd {
     Read { req: ReadRequest, ticket: Ticket },
     Shutdown,
 }
 
-pub(crate) fn run(mut reader: Box<dyn SinkReader>, rx: Receiver<ReadCmd>, shared: Arc<Shared>) {
+pub(crate) fn run(mut reader: Box<dyn SinkReader>, rx: Receiver<ReadCmd>, pipeline: Arc<Pipeline>) {
     while let Ok(ReadCmd::Read { req, ticket }) = rx.recv() {
-        let pending = shared.backlog.for_room(req.room());
+        let pending = pipeline.backlog.for_room(req.room());
         let result = reader
             .read(&req)
             .map(|stored| merge(&req, stored, &pending));
-        shared.sinks[usize::from(ticket.shard)].complete(Completion::Read { ticket, result });
+        pipeline.sinks[usize::from(ticket.shard)].complete(Completion::Read { ticket, result });
     }
 }
 

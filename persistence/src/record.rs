@@ -11,21 +11,58 @@
 //! checksum mismatch, an unexpected lsn or a payload rkyv's validator rejects all end the
 //! readable log at that frame. This module does no I/O.
 
-use crate::api::{Error, Record};
+#![forbid(unsafe_code)]
+
+use crate::contract::{Error, Record};
 
 pub const FRAME_HEADER_BYTES: usize = 16;
 /// The largest payload a frame may carry; a longer length field means corruption.
 pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
 
+// The bound lives beside the frame layout it bounds: `contract` knows records, not the log.
+impl Record {
+    /// An upper bound of the encoded frame's size, computed without encoding, so that
+    /// [`Handle::append`](crate::Handle::append) can reserve log space on the caller's thread.
+    /// rkyv stores each string inline or out of line with at most 8 bytes of header and 7 of
+    /// padding; the fixed part of every variant is below 96 bytes.
+    pub fn frame_bytes_upper_bound(&self) -> u64 {
+        const FIXED_BYTES: u64 = 96;
+        const PER_STRING_BYTES: u64 = 16;
+        let s = |v: &str| v.len() as u64 + PER_STRING_BYTES;
+        let o = |v: &Option<String>| v.as_deref().map_or(PER_STRING_BYTES, s);
+        let strings = match self {
+            Record::Message {
+                room,
+                msg_id,
+                from,
+                name,
+                body,
+                client_msg_id,
+                ..
+            } => s(room) + s(msg_id) + s(from) + o(name) + s(body) + o(client_msg_id),
+            Record::Deleted { room, by, .. } => s(room) + s(by),
+            Record::Room {
+                room,
+                title,
+                password_hash,
+                creator,
+                ..
+            } => s(room) + o(title) + o(password_hash) + s(creator),
+            Record::Member { room, user, .. } | Record::ReadPointer { room, user, .. } => {
+                s(room) + s(user)
+            }
+        };
+        FRAME_HEADER_BYTES as u64 + FIXED_BYTES + strings
+    }
+}
+
 /// Appends one frame for `rec` with log sequence number `lsn` to `out`; returns its size.
 pub fn encode_frame(rec: &Record, lsn: u64, out: &mut Vec<u8>) -> Result<usize, Error> {
-    let payload =
-        rkyv::to_bytes::<rkyv::rancor::Error>(rec).map_err(|e| Error::Codec(e.to_string()))?;
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(rec).map_err(Error::Codec)?;
     if payload.len() > RECORD_BYTES_MAX {
-        return Err(Error::Codec(format!(
-            "record of {} bytes exceeds RECORD_BYTES_MAX",
-            payload.len()
-        )));
+        return Err(Error::RecordTooLarge {
+            bytes: payload.len(),
+        });
     }
     let lsn_bytes = lsn.to_le_bytes();
     let mut crc = crc32fast::Hasher::new();

@@ -4,9 +4,11 @@
 //! Each comes as a writer (owned by the sink thread) and a reader (owned by the read thread);
 //! both sides share the underlying database handle.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
-use crate::api::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
 
 pub trait Sink: Send {
     /// Applies the batch. Must be idempotent: a batch may be applied again after a crash or a

@@ -4,9 +4,11 @@
 //! suffix of the log over a state that already contains part of it gives the same result as
 //! folding it once — which is what recovery does with the log over the sink's snapshot.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::{Record, RoomSnapshot};
+use crate::contract::{Record, RoomSnapshot};
 
 #[derive(Default)]
 struct RoomState {

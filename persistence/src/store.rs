@@ -13,12 +13,14 @@
 //! - `members`: `(room, user)` → `()`;
 //! - `read_pointers`: `(room, user)` → `seq`.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::api::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
 use crate::sink::{Opened, Sink, SinkReader};
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -56,15 +58,14 @@ where
         >,
     >,
 {
-    rkyv::to_bytes::<rkyv::rancor::Error>(v).map_err(|e| Error::Store(e.to_string()))
+    rkyv::to_bytes::<rkyv::rancor::Error>(v).map_err(Error::StoreRow)
 }
 
 macro_rules! decode {
     ($t:ty, $bytes:expr) => {{
         let mut aligned = rkyv::util::AlignedVec::<16>::new();
         aligned.extend_from_slice($bytes);
-        rkyv::from_bytes::<$t, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| Error::Store(e.to_string()))
+        rkyv::from_bytes::<$t, rkyv::rancor::Error>(&aligned).map_err(Error::StoreRow)
     }};
 }
 
@@ -158,92 +159,120 @@ impl Store {
         Ok(rooms)
     }
 
+    /// One record into the batch's transaction; each kind has its own writer.
     fn apply_one(txn: &redb::WriteTransaction, rec: &Record) -> Result<(), Error> {
         match rec {
-            Record::Message {
-                room,
-                seq,
-                msg_id,
-                from,
-                name,
-                body,
-                ts_ms,
-                ..
-            } => {
-                let mut messages = txn.open_table(MESSAGES)?;
-                // Present already means a replay, or a tombstone that must stay a tombstone.
-                if messages.get((room.as_str(), *seq))?.is_none() {
-                    let row = Row {
-                        msg_id: msg_id.clone(),
-                        from: from.clone(),
-                        name: name.clone(),
-                        body: Some(body.clone()),
-                        ts_ms: *ts_ms,
-                        deleted: false,
-                    };
-                    messages.insert((room.as_str(), *seq), encode(&row)?.as_slice())?;
-                }
-                bump_last_seq(txn, room, *seq)
-            }
-            Record::Deleted { room, seq, .. } => {
-                let mut messages = txn.open_table(MESSAGES)?;
-                let old = match messages.get((room.as_str(), *seq))? {
-                    Some(v) => decode!(Row, v.value())?,
-                    None => Row::default(),
-                };
-                let row = Row {
-                    body: None,
-                    deleted: true,
-                    ..old
-                };
-                messages.insert((room.as_str(), *seq), encode(&row)?.as_slice())?;
-                bump_last_seq(txn, room, *seq)
-            }
-            Record::Room {
-                room,
-                title,
-                private,
-                password_hash,
-                creator,
-                created_ms,
-            } => {
-                let mut rooms = txn.open_table(ROOMS)?;
-                let last_seq = match rooms.get(room.as_str())? {
-                    Some(v) => decode!(RoomRow, v.value())?.last_seq,
-                    None => 0,
-                };
-                let row = RoomRow {
-                    title: title.clone(),
-                    private: *private,
-                    password_hash: password_hash.clone(),
-                    creator: creator.clone(),
-                    created_ms: *created_ms,
-                    last_seq,
-                };
-                rooms.insert(room.as_str(), encode(&row)?.as_slice())?;
-                Ok(())
-            }
-            Record::Member { room, user, joined } => {
-                let mut members = txn.open_table(MEMBERS)?;
-                ensure_room(txn, room)?;
-                if *joined {
-                    members.insert((room.as_str(), user.as_str()), ())?;
-                } else {
-                    members.remove((room.as_str(), user.as_str()))?;
-                }
-                Ok(())
-            }
-            Record::ReadPointer { room, user, seq } => {
-                let mut pointers = txn.open_table(READ_POINTERS)?;
-                ensure_room(txn, room)?;
-                let old = pointers
-                    .get((room.as_str(), user.as_str()))?
-                    .map_or(0, |v| v.value());
-                pointers.insert((room.as_str(), user.as_str()), old.max(*seq))?;
-                Ok(())
-            }
+            Record::Message { .. } => put_message(txn, rec),
+            Record::Deleted { room, seq, .. } => put_tombstone(txn, room, *seq),
+            Record::Room { .. } => put_room(txn, rec),
+            Record::Member { room, user, joined } => put_member(txn, room, user, *joined),
+            Record::ReadPointer { room, user, seq } => put_read_pointer(txn, room, user, *seq),
         }
     }
+}
+
+/// A message is written once: present already means a replay, or a tombstone that must stay
+/// a tombstone.
+fn put_message(txn: &redb::WriteTransaction, rec: &Record) -> Result<(), Error> {
+    let Record::Message {
+        room,
+        seq,
+        msg_id,
+        from,
+        name,
+        body,
+        ts_ms,
+        ..
+    } = rec
+    else {
+        unreachable!("put_message takes messages only");
+    };
+    let mut messages = txn.open_table(MESSAGES)?;
+    if messages.get((room.as_str(), *seq))?.is_none() {
+        let row = Row {
+            msg_id: msg_id.clone(),
+            from: from.clone(),
+            name: name.clone(),
+            body: Some(body.clone()),
+            ts_ms: *ts_ms,
+            deleted: false,
+        };
+        messages.insert((room.as_str(), *seq), encode(&row)?.as_slice())?;
+    }
+    bump_last_seq(txn, room, *seq)
+}
+
+/// A deletion keeps the row's metadata and drops its body; it may arrive before its message.
+fn put_tombstone(txn: &redb::WriteTransaction, room: &str, seq: u64) -> Result<(), Error> {
+    let mut messages = txn.open_table(MESSAGES)?;
+    let old = match messages.get((room, seq))? {
+        Some(v) => decode!(Row, v.value())?,
+        None => Row::default(),
+    };
+    let row = Row {
+        body: None,
+        deleted: true,
+        ..old
+    };
+    messages.insert((room, seq), encode(&row)?.as_slice())?;
+    bump_last_seq(txn, room, seq)
+}
+
+/// A room's settings, last writer wins; its `last_seq` is kept.
+fn put_room(txn: &redb::WriteTransaction, rec: &Record) -> Result<(), Error> {
+    let Record::Room {
+        room,
+        title,
+        private,
+        password_hash,
+        creator,
+        created_ms,
+    } = rec
+    else {
+        unreachable!("put_room takes rooms only");
+    };
+    let last_seq = room_row(txn, room)?.map_or(0, |r| r.last_seq);
+    let row = RoomRow {
+        title: title.clone(),
+        private: *private,
+        password_hash: password_hash.clone(),
+        creator: creator.clone(),
+        created_ms: *created_ms,
+        last_seq,
+    };
+    txn.open_table(ROOMS)?
+        .insert(room.as_str(), encode(&row)?.as_slice())?;
+    Ok(())
+}
+
+fn put_member(
+    txn: &redb::WriteTransaction,
+    room: &str,
+    user: &str,
+    joined: bool,
+) -> Result<(), Error> {
+    let mut members = txn.open_table(MEMBERS)?;
+    ensure_room(txn, room)?;
+    if joined {
+        members.insert((room, user), ())?;
+    } else {
+        members.remove((room, user))?;
+    }
+    Ok(())
+}
+
+/// A read pointer only moves forward.
+fn put_read_pointer(
+    txn: &redb::WriteTransaction,
+    room: &str,
+    user: &str,
+    seq: u64,
+) -> Result<(), Error> {
+    let mut pointers = txn.open_table(READ_POINTERS)?;
+    ensure_room(txn, room)?;
+    let old = pointers.get((room, user))?.map_or(0, |v| v.value());
+    pointers.insert((room, user), old.max(seq))?;
+    Ok(())
 }
 
 fn room_row(txn: &redb::WriteTransaction, room: &str) -> Result<Option<RoomRow>, Error> {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use crate::api::{Error, Record};
+use crate::contract::{Error, Record};
 use crate::record::{self, Damage};
 
 /// Entries in the ring: one write and one fdatasync per group.
@@ -280,8 +280,9 @@ fn write_at(
         } else {
             vec![write]
         };
-        // SAFETY: `rest` outlives the submission: `submit_all` returns only once the kernel
-        // has completed every entry it submitted (or ends the process when it cannot know).
+        // SAFETY: `rest` borrows `buf`, which outlives the call: `submit_all` returns only once
+        // the kernel has completed every entry it queued, and its one `Err` comes before it
+        // queues any; when it cannot know, it ends the process rather than return or unwind.
         let cqes = unsafe { submit_all(ring, &entries)? };
         let (mut written, mut synced) = (None, false);
         let mut error = None;
@@ -322,7 +323,8 @@ fn fdatasync(ring: Option<&mut IoUring>, file: &File) -> io::Result<()> {
         .flags(types::FsyncFlags::DATASYNC)
         .build()
         .user_data(USER_DATA_SYNC);
-    // SAFETY: the entry references no memory of ours.
+    // SAFETY: the entry points at no memory of ours, only at the file descriptor, which `file`
+    // keeps open until `submit_all` has reaped its completion.
     for (_, res) in unsafe { submit_all(ring, &[fsync])? } {
         if res < 0 {
             return Err(io::Error::from_raw_os_error(-res));
@@ -334,10 +336,12 @@ fn fdatasync(ring: Option<&mut IoUring>, file: &File) -> io::Result<()> {
 /// Submits `entries` and waits for the completion of each: `(user_data, result)` pairs.
 ///
 /// Nothing is left in flight when it returns Ok or Err: entries that do not fit are refused
-/// before any is queued (the ring is empty between calls), and an interrupted or busy wait is
-/// resumed. Once queued, an entry cannot be taken back, so if the kernel keeps refusing to
-/// take or report them the process cannot know when the memory they point at is free: it
-/// panics (fail-stop, see the engine's `liveness`) rather than return into freeing it.
+/// before any is queued (the ring is empty between calls) — that is the only `Err` — and an
+/// interrupted or busy wait is resumed. Once queued, an entry cannot be taken back, so if the
+/// kernel keeps refusing to take or report them the process cannot know when the memory they
+/// point at is free: it panics (the engine's `liveness` hook then ends the process), and
+/// should the panic unwind instead, [`AbortOnUnwind`] aborts before any caller's frame, and
+/// the buffers in it, is dropped.
 ///
 /// # Safety
 /// Every buffer the entries point at must stay valid until this returns.
@@ -349,17 +353,19 @@ unsafe fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Resul
         ring.completion().is_empty(),
         "a completion was left unreaped"
     );
-    {
-        let mut sq = ring.submission();
-        if sq.capacity() - sq.len() < entries.len() {
-            return Err(io::Error::other("io_uring submission queue is full"));
-        }
-        for entry in entries {
-            // SAFETY: the caller keeps the buffers valid until every completion is reaped;
-            // there is room, so the push cannot fail.
-            unsafe { sq.push(entry).expect("room was checked") };
-        }
+    let mut sq = ring.submission();
+    if sq.capacity() - sq.len() < entries.len() {
+        return Err(io::Error::other("io_uring submission queue is full"));
     }
+    // From the first push until every completion is reaped, no return and no unwind.
+    let in_flight = AbortOnUnwind;
+    for entry in entries {
+        // SAFETY: the caller keeps the buffers valid until this returns, and it returns only
+        // once every completion is reaped (`in_flight` turns an unwind into an abort); there
+        // is room, so the push cannot fail.
+        unsafe { sq.push(entry).expect("room was checked") };
+    }
+    drop(sq);
     let mut cqes = Vec::with_capacity(entries.len());
     let mut retries = 0;
     while cqes.len() < entries.len() {
@@ -388,7 +394,21 @@ unsafe fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Resul
             retries = 0;
         }
     }
+    drop(in_flight);
     Ok(cqes)
+}
+
+/// Held while io_uring entries point at a caller's memory: if a panic unwinds through it, the
+/// process aborts instead, so that no frame holding such memory is dropped while the kernel
+/// may still read it.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::process::abort();
+        }
+    }
 }
 
 /// `ECANCELED` on Linux; spelled out to avoid a libc dependency for one constant.

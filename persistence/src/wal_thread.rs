@@ -10,15 +10,17 @@
 //!
 //! Between groups it trims segments the sink has confirmed. It never talks to the sink.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::api::{Completion, Durability, Error, Record, Ticket};
-use crate::persistence::Shared;
+use crate::contract::{Completion, Durability, Error, Record, Ticket};
 use crate::record::encode_frame;
+use crate::state::Pipeline;
 use crate::wal::Wal;
 
 /// The most records one group commit carries.
@@ -52,8 +54,12 @@ struct Group {
     reserved_bytes: u64,
 }
 
-pub(crate) fn run(mut wal: Wal, rx: Receiver<WalCmd>, shared: Arc<Shared>) -> Result<(), Error> {
-    let shards = shared.sinks.len();
+pub(crate) fn run(
+    mut wal: Wal,
+    rx: Receiver<WalCmd>,
+    pipeline: Arc<Pipeline>,
+) -> Result<(), Error> {
+    let shards = pipeline.sinks.len();
     let mut group = Group {
         buf: Vec::with_capacity(64 * 1024),
         records: Vec::new(),
@@ -61,11 +67,11 @@ pub(crate) fn run(mut wal: Wal, rx: Receiver<WalCmd>, shared: Arc<Shared>) -> Re
         reserved_bytes: 0,
     };
     let group_bytes_max =
-        GROUP_BYTES_MAX.min(usize::try_from(shared.wal_segment_bytes).unwrap_or(usize::MAX));
+        GROUP_BYTES_MAX.min(usize::try_from(pipeline.wal_segment_bytes).unwrap_or(usize::MAX));
     let mut last_sync = Instant::now();
     let mut shutdown = false;
     while !shutdown {
-        let tick = if shared.durability == Durability::Async {
+        let tick = if pipeline.durability == Durability::Async {
             Duration::from_millis(ASYNC_SYNC_INTERVAL_MS).saturating_sub(last_sync.elapsed())
         } else {
             Duration::from_millis(WAL_IDLE_TICK_MS)
@@ -79,27 +85,27 @@ pub(crate) fn run(mut wal: Wal, rx: Receiver<WalCmd>, shared: Arc<Shared>) -> Re
             shutdown = collect(&mut wal, first, &rx, &mut group, group_bytes_max)?;
         }
         if !group.records.is_empty() {
-            commit(&mut wal, &mut group, &shared, &mut last_sync)?;
+            commit(&mut wal, &mut group, &pipeline, &mut last_sync)?;
         }
         let sync_due = last_sync.elapsed() >= Duration::from_millis(ASYNC_SYNC_INTERVAL_MS);
-        if shared.durability == Durability::Async && sync_due {
+        if pipeline.durability == Durability::Async && sync_due {
             wal.sync()?;
-            shared.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
+            pipeline.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
             last_sync = Instant::now();
         }
-        let freed = wal.trim(shared.confirmed_lsn.load(Relaxed))?;
-        shared.wal_bytes.fetch_sub(freed, Relaxed);
-        shared.wal_segments.store(wal.segments() as u64, Relaxed);
+        let freed = wal.trim(pipeline.confirmed_lsn.load(Relaxed))?;
+        pipeline.wal_bytes.fetch_sub(freed, Relaxed);
+        pipeline.wal_segments.store(wal.segments() as u64, Relaxed);
     }
     // Appends that raced with shutdown still get written rather than dropped.
     while let Ok(cmd) = rx.try_recv() {
         collect(&mut wal, cmd, &rx, &mut group, group_bytes_max)?;
         if !group.records.is_empty() {
-            commit(&mut wal, &mut group, &shared, &mut last_sync)?;
+            commit(&mut wal, &mut group, &pipeline, &mut last_sync)?;
         }
     }
     wal.sync()?;
-    shared.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
+    pipeline.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
     Ok(())
 }
 
@@ -145,29 +151,29 @@ fn collect(
 fn commit(
     wal: &mut Wal,
     group: &mut Group,
-    shared: &Shared,
+    pipeline: &Pipeline,
     last_sync: &mut Instant,
 ) -> Result<(), Error> {
     let n = group.records.len() as u64;
-    let sync = shared.durability == Durability::Sync;
+    let sync = pipeline.durability == Durability::Sync;
     wal.append(&group.buf, n, sync)?;
     if sync {
         *last_sync = Instant::now();
     }
-    shared
+    pipeline
         .wal_bytes
         .fetch_sub(group.reserved_bytes - group.buf.len() as u64, Relaxed);
-    shared.written_lsn.store(wal.next_lsn() - 1, Relaxed);
-    shared.records_appended.fetch_add(n, Relaxed);
-    shared.group_commits.fetch_add(1, Relaxed);
-    shared.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
-    shared.last_group_records.store(n, Relaxed);
+    pipeline.written_lsn.store(wal.next_lsn() - 1, Relaxed);
+    pipeline.records_appended.fetch_add(n, Relaxed);
+    pipeline.group_commits.fetch_add(1, Relaxed);
+    pipeline.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
+    pipeline.last_group_records.store(n, Relaxed);
     for (shard, tickets) in group.tickets.iter_mut().enumerate() {
         if !tickets.is_empty() {
-            shared.sinks[shard].complete(Completion::Durable(std::mem::take(tickets)));
+            pipeline.sinks[shard].complete(Completion::Durable(std::mem::take(tickets)));
         }
     }
-    shared.backlog.push(group.records.drain(..));
+    pipeline.backlog.push(group.records.drain(..));
     group.buf.clear();
     group.reserved_bytes = 0;
     Ok(())

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use sokdo_persistence::{Config, Persistence, ReadRequest, Record, Ticket};
+use sokdo_persistence::{Config, Handle, Persistence, ReadRequest, Record, Stats, Ticket};
 use support::mongo_double::MongoDouble;
 use support::{config, message, seqs, sinks, wait_for, Collector};
 
@@ -58,6 +58,30 @@ fn seq_of(d: &Document) -> u64 {
 /// confirmed all; checks the documents and reads back through persistence.
 fn round_trip(p: &Persistence, collector: &Collector, uri: &str, database: &str, n: u64) {
     let h = p.handle();
+    append_room_history(&h, n);
+    wait_for("durable", WAIT, || collector.durable_count() as u64 == n);
+    wait_for("sink confirmed", WAIT, || {
+        h.stats().wal_records_pending_sink == 0
+    });
+
+    check_documents(uri, database, n);
+
+    let got = collector.read(
+        &h,
+        0,
+        1_000_001,
+        ReadRequest::Before {
+            room: "a".into(),
+            before_seq: Some(9),
+            limit: 3,
+        },
+    );
+    assert_eq!(seqs(&got), vec![6, 7, 8]);
+    assert!(got[1].deleted && got[1].body.is_none());
+}
+
+/// Room "a" with alice and bob, messages 1..=n (ticketed), message 7 deleted, bob read to 9.
+fn append_room_history(h: &Handle, n: u64) {
     h.append(
         Record::Room {
             room: "a".into(),
@@ -111,11 +135,10 @@ fn round_trip(p: &Persistence, collector: &Collector, uri: &str, database: &str,
         None,
     )
     .unwrap();
-    wait_for("durable", WAIT, || collector.durable_count() as u64 == n);
-    wait_for("sink confirmed", WAIT, || {
-        h.stats().wal_records_pending_sink == 0
-    });
+}
 
+/// What `append_room_history` must have left in the collections.
+fn check_documents(uri: &str, database: &str, n: u64) {
     let msgs = fetch(uri, database, "messages");
     assert_eq!(msgs.len() as u64, n);
     let m7 = msgs
@@ -136,19 +159,32 @@ fn round_trip(p: &Persistence, collector: &Collector, uri: &str, database: &str,
     let rp = fetch(uri, database, "read_pointers");
     assert_eq!(rp.len(), 1);
     assert_eq!(rp[0].get_i64("seq"), Ok(9));
+}
 
-    let got = collector.read(
-        &h,
-        0,
-        1_000_001,
-        ReadRequest::Before {
-            room: "a".into(),
-            before_seq: Some(9),
-            limit: 3,
-        },
+/// The server goes away; messages 101..=400 are appended meanwhile. Returns the stats seen
+/// during the outage.
+fn outage(double: &MongoDouble, h: &Handle, collector: &Collector) -> Stats {
+    // The server goes away. Chat goes on: appends succeed and become durable in the log.
+    double.stop();
+    let segments_before = h.stats().wal_segments;
+    for s in 101..=400 {
+        h.append(message("a", s), Some(Ticket { shard: 0, token: s }))
+            .unwrap();
+    }
+    wait_for("durable during the outage", WAIT, || {
+        collector.durable_count() == 400
+    });
+    wait_for("the sink noticing the outage", WAIT, || !h.stats().sink_up);
+    let during = h.stats();
+    assert!(
+        during.wal_records_pending_sink > 0 && during.sink_lag_records > 0,
+        "{during:?}"
     );
-    assert_eq!(seqs(&got), vec![6, 7, 8]);
-    assert!(got[1].deleted && got[1].body.is_none());
+    assert!(
+        during.wal_segments > segments_before + 3,
+        "the log grows: {during:?}"
+    );
+    during
 }
 
 #[test]
@@ -175,27 +211,8 @@ fn mongo_sink_against_the_wire_double_survives_an_outage_without_loss_or_duplica
         "batch_messages_max respected: {batches:?}"
     );
 
-    // The server goes away. Chat goes on: appends succeed and become durable in the log.
-    double.stop();
     let h = p.handle();
-    let segments_before = h.stats().wal_segments;
-    for s in 101..=400 {
-        h.append(message("a", s), Some(Ticket { shard: 0, token: s }))
-            .unwrap();
-    }
-    wait_for("durable during the outage", WAIT, || {
-        collector.durable_count() == 400
-    });
-    wait_for("the sink noticing the outage", WAIT, || !h.stats().sink_up);
-    let during = h.stats();
-    assert!(
-        during.wal_records_pending_sink > 0 && during.sink_lag_records > 0,
-        "{during:?}"
-    );
-    assert!(
-        during.wal_segments > segments_before + 3,
-        "the log grows: {during:?}"
-    );
+    let during = outage(&double, &h, &collector);
 
     // It comes back: the backlog drains, nothing missing, nothing twice, and the log shrinks.
     double.start();

@@ -6,8 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sokdo_persistence::record::encode_frame;
-use sokdo_persistence::wal::Wal;
+use sokdo_persistence::encode_frame;
+use sokdo_persistence::Wal;
 use sokdo_persistence::{Persistence, ReadRequest, Record, Ticket};
 use support::{config, message, seqs, sinks, wait_for, Collector};
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sokdo_persistence::record::{encode_frame, Damage};
-use sokdo_persistence::wal::Wal;
-use sokdo_persistence::{AppendError, Persistence, ReadRequest, Record, Ticket};
+use sokdo_persistence::Wal;
+use sokdo_persistence::{encode_frame, Damage};
+use sokdo_persistence::{Handle, Persistence, ReadRequest, Record, SubmitError, Ticket};
 use support::{config, message, seqs, sinks, wait_for, Collector};
 
 const SEGMENT_BYTES: u64 = 4096;
@@ -200,21 +200,11 @@ proptest! {
     }
 }
 
-#[test]
-fn a_full_log_refuses_appends_and_loses_nothing_it_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let collector = Arc::new(Collector::default());
-    let mut cfg = config(dir.path());
-    cfg.wal_segment_bytes = 4096;
-    cfg.wal_bytes_max = 2 * 4096;
-    // The sink never takes a batch while running: nothing is confirmed, so the log must fill.
-    cfg.batch_messages_max = 1_000_000;
-    cfg.batch_age_ms = 3_600_000;
-    let (p, _) = Persistence::open(cfg.clone(), sinks(&collector, 1)).unwrap();
-    let h = p.handle();
+/// Appends until the log refuses, waiting for each round's writes to land (reservations are
+/// upper bounds, returned once the frames are written), and again until a refill accepts
+/// nothing. Returns how many were accepted, every one of them durable.
+fn fill_until_full(h: &Handle, collector: &Collector) -> u64 {
     let mut accepted = 0u64;
-    // Reservations are upper bounds, returned once the frames are written: fill, let the
-    // writes land, and fill again until a refill accepts nothing.
     for round in 0..100 {
         let before = accepted;
         for seq in accepted + 1..=accepted + 10_000 {
@@ -226,7 +216,7 @@ fn a_full_log_refuses_appends_and_loses_nothing_it_accepted() {
                 }),
             ) {
                 Ok(()) => accepted += 1,
-                Err(AppendError::Full) => break,
+                Err(SubmitError::Full) => break,
                 Err(e) => panic!("unexpected {e}"),
             }
         }
@@ -239,10 +229,26 @@ fn a_full_log_refuses_appends_and_loses_nothing_it_accepted() {
             break;
         }
     }
+    accepted
+}
+
+#[test]
+fn a_full_log_refuses_appends_and_loses_nothing_it_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Arc::new(Collector::default());
+    let mut cfg = config(dir.path());
+    cfg.wal_segment_bytes = 4096;
+    cfg.wal_bytes_max = 2 * 4096;
+    // The sink never takes a batch while running: nothing is confirmed, so the log must fill.
+    cfg.batch_messages_max = 1_000_000;
+    cfg.batch_age_ms = 3_600_000;
+    let (p, _) = Persistence::open(cfg.clone(), sinks(&collector, 1)).unwrap();
+    let h = p.handle();
+    let accepted = fill_until_full(&h, &collector);
     assert!(accepted > 10, "only {accepted} fit");
     assert_eq!(
         h.append(message("r", accepted + 1), None),
-        Err(AppendError::Full),
+        Err(SubmitError::Full),
         "still full"
     );
     let stats = h.stats();

@@ -2,6 +2,8 @@
 //!
 //! This module owns no behaviour beyond validation; it never does I/O.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 /// When a `send` may be acknowledged.
@@ -10,7 +12,7 @@ pub enum Durability {
     /// [`Completion::Durable`] only after the record's group is `fdatasync`ed.
     Sync,
     /// [`Completion::Durable`] as soon as the group is written (page cache); the log is synced
-    /// every [`ASYNC_SYNC_INTERVAL_MS`](crate::wal_thread::ASYNC_SYNC_INTERVAL_MS). A crash may
+    /// every [`ASYNC_SYNC_INTERVAL_MS`](crate::ASYNC_SYNC_INTERVAL_MS). A crash may
     /// lose the last unsynced groups.
     Async,
 }
@@ -21,7 +23,7 @@ pub struct Config {
     /// Directory holding `wal/` (segments) and `store.redb` (the embedded store).
     pub data_dir: PathBuf,
     pub durability: Durability,
-    /// Total bytes of log segments; past it, [`AppendError::Full`].
+    /// Total bytes of log segments; past it, [`SubmitError::Full`].
     pub wal_bytes_max: u64,
     /// A segment is closed and a new one started past this size; trimming deletes whole segments.
     pub wal_segment_bytes: u64,
@@ -123,40 +125,6 @@ impl Record {
             | Record::Member { room, .. }
             | Record::ReadPointer { room, .. } => room,
         }
-    }
-
-    /// An upper bound of the encoded frame's size, computed without encoding, so that
-    /// [`Handle::append`](crate::Handle::append) can reserve log space on the caller's thread.
-    /// rkyv stores each string inline or out of line with at most 8 bytes of header and 7 of
-    /// padding; the fixed part of every variant is below 96 bytes.
-    pub fn frame_bytes_upper_bound(&self) -> u64 {
-        const FIXED_BYTES: u64 = 96;
-        const PER_STRING_BYTES: u64 = 16;
-        let s = |v: &str| v.len() as u64 + PER_STRING_BYTES;
-        let o = |v: &Option<String>| v.as_deref().map_or(PER_STRING_BYTES, s);
-        let strings = match self {
-            Record::Message {
-                room,
-                msg_id,
-                from,
-                name,
-                body,
-                client_msg_id,
-                ..
-            } => s(room) + s(msg_id) + s(from) + o(name) + s(body) + o(client_msg_id),
-            Record::Deleted { room, by, .. } => s(room) + s(by),
-            Record::Room {
-                room,
-                title,
-                password_hash,
-                creator,
-                ..
-            } => s(room) + o(title) + o(password_hash) + s(creator),
-            Record::Member { room, user, .. } | Record::ReadPointer { room, user, .. } => {
-                s(room) + s(user)
-            }
-        };
-        crate::record::FRAME_HEADER_BYTES as u64 + FIXED_BYTES + strings
     }
 }
 
@@ -276,23 +244,27 @@ pub struct Stats {
     pub sink_up: bool,
 }
 
-/// Why an append or read was refused. Nothing refused was accepted.
+/// Why an append or a read was refused at submission. Nothing refused was accepted.
+/// (`AppendError` is the former name, still exported as an alias.)
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AppendError {
+pub enum SubmitError {
     /// The log is at `wal_bytes_max` or the hand-off queue is full: the engine answers
     /// `unavailable`.
     #[error("persistence is full")]
     Full,
     #[error("persistence is closed")]
     Closed,
-    /// The record could never fit in a log frame (`RECORD_BYTES_MAX`); the engine's body limit
-    /// should make this unreachable.
+    /// An append only: the record could never fit in a log frame (`RECORD_BYTES_MAX`); the
+    /// engine's body limit should make this unreachable.
     #[error("record too large for the log")]
     TooLarge,
     #[error("ticket names shard {0}, which has no completion sink")]
     UnknownShard(u16),
 }
 
+/// What went wrong inside persistence. Each variant that wraps a library's error keeps it as
+/// its [`source`](std::error::Error::source); the message repeats it, because the engine logs
+/// only the message.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {0}")]
@@ -303,12 +275,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// rkyv could not encode or decode a log frame's record.
     #[error("record codec: {0}")]
-    Codec(String),
+    Codec(#[source] rkyv::rancor::Error),
+    /// A record whose archive exceeds `RECORD_BYTES_MAX`.
+    #[error("record codec: record of {bytes} bytes exceeds RECORD_BYTES_MAX")]
+    RecordTooLarge { bytes: usize },
     #[error("embedded store: {0}")]
-    Store(String),
+    Store(#[source] redb::Error),
+    /// rkyv could not encode or decode a row of the embedded store.
+    #[error("embedded store: {0}")]
+    StoreRow(#[source] rkyv::rancor::Error),
     #[error("mongodb: {0}")]
-    Mongo(String),
+    Mongo(#[from] mongodb::error::Error),
     #[error("a persistence thread panicked: {0}")]
     ThreadPanicked(&'static str),
 }
@@ -320,18 +299,14 @@ impl Error {
     }
 }
 
-impl From<redb::Error> for Error {
-    fn from(e: redb::Error) -> Self {
-        Error::Store(e.to_string())
-    }
-}
-
+// Every redb error type converts into `redb::Error`, which keeps it as the source.
 macro_rules! redb_errors {
     ($($t:ty),*) => { $(impl From<$t> for Error {
-        fn from(e: $t) -> Self { Error::Store(e.to_string()) }
+        fn from(e: $t) -> Self { Error::Store(e.into()) }
     })* };
 }
 redb_errors!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -339,8 +314,23 @@ redb_errors!(
     redb::CommitError
 );
 
-impl From<mongodb::error::Error> for Error {
-    fn from(e: mongodb::error::Error) -> Self {
-        Error::Mongo(e.to_string())
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn wrapped_errors_keep_their_source_and_their_message() {
+        let store = Error::from(redb::StorageError::Corrupted("bad page".into()));
+        let source = store.source().expect("the redb error is the source");
+        assert!(source.to_string().contains("bad page"), "{source}");
+        assert!(store.to_string().contains("bad page"), "{store}");
+
+        let garbage = rkyv::util::AlignedVec::<16>::new();
+        let codec = rkyv::from_bytes::<Record, rkyv::rancor::Error>(&garbage)
+            .map_err(Error::Codec)
+            .expect_err("an empty buffer is no record");
+        assert!(codec.source().is_some());
     }
 }

@@ -4,79 +4,62 @@
 //! the three threads. A `Handle` only reserves log space with one atomic and `try_send`s on a
 //! bounded channel: it never blocks, never locks, never does I/O.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
-use crate::api::{
-    AppendError, CompletionSink, Config, Durability, Error, ReadRequest, Record, RoomSnapshot,
-    Stats, Ticket,
+use crate::contract::{
+    CompletionSink, Config, Error, ReadRequest, Record, RoomSnapshot, Stats, SubmitError, Ticket,
 };
-use crate::backlog::Backlog;
+use crate::mongo;
 use crate::read_thread::{self, ReadCmd};
 use crate::record::RECORD_BYTES_MAX;
-use crate::sink::Opened;
+use crate::sink::{Opened, Sink, SinkReader};
+use crate::sink_thread;
 use crate::snapshot::Rooms;
+use crate::state::Pipeline;
+use crate::store;
 use crate::wal::Wal;
 use crate::wal_thread::{self, WalCmd};
-use crate::{mongo, sink_thread, store};
 
 /// Appends queued for the WAL thread before `append` answers `Full`.
 pub const APPEND_QUEUE_RECORDS_MAX: usize = 65_536;
 /// Reads queued for the read thread before `read` answers `Full`.
 pub const READ_QUEUE_REQUESTS_MAX: usize = 4_096;
 
-/// State shared by the handles and the three threads. Counters are relaxed atomics: they are
-/// statistics or monotonic marks, never locks.
-pub(crate) struct Shared {
-    pub sinks: Vec<Arc<dyn CompletionSink>>,
-    pub durability: Durability,
-    pub batch_messages_max: usize,
-    pub batch_age_ms: u64,
-    pub wal_bytes_max: u64,
-    pub wal_segment_bytes: u64,
-    pub backlog: Backlog,
-    pub closing: AtomicBool,
-    /// Segment bytes plus reservations of appends not yet written.
-    pub wal_bytes: AtomicU64,
-    pub wal_segments: AtomicU64,
-    pub written_lsn: AtomicU64,
-    pub confirmed_lsn: AtomicU64,
-    pub records_appended: AtomicU64,
-    pub group_commits: AtomicU64,
-    pub fdatasyncs: AtomicU64,
-    pub last_group_records: AtomicU64,
-    pub sink_batches: AtomicU64,
-    pub sink_errors: AtomicU64,
-    pub sink_up: AtomicBool,
-    last_sink_error: Mutex<Option<String>>,
-}
-
-impl Shared {
-    pub fn set_last_sink_error(&self, e: String) {
-        *self
-            .last_sink_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(e);
-    }
-}
-
-/// What shards hold: cheap to clone, `Send`, never blocks.
+/// What shards hold: cheap to clone, `Send`. **It never blocks and never locks.**
+///
+/// A shard thread runs thousands of connections on one core (DESIGN §1): one blocking call
+/// stalls all of them, and a lock shared with a persistence thread would let a slow disk or a
+/// slow sink reach into the shard through that lock. So every method here touches only
+/// relaxed atomics, the immutable part of the shared `Pipeline` (`state.rs`), and the non-blocking `try_send` of a
+/// bounded crossbeam channel, whose refusal is an answer (`Full`), never a wait:
+/// - [`append`](Handle::append): one `fetch_add` reserves log space, then `try_send`;
+/// - [`read`](Handle::read): `try_send`;
+/// - [`stats`](Handle::stats): atomic loads only — the backlog's length included, which its
+///   lock holders maintain as an atomic (`Backlog::len`);
+/// - [`inject_panic`](Handle::inject_panic) (tests): `try_send`.
+///
+/// The one lock on that path is not ours: when the receiving thread is parked, crossbeam's
+/// `try_send` takes the channel's waker mutex for the few instructions it needs to unpark it.
+/// No holder of that mutex ever waits while holding it. What does take a lock — the last sink
+/// error — is on [`Persistence`], which the process holds, not the shards.
 #[derive(Clone)]
 pub struct Handle {
     appends: Sender<WalCmd>,
     reads: Sender<ReadCmd>,
-    shared: Arc<Shared>,
+    pipeline: Arc<Pipeline>,
 }
 
 impl Handle {
-    fn check_shard(&self, ticket: Option<Ticket>) -> Result<(), AppendError> {
+    fn check_shard(&self, ticket: Option<Ticket>) -> Result<(), SubmitError> {
         match ticket {
-            Some(t) if usize::from(t.shard) >= self.shared.sinks.len() => {
-                Err(AppendError::UnknownShard(t.shard))
+            Some(t) if usize::from(t.shard) >= self.pipeline.sinks.len() => {
+                Err(SubmitError::UnknownShard(t.shard))
             }
             _ => Ok(()),
         }
@@ -86,19 +69,19 @@ impl Handle {
     /// completed with [`Completion::Durable`](crate::Completion::Durable)) unless the process
     /// dies first. `Full` means nothing was accepted: the log is at `wal_bytes_max` (the sink is
     /// behind) or the hand-off queue is full.
-    pub fn append(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), AppendError> {
+    pub fn append(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), SubmitError> {
         self.check_shard(ticket)?;
-        if self.shared.closing.load(Relaxed) {
-            return Err(AppendError::Closed);
+        if self.pipeline.closing.load(Relaxed) {
+            return Err(SubmitError::Closed);
         }
         let reserved_bytes = rec.frame_bytes_upper_bound();
         if reserved_bytes > RECORD_BYTES_MAX as u64 {
-            return Err(AppendError::TooLarge);
+            return Err(SubmitError::TooLarge);
         }
-        let before = self.shared.wal_bytes.fetch_add(reserved_bytes, Relaxed);
-        if before + reserved_bytes > self.shared.wal_bytes_max {
-            self.shared.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
-            return Err(AppendError::Full);
+        let before = self.pipeline.wal_bytes.fetch_add(reserved_bytes, Relaxed);
+        if before + reserved_bytes > self.pipeline.wal_bytes_max {
+            self.pipeline.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+            return Err(SubmitError::Full);
         }
         match self.appends.try_send(WalCmd::Append {
             rec,
@@ -107,34 +90,37 @@ impl Handle {
         }) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.shared.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+                self.pipeline.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
                 Err(match e {
-                    TrySendError::Full(_) => AppendError::Full,
-                    TrySendError::Disconnected(_) => AppendError::Closed,
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Closed,
                 })
             }
         }
     }
 
     /// Test only (fault injection): makes the log thread panic once it takes this command.
+    /// Like every `Handle` method it does not wait: with the append queue full
+    /// ([`APPEND_QUEUE_RECORDS_MAX`] records waiting) the fault is not injected.
     #[doc(hidden)]
     pub fn inject_panic(&self) {
-        let _ = self.appends.send(WalCmd::Panic);
+        let _ = self.appends.try_send(WalCmd::Panic);
     }
 
     /// Queues a history read; the answer comes as [`Completion::Read`](crate::Completion::Read)
     /// to `ticket.shard`.
-    pub fn read(&self, req: ReadRequest, ticket: Ticket) -> Result<(), AppendError> {
+    pub fn read(&self, req: ReadRequest, ticket: Ticket) -> Result<(), SubmitError> {
         self.check_shard(Some(ticket))?;
         match self.reads.try_send(ReadCmd::Read { req, ticket }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(AppendError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(AppendError::Closed),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
         }
     }
 
+    /// The figures for `/metrics`, from atomic loads only: a shard may call it at any time.
     pub fn stats(&self) -> Stats {
-        let s = &self.shared;
+        let s = &self.pipeline;
         Stats {
             wal_bytes: s.wal_bytes.load(Relaxed),
             wal_segments: s.wal_segments.load(Relaxed),
@@ -151,15 +137,6 @@ impl Handle {
             sink_errors: s.sink_errors.load(Relaxed),
             sink_up: s.sink_up.load(Relaxed),
         }
-    }
-
-    /// The last error the sink returned, for logs (`None` if it never failed).
-    pub fn last_sink_error(&self) -> Option<String> {
-        self.shared
-            .last_sink_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
 
@@ -202,39 +179,21 @@ impl Persistence {
         };
         let mut folded = Rooms::from_snapshots(rooms);
         replay.records.iter().for_each(|(_, r)| folded.apply(r));
-        let written_lsn = wal.next_lsn() - 1;
-        let confirmed_lsn = written_lsn - replay.records.len() as u64;
-        let shared = Arc::new(Shared {
-            sinks,
-            durability: cfg.durability,
-            batch_messages_max: cfg.batch_messages_max,
-            batch_age_ms: cfg.batch_age_ms,
-            wal_bytes_max: cfg.wal_bytes_max,
-            wal_segment_bytes: cfg.wal_segment_bytes,
-            backlog: Backlog::default(),
-            closing: AtomicBool::new(false),
-            wal_bytes: AtomicU64::new(wal.bytes()),
-            wal_segments: AtomicU64::new(wal.segments() as u64),
-            written_lsn: AtomicU64::new(written_lsn),
-            confirmed_lsn: AtomicU64::new(confirmed_lsn),
-            records_appended: AtomicU64::new(0),
-            group_commits: AtomicU64::new(0),
-            fdatasyncs: AtomicU64::new(0),
-            last_group_records: AtomicU64::new(0),
-            sink_batches: AtomicU64::new(0),
-            sink_errors: AtomicU64::new(0),
-            sink_up: AtomicBool::new(true),
-            last_sink_error: Mutex::new(None),
-        });
-        shared.backlog.push(
-            replay
-                .records
-                .into_iter()
-                .map(|(lsn, r)| (lsn, Arc::new(r))),
-        );
+        let pipeline = Arc::new(Pipeline::new(&cfg, sinks, &wal, replay.records));
+        let p = Persistence::start(pipeline, wal, sink, reader)?;
+        Ok((p, folded.into_snapshots()))
+    }
+
+    /// Starts the three threads on a recovered log and an opened sink.
+    fn start(
+        pipeline: Arc<Pipeline>,
+        wal: Wal,
+        sink: Box<dyn Sink>,
+        reader: Box<dyn SinkReader>,
+    ) -> Result<Persistence, Error> {
         let (append_tx, append_rx) = bounded(APPEND_QUEUE_RECORDS_MAX);
         let (read_tx, read_rx) = bounded(READ_QUEUE_REQUESTS_MAX);
-        let s = shared.clone();
+        let s = pipeline.clone();
         let wal = spawn("sokdo-wal", move || {
             let result = wal_thread::run(wal, append_rx, s.clone());
             if let Err(e) = &result {
@@ -247,38 +206,48 @@ impl Persistence {
             }
             result
         })?;
-        let (s, nudge) = (shared.clone(), append_tx.clone());
+        let (s, nudge) = (pipeline.clone(), append_tx.clone());
         let sink = spawn("sokdo-sink", move || sink_thread::run(sink, nudge, s))?;
-        let s = shared.clone();
+        let s = pipeline.clone();
         let read = spawn("sokdo-read", move || read_thread::run(reader, read_rx, s))?;
         let handle = Handle {
             appends: append_tx,
             reads: read_tx,
-            shared,
+            pipeline,
         };
-        let p = Persistence {
+        Ok(Persistence {
             handle,
             wal: Some(wal),
             sink: Some(sink),
             read: Some(read),
-        };
-        Ok((p, folded.into_snapshots()))
+        })
     }
 
     pub fn handle(&self) -> Handle {
         self.handle.clone()
     }
 
+    /// The last error the sink returned, for logs (`None` if it never failed). It takes the
+    /// lock the sink thread writes under, which is why it is here and not on [`Handle`].
+    pub fn last_sink_error(&self) -> Option<String> {
+        self.handle
+            .pipeline
+            .last_sink_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Flushes and syncs the log, drains what the sink accepts within
-    /// [`SHUTDOWN_DRAIN_MS`](crate::sink_thread::SHUTDOWN_DRAIN_MS) (the rest stays in the log
+    /// [`SHUTDOWN_DRAIN_MS`](crate::SHUTDOWN_DRAIN_MS) (the rest stays in the log
     /// for the next start) and joins the threads. Call it after the shards stopped appending.
     pub fn shutdown(mut self) -> Result<(), Error> {
         self.stop()
     }
 
     fn stop(&mut self) -> Result<(), Error> {
-        let shared = &self.handle.shared;
-        shared.closing.store(true, Relaxed);
+        let pipeline = &self.handle.pipeline;
+        pipeline.closing.store(true, Relaxed);
         let mut result = Ok(());
         if let Some(wal) = self.wal.take() {
             // The WAL thread may have died of an I/O error, dropping its receiver: ignore that.
@@ -288,7 +257,7 @@ impl Persistence {
                 .map_err(|_| Error::ThreadPanicked("sokdo-wal"))
                 .and_then(|r| r);
         }
-        shared.backlog.close();
+        pipeline.backlog.close();
         if let Some(sink) = self.sink.take() {
             if sink.join().is_err() && result.is_ok() {
                 result = Err(Error::ThreadPanicked("sokdo-sink"));
