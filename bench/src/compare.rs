@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, ValueEnum};
 
+use crate::output;
 use crate::proto::Protocol;
 use crate::report::{Comparison, ComparisonRow, Host, Run, Summary};
-use crate::scenario::{self, IdleArgs, RampArgs};
-use crate::FanoutArgs;
+use crate::scenario::{self, FanoutArgs, IdleArgs, RampArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TargetKind {
@@ -124,7 +124,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => not_started(*scenario, *target, &e),
             };
-            crate::print_runs(std::slice::from_ref(&run));
+            output::print_runs(std::slice::from_ref(&run));
             runs.push(run);
         }
     }
@@ -135,10 +135,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         server_processes: Some(args.server_processes.max(1)),
         ..Host::default()
     };
-    let mut report = crate::new_report("compare", runs, host);
+    let mut report = output::new_report("compare", runs, host);
     report.comparison = Some(comparison(&report.runs, name(args.targets[0])));
     print_comparison(report.comparison.as_ref().expect("just set"));
-    crate::write_reports(&report, args.json.as_deref(), args.html.as_deref())
+    output::write_reports(&report, args.json.as_deref(), args.html.as_deref())
 }
 
 fn name(t: TargetKind) -> &'static str {

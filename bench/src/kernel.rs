@@ -1,7 +1,10 @@
 //! Kernel limits that bound a loopback run of many connections: the ephemeral port range (per
 //! source address and destination, see `worker::connect`), the listen backlog cap, and the
 //! connection-tracking table. Read them, raise the last two when they are too low and we may
-//! (`sysctl -w` as root), and say what was changed or what will limit the run.
+//! (`sysctl -w` as root), and say what was changed or what will limit the run. Also what the
+//! bench reads about the host and its processes (CPUs online, a process's RSS from /proc).
+//!
+//! A leaf: it imports no other module of the bench, so any of them may read the host.
 
 use std::path::Path;
 
@@ -58,4 +61,25 @@ pub fn prepare(users: u64, users_per_worker: u64) {
     if read_u64("net.netfilter.nf_conntrack_max").is_some() {
         raise("net.netfilter.nf_conntrack_max", users * 5 / 4 + 65_536);
     }
+}
+
+/// CPUs online on this machine (not this process's affinity mask), at least 1.
+pub fn cpus_online() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
+}
+
+/// Σ VmRSS over a target's processes (those still alive); `None` when none can be read.
+pub fn servers_rss(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .filter_map(|p| rss_bytes(*p))
+        .fold(None, |acc, r| Some(acc.unwrap_or(0) + r))
+}
+
+/// VmRSS of a local process, in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

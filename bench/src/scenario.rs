@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::clock;
 use crate::fleet::{Fleet, FleetConfig, Target, View};
+use crate::kernel::servers_rss;
 use crate::proto::Protocol;
 use crate::report::{Generator, Latency, Run, Sample, Step, Summary};
 use crate::worker::{Command, Rooms};
@@ -291,21 +292,6 @@ pub fn servers_label(servers: &[SocketAddr]) -> String {
     v.join(",")
 }
 
-/// Σ VmRSS over a target's processes (those still alive); `None` when none can be read.
-pub fn servers_rss(pids: &[u32]) -> Option<u64> {
-    pids.iter()
-        .filter_map(|p| rss_bytes(*p))
-        .fold(None, |acc, r| Some(acc.unwrap_or(0) + r))
-}
-
-/// VmRSS of a local process, in bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Connects `load.users`, publishes, drains, and reports deliveries and latency.
 pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<Run> {
     let config = serde_json::json!({ "load": load, "common": common });
@@ -370,6 +356,44 @@ pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<
     summary.users_held = start.totals.connected;
     summary.users_by_server = start.totals.connected_by_server.clone();
     Ok(s.finish(scenario, config, summary))
+}
+
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers (publishers are among them).
+    #[arg(long, default_value_t = 1000)]
+    pub users: u64,
+    /// Rooms; user u is in room u mod rooms.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: u64,
+    /// Users that also publish (the first ones, spread over the rooms).
+    #[arg(long, default_value_t = 10)]
+    pub publishers: u64,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+    /// Seconds allowed for deliveries in flight after publishing stops.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_s: f64,
+}
+
+impl FanoutArgs {
+    pub fn load(&self) -> Load {
+        Load {
+            users: self.users,
+            rooms: Rooms::Modulo(self.rooms),
+            publishers: self.publishers,
+            rate_total: self.rate,
+            messages_max: None,
+            duration_s: self.duration_s,
+            drain_s: self.drain_s,
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug, serde::Serialize)]

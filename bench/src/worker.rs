@@ -294,7 +294,7 @@ fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::R
         publishers_done: s.publishers_done.get(),
         connected_by_server: s.by_server.borrow().clone(),
         cpu_ns: clock::process_cpu_ns(),
-        rss_bytes: crate::scenario::rss_bytes(std::process::id()).unwrap_or(0),
+        rss_bytes: crate::kernel::rss_bytes(std::process::id()).unwrap_or(0),
         latency_us: base64::engine::general_purpose::STANDARD.encode(&bytes),
         by_room: with_rooms.then(|| {
             s.rooms
