@@ -2,6 +2,7 @@
 //! each server started fresh, pinned to the same CPUs (`taskset`) and held to the same memory
 //! limit (a cgroup: v1's memory controller when mounted, else v2), the bench itself pinned to
 //! the other CPUs. Prints and records the ratios to the first target.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, ValueEnum};
 
+use crate::kernel::{self, CpuList};
 use crate::output;
 use crate::proto::Protocol;
 use crate::report::{Comparison, ComparisonRow, Host, Run, Summary};
@@ -59,12 +61,12 @@ pub struct CompareArgs {
     /// Flags for `idle`.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     idle_args: String,
-    /// CPUs the server runs on (taskset list).
+    /// CPUs the server runs on (taskset list: "0", "0-3", "0,2"; each below 1024 and online).
     #[arg(long, default_value = "0")]
-    server_cpus: String,
-    /// CPUs the bench runs on.
+    server_cpus: CpuList,
+    /// CPUs the bench runs on (as `--server-cpus`).
     #[arg(long, default_value = "1")]
-    bench_cpus: String,
+    bench_cpus: CpuList,
     /// The server's memory limit (a t3.small has 2 GiB).
     #[arg(long, default_value_t = 2048)]
     memory_limit_mib: u64,
@@ -98,7 +100,9 @@ pub struct CompareArgs {
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
-    if let Err(e) = pin_self(&args.bench_cpus) {
+    check_online("--server-cpus", &args.server_cpus)?;
+    check_online("--bench-cpus", &args.bench_cpus)?;
+    if let Err(e) = kernel::pin_self(&args.bench_cpus) {
         eprintln!(
             "warning: could not pin the bench to CPUs {}: {e}",
             args.bench_cpus
@@ -129,8 +133,8 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         }
     }
     let host = Host {
-        bench_cpus: Some(args.bench_cpus.clone()),
-        server_cpus: Some(args.server_cpus.clone()),
+        bench_cpus: Some(args.bench_cpus.to_string()),
+        server_cpus: Some(args.server_cpus.to_string()),
         server_memory_limit_bytes: limit_applied,
         server_processes: Some(args.server_processes.max(1)),
         ..Host::default()
@@ -139,6 +143,20 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     report.comparison = Some(comparison(&report.runs, name(args.targets[0])));
     print_comparison(report.comparison.as_ref().expect("just set"));
     output::write_reports(&report, args.json.as_deref(), args.html.as_deref())
+}
+
+/// Fails, naming `flag`, when `cpus` names a CPU this machine does not have online (taskset
+/// and sched_setaffinity would refuse it later, for every run).
+fn check_online(flag: &str, cpus: &CpuList) -> anyhow::Result<()> {
+    let Some(online) = kernel::online_cpus() else {
+        return Ok(());
+    };
+    let missing = cpus.missing_from(&online);
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{flag} {cpus}: CPU {missing:?} not online on this machine (online: {online})"
+    );
+    Ok(())
 }
 
 fn name(t: TargetKind) -> &'static str {
@@ -325,8 +343,9 @@ impl Server {
 
     fn stop(mut self) {
         for child in &self.children {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            // Our own child, not yet reaped: its pid cannot have been reused.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for child in self.children.iter_mut() {
@@ -438,22 +457,6 @@ fn make_cgroup(target: &str, limit: u64) -> anyhow::Result<(PathBuf, u64)> {
     std::fs::write(dir.join(file), limit.to_string())
         .with_context(|| format!("writing {}/{file}", dir.display()))?;
     Ok((dir, limit))
-}
-
-/// Pins this process (and the workers it starts) to `cpus` ("1", "0-3", "1,3").
-fn pin_self(cpus: &str) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for part in cpus.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        for cpu in a.trim().parse::<usize>()?..=b.trim().parse::<usize>()? {
-            unsafe { libc::CPU_SET(cpu, &mut set) };
-        }
-    }
-    // SAFETY: a valid set of the size given, for this process.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    anyhow::ensure!(rc == 0, "{}", std::io::Error::last_os_error());
-    Ok(())
 }
 
 /// A directory removed on drop.
