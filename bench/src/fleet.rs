@@ -1,5 +1,6 @@
 //! The coordinator's side of the workers: start them (this same binary, `worker`
 //! subcommand), send commands, merge their stats into one view per tick.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};

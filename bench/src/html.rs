@@ -1,6 +1,7 @@
 //! The HTML report: summary tables and SVG plots (plotters), one self-contained file.
 //! Plots: users over time, latency percentiles over time, throughput, and — for `compare` —
 //! one bar chart per headline metric across targets.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 

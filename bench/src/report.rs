@@ -1,5 +1,6 @@
 //! The JSON report: every figure a run produced. Its schema is documented in
 //! `docs/BENCHMARKS.md`; change both together.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 

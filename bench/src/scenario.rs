@@ -2,6 +2,7 @@
 //! (users added in steps until the target or the server gives up) and `idle` (memory per
 //! connection). Each drives a [`Fleet`] one tick (one second) at a time and turns the ticks
 //! into a [`Run`].
+#![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

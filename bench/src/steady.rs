@@ -1,5 +1,6 @@
 //! The seeds' own workloads as presets (shared/seeds/BRIEF.md), each judged against the
 //! seed's own target.
+#![forbid(unsafe_code)]
 
 use clap::error::ErrorKind;
 use clap::{Args, ValueEnum};

@@ -4,6 +4,7 @@
 //!
 //! The `sokdo` binary is found in `SOKDO_BIN`, else beside this test's executable
 //! (`<target>/<profile>/sokdo`): build the workspace's binaries first.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
