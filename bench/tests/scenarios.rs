@@ -6,8 +6,8 @@
 //! (`<target>/<profile>/sokdo`): build the workspace's binaries first.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A `sokdo` on a free loopback port, with its own data directory. Its stderr (its log, and
+/// A `sokdo` on a free loopback port (it binds port 0 and prints the one it got, as
+/// `engine/tests/engine/support` reads it), with its own data directory. Its stderr (its log, and
 /// any panic message) is kept in memory; dropping the server kills it and then fails the
 /// test if that log reports a panic — a shard that panicked fails the test even when the
 /// bench's figures looked right.
@@ -38,18 +39,15 @@ impl Server {
     /// and any other of sokdo's flags, e.g. `["--shards", "2", "--durability", "async"]`.
     fn start_with(args: &[&str]) -> Server {
         let bin = sokdo_bin();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let data_dir = unique_path("data");
         std::fs::create_dir_all(&data_dir).unwrap();
+        // Port 0: sokdo binds a free port itself and prints it (no port picked here and
+        // freed for it, which another process could take in between).
         let mut child = Command::new(&bin)
-            .args(["--listen", &addr.to_string(), "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
@@ -62,13 +60,27 @@ impl Server {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        let server = Server {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads stdout to its end, so that sokdo never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("an address"));
+                }
+            }
+        });
+        let mut server = Server {
             child,
-            addr,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             log,
             log_reader: Some(log_reader),
         };
+        server.addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("sokdo printed no \"listening on\" line: {}", server.log()));
+        let addr = server.addr;
         wait_until(Duration::from_secs(20), "sokdo answers /healthz", || {
             healthz(addr)
         });
