@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, ValueEnum};
 
 use crate::kernel::{self, CpuList};
@@ -21,9 +22,16 @@ use crate::scenario::{self, FanoutArgs, IdleArgs, RampArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TargetKind {
+    /// This project: `--sokdo-bin` (default: beside this binary).
     Sokdo,
+    /// A second sokdo build (`--sokdo-base-bin`), run exactly as `sokdo` is: the same change
+    /// measured before and after in one run.
+    SokdoBase,
+    /// socket.io 4 on Node.
     Socketio,
+    /// Node's `ws` package.
     Ws,
+    /// `sokdo-peer-tokio`, the conventional tokio server.
     Tokio,
 }
 
@@ -84,6 +92,10 @@ pub struct CompareArgs {
     /// The sokdo binary (default: beside this one).
     #[arg(long, env = "SOKDO_BIN")]
     sokdo_bin: Option<PathBuf>,
+    /// The sokdo build of target `sokdo-base` (e.g. the build before a change), started with
+    /// the same `--sokdo-args`, `--sokdo-shards`, CPUs and memory limit as `sokdo`.
+    #[arg(long, env = "SOKDO_BASE_BIN")]
+    sokdo_base_bin: Option<PathBuf>,
     /// The tokio peer's binary (default: beside this one).
     #[arg(long)]
     tokio_bin: Option<PathBuf>,
@@ -99,6 +111,31 @@ pub struct CompareArgs {
     html: Option<PathBuf>,
 }
 
+impl CompareArgs {
+    /// What clap's attributes cannot say: target `sokdo-base` needs its binary.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if !self.targets.contains(&TargetKind::SokdoBase) {
+            return Ok(());
+        }
+        let mut cmd = CompareArgs::augment_args(clap::Command::new("sokdo-bench compare"));
+        match &self.sokdo_base_bin {
+            None => Err(cmd.error(
+                ErrorKind::MissingRequiredArgument,
+                "target 'sokdo-base' needs the other sokdo build: \
+                 '--sokdo-base-bin <SOKDO_BASE_BIN>' (or the environment variable SOKDO_BASE_BIN)",
+            )),
+            Some(bin) if !bin.is_file() => Err(cmd.error(
+                ErrorKind::InvalidValue,
+                format!(
+                    "invalid value '{}' for '--sokdo-base-bin <SOKDO_BASE_BIN>': no such file",
+                    bin.display()
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     check_online("--server-cpus", &args.server_cpus)?;
     check_online("--bench-cpus", &args.bench_cpus)?;
@@ -112,7 +149,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let mut limit_applied = None;
     for scenario in &args.scenarios {
         for target in &args.targets {
-            eprintln!("== {scenario:?} against {target:?}");
+            eprintln!("== {scenario:?} against {}", name(*target));
             // Fresh ports per run: a stopped server's port may linger a moment.
             let port = args.port + (runs.len() as u64 * args.server_processes.max(1)) as u16;
             let run = match Server::start(args, *target, port) {
@@ -120,8 +157,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                     limit_applied = limit_applied.or(server.memory_limit_bytes);
                     let result = run_scenario(args, *scenario, *target, &server);
                     let (peak, oom_kills) = server.memory_report();
+                    let bin = server.bin.clone();
                     server.stop();
                     let mut run = result?;
+                    run.server_bin = Some(bin);
                     run.summary.server_cgroup_memory_peak_bytes = peak;
                     run.summary.server_oom_kills = oom_kills;
                     run
@@ -162,6 +201,7 @@ fn check_online(flag: &str, cpus: &CpuList) -> anyhow::Result<()> {
 fn name(t: TargetKind) -> &'static str {
     match t {
         TargetKind::Sokdo => "sokdo",
+        TargetKind::SokdoBase => "sokdo-base",
         TargetKind::Socketio => "socketio",
         TargetKind::Ws => "ws",
         TargetKind::Tokio => "tokio",
@@ -249,6 +289,9 @@ fn not_started(scenario: ScenarioKind, target: TargetKind, e: &anyhow::Error) ->
 /// A target under test: its server processes (one per port, from `port`) and the cgroup
 /// holding them all — one emulated instance whose processes sit behind a load balancer.
 struct Server {
+    /// The binary (a Node peer: its script) the processes run: what tells two sokdo builds
+    /// apart in the reports.
+    bin: String,
     children: Vec<Child>,
     addrs: Vec<SocketAddr>,
     cgroup: Option<PathBuf>,
@@ -264,6 +307,7 @@ impl Server {
             .map_err(|e| eprintln!("warning: no memory limit for the server: {e:#}"))
             .ok();
         let mut server = Server {
+            bin: String::new(),
             children: Vec::new(),
             addrs: Vec::new(),
             memory_limit_bytes: cgroup.as_ref().map(|(_, l)| *l),
@@ -273,6 +317,8 @@ impl Server {
         for i in 0..processes {
             let addr: SocketAddr = format!("127.0.0.1:{}", port + i as u16).parse()?;
             let (program, data_dir) = program(args, target, addr)?;
+            let script = usize::from(program[0] == "node");
+            server.bin.clone_from(&program[script]);
             anyhow::ensure!(
                 !scenario::reachable(addr),
                 "port {} is already in use",
@@ -374,10 +420,14 @@ fn program(
         |bin: &str| -> anyhow::Result<PathBuf> { Ok(std::env::current_exe()?.with_file_name(bin)) };
     let mut data_dir = None;
     let program: Vec<String> = match target {
-        TargetKind::Sokdo => {
-            let bin = match &args.sokdo_bin {
-                Some(b) => b.clone(),
-                None => beside("sokdo")?,
+        TargetKind::Sokdo | TargetKind::SokdoBase => {
+            let bin = match (target, &args.sokdo_bin, &args.sokdo_base_bin) {
+                (TargetKind::SokdoBase, _, Some(b)) => b.clone(),
+                (TargetKind::SokdoBase, _, None) => {
+                    anyhow::bail!("target sokdo-base needs --sokdo-base-bin")
+                }
+                (_, Some(b), _) => b.clone(),
+                (_, None, _) => beside("sokdo")?,
             };
             let dir = TempDir::new("sokdo-bench-data")?;
             let mut argv = vec![

@@ -133,12 +133,16 @@ fn summary_table(h: &mut String, scenario: &str, runs: &[&Run]) {
     for r in runs {
         let s = &r.summary;
         let l = &s.latency_ms;
+        // Which build: two sokdo targets differ by their binaries.
+        let bin = r.server_bin.as_deref().map_or(String::new(), |b| {
+            format!("<br><small>{}</small>", html_escape(b))
+        });
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td class={}>{}</td>\
              <td>{:.0}%</td></tr>",
-            r.target, s.users_held, s.users_peak, s.connect_ok, s.connect_fail, s.sent, s.received,
+            r.target, bin, s.users_held, s.users_peak, s.connect_ok, s.connect_fail, s.sent, s.received,
             s.expected_deliveries.map_or("—".into(), |e| e.to_string()),
             fmt_num(s.deliveries_per_s), l.p50, l.p90, l.p99, l.max,
             s.server_rss_per_connection_bytes.map_or("—".into(), |b| format!("{} B", fmt_num(b))),

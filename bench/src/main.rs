@@ -79,7 +79,10 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&html, html::render(&report)?)?;
             return Ok(());
         }
-        Cmd::Compare(args) => return compare::run(&args),
+        Cmd::Compare(args) => {
+            args.check().unwrap_or_else(|e| e.exit());
+            return compare::run(&args);
+        }
         Cmd::Ramp(a) => ("ramp", vec![scenario::ramp(&a)?], a.common),
         Cmd::Fanout(a) => (
             "fanout",

@@ -39,6 +39,9 @@ pub fn print_runs(runs: &[Run]) {
     for r in runs {
         let s = &r.summary;
         println!("== {} against {} ({})", r.scenario, r.target, r.server);
+        if let Some(bin) = &r.server_bin {
+            println!("   binary: {bin}");
+        }
         println!(
             "   users: held {}  peak {}  connect ok {} / fail {}  disconnects {}",
             s.users_held, s.users_peak, s.connect_ok, s.connect_fail, s.disconnects

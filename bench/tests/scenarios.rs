@@ -662,6 +662,167 @@ fn steady_refuses_a_room_size_for_webchat() {
     );
 }
 
+/// The CPUs online here (`/sys/devices/system/cpu/online`, e.g. "0-1") and the first of them.
+fn cpus_online() -> (String, String) {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("sysfs");
+    let online = online.trim().to_string();
+    let first = online.split([',', '-']).next().unwrap().to_string();
+    (online, first)
+}
+
+/// `compare` of two sokdo builds in one run (both the debug build here): each target's runs
+/// are in the report under its own label and binary, each delivered every acked message to
+/// every member, and the comparison gives `sokdo-base`'s ratios to `sokdo`.
+#[test]
+fn compare_runs_a_second_sokdo_build_as_sokdo_base() {
+    let bin = sokdo_bin();
+    let bin = bin.to_str().unwrap();
+    let (online, first) = cpus_online();
+    let report = run_bench(
+        &[
+            "compare",
+            "--targets",
+            "sokdo,sokdo-base",
+            "--sokdo-bin",
+            bin,
+            "--sokdo-base-bin",
+            bin,
+            "--scenarios",
+            "fanout,idle",
+            "--fanout-args",
+            "--users 40 --rooms 2 --publishers 2 --rate 50 --duration-s 2 --drain-s 10",
+            "--idle-args",
+            "--users 100 --hold-s 1",
+            "--server-cpus",
+            &first,
+            "--bench-cpus",
+            &online,
+            // Four runs on consecutive ports from here, away from the ephemeral range that
+            // the other tests' servers bind.
+            "--port",
+            "19400",
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(
+        report["host"]["server_cpus"],
+        first.as_str(),
+        "{}",
+        report["host"]
+    );
+    let runs = report["runs"].as_array().unwrap();
+    let labels: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap(),
+                r["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("fanout", "sokdo"),
+            ("fanout", "sokdo-base"),
+            ("idle", "sokdo"),
+            ("idle", "sokdo-base"),
+        ]
+    );
+    for run in runs {
+        let s = &run["summary"];
+        assert_eq!(run["server_bin"], bin, "{run}");
+        assert_eq!(run["protocol"], "sokdo", "{run}");
+        assert_eq!(s["unreachable"], false, "{s}");
+        assert_eq!(u(&s["connect_fail"]), 0, "{s}");
+    }
+    for run in &runs[..2] {
+        let s = &run["summary"];
+        assert_eq!(u(&s["connect_ok"]), 40, "{s}");
+        let acked = u(&s["acked"]);
+        assert!(acked > 0, "{s}");
+        assert_eq!(acked, u(&s["sent"]), "every send acknowledged: {s}");
+        // 40 users in 2 rooms: every message has 20 recipients, the sender among them.
+        assert_eq!(u(&s["expected_deliveries"]), acked * 20, "{s}");
+        assert_eq!(u(&s["received"]), acked * 20, "{s}");
+        assert!(s["deliveries_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(u(&s["latency_ms"]["samples"]) > 0, "{s}");
+    }
+    for run in &runs[2..] {
+        let s = &run["summary"];
+        assert_eq!(u(&s["users_held"]), 100, "{s}");
+        let per = s["server_rss_per_connection_bytes"].as_f64();
+        assert!(per.is_some_and(|b| b > 0.0), "{s}");
+    }
+    let c = &report["comparison"];
+    assert_eq!(c["baseline"], "sokdo", "{c}");
+    let rows = c["rows"].as_array().unwrap();
+    let row = |scenario: &str, metric: &str| {
+        rows.iter()
+            .find(|r| r["scenario"] == scenario && r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {scenario} {metric} row: {c}"))
+    };
+    for r in [
+        row("fanout", "deliveries/s"),
+        row("idle", "RSS bytes per connection"),
+    ] {
+        let (base, other) = (&r["values"]["sokdo"], &r["values"]["sokdo-base"]);
+        let (base, other) = (base.as_f64().unwrap(), other.as_f64().unwrap());
+        assert_eq!(r["ratios"]["sokdo"].as_f64(), Some(1.0), "{r}");
+        let ratio = r["ratios"]["sokdo-base"].as_f64().unwrap();
+        assert!((ratio - other / base).abs() < 1e-9, "{r}");
+    }
+}
+
+#[test]
+fn compare_refuses_sokdo_base_without_its_binary() {
+    let out = bench(&["compare", "--targets", "sokdo,sokdo-base"])
+        .env_remove("SOKDO_BASE_BIN")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--sokdo-base-bin <SOKDO_BASE_BIN>'"),
+        "{stderr}"
+    );
+    let missing = unique_path("no-such-sokdo");
+    let out = bench(&["compare", "--targets", "sokdo-base", "--sokdo-base-bin"])
+        .arg(&missing)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no such file"), "{stderr}");
+}
+
+#[test]
+fn compare_refuses_cpus_a_cpu_set_cannot_hold() {
+    let out = bench(&["compare", "--bench-cpus", "0-4096"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--bench-cpus <BENCH_CPUS>': CPU 4096 is out of range (0 to 1023)"),
+        "{stderr}"
+    );
+    // In range but not on this machine: refused before any server starts.
+    let out = bench(&["compare", "--server-cpus", "1023"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--server-cpus 1023: CPU [1023] not online"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn server_log_panics_are_found() {
     let log = "INFO sokdo_engine::server: listening\n\
