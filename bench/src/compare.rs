@@ -2,6 +2,7 @@
 //! each server started fresh, pinned to the same CPUs (`taskset`) and held to the same memory
 //! limit (a cgroup: v1's memory controller when mounted, else v2), the bench itself pinned to
 //! the other CPUs. Prints and records the ratios to the first target.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,18 +11,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, ValueEnum};
 
+use crate::kernel::{self, CpuList};
+use crate::output;
 use crate::proto::Protocol;
 use crate::report::{Comparison, ComparisonRow, Host, Run, Summary};
-use crate::scenario::{self, IdleArgs, RampArgs};
-use crate::FanoutArgs;
+use crate::scenario::{self, FanoutArgs, IdleArgs, RampArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TargetKind {
+    /// This project: `--sokdo-bin` (default: beside this binary).
     Sokdo,
+    /// A second sokdo build (`--sokdo-base-bin`), run exactly as `sokdo` is: the same change
+    /// measured before and after in one run.
+    SokdoBase,
+    /// socket.io 4 on Node.
     Socketio,
+    /// Node's `ws` package.
     Ws,
+    /// `sokdo-peer-tokio`, the conventional tokio server.
     Tokio,
 }
 
@@ -59,12 +69,12 @@ pub struct CompareArgs {
     /// Flags for `idle`.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     idle_args: String,
-    /// CPUs the server runs on (taskset list).
+    /// CPUs the server runs on (taskset list: "0", "0-3", "0,2"; each below 1024 and online).
     #[arg(long, default_value = "0")]
-    server_cpus: String,
-    /// CPUs the bench runs on.
+    server_cpus: CpuList,
+    /// CPUs the bench runs on (as `--server-cpus`).
     #[arg(long, default_value = "1")]
-    bench_cpus: String,
+    bench_cpus: CpuList,
     /// The server's memory limit (a t3.small has 2 GiB).
     #[arg(long, default_value_t = 2048)]
     memory_limit_mib: u64,
@@ -82,6 +92,10 @@ pub struct CompareArgs {
     /// The sokdo binary (default: beside this one).
     #[arg(long, env = "SOKDO_BIN")]
     sokdo_bin: Option<PathBuf>,
+    /// The sokdo build of target `sokdo-base` (e.g. the build before a change), started with
+    /// the same `--sokdo-args`, `--sokdo-shards`, CPUs and memory limit as `sokdo`.
+    #[arg(long, env = "SOKDO_BASE_BIN")]
+    sokdo_base_bin: Option<PathBuf>,
     /// The tokio peer's binary (default: beside this one).
     #[arg(long)]
     tokio_bin: Option<PathBuf>,
@@ -97,8 +111,35 @@ pub struct CompareArgs {
     html: Option<PathBuf>,
 }
 
+impl CompareArgs {
+    /// What clap's attributes cannot say: target `sokdo-base` needs its binary.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if !self.targets.contains(&TargetKind::SokdoBase) {
+            return Ok(());
+        }
+        let mut cmd = CompareArgs::augment_args(clap::Command::new("sokdo-bench compare"));
+        match &self.sokdo_base_bin {
+            None => Err(cmd.error(
+                ErrorKind::MissingRequiredArgument,
+                "target 'sokdo-base' needs the other sokdo build: \
+                 '--sokdo-base-bin <SOKDO_BASE_BIN>' (or the environment variable SOKDO_BASE_BIN)",
+            )),
+            Some(bin) if !bin.is_file() => Err(cmd.error(
+                ErrorKind::InvalidValue,
+                format!(
+                    "invalid value '{}' for '--sokdo-base-bin <SOKDO_BASE_BIN>': no such file",
+                    bin.display()
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
-    if let Err(e) = pin_self(&args.bench_cpus) {
+    check_online("--server-cpus", &args.server_cpus)?;
+    check_online("--bench-cpus", &args.bench_cpus)?;
+    if let Err(e) = kernel::pin_self(&args.bench_cpus) {
         eprintln!(
             "warning: could not pin the bench to CPUs {}: {e}",
             args.bench_cpus
@@ -108,7 +149,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let mut limit_applied = None;
     for scenario in &args.scenarios {
         for target in &args.targets {
-            eprintln!("== {scenario:?} against {target:?}");
+            eprintln!("== {scenario:?} against {}", name(*target));
             // Fresh ports per run: a stopped server's port may linger a moment.
             let port = args.port + (runs.len() as u64 * args.server_processes.max(1)) as u16;
             let run = match Server::start(args, *target, port) {
@@ -116,34 +157,51 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                     limit_applied = limit_applied.or(server.memory_limit_bytes);
                     let result = run_scenario(args, *scenario, *target, &server);
                     let (peak, oom_kills) = server.memory_report();
+                    let bin = server.bin.clone();
                     server.stop();
                     let mut run = result?;
+                    run.server_bin = Some(bin);
                     run.summary.server_cgroup_memory_peak_bytes = peak;
                     run.summary.server_oom_kills = oom_kills;
                     run
                 }
                 Err(e) => not_started(*scenario, *target, &e),
             };
-            crate::print_runs(std::slice::from_ref(&run));
+            output::print_runs(std::slice::from_ref(&run));
             runs.push(run);
         }
     }
     let host = Host {
-        bench_cpus: Some(args.bench_cpus.clone()),
-        server_cpus: Some(args.server_cpus.clone()),
+        bench_cpus: Some(args.bench_cpus.to_string()),
+        server_cpus: Some(args.server_cpus.to_string()),
         server_memory_limit_bytes: limit_applied,
         server_processes: Some(args.server_processes.max(1)),
         ..Host::default()
     };
-    let mut report = crate::new_report("compare", runs, host);
+    let mut report = output::new_report("compare", runs, host);
     report.comparison = Some(comparison(&report.runs, name(args.targets[0])));
     print_comparison(report.comparison.as_ref().expect("just set"));
-    crate::write_reports(&report, args.json.as_deref(), args.html.as_deref())
+    output::write_reports(&report, args.json.as_deref(), args.html.as_deref())
+}
+
+/// Fails, naming `flag`, when `cpus` names a CPU this machine does not have online (taskset
+/// and sched_setaffinity would refuse it later, for every run).
+fn check_online(flag: &str, cpus: &CpuList) -> anyhow::Result<()> {
+    let Some(online) = kernel::online_cpus() else {
+        return Ok(());
+    };
+    let missing = cpus.missing_from(&online);
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{flag} {cpus}: CPU {missing:?} not online on this machine (online: {online})"
+    );
+    Ok(())
 }
 
 fn name(t: TargetKind) -> &'static str {
     match t {
         TargetKind::Sokdo => "sokdo",
+        TargetKind::SokdoBase => "sokdo-base",
         TargetKind::Socketio => "socketio",
         TargetKind::Ws => "ws",
         TargetKind::Tokio => "tokio",
@@ -231,6 +289,9 @@ fn not_started(scenario: ScenarioKind, target: TargetKind, e: &anyhow::Error) ->
 /// A target under test: its server processes (one per port, from `port`) and the cgroup
 /// holding them all — one emulated instance whose processes sit behind a load balancer.
 struct Server {
+    /// The binary (a Node peer: its script) the processes run: what tells two sokdo builds
+    /// apart in the reports.
+    bin: String,
     children: Vec<Child>,
     addrs: Vec<SocketAddr>,
     cgroup: Option<PathBuf>,
@@ -246,6 +307,7 @@ impl Server {
             .map_err(|e| eprintln!("warning: no memory limit for the server: {e:#}"))
             .ok();
         let mut server = Server {
+            bin: String::new(),
             children: Vec::new(),
             addrs: Vec::new(),
             memory_limit_bytes: cgroup.as_ref().map(|(_, l)| *l),
@@ -255,6 +317,8 @@ impl Server {
         for i in 0..processes {
             let addr: SocketAddr = format!("127.0.0.1:{}", port + i as u16).parse()?;
             let (program, data_dir) = program(args, target, addr)?;
+            let script = usize::from(program[0] == "node");
+            server.bin.clone_from(&program[script]);
             anyhow::ensure!(
                 !scenario::reachable(addr),
                 "port {} is already in use",
@@ -325,8 +389,9 @@ impl Server {
 
     fn stop(mut self) {
         for child in &self.children {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            // Our own child, not yet reaped: its pid cannot have been reused.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for child in self.children.iter_mut() {
@@ -355,10 +420,14 @@ fn program(
         |bin: &str| -> anyhow::Result<PathBuf> { Ok(std::env::current_exe()?.with_file_name(bin)) };
     let mut data_dir = None;
     let program: Vec<String> = match target {
-        TargetKind::Sokdo => {
-            let bin = match &args.sokdo_bin {
-                Some(b) => b.clone(),
-                None => beside("sokdo")?,
+        TargetKind::Sokdo | TargetKind::SokdoBase => {
+            let bin = match (target, &args.sokdo_bin, &args.sokdo_base_bin) {
+                (TargetKind::SokdoBase, _, Some(b)) => b.clone(),
+                (TargetKind::SokdoBase, _, None) => {
+                    anyhow::bail!("target sokdo-base needs --sokdo-base-bin")
+                }
+                (_, Some(b), _) => b.clone(),
+                (_, None, _) => beside("sokdo")?,
             };
             let dir = TempDir::new("sokdo-bench-data")?;
             let mut argv = vec![
@@ -438,22 +507,6 @@ fn make_cgroup(target: &str, limit: u64) -> anyhow::Result<(PathBuf, u64)> {
     std::fs::write(dir.join(file), limit.to_string())
         .with_context(|| format!("writing {}/{file}", dir.display()))?;
     Ok((dir, limit))
-}
-
-/// Pins this process (and the workers it starts) to `cpus` ("1", "0-3", "1,3").
-fn pin_self(cpus: &str) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for part in cpus.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        for cpu in a.trim().parse::<usize>()?..=b.trim().parse::<usize>()? {
-            unsafe { libc::CPU_SET(cpu, &mut set) };
-        }
-    }
-    // SAFETY: a valid set of the size given, for this process.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    anyhow::ensure!(rc == 0, "{}", std::io::Error::last_os_error());
-    Ok(())
 }
 
 /// A directory removed on drop.

@@ -1,5 +1,6 @@
 //! The coordinator's side of the workers: start them (this same binary, `worker`
 //! subcommand), send commands, merge their stats into one view per tick.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -99,33 +100,7 @@ impl Fleet {
                 handshakes_in_flight_max: cfg.handshakes_in_flight_max,
                 stats_interval_ms: 1000,
             };
-            let mut child = Process::new(&exe)
-                .arg("worker")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting a worker")?;
-            let mut stdin = child.stdin.take().expect("piped");
-            serde_json::to_writer(&mut stdin, &job)?;
-            stdin.write_all(b"\n")?;
-            let stdout = child.stdout.take().expect("piped");
-            let tx = tx.clone();
-            let index = w as usize;
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    match serde_json::from_str::<Stats>(&line) {
-                        Ok(s) => {
-                            if tx.send((index, Some(s))).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => eprintln!("worker {index}: bad stats line: {e}"),
-                    }
-                }
-                let _ = tx.send((index, None));
-            });
+            let (child, stdin) = spawn_worker(&exe, &job, tx.clone())?;
             children.push(child);
             stdins.push(Some(stdin));
         }
@@ -230,6 +205,42 @@ impl Fleet {
         }
         view
     }
+}
+
+/// Starts one worker process on `job`; a thread forwards each stats line it prints to `tx`
+/// (tagged with its index), then `None` when its stdout closes.
+fn spawn_worker(
+    exe: &std::path::Path,
+    job: &Job,
+    tx: mpsc::Sender<(usize, Option<Stats>)>,
+) -> anyhow::Result<(Child, ChildStdin)> {
+    let mut child = Process::new(exe)
+        .arg("worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting a worker")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    serde_json::to_writer(&mut stdin, job)?;
+    stdin.write_all(b"\n")?;
+    let stdout = child.stdout.take().expect("piped");
+    let index = job.worker as usize;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Stats>(&line) {
+                Ok(s) => {
+                    if tx.send((index, Some(s))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => eprintln!("worker {index}: bad stats line: {e}"),
+            }
+        }
+        let _ = tx.send((index, None));
+    });
+    Ok((child, stdin))
 }
 
 impl Drop for Fleet {

@@ -1,6 +1,7 @@
 //! The HTML report: summary tables and SVG plots (plotters), one self-contained file.
 //! Plots: users over time, latency percentiles over time, throughput, and — for `compare` —
 //! one bar chart per headline metric across targets.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 
@@ -116,7 +117,15 @@ fn comparison_section(h: &mut String, c: &Comparison) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One scenario: its summary table, the notes under it, then its plots.
 fn scenario_section(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Result<()> {
+    summary_table(h, scenario, runs);
+    run_notes(h, runs);
+    scenario_plots(h, scenario, runs)
+}
+
+/// One row per run: users, messages, latency, memory, how it stopped.
+fn summary_table(h: &mut String, scenario: &str, runs: &[&Run]) {
     let _ = write!(h, "<h2>{scenario}</h2><table><tr><th>target</th><th>users held</th><th>peak</th>\
         <th>connect ok/fail</th><th>sent</th><th>received</th><th>expected</th><th>deliveries/s</th>\
         <th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>RSS/conn</th><th>errors</th>\
@@ -124,12 +133,16 @@ fn scenario_section(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Re
     for r in runs {
         let s = &r.summary;
         let l = &s.latency_ms;
+        // Which build: two sokdo targets differ by their binaries.
+        let bin = r.server_bin.as_deref().map_or(String::new(), |b| {
+            format!("<br><small>{}</small>", html_escape(b))
+        });
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td class={}>{}</td>\
              <td>{:.0}%</td></tr>",
-            r.target, s.users_held, s.users_peak, s.connect_ok, s.connect_fail, s.sent, s.received,
+            r.target, bin, s.users_held, s.users_peak, s.connect_ok, s.connect_fail, s.sent, s.received,
             s.expected_deliveries.map_or("—".into(), |e| e.to_string()),
             fmt_num(s.deliveries_per_s), l.p50, l.p90, l.p99, l.max,
             s.server_rss_per_connection_bytes.map_or("—".into(), |b| format!("{} B", fmt_num(b))),
@@ -140,6 +153,10 @@ fn scenario_section(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Re
         );
     }
     h.push_str("</table>");
+}
+
+/// Under the table: the generator's warnings, the seeds' checks, errors by kind.
+fn run_notes(h: &mut String, runs: &[&Run]) {
     for r in runs {
         if let Some(w) = &r.generator.warning {
             let _ = write!(h, "<p class=warn>{}: {}</p>", r.target, html_escape(w));
@@ -165,6 +182,10 @@ fn scenario_section(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Re
             );
         }
     }
+}
+
+/// Users, deliveries/s, latency, sends/s and (when measured) server RSS over time.
+fn scenario_plots(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Result<()> {
     let series = |f: fn(&crate::report::Sample) -> f64| -> Vec<Series> {
         runs.iter()
             .map(|r| {
@@ -186,47 +207,7 @@ fn scenario_section(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Re
         "deliveries/s",
         &series(|s| s.deliveries_per_s),
     )?);
-    if runs.len() == 1 {
-        let r = runs[0];
-        let pick = |name: &str, f: fn(&crate::report::Latency) -> f64| -> Series {
-            let points = r
-                .timeline
-                .iter()
-                .filter(|s| s.latency_ms.samples > 0)
-                .map(|s| (s.t_s, f(&s.latency_ms)))
-                .collect();
-            (name.to_string(), points)
-        };
-        let lat = vec![
-            pick("p50", |l| l.p50),
-            pick("p90", |l| l.p90),
-            pick("p99", |l| l.p99),
-        ];
-        h.push_str(&line_chart(
-            &format!("{scenario}: latency percentiles (ms)"),
-            "ms",
-            &lat,
-        )?);
-    } else {
-        let lat: Vec<Series> = runs
-            .iter()
-            .map(|r| {
-                (
-                    format!("{} p99", r.target),
-                    r.timeline
-                        .iter()
-                        .filter(|s| s.latency_ms.samples > 0)
-                        .map(|s| (s.t_s, s.latency_ms.p99))
-                        .collect(),
-                )
-            })
-            .collect();
-        h.push_str(&line_chart(
-            &format!("{scenario}: latency p99 (ms)"),
-            "ms",
-            &lat,
-        )?);
-    }
+    h.push_str(&latency_chart(scenario, runs)?);
     h.push_str(&line_chart(
         &format!("{scenario}: sends/s"),
         "sends/s",
@@ -256,6 +237,43 @@ fn scenario_section(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Re
     }
     h.push_str("</div>");
     Ok(())
+}
+
+/// One run: its p50, p90 and p99 over time; several: each one's p99.
+fn latency_chart(scenario: &str, runs: &[&Run]) -> anyhow::Result<String> {
+    if runs.len() == 1 {
+        let r = runs[0];
+        let pick = |name: &str, f: fn(&crate::report::Latency) -> f64| -> Series {
+            let points = r
+                .timeline
+                .iter()
+                .filter(|s| s.latency_ms.samples > 0)
+                .map(|s| (s.t_s, f(&s.latency_ms)))
+                .collect();
+            (name.to_string(), points)
+        };
+        let lat = vec![
+            pick("p50", |l| l.p50),
+            pick("p90", |l| l.p90),
+            pick("p99", |l| l.p99),
+        ];
+        line_chart(&format!("{scenario}: latency percentiles (ms)"), "ms", &lat)
+    } else {
+        let lat: Vec<Series> = runs
+            .iter()
+            .map(|r| {
+                (
+                    format!("{} p99", r.target),
+                    r.timeline
+                        .iter()
+                        .filter(|s| s.latency_ms.samples > 0)
+                        .map(|s| (s.t_s, s.latency_ms.p99))
+                        .collect(),
+                )
+            })
+            .collect();
+        line_chart(&format!("{scenario}: latency p99 (ms)"), "ms", &lat)
+    }
 }
 
 fn line_chart(title: &str, y_desc: &str, series: &[Series]) -> anyhow::Result<String> {

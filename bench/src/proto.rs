@@ -3,6 +3,7 @@
 //!
 //! Classifying a frame looks at a few bytes of its payload, never parses JSON: the hot path
 //! of a subscriber that must count a million frames per second.
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,6 @@
 //! The JSON report: every figure a run produced. Its schema is documented in
 //! `docs/BENCHMARKS.md`; change both together.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 
@@ -32,10 +33,14 @@ pub struct Host {
 pub struct Run {
     /// `ramp`, `fanout`, `steady:ktb`, `idle`, …
     pub scenario: String,
-    /// `sokdo`, `socketio`, `ws`, `tokio`, or the address given.
+    /// `sokdo`, `sokdo-base`, `socketio`, `ws`, `tokio`, or `--target-name`.
     pub target: String,
     pub protocol: String,
     pub server: String,
+    /// `compare`: the binary the target's processes ran (a Node peer: its script), which
+    /// tells two sokdo builds (`sokdo`, `sokdo-base`) apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_bin: Option<String>,
     /// The scenario's flags, as given.
     pub config: serde_json::Value,
     pub duration_s: f64,

@@ -2,6 +2,7 @@
 //! (users added in steps until the target or the server gives up) and `idle` (memory per
 //! connection). Each drives a [`Fleet`] one tick (one second) at a time and turns the ticks
 //! into a [`Run`].
+#![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::clock;
 use crate::fleet::{Fleet, FleetConfig, Target, View};
+use crate::kernel::servers_rss;
 use crate::proto::Protocol;
 use crate::report::{Generator, Latency, Run, Sample, Step, Summary};
 use crate::worker::{Command, Rooms};
@@ -291,21 +293,6 @@ pub fn servers_label(servers: &[SocketAddr]) -> String {
     v.join(",")
 }
 
-/// Σ VmRSS over a target's processes (those still alive); `None` when none can be read.
-pub fn servers_rss(pids: &[u32]) -> Option<u64> {
-    pids.iter()
-        .filter_map(|p| rss_bytes(*p))
-        .fold(None, |acc, r| Some(acc.unwrap_or(0) + r))
-}
-
-/// VmRSS of a local process, in bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Connects `load.users`, publishes, drains, and reports deliveries and latency.
 pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<Run> {
     let config = serde_json::json!({ "load": load, "common": common });
@@ -373,6 +360,44 @@ pub fn run_load(common: &Common, scenario: &str, load: &Load) -> anyhow::Result<
 }
 
 #[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers (publishers are among them).
+    #[arg(long, default_value_t = 1000)]
+    pub users: u64,
+    /// Rooms; user u is in room u mod rooms.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: u64,
+    /// Users that also publish (the first ones, spread over the rooms).
+    #[arg(long, default_value_t = 10)]
+    pub publishers: u64,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+    /// Seconds allowed for deliveries in flight after publishing stops.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_s: f64,
+}
+
+impl FanoutArgs {
+    pub fn load(&self) -> Load {
+        Load {
+            users: self.users,
+            rooms: Rooms::Modulo(self.rooms),
+            publishers: self.publishers,
+            rate_total: self.rate,
+            messages_max: None,
+            duration_s: self.duration_s,
+            drain_s: self.drain_s,
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug, serde::Serialize)]
 pub struct RampArgs {
     #[command(flatten)]
     pub common: Common,
@@ -425,58 +450,31 @@ pub fn ramp(args: &RampArgs) -> anyhow::Result<Run> {
     let mut users_target = args.start_users.min(args.target_users);
     let mut prev_end: Option<View> = None;
     for step in 0.. {
-        s.fleet.send(&Command::Connect {
-            users_end: users_target,
+        let (view, record) = ramp_step(&mut s, args, step, users_target, prev_end.as_ref())?;
+        let failure = step_failure(args, step, &record);
+        let rss = record.server_rss_bytes;
+        steps.push(Step {
+            healthy: failure.is_none(),
+            ..record
         });
-        let step_until = Instant::now() + Duration::from_secs_f64(args.step_s);
-        let mut step_latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
-        let total_before = s.fleet.total_latency.clone();
-        let mut view = s.tick();
-        while Instant::now() < step_until {
-            view = s.tick();
-        }
-        // Let this step's connects settle before judging it (bounded by the setup timeout).
-        if view.totals.connect_ok + view.totals.connect_fail < users_target {
-            view = s.wait_connected(users_target).0;
-        }
-        let _ = step_latency.add(&s.fleet.total_latency);
-        let _ = step_latency.subtract(&total_before);
-        let mut record = step_record(step, &view, prev_end.as_ref(), users_target, &step_latency);
-        let rss = servers_rss(&args.common.server_pid);
-        record.server_rss_bytes = rss;
-        let attempted = record.connect_ok + record.connect_fail;
-        let failed_fraction = record.connect_fail as f64 / attempted.max(1) as f64;
-        let refusing = unreachable(&args.common.server);
-        let healthy = failed_fraction <= args.fail_fraction_max && refusing.is_none();
-        steps.push(Step { healthy, ..record });
-        if healthy {
-            if view.totals.connected >= summary.users_held {
-                summary.users_held = view.totals.connected;
-                summary.users_by_server = view.totals.connected_by_server.clone();
-                summary.server_rss_after_bytes = rss;
-            }
-            // The users of settled steps chat: a room that filled within steps is complete
-            // before its first message, so every message has all its members as recipients.
-            if args.message_interval_s > 0.0 {
-                s.fleet.send(&Command::Publish {
-                    publishers: users_target,
-                    interval_us: (args.message_interval_s * 1e6) as u64,
-                    messages_max: None,
-                });
-            }
-        } else {
+        if let Some(reason) = failure {
             summary.unreachable = true;
-            summary.stop_reason = match refusing {
-                Some(addr) if failed_fraction <= args.fail_fraction_max => {
-                    format!("step {step}: {addr} refuses connections")
-                }
-                _ => format!(
-                    "step {step}: {:.0}% of new connects failed (limit {:.0}%)",
-                    failed_fraction * 100.0,
-                    args.fail_fraction_max * 100.0
-                ),
-            };
+            summary.stop_reason = reason;
             break;
+        }
+        if view.totals.connected >= summary.users_held {
+            summary.users_held = view.totals.connected;
+            summary.users_by_server = view.totals.connected_by_server.clone();
+            summary.server_rss_after_bytes = rss;
+        }
+        // The users of settled steps chat: a room that filled within steps is complete
+        // before its first message, so every message has all its members as recipients.
+        if args.message_interval_s > 0.0 {
+            s.fleet.send(&Command::Publish {
+                publishers: users_target,
+                interval_us: (args.message_interval_s * 1e6) as u64,
+                messages_max: None,
+            });
         }
         if users_target >= args.target_users {
             break;
@@ -491,8 +489,65 @@ pub fn ramp(args: &RampArgs) -> anyhow::Result<Run> {
         users_target = (users_target + args.step_users).min(args.target_users);
         prev_end = Some(view);
     }
-    // Stop chatting and let the messages in flight arrive (bounded), so that the totals can
-    // be checked: received = Σ rooms (acked × members) when nobody left.
+    Ok(ramp_end(s, args, config, summary, steps, rss_before))
+}
+
+/// One step of a ramp: asks for `users_target` users, ticks through `--step-s`, lets the
+/// step's connects settle (bounded by the setup timeout), and records the step with its
+/// latency and the server's RSS (`healthy` is the caller's verdict).
+fn ramp_step(
+    s: &mut Session,
+    args: &RampArgs,
+    step: u64,
+    users_target: u64,
+    prev_end: Option<&View>,
+) -> anyhow::Result<(View, Step)> {
+    s.fleet.send(&Command::Connect {
+        users_end: users_target,
+    });
+    let step_until = Instant::now() + Duration::from_secs_f64(args.step_s);
+    let mut step_latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    let total_before = s.fleet.total_latency.clone();
+    let mut view = s.tick();
+    while Instant::now() < step_until {
+        view = s.tick();
+    }
+    if view.totals.connect_ok + view.totals.connect_fail < users_target {
+        view = s.wait_connected(users_target).0;
+    }
+    let _ = step_latency.add(&s.fleet.total_latency);
+    let _ = step_latency.subtract(&total_before);
+    let mut record = step_record(step, &view, prev_end, users_target, &step_latency);
+    record.server_rss_bytes = servers_rss(&args.common.server_pid);
+    Ok((view, record))
+}
+
+/// Why `record` ends the ramp, if it does: more of its new connects failed than
+/// `--fail-fraction-max` allows, or a server process refuses connections.
+fn step_failure(args: &RampArgs, step: u64, record: &Step) -> Option<String> {
+    let attempted = record.connect_ok + record.connect_fail;
+    let failed_fraction = record.connect_fail as f64 / attempted.max(1) as f64;
+    if failed_fraction > args.fail_fraction_max {
+        return Some(format!(
+            "step {step}: {:.0}% of new connects failed (limit {:.0}%)",
+            failed_fraction * 100.0,
+            args.fail_fraction_max * 100.0
+        ));
+    }
+    unreachable(&args.common.server).map(|addr| format!("step {step}: {addr} refuses connections"))
+}
+
+/// After the last step: stops the chat, lets the messages in flight arrive (bounded) so that
+/// the totals can be checked — received = Σ rooms (acked × members) when nobody left — and
+/// turns the session into the run, with the server's RSS per user held.
+fn ramp_end(
+    mut s: Session,
+    args: &RampArgs,
+    config: serde_json::Value,
+    mut summary: Summary,
+    steps: Vec<Step>,
+    rss_before: Option<u64>,
+) -> Run {
     s.fleet.send(&Command::StopPublish);
     if !summary.unreachable {
         summary.expected_deliveries = s.drain(args.drain_s).0.expected_deliveries;
@@ -506,7 +561,7 @@ pub fn ramp(args: &RampArgs) -> anyhow::Result<Run> {
     }
     let mut run = s.finish("ramp", config, summary);
     run.steps = steps;
-    Ok(run)
+    run
 }
 
 fn step_record(

@@ -1,5 +1,6 @@
 //! The seeds' own workloads as presets (shared/seeds/BRIEF.md), each judged against the
 //! seed's own target.
+#![forbid(unsafe_code)]
 
 use clap::error::ErrorKind;
 use clap::{Args, ValueEnum};
@@ -67,103 +68,114 @@ impl SteadyArgs {
     fn rooms(&self, users: u64, default: u64) -> Rooms {
         Rooms::Modulo(users.div_ceil(self.room_size.unwrap_or(default)))
     }
+
+    /// A preset's user count times `--scale`, at least 2.
+    fn scaled(&self, users: u64) -> u64 {
+        ((users as f64 * self.scale).round() as u64).max(2)
+    }
 }
 
 pub fn steady(args: &SteadyArgs) -> anyhow::Result<Vec<Run>> {
-    let scaled = |n: u64| ((n as f64 * args.scale).round() as u64).max(2);
-    let mut runs = Vec::new();
     match args.preset {
-        Preset::Ktb => {
-            let users = scaled(3000);
-            let load = Load {
-                users,
-                rooms: args.rooms(users, 30),
-                publishers: users,
-                rate_total: users as f64,
-                messages_max: None,
-                duration_s: args.duration_s,
-                drain_s: args.drain_s.unwrap_or(10.0),
-            };
-            let mut run = run_load(&args.common, "steady:ktb", &load)?;
-            let error_rate = error_rate(&run);
-            let checks = vec![
-                check(
-                    "message errors",
-                    "0 %",
-                    error_rate * 100.0,
-                    "%",
-                    error_rate == 0.0,
-                ),
-                mean_check(&run, 100.0),
-            ];
-            judge(&mut run, checks);
-            runs.push(run);
-        }
-        Preset::Thiscode => {
-            let users = scaled(5000);
-            let rate = users as f64;
-            let load = Load {
-                users,
-                rooms: args.rooms(users, 10),
-                publishers: users,
-                rate_total: rate,
-                messages_max: None,
-                duration_s: args.duration_s,
-                drain_s: args.drain_s.unwrap_or(10.0),
-            };
-            let mut run = run_load(&args.common, "steady:thiscode", &load)?;
-            let p99 = run.summary.latency_ms.p99;
-            let sends = run.summary.sends_per_s;
-            judge(
-                &mut run,
-                vec![
-                    check(
-                        "send→receive p99",
-                        "≤ 1000 ms",
-                        p99,
-                        "ms",
-                        p99 <= 1000.0 && p99 > 0.0,
-                    ),
-                    check(
-                        "messages/s sustained",
-                        &format!("≥ {:.0}", rate * 0.95),
-                        sends,
-                        "/s",
-                        sends >= rate * 0.95,
-                    ),
-                ],
-            );
-            runs.push(run);
-        }
-        Preset::Webchat => {
-            for (users, messages) in [(1000, 100), (2000, 50)] {
-                let users = scaled(users);
-                let load = Load {
-                    users,
-                    rooms: Rooms::Modulo(1),
-                    publishers: users,
-                    rate_total: users as f64 * args.webchat_user_rate,
-                    messages_max: Some(messages),
-                    duration_s: messages as f64 / args.webchat_user_rate * 3.0 + 10.0,
-                    drain_s: args.drain_s.unwrap_or(30.0),
-                };
-                let name = format!("steady:webchat-{users}x{messages}");
-                let mut run = run_load(&args.common, &name, &load)?;
-                let error_rate = error_rate(&run);
-                let checks = vec![
-                    check(
-                        "errors",
-                        "< 1 %",
-                        error_rate * 100.0,
-                        "%",
-                        error_rate < 0.01,
-                    ),
-                    mean_check(&run, 2000.0),
-                ];
-                judge(&mut run, checks);
-                runs.push(run);
-            }
-        }
+        Preset::Ktb => Ok(vec![ktb(args)?]),
+        Preset::Thiscode => Ok(vec![thiscode(args)?]),
+        Preset::Webchat => webchat(args),
+    }
+}
+
+/// Seed 002: every user sends one message a second.
+fn ktb(args: &SteadyArgs) -> anyhow::Result<Run> {
+    let users = args.scaled(3000);
+    let load = Load {
+        users,
+        rooms: args.rooms(users, 30),
+        publishers: users,
+        rate_total: users as f64,
+        messages_max: None,
+        duration_s: args.duration_s,
+        drain_s: args.drain_s.unwrap_or(10.0),
+    };
+    let mut run = run_load(&args.common, "steady:ktb", &load)?;
+    let error_rate = error_rate(&run);
+    let checks = vec![
+        check(
+            "message errors",
+            "0 %",
+            error_rate * 100.0,
+            "%",
+            error_rate == 0.0,
+        ),
+        mean_check(&run, 100.0),
+    ];
+    judge(&mut run, checks);
+    Ok(run)
+}
+
+/// Seed 001: as many messages a second as users, judged on p99 and the rate sustained.
+fn thiscode(args: &SteadyArgs) -> anyhow::Result<Run> {
+    let users = args.scaled(5000);
+    let rate = users as f64;
+    let load = Load {
+        users,
+        rooms: args.rooms(users, 10),
+        publishers: users,
+        rate_total: rate,
+        messages_max: None,
+        duration_s: args.duration_s,
+        drain_s: args.drain_s.unwrap_or(10.0),
+    };
+    let mut run = run_load(&args.common, "steady:thiscode", &load)?;
+    let p99 = run.summary.latency_ms.p99;
+    let sends = run.summary.sends_per_s;
+    let checks = vec![
+        check(
+            "send→receive p99",
+            "≤ 1000 ms",
+            p99,
+            "ms",
+            p99 <= 1000.0 && p99 > 0.0,
+        ),
+        check(
+            "messages/s sustained",
+            &format!("≥ {:.0}", rate * 0.95),
+            sends,
+            "/s",
+            sends >= rate * 0.95,
+        ),
+    ];
+    judge(&mut run, checks);
+    Ok(run)
+}
+
+/// Seed 003: two runs in one room of everyone, each user sending a fixed count.
+fn webchat(args: &SteadyArgs) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for (users, messages) in [(1000, 100), (2000, 50)] {
+        let users = args.scaled(users);
+        let load = Load {
+            users,
+            rooms: Rooms::Modulo(1),
+            publishers: users,
+            rate_total: users as f64 * args.webchat_user_rate,
+            messages_max: Some(messages),
+            duration_s: messages as f64 / args.webchat_user_rate * 3.0 + 10.0,
+            drain_s: args.drain_s.unwrap_or(30.0),
+        };
+        let name = format!("steady:webchat-{users}x{messages}");
+        let mut run = run_load(&args.common, &name, &load)?;
+        let error_rate = error_rate(&run);
+        let checks = vec![
+            check(
+                "errors",
+                "< 1 %",
+                error_rate * 100.0,
+                "%",
+                error_rate < 0.01,
+            ),
+            mean_check(&run, 2000.0),
+        ];
+        judge(&mut run, checks);
+        runs.push(run);
     }
     Ok(runs)
 }

@@ -6,6 +6,7 @@
 //! walk frame headers, looking at a payload only as far as the caller needs. A frame that
 //! straddles two reads is assembled in a small per-connection buffer, capped so an idle
 //! connection holds nothing and a busy one at most `assemble_bytes_max`.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 

@@ -294,7 +294,7 @@ fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::R
         publishers_done: s.publishers_done.get(),
         connected_by_server: s.by_server.borrow().clone(),
         cpu_ns: clock::process_cpu_ns(),
-        rss_bytes: crate::scenario::rss_bytes(std::process::id()).unwrap_or(0),
+        rss_bytes: crate::kernel::rss_bytes(std::process::id()).unwrap_or(0),
         latency_us: base64::engine::general_purpose::STANDARD.encode(&bytes),
         by_room: with_rooms.then(|| {
             s.rooms
@@ -359,7 +359,34 @@ fn fail(shared: &Shared, kind: &str) {
     shared.error(kind);
 }
 
+/// `setsockopt(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT)` failed: without it every connection
+/// of a worker would share one ephemeral range per source address, so the bench counts it
+/// apart from the connect's own errors.
+#[derive(Debug)]
+struct BindNoPortError(std::io::Error);
+
+impl std::fmt::Display for BindNoPortError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "setsockopt(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT): {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BindNoPortError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 fn connect_error_kind(e: &std::io::Error) -> &'static str {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<BindNoPortError>())
+    {
+        return "bench_setsockopt_ip_bind_address_no_port";
+    }
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "connect_refused",
         Some(libc::EADDRNOTAVAIL) => "bench_no_source_port",
@@ -374,15 +401,21 @@ async fn connect(job: &Job, server: SocketAddr) -> std::io::Result<TcpStream> {
     // Choose the source port at connect(), per destination, so each source address gives a
     // full ephemeral range towards the server (IP_BIND_ADDRESS_NO_PORT).
     let one: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a pointer to a live c_int of the size passed.
-    unsafe {
+    // SAFETY: `socket` owns a valid fd for this whole call, and the option value points to a
+    // live c_int of exactly the size passed; the kernel only reads it.
+    let rc = unsafe {
         libc::setsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&socket),
             libc::IPPROTO_IP,
             libc::IP_BIND_ADDRESS_NO_PORT,
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::other(BindNoPortError(
+            std::io::Error::last_os_error(),
+        )));
     }
     socket.bind(SocketAddr::new(job.source_ip.into(), 0))?;
     let stream = socket.connect(server).await?;

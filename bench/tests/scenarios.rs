@@ -4,9 +4,10 @@
 //!
 //! The `sokdo` binary is found in `SOKDO_BIN`, else beside this test's executable
 //! (`<target>/<profile>/sokdo`): build the workspace's binaries first.
+#![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A `sokdo` on a free loopback port, with its own data directory. Its stderr (its log, and
+/// A `sokdo` on a free loopback port (it binds port 0 and prints the one it got, as
+/// `engine/tests/engine/support` reads it), with its own data directory. Its stderr (its log, and
 /// any panic message) is kept in memory; dropping the server kills it and then fails the
 /// test if that log reports a panic — a shard that panicked fails the test even when the
 /// bench's figures looked right.
@@ -37,18 +39,15 @@ impl Server {
     /// and any other of sokdo's flags, e.g. `["--shards", "2", "--durability", "async"]`.
     fn start_with(args: &[&str]) -> Server {
         let bin = sokdo_bin();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let data_dir = unique_path("data");
         std::fs::create_dir_all(&data_dir).unwrap();
+        // Port 0: sokdo binds a free port itself and prints it (no port picked here and
+        // freed for it, which another process could take in between).
         let mut child = Command::new(&bin)
-            .args(["--listen", &addr.to_string(), "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
@@ -61,13 +60,27 @@ impl Server {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        let server = Server {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads stdout to its end, so that sokdo never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("an address"));
+                }
+            }
+        });
+        let mut server = Server {
             child,
-            addr,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             log,
             log_reader: Some(log_reader),
         };
+        server.addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("sokdo printed no \"listening on\" line: {}", server.log()));
+        let addr = server.addr;
         wait_until(Duration::from_secs(20), "sokdo answers /healthz", || {
             healthz(addr)
         });
@@ -645,6 +658,178 @@ fn steady_refuses_a_room_size_for_webchat() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("'--room-size <ROOM_SIZE>' cannot be used with '--preset webchat'"),
+        "{stderr}"
+    );
+}
+
+/// The CPUs online here (`/sys/devices/system/cpu/online`, e.g. "0-1") and the first of them.
+fn cpus_online() -> (String, String) {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("sysfs");
+    let online = online.trim().to_string();
+    let first = online.split([',', '-']).next().unwrap().to_string();
+    (online, first)
+}
+
+/// `compare` of two sokdo builds in one run (both the debug build here): each target's runs
+/// are in the report under its own label and binary, each delivered every acked message to
+/// every member, and the comparison gives `sokdo-base`'s ratios to `sokdo`.
+#[test]
+fn compare_runs_a_second_sokdo_build_as_sokdo_base() {
+    let bin = sokdo_bin();
+    let bin = bin.to_str().unwrap();
+    let (online, first) = cpus_online();
+    let report = run_bench(
+        &[
+            "compare",
+            "--targets",
+            "sokdo,sokdo-base",
+            "--sokdo-bin",
+            bin,
+            "--sokdo-base-bin",
+            bin,
+            "--scenarios",
+            "fanout,idle",
+            "--fanout-args",
+            "--users 40 --rooms 2 --publishers 2 --rate 50 --duration-s 2 --drain-s 10",
+            "--idle-args",
+            "--users 100 --hold-s 1",
+            "--server-cpus",
+            &first,
+            "--bench-cpus",
+            &online,
+            // Four runs on consecutive ports from here, away from the ephemeral range that
+            // the other tests' servers bind.
+            "--port",
+            "19400",
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(
+        report["host"]["server_cpus"],
+        first.as_str(),
+        "{}",
+        report["host"]
+    );
+    let runs = report["runs"].as_array().unwrap();
+    let labels: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap(),
+                r["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("fanout", "sokdo"),
+            ("fanout", "sokdo-base"),
+            ("idle", "sokdo"),
+            ("idle", "sokdo-base"),
+        ]
+    );
+    assert_sokdo_base_runs(runs, bin);
+    assert_ratios_to_sokdo(&report["comparison"]);
+}
+
+/// Every run reached its server and ran `bin`; each fanout delivered every acked message to
+/// every member of its room; each idle measured the server's memory per connection.
+fn assert_sokdo_base_runs(runs: &[Value], bin: &str) {
+    for run in runs {
+        let s = &run["summary"];
+        assert_eq!(run["server_bin"], bin, "{run}");
+        assert_eq!(run["protocol"], "sokdo", "{run}");
+        assert_eq!(s["unreachable"], false, "{s}");
+        assert_eq!(u(&s["connect_fail"]), 0, "{s}");
+    }
+    for run in &runs[..2] {
+        let s = &run["summary"];
+        assert_eq!(u(&s["connect_ok"]), 40, "{s}");
+        let acked = u(&s["acked"]);
+        assert!(acked > 0, "{s}");
+        assert_eq!(acked, u(&s["sent"]), "every send acknowledged: {s}");
+        // 40 users in 2 rooms: every message has 20 recipients, the sender among them.
+        assert_eq!(u(&s["expected_deliveries"]), acked * 20, "{s}");
+        assert_eq!(u(&s["received"]), acked * 20, "{s}");
+        assert!(s["deliveries_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(u(&s["latency_ms"]["samples"]) > 0, "{s}");
+    }
+    for run in &runs[2..] {
+        let s = &run["summary"];
+        assert_eq!(u(&s["users_held"]), 100, "{s}");
+        let per = s["server_rss_per_connection_bytes"].as_f64();
+        assert!(per.is_some_and(|b| b > 0.0), "{s}");
+    }
+}
+
+/// `compare`'s rows for fanout's deliveries/s and idle's RSS per connection have both
+/// targets, `sokdo` at ratio 1 and `sokdo-base` at its value ÷ sokdo's.
+fn assert_ratios_to_sokdo(c: &Value) {
+    assert_eq!(c["baseline"], "sokdo", "{c}");
+    let rows = c["rows"].as_array().unwrap();
+    let row = |scenario: &str, metric: &str| {
+        rows.iter()
+            .find(|r| r["scenario"] == scenario && r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {scenario} {metric} row: {c}"))
+    };
+    for r in [
+        row("fanout", "deliveries/s"),
+        row("idle", "RSS bytes per connection"),
+    ] {
+        let (base, other) = (&r["values"]["sokdo"], &r["values"]["sokdo-base"]);
+        let (base, other) = (base.as_f64().unwrap(), other.as_f64().unwrap());
+        assert_eq!(r["ratios"]["sokdo"].as_f64(), Some(1.0), "{r}");
+        let ratio = r["ratios"]["sokdo-base"].as_f64().unwrap();
+        assert!((ratio - other / base).abs() < 1e-9, "{r}");
+    }
+}
+
+#[test]
+fn compare_refuses_sokdo_base_without_its_binary() {
+    let out = bench(&["compare", "--targets", "sokdo,sokdo-base"])
+        .env_remove("SOKDO_BASE_BIN")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--sokdo-base-bin <SOKDO_BASE_BIN>'"),
+        "{stderr}"
+    );
+    let missing = unique_path("no-such-sokdo");
+    let out = bench(&["compare", "--targets", "sokdo-base", "--sokdo-base-bin"])
+        .arg(&missing)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no such file"), "{stderr}");
+}
+
+#[test]
+fn compare_refuses_cpus_a_cpu_set_cannot_hold() {
+    let out = bench(&["compare", "--bench-cpus", "0-4096"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--bench-cpus <BENCH_CPUS>': CPU 4096 is out of range (0 to 1023)"),
+        "{stderr}"
+    );
+    // In range but not on this machine: refused before any server starts.
+    let out = bench(&["compare", "--server-cpus", "1023"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--server-cpus 1023: CPU [1023] not online"),
         "{stderr}"
     );
 }

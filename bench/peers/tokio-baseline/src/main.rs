@@ -6,6 +6,7 @@
 //! writer task per connection fed by an unbounded channel, and one forwarding task per joined
 //! room. It speaks the subset of sokdo's protocol that the bench uses: `hello`, `join`, `send`,
 //! `ping`, `msg` events and `ok`/`error` replies, plus `GET /healthz` on the same port.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
