@@ -30,20 +30,20 @@
 //! `docs/ARCHITECTURE.md` has the picture and the reasons.
 
 pub mod accounts;
-pub mod api;
-pub mod auth;
 pub mod config;
 pub mod conn;
 mod home;
-pub mod http;
 pub mod liveness;
 pub mod mesh;
 pub mod metrics;
 pub mod password;
 pub mod persist;
-pub mod protocol;
 pub mod room;
 pub mod search;
 pub mod server;
 pub mod shard;
-pub mod ws;
+pub mod wire;
+
+// The codecs moved under `wire/`; these keep `crate::ws::…`, `crate::protocol::…` and the
+// other old paths resolving for the modules that still use them.
+pub(crate) use wire::{api, auth, http, protocol, ws};

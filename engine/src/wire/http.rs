@@ -4,13 +4,13 @@
 
 use bytes::Bytes;
 
-use crate::auth::{Auth, Identity};
+use crate::wire::auth::{Auth, Identity};
 
 /// Request headers parsed at most; more is 431.
 const HEADERS_MAX: usize = 48;
 
 /// The chat page served at `/` (embedded; no build step).
-pub const CHAT_PAGE: &str = include_str!("../static/index.html");
+pub const CHAT_PAGE: &str = include_str!("../../static/index.html");
 
 pub enum Outcome {
     /// The head is not complete yet.
@@ -18,7 +18,7 @@ pub enum Outcome {
     /// Send these bytes, then close.
     Respond(Bytes),
     /// An API call to execute; its reply becomes the HTTP response.
-    Api(crate::api::ApiCall),
+    Api(crate::wire::api::ApiCall),
     /// Switch to WebSocket: send the 101 response, then `hello`.
     Upgrade { identity: Identity, response: Bytes },
     /// Test only (`--fault-injection`): answer 202, then inject the fault.
@@ -107,7 +107,7 @@ impl Outcome {
         if path.starts_with("/api/") {
             return match api_call(req, path, query, body, ctx) {
                 Ok(call) => Outcome::Api(call),
-                Err(e) => Outcome::Respond(crate::api::error_response(&e)),
+                Err(e) => Outcome::Respond(crate::wire::api::error_response(&e)),
             };
         }
         if let Some(kind) = path.strip_prefix("/debug/fault/").filter(|_| ctx.faults) {
@@ -188,7 +188,7 @@ fn identify(
     req: &httparse::Request<'_, '_>,
     query: &str,
     auth: &Auth,
-) -> Result<Identity, crate::auth::AuthError> {
+) -> Result<Identity, crate::wire::auth::AuthError> {
     let mut token = None;
     let mut user = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -210,9 +210,9 @@ fn api_call(
     query: &str,
     body: &[u8],
     ctx: &Context<'_>,
-) -> Result<crate::api::ApiCall, crate::accounts::ApiError> {
+) -> Result<crate::wire::api::ApiCall, crate::accounts::ApiError> {
     use crate::accounts::ApiError;
-    use crate::protocol::ErrorCode;
+    use crate::wire::protocol::ErrorCode;
     let method = req.method.unwrap_or("");
     if let Some(action) = path.strip_prefix("/api/auth/") {
         if !matches!(action, "register" | "login" | "password") {
@@ -228,9 +228,9 @@ fn api_call(
         if method != "POST" {
             return Err(ApiError::new(400, ErrorCode::BadRequest, "use POST"));
         }
-        return crate::api::auth(action, body);
+        return crate::wire::api::auth(action, body);
     }
-    let room = crate::api::room_of(path)
+    let room = crate::wire::api::room_of(path)
         .ok_or_else(|| ApiError::new(404, ErrorCode::NotFound, "no such path"))?;
     match method {
         "POST" => {
@@ -248,12 +248,12 @@ fn api_call(
                     "missing or wrong X-Api-Key",
                 ));
             }
-            crate::api::publish(room, body, ctx.body_bytes_max)
+            crate::wire::api::publish(room, body, ctx.body_bytes_max)
         }
         "GET" => {
             let identity = identify(req, query, ctx.auth)
                 .map_err(|e| ApiError::new(401, ErrorCode::Unauthorized, e.to_string()))?;
-            crate::api::history(room, identity, query)
+            crate::wire::api::history(room, identity, query)
         }
         _ => Err(ApiError::new(400, ErrorCode::BadRequest, "use GET or POST")),
     }
@@ -299,7 +299,7 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
     }
     match identify(req, query, ctx.auth) {
         Ok(identity) => {
-            let accept = crate::ws::accept_key(key.trim().as_bytes());
+            let accept = crate::wire::ws::accept_key(key.trim().as_bytes());
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             );

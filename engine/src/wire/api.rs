@@ -6,8 +6,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::accounts::ApiError;
-use crate::auth::Identity;
-use crate::protocol::{self, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
+use crate::wire::auth::Identity;
+use crate::wire::protocol::{self, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
 
 #[derive(Debug)]
 pub enum ApiCall {
@@ -83,7 +83,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 pub fn json_response(status: u16, body: &[u8]) -> Bytes {
-    crate::http::response(status, reason(status), "application/json", body, "")
+    crate::wire::http::response(status, reason(status), "application/json", body, "")
 }
 
 pub fn error_response(err: &ApiError) -> Bytes {
@@ -124,7 +124,7 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
         )));
     }
     let from = p.from.unwrap_or_else(|| "api".to_owned());
-    if from.is_empty() || from.len() > crate::auth::USER_ID_BYTES_MAX {
+    if from.is_empty() || from.len() > crate::wire::auth::USER_ID_BYTES_MAX {
         return Err(bad("`from` must be 1..=64 bytes"));
     }
     Ok(ApiCall::Publish {
