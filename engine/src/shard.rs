@@ -315,12 +315,9 @@ impl Shard {
     fn on_http(&mut self, key: usize, head: &mut Vec<u8>, bytes: &[u8]) {
         head.extend_from_slice(bytes);
         let outcome = if head.len() > self.cfg().http_request_bytes_max as usize {
-            crate::http::Outcome::Respond(crate::http::response(
+            crate::http::Outcome::Respond(crate::wire::response::plain(
                 431,
-                "Request Header Fields Too Large",
-                "text/plain; charset=utf-8",
-                b"request head exceeds http_request_bytes_max\n",
-                "",
+                "request head exceeds http_request_bytes_max\n",
             ))
         } else {
             let metrics = || self.shared.metrics.encode();
@@ -364,10 +361,10 @@ impl Shard {
                     crate::http::Fault::PanicLog => self.id,
                 };
                 if to >= self.shared.shards {
-                    let none = crate::http::plain(400, "Bad Request", "no such shard\n");
+                    let none = crate::wire::response::plain(400, "no such shard\n");
                     return self.respond_http(key, none);
                 }
-                let accepted = crate::http::plain(202, "Accepted", "injecting\n");
+                let accepted = crate::wire::response::plain(202, "injecting\n");
                 self.respond_http(key, accepted);
                 self.emit(to, ShardMsg::Fault(fault));
             }

@@ -66,24 +66,8 @@ pub fn status_of(code: ErrorCode) -> u16 {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    }
-}
-
 pub fn json_response(status: u16, body: &[u8]) -> Bytes {
-    crate::wire::http::response(status, reason(status), "application/json", body, "")
+    crate::wire::response::json(status, body)
 }
 
 pub fn error_response(err: &ApiError) -> Bytes {

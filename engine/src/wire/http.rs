@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use crate::wire::auth::{Auth, Identity};
+use crate::wire::response::{plain, response};
 
 /// Request headers parsed at most; more is 431.
 const HEADERS_MAX: usize = 48;
@@ -74,29 +75,15 @@ pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
             let body_len = match content_length {
                 None => 0,
                 Some(Some(n)) => n,
-                Some(None) => {
-                    return Outcome::Respond(plain(
-                        400,
-                        "Bad Request",
-                        "malformed Content-Length\n",
-                    ))
-                }
+                Some(None) => return Outcome::Respond(plain(400, "malformed Content-Length\n")),
             };
             if head.len() < head_len + body_len {
                 return Outcome::Incomplete;
             }
             Outcome::from_request(&req, &head[head_len..head_len + body_len], ctx)
         }
-        Err(httparse::Error::TooManyHeaders) => Outcome::Respond(plain(
-            431,
-            "Request Header Fields Too Large",
-            "too many headers\n",
-        )),
-        Err(e) => Outcome::Respond(plain(
-            400,
-            "Bad Request",
-            &format!("malformed HTTP request: {e}\n"),
-        )),
+        Err(httparse::Error::TooManyHeaders) => Outcome::Respond(plain(431, "too many headers\n")),
+        Err(e) => Outcome::Respond(plain(400, &format!("malformed HTTP request: {e}\n"))),
     }
 }
 
@@ -113,42 +100,36 @@ impl Outcome {
         if let Some(kind) = path.strip_prefix("/debug/fault/").filter(|_| ctx.faults) {
             return match (req.method, fault(kind, query)) {
                 (Some("POST"), Ok(f)) => Outcome::Fault(f),
-                (Some("POST"), Err(why)) => Outcome::Respond(plain(400, "Bad Request", &why)),
-                _ => Outcome::Respond(plain(405, "Method Not Allowed", "POST only\n")),
+                (Some("POST"), Err(why)) => Outcome::Respond(plain(400, &why)),
+                _ => Outcome::Respond(plain(405, "POST only\n")),
             };
         }
         if req.method != Some("GET") {
-            return Outcome::Respond(plain(
-                405,
-                "Method Not Allowed",
-                "only GET is served here\n",
-            ));
+            return Outcome::Respond(plain(405, "only GET is served here\n"));
         }
         let respond = Outcome::Respond;
         match path {
             "/healthz" => respond(match (ctx.health)() {
-                Ok(()) => plain(200, "OK", "ok\n"),
-                Err(why) => plain(503, "Service Unavailable", &format!("{why}\n")),
+                Ok(()) => plain(200, "ok\n"),
+                Err(why) => plain(503, &format!("{why}\n")),
             }),
-            "/readyz" if ctx.draining => respond(plain(503, "Service Unavailable", "draining\n")),
-            "/readyz" if ctx.at_capacity => respond(plain(503, "Service Unavailable", "full\n")),
-            "/readyz" => respond(plain(200, "OK", "ready\n")),
+            "/readyz" if ctx.draining => respond(plain(503, "draining\n")),
+            "/readyz" if ctx.at_capacity => respond(plain(503, "full\n")),
+            "/readyz" => respond(plain(200, "ready\n")),
             "/metrics" => respond(response(
                 200,
-                "OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 (ctx.metrics)().as_bytes(),
                 "",
             )),
             "/" => respond(response(
                 200,
-                "OK",
                 "text/html; charset=utf-8",
                 CHAT_PAGE.as_bytes(),
                 "",
             )),
             "/ws" => upgrade(req, query, ctx),
-            _ => respond(plain(404, "Not Found", "no such path\n")),
+            _ => respond(plain(404, "no such path\n")),
         }
     }
 }
@@ -267,21 +248,19 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return Outcome::Respond(plain(
             400,
-            "Bad Request",
             "expected a WebSocket upgrade (Upgrade: websocket)\n",
         ));
     }
     if header("sec-websocket-version") != Some("13") {
         return Outcome::Respond(response(
             426,
-            "Upgrade Required",
             "text/plain; charset=utf-8",
             b"only WebSocket version 13 is supported\n",
             "Sec-WebSocket-Version: 13\r\n",
         ));
     }
     let Some(key) = header("sec-websocket-key") else {
-        return Outcome::Respond(plain(400, "Bad Request", "missing Sec-WebSocket-Key\n"));
+        return Outcome::Respond(plain(400, "missing Sec-WebSocket-Key\n"));
     };
     if ctx.draining || ctx.shard_full {
         let why = if ctx.draining {
@@ -291,7 +270,6 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
         };
         return Outcome::Respond(response(
             503,
-            "Service Unavailable",
             "text/plain; charset=utf-8",
             why.as_bytes(),
             "Retry-After: 1\r\n",
@@ -308,35 +286,8 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
                 response: Bytes::from(response),
             }
         }
-        Err(e) => Outcome::Respond(plain(401, "Unauthorized", &format!("{e}\n"))),
+        Err(e) => Outcome::Respond(plain(401, &format!("{e}\n"))),
     }
-}
-
-pub fn plain(status: u16, reason: &str, body: &str) -> Bytes {
-    response(
-        status,
-        reason,
-        "text/plain; charset=utf-8",
-        body.as_bytes(),
-        "",
-    )
-}
-
-/// A complete HTTP/1.1 response that closes the connection.
-pub fn response(
-    status: u16,
-    reason: &str,
-    content_type: &str,
-    body: &[u8],
-    extra_headers: &str,
-) -> Bytes {
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    Bytes::from(out)
 }
 
 #[cfg(test)]

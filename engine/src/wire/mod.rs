@@ -26,4 +26,5 @@ pub mod api;
 pub mod auth;
 pub mod http;
 pub mod protocol;
+pub mod response;
 pub mod ws;
