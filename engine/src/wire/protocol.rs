@@ -9,53 +9,52 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Error codes of PROTOCOL.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    TooLarge,
-    RateLimited,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    NotMember,
-    RoomExists,
-    Unavailable,
-    Internal,
+/// Declares [`ErrorCode`] from one list of `Variant => "wire name"`, so that the enum, its
+/// names and [`ErrorCode::ALL`] cannot drift apart: a new code is parsed back by
+/// [`ErrorCode::named`] without anyone remembering to add it there.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// Error codes of PROTOCOL.md.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            /// The code's name on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    BadRequest => "bad_request",
+    TooLarge => "too_large",
+    RateLimited => "rate_limited",
+    Unauthorized => "unauthorized",
+    Forbidden => "forbidden",
+    NotFound => "not_found",
+    NotMember => "not_member",
+    RoomExists => "room_exists",
+    Unavailable => "unavailable",
+    Internal => "internal",
 }
 
 impl ErrorCode {
     /// The code named `s` (`internal` for any other string).
     pub fn named(s: &str) -> ErrorCode {
-        [
-            ErrorCode::BadRequest,
-            ErrorCode::TooLarge,
-            ErrorCode::RateLimited,
-            ErrorCode::Unauthorized,
-            ErrorCode::Forbidden,
-            ErrorCode::NotFound,
-            ErrorCode::NotMember,
-            ErrorCode::RoomExists,
-            ErrorCode::Unavailable,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-        .unwrap_or(ErrorCode::Internal)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::NotMember => "not_member",
-            ErrorCode::RoomExists => "room_exists",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == s)
+            .unwrap_or(ErrorCode::Internal)
     }
 }
 
@@ -550,6 +549,18 @@ mod tests {
         assert_eq!(id.unwrap().get(), "3");
         let out = String::from_utf8(error(None, &err)).unwrap();
         assert!(out.contains(r#""code":"bad_request""#), "{out}");
+    }
+
+    #[test]
+    fn every_code_is_read_back_by_its_name() {
+        for &code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::named(code.as_str()), code);
+        }
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len(), "two codes share a name");
+        assert_eq!(ErrorCode::named("no_such_code"), ErrorCode::Internal);
     }
 
     #[test]
