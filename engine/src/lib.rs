@@ -30,6 +30,7 @@
 //! `docs/ARCHITECTURE.md` has the picture and the reasons.
 
 pub mod accounts;
+pub mod clock;
 pub mod config;
 pub mod conn;
 mod home;

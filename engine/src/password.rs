@@ -5,7 +5,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
-use crate::protocol::{ErrorCode, ProtoError};
+use crate::wire::protocol::{ErrorCode, ProtoError};
 
 /// Longest accepted password, in bytes.
 pub const PASSWORD_BYTES_MAX: usize = 128;

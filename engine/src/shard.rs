@@ -471,8 +471,7 @@ impl Shard {
         };
         if let Some(user) = &login_user {
             if self.login_limiter.is_limited(user, now) {
-                let err = crate::accounts::ApiError::new(
-                    429,
+                let err = crate::wire::api::ApiError::new(
                     protocol::ErrorCode::RateLimited,
                     "too many failed attempts: wait a minute",
                 );
@@ -493,7 +492,7 @@ impl Shard {
                 }
                 _ => unreachable!("only account calls come here"),
             })
-            .await;
+            .await.map_err(crate::wire::api::ApiError::from);
             let Some(shard) = me.upgrade() else { return };
             let mut shard = shard.borrow_mut();
             let Some(key) = shard.live(conn) else { return };
@@ -1383,12 +1382,7 @@ fn json_id_of(json: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
     serde_json::from_slice::<WithId>(json).ok()?.id
 }
 
-/// Milliseconds since the Unix epoch: the `ts` of messages.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 // ---- tasks ---------------------------------------------------------------------------
 

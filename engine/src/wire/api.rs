@@ -5,9 +5,33 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::accounts::ApiError;
-use crate::wire::auth::Identity;
-use crate::wire::protocol::{self, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
+use crate::wire::auth::{self, Identity, USER_ID_BYTES_MAX};
+use crate::wire::protocol::{
+    self, ErrorCode, ProtoError, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
+};
+
+/// A protocol error with its HTTP status: what a failed API call answers. The status is
+/// always [`status_of`] the code, so the two cannot disagree.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub error: ProtoError,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError::from(ProtoError::new(code, message))
+    }
+}
+
+impl From<ProtoError> for ApiError {
+    fn from(error: ProtoError) -> ApiError {
+        ApiError {
+            status: status_of(error.code),
+            error,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum ApiCall {
@@ -58,7 +82,7 @@ pub fn status_of(code: ErrorCode) -> u16 {
         ErrorCode::Unauthorized => 401,
         ErrorCode::Forbidden | ErrorCode::NotMember => 403,
         ErrorCode::NotFound => 404,
-        ErrorCode::RoomExists => 409,
+        ErrorCode::RoomExists | ErrorCode::UserExists => 409,
         ErrorCode::TooLarge => 413,
         ErrorCode::RateLimited => 429,
         ErrorCode::Unavailable => 503,
@@ -75,7 +99,7 @@ pub fn error_response(err: &ApiError) -> Bytes {
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, ErrorCode::BadRequest, message)
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
 fn json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -93,7 +117,6 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
     let p: PublishBody = json(body)?;
     if p.body.len() > body_bytes_max {
         return Err(ApiError::new(
-            413,
             ErrorCode::TooLarge,
             format!("body_bytes_max is {body_bytes_max}"),
         ));
@@ -108,8 +131,10 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
         )));
     }
     let from = p.from.unwrap_or_else(|| "api".to_owned());
-    if from.is_empty() || from.len() > crate::wire::auth::USER_ID_BYTES_MAX {
-        return Err(bad("`from` must be 1..=64 bytes"));
+    if !auth::is_valid_user_id(&from) {
+        return Err(bad(format!(
+            "`from` must be 1..={USER_ID_BYTES_MAX} bytes without control characters"
+        )));
     }
     Ok(ApiCall::Publish {
         room,

@@ -191,40 +191,37 @@ fn api_call(
     query: &str,
     body: &[u8],
     ctx: &Context<'_>,
-) -> Result<crate::wire::api::ApiCall, crate::accounts::ApiError> {
-    use crate::accounts::ApiError;
+) -> Result<crate::wire::api::ApiCall, crate::wire::api::ApiError> {
+    use crate::wire::api::ApiError;
     use crate::wire::protocol::ErrorCode;
     let method = req.method.unwrap_or("");
     if let Some(action) = path.strip_prefix("/api/auth/") {
         if !matches!(action, "register" | "login" | "password") {
-            return Err(ApiError::new(404, ErrorCode::NotFound, "no such path"));
+            return Err(ApiError::new(ErrorCode::NotFound, "no such path"));
         }
         if !ctx.accounts {
             return Err(ApiError::new(
-                404,
                 ErrorCode::NotFound,
                 "accounts are disabled (start the server with --accounts)",
             ));
         }
         if method != "POST" {
-            return Err(ApiError::new(400, ErrorCode::BadRequest, "use POST"));
+            return Err(ApiError::new(ErrorCode::BadRequest, "use POST"));
         }
         return crate::wire::api::auth(action, body);
     }
     let room = crate::wire::api::room_of(path)
-        .ok_or_else(|| ApiError::new(404, ErrorCode::NotFound, "no such path"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such path"))?;
     match method {
         "POST" => {
             let Some(expected) = ctx.api_key else {
                 return Err(ApiError::new(
-                    403,
                     ErrorCode::Forbidden,
                     "the server API is disabled (start the server with --api-key)",
                 ));
             };
             if header(req, "x-api-key") != Some(expected) {
                 return Err(ApiError::new(
-                    401,
                     ErrorCode::Unauthorized,
                     "missing or wrong X-Api-Key",
                 ));
@@ -233,10 +230,10 @@ fn api_call(
         }
         "GET" => {
             let identity = identify(req, query, ctx.auth)
-                .map_err(|e| ApiError::new(401, ErrorCode::Unauthorized, e.to_string()))?;
+                .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?;
             crate::wire::api::history(room, identity, query)
         }
-        _ => Err(ApiError::new(400, ErrorCode::BadRequest, "use GET or POST")),
+        _ => Err(ApiError::new(ErrorCode::BadRequest, "use GET or POST")),
     }
 }
 

@@ -43,6 +43,8 @@ error_codes! {
     NotFound => "not_found",
     NotMember => "not_member",
     RoomExists => "room_exists",
+    /// `POST /api/auth/register` of a user id that is taken (HTTP API only).
+    UserExists => "user_exists",
     Unavailable => "unavailable",
     Internal => "internal",
 }
