@@ -315,10 +315,7 @@ impl Shard {
     fn on_http(&mut self, key: usize, head: &mut Vec<u8>, bytes: &[u8]) {
         head.extend_from_slice(bytes);
         let outcome = if head.len() > self.cfg().http_request_bytes_max as usize {
-            crate::http::Outcome::Respond(crate::wire::response::plain(
-                431,
-                "request head exceeds http_request_bytes_max\n",
-            ))
+            crate::http::Outcome::plain(431, "request head exceeds http_request_bytes_max\n")
         } else {
             let metrics = || self.shared.metrics.encode();
             let ctx = crate::http::Context {
@@ -338,9 +335,9 @@ impl Shard {
         };
         match outcome {
             crate::http::Outcome::Incomplete => {}
-            crate::http::Outcome::Respond(response) => {
+            crate::http::Outcome::Respond { status, response } => {
                 *head = Vec::new();
-                if response.starts_with(b"HTTP/1.1 503") {
+                if status == 503 {
                     self.m.connections_refused.inc();
                 }
                 self.respond_http(key, response);
