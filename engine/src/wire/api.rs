@@ -6,9 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::wire::auth::{self, Identity, USER_ID_BYTES_MAX};
-use crate::wire::protocol::{
-    self, ErrorCode, ProtoError, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
-};
+use crate::wire::protocol::{self, ErrorCode, ProtoError, HISTORY_LIMIT};
 
 /// A protocol error with its HTTP status: what a failed API call answers. The status is
 /// always [`status_of`] the code, so the two cannot disagree.
@@ -146,28 +144,26 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
 
 pub fn history(room: String, identity: Identity, query: &str) -> Result<ApiCall, ApiError> {
     let mut before_seq = None;
-    let mut limit = HISTORY_LIMIT_DEFAULT;
+    let mut limit = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
-            "before_seq" => {
-                before_seq = Some(
-                    v.parse()
-                        .map_err(|_| bad("`before_seq` must be a number"))?,
-                )
-            }
-            "limit" => limit = v.parse().map_err(|_| bad("`limit` must be a number"))?,
+            "before_seq" => before_seq = Some(number("before_seq", &v)?),
+            "limit" => limit = Some(number("limit", &v)?),
             _ => {}
         }
-    }
-    if limit == 0 || limit > HISTORY_LIMIT_MAX {
-        return Err(bad(format!("`limit` must be 1..={HISTORY_LIMIT_MAX}")));
     }
     Ok(ApiCall::History {
         room,
         identity,
         before_seq,
-        limit,
+        limit: HISTORY_LIMIT.check(limit)?,
     })
+}
+
+fn number<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, ApiError> {
+    value
+        .parse()
+        .map_err(|_| bad(format!("`{field}` must be a number")))
 }
 
 #[derive(Deserialize)]
@@ -234,5 +230,72 @@ mod tests {
         );
         assert_eq!(publish("r".into(), b"nope", 4).unwrap_err().status, 400);
         assert_eq!(auth("login", br#"{"user":"u"}"#).unwrap_err().status, 400);
+    }
+
+    fn history_error(query: &str) -> ApiError {
+        let identity = Identity {
+            user: "u".into(),
+            name: None,
+        };
+        history("r".into(), identity, query).unwrap_err()
+    }
+
+    #[test]
+    fn history_takes_the_websocket_limit_rule() {
+        let identity = Identity {
+            user: "u".into(),
+            name: None,
+        };
+        assert!(matches!(
+            history("r".into(), identity, "before_seq=9"),
+            Ok(ApiCall::History { before_seq: Some(9), limit, .. }) if limit == HISTORY_LIMIT.default
+        ));
+        let e = history_error("limit=101");
+        assert_eq!((e.status, e.error.code), (400, ErrorCode::BadRequest));
+        assert_eq!(e.error.message, "`limit` must be 1..=100");
+        assert_eq!(
+            history_error("limit=0").error.message,
+            "`limit` must be 1..=100"
+        );
+        assert_eq!(
+            history_error("limit=x").error.message,
+            "`limit` must be a number"
+        );
+        assert_eq!(
+            history_error("before_seq=-1").error.message,
+            "`before_seq` must be a number"
+        );
+    }
+
+    #[test]
+    fn publish_takes_the_user_id_rule_for_from() {
+        for from in ["", r"a\u0007b"] {
+            let body = format!(r#"{{"body":"hi","from":"{from}"}}"#);
+            let e = publish("r".into(), body.as_bytes(), 10).unwrap_err();
+            assert_eq!(e.status, 400, "{from:?}");
+        }
+        let long = format!(
+            r#"{{"body":"hi","from":"{}"}}"#,
+            "a".repeat(USER_ID_BYTES_MAX + 1)
+        );
+        assert_eq!(
+            publish("r".into(), long.as_bytes(), 10).unwrap_err().status,
+            400
+        );
+        let ok = format!(
+            r#"{{"body":"hi","from":"{}"}}"#,
+            "a".repeat(USER_ID_BYTES_MAX)
+        );
+        assert!(publish("r".into(), ok.as_bytes(), 10).is_ok());
+    }
+
+    #[test]
+    fn every_status_agrees_with_its_code() {
+        for &code in ErrorCode::ALL {
+            let e = ApiError::new(code, "x");
+            assert_eq!(e.status, status_of(code));
+            assert!(e.status >= 400, "{code:?} maps to a success status");
+        }
+        assert_eq!(status_of(ErrorCode::UserExists), 409);
     }
 }

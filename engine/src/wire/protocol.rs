@@ -83,10 +83,43 @@ impl ProtoError {
 pub const HISTORY_LIMIT_MAX: u32 = 100;
 /// `history` without `limit`.
 pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
-pub const SEARCH_LIMIT_MAX: u32 = 100;
-pub const SEARCH_LIMIT_DEFAULT: u32 = 20;
-pub const ROOMS_LIMIT_MAX: u32 = 100;
-pub const ROOMS_LIMIT_DEFAULT: u32 = 50;
+
+/// The rule of a `limit` field: 1..=`max`, `default` when the field is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRule {
+    pub default: u32,
+    pub max: u32,
+}
+
+/// `history`'s `limit`, on the WebSocket and over HTTP.
+pub const HISTORY_LIMIT: LimitRule = LimitRule {
+    default: HISTORY_LIMIT_DEFAULT,
+    max: HISTORY_LIMIT_MAX,
+};
+/// `search`'s `limit`.
+pub const SEARCH_LIMIT: LimitRule = LimitRule {
+    default: 20,
+    max: 100,
+};
+/// `rooms`'s `limit`.
+pub const ROOMS_LIMIT: LimitRule = LimitRule {
+    default: 50,
+    max: 100,
+};
+
+impl LimitRule {
+    /// The limit asked for (the default when absent), or `bad_request` outside 1..=max.
+    pub fn check(self, limit: Option<u32>) -> Result<u32, ProtoError> {
+        debug_assert!((1..=self.max).contains(&self.default));
+        let limit = limit.unwrap_or(self.default);
+        if (1..=self.max).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(bad(format!("`limit` must be 1..={}", self.max)))
+        }
+    }
+}
+
 /// Longest search query.
 pub const QUERY_BYTES_MAX: usize = 256;
 /// Longest room title.
@@ -246,161 +279,194 @@ fn is_number_or_string(raw: &RawValue) -> bool {
     )
 }
 
-fn build(wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
-    let op = wire
-        .op
-        .as_deref()
-        .ok_or_else(|| ProtoError::new(ErrorCode::BadRequest, "missing field `op`"))?;
-    let room = || room_field(op, wire.room.as_deref(), limits);
-    Ok(match op {
-        "join" => Request::Join {
-            room: room()?,
-            password: wire.password.map(Cow::into_owned),
-            after_seq: wire.after_seq,
-        },
-        "create" => Request::Create {
-            room: room()?,
-            title: bounded("title", wire.title, TITLE_BYTES_MAX)?,
-            private: wire.private.unwrap_or(false),
-            password: wire.password.map(Cow::into_owned),
-        },
-        "leave" => Request::Leave { room: room()? },
-        "send" => {
-            let room = room()?;
-            let body = wire.body.ok_or_else(|| missing(op, "body"))?.into_owned();
-            if body.len() > limits.body_bytes_max {
-                return Err(ProtoError::new(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "body is {} bytes; body_bytes_max is {}",
-                        body.len(),
-                        limits.body_bytes_max
-                    ),
-                ));
-            }
-            Request::Send {
-                room,
-                body,
-                client_msg_id: bounded(
-                    "client_msg_id",
-                    wire.client_msg_id,
-                    CLIENT_MSG_ID_BYTES_MAX,
-                )?,
-            }
+/// Dispatches on `op`: one parse function per op, mini-redis `cmd/` style.
+fn build(mut wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError> {
+    let op = wire.op.take().ok_or_else(|| bad("missing field `op`"))?;
+    let f = Fields {
+        op: &op,
+        wire,
+        limits,
+    };
+    match &*op {
+        "join" => join(f),
+        "create" => create(f),
+        "leave" => leave(f),
+        "send" => send(f),
+        "history" => history(f),
+        "read" => read(f),
+        "delete" => delete(f),
+        "typing" => typing(f),
+        "presence" => presence(f),
+        "search" => search(f),
+        "update_room" => update_room(f),
+        "rooms" => rooms(f),
+        "ping" => Ok(Request::Ping),
+        other => Err(bad(format!("unknown op `{}`", truncate(other, 32)))),
+    }
+}
+
+/// One request's fields, with its op (named in error messages) and the parse limits.
+struct Fields<'o, 'a> {
+    op: &'o str,
+    wire: Wire<'a>,
+    limits: ParseLimits,
+}
+
+impl Fields<'_, '_> {
+    /// `room`: required, 1..=`room_id_bytes_max` bytes, no control characters.
+    fn room(&self) -> Result<String, ProtoError> {
+        let room = self
+            .wire
+            .room
+            .as_deref()
+            .ok_or_else(|| missing(self.op, "room"))?;
+        let max = self.limits.room_id_bytes_max;
+        if room.is_empty() || room.len() > max {
+            return Err(bad(format!("`room` must be 1..={max} bytes")));
         }
-        "history" => {
-            let limit = wire.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
-            if limit == 0 || limit > HISTORY_LIMIT_MAX {
-                return Err(ProtoError::new(
-                    ErrorCode::BadRequest,
-                    format!("`limit` must be 1..={HISTORY_LIMIT_MAX}"),
-                ));
-            }
-            Request::History {
-                room: room()?,
-                before_seq: wire.before_seq,
-                limit,
-            }
+        if room.chars().any(char::is_control) {
+            return Err(bad("`room` must not contain control characters"));
         }
-        "read" => Request::Read {
-            room: room()?,
-            seq: wire.seq.ok_or_else(|| missing(op, "seq"))?,
-        },
-        "delete" => Request::Delete {
-            room: room()?,
-            seq: wire.seq.ok_or_else(|| missing(op, "seq"))?,
-        },
-        "typing" => Request::Typing { room: room()? },
-        "presence" => Request::Presence { room: room()? },
-        "search" => {
-            let query = wire.query.ok_or_else(|| missing(op, "query"))?.into_owned();
-            if query.trim().is_empty() || query.len() > QUERY_BYTES_MAX {
-                return Err(ProtoError::new(
-                    ErrorCode::BadRequest,
-                    format!("`query` must be 1..={QUERY_BYTES_MAX} bytes, not blank"),
-                ));
-            }
-            Request::Search {
-                room: room()?,
-                query,
-                limit: limit_field(wire.limit, SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX)?,
-            }
-        }
-        "update_room" => Request::UpdateRoom {
-            room: room()?,
-            title: bounded("title", wire.title, TITLE_BYTES_MAX)?,
-            private: wire.private,
-            password: wire.password.map(Cow::into_owned),
-        },
-        "rooms" => Request::Rooms {
-            query: wire
-                .query
-                .map(Cow::into_owned)
-                .filter(|q| !q.trim().is_empty()),
-            joined: wire.joined.unwrap_or(false),
-            limit: limit_field(wire.limit, ROOMS_LIMIT_DEFAULT, ROOMS_LIMIT_MAX)?,
-            cursor: wire.cursor.map(Cow::into_owned),
-        },
-        "ping" => Request::Ping,
-        other => {
-            return Err(ProtoError::new(
-                ErrorCode::BadRequest,
-                format!("unknown op `{}`", truncate(other, 32)),
-            ))
-        }
+        Ok(room.to_owned())
+    }
+
+    /// `seq`: required.
+    fn seq(&self) -> Result<u64, ProtoError> {
+        self.wire.seq.ok_or_else(|| missing(self.op, "seq"))
+    }
+}
+
+fn join(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Join {
+        room: f.room()?,
+        password: f.wire.password.map(Cow::into_owned),
+        after_seq: f.wire.after_seq,
     })
 }
 
+fn create(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Create {
+        room: f.room()?,
+        title: bounded("title", f.wire.title, TITLE_BYTES_MAX)?,
+        private: f.wire.private.unwrap_or(false),
+        password: f.wire.password.map(Cow::into_owned),
+    })
+}
+
+fn leave(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Leave { room: f.room()? })
+}
+
+fn send(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    let room = f.room()?;
+    let body = f.wire.body.ok_or_else(|| missing(f.op, "body"))?;
+    let max = f.limits.body_bytes_max;
+    if body.len() > max {
+        return Err(ProtoError::new(
+            ErrorCode::TooLarge,
+            format!("body is {} bytes; body_bytes_max is {max}", body.len()),
+        ));
+    }
+    Ok(Request::Send {
+        room,
+        body: body.into_owned(),
+        client_msg_id: bounded(
+            "client_msg_id",
+            f.wire.client_msg_id,
+            CLIENT_MSG_ID_BYTES_MAX,
+        )?,
+    })
+}
+
+fn history(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    let limit = HISTORY_LIMIT.check(f.wire.limit)?;
+    Ok(Request::History {
+        room: f.room()?,
+        before_seq: f.wire.before_seq,
+        limit,
+    })
+}
+
+fn read(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Read {
+        room: f.room()?,
+        seq: f.seq()?,
+    })
+}
+
+fn delete(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Delete {
+        room: f.room()?,
+        seq: f.seq()?,
+    })
+}
+
+fn typing(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Typing { room: f.room()? })
+}
+
+fn presence(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Presence { room: f.room()? })
+}
+
+fn search(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    let query = f
+        .wire
+        .query
+        .as_deref()
+        .ok_or_else(|| missing(f.op, "query"))?;
+    if query.trim().is_empty() || query.len() > QUERY_BYTES_MAX {
+        return Err(bad(format!(
+            "`query` must be 1..={QUERY_BYTES_MAX} bytes, not blank"
+        )));
+    }
+    Ok(Request::Search {
+        query: query.to_owned(),
+        room: f.room()?,
+        limit: SEARCH_LIMIT.check(f.wire.limit)?,
+    })
+}
+
+fn update_room(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::UpdateRoom {
+        room: f.room()?,
+        title: bounded("title", f.wire.title, TITLE_BYTES_MAX)?,
+        private: f.wire.private,
+        password: f.wire.password.map(Cow::into_owned),
+    })
+}
+
+fn rooms(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    Ok(Request::Rooms {
+        query: f
+            .wire
+            .query
+            .map(Cow::into_owned)
+            .filter(|q| !q.trim().is_empty()),
+        joined: f.wire.joined.unwrap_or(false),
+        limit: ROOMS_LIMIT.check(f.wire.limit)?,
+        cursor: f.wire.cursor.map(Cow::into_owned),
+    })
+}
+
+/// An optional text field of at most `max` bytes.
 fn bounded(
     field: &str,
     value: Option<Cow<'_, str>>,
     max: usize,
 ) -> Result<Option<String>, ProtoError> {
     match value {
-        Some(v) if v.len() > max => Err(ProtoError::new(
-            ErrorCode::BadRequest,
-            format!("`{field}` must be at most {max} bytes"),
-        )),
+        Some(v) if v.len() > max => Err(bad(format!("`{field}` must be at most {max} bytes"))),
         v => Ok(v.map(Cow::into_owned)),
     }
 }
 
-fn limit_field(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ProtoError> {
-    match limit.unwrap_or(default) {
-        0 => Err(ProtoError::new(
-            ErrorCode::BadRequest,
-            format!("`limit` must be 1..={max}"),
-        )),
-        n if n > max => Err(ProtoError::new(
-            ErrorCode::BadRequest,
-            format!("`limit` must be 1..={max}"),
-        )),
-        n => Ok(n),
-    }
-}
-
-fn room_field(op: &str, room: Option<&str>, limits: ParseLimits) -> Result<String, ProtoError> {
-    let room = room.ok_or_else(|| missing(op, "room"))?;
-    if room.is_empty() || room.len() > limits.room_id_bytes_max {
-        return Err(ProtoError::new(
-            ErrorCode::BadRequest,
-            format!("`room` must be 1..={} bytes", limits.room_id_bytes_max),
-        ));
-    }
-    if room.chars().any(char::is_control) {
-        return Err(ProtoError::new(
-            ErrorCode::BadRequest,
-            "`room` must not contain control characters",
-        ));
-    }
-    Ok(room.to_owned())
+fn bad(message: impl Into<String>) -> ProtoError {
+    ProtoError::new(ErrorCode::BadRequest, message)
 }
 
 fn missing(op: &str, field: &str) -> ProtoError {
-    ProtoError::new(
-        ErrorCode::BadRequest,
-        format!("`{op}` needs field `{field}`"),
-    )
+    bad(format!("`{op}` needs field `{field}`"))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -543,6 +609,163 @@ mod tests {
             code_of(r#"{"op":"history","room":"r","limit":101}"#),
             ErrorCode::BadRequest
         );
+    }
+
+    fn error_of(frame: &str) -> ProtoError {
+        parse(frame.as_bytes(), LIMITS).unwrap_err().1
+    }
+
+    fn request_of(frame: &str) -> Request {
+        parse(frame.as_bytes(), LIMITS).unwrap().1
+    }
+
+    #[test]
+    fn every_op_but_rooms_and_ping_needs_a_valid_room() {
+        let ops = [
+            "join",
+            "create",
+            "leave",
+            "send",
+            "history",
+            "read",
+            "delete",
+            "typing",
+            "presence",
+            "search",
+            "update_room",
+        ];
+        for op in ops {
+            // Give each op every other field it needs, so the room is what fails.
+            let rest = r#""body":"b","seq":1,"query":"q""#;
+            let e = error_of(&format!(r#"{{"op":"{op}",{rest}}}"#));
+            assert_eq!(e.code, ErrorCode::BadRequest, "{op}");
+            assert_eq!(e.message, format!("`{op}` needs field `room`"));
+            let e = error_of(&format!(r#"{{"op":"{op}","room":"",{rest}}}"#));
+            assert_eq!(e.message, "`room` must be 1..=8 bytes", "{op}");
+            let e = error_of(&format!(r#"{{"op":"{op}","room":"a\u0007b",{rest}}}"#));
+            assert!(
+                e.message.contains("control characters"),
+                "{op}: {}",
+                e.message
+            );
+        }
+        assert_eq!(request_of(r#"{"op":"ping"}"#), Request::Ping);
+    }
+
+    #[test]
+    fn send_checks_body_and_client_msg_id() {
+        assert_eq!(
+            error_of(r#"{"op":"send","room":"r"}"#).message,
+            "`send` needs field `body`"
+        );
+        let e = error_of(r#"{"op":"send","room":"r","body":"01234567890123456"}"#);
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        assert_eq!(e.message, "body is 17 bytes; body_bytes_max is 16");
+        let key = "k".repeat(CLIENT_MSG_ID_BYTES_MAX + 1);
+        let e = error_of(&format!(
+            r#"{{"op":"send","room":"r","body":"b","client_msg_id":"{key}"}}"#
+        ));
+        assert_eq!(e.message, "`client_msg_id` must be at most 128 bytes");
+        assert_eq!(
+            request_of(r#"{"op":"send","room":"r","body":"","client_msg_id":"k1"}"#),
+            Request::Send {
+                room: "r".into(),
+                body: String::new(),
+                client_msg_id: Some("k1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn read_and_delete_need_a_numeric_seq() {
+        for op in ["read", "delete"] {
+            let e = error_of(&format!(r#"{{"op":"{op}","room":"r"}}"#));
+            assert_eq!(e.message, format!("`{op}` needs field `seq`"));
+            let e = error_of(&format!(r#"{{"op":"{op}","room":"r","seq":"7"}}"#));
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.starts_with("invalid JSON"), "{}", e.message);
+        }
+        assert_eq!(
+            request_of(r#"{"op":"delete","room":"r","seq":7}"#),
+            Request::Delete {
+                room: "r".into(),
+                seq: 7
+            }
+        );
+    }
+
+    #[test]
+    fn limits_are_one_rule_with_a_default() {
+        for (op, rule) in [
+            ("history", HISTORY_LIMIT),
+            ("search", SEARCH_LIMIT),
+            ("rooms", ROOMS_LIMIT),
+        ] {
+            let frame = |limit: &str| format!(r#"{{"op":"{op}","room":"r","query":"q"{limit}}}"#);
+            let expected = format!("`limit` must be 1..={}", rule.max);
+            assert_eq!(error_of(&frame(r#","limit":0"#)).message, expected, "{op}");
+            let over = format!(r#","limit":{}"#, rule.max + 1);
+            assert_eq!(error_of(&frame(&over)).message, expected, "{op}");
+            let limit = match request_of(&frame("")) {
+                Request::History { limit, .. }
+                | Request::Search { limit, .. }
+                | Request::Rooms { limit, .. } => limit,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(limit, rule.default, "{op}");
+        }
+        assert_eq!(HISTORY_LIMIT.check(Some(HISTORY_LIMIT_MAX)), Ok(100));
+    }
+
+    #[test]
+    fn search_needs_a_query_that_is_not_blank() {
+        assert_eq!(
+            error_of(r#"{"op":"search","room":"r"}"#).message,
+            "`search` needs field `query`"
+        );
+        let blank = error_of(r#"{"op":"search","room":"r","query":"  "}"#);
+        assert_eq!(blank.message, "`query` must be 1..=256 bytes, not blank");
+        let long = "q".repeat(QUERY_BYTES_MAX + 1);
+        let e = error_of(&format!(r#"{{"op":"search","room":"r","query":"{long}"}}"#));
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn titles_are_bounded_and_rooms_drops_a_blank_query() {
+        let title = "t".repeat(TITLE_BYTES_MAX + 1);
+        for op in ["create", "update_room"] {
+            let e = error_of(&format!(r#"{{"op":"{op}","room":"r","title":"{title}"}}"#));
+            assert_eq!(e.message, "`title` must be at most 256 bytes", "{op}");
+        }
+        assert_eq!(
+            request_of(r#"{"op":"create","room":"r","private":true,"password":"p"}"#),
+            Request::Create {
+                room: "r".into(),
+                title: None,
+                private: true,
+                password: Some("p".into())
+            }
+        );
+        assert_eq!(
+            request_of(r#"{"op":"rooms","query":" ","joined":true,"cursor":"c"}"#),
+            Request::Rooms {
+                query: None,
+                joined: true,
+                limit: ROOMS_LIMIT.default,
+                cursor: Some("c".into())
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unknown_op_is_named() {
+        assert_eq!(error_of(r#"{"room":"r"}"#).message, "missing field `op`");
+        let long = "x".repeat(100);
+        let e = error_of(&format!(r#"{{"op":"{long}"}}"#));
+        assert_eq!(e.message, format!("unknown op `{}`", "x".repeat(32)));
+        let (id, e) = parse(br#"{"op":"ping","id":[1]}"#, LIMITS).unwrap_err();
+        assert!(id.is_none());
+        assert_eq!(e.message, "`id` must be a number or a string");
     }
 
     #[test]
