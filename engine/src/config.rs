@@ -2,6 +2,8 @@
 //! also readable from a `SOKDO_*` environment variable. Read-only after start-up, so the
 //! shards may share it through an `Arc`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

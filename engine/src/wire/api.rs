@@ -2,6 +2,8 @@
 //! optional accounts. Parsing here is pure; `shard.rs` executes a call like a WebSocket
 //! request and turns the reply into an HTTP response.
 
+#![forbid(unsafe_code)]
+
 use bytes::Bytes;
 use serde::Deserialize;
 

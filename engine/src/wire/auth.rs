@@ -1,6 +1,8 @@
 //! Who a connection is: a JWT (HS256) from `Authorization: Bearer` or `?token=`, checked
 //! before the upgrade; or, in development mode (no secret, loopback only), `?user=ID`.
 
+#![forbid(unsafe_code)]
+
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;

@@ -2,6 +2,8 @@
 //! upgraded (`/ws`, after authentication) or answered and closed (`/healthz`, `/readyz`,
 //! `/metrics`, `/`). Pure: the connection hands in bytes and gets back what to do.
 
+#![forbid(unsafe_code)]
+
 use bytes::Bytes;
 
 use crate::wire::api::{ApiCall, ApiError};

@@ -22,6 +22,8 @@
 //! and `protocol` are leaves, `auth` and `ws` use nothing of the engine, `api` uses
 //! `protocol`, `auth` and `response`, and `http` sits on top.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod http;

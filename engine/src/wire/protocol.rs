@@ -4,6 +4,8 @@
 //! [`ProtoError`] carrying the protocol error code, and the shard executes it. Nothing a
 //! client sends can panic this module.
 
+#![forbid(unsafe_code)]
+
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,8 @@
 //! unallocated) again once the frame completes. Outbound frames are encoded once into
 //! `Bytes` and shared by every subscriber of a shard.
 
+#![forbid(unsafe_code)]
+
 use std::io::Cursor;
 
 use bytes::{BufMut, Bytes, BytesMut};
