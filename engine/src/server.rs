@@ -9,7 +9,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Auth;
-use crate::config::{Config, DurabilityArg};
+use crate::config::Config;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::persist::{Completions, HandleDebug, StatsCollector};
@@ -79,7 +79,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         completions,
         persist: persistence.handle(),
         accounts,
-        durable_acks: cfg.durability == DurabilityArg::Sync,
+        durable_acks: cfg.durable_acks(),
         liveness: crate::liveness::Liveness::new(shards, cfg.stall_timeout_ms),
         cfg,
     });
