@@ -2,13 +2,19 @@
 //! also readable from a `SOKDO_*` environment variable. Read-only after start-up, so the
 //! shards may share it through an `Arc`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{CommandFactory, Parser};
+use serde::{Serialize, Serializer};
+use sokdo_persistence::Durability;
 
-/// The effective configuration of one `sokdo` process.
-#[derive(Parser, Debug, Clone)]
+/// The effective configuration of one `sokdo` process. It serialises (for [`Config::summary`]
+/// and `Debug`) with every secret redacted.
+#[derive(Parser, Clone, Serialize)]
 #[command(
     name = "sokdo",
     version,
@@ -36,8 +42,9 @@ pub struct Config {
     /// When a `send` is acknowledged: `sync` after its record is fdatasync'd in the log
     /// (a crash loses no acknowledged message); `async` at once (a crash may lose the last
     /// unsynced group).
-    #[arg(long, env = "SOKDO_DURABILITY", value_enum, default_value = "sync")]
-    pub durability: DurabilityArg,
+    #[arg(long, env = "SOKDO_DURABILITY", default_value = "sync", value_parser = durability_parser())]
+    #[serde(serialize_with = "durability_name")]
+    pub durability: Durability,
 
     /// Most bytes the write-ahead log may hold while the sink catches up; past it, sends
     /// get `unavailable`.
@@ -58,6 +65,7 @@ pub struct Config {
 
     /// Write messages behind to MongoDB (official driver) instead of the embedded store.
     #[arg(long, env = "SOKDO_MONGODB_URI", hide_env_values = true)]
+    #[serde(serialize_with = "uri_redacted")]
     pub mongodb_uri: Option<String>,
 
     /// MongoDB database name.
@@ -67,11 +75,13 @@ pub struct Config {
     /// HS256 secret for client JWTs. Without it the server runs in development mode and
     /// accepts `?user=ID`, which it allows only on a loopback address.
     #[arg(long, env = "SOKDO_JWT_SECRET", hide_env_values = true)]
+    #[serde(serialize_with = "redacted")]
     pub jwt_secret: Option<String>,
 
     /// Key a back end sends as `X-Api-Key` to `POST /api/rooms/{room}/messages`; without it
     /// that endpoint is disabled.
     #[arg(long, env = "SOKDO_API_KEY", hide_env_values = true)]
+    #[serde(serialize_with = "redacted")]
     pub api_key: Option<String>,
 
     /// Serve `/api/auth/register|login|password` (accounts kept in `accounts.redb`).
@@ -198,10 +208,68 @@ pub struct Config {
     pub reconnect_after_ms: u64,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DurabilityArg {
-    Sync,
-    Async,
+/// `--durability`'s names, parsed straight into the persistence crate's type: one copy.
+const DURABILITY_NAMES: [(&str, Durability); 2] =
+    [("sync", Durability::Sync), ("async", Durability::Async)];
+
+fn durability_parser() -> impl TypedValueParser<Value = Durability> {
+    PossibleValuesParser::new(DURABILITY_NAMES.map(|(name, _)| name)).map(|name| {
+        DURABILITY_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, d)| d)
+            .expect("clap accepts only the names listed")
+    })
+}
+
+fn durability_name<S: Serializer>(durability: &Durability, s: S) -> Result<S::Ok, S::Error> {
+    let (name, _) = DURABILITY_NAMES
+        .iter()
+        .find(|(_, d)| d == durability)
+        .expect("every durability has a name");
+    s.serialize_str(name)
+}
+
+/// What a secret prints as.
+const REDACTED: &str = "<redacted>";
+
+/// A secret: whether it is set, never its value.
+fn redacted<S: Serializer>(secret: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str(REDACTED),
+        None => s.serialize_none(),
+    }
+}
+
+/// A URI with its password and its options (which may hold keys) redacted, so the summary
+/// still says which hosts and user it names.
+fn uri_redacted<S: Serializer>(uri: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match uri {
+        Some(uri) => s.serialize_str(&redact_uri(uri)),
+        None => s.serialize_none(),
+    }
+}
+
+fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return REDACTED.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:{REDACTED}@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let path = tail.split(['?', '#']).next().unwrap_or("");
+    let options = if path.len() < tail.len() {
+        format!("?{REDACTED}")
+    } else {
+        String::new()
+    };
+    format!("{scheme}://{authority}{path}{options}")
 }
 
 /// A configuration that does not make sense as a whole, naming the flags involved.
@@ -273,10 +341,7 @@ impl Config {
     pub fn persistence(&self) -> sokdo_persistence::Config {
         sokdo_persistence::Config {
             data_dir: self.data_dir.clone(),
-            durability: match self.durability {
-                DurabilityArg::Sync => sokdo_persistence::Durability::Sync,
-                DurabilityArg::Async => sokdo_persistence::Durability::Async,
-            },
+            durability: self.durability,
             wal_bytes_max: self.wal_bytes_max,
             wal_segment_bytes: self.wal_segment_bytes,
             batch_messages_max: self.batch_messages_max as usize,
@@ -284,6 +349,11 @@ impl Config {
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_database: self.mongodb_database.clone(),
         }
+    }
+
+    /// `--durability sync`: a `send` is answered once its record is durable.
+    pub fn durable_acks(&self) -> bool {
+        self.durability == Durability::Sync
     }
 
     pub fn dev_mode(&self) -> bool {
@@ -296,87 +366,51 @@ impl Config {
             .unwrap_or_else(|| format!("sokdo-{}", std::process::id()))
     }
 
-    /// The effective configuration, one `key = value` per line, secrets redacted.
+    /// The effective configuration, one `key = value` per line in the order of the flags,
+    /// secrets redacted. Generated from the struct, so a new flag is printed without anyone
+    /// remembering to; `shards` and `instance_id` show the values in effect.
     pub fn summary(&self, shards: u16) -> String {
-        let secret = if self.jwt_secret.is_some() {
-            "<set>"
-        } else {
-            "<none: development mode>"
-        };
-        let lines = [
-            format!("listen = {}", self.listen),
-            format!("shards = {shards}"),
-            format!("pin = {}", self.pin),
-            format!("data_dir = {}", self.data_dir.display()),
-            format!("jwt_secret = {secret}"),
-            format!(
-                "api_key = {}",
-                if self.api_key.is_some() {
-                    "<set>"
-                } else {
-                    "<none: server API disabled>"
-                }
-            ),
-            format!("accounts = {}", self.accounts),
-            format!("token_ttl_s = {}", self.token_ttl_s),
-            format!("durability = {:?}", self.durability),
-            format!("wal_bytes_max = {}", self.wal_bytes_max),
-            format!("wal_segment_bytes = {}", self.wal_segment_bytes),
-            format!("batch_messages_max = {}", self.batch_messages_max),
-            format!("batch_age_ms = {}", self.batch_age_ms),
-            format!(
-                "sink = {}",
-                if self.mongodb_uri.is_some() {
-                    "mongodb (uri set)"
-                } else {
-                    "embedded store"
-                }
-            ),
-            format!("mongodb_database = {}", self.mongodb_database),
-            format!("instance_id = {}", self.instance()),
-            format!("auto_create_rooms = {}", self.auto_create_rooms),
-            format!("body_bytes_max = {}", self.body_bytes_max),
-            format!("frame_bytes_max = {}", self.frame_bytes_max),
-            format!(
-                "outbound_queue_bytes_max = {}",
-                self.outbound_queue_bytes_max
-            ),
-            format!(
-                "history_ring_messages_max = {}",
-                self.history_ring_messages_max
-            ),
-            format!("idempotency_keys_max = {}", self.idempotency_keys_max),
-            format!("typing_interval_ms = {}", self.typing_interval_ms),
-            format!(
-                "rooms_per_connection_max = {}",
-                self.rooms_per_connection_max
-            ),
-            format!("rooms_per_shard_max = {}", self.rooms_per_shard_max),
-            format!("room_id_bytes_max = {}", self.room_id_bytes_max),
-            format!(
-                "connections_per_shard_max = {}",
-                self.connections_per_shard_max
-            ),
-            format!("heartbeat_ms = {}", self.heartbeat_ms),
-            format!("idle_timeout_ms = {}", self.idle_timeout_ms),
-            format!("handshake_timeout_ms = {}", self.handshake_timeout_ms),
-            format!("close_timeout_ms = {}", self.close_timeout_ms),
-            format!("http_request_bytes_max = {}", self.http_request_bytes_max),
-            format!(
-                "shard_channel_messages_max = {}",
-                self.shard_channel_messages_max
-            ),
-            format!("drain_spread_ms = {}", self.drain_spread_ms),
-            format!("stall_timeout_ms = {}", self.stall_timeout_ms),
-            format!(
-                "shard_outbox_messages_max = {}",
-                self.shard_outbox_messages_max
-            ),
-            format!("detect_stalls = {}", self.detect_stalls),
-            format!("drain_timeout_ms = {}", self.drain_timeout_ms),
-            format!("reconnect_after_ms = {}", self.reconnect_after_ms),
-        ];
+        let mut fields = self.fields();
+        fields.insert("shards".into(), shards.into());
+        fields.insert("instance_id".into(), self.instance().into());
+        let mut lines = Vec::with_capacity(fields.len());
+        for arg in Config::command().get_arguments() {
+            if let Some((id, value)) = fields.remove_entry(arg.get_id().as_str()) {
+                lines.push(format!("{id} = {}", shown(&value)));
+            }
+        }
+        debug_assert!(fields.is_empty(), "fields that are not flags: {fields:?}");
+        lines.extend(
+            fields
+                .iter()
+                .map(|(id, value)| format!("{id} = {}", shown(value))),
+        );
         lines.join("\n")
+    }
+
+    /// Every field by name, secrets redacted.
+    fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        // A struct of strings, numbers and booleans always serialises to an object.
+        match serde_json::to_value(self).expect("the configuration serialises") {
+            serde_json::Value::Object(fields) => fields,
+            other => unreachable!("the configuration serialised to {other}"),
+        }
+    }
+}
+
+/// `Debug` prints what the summary prints: never a secret.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.fields()).finish()
+    }
+}
+
+/// A value as the summary prints it: strings bare, absent values as `<none>`.
+fn shown(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "<none>".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -400,6 +434,82 @@ mod tests {
         let cfg = parse(&["--listen", "0.0.0.0:9000"]).unwrap();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("--jwt-secret"), "{err}");
+    }
+
+    #[test]
+    fn every_flag_is_in_the_summary() {
+        let summary = parse(&[]).unwrap().summary(3);
+        let ids: Vec<_> = Config::command()
+            .get_arguments()
+            .map(|a| a.get_id().as_str().to_owned())
+            .filter(|id| id != "help" && id != "version")
+            .collect();
+        assert!(ids.len() > 30, "{ids:?}");
+        for id in &ids {
+            let line = format!("\n{id} = ");
+            assert!(
+                format!("\n{summary}").contains(&line),
+                "`{id}` is missing from the summary:\n{summary}"
+            );
+        }
+        assert_eq!(summary.lines().count(), ids.len(), "{summary}");
+        assert!(summary.contains("\nshards = 3\n"), "{summary}");
+        assert!(
+            summary.contains("\nadmission_queue_per_shard_max = 10000\n"),
+            "{summary}"
+        );
+        assert!(summary.contains("\ndurability = sync\n"), "{summary}");
+        assert!(summary.contains("\njwt_secret = <none>\n"), "{summary}");
+    }
+
+    #[test]
+    fn no_secret_is_ever_printed() {
+        let cfg = parse(&[
+            "--jwt-secret",
+            "s3cret-jwt",
+            "--api-key",
+            "s3cret-key",
+            "--mongodb-uri",
+            "mongodb://mina:s3cret-pw@db1:27017,db2/chat?tlsCertificateKeyFilePassword=s3cret-opt",
+        ])
+        .unwrap();
+        for printed in [cfg.summary(1), format!("{cfg:?}")] {
+            assert!(!printed.contains("s3cret"), "a secret leaked:\n{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
+        let summary = cfg.summary(1);
+        assert!(summary.contains("\njwt_secret = <redacted>\n"), "{summary}");
+        assert!(summary.contains("\napi_key = <redacted>\n"), "{summary}");
+        assert!(
+            summary.contains(
+                "\nmongodb_uri = mongodb://mina:<redacted>@db1:27017,db2/chat?<redacted>\n"
+            ),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn a_uri_keeps_its_hosts_and_loses_its_password() {
+        assert_eq!(redact_uri("mongodb://db:27017"), "mongodb://db:27017");
+        assert_eq!(redact_uri("mongodb://mina@db/x"), "mongodb://mina@db/x");
+        assert_eq!(
+            redact_uri("mongodb+srv://m:p@w@cluster.example?w=1"),
+            "mongodb+srv://m:<redacted>@cluster.example?<redacted>"
+        );
+        assert_eq!(redact_uri("not a uri s3cret"), "<redacted>");
+    }
+
+    #[test]
+    fn durability_parses_into_the_persistence_type() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.durability, Durability::Sync);
+        assert!(cfg.durable_acks());
+        let cfg = parse(&["--durability", "async"]).unwrap();
+        assert_eq!(cfg.persistence().durability, Durability::Async);
+        assert!(!cfg.durable_acks());
+        let err = parse(&["--durability", "never"]).unwrap_err().to_string();
+        assert!(err.contains("--durability"), "{err}");
+        assert!(err.contains("sync") && err.contains("async"), "{err}");
     }
 
     #[test]

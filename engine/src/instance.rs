@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use crate::auth::Auth;
-use crate::config::{Config, DurabilityArg};
+use crate::config::Config;
 use crate::mesh::msg::ShardMsg;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::persist::Completions;
+use crate::wire::auth::Auth;
 
 pub struct Instance {
     pub cfg: Config,
@@ -35,6 +35,6 @@ impl Instance {
 
     /// `--durability sync`: a `send` is answered once its record is durable.
     pub fn durable_acks(&self) -> bool {
-        self.cfg.durability == DurabilityArg::Sync
+        self.cfg.durable_acks()
     }
 }

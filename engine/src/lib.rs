@@ -42,12 +42,8 @@ pub mod config;
 mod liveness;
 mod metrics;
 mod placement;
-// Pure codecs.
-mod api;
-mod auth;
-mod http;
-mod protocol;
-mod ws;
+// Pure codecs: bytes ⇄ typed values (ws, http, response, api, auth, protocol).
+mod wire;
 // State without I/O.
 mod accounts;
 mod password;

@@ -1,11 +1,13 @@
 //! Room passwords: argon2id hashes in PHC format. The clear password is never stored or
 //! logged; hashing and checking run on glommio's blocking pool, never on a shard.
 
+#![forbid(unsafe_code)]
+
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
-use crate::protocol::{ErrorCode, ProtoError};
+use crate::wire::protocol::{ErrorCode, ProtoError};
 
 /// Longest accepted password, in bytes.
 pub const PASSWORD_BYTES_MAX: usize = 128;

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use sokdo_persistence::{Completion, CompletionSink, Handle, StoredMessage};
 
 use crate::mesh::{Doorbell, ShardId};
-use crate::protocol::Msg;
+use crate::wire::protocol::Msg;
 
 /// One completion queue per shard.
 pub struct Completions {

@@ -8,12 +8,12 @@ use anyhow::Context as _;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::Auth;
 use crate::config::Config;
 use crate::instance::Instance;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::persist::{Completions, StatsCollector};
+use crate::wire::auth::Auth;
 use sokdo_persistence::{Persistence, RoomSnapshot};
 
 /// Pending connections the kernel holds per listener (capped by `net.core.somaxconn`).
@@ -40,6 +40,29 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("listener has an IP address")?;
     eprintln!("sokdo configuration:\n{}", cfg.summary(shards));
 
+    let (persistence, instance, rooms_by_shard) = open_instance(cfg, shards)?;
+    watch_signals(instance.clone())?;
+    let mut handles = Vec::new();
+    for ((id, listener), rooms) in listeners.into_iter().enumerate().zip(rooms_by_shard) {
+        handles.push(start_shard(id as u16, listener, rooms, &instance, &cpus)?);
+    }
+    println!("listening on {addr}");
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
+    }
+    tracing::info!("stopped");
+    drop(persistence);
+    Ok(())
+}
+
+/// The persistence threads (recovering the log first), the accounts store and everything
+/// shards share; the recovered rooms, by home shard.
+fn open_instance(
+    cfg: Config,
+    shards: u16,
+) -> anyhow::Result<(Persistence, Arc<Instance>, Vec<Vec<RoomSnapshot>>)> {
     let mesh = Arc::new(Mesh::new(
         shards as usize,
         cfg.shard_channel_messages_max as usize,
@@ -83,47 +106,42 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         liveness: crate::liveness::Liveness::new(shards, cfg.stall_timeout_ms),
         cfg,
     });
-    watch_signals(instance.clone())?;
+    Ok((persistence, instance, rooms_by_shard))
+}
 
-    let mut handles = Vec::new();
-    for ((id, listener), rooms) in listeners.into_iter().enumerate().zip(rooms_by_shard) {
-        let placement = if instance.cfg.pin {
-            Placement::Fixed(cpus[id % cpus.len()])
-        } else {
-            Placement::Unbound
-        };
-        let instance = instance.clone();
-        let fd = listener.into_raw_fd();
-        let mut builder = LocalExecutorBuilder::new(placement)
-            .name(&format!("sokdo-shard-{id}"))
-            // argon2 and account-store calls run on this pool: not pinned to the shard's core,
-            // so the kernel may run them on a quieter one.
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
-        if instance.cfg.detect_stalls {
-            builder = builder.detect_stalls(Some(Box::new(crate::liveness::StallReport)));
-        }
-        let handle = builder
-            .spawn(move || async move {
-                // SAFETY: `fd` is a listening socket this thread now owns alone.
-                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                crate::shard::run(id as u16, instance.clone(), listener, rooms).await;
-                if !instance.mesh.drain_requested() {
-                    crate::liveness::fatal(&format!(
-                        "shard {id} stopped although no drain was asked"
-                    ));
-                }
-            })
-            .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))?;
-        handles.push(handle);
+/// Starts shard `id`'s executor thread, pinned to its CPU unless `--pin false`.
+fn start_shard(
+    id: u16,
+    listener: Socket,
+    rooms: Vec<RoomSnapshot>,
+    instance: &Arc<Instance>,
+    cpus: &[usize],
+) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
+    let placement = if instance.cfg.pin {
+        Placement::Fixed(cpus[id as usize % cpus.len()])
+    } else {
+        Placement::Unbound
+    };
+    let instance = instance.clone();
+    let fd = listener.into_raw_fd();
+    let mut builder = LocalExecutorBuilder::new(placement)
+        .name(&format!("sokdo-shard-{id}"))
+        // argon2 and account-store calls run on this pool: not pinned to the shard's core,
+        // so the kernel may run them on a quieter one.
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
+    if instance.cfg.detect_stalls {
+        builder = builder.detect_stalls(Some(Box::new(crate::liveness::StallReport)));
     }
-    println!("listening on {addr}");
-    for handle in handles {
-        handle
-            .join()
-            .map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    builder
+        .spawn(move || async move {
+            // SAFETY: `fd` is a listening socket this thread now owns alone.
+            let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+            crate::shard::run(id, instance.clone(), listener, rooms).await;
+            if !instance.mesh.drain_requested() {
+                crate::liveness::fatal(&format!("shard {id} stopped although no drain was asked"));
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("starting shard {id}: {e}"))
 }
 
 /// One `SO_REUSEPORT` listener per shard on the same address; the first one resolves

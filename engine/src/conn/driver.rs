@@ -14,7 +14,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::ConnHost;
-use crate::ws::Decoder;
+use crate::wire::ws::Decoder;
 
 /// Size of the read buffer each shard lends to one read at a time: one read takes what a
 /// busy client sent in a turn (a burst of small requests) and the largest frame's worth of

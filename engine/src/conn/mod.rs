@@ -25,7 +25,7 @@ use std::time::Instant;
 pub use driver::ConnDriver;
 pub use outbound::Outbound;
 
-use crate::ws::Decoder;
+use crate::wire::ws::Decoder;
 
 /// What a connection's task needs from the shard that owns it.
 pub trait ConnHost {

@@ -8,7 +8,7 @@ use super::requests::{no_message, HistoryOk};
 use super::{reply_err, reply_ok, Homes, Now, Waiting};
 use crate::mesh::msg::Outgoing;
 use crate::persist::to_msg;
-use crate::protocol::{ErrorCode, Msg, ProtoError};
+use crate::wire::protocol::{ErrorCode, Msg, ProtoError};
 
 impl Homes {
     /// A completion from the persistence threads.

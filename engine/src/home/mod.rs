@@ -29,8 +29,8 @@ use sokdo_persistence::{AppendError, ReadRequest, Record, RoomSnapshot, Ticket};
 
 use crate::mesh::msg::{HomeOp, HomeReq, Origin, Outgoing, Reply, ShardMsg, Subscribe};
 use crate::mesh::ShardId;
-use crate::protocol::{self, ErrorCode, ProtoError};
 use crate::room::{Room, RoomLimits};
+use crate::wire::protocol::{self, ErrorCode, ProtoError};
 
 /// Where records go: the write-ahead log (`sokdo_persistence::Handle`), or a test's fake.
 /// Both calls only queue and return at once; results come back as completions.

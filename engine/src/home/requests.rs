@@ -13,8 +13,8 @@ use super::{
     REPLAY_FROM_STORE_MESSAGES_MAX,
 };
 use crate::mesh::msg::{Leaving, Origin, Outgoing, RoomEntry, RoomsQuery, ShardMsg, Subscribe};
-use crate::protocol::{self, ErrorCode, Msg, ProtoError};
 use crate::room::{Room, RoomInfo};
+use crate::wire::protocol::{self, ErrorCode, Msg, ProtoError};
 
 #[derive(Serialize)]
 struct ReadEvent<'a> {
@@ -693,14 +693,14 @@ fn replay_frames(r: &Room, after: u64, stored: &[Msg]) -> Vec<bytes::Bytes> {
         .iter()
         .filter(|m| m.seq > after && m.seq < ring_first)
     {
-        frames.push(crate::ws::text(&protocol::event("msg", m)));
+        frames.push(crate::wire::ws::text(&protocol::event("msg", m)));
         last = m.seq;
     }
     let from_ring = r.replay(last).messages;
     frames.extend(
         from_ring
             .iter()
-            .map(|m| crate::ws::text(&protocol::event("msg", m))),
+            .map(|m| crate::wire::ws::text(&protocol::event("msg", m))),
     );
     frames
 }

@@ -14,8 +14,8 @@ use super::{HomeRules, Homes, Journal, Now, Offload};
 use crate::conn::ConnRef;
 use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, Outgoing, Reply, ShardMsg, Subscribe};
 use crate::mesh::ShardId;
-use crate::protocol::ErrorCode;
 use crate::room::RoomLimits;
+use crate::wire::protocol::ErrorCode;
 
 /// What the home handed to the log: appends and reads, with their tickets.
 #[derive(Default)]
@@ -174,7 +174,7 @@ fn replayed(out: &Outgoing) -> Vec<u64> {
     replay
         .iter()
         .map(|frame| {
-            let v: Value = serde_json::from_slice(crate::ws::payload_of(frame)).unwrap();
+            let v: Value = serde_json::from_slice(crate::wire::ws::payload_of(frame)).unwrap();
             v["seq"].as_u64().unwrap()
         })
         .collect()

@@ -35,7 +35,7 @@ use bytes::Bytes;
 
 use crate::conn::ConnRef;
 use crate::mesh::ShardId;
-use crate::protocol::{ProtoError, RequestId};
+use crate::wire::protocol::{ProtoError, RequestId};
 
 /// Where a request came from, so the home can answer it.
 #[derive(Debug, Clone)]
@@ -194,7 +194,7 @@ pub enum ShardMsg {
         replay: Vec<Bytes>,
     },
     /// Test only (`--fault-injection`): inject this fault here.
-    Fault(crate::http::Fault),
+    Fault(crate::wire::http::Fault),
 }
 
 /// What a home handler sends, in order; the shard applies it after the call.

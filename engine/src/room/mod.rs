@@ -10,7 +10,7 @@ mod search;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::protocol::Msg;
+use crate::wire::protocol::Msg;
 use search::SearchIndex;
 
 /// Bounds of one room, from the configuration.

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::tasks::spawn_task;
 use super::Shard;
-use crate::api::ApiCall;
 use crate::conn::Phase;
 use crate::mesh::msg::{HomeOp, HomeReq, Origin, Reply};
-use crate::protocol::{self, ErrorCode};
+use crate::wire::api::ApiCall;
+use crate::wire::protocol::{self, ErrorCode};
 
 impl Shard {
     /// Runs an HTTP API call.
@@ -55,7 +55,7 @@ impl Shard {
             account_call => return self.on_account_call(key, account_call),
         };
         if let Err(e) = self.forward(origin, req) {
-            let response = crate::api::error_response(&e.into());
+            let response = crate::wire::api::error_response(&e.into());
             self.respond_http(key, response);
         }
     }
@@ -64,11 +64,13 @@ impl Shard {
     /// result, the body is the same JSON a WebSocket client would get.
     pub(super) fn api_reply(&mut self, key: usize, reply: Reply) {
         let response = match reply {
-            Reply::Ok(json) => crate::api::json_response(self.conns[key].api_ok_status, &json),
+            Reply::Ok(json) => {
+                crate::wire::api::json_response(self.conns[key].api_ok_status, &json)
+            }
             Reply::Error { request, error } => {
                 self.metrics.protocol_errors.inc();
                 let json = protocol::error(request.as_deref(), &error);
-                crate::api::json_response(crate::api::status_of(error.code), &json)
+                crate::wire::api::json_response(crate::wire::api::status_of(error.code), &json)
             }
         };
         self.respond_http(key, response);
@@ -84,12 +86,11 @@ impl Shard {
         };
         if let Some(user) = &login_user {
             if self.login_limiter.is_limited(user, Instant::now()) {
-                let err = crate::accounts::ApiError::new(
-                    429,
+                let err = crate::wire::api::ApiError::new(
                     ErrorCode::RateLimited,
                     "too many failed attempts: wait a minute",
                 );
-                return self.respond_http(key, crate::api::error_response(&err));
+                return self.respond_http(key, crate::wire::api::error_response(&err));
             }
         }
         let (me, conn, ok_status) = (self.me.clone(), self.conn_ref(key), call.ok_status());
@@ -104,8 +105,8 @@ impl Shard {
                 }
             }
             let response = match result {
-                Ok(body) => crate::api::json_response(ok_status, body.to_string().as_bytes()),
-                Err(e) => crate::api::error_response(&e),
+                Ok(body) => crate::wire::api::json_response(ok_status, body.to_string().as_bytes()),
+                Err(e) => crate::wire::api::error_response(&e),
             };
             shard.respond_http(key, response);
         })
@@ -117,8 +118,8 @@ impl Shard {
 fn account_call(
     accounts: &crate::accounts::Accounts,
     call: ApiCall,
-) -> Result<serde_json::Value, crate::accounts::ApiError> {
-    match call {
+) -> Result<serde_json::Value, crate::wire::api::ApiError> {
+    let result = match call {
         ApiCall::Register {
             user,
             password,
@@ -139,7 +140,8 @@ fn account_call(
         ApiCall::Publish { .. } | ApiCall::History { .. } => {
             unreachable!("room calls go to the room's home")
         }
-    }
+    };
+    result.map_err(crate::wire::api::ApiError::from)
 }
 
 /// Failed logins per user on this shard, in a sliding minute.

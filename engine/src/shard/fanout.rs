@@ -11,8 +11,8 @@ use bytes::Bytes;
 use super::Shard;
 use crate::conn::{ConnRef, Phase};
 use crate::mesh::msg::{Reply, Subscribe};
-use crate::protocol::{self, ErrorCode, ProtoError, RequestId};
-use crate::ws::{self, close};
+use crate::wire::protocol::{self, ErrorCode, ProtoError, RequestId};
+use crate::wire::ws::{self, close};
 
 /// Bad requests one connection may make before it is closed 1008: enough for a client with
 /// a bug to see its errors in a log, few enough that a hostile one cannot keep the shard

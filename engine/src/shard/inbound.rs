@@ -13,10 +13,10 @@ use super::tasks::spawn_task;
 use super::Shard;
 use crate::conn::Phase;
 use crate::home::not_member;
-use crate::http::{Fault, Outcome};
 use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, RoomsQuery, ShardMsg, Subscribe};
-use crate::protocol::{self, ErrorCode, ProtoError, Request, RequestId};
-use crate::ws::{self, close, Inbound};
+use crate::wire::http::{Fault, Outcome};
+use crate::wire::protocol::{self, ErrorCode, ProtoError, Request, RequestId};
+use crate::wire::ws::{self, close, Inbound};
 
 impl Shard {
     /// Bytes read from connection `key`: the HTTP head until upgraded, frames after.
@@ -45,17 +45,11 @@ impl Shard {
     fn on_http(&mut self, key: usize, head: &mut Vec<u8>, bytes: &[u8]) {
         head.extend_from_slice(bytes);
         let outcome = if head.len() > self.cfg().http_request_bytes_max as usize {
-            Outcome::Respond(crate::http::response(
-                431,
-                "Request Header Fields Too Large",
-                "text/plain; charset=utf-8",
-                b"request head exceeds http_request_bytes_max\n",
-                "",
-            ))
+            Outcome::plain(431, "request head exceeds http_request_bytes_max\n")
         } else {
             let metrics = || self.instance.metrics.encode();
             let health = || self.instance.liveness.check();
-            let ctx = crate::http::Context {
+            let ctx = crate::wire::http::Context {
                 auth: &self.instance.auth,
                 draining: self.draining.is_some() || self.instance.mesh.drain_requested(),
                 at_capacity: self.admission.at_capacity(),
@@ -67,15 +61,15 @@ impl Shard {
                 accounts: self.instance.accounts.is_some(),
                 body_bytes_max: self.cfg().body_bytes_max as usize,
             };
-            crate::http::route(head, &ctx)
+            crate::wire::http::route(head, &ctx)
         };
         if !matches!(outcome, Outcome::Incomplete) {
             *head = Vec::new();
         }
         match outcome {
             Outcome::Incomplete => {}
-            Outcome::Respond(response) => {
-                if response.starts_with(b"HTTP/1.1 503") {
+            Outcome::Respond { status, response } => {
+                if status == 503 {
                     self.metrics.connections_refused.inc();
                 }
                 self.respond_http(key, response);
@@ -94,10 +88,10 @@ impl Shard {
             Fault::PanicLog => self.id,
         };
         if to >= self.instance.shards() {
-            let none = crate::http::plain(400, "Bad Request", "no such shard\n");
+            let none = crate::wire::response::plain(400, "no such shard\n");
             return self.respond_http(key, none);
         }
-        let accepted = crate::http::plain(202, "Accepted", "injecting\n");
+        let accepted = crate::wire::response::plain(202, "injecting\n");
         self.respond_http(key, accepted);
         self.emit(to, ShardMsg::Fault(fault));
     }
@@ -133,7 +127,7 @@ impl Shard {
 
     /// A connection upgraded and authenticated: admitted at once if a place is free and
     /// nobody waits, queued otherwise (the bound on the queue was checked before upgrading).
-    fn upgraded(&mut self, key: usize, identity: crate::auth::Identity, response: Bytes) {
+    fn upgraded(&mut self, key: usize, identity: crate::wire::auth::Identity, response: Bytes) {
         let conn = self.conn_ref(key);
         let entry = &mut self.conns[key];
         entry.user = Rc::from(identity.user.as_str());

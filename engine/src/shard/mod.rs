@@ -40,9 +40,9 @@ use crate::instance::Instance;
 use crate::mesh::msg::{HomeReq, Origin, Outgoing, Reply, ShardMsg};
 use crate::mesh::ShardId;
 use crate::metrics::ShardMetrics;
-use crate::protocol::{ErrorCode, ProtoError};
 use crate::room::RoomLimits;
-use crate::ws;
+use crate::wire::protocol::{ErrorCode, ProtoError};
+use crate::wire::ws;
 
 pub use tasks::run;
 

@@ -102,7 +102,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Fault;
+    use crate::wire::http::Fault;
 
     fn msg() -> ShardMsg {
         ShardMsg::Fault(Fault::PanicLog)

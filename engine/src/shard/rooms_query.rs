@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::Shard;
 use crate::mesh::msg::{Origin, RoomEntry, RoomsQuery, ShardMsg};
-use crate::protocol::{self, ProtoError};
-use crate::ws;
+use crate::wire::protocol::{self, ProtoError};
+use crate::wire::ws;
 
 /// The `rooms` requests of this shard waiting for every shard's part.
 #[derive(Default)]
@@ -33,7 +33,7 @@ impl Shard {
         if self.outbox.any_full() {
             self.metrics.shard_outbox_refusals.inc();
             return Err(ProtoError::new(
-                crate::protocol::ErrorCode::Unavailable,
+                crate::wire::protocol::ErrorCode::Unavailable,
                 "a shard is backed up: retry shortly",
             ));
         }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::fanout::Unsent;
 use super::Shard;
 use crate::conn::Phase;
-use crate::protocol;
-use crate::ws::{self, close};
+use crate::wire::protocol;
+use crate::wire::ws::{self, close};
 
 pub(super) struct DrainState {
     started: Instant,

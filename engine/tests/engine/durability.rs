@@ -29,6 +29,10 @@ async fn full_history(c: &mut Client, room: &str) -> Vec<Value> {
 }
 
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one story read top to bottom: load, kill -9, restart, account for every ack"
+)]
 async fn kill_9_under_load_loses_no_acknowledged_message() {
     let data = temp_dir("kill9");
     let args = ["--durability", "sync", "--history-ring-messages-max", "64"];

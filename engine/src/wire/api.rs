@@ -2,12 +2,36 @@
 //! optional accounts. Parsing here is pure; `shard.rs` executes a call like a WebSocket
 //! request and turns the reply into an HTTP response.
 
+#![forbid(unsafe_code)]
+
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::accounts::ApiError;
-use crate::auth::Identity;
-use crate::protocol::{self, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
+use crate::wire::auth::{self, Identity, USER_ID_BYTES_MAX};
+use crate::wire::protocol::{self, ErrorCode, ProtoError, HISTORY_LIMIT};
+
+/// A protocol error with its HTTP status: what a failed API call answers. The status is
+/// always [`status_of`] the code, so the two cannot disagree.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub error: ProtoError,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError::from(ProtoError::new(code, message))
+    }
+}
+
+impl From<ProtoError> for ApiError {
+    fn from(error: ProtoError) -> ApiError {
+        ApiError {
+            status: status_of(error.code),
+            error,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum ApiCall {
@@ -58,7 +82,7 @@ pub fn status_of(code: ErrorCode) -> u16 {
         ErrorCode::Unauthorized => 401,
         ErrorCode::Forbidden | ErrorCode::NotMember => 403,
         ErrorCode::NotFound => 404,
-        ErrorCode::RoomExists => 409,
+        ErrorCode::RoomExists | ErrorCode::UserExists => 409,
         ErrorCode::TooLarge => 413,
         ErrorCode::RateLimited => 429,
         ErrorCode::Unavailable => 503,
@@ -66,24 +90,8 @@ pub fn status_of(code: ErrorCode) -> u16 {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    }
-}
-
 pub fn json_response(status: u16, body: &[u8]) -> Bytes {
-    crate::http::response(status, reason(status), "application/json", body, "")
+    crate::wire::response::json(status, body)
 }
 
 pub fn error_response(err: &ApiError) -> Bytes {
@@ -91,7 +99,7 @@ pub fn error_response(err: &ApiError) -> Bytes {
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(400, ErrorCode::BadRequest, message)
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
 fn json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -109,7 +117,6 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
     let p: PublishBody = json(body)?;
     if p.body.len() > body_bytes_max {
         return Err(ApiError::new(
-            413,
             ErrorCode::TooLarge,
             format!("body_bytes_max is {body_bytes_max}"),
         ));
@@ -124,8 +131,10 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
         )));
     }
     let from = p.from.unwrap_or_else(|| "api".to_owned());
-    if from.is_empty() || from.len() > crate::auth::USER_ID_BYTES_MAX {
-        return Err(bad("`from` must be 1..=64 bytes"));
+    if !auth::is_valid_user_id(&from) {
+        return Err(bad(format!(
+            "`from` must be 1..={USER_ID_BYTES_MAX} bytes without control characters"
+        )));
     }
     Ok(ApiCall::Publish {
         room,
@@ -137,28 +146,26 @@ pub fn publish(room: String, body: &[u8], body_bytes_max: usize) -> Result<ApiCa
 
 pub fn history(room: String, identity: Identity, query: &str) -> Result<ApiCall, ApiError> {
     let mut before_seq = None;
-    let mut limit = HISTORY_LIMIT_DEFAULT;
+    let mut limit = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
-            "before_seq" => {
-                before_seq = Some(
-                    v.parse()
-                        .map_err(|_| bad("`before_seq` must be a number"))?,
-                )
-            }
-            "limit" => limit = v.parse().map_err(|_| bad("`limit` must be a number"))?,
+            "before_seq" => before_seq = Some(number("before_seq", &v)?),
+            "limit" => limit = Some(number("limit", &v)?),
             _ => {}
         }
-    }
-    if limit == 0 || limit > HISTORY_LIMIT_MAX {
-        return Err(bad(format!("`limit` must be 1..={HISTORY_LIMIT_MAX}")));
     }
     Ok(ApiCall::History {
         room,
         identity,
         before_seq,
-        limit,
+        limit: HISTORY_LIMIT.check(limit)?,
     })
+}
+
+fn number<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, ApiError> {
+    value
+        .parse()
+        .map_err(|_| bad(format!("`{field}` must be a number")))
 }
 
 #[derive(Deserialize)]
@@ -225,5 +232,72 @@ mod tests {
         );
         assert_eq!(publish("r".into(), b"nope", 4).unwrap_err().status, 400);
         assert_eq!(auth("login", br#"{"user":"u"}"#).unwrap_err().status, 400);
+    }
+
+    fn history_error(query: &str) -> ApiError {
+        let identity = Identity {
+            user: "u".into(),
+            name: None,
+        };
+        history("r".into(), identity, query).unwrap_err()
+    }
+
+    #[test]
+    fn history_takes_the_websocket_limit_rule() {
+        let identity = Identity {
+            user: "u".into(),
+            name: None,
+        };
+        assert!(matches!(
+            history("r".into(), identity, "before_seq=9"),
+            Ok(ApiCall::History { before_seq: Some(9), limit, .. }) if limit == HISTORY_LIMIT.default
+        ));
+        let e = history_error("limit=101");
+        assert_eq!((e.status, e.error.code), (400, ErrorCode::BadRequest));
+        assert_eq!(e.error.message, "`limit` must be 1..=100");
+        assert_eq!(
+            history_error("limit=0").error.message,
+            "`limit` must be 1..=100"
+        );
+        assert_eq!(
+            history_error("limit=x").error.message,
+            "`limit` must be a number"
+        );
+        assert_eq!(
+            history_error("before_seq=-1").error.message,
+            "`before_seq` must be a number"
+        );
+    }
+
+    #[test]
+    fn publish_takes_the_user_id_rule_for_from() {
+        for from in ["", r"a\u0007b"] {
+            let body = format!(r#"{{"body":"hi","from":"{from}"}}"#);
+            let e = publish("r".into(), body.as_bytes(), 10).unwrap_err();
+            assert_eq!(e.status, 400, "{from:?}");
+        }
+        let long = format!(
+            r#"{{"body":"hi","from":"{}"}}"#,
+            "a".repeat(USER_ID_BYTES_MAX + 1)
+        );
+        assert_eq!(
+            publish("r".into(), long.as_bytes(), 10).unwrap_err().status,
+            400
+        );
+        let ok = format!(
+            r#"{{"body":"hi","from":"{}"}}"#,
+            "a".repeat(USER_ID_BYTES_MAX)
+        );
+        assert!(publish("r".into(), ok.as_bytes(), 10).is_ok());
+    }
+
+    #[test]
+    fn every_status_agrees_with_its_code() {
+        for &code in ErrorCode::ALL {
+            let e = ApiError::new(code, "x");
+            assert_eq!(e.status, status_of(code));
+            assert!(e.status >= 400, "{code:?} maps to a success status");
+        }
+        assert_eq!(status_of(ErrorCode::UserExists), 409);
     }
 }

@@ -2,23 +2,29 @@
 //! upgraded (`/ws`, after authentication) or answered and closed (`/healthz`, `/readyz`,
 //! `/metrics`, `/`). Pure: the connection hands in bytes and gets back what to do.
 
+#![forbid(unsafe_code)]
+
 use bytes::Bytes;
 
-use crate::auth::{Auth, Identity};
+use crate::wire::api::{ApiCall, ApiError};
+use crate::wire::auth::{Auth, AuthError, Identity};
+use crate::wire::protocol::ErrorCode;
+use crate::wire::response;
 
 /// Request headers parsed at most; more is 431.
 const HEADERS_MAX: usize = 48;
 
 /// The chat page served at `/` (embedded; no build step).
-pub const CHAT_PAGE: &str = include_str!("../static/index.html");
+pub const CHAT_PAGE: &str = include_str!("../../static/index.html");
 
 pub enum Outcome {
     /// The head is not complete yet.
     Incomplete,
-    /// Send these bytes, then close.
-    Respond(Bytes),
+    /// Send `response`, then close. `status` is the one on its status line, so a caller
+    /// can count refusals (503) without reading the bytes.
+    Respond { status: u16, response: Bytes },
     /// An API call to execute; its reply becomes the HTTP response.
-    Api(crate::api::ApiCall),
+    Api(ApiCall),
     /// Switch to WebSocket: send the 101 response, then `hello`.
     Upgrade { identity: Identity, response: Bytes },
     /// Test only (`--fault-injection`): answer 202, then inject the fault.
@@ -74,81 +80,73 @@ pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
             let body_len = match content_length {
                 None => 0,
                 Some(Some(n)) => n,
-                Some(None) => {
-                    return Outcome::Respond(plain(
-                        400,
-                        "Bad Request",
-                        "malformed Content-Length\n",
-                    ))
-                }
+                Some(None) => return Outcome::plain(400, "malformed Content-Length\n"),
             };
             if head.len() < head_len + body_len {
                 return Outcome::Incomplete;
             }
             Outcome::from_request(&req, &head[head_len..head_len + body_len], ctx)
         }
-        Err(httparse::Error::TooManyHeaders) => Outcome::Respond(plain(
-            431,
-            "Request Header Fields Too Large",
-            "too many headers\n",
-        )),
-        Err(e) => Outcome::Respond(plain(
-            400,
-            "Bad Request",
-            &format!("malformed HTTP request: {e}\n"),
-        )),
+        Err(httparse::Error::TooManyHeaders) => Outcome::plain(431, "too many headers\n"),
+        Err(e) => Outcome::plain(400, &format!("malformed HTTP request: {e}\n")),
     }
 }
 
 impl Outcome {
+    /// A `text/plain` answer: `body` is one line saying why.
+    pub fn plain(status: u16, body: &str) -> Outcome {
+        Outcome::Respond {
+            status,
+            response: response::plain(status, body),
+        }
+    }
+
+    fn respond(status: u16, content_type: &str, body: &[u8], extra_headers: &str) -> Outcome {
+        Outcome::Respond {
+            status,
+            response: response::response(status, content_type, body, extra_headers),
+        }
+    }
+
     fn from_request(req: &httparse::Request<'_, '_>, body: &[u8], ctx: &Context<'_>) -> Outcome {
         let target = req.path.unwrap_or("/");
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         if path.starts_with("/api/") {
             return match api_call(req, path, query, body, ctx) {
                 Ok(call) => Outcome::Api(call),
-                Err(e) => Outcome::Respond(crate::api::error_response(&e)),
+                Err(e) => Outcome::Respond {
+                    status: e.status,
+                    response: crate::wire::api::error_response(&e),
+                },
             };
         }
         if let Some(kind) = path.strip_prefix("/debug/fault/").filter(|_| ctx.faults) {
             return match (req.method, fault(kind, query)) {
                 (Some("POST"), Ok(f)) => Outcome::Fault(f),
-                (Some("POST"), Err(why)) => Outcome::Respond(plain(400, "Bad Request", &why)),
-                _ => Outcome::Respond(plain(405, "Method Not Allowed", "POST only\n")),
+                (Some("POST"), Err(why)) => Outcome::plain(400, &why),
+                _ => Outcome::plain(405, "POST only\n"),
             };
         }
         if req.method != Some("GET") {
-            return Outcome::Respond(plain(
-                405,
-                "Method Not Allowed",
-                "only GET is served here\n",
-            ));
+            return Outcome::plain(405, "only GET is served here\n");
         }
-        let respond = Outcome::Respond;
         match path {
-            "/healthz" => respond(match (ctx.health)() {
-                Ok(()) => plain(200, "OK", "ok\n"),
-                Err(why) => plain(503, "Service Unavailable", &format!("{why}\n")),
-            }),
-            "/readyz" if ctx.draining => respond(plain(503, "Service Unavailable", "draining\n")),
-            "/readyz" if ctx.at_capacity => respond(plain(503, "Service Unavailable", "full\n")),
-            "/readyz" => respond(plain(200, "OK", "ready\n")),
-            "/metrics" => respond(response(
+            "/healthz" => match (ctx.health)() {
+                Ok(()) => Outcome::plain(200, "ok\n"),
+                Err(why) => Outcome::plain(503, &format!("{why}\n")),
+            },
+            "/readyz" if ctx.draining => Outcome::plain(503, "draining\n"),
+            "/readyz" if ctx.at_capacity => Outcome::plain(503, "full\n"),
+            "/readyz" => Outcome::plain(200, "ready\n"),
+            "/metrics" => Outcome::respond(
                 200,
-                "OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 (ctx.metrics)().as_bytes(),
                 "",
-            )),
-            "/" => respond(response(
-                200,
-                "OK",
-                "text/html; charset=utf-8",
-                CHAT_PAGE.as_bytes(),
-                "",
-            )),
+            ),
+            "/" => Outcome::respond(200, "text/html; charset=utf-8", CHAT_PAGE.as_bytes(), ""),
             "/ws" => upgrade(req, query, ctx),
-            _ => respond(plain(404, "Not Found", "no such path\n")),
+            _ => Outcome::plain(404, "no such path\n"),
         }
     }
 }
@@ -188,7 +186,7 @@ fn identify(
     req: &httparse::Request<'_, '_>,
     query: &str,
     auth: &Auth,
-) -> Result<Identity, crate::auth::AuthError> {
+) -> Result<Identity, AuthError> {
     let mut token = None;
     let mut user = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -210,52 +208,47 @@ fn api_call(
     query: &str,
     body: &[u8],
     ctx: &Context<'_>,
-) -> Result<crate::api::ApiCall, crate::accounts::ApiError> {
-    use crate::accounts::ApiError;
-    use crate::protocol::ErrorCode;
+) -> Result<ApiCall, ApiError> {
     let method = req.method.unwrap_or("");
     if let Some(action) = path.strip_prefix("/api/auth/") {
         if !matches!(action, "register" | "login" | "password") {
-            return Err(ApiError::new(404, ErrorCode::NotFound, "no such path"));
+            return Err(ApiError::new(ErrorCode::NotFound, "no such path"));
         }
         if !ctx.accounts {
             return Err(ApiError::new(
-                404,
                 ErrorCode::NotFound,
                 "accounts are disabled (start the server with --accounts)",
             ));
         }
         if method != "POST" {
-            return Err(ApiError::new(400, ErrorCode::BadRequest, "use POST"));
+            return Err(ApiError::new(ErrorCode::BadRequest, "use POST"));
         }
-        return crate::api::auth(action, body);
+        return crate::wire::api::auth(action, body);
     }
-    let room = crate::api::room_of(path)
-        .ok_or_else(|| ApiError::new(404, ErrorCode::NotFound, "no such path"))?;
+    let room = crate::wire::api::room_of(path)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such path"))?;
     match method {
         "POST" => {
             let Some(expected) = ctx.api_key else {
                 return Err(ApiError::new(
-                    403,
                     ErrorCode::Forbidden,
                     "the server API is disabled (start the server with --api-key)",
                 ));
             };
             if header(req, "x-api-key") != Some(expected) {
                 return Err(ApiError::new(
-                    401,
                     ErrorCode::Unauthorized,
                     "missing or wrong X-Api-Key",
                 ));
             }
-            crate::api::publish(room, body, ctx.body_bytes_max)
+            crate::wire::api::publish(room, body, ctx.body_bytes_max)
         }
         "GET" => {
             let identity = identify(req, query, ctx.auth)
-                .map_err(|e| ApiError::new(401, ErrorCode::Unauthorized, e.to_string()))?;
-            crate::api::history(room, identity, query)
+                .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?;
+            crate::wire::api::history(room, identity, query)
         }
-        _ => Err(ApiError::new(400, ErrorCode::BadRequest, "use GET or POST")),
+        _ => Err(ApiError::new(ErrorCode::BadRequest, "use GET or POST")),
     }
 }
 
@@ -265,23 +258,18 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Outcome::Respond(plain(
-            400,
-            "Bad Request",
-            "expected a WebSocket upgrade (Upgrade: websocket)\n",
-        ));
+        return Outcome::plain(400, "expected a WebSocket upgrade (Upgrade: websocket)\n");
     }
     if header("sec-websocket-version") != Some("13") {
-        return Outcome::Respond(response(
+        return Outcome::respond(
             426,
-            "Upgrade Required",
             "text/plain; charset=utf-8",
             b"only WebSocket version 13 is supported\n",
             "Sec-WebSocket-Version: 13\r\n",
-        ));
+        );
     }
     let Some(key) = header("sec-websocket-key") else {
-        return Outcome::Respond(plain(400, "Bad Request", "missing Sec-WebSocket-Key\n"));
+        return Outcome::plain(400, "missing Sec-WebSocket-Key\n");
     };
     if ctx.draining || ctx.shard_full {
         let why = if ctx.draining {
@@ -289,17 +277,16 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
         } else {
             "at capacity: retry later\n"
         };
-        return Outcome::Respond(response(
+        return Outcome::respond(
             503,
-            "Service Unavailable",
             "text/plain; charset=utf-8",
             why.as_bytes(),
             "Retry-After: 1\r\n",
-        ));
+        );
     }
     match identify(req, query, ctx.auth) {
         Ok(identity) => {
-            let accept = crate::ws::accept_key(key.trim().as_bytes());
+            let accept = crate::wire::ws::accept_key(key.trim().as_bytes());
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             );
@@ -308,35 +295,8 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
                 response: Bytes::from(response),
             }
         }
-        Err(e) => Outcome::Respond(plain(401, "Unauthorized", &format!("{e}\n"))),
+        Err(e) => Outcome::plain(401, &format!("{e}\n")),
     }
-}
-
-pub fn plain(status: u16, reason: &str, body: &str) -> Bytes {
-    response(
-        status,
-        reason,
-        "text/plain; charset=utf-8",
-        body.as_bytes(),
-        "",
-    )
-}
-
-/// A complete HTTP/1.1 response that closes the connection.
-pub fn response(
-    status: u16,
-    reason: &str,
-    content_type: &str,
-    body: &[u8],
-    extra_headers: &str,
-) -> Bytes {
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -360,7 +320,11 @@ mod tests {
 
     fn status(out: Outcome) -> String {
         match out {
-            Outcome::Respond(b) => String::from_utf8_lossy(&b[..12]).into_owned(),
+            Outcome::Respond { status, response } => {
+                let line = String::from_utf8_lossy(&response[..12]).into_owned();
+                assert_eq!(line, format!("HTTP/1.1 {status}"), "carried status differs");
+                line
+            }
             Outcome::Upgrade { response, .. } => {
                 String::from_utf8_lossy(&response[..12]).into_owned()
             }
@@ -399,6 +363,17 @@ mod tests {
             status(route(b"GET /healthz HTTP/1.1\r\n", &ctx(&auth, false))),
             "incomplete"
         );
+        assert_eq!(
+            status(route(b"GET /api/nope HTTP/1.1\r\n\r\n", &ctx(&auth, false))),
+            "HTTP/1.1 404"
+        );
+        assert_eq!(
+            status(route(
+                b"POST /api/auth/login HTTP/1.1\r\n\r\n",
+                &ctx(&auth, false)
+            )),
+            "HTTP/1.1 404"
+        );
     }
 
     #[test]
@@ -408,7 +383,8 @@ mod tests {
             health: &|| Err("shard 1 has not run for 12000 ms".into()),
             ..ctx(&auth, false)
         };
-        let Outcome::Respond(r) = route(b"GET /healthz HTTP/1.1\r\n\r\n", &ctx) else {
+        let Outcome::Respond { response: r, .. } = route(b"GET /healthz HTTP/1.1\r\n\r\n", &ctx)
+        else {
             panic!("not a response")
         };
         let text = String::from_utf8_lossy(&r);
@@ -467,6 +443,18 @@ mod tests {
             status(route(UPGRADE.as_bytes(), &ctx(&auth, true))),
             "HTTP/1.1 503"
         );
+        let full = Context {
+            shard_full: true,
+            ..ctx(&auth, false)
+        };
+        match route(UPGRADE.as_bytes(), &full) {
+            Outcome::Respond { status, response } => {
+                assert_eq!(status, 503);
+                let text = String::from_utf8(response.to_vec()).unwrap();
+                assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+            }
+            _ => panic!("a full shard upgraded"),
+        }
         let secured = Auth::new(Some("k"));
         assert_eq!(
             status(route(UPGRADE.as_bytes(), &ctx(&secured, false))),

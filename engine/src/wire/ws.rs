@@ -6,6 +6,8 @@
 //! unallocated) again once the frame completes. Outbound frames are encoded once into
 //! `Bytes` and shared by every subscriber of a shard.
 
+#![forbid(unsafe_code)]
+
 use std::io::Cursor;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -62,11 +64,6 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Bytes held by this decoder (for memory accounting and tests).
-    pub fn held_bytes(&self) -> usize {
-        self.partial.capacity() + self.fragments.capacity()
-    }
-
     /// Decodes every complete frame in `input`, calling `on_frame` for each message. A
     /// `false` from `on_frame` stops decoding (the connection is closing). Leftover bytes
     /// of an incomplete frame are kept for the next call.
@@ -248,6 +245,7 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 }
 
 /// The payload of a frame this module encoded (server frames are unmasked).
+#[cfg(test)]
 pub fn payload_of(frame: &[u8]) -> &[u8] {
     let mut cursor = Cursor::new(frame);
     match FrameHeader::parse(&mut cursor) {

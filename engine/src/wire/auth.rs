@@ -1,6 +1,8 @@
 //! Who a connection is: a JWT (HS256) from `Authorization: Bearer` or `?token=`, checked
 //! before the upgrade; or, in development mode (no secret, loopback only), `?user=ID`.
 
+#![forbid(unsafe_code)]
+
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -9,6 +11,12 @@ use serde::Deserialize;
 pub const USER_ID_BYTES_MAX: usize = 64;
 /// Longest display name, in bytes.
 pub const NAME_BYTES_MAX: usize = 64;
+
+/// The one rule for a user id, wherever it comes from (a token's `sub`, `?user=`, an API
+/// `from`, an account's `user`): 1..=[`USER_ID_BYTES_MAX`] bytes, no control characters.
+pub fn is_valid_user_id(user: &str) -> bool {
+    !user.is_empty() && user.len() <= USER_ID_BYTES_MAX && !user.chars().any(char::is_control)
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
@@ -31,7 +39,7 @@ pub enum AuthError {
     Expired,
     #[error("token needs claim `exp`")]
     NoExpiry,
-    #[error("user id must be 1..=64 bytes without control characters")]
+    #[error("user id must be 1..={USER_ID_BYTES_MAX} bytes without control characters")]
     BadUser,
 }
 
@@ -92,10 +100,9 @@ impl Auth {
 }
 
 fn valid_user(user: &str) -> Result<&str, AuthError> {
-    if user.is_empty() || user.len() > USER_ID_BYTES_MAX || user.chars().any(char::is_control) {
-        return Err(AuthError::BadUser);
-    }
-    Ok(user)
+    is_valid_user_id(user)
+        .then_some(user)
+        .ok_or(AuthError::BadUser)
 }
 
 #[cfg(test)]
@@ -156,7 +163,7 @@ mod tests {
             auth.authenticate(None, None, Some("alice")),
             Err(AuthError::Missing)
         );
-        let long = token("s3cret", &"a".repeat(65), now() + 60);
+        let long = token("s3cret", &"a".repeat(USER_ID_BYTES_MAX + 1), now() + 60);
         assert_eq!(
             auth.authenticate(Some(&long), None, None),
             Err(AuthError::BadUser)
