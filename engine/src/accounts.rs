@@ -20,7 +20,7 @@ use crate::wire::auth::{is_valid_user_id, NAME_BYTES_MAX, USER_ID_BYTES_MAX};
 use crate::wire::protocol::{ErrorCode, ProtoError};
 
 /// user id → JSON `Account`.
-const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+const ACCOUNTS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("accounts");
 
 #[derive(Serialize, Deserialize)]
 struct Account {

@@ -69,7 +69,7 @@ impl TypedMetric for LatencyHistogram {
 }
 
 impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_S
             .iter()
             .copied()

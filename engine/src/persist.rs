@@ -97,7 +97,7 @@ impl std::fmt::Debug for StatsCollector {
 }
 
 impl Collector for StatsCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.persist.stats();
         let gauges: [(&str, &str, i64); 5] = [
             (

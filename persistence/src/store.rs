@@ -23,10 +23,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
 use crate::sink::{Opened, Sink, SinkReader};
 
-const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
-const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
-const READ_POINTERS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_pointers");
+const MESSAGES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("messages");
+const ROOMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("rooms");
+const MEMBERS: TableDefinition<'static, (&str, &str), ()> = TableDefinition::new("members");
+const READ_POINTERS: TableDefinition<'static, (&str, &str), u64> =
+    TableDefinition::new("read_pointers");
 
 #[derive(Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Row {

@@ -1,4 +1,11 @@
 //! Integration tests: the real `sokdo` binary, real WebSocket clients.
+// The engine's bans on locks and sleeps (engine/clippy.toml) protect shards; this code runs
+// on the test's own threads, which poll with deadlines and share a log buffer.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "test threads, never a shard"
+)]
 
 mod support;
 
