@@ -331,7 +331,14 @@ impl Server {
                 None => String::new(),
             };
             let script = format!("{enter}exec taskset -c {} \"$@\"", args.server_cpus);
-            let child = Command::new("sh")
+            let mut command = Command::new("sh");
+            // sokdo reports a task that holds a shard past its slice (glommio's stall
+            // detector) in bench runs too, unless the caller chose otherwise; other servers
+            // ignore the variable.
+            if std::env::var_os("SOKDO_DETECT_STALLS").is_none() {
+                command.env("SOKDO_DETECT_STALLS", "true");
+            }
+            let child = command
                 .arg("-c")
                 .arg(script)
                 .arg("sh")

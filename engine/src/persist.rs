@@ -99,7 +99,7 @@ impl std::fmt::Debug for StatsCollector {
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.persist.stats();
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "wal_bytes",
                 "Bytes of write-ahead log on disk (and reserved)",
@@ -109,6 +109,11 @@ impl Collector for StatsCollector {
                 "wal_segments",
                 "Write-ahead log segment files",
                 s.wal_segments as i64,
+            ),
+            (
+                "wal_records_pending_sink",
+                "Records written to the log and waiting for the sink (the backlog)",
+                s.wal_records_pending_sink as i64,
             ),
             (
                 "sink_lag_records",

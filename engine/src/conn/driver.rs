@@ -20,9 +20,20 @@ use crate::wire::ws::Decoder;
 /// busy client sent in a turn (a burst of small requests) and the largest frame's worth of
 /// a slow one, while ten thousand idle connections hold none.
 const READ_BUF_BYTES: usize = 64 * 1024;
-/// Reads a task does before it yields to the other tasks of its shard, so one client that
-/// keeps sending cannot hold the shard for more than ~8 × 64 KiB of parsing.
+/// Reads a task does before it yields to the other tasks of its shard.
 const READS_PER_POLL_MAX: usize = 8;
+/// Bytes a task reads (and so requests it executes) before it yields: one full buffer.
+/// glommio switches task queues (and fires timers) only between tasks, so this bounds how
+/// long one client that keeps sending holds the shard: 512 KiB of pipelined `send`s in one
+/// turn, measured before this bound, held a debug build's shard past half a second, and
+/// heartbeats and idle timeouts waited (`stress::timers_fire_…`).
+const READ_BYTES_PER_POLL_MAX: usize = READ_BUF_BYTES;
+
+/// Bytes one flush writes before the task reads and, after `READS_PER_POLL_MAX` rounds,
+/// yields: at most 1 MiB per turn of a task. Without it, one subscriber that reads as fast
+/// as the shard writes kept its task in a single flush for over a second (64 MB queued),
+/// and the shard's timers and other connections waited (`stress::timers_fire_…`).
+const FLUSH_BYTES_MAX: usize = 128 * 1024;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF_BYTES]);
@@ -40,6 +51,8 @@ pub struct ConnDriver<H: ConnHost> {
 
 enum Step {
     Continue,
+    /// Read this many bytes (and handed them to the host).
+    Read(usize),
     Pending,
     End,
 }
@@ -55,17 +68,22 @@ impl<H: ConnHost> ConnDriver<H> {
         }
     }
 
-    /// Sends what is queued. Registers for writability when the socket is full.
+    /// Sends what is queued, up to `FLUSH_BYTES_MAX`. Registers for writability when the
+    /// socket is full.
     fn flush(&mut self, cx: &mut Context<'_>) -> Step {
         let fd = self.stream.as_raw_fd();
         let mut host = self.host.borrow_mut();
+        let mut budget = FLUSH_BYTES_MAX;
         loop {
             let entry = host.entry(self.key);
-            if entry.out.is_empty() {
+            if entry.out.is_empty() || budget == 0 {
                 return Step::Continue;
             }
             match entry.out.write_to(fd) {
-                Ok(n) => host.written(n),
+                Ok(n) => {
+                    host.written(n);
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Let glommio watch for writability: it first retries the front frame
                     // itself, so account for whatever it manages to send.
@@ -98,7 +116,7 @@ impl<H: ConnHost> ConnDriver<H> {
             Poll::Ready(Ok(n)) => {
                 let mut host = self.host.borrow_mut();
                 host.on_bytes(self.key, &mut self.head, &mut self.decoder, &mut buf[..n]);
-                Step::Continue
+                Step::Read(n)
             }
         };
         READ_BUF.with(|b| *b.borrow_mut() = buf);
@@ -126,6 +144,7 @@ impl<H: ConnHost> Future for ConnDriver<H> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        let mut read = 0;
         for _ in 0..READS_PER_POLL_MAX {
             if this.should_end() {
                 return Poll::Ready(());
@@ -142,7 +161,13 @@ impl<H: ConnHost> Future for ConnDriver<H> {
                     this.park(cx);
                     return Poll::Pending;
                 }
-                Step::Continue => {}
+                Step::Read(n) => {
+                    read += n;
+                    if read >= READ_BYTES_PER_POLL_MAX {
+                        break;
+                    }
+                }
+                Step::Continue => unreachable!("a read reads, waits or ends"),
             }
         }
         cx.waker().wake_by_ref();

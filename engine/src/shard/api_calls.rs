@@ -95,7 +95,7 @@ impl Shard {
         }
         let (me, conn, ok_status) = (self.me.clone(), self.conn_ref(key), call.ok_status());
         spawn_task(async move {
-            let result = crate::password::off_shard(move || account_call(&accounts, call)).await;
+            let result = super::offload::off_shard(move || account_call(&accounts, call)).await;
             let Some(shard) = me.upgrade() else { return };
             let mut shard = shard.borrow_mut();
             let Some(key) = shard.live(conn) else { return };

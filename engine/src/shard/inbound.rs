@@ -472,7 +472,7 @@ impl Shard {
         crate::password::check_length(&password)?;
         let me = self.me.clone();
         spawn_task(async move {
-            let hashed = crate::password::off_shard(move || crate::password::hash(&password)).await;
+            let hashed = super::offload::off_shard(move || crate::password::hash(&password)).await;
             let Some(shard) = me.upgrade() else { return };
             let mut shard = shard.borrow_mut();
             let Some(key) = shard.live(origin.conn) else {

@@ -16,7 +16,7 @@ impl Shard {
                 let (password, hash) = (check.password.clone(), check.hash.clone());
                 spawn_task(async move {
                     let verify = move || crate::password::verify(&password, &hash);
-                    let matches = crate::password::off_shard(verify).await;
+                    let matches = off_shard(verify).await;
                     let Some(shard) = me.upgrade() else { return };
                     let mut shard = shard.borrow_mut();
                     let mut out = Outgoing::default();
@@ -28,5 +28,44 @@ impl Shard {
                 .detach();
             }
         }
+    }
+}
+
+thread_local! {
+    /// Calls of this shard's thread still on the blocking pool.
+    static IN_FLIGHT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` on the executor's blocking pool.
+pub(super) async fn off_shard<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            IN_FLIGHT.with(|n| n.set(n.get() - 1));
+        }
+    }
+    IN_FLIGHT.with(|n| n.set(n.get() + 1));
+    let _done = Done;
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// Calls of this thread's `off_shard` not finished yet. A shard's drain waits for them:
+/// glommio's pool thread panics if it finishes a job after its executor is gone.
+pub(super) fn in_flight() -> usize {
+    IN_FLIGHT.with(|n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_never_contain_the_password() {
+        let h = hash("열려라 참깨").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(!h.contains("열려라"));
+        assert!(verify("열려라 참깨", &h));
+        assert!(!verify("wrong", &h));
+        assert!(!verify("x", "not a hash"));
     }
 }

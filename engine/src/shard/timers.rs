@@ -94,7 +94,7 @@ impl Shard {
         // Stay up (answering /readyz 503) for the whole spread, so the load balancer sees
         // it, even when this shard has no connections left.
         let spread_over = elapsed >= Duration::from_millis(self.cfg().drain_spread_ms);
-        if (self.conns.is_empty() && spread_over && crate::password::in_flight() == 0)
+        if (self.conns.is_empty() && spread_over && super::offload::in_flight() == 0)
             || elapsed > Duration::from_millis(self.cfg().drain_timeout_ms)
         {
             return true;

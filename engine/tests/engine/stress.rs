@@ -236,3 +236,280 @@ async fn twenty_concurrent_senders_into_one_room() {
     }
     assert_eq!(server.get("/healthz").0, 200);
 }
+
+/// Goal: the risk DESIGN.md records — timers starving while a shard is busy — does not
+/// happen. Method: one shard; a publisher keeps `IN_FLIGHT_MAX` sends in flight into a room
+/// of 20 readers, so the shard always has work queued (sequencing, fan-out, writes). Once
+/// the load runs, two more members arrive: one reads (and must keep receiving heartbeat
+/// pings), one neither reads nor writes (and must be closed for idleness and dropped). The
+/// load stops only after that, so both happened under load by construction. Then every
+/// message reached every member (received = acked × members).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_while_fan_out_saturates_the_shard() {
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const READERS: usize = 20;
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--durability",
+        "async",
+        "--heartbeat-ms",
+        "200",
+        // Generous beside the 200 ms heartbeat: the reading member must not be idle-closed
+        // by a few late pings, only the silent one.
+        "--idle-timeout-ms",
+        "2000",
+        "--close-timeout-ms",
+        "500",
+        "--outbound-queue-bytes-max",
+        "67108864",
+    ]);
+    // How many messages the readers must see: known once the publisher stops.
+    let total = Arc::new(AtomicU64::new(u64::MAX));
+    let mut reading = Vec::new();
+    for i in 0..READERS {
+        let mut c = Client::connect(&server, &format!("reader{i}")).await;
+        c.ok(json!({"op": "join", "room": "busy"})).await;
+        reading.push(tokio::spawn(read_busy_room(c, total.clone())));
+    }
+    let mut sender = Client::connect(&server, "sender").await;
+    sender.ok(json!({"op": "join", "room": "busy"})).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let publishing = tokio::spawn(publish_until(sender, stop.clone(), acked.clone()));
+    crate::support::eventually("the load to start", || {
+        acked.load(Ordering::SeqCst) >= 1_000
+    })
+    .await;
+
+    let connections = server.metric("sokdo_connections");
+    // Not a member of the busy room: it must be closed for being idle, not for being slow.
+    let mut idle = Client::connect(&server, "idle").await;
+    let mut watcher = Client::connect(&server, "watcher").await;
+    let pings = Arc::new(AtomicU64::new(0));
+    let watching = {
+        let (stop, pings) = (stop.clone(), pings.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = watcher.ws.next().await {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if matches!(msg, Message::Ping(_)) {
+                    pings.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    // The idle member is closed (idle timeout), then dropped (close timeout); the reading
+    // one gets pings. The load goes on until both happened.
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let (seen, open) = (
+            pings.load(Ordering::SeqCst),
+            server.metric("sokdo_connections"),
+        );
+        if seen >= 3 && open <= connections + 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "under load: {seen} pings reached the reading member, {open} connections \
+             open of {connections} + 2 (the idle one not dropped?); stalls {}",
+            server.metric("sokdo_stalls_total")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let sent = publishing.await.expect("the publisher stopped");
+    total.store(sent, Ordering::SeqCst);
+    for r in reading {
+        r.await.expect("a reader got every message");
+    }
+    watching.await.expect("the watcher read its pings");
+    // Its pings and the close frame wait in the idle client's socket: read them raw (a
+    // WebSocket client would try to answer the pings on a socket the server has closed).
+    let close = [&[0x88, 14, 0x03, 0xe9][..], b"idle timeout"].concat();
+    let raw = read_to_end(idle.ws.into_inner()).await;
+    assert!(
+        raw.windows(close.len()).any(|w| w == close),
+        "no close 1001 `idle timeout` in what the idle client received: {raw:?}"
+    );
+    assert_eq!(server.get("/healthz").0, 200);
+}
+
+/// Everything a socket receives until the peer closes it (or resets it).
+async fn read_to_end(stream: tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = stream else {
+        unreachable!("tests connect in plain TCP")
+    };
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(crate::support::WAIT, stream.read(&mut buf)).await;
+        match read.expect("the server closes the idle connection") {
+            Ok(0) | Err(_) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Pipelines sends into `busy` until `stop`, then waits for the replies and for its own
+/// copies; returns how many were acknowledged (all of them: a refusal fails the test).
+async fn publish_until(
+    mut sender: Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> u64 {
+    use std::sync::atomic::Ordering;
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let mut own = Msgs::new("busy");
+    let body = "x".repeat(200);
+    // Bounded: the idle close takes ~1.5 s; this is minutes of sends on a debug build.
+    while !stop.load(Ordering::SeqCst) && sent < scaled(2_000_000) {
+        while sent < answered + IN_FLIGHT_MAX {
+            let req = json!({"op": "send", "room": "busy", "body": body, "id": sent});
+            sender
+                .ws
+                .feed(Message::text(req.to_string()))
+                .await
+                .expect("send");
+            sent += 1;
+        }
+        sender.ws.flush().await.expect("flush");
+        let v = sender.recv().await;
+        if v.get("id").is_some() {
+            assert_eq!(v["op"], "ok", "request {} failed: {v}", v["id"]);
+            answered += 1;
+            acked.store(answered, Ordering::SeqCst);
+        } else {
+            own.see(&v);
+        }
+    }
+    while answered < sent {
+        let v = sender.recv().await;
+        if v.get("id").is_some() {
+            assert_eq!(v["op"], "ok", "request {} failed: {v}", v["id"]);
+            answered += 1;
+        } else {
+            own.see(&v);
+        }
+    }
+    own.read_until(&mut sender, sent).await;
+    sent
+}
+
+/// Reads `busy` until `total` messages; like a real client it sends a request when the
+/// line is quiet or every 256 messages, so that a reader behind its backlog (whose pings
+/// arrive late) is not idle.
+async fn read_busy_room(mut c: Client, total: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let mut msgs = Msgs::new("busy");
+    while msgs.count < total.load(Ordering::SeqCst) {
+        let quiet = tokio::time::timeout(Duration::from_millis(250), c.ws.next()).await;
+        match quiet {
+            Err(_) => c.send_raw(r#"{"op":"ping"}"#).await,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                msgs.see(&serde_json::from_str(&t).expect("JSON"));
+                if msgs.count % 256 == 0 {
+                    c.send_raw(r#"{"op":"ping"}"#).await;
+                }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => panic!("a reader was closed: {frame:?}"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("a reader lost its connection: {other:?}"),
+        }
+    }
+    assert_eq!(msgs.count, total.load(Ordering::SeqCst));
+}
+
+/// FNV-1a (64 bits) of the room id, modulo the shards: the placement the engine documents
+/// (engine/src/placement.rs), computed here independently, as another program would.
+fn home_of(room: &str, shards: u64) -> u64 {
+    let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    hash % shards
+}
+
+/// Goal: the queue between two shards is bounded, and at the bound nothing accepted is lost.
+/// Method: a room homed on the sender's shard has a reader on the other shard, which is
+/// stalled (`--fault-injection`) while the sender pipelines sends. Once the mesh channel
+/// (16) and the outbox (32) towards the stalled shard are full, sends are refused
+/// `unavailable` and take no seq; when the shard runs again, the reader gets exactly the
+/// acknowledged messages, in order.
+#[tokio::test]
+async fn a_backed_up_shard_refuses_new_work_and_loses_nothing_accepted() {
+    let data = crate::support::temp_dir("outbox");
+    let server = Server::start_with_env(
+        &data,
+        &[
+            "--shards",
+            "2",
+            "--durability",
+            "async",
+            "--shard-channel-messages-max",
+            "16",
+            "--shard-outbox-messages-max",
+            "32",
+            "--stall-timeout-ms",
+            "30000",
+        ],
+        &[("SOKDO_FAULT_INJECTION", "1")],
+    );
+    let mut clients = clients_on_both_shards(&server, 2).await;
+    let at = clients
+        .iter()
+        .position(|c| c.shard() != clients[0].shard())
+        .unwrap();
+    let mut reader = clients.swap_remove(at);
+    let mut sender = clients.swap_remove(0);
+    drop(clients);
+    // Homed on the sender's shard: FNV-1a puts "room" on shard 0 and "lobby" on shard 1.
+    let room = ["room", "lobby"]
+        .into_iter()
+        .find(|r| home_of(r, 2) == sender.shard())
+        .expect("one of them is homed on each shard");
+    for c in [&mut sender, &mut reader] {
+        c.ok(json!({"op": "join", "room": room})).await;
+    }
+    let stall = format!("/debug/fault/stall-shard?shard={}&ms=3000", reader.shard());
+    assert_eq!(server.http("POST", &stall, &[], "").0, 202);
+
+    // Pipelined sends until some are refused (bounded: the stall outlasts them).
+    let (mut acked, mut refused, mut sent) = (0u64, 0u64, 0u64);
+    let mut own = Msgs::new(room);
+    while refused == 0 && sent < 2_000 {
+        for _ in 0..100 {
+            let req = json!({"op": "send", "room": room, "body": "b", "id": sent});
+            sender.send_raw(&req.to_string()).await;
+            sent += 1;
+        }
+        while acked + refused < sent {
+            let v = sender.recv().await;
+            match (v["op"].as_str(), v["code"].as_str()) {
+                (Some("ok"), _) => acked += 1,
+                (Some("error"), Some("unavailable")) => refused += 1,
+                (Some("error"), _) => panic!("unexpected error {v}"),
+                _ => own.see(&v),
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "{sent} sends into a stalled shard were all accepted"
+    );
+    assert!(acked > 0 && server.metric("sokdo_shard_outbox_refusals_total") >= 1.0);
+    // received = acked × members: the stalled reader gets every accepted message once it
+    // runs again, in seq order without a hole; the sender saw its own.
+    let mut got = Msgs::new(room);
+    got.read_until(&mut reader, acked).await;
+    own.read_until(&mut sender, acked).await;
+    assert_eq!(got.last_seq, Some(acked), "refused sends took no seq");
+    assert_eq!(server.get("/healthz").0, 200);
+}
