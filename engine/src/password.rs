@@ -39,3 +39,18 @@ pub fn verify(password: &str, hash: &str) -> bool {
             .is_ok()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_never_contain_the_password() {
+        let h = hash("열려라 참깨").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(!h.contains("열려라"));
+        assert!(verify("열려라 참깨", &h));
+        assert!(!verify("wrong", &h));
+        assert!(!verify("x", "not a hash"));
+    }
+}

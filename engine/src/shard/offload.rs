@@ -54,18 +54,3 @@ pub(super) async fn off_shard<T: Send + 'static>(f: impl FnOnce() -> T + Send + 
 pub(super) fn in_flight() -> usize {
     IN_FLIGHT.with(|n| n.get())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hashes_verify_and_never_contain_the_password() {
-        let h = hash("열려라 참깨").unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(!h.contains("열려라"));
-        assert!(verify("열려라 참깨", &h));
-        assert!(!verify("wrong", &h));
-        assert!(!verify("x", "not a hash"));
-    }
-}
