@@ -246,7 +246,6 @@ async fn twenty_concurrent_senders_into_one_room() {
 /// message reached every member (received = acked × members).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_fire_while_fan_out_saturates_the_shard() {
-    use futures_util::StreamExt;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -287,37 +286,20 @@ async fn timers_fire_while_fan_out_saturates_the_shard() {
 
     let connections = server.metric("sokdo_connections");
     // Not a member of the busy room: it must be closed for being idle, not for being slow.
-    let mut idle = Client::connect(&server, "idle").await;
-    let mut watcher = Client::connect(&server, "watcher").await;
+    let idle = Client::connect(&server, "idle").await;
+    let watcher = Client::connect(&server, "watcher").await;
     let pings = Arc::new(AtomicU64::new(0));
-    let watching = {
-        let (stop, pings) = (stop.clone(), pings.clone());
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = watcher.ws.next().await {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if matches!(msg, Message::Ping(_)) {
-                    pings.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        })
-    };
+    let watching = tokio::spawn(count_pings(watcher, stop.clone(), pings.clone()));
     // The idle member is closed (idle timeout), then dropped (close timeout); the reading
     // one gets pings. The load goes on until both happened.
+    let dropped = || server.metric("sokdo_connections") <= connections + 1.0;
     let deadline = std::time::Instant::now() + crate::support::WAIT;
-    loop {
-        let (seen, open) = (
-            pings.load(Ordering::SeqCst),
-            server.metric("sokdo_connections"),
-        );
-        if seen >= 3 && open <= connections + 1.0 {
-            break;
-        }
+    while pings.load(Ordering::SeqCst) < 3 || !dropped() {
         assert!(
             std::time::Instant::now() < deadline,
-            "under load: {seen} pings reached the reading member, {open} connections \
-             open of {connections} + 2 (the idle one not dropped?); stalls {}",
+            "under load: {} pings reached the reading member; idle one dropped: {}; stalls {}",
+            pings.load(Ordering::SeqCst),
+            dropped(),
             server.metric("sokdo_stalls_total")
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -338,6 +320,24 @@ async fn timers_fire_while_fan_out_saturates_the_shard() {
         "no close 1001 `idle timeout` in what the idle client received: {raw:?}"
     );
     assert_eq!(server.get("/healthz").0, 200);
+}
+
+/// Counts the heartbeat pings `watcher` receives until `stop`.
+async fn count_pings(
+    mut watcher: Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pings: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering;
+    while let Some(Ok(msg)) = watcher.ws.next().await {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if matches!(msg, Message::Ping(_)) {
+            pings.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Everything a socket receives until the peer closes it (or resets it).
@@ -416,7 +416,7 @@ async fn read_busy_room(mut c: Client, total: std::sync::Arc<std::sync::atomic::
             Err(_) => c.send_raw(r#"{"op":"ping"}"#).await,
             Ok(Some(Ok(Message::Text(t)))) => {
                 msgs.see(&serde_json::from_str(&t).expect("JSON"));
-                if msgs.count % 256 == 0 {
+                if msgs.count.is_multiple_of(256) {
                     c.send_raw(r#"{"op":"ping"}"#).await;
                 }
             }
