@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 
+# No module of any crate may import another that imports it back (prints each graph).
+scripts/module-graph
+
 cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --no-fail-fast
 
