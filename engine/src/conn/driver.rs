@@ -51,6 +51,9 @@ pub struct ConnDriver<H: ConnHost> {
 
 enum Step {
     Continue,
+    /// A flush stopped at its budget with frames still queued: the task must run again
+    /// without waiting for the socket.
+    More,
     /// Read this many bytes (and handed them to the host).
     Read(usize),
     Pending,
@@ -76,8 +79,11 @@ impl<H: ConnHost> ConnDriver<H> {
         let mut budget = FLUSH_BYTES_MAX;
         loop {
             let entry = host.entry(self.key);
-            if entry.out.is_empty() || budget == 0 {
+            if entry.out.is_empty() {
                 return Step::Continue;
+            }
+            if budget == 0 {
+                return Step::More;
             }
             match entry.out.write_to(fd) {
                 Ok(n) => {
@@ -149,7 +155,8 @@ impl<H: ConnHost> Future for ConnDriver<H> {
             if this.should_end() {
                 return Poll::Ready(());
             }
-            if let Step::End = this.flush(cx) {
+            let flushed = this.flush(cx);
+            if let Step::End = flushed {
                 return Poll::Ready(());
             }
             if this.should_end() {
@@ -159,6 +166,10 @@ impl<H: ConnHost> Future for ConnDriver<H> {
                 Step::End => return Poll::Ready(()),
                 Step::Pending => {
                     this.park(cx);
+                    if let Step::More = flushed {
+                        // Nothing wakes a task for frames it already holds: run again.
+                        cx.waker().wake_by_ref();
+                    }
                     return Poll::Pending;
                 }
                 Step::Read(n) => {
@@ -167,7 +178,7 @@ impl<H: ConnHost> Future for ConnDriver<H> {
                         break;
                     }
                 }
-                Step::Continue => unreachable!("a read reads, waits or ends"),
+                Step::Continue | Step::More => unreachable!("a read reads, waits or ends"),
             }
         }
         cx.waker().wake_by_ref();

@@ -166,3 +166,37 @@ async fn joins_sent_back_to_back_still_respect_the_room_limit() {
         "{codes:?}"
     );
 }
+
+/// Goal: a connection whose queue holds more than one turn's worth of writing (a task flushes
+/// at most 128 KiB per round, 64 frames per `sendmsg`, then yields) still receives all of it
+/// without sending anything. Method: a `join` replays 1,000 stored messages (~1.1 MB in
+/// 1,000 frames) in one go to a client that only reads; every message must arrive.
+#[tokio::test]
+async fn a_replay_larger_than_one_flush_arrives_whole() {
+    const MESSAGES: u64 = 1_000;
+    let server = Server::start(&[
+        "--history-ring-messages-max",
+        "2000",
+        "--outbound-queue-bytes-max",
+        "4194304",
+        "--durability",
+        "async",
+    ]);
+    let mut sender = Client::connect(&server, "sender").await;
+    sender.ok(json!({"op": "join", "room": "big"})).await;
+    let body = "z".repeat(1_000);
+    for _ in 0..MESSAGES {
+        sender
+            .ok(json!({"op": "send", "room": "big", "body": body}))
+            .await;
+    }
+    let mut late = Client::connect(&server, "late").await;
+    let ok = late
+        .ok(json!({"op": "join", "room": "big", "after_seq": 0}))
+        .await;
+    assert_eq!(ok["last_seq"], MESSAGES);
+    for seq in 1..=MESSAGES {
+        let msg = late.event_of("msg").await;
+        assert_eq!(msg["seq"].as_u64(), Some(seq));
+    }
+}
