@@ -29,11 +29,13 @@ const READS_PER_POLL_MAX: usize = 8;
 /// heartbeats and idle timeouts waited (`stress::timers_fire_…`).
 const READ_BYTES_PER_POLL_MAX: usize = READ_BUF_BYTES;
 
-/// Bytes one flush writes before the task reads and, after `READS_PER_POLL_MAX` rounds,
-/// yields: at most 1 MiB per turn of a task. Without it, one subscriber that reads as fast
-/// as the shard writes kept its task in a single flush for over a second (64 MB queued),
-/// and the shard's timers and other connections waited (`stress::timers_fire_…`).
-const FLUSH_BYTES_MAX: usize = 128 * 1024;
+/// Bytes one flush writes before the task reads and, if the client sent nothing, yields
+/// (the task runs again at once: `Step::More`). Without a bound, one subscriber that reads as
+/// fast as the shard writes kept its task in a single flush for over a second (64 MB
+/// queued), and the shard's timers and other connections waited (`stress::timers_fire_…`).
+/// 1 MiB is above a saturated fan-out's usual backlog per connection: 128 KiB, tried first,
+/// cost ~10 % of deliveries/s at saturation in extra polls (docs/BENCHMARKS.md).
+const FLUSH_BYTES_MAX: usize = 1024 * 1024;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF_BYTES]);

@@ -168,15 +168,15 @@ async fn joins_sent_back_to_back_still_respect_the_room_limit() {
 }
 
 /// Goal: a connection whose queue holds more than one turn's worth of writing (a task flushes
-/// at most 128 KiB per round, 64 frames per `sendmsg`, then yields) still receives all of it
-/// without sending anything. Method: a `join` replays 1,000 stored messages (~1.1 MB in
-/// 1,000 frames) in one go to a client that only reads; every message must arrive.
+/// at most 1 MiB per round, 64 frames per `sendmsg`, then yields) still receives all of it
+/// without sending anything. Method: a `join` replays 2,000 stored messages (~2.3 MB in
+/// 2,000 frames) in one go to a client that only reads; every message must arrive.
 #[tokio::test]
 async fn a_replay_larger_than_one_flush_arrives_whole() {
-    const MESSAGES: u64 = 1_000;
+    const MESSAGES: u64 = 2_000;
     let server = Server::start(&[
         "--history-ring-messages-max",
-        "2000",
+        "4000",
         "--outbound-queue-bytes-max",
         "4194304",
         "--durability",
