@@ -357,46 +357,23 @@ async fn read_to_end(stream: tokio_tungstenite::MaybeTlsStream<tokio::net::TcpSt
     }
 }
 
-/// Pipelines sends into `busy` until `stop`, then waits for the replies and for its own
-/// copies; returns how many were acknowledged (all of them: a refusal fails the test).
+/// Pipelines sends into `busy`, in rounds of `pipeline`, until `stop`; then takes its own
+/// copies. Returns how many were acknowledged (all of them: a refusal fails the test).
 async fn publish_until(
     mut sender: Client,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> u64 {
     use std::sync::atomic::Ordering;
-    let (mut sent, mut answered) = (0u64, 0u64);
+    const ROUND: u64 = 4 * IN_FLIGHT_MAX;
     let mut own = Msgs::new("busy");
     let body = "x".repeat(200);
-    // Bounded: the idle close takes ~1.5 s; this is minutes of sends on a debug build.
+    let make = |_| json!({"op": "send", "room": "busy", "body": body});
+    let mut sent = 0;
+    // Bounded: the idle close takes ~2.5 s; this is minutes of sends on a debug build.
     while !stop.load(Ordering::SeqCst) && sent < scaled(2_000_000) {
-        while sent < answered + IN_FLIGHT_MAX {
-            let req = json!({"op": "send", "room": "busy", "body": body, "id": sent});
-            sender
-                .ws
-                .feed(Message::text(req.to_string()))
-                .await
-                .expect("send");
-            sent += 1;
-        }
-        sender.ws.flush().await.expect("flush");
-        let v = sender.recv().await;
-        if v.get("id").is_some() {
-            assert_eq!(v["op"], "ok", "request {} failed: {v}", v["id"]);
-            answered += 1;
-            acked.store(answered, Ordering::SeqCst);
-        } else {
-            own.see(&v);
-        }
-    }
-    while answered < sent {
-        let v = sender.recv().await;
-        if v.get("id").is_some() {
-            assert_eq!(v["op"], "ok", "request {} failed: {v}", v["id"]);
-            answered += 1;
-        } else {
-            own.see(&v);
-        }
+        sent += pipeline(&mut sender, ROUND, make, |v| own.see(&v)).await;
+        acked.store(sent, Ordering::SeqCst);
     }
     own.read_until(&mut sender, sent).await;
     sent
