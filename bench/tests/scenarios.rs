@@ -787,47 +787,34 @@ fn assert_ratios_to_sokdo(c: &Value) {
 
 #[test]
 fn compare_refuses_sokdo_base_without_its_binary() {
-    let out = bench(&["compare", "--targets", "sokdo,sokdo-base"])
-        .env_remove("SOKDO_BASE_BIN")
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = bench(&["compare", "--targets", "sokdo,sokdo-base"]);
+    let stderr = refused(cmd.env_remove("SOKDO_BASE_BIN"), 2);
     assert!(
         stderr.contains("'--sokdo-base-bin <SOKDO_BASE_BIN>'"),
         "{stderr}"
     );
     let missing = unique_path("no-such-sokdo");
-    let out = bench(&["compare", "--targets", "sokdo-base", "--sokdo-base-bin"])
-        .arg(&missing)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = bench(&["compare", "--targets", "sokdo-base", "--sokdo-base-bin"]);
+    let stderr = refused(cmd.arg(&missing), 2);
     assert!(stderr.contains("no such file"), "{stderr}");
+}
+
+/// Runs a `sokdo-bench` command, expects it to exit `code`, and returns its stderr.
+fn refused(cmd: &mut std::process::Command, code: i32) -> String {
+    let out = cmd.stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn compare_refuses_cpus_a_cpu_set_cannot_hold() {
-    let out = bench(&["compare", "--bench-cpus", "0-4096"])
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&mut bench(&["compare", "--bench-cpus", "0-4096"]), 2);
     assert!(
         stderr.contains("'--bench-cpus <BENCH_CPUS>': CPU 4096 is out of range (0 to 1023)"),
         "{stderr}"
     );
     // In range but not on this machine: refused before any server starts.
-    let out = bench(&["compare", "--server-cpus", "1023"])
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&mut bench(&["compare", "--server-cpus", "1023"]), 1);
     assert!(
         stderr.contains("--server-cpus 1023: CPU [1023] not online"),
         "{stderr}"
