@@ -194,6 +194,14 @@ impl Shard {
         self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", Unsent::Drop);
     }
 
+    /// Fails the WebSocket connection (RFC 6455 §7.1.7): the close frame goes out instead of
+    /// anything queued, then the TCP connection is closed without waiting for the client's
+    /// close (a client that broke the protocol may never send one).
+    pub(super) fn fail_conn(&mut self, key: usize, code: u16, reason: &str) {
+        self.close_conn(key, code, reason, Unsent::Drop);
+        self.conns[key].end_when_flushed = true;
+    }
+
     /// Starts the closing handshake: queues a close frame (after the pending frames, or
     /// instead of them) and gives the client `close_timeout_ms` to take it.
     pub(super) fn close_conn(&mut self, key: usize, code: u16, reason: &str, unsent: Unsent) {

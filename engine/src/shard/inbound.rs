@@ -36,7 +36,7 @@ impl Shard {
                 let max = self.cfg().frame_bytes_max as usize;
                 let result = decoder.feed(bytes, max, &mut |frame| self.on_frame(key, frame));
                 if let Err(e) = result {
-                    self.close_conn(key, e.close_code(), &e.to_string(), Unsent::Drop);
+                    self.fail_conn(key, e.close_code(), &e.to_string());
                 }
             }
         }
@@ -217,12 +217,7 @@ impl Shard {
             }
             Inbound::Text(text) => {
                 if std::str::from_utf8(text).is_err() {
-                    self.close_conn(
-                        key,
-                        close::INVALID_PAYLOAD,
-                        "text frame is not UTF-8",
-                        Unsent::Drop,
-                    );
+                    self.fail_conn(key, close::INVALID_PAYLOAD, "text frame is not UTF-8");
                     return false;
                 }
                 self.on_text(key, text);

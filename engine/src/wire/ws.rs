@@ -43,6 +43,8 @@ pub enum DecodeError {
     TooBig,
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    #[error("invalid payload: {0}")]
+    InvalidPayload(&'static str),
 }
 
 impl DecodeError {
@@ -50,6 +52,7 @@ impl DecodeError {
         match self {
             DecodeError::TooBig => close::TOO_BIG,
             DecodeError::Protocol(_) => close::PROTOCOL_ERROR,
+            DecodeError::InvalidPayload(_) => close::INVALID_PAYLOAD,
         }
     }
 }
@@ -185,12 +188,27 @@ fn data_frame(kind: Data, payload: &[u8]) -> Inbound<'_> {
     }
 }
 
+/// The status code of a client's close frame (RFC 6455 §5.5.1, §7.4): none, or one a peer
+/// may send, followed by a UTF-8 reason.
 fn close_code_of(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
-    match payload.len() {
-        0 => Ok(None),
-        1 => Err(DecodeError::Protocol("one-byte close payload")),
-        _ => Ok(Some(u16::from_be_bytes([payload[0], payload[1]]))),
+    let (code, reason) = match payload {
+        [] => return Ok(None),
+        [_] => return Err(DecodeError::Protocol("one-byte close payload")),
+        [hi, lo, reason @ ..] => (u16::from_be_bytes([*hi, *lo]), reason),
+    };
+    if !may_be_sent(code) {
+        return Err(DecodeError::Protocol("close code a peer must not send"));
     }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(DecodeError::InvalidPayload("close reason is not UTF-8"));
+    }
+    Ok(Some(code))
+}
+
+/// Close codes a peer may put on the wire: the defined ones except those reserved for
+/// local use (1004, 1005, 1006, 1015), and the ranges for libraries and applications.
+fn may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// XOR-unmasks a client payload in place, eight bytes at a time.
@@ -335,6 +353,38 @@ mod tests {
             decode_split(&wire, 5, 100).unwrap(),
             vec![b"hello".to_vec()]
         );
+    }
+
+    /// Goal: Autobahn's close cases 7.3.2, 7.5.1 and 7.9.x: a close frame with a one-byte
+    /// payload, a code a peer must not send, or a reason that is not UTF-8 fails the
+    /// connection with 1002 / 1007; valid codes and reasons pass.
+    #[test]
+    fn close_frames_are_checked() {
+        let close = |payload: &[u8]| close_code_of(payload).map_err(|e| e.close_code());
+        assert_eq!(close(&[]), Ok(None));
+        assert_eq!(close(&[0x03]), Err(close::PROTOCOL_ERROR));
+        for bad in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000,
+        ] {
+            assert_eq!(
+                close(&bad.to_be_bytes()),
+                Err(close::PROTOCOL_ERROR),
+                "{bad}"
+            );
+        }
+        for good in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 1013, 3000, 3999, 4000, 4999,
+        ] {
+            assert_eq!(close(&good.to_be_bytes()), Ok(Some(good)), "{good}");
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[
+            0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+        ]);
+        assert_eq!(close(&bad_reason), Err(close::INVALID_PAYLOAD));
+        let mut reason = 1000u16.to_be_bytes().to_vec();
+        reason.extend_from_slice("잘 가".as_bytes());
+        assert_eq!(close(&reason), Ok(Some(1000)));
     }
 
     #[test]

@@ -200,3 +200,60 @@ async fn a_replay_larger_than_one_flush_arrives_whole() {
         assert_eq!(msg["seq"].as_u64(), Some(seq));
     }
 }
+
+/// The close frames a server sent in `raw` (unmasked server frames), as (code, reason).
+fn close_frames(raw: &[u8]) -> Vec<(u16, String)> {
+    let (mut at, mut closes) = (0, Vec::new());
+    while at + 2 <= raw.len() {
+        let (opcode, len) = (raw[at] & 0x0f, usize::from(raw[at + 1] & 0x7f));
+        let (start, len) = match len {
+            126 => (
+                at + 4,
+                usize::from(u16::from_be_bytes([raw[at + 2], raw[at + 3]])),
+            ),
+            127 => panic!("no server frame here is that long"),
+            n => (at + 2, n),
+        };
+        let payload = &raw[start..(start + len).min(raw.len())];
+        if opcode == 0x8 && payload.len() >= 2 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            closes.push((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+        }
+        at = start + len;
+    }
+    closes
+}
+
+/// Goal: Autobahn's close cases (7.3.2 one-byte payload, 7.5.1 reason not UTF-8, 7.9.x codes
+/// a peer must not send): the server fails the connection with 1002 or 1007 and closes the
+/// TCP connection itself, without waiting for the client (a long close timeout here, so
+/// only failing closes it). Method: raw, masked close frames after a real handshake.
+#[tokio::test]
+async fn malformed_close_frames_fail_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--close-timeout-ms", "600000"]);
+    let invalid_reason = [0x03, 0xe8, 0xce, 0xba, 0xed, 0xa0, 0x80];
+    let cases: [(&[u8], u16); 5] = [
+        (&[0x03], 1002),
+        (&[0x03, 0xe7], 1002),   // 999
+        (&[0x03, 0xed], 1002),   // 1005
+        (&[0x07, 0xd0], 1002),   // 2000
+        (&invalid_reason, 1007), // 1000 + invalid UTF-8
+    ];
+    for (payload, expected) in cases {
+        let client = Client::connect(&server, "closer").await;
+        let mut stream = client.ws.into_inner();
+        // FIN + close, masked with a zero key (payload bytes unchanged).
+        let mut frame = vec![0x88, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        stream.write_all(&frame).await.unwrap();
+        let raw = crate::support::read_to_end(stream).await;
+        let closes = close_frames(&raw);
+        assert_eq!(closes.len(), 1, "{payload:?}: {closes:?}");
+        assert_eq!(closes[0].0, expected, "{payload:?}: {closes:?}");
+    }
+    // A valid close is still answered 1000.
+    let mut client = Client::connect(&server, "fine").await;
+    client.ws.close(None).await.unwrap();
+    assert_eq!(client.closed().await.0, 1000);
+}

@@ -314,7 +314,7 @@ async fn timers_fire_while_fan_out_saturates_the_shard() {
     // Its pings and the close frame wait in the idle client's socket: read them raw (a
     // WebSocket client would try to answer the pings on a socket the server has closed).
     let close = [&[0x88, 14, 0x03, 0xe9][..], b"idle timeout"].concat();
-    let raw = read_to_end(idle.ws.into_inner()).await;
+    let raw = crate::support::read_to_end(idle.ws.into_inner()).await;
     assert!(
         raw.windows(close.len()).any(|w| w == close),
         "no close 1001 `idle timeout` in what the idle client received: {raw:?}"
@@ -336,23 +336,6 @@ async fn count_pings(
         }
         if matches!(msg, Message::Ping(_)) {
             pings.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Everything a socket receives until the peer closes it (or resets it).
-async fn read_to_end(stream: tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = stream else {
-        unreachable!("tests connect in plain TCP")
-    };
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(crate::support::WAIT, stream.read(&mut buf)).await;
-        match read.expect("the server closes the idle connection") {
-            Ok(0) | Err(_) => return raw,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
         }
     }
 }

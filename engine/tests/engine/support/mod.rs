@@ -407,3 +407,22 @@ pub fn now_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Everything a socket receives until the peer closes it (or resets it).
+pub async fn read_to_end(
+    stream: tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = stream else {
+        unreachable!("tests connect in plain TCP")
+    };
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf)).await;
+        match read.expect("the server closes the idle connection") {
+            Ok(0) | Err(_) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
