@@ -99,18 +99,22 @@ impl Msgs {
     }
 }
 
-/// One connection pipelines `sends` into a room whose other member is on the other shard:
-/// every send crosses the mesh, every durable ack is a completion from the log thread.
-async fn one_sender_pipelining_into_a_two_shard_room(durability: &str, sends: u64) {
-    let server = Server::start(&["--durability", durability]);
-    let mut clients = clients_on_both_shards(&server, 2).await;
+/// Two clients on different shards: (sender, reader).
+async fn sender_and_reader_on_two_shards(server: &Server) -> (Client, Client) {
+    let mut clients = clients_on_both_shards(server, 2).await;
     let at = clients
         .iter()
         .position(|c| c.shard() != clients[0].shard())
         .unwrap();
-    let mut reader = clients.swap_remove(at);
-    let mut sender = clients.swap_remove(0);
-    drop(clients);
+    let reader = clients.swap_remove(at);
+    (clients.swap_remove(0), reader)
+}
+
+/// One connection pipelines `sends` into a room whose other member is on the other shard:
+/// every send crosses the mesh, every durable ack is a completion from the log thread.
+async fn one_sender_pipelining_into_a_two_shard_room(durability: &str, sends: u64) {
+    let server = Server::start(&["--durability", durability]);
+    let (mut sender, mut reader) = sender_and_reader_on_two_shards(&server).await;
     for c in [&mut sender, &mut reader] {
         c.ok(json!({"op": "join", "room": "pipe"})).await;
     }
@@ -422,14 +426,7 @@ async fn a_backed_up_shard_refuses_new_work_and_loses_nothing_accepted() {
         ],
         &[("SOKDO_FAULT_INJECTION", "1")],
     );
-    let mut clients = clients_on_both_shards(&server, 2).await;
-    let at = clients
-        .iter()
-        .position(|c| c.shard() != clients[0].shard())
-        .unwrap();
-    let mut reader = clients.swap_remove(at);
-    let mut sender = clients.swap_remove(0);
-    drop(clients);
+    let (mut sender, mut reader) = sender_and_reader_on_two_shards(&server).await;
     // Homed on the sender's shard: FNV-1a puts "room" on shard 0 and "lobby" on shard 1.
     let room = ["room", "lobby"]
         .into_iter()
