@@ -137,6 +137,20 @@ impl<H: ConnHost> ConnDriver<H> {
         entry.kill || (entry.end_when_flushed && entry.out.is_empty())
     }
 
+    /// Parks until woken (readable, writable, or by the shard).
+    fn wait(&self, cx: &Context<'_>, flushed: &Step) -> Poll<()> {
+        self.park(cx);
+        if let Step::More = flushed {
+            // Nothing wakes a task for frames it already holds: run again.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
+    fn reading_paused(&self) -> bool {
+        self.host.borrow_mut().entry(self.key).reading_paused()
+    }
+
     fn park(&self, cx: &Context<'_>) {
         let mut host = self.host.borrow_mut();
         let entry = host.entry(self.key);
@@ -164,16 +178,13 @@ impl<H: ConnHost> Future for ConnDriver<H> {
             if this.should_end() {
                 return Poll::Ready(());
             }
+            if this.reading_paused() {
+                // Requests read earlier wait for answers (`order`): their release wakes us.
+                return this.wait(cx, &flushed);
+            }
             match this.read(cx) {
                 Step::End => return Poll::Ready(()),
-                Step::Pending => {
-                    this.park(cx);
-                    if let Step::More = flushed {
-                        // Nothing wakes a task for frames it already holds: run again.
-                        cx.waker().wake_by_ref();
-                    }
-                    return Poll::Pending;
-                }
+                Step::Pending => return this.wait(cx, &flushed),
                 Step::Read(n) => {
                     read += n;
                     if read >= READ_BYTES_PER_POLL_MAX {

@@ -12,9 +12,12 @@
 //! - [`outbound`]: the queue of frames and the one `sendmsg` (the only `unsafe` on the data
 //!   path);
 //! - [`driver`]: the task, generic over a [`ConnHost`] — the shard, seen only through the
-//!   four calls a connection needs, so this module does not know the shard.
+//!   four calls a connection needs, so this module does not know the shard;
+//! - [`order`]: which of a connection's requests may start now, so they take effect in the
+//!   order sent (pure bookkeeping).
 
 mod driver;
+pub mod order;
 mod outbound;
 
 use std::rc::Rc;
@@ -23,9 +26,15 @@ use std::task::Waker;
 use std::time::Instant;
 
 pub use driver::ConnDriver;
+pub use order::{Dest, Order};
 pub use outbound::Outbound;
 
+use crate::wire::protocol::{ProtoError, Request, RequestId};
 use crate::wire::ws::Decoder;
+
+/// A request as parsed from one text frame, or why it could not be parsed; a connection
+/// holds these while earlier requests are answered ([`order`]).
+pub type Parsed = Result<(RequestId, Request), (RequestId, ProtoError)>;
 
 /// What a connection's task needs from the shard that owns it.
 pub trait ConnHost {
@@ -91,6 +100,8 @@ pub struct ConnEntry {
     pub admitted: bool,
     /// The admission-queue position last told to the client.
     pub queue_position: u32,
+    /// Requests out and held, so they take effect in the order sent ([`order`]).
+    pub order: Order<Parsed>,
 }
 
 impl ConnEntry {
@@ -114,7 +125,13 @@ impl ConnEntry {
             api_ok_status: 200,
             admitted: false,
             queue_position: 0,
+            order: Order::default(),
         }
+    }
+
+    /// The task must not read: requests it read are still held.
+    pub fn reading_paused(&self) -> bool {
+        self.phase == Phase::Open && self.order.is_holding()
     }
 
     pub fn wake(&mut self) {

@@ -27,7 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use sokdo_persistence::{AppendError, ReadRequest, Record, RoomSnapshot, Ticket};
 
-use crate::mesh::msg::{HomeOp, HomeReq, Origin, Outgoing, Reply, ShardMsg, Subscribe};
+use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, Outgoing, Reply, ShardMsg, Subscribe};
 use crate::mesh::ShardId;
 use crate::room::{Room, RoomLimits};
 use crate::wire::protocol::{self, ErrorCode, ProtoError};
@@ -207,6 +207,9 @@ impl Homes {
             "a shard only touches rooms it homes"
         );
         let HomeReq { room, user, op } = req;
+        // A connection's shard telling the home it stopped receiving the room is not a
+        // client's request: nothing answers it (a connection counts its answers, `in_order`).
+        let answered = !matches!(op, HomeOp::Leave(Leaving::Connection));
         let mut call = Call {
             origin: &origin,
             user: &user,
@@ -260,7 +263,9 @@ impl Homes {
                 .map(|()| None),
         };
         result.unwrap_or_else(|err| {
-            reply_err(out, &origin, err);
+            if answered {
+                reply_err(out, &origin, err);
+            }
             None
         })
     }

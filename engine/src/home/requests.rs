@@ -208,6 +208,7 @@ impl Homes {
         let replay = after_seq.map_or_else(Vec::new, |after| replay_frames(r, after, &stored));
         let msg = ShardMsg::Subscribed {
             conn: origin.conn,
+            turn: origin.turn,
             request: origin.request.clone(),
             room: key.clone(),
             user: Arc::from(user.as_str()),

@@ -85,6 +85,7 @@ fn origin(shard: ShardId, n: u32) -> Origin {
             generation: u64::from(n),
         },
         request: Some(serde_json::value::to_raw_value(&n).unwrap()),
+        turn: n,
     }
 }
 

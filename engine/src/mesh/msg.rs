@@ -44,6 +44,9 @@ pub struct Origin {
     pub conn: ConnRef,
     /// The client's `id` of the request, echoed in the reply.
     pub request: RequestId,
+    /// The request's turn on its connection (`conn::order`), carried back with the answer
+    /// so that answers are applied in the order sent; 0 for requests no client sent.
+    pub turn: u32,
 }
 
 /// A request executed on the home shard of its room.
@@ -179,11 +182,16 @@ pub enum ShardMsg {
     /// The rooms a shard homes that match, back to the asking shard.
     RoomsPart { token: u64, entries: Vec<RoomEntry> },
     /// From a home to one connection: the result of its request.
-    Reply { conn: ConnRef, reply: Reply },
+    Reply {
+        conn: ConnRef,
+        turn: u32,
+        reply: Reply,
+    },
     /// From a home to one connection after `join`: the `ok`, then the replay; and the
     /// connection starts receiving the room (unless it already did).
     Subscribed {
         conn: ConnRef,
+        turn: u32,
         request: RequestId,
         room: Arc<str>,
         user: Arc<str>,
@@ -217,6 +225,7 @@ impl Outgoing {
             origin.shard,
             ShardMsg::Reply {
                 conn: origin.conn,
+                turn: origin.turn,
                 reply,
             },
         );

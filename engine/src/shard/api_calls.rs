@@ -25,6 +25,7 @@ impl Shard {
             shard: self.id,
             conn: self.conn_ref(key),
             request: None,
+            turn: 0,
         };
         let req = match call {
             ApiCall::Publish {

@@ -9,11 +9,12 @@ use bytes::Bytes;
 
 use super::admission::Arrival;
 use super::fanout::Unsent;
+use super::in_order::Answer;
 use super::tasks::spawn_task;
 use super::Shard;
 use crate::conn::Phase;
 use crate::home::not_member;
-use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, RoomsQuery, ShardMsg, Subscribe};
+use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, Reply, RoomsQuery, ShardMsg, Subscribe};
 use crate::wire::http::{Fault, Outcome};
 use crate::wire::protocol::{self, ErrorCode, ProtoError, Request, RequestId};
 use crate::wire::ws::{self, close, Inbound};
@@ -30,38 +31,27 @@ impl Shard {
         let entry = &mut self.conns[key];
         entry.last_recv = Instant::now();
         match entry.phase {
-            Phase::Http => self.on_http(key, head, bytes),
+            Phase::Http => self.on_http(key, head, decoder, bytes),
             Phase::Api => {}
-            Phase::Queued | Phase::Open | Phase::Closing => {
-                let max = self.cfg().frame_bytes_max as usize;
-                let result = decoder.feed(bytes, max, &mut |frame| self.on_frame(key, frame));
-                if let Err(e) = result {
-                    self.fail_conn(key, e.close_code(), &e.to_string());
-                }
-            }
+            Phase::Queued | Phase::Open | Phase::Closing => self.on_frames(key, decoder, bytes),
         }
     }
 
-    fn on_http(&mut self, key: usize, head: &mut Vec<u8>, bytes: &[u8]) {
+    fn on_frames(&mut self, key: usize, decoder: &mut ws::Decoder, bytes: &mut [u8]) {
+        let max = self.cfg().frame_bytes_max as usize;
+        let result = decoder.feed(bytes, max, &mut |frame| self.on_frame(key, frame));
+        if let Err(e) = result {
+            self.fail_conn(key, e.close_code(), &e.to_string());
+        }
+    }
+
+    fn on_http(&mut self, key: usize, head: &mut Vec<u8>, decoder: &mut ws::Decoder, bytes: &[u8]) {
         head.extend_from_slice(bytes);
-        let outcome = if head.len() > self.cfg().http_request_bytes_max as usize {
-            Outcome::plain(431, "request head exceeds http_request_bytes_max\n")
-        } else {
-            let metrics = || self.instance.metrics.encode();
-            let health = || self.instance.liveness.check();
-            let ctx = crate::wire::http::Context {
-                auth: &self.instance.auth,
-                draining: self.draining.is_some() || self.instance.mesh.drain_requested(),
-                at_capacity: self.admission.at_capacity(),
-                shard_full: self.admission.is_full(),
-                metrics: &metrics,
-                health: &health,
-                faults: self.cfg().fault_injection,
-                api_key: self.cfg().api_key.as_deref(),
-                accounts: self.instance.accounts.is_some(),
-                body_bytes_max: self.cfg().body_bytes_max as usize,
-            };
-            crate::wire::http::route(head, &ctx)
+        let outcome = self.route(head);
+        // What the client sent right behind an upgrade request is its first frames.
+        let mut first_frames = match &outcome {
+            Outcome::Upgrade { request_bytes, .. } => head.split_off(*request_bytes),
+            _ => Vec::new(),
         };
         if !matches!(outcome, Outcome::Incomplete) {
             *head = Vec::new();
@@ -75,7 +65,14 @@ impl Shard {
                 self.respond_http(key, response);
             }
             Outcome::Api(call) => self.on_api(key, call),
-            Outcome::Upgrade { identity, response } => self.upgraded(key, identity, response),
+            Outcome::Upgrade {
+                identity, response, ..
+            } => {
+                self.upgraded(key, identity, response);
+                if !first_frames.is_empty() {
+                    self.on_frames(key, decoder, &mut first_frames);
+                }
+            }
             Outcome::Fault(fault) => self.on_fault(key, fault),
         }
     }
@@ -197,6 +194,32 @@ impl Shard {
         }
     }
 
+    /// What the request head asks for. It must end within `http_request_bytes_max` (431
+    /// otherwise); bytes after it are left to the caller (the first frames of an upgrade).
+    fn route(&self, head: &[u8]) -> Outcome {
+        let max = self.cfg().http_request_bytes_max as usize;
+        let metrics = || self.instance.metrics.encode();
+        let health = || self.instance.liveness.check();
+        let ctx = crate::wire::http::Context {
+            auth: &self.instance.auth,
+            draining: self.draining.is_some() || self.instance.mesh.drain_requested(),
+            at_capacity: self.admission.at_capacity(),
+            shard_full: self.admission.is_full(),
+            metrics: &metrics,
+            health: &health,
+            faults: self.cfg().fault_injection,
+            api_key: self.cfg().api_key.as_deref(),
+            accounts: self.instance.accounts.is_some(),
+            body_bytes_max: self.cfg().body_bytes_max as usize,
+        };
+        match crate::wire::http::route(&head[..head.len().min(max)], &ctx) {
+            Outcome::Incomplete if head.len() > max => {
+                Outcome::plain(431, "request head exceeds http_request_bytes_max\n")
+            }
+            outcome => outcome,
+        }
+    }
+
     /// One frame from an open connection. Returns false once the connection is closing.
     fn on_frame(&mut self, key: usize, frame: Inbound<'_>) -> bool {
         let phase = self.conns[key].phase;
@@ -248,25 +271,26 @@ impl Shard {
             body_bytes_max: self.cfg().body_bytes_max as usize,
             room_id_bytes_max: self.cfg().room_id_bytes_max as usize,
         };
-        match protocol::parse(text, limits) {
-            Ok((id, req)) => {
-                if let Err(err) = self.on_request(key, id.clone(), req) {
-                    self.reply_error(key, id.as_deref(), &err);
-                }
-            }
-            Err((id, err)) => self.reply_error(key, id.as_deref(), &err),
-        }
+        let parsed = protocol::parse(text, limits);
+        self.submit(key, parsed);
     }
 
     // === requests, connection side ===
 
     /// A parsed request: answered here (`ping`, `rooms`), or checked against this
     /// connection's state and sent to the room's home.
-    fn on_request(&mut self, key: usize, id: RequestId, req: Request) -> Result<(), ProtoError> {
+    pub(super) fn on_request(
+        &mut self,
+        key: usize,
+        id: RequestId,
+        req: Request,
+        turn: u32,
+    ) -> Result<(), ProtoError> {
         let origin = Origin {
             shard: self.id,
             conn: self.conn_ref(key),
             request: id,
+            turn,
         };
         let user = self.conns[key].user.to_string();
         let (room, op) = match req {
@@ -470,9 +494,10 @@ impl Shard {
             let hashed = super::offload::off_shard(move || crate::password::hash(&password)).await;
             let Some(shard) = me.upgrade() else { return };
             let mut shard = shard.borrow_mut();
-            let Some(key) = shard.live(origin.conn) else {
+            let (origin_conn, turn) = (origin.conn, origin.turn);
+            if shard.live(origin_conn).is_none() {
                 return;
-            };
+            }
             let id = origin.request.clone();
             let result = hashed.and_then(|hash| {
                 if let HomeOp::Create { password_hash, .. }
@@ -482,8 +507,9 @@ impl Shard {
                 }
                 shard.forward(origin, req)
             });
-            if let Err(e) = result {
-                shard.reply_error(key, id.as_deref(), &e);
+            if let Err(error) = result {
+                let reply = Reply::Error { request: id, error };
+                shard.on_answer(origin_conn, turn, Answer::Reply(reply));
             }
         })
         .detach();

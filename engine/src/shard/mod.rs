@@ -18,6 +18,7 @@
 mod admission;
 mod api_calls;
 mod fanout;
+mod in_order;
 mod inbound;
 mod offload;
 mod outbox;
@@ -43,6 +44,7 @@ use crate::metrics::ShardMetrics;
 use crate::room::RoomLimits;
 use crate::wire::protocol::{ErrorCode, ProtoError};
 use crate::wire::ws;
+use in_order::Answer;
 
 pub use tasks::run;
 
@@ -60,6 +62,9 @@ pub struct Shard {
     outbox: outbox::Outbox,
     admission: admission::Admission,
     rooms_queries: rooms_query::Gathers,
+    /// Answers that arrived before an earlier answer of their connection, by (connection
+    /// key, turn) (`in_order`); almost always empty.
+    early_answers: HashMap<(u32, u32), in_order::Answer>,
     login_limiter: api_calls::LoginLimiter,
     draining: Option<timers::DrainState>,
     tick: Duration,
@@ -100,6 +105,7 @@ impl Shard {
                 cfg.admission_queue_per_shard_max as usize,
             ),
             rooms_queries: rooms_query::Gathers::default(),
+            early_answers: HashMap::new(),
             login_limiter: api_calls::LoginLimiter::default(),
             draining: None,
             tick: Duration::from_millis(cfg.tick_ms()),
@@ -181,9 +187,12 @@ impl Shard {
                 self.emit(from, ShardMsg::RoomsPart { token, entries });
             }
             ShardMsg::RoomsPart { token, entries } => self.on_rooms_part(token, entries),
-            ShardMsg::Reply { conn, reply } => self.on_reply(conn, reply),
+            ShardMsg::Reply { conn, turn, reply } => {
+                self.on_answer(conn, turn, Answer::Reply(reply));
+            }
             ShardMsg::Subscribed {
                 conn,
+                turn,
                 request,
                 room,
                 user,
@@ -198,7 +207,7 @@ impl Shard {
                     user,
                     subscribe,
                 };
-                self.on_subscribed(joined, ok, replay);
+                self.on_answer(conn, turn, Answer::Joined { joined, ok, replay });
             }
             ShardMsg::Fault(fault) => self.inject(fault),
         }
@@ -221,15 +230,13 @@ impl Shard {
                     ErrorCode::Unavailable,
                     "a shard this room reaches is backed up: retry shortly",
                 );
-                let request = origin.request;
-                let reply = Reply::Error { request, error };
-                return self.emit(
-                    origin.shard,
-                    ShardMsg::Reply {
-                        conn: origin.conn,
-                        reply,
-                    },
-                );
+                let reply = Reply::Error {
+                    request: origin.request.clone(),
+                    error,
+                };
+                let mut out = Outgoing::default();
+                out.reply(&origin, reply);
+                return self.apply_outgoing(out);
             }
         }
         let mut out = Outgoing::default();
@@ -259,6 +266,7 @@ impl Shard {
             shard: self.id,
             conn,
             request: None,
+            turn: 0,
         };
         self.emit(self.home_of(room), ShardMsg::Home(origin, req));
     }
@@ -293,6 +301,7 @@ impl ConnHost for Shard {
             self.release_subscription(&room, &user, conn);
         }
         let entry = self.conns.remove(key);
+        self.drop_early_answers(conn);
         self.metrics.connections.dec();
         if entry.admitted {
             self.admission.release();

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::in_order::Answer;
 use super::Shard;
-use crate::mesh::msg::{Origin, RoomEntry, RoomsQuery, ShardMsg};
+use crate::mesh::msg::{Origin, Reply, RoomEntry, RoomsQuery, ShardMsg};
 use crate::wire::protocol::{self, ProtoError};
-use crate::wire::ws;
 
 /// The `rooms` requests of this shard waiting for every shard's part.
 #[derive(Default)]
@@ -83,8 +83,7 @@ impl Shard {
             gather.origin.request.as_deref(),
             serde_json::json!({"rooms": gather.entries, "cursor": cursor}),
         );
-        if let Some(key) = self.live(gather.origin.conn) {
-            self.push_frame(key, ws::text(&ok));
-        }
+        let (conn, turn) = (gather.origin.conn, gather.origin.turn);
+        self.on_answer(conn, turn, Answer::Reply(Reply::Ok(ok.into())));
     }
 }

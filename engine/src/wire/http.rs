@@ -25,8 +25,14 @@ pub enum Outcome {
     Respond { status: u16, response: Bytes },
     /// An API call to execute; its reply becomes the HTTP response.
     Api(ApiCall),
-    /// Switch to WebSocket: send the 101 response, then `hello`.
-    Upgrade { identity: Identity, response: Bytes },
+    /// Switch to WebSocket: send the 101 response, then `hello`. The head's first
+    /// `request_bytes` are the request; bytes after them are the client's first frames,
+    /// sent right behind the handshake.
+    Upgrade {
+        identity: Identity,
+        response: Bytes,
+        request_bytes: usize,
+    },
     /// Test only (`--fault-injection`): answer 202, then inject the fault.
     Fault(Fault),
 }
@@ -85,7 +91,17 @@ pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
             if head.len() < head_len + body_len {
                 return Outcome::Incomplete;
             }
-            Outcome::from_request(&req, &head[head_len..head_len + body_len], ctx)
+            let request_bytes = head_len + body_len;
+            match Outcome::from_request(&req, &head[head_len..request_bytes], ctx) {
+                Outcome::Upgrade {
+                    identity, response, ..
+                } => Outcome::Upgrade {
+                    identity,
+                    response,
+                    request_bytes,
+                },
+                other => other,
+            }
         }
         Err(httparse::Error::TooManyHeaders) => Outcome::plain(431, "too many headers\n"),
         Err(e) => Outcome::plain(400, &format!("malformed HTTP request: {e}\n")),
@@ -293,6 +309,8 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
             Outcome::Upgrade {
                 identity,
                 response: Bytes::from(response),
+                // `route` sets it: only it knows where the request ends.
+                request_bytes: 0,
             }
         }
         Err(e) => Outcome::plain(401, &format!("{e}\n")),
@@ -432,8 +450,13 @@ mod tests {
     fn upgrade_answers_the_rfc_example_key() {
         let auth = Auth::new(None);
         match route(UPGRADE.as_bytes(), &ctx(&auth, false)) {
-            Outcome::Upgrade { identity, response } => {
+            Outcome::Upgrade {
+                identity,
+                response,
+                request_bytes,
+            } => {
                 assert_eq!(identity.user, "al ice");
+                assert_eq!(request_bytes, UPGRADE.len());
                 let text = String::from_utf8(response.to_vec()).unwrap();
                 assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
             }

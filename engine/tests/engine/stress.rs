@@ -8,7 +8,7 @@ use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{clients_on_both_shards, Client, Server};
+use crate::support::{clients_on_both_shards, home_of, Client, Server};
 
 /// Requests one client keeps in flight, as in the report that found the panic.
 const IN_FLIGHT_MAX: u64 = 512;
@@ -390,15 +390,6 @@ async fn read_busy_room(mut c: Client, total: std::sync::Arc<std::sync::atomic::
         }
     }
     assert_eq!(msgs.count, total.load(Ordering::SeqCst));
-}
-
-/// FNV-1a (64 bits) of the room id, modulo the shards: the placement the engine documents
-/// (engine/src/placement.rs), computed here independently, as another program would.
-fn home_of(room: &str, shards: u64) -> u64 {
-    let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    hash % shards
 }
 
 /// Goal: the queue between two shards is bounded, and at the bound nothing accepted is lost.

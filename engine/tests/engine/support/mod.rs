@@ -426,3 +426,12 @@ pub async fn read_to_end(
         }
     }
 }
+
+/// FNV-1a (64 bits) of the room id, modulo the shards: the placement the engine documents
+/// (engine/src/placement.rs), computed here independently, as another program would.
+pub fn home_of(room: &str, shards: u64) -> u64 {
+    let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    hash % shards
+}
