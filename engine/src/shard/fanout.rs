@@ -96,9 +96,10 @@ impl Shard {
             let idx = (list.len() - 1) as u32;
             self.conns[key].rooms.push((room, idx));
         }
-        // A replay (bounded by the ring and the store read) may exceed the queue bound when it
-        // arrives at an idle connection, but replays never pile up: one arriving while the
-        // connection has not taken the previous one closes it as a slow consumer.
+        // The replay's last page (at most `replay_page_messages`, a quarter of the bound in
+        // messages of `body_bytes_max`; earlier pages came as `ReplayPage`, each asked for
+        // once the queue was at most half the bound) fits beside what is queued; past the
+        // bound, the connection is a slow consumer like for any frame.
         let max = self.cfg().outbound_queue_bytes_max as usize;
         let ok = ws::text(&ok);
         let bytes = ok.len() + replay.iter().map(Bytes::len).sum::<usize>();
