@@ -172,8 +172,10 @@ async fn a_member_that_stops_reading_is_closed_for_stalling_and_others_keep_rece
                 break;
             }
         }
+        // Bounded by what the sender hands over within the stall timeout and a tick
+        // (one 16 KB message per round trip here), far below the cap.
         let queued = server.metric("sokdo_outbound_queue_bytes");
-        assert!(queued < CAP, "{queued} bytes queued");
+        assert!(queued < CAP / 4.0, "{queued} bytes queued");
     }
     assert_eq!(server.metric("sokdo_slow_consumer_stall_closes_total"), 1.0);
     assert_eq!(server.metric("sokdo_slow_consumer_cap_closes_total"), 0.0);
