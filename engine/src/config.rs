@@ -116,8 +116,9 @@ pub struct Config {
     #[arg(long, env = "SOKDO_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
     pub outbound_queue_bytes_max: u32,
 
-    /// A connection with bytes queued whose socket accepts none of them for this long is
-    /// closed 1013 `slow consumer` (a stall, not a burst). Checked every tick.
+    /// A connection whose socket is full (a write was refused) and accepts none of its
+    /// queued bytes for this long is closed 1013 `slow consumer` (a stall, not a burst).
+    /// Checked every tick.
     #[arg(long, env = "SOKDO_WRITE_STALL_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub write_stall_timeout_ms: u64,
 
