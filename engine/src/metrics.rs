@@ -147,7 +147,9 @@ shard_metrics! {
     shard_outbox_refusals: Counter = "shard_outbox_refusals", "Requests refused `unavailable` because a shard they reach was backed up (shard_outbox_messages_max)";
     home_requests_waiting: Gauge = "home_requests_waiting", "Requests of rooms homed here waiting for the persistence threads (durable acks, store reads)";
     outbound_queue_bytes: Gauge = "outbound_queue_bytes", "Bytes queued to this shard's connections";
-    slow_consumer_closes: Counter = "slow_consumer_closes", "Connections closed 1013 for overflowing outbound_queue_bytes_max";
+    slow_consumer_closes: Counter = "slow_consumer_closes", "Connections closed 1013 `slow consumer`, for either reason below";
+    slow_consumer_cap_closes: Counter = "slow_consumer_cap_closes", "Slow-consumer closes of a connection whose queue would pass outbound_queue_bytes_max (the hard cap)";
+    slow_consumer_stall_closes: Counter = "slow_consumer_stall_closes", "Slow-consumer closes of a connection whose socket accepted no byte of its queue for write_stall_timeout_ms";
     protocol_errors: Counter = "protocol_errors", "Requests answered with an error";
     rooms_homed: Gauge = "rooms_homed", "Rooms whose home is this shard";
     stalls: Counter = "stalls", "Ticks of this shard's timer that fired over 50 ms late: a task held the core (see --detect-stalls for its backtrace)";

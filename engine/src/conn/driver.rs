@@ -97,7 +97,10 @@ impl<H: ConnHost> ConnDriver<H> {
                     // itself, so account for whatever it manages to send.
                     let front = entry.out.front_unwritten().expect("queue is not empty");
                     return match Pin::new(&mut self.stream).poll_write(cx, front) {
-                        Poll::Pending => Step::Pending,
+                        Poll::Pending => {
+                            entry.out.refused();
+                            Step::Pending
+                        }
                         Poll::Ready(Ok(n)) => {
                             entry.out.advance(n);
                             host.written(n);

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -21,6 +22,14 @@ pub struct Outbound {
     bytes: usize,
     /// Bytes of the front frame already on the wire.
     front_written: usize,
+    /// Bytes the socket has accepted since the connection opened.
+    written_total: u64,
+    /// The socket refused the last write (full): set by the writer, cleared by progress.
+    refused: bool,
+    /// What the last [`Outbound::stalled_for`] saw: `written_total` then, and since when
+    /// the socket has refused the queue without accepting a byte.
+    seen_written: u64,
+    stalled_since: Option<Instant>,
 }
 
 impl Outbound {
@@ -35,6 +44,31 @@ impl Outbound {
     pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
+    }
+
+    /// The writer found the socket full (`EAGAIN`): from now until a byte goes out, the
+    /// queue waits on the client, not on the shard.
+    pub(super) fn refused(&mut self) {
+        self.refused = true;
+    }
+
+    /// How long the socket has refused the queue without accepting any byte, sampled by
+    /// the shard's ticker: a queue that is empty or not refused, or that the socket took
+    /// bytes from since the previous call, starts a new period at `now`. So a stall is seen
+    /// within one tick of its start; frames waiting for the shard's writer to get its turn
+    /// (a burst, a busy shard) are not a stall, nor is a client that reads, however slowly.
+    /// O(1); the write path only counts bytes and sets a flag.
+    pub fn stalled_for(&mut self, now: Instant) -> Duration {
+        let progressed = self.written_total != self.seen_written;
+        self.seen_written = self.written_total;
+        if self.frames.is_empty() || !self.refused {
+            self.stalled_since = None;
+            return Duration::ZERO;
+        }
+        if progressed || self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+        }
+        now.saturating_duration_since(self.stalled_since.unwrap_or(now))
     }
 
     /// Drops every frame not yet started (a half-written frame must finish, or the stream
@@ -73,6 +107,10 @@ impl Outbound {
 
     pub(super) fn advance(&mut self, mut written: usize) {
         self.bytes -= written;
+        self.written_total += written as u64;
+        if written > 0 {
+            self.refused = false;
+        }
         while written > 0 {
             let front_left = self.frames[0].len() - self.front_written;
             if written < front_left {
@@ -126,5 +164,35 @@ mod tests {
         let mut got = [0u8; 4];
         io::Read::read_exact(&mut &b, &mut got).unwrap();
         assert_eq!(&got, b"lo !");
+    }
+
+    #[test]
+    fn a_stall_is_no_progress_while_frames_wait() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut out = Outbound::default();
+        assert_eq!(out.stalled_for(at(0)), Duration::ZERO, "empty");
+        out.push(Bytes::from_static(b"abcdef"));
+        assert_eq!(
+            out.stalled_for(at(10)),
+            Duration::ZERO,
+            "queued, not refused"
+        );
+        assert_eq!(
+            out.stalled_for(at(30)),
+            Duration::ZERO,
+            "waits for the writer"
+        );
+        out.refused();
+        assert_eq!(out.stalled_for(at(40)), Duration::ZERO, "just refused");
+        assert_eq!(out.stalled_for(at(60)), Duration::from_millis(20));
+        out.advance(1);
+        assert_eq!(out.stalled_for(at(70)), Duration::ZERO, "progress");
+        out.push(Bytes::from_static(b"more"));
+        out.refused();
+        assert_eq!(out.stalled_for(at(80)), Duration::ZERO);
+        assert_eq!(out.stalled_for(at(130)), Duration::from_millis(50));
+        out.advance(9);
+        assert_eq!(out.stalled_for(at(500)), Duration::ZERO, "drained");
     }
 }

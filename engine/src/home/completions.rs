@@ -46,7 +46,7 @@ impl Homes {
     ) {
         let stored: Vec<Msg> = stored.into_iter().map(to_msg).collect();
         match waiting {
-            Waiting::Join(joining) => self.finish_join(out, &joining, stored, now),
+            Waiting::Join(joining) => self.replay_page(out, joining, stored, now),
             Waiting::History { origin, room } => {
                 let messages: Vec<&Msg> = stored.iter().collect();
                 let ok = HistoryOk {

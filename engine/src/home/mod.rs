@@ -68,6 +68,22 @@ pub struct HomeRules {
     pub auto_create_rooms: bool,
     /// `--durability sync`: a `send` is answered once its record is durable.
     pub durable_acks: bool,
+    /// `--replay-messages-max`: most messages one `join` replays.
+    pub replay_messages_max: u64,
+    /// Messages per page of a replay read from the store ([`replay_page_messages`]).
+    pub replay_page_messages: usize,
+}
+
+/// Messages per page of a replay from the store: a quarter of a connection's queue cap
+/// (`outbound_queue_bytes_max`) of the largest messages, so a page always fits beside the
+/// half of the cap at which the connection asks for the next one; 1 to the store's most
+/// per read.
+pub fn replay_page_messages(outbound_queue_bytes_max: u32, body_bytes_max: u32) -> usize {
+    // A `msg` event's JSON beyond its body: ids, names, the room, a timestamp.
+    const MSG_OVERHEAD_BYTES: usize = 512;
+    let per_message = body_bytes_max as usize + MSG_OVERHEAD_BYTES;
+    (outbound_queue_bytes_max as usize / 4 / per_message)
+        .clamp(1, sokdo_persistence::READ_MESSAGES_MAX)
 }
 
 /// Work a home hands back to the shard because it must not run on the shard.
@@ -87,20 +103,19 @@ pub struct PasswordCheck {
 }
 
 /// A `join` on its way: admitted, waiting for a password check or for the store's part of
-/// its replay.
+/// its replay, a page at a time.
 #[derive(Debug)]
 struct Joining {
     origin: Origin,
     room: Arc<str>,
     user: String,
-    /// The client's position: replay every message after it.
+    /// Replay every message after it: the client's position, then the last seq replayed.
     after_seq: Option<u64>,
+    /// The first seq replayed when the replay starts later than the client asked
+    /// (`--replay-messages-max`): the `ok` says `recovered: false`.
+    cut_at: Option<u64>,
     subscribe: Subscribe,
 }
-
-/// Most messages a `join` replays from the store before the ring (PROTOCOL.md: a client
-/// that was away longer pages the rest with `history`).
-const REPLAY_FROM_STORE_MESSAGES_MAX: usize = 1000;
 
 /// A `send` whose record is logged and whose seq is reserved.
 #[derive(Debug)]
@@ -141,6 +156,9 @@ pub struct Homes {
     rules: HomeRules,
     rooms: HashMap<Arc<str>, Room>,
     waiting: HashMap<u64, Waiting>,
+    /// Replays whose last page went to the connection, by token, until it asks for the
+    /// next (`HomeOp::ReplayMore`).
+    paused: HashMap<u64, Joining>,
     next_ticket: u64,
     journal: Box<dyn Journal>,
     /// `sokdo_messages_in_total` of this shard.
@@ -162,6 +180,7 @@ impl Homes {
             rules,
             rooms: HashMap::new(),
             waiting: HashMap::new(),
+            paused: HashMap::new(),
             next_ticket: 0,
             journal,
             messages_in,
@@ -180,9 +199,10 @@ impl Homes {
         self.rooms.len()
     }
 
-    /// Requests waiting for the persistence threads (a gauge).
+    /// Requests waiting for the persistence threads or for a connection to take a replay
+    /// page (a gauge).
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.len() + self.paused.len()
     }
 
     /// The shards a request to `room` may send events to: those with its subscribers.
@@ -261,6 +281,10 @@ impl Homes {
             HomeOp::History { before_seq, limit } => self
                 .history(&mut call, &room, before_seq, limit)
                 .map(|()| None),
+            HomeOp::ReplayMore { token, cancel } => {
+                self.replay_more(out, token, cancel, now);
+                Ok(None)
+            }
         };
         result.unwrap_or_else(|err| {
             if answered {

@@ -8,10 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sokdo_persistence::{ReadRequest, Record};
 
-use super::{
-    not_member, AcceptedSend, Call, Homes, Joining, Now, Offload, PasswordCheck, Waiting,
-    REPLAY_FROM_STORE_MESSAGES_MAX,
-};
+use super::{not_member, AcceptedSend, Call, Homes, Joining, Now, Offload, PasswordCheck, Waiting};
 use crate::mesh::msg::{Leaving, Origin, Outgoing, RoomEntry, RoomsQuery, ShardMsg, Subscribe};
 use crate::room::{Room, RoomInfo};
 use crate::wire::protocol::{self, ErrorCode, Msg, ProtoError};
@@ -41,6 +38,12 @@ struct JoinOk<'a> {
     room: &'a str,
     last_seq: u64,
     unread: u64,
+    /// With `after_seq`: whether every message after it was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    /// With `recovered: false`: the first seq replayed (older ones: `history`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_seq: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -113,6 +116,7 @@ impl Homes {
             room: key.clone(),
             user: call.user.to_owned(),
             after_seq,
+            cut_at: None,
             subscribe,
         };
         let r = self.room(&key);
@@ -154,33 +158,133 @@ impl Homes {
     }
 
     /// A `join` the room admits: a member from now on; the replay starts with a store read
-    /// when it reaches below the ring.
+    /// when it reaches below the ring. A client further behind than `replay_messages_max`
+    /// gets the newest that many.
     fn join_admitted(
         &mut self,
         out: &mut Outgoing,
-        joining: Joining,
+        mut joining: Joining,
         now: Now,
     ) -> Result<(), ProtoError> {
-        let ring_first = self.room(&joining.room).ring_first_seq();
-        let below_ring = joining
-            .after_seq
-            .filter(|after| after.saturating_add(1) < ring_first);
+        let last_seq = self.room(&joining.room).last_seq();
+        let max = self.rules.replay_messages_max;
+        if let Some(after) = joining.after_seq {
+            if last_seq.saturating_sub(after) > max {
+                joining.after_seq = Some(last_seq - max);
+                joining.cut_at = Some(last_seq - max + 1);
+            }
+        }
         self.add_member(&joining.room, &joining.user)?;
-        let Some(after_seq) = below_ring else {
+        self.replay_next(out, joining, now)
+    }
+
+    /// The next step of a join's replay, a page at a time (`replay_page_messages`): a store
+    /// read while the replay is below the ring, then the ring's messages; the last page
+    /// goes with the `ok` and the subscription (`finish_join`).
+    pub(super) fn replay_next(
+        &mut self,
+        out: &mut Outgoing,
+        mut joining: Joining,
+        now: Now,
+    ) -> Result<(), ProtoError> {
+        let Some(after) = joining.after_seq else {
             self.finish_join(out, &joining, Vec::new(), now);
             return Ok(());
         };
-        let req = ReadRequest::After {
-            room: joining.room.to_string(),
-            after_seq,
-            limit: REPLAY_FROM_STORE_MESSAGES_MAX,
+        let page_max = self.rules.replay_page_messages;
+        let r = self.room(&joining.room);
+        if after.saturating_add(1) < r.ring_first_seq() {
+            let req = ReadRequest::After {
+                room: joining.room.to_string(),
+                after_seq: after,
+                limit: page_max,
+            };
+            return self.read_store(req, Waiting::Join(joining));
+        }
+        let rest = r.replay(after).messages;
+        if rest.len() <= page_max {
+            self.finish_join(out, &joining, Vec::new(), now);
+            return Ok(());
+        }
+        let page: Vec<&Msg> = rest[..page_max].to_vec();
+        joining.after_seq = page.last().map(|m| m.seq);
+        let frames = page.into_iter().map(msg_frame).collect();
+        self.send_page(out, joining, frames);
+        Ok(())
+    }
+
+    /// A page of a join's replay came from the store: its part below the ring goes to the
+    /// connection, and the replay waits for it to ask for more. Messages published
+    /// meanwhile go to the ring, and the connection is not subscribed yet: nothing live can
+    /// pass the replay.
+    pub(super) fn replay_page(
+        &mut self,
+        out: &mut Outgoing,
+        mut joining: Joining,
+        stored: Vec<Msg>,
+        now: Now,
+    ) {
+        let after = joining.after_seq.unwrap_or(0);
+        let ring_first = self.room(&joining.room).ring_first_seq();
+        let frames: Vec<bytes::Bytes> = stored
+            .iter()
+            .filter(|m| m.seq > after && m.seq < ring_first)
+            .map(msg_frame)
+            .collect();
+        let Some(last) = stored
+            .iter()
+            .map(|m| m.seq)
+            .filter(|s| *s < ring_first)
+            .max()
+        else {
+            if after + 1 < ring_first {
+                // The store holds nothing between: no replay can fill it; say so.
+                tracing::warn!(room = %joining.room, after, ring_first, "replay: store has a gap");
+                joining.cut_at = Some(ring_first);
+                joining.after_seq = Some(ring_first - 1);
+            }
+            let origin = joining.origin.clone();
+            if let Err(e) = self.replay_next(out, joining, now) {
+                super::reply_err(out, &origin, e);
+            }
+            return;
         };
-        self.read_store(req, Waiting::Join(joining))
+        joining.after_seq = Some(last.max(after));
+        self.send_page(out, joining, frames);
+    }
+
+    /// Sends one replay page to the connection; the replay waits under a token until the
+    /// connection asks for the next (`replay_more`).
+    fn send_page(&mut self, out: &mut Outgoing, joining: Joining, frames: Vec<bytes::Bytes>) {
+        let token = self.ticket().token;
+        let msg = ShardMsg::ReplayPage {
+            conn: joining.origin.conn,
+            room: joining.room.clone(),
+            token,
+            frames,
+        };
+        out.push(joining.origin.shard, msg);
+        self.paused.insert(token, joining);
+    }
+
+    /// The connection took a replay page: read the next (or forget the replay).
+    pub(super) fn replay_more(&mut self, out: &mut Outgoing, token: u64, cancel: bool, now: Now) {
+        let Some(joining) = self.paused.remove(&token) else {
+            debug_assert!(false, "a replay token answered twice");
+            return;
+        };
+        if cancel {
+            return;
+        }
+        let origin = joining.origin.clone();
+        if let Err(e) = self.replay_next(out, joining, now) {
+            super::reply_err(out, &origin, e);
+        }
     }
 
     /// Subscribes the connection and sends it the `ok`, then every message after
-    /// `after_seq`: first those read from the store, then the ring's. Run on the home, so no
-    /// live message can slip between the replay and the subscription.
+    /// `after_seq` not sent yet: first those read from the store, then the ring's. Run on
+    /// the home, so no live message can slip between the replay and the subscription.
     pub(super) fn finish_join(
         &mut self,
         out: &mut Outgoing,
@@ -193,6 +297,7 @@ impl Homes {
             room: key,
             user,
             after_seq,
+            cut_at,
             subscribe,
         } = joining;
         let r = self.room_mut(key);
@@ -203,6 +308,8 @@ impl Homes {
                 room: key,
                 last_seq: r.last_seq(),
                 unread: r.unread(user),
+                recovered: after_seq.map(|_| cut_at.is_none()),
+                first_seq: *cut_at,
             },
         );
         let replay = after_seq.map_or_else(Vec::new, |after| replay_frames(r, after, &stored));
@@ -354,19 +461,31 @@ impl Homes {
         }
         let seq = seq.min(r.last_seq());
         if seq > r.read_seq(user) {
-            let record = Record::ReadPointer {
-                room: room.to_owned(),
-                user: user.to_owned(),
-                seq,
-            };
-            self.log(record, None)?;
+            // Logged first: a full log refuses the request and changes nothing.
+            let target = r.read_target(user, seq);
+            self.log(pointer_record(&key, user, target), None)?;
             self.room_mut(&key).mark_read(user, seq);
-            let event = protocol::event("read", ReadEvent { room, user, seq });
-            self.broadcast(call.out, &key, event, call.now.at, None);
+            debug_assert_eq!(self.room(&key).read_seq(user), target);
+            self.tell_read(call.out, &key, user, call.now.at);
         }
         let seq = self.room(&key).read_seq(user);
         call.ok(ReadOk { room, seq });
         Ok(())
+    }
+
+    /// A `read` event to the room: `user`'s pointer moved (a `read`, or a `send` that moved
+    /// it).
+    fn tell_read(&self, out: &mut Outgoing, key: &Arc<str>, user: &str, at: Instant) {
+        let seq = self.room(key).read_seq(user);
+        let event = protocol::event(
+            "read",
+            ReadEvent {
+                room: key,
+                user,
+                seq,
+            },
+        );
+        self.broadcast(out, key, event, at, None);
     }
 
     pub(super) fn delete(
@@ -592,14 +711,6 @@ impl Homes {
             client_msg_id: send.client_msg_id.clone(),
         };
         self.log(record, ticket)?;
-        // The sender has read its own message. Best effort: a full log only makes this
-        // pointer lag after a restart.
-        let pointer = Record::ReadPointer {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            seq,
-        };
-        let _ = self.log(pointer, None);
         let reserved = self.room_mut(&key).reserve(user, client_msg_id, ts);
         assert_eq!(reserved, seq, "the logged seq is the reserved seq");
         self.messages_in.inc();
@@ -649,6 +760,11 @@ impl Homes {
         super::reply_ok(out, &origin, ok);
         let event = protocol::event("msg", msg);
         self.broadcast(out, &room, event, received_at, None);
+        if let Some(pointer) = self.room_mut(&room).sent_by(&from, seq) {
+            // Best effort: a full log only makes this pointer lag after a restart.
+            let _ = self.log(pointer_record(&room, &from, pointer), None);
+            self.tell_read(out, &room, &from, received_at);
+        }
     }
 
     // === history ===
@@ -694,16 +810,24 @@ fn replay_frames(r: &Room, after: u64, stored: &[Msg]) -> Vec<bytes::Bytes> {
         .iter()
         .filter(|m| m.seq > after && m.seq < ring_first)
     {
-        frames.push(crate::wire::ws::text(&protocol::event("msg", m)));
+        frames.push(msg_frame(m));
         last = m.seq;
     }
     let from_ring = r.replay(last).messages;
-    frames.extend(
-        from_ring
-            .iter()
-            .map(|m| crate::wire::ws::text(&protocol::event("msg", m))),
-    );
+    frames.extend(from_ring.into_iter().map(msg_frame));
     frames
+}
+
+fn msg_frame(m: &Msg) -> bytes::Bytes {
+    crate::wire::ws::text(&protocol::event("msg", m))
+}
+
+fn pointer_record(room: &str, user: &str, seq: u64) -> Record {
+    Record::ReadPointer {
+        room: room.to_owned(),
+        user: user.to_owned(),
+        seq,
+    }
 }
 
 pub(super) fn no_message(room: &str, seq: u64) -> ProtoError {

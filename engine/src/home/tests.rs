@@ -57,10 +57,13 @@ fn fixture(durable_acks: bool, ring: usize) -> Fixture {
         limits: RoomLimits {
             history_ring_messages_max: ring,
             idempotency_keys_max: 100,
+            own_messages_after_read_max: 64,
         },
         rooms_max: 10,
         auto_create_rooms: true,
         durable_acks,
+        replay_messages_max: 1000,
+        replay_page_messages: 2,
     };
     let homes = Homes::new(
         (0, 2),
@@ -270,9 +273,45 @@ fn durable_acks_wait_for_the_log_and_keep_its_order() {
     );
 }
 
-/// Goal: a `join` with a position replays every later message before any live one: the
-/// `Subscribed` (ok + replay) comes first, the ring's part follows the store's part, in seq
-/// order without repeats, and the next live message is delivered after it.
+/// The seqs of `frames` (`msg` events).
+fn seqs_of(frames: &[bytes::Bytes]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|frame| {
+            let v: Value = serde_json::from_slice(crate::wire::ws::payload_of(frame)).unwrap();
+            v["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// The only message of `out`, a replay page: its token and seqs.
+fn page(out: &Outgoing) -> (u64, Vec<u64>) {
+    let [(_, ShardMsg::ReplayPage { token, frames, .. })] = out.msgs() else {
+        panic!("a replay page expected: {:?}", out.msgs());
+    };
+    (*token, seqs_of(frames))
+}
+
+impl Fixture {
+    /// The connection took a replay page and asks for the next.
+    fn more(&mut self, origin: Origin, token: u64) -> Outgoing {
+        let op = HomeOp::ReplayMore {
+            token,
+            cancel: false,
+        };
+        self.call(origin, "", "room", op)
+    }
+
+    /// The last store read asked for, and its ticket.
+    fn last_read(&self) -> (ReadRequest, Ticket) {
+        self.log.0.borrow().reads.last().unwrap().clone()
+    }
+}
+
+/// Goal: a `join` with a position replays every later message before any live one, a page
+/// at a time: store pages (each waiting for the connection to ask for the next), then the
+/// ring's part with the `Subscribed` (ok + replay), in seq order without repeats; messages
+/// published meanwhile are part of it, and the next live message is delivered after it.
 #[test]
 fn join_replays_the_store_then_the_ring_before_live_messages() {
     let mut f = fixture(false, 2);
@@ -287,40 +326,99 @@ fn join_replays_the_store_then_the_ring_before_live_messages() {
     // Below the ring: the store is read first, and nothing is sent until it answers.
     let out = f.join(origin(1, 3), "cat", "room", Some(1));
     assert!(out.msgs().is_empty(), "the join waits for the store");
-    let (request, ticket) = f.log.0.borrow().reads[0].clone();
+    let (request, ticket) = f.last_read();
     assert_eq!(
         request,
         ReadRequest::After {
             room: "room".into(),
             after_seq: 1,
-            limit: super::REPLAY_FROM_STORE_MESSAGES_MAX
-        }
+            limit: 2,
+        },
+        "a page of replay_page_messages"
     );
-    let store: Vec<StoredMessage> = (2..=4).map(|s| stored("room", s, "ann")).collect();
+    let store: Vec<StoredMessage> = (2..=3).map(|s| stored("room", s, "ann")).collect();
     let out = f.complete(Completion::Read {
         ticket,
         result: Ok(store),
     });
+    let (token, seqs) = page(&out);
+    assert_eq!(seqs, vec![2, 3], "the store's page goes out alone");
+    // Meanwhile 6 and 7 are published: the ring now holds 6–7, so 4–5 come from the store.
+    f.send(origin(0, 1), "ann", "room", "m6");
+    f.send(origin(0, 1), "ann", "room", "m7");
+    let out = f.more(origin(1, 3), token);
+    assert!(out.msgs().is_empty(), "the next page is read");
+    let (request, ticket) = f.last_read();
+    assert!(matches!(request, ReadRequest::After { after_seq: 3, .. }));
+    let store: Vec<StoredMessage> = (4..=5).map(|s| stored("room", s, "ann")).collect();
+    let out = f.complete(Completion::Read {
+        ticket,
+        result: Ok(store),
+    });
+    let (token, seqs) = page(&out);
+    assert_eq!(seqs, vec![4, 5]);
+    let out = f.more(origin(1, 3), token);
     assert_eq!(
         replayed(&out),
-        vec![2, 3, 4, 5],
-        "store 2–3, then the ring 4–5"
+        vec![6, 7],
+        "the ring's part ends the replay"
     );
     let ShardMsg::Subscribed { ok, .. } = &out.msgs()[0].1 else {
         unreachable!()
     };
     let ok: Value = serde_json::from_slice(ok).unwrap();
     assert_eq!(
-        (ok["id"].as_u64(), ok["last_seq"].as_u64()),
-        (Some(3), Some(5))
+        (
+            ok["id"].as_u64(),
+            ok["last_seq"].as_u64(),
+            ok["recovered"].as_bool()
+        ),
+        (Some(3), Some(7), Some(true))
     );
+    assert_eq!(f.homes.waiting(), 0, "nothing left waiting");
 
-    let live = f.send(origin(0, 1), "ann", "room", "m6");
+    let live = f.send(origin(0, 1), "ann", "room", "m8");
     assert_eq!(
         delivered(&live),
-        vec![(0, 6), (1, 6)],
+        vec![(0, 8), (1, 8)],
         "shard 1 now has subscribers"
     );
+}
+
+/// Goal: a replay is bounded: the ring's part goes in pages too; past
+/// `replay_messages_max` the newest that many are replayed and the `ok` says
+/// `recovered: false` with the first seq; a cancelled replay leaves nothing waiting.
+#[test]
+fn replays_are_paged_bounded_and_cancellable() {
+    let mut f = fixture(false, 10);
+    f.homes.rules.replay_messages_max = 3;
+    f.join(origin(0, 1), "ann", "room", None);
+    for i in 1..=5 {
+        f.send(origin(0, 1), "ann", "room", &format!("m{i}"));
+    }
+    let out = f.join(origin(1, 2), "bob", "room", Some(0));
+    let (token, seqs) = page(&out);
+    assert_eq!(seqs, vec![3, 4], "the newest 3, a page of 2 from the ring");
+    let out = f.more(origin(1, 2), token);
+    assert_eq!(replayed(&out), vec![5]);
+    let ShardMsg::Subscribed { ok, .. } = &out.msgs()[0].1 else {
+        unreachable!()
+    };
+    let ok: Value = serde_json::from_slice(ok).unwrap();
+    assert_eq!(
+        (ok["recovered"].as_bool(), ok["first_seq"].as_u64()),
+        (Some(false), Some(3))
+    );
+
+    let out = f.join(origin(1, 3), "cat", "room", Some(1));
+    let (token, _) = page(&out);
+    assert_eq!(f.homes.waiting(), 1);
+    let cancel = HomeOp::ReplayMore {
+        token,
+        cancel: true,
+    };
+    assert!(f.call(origin(1, 3), "", "room", cancel).msgs().is_empty());
+    assert_eq!(f.homes.waiting(), 0);
 }
 
 /// Goal: a private room admits its members, refuses others without a password, and hands a

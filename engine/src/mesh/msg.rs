@@ -9,6 +9,7 @@
 //!                     ◀──────────────────────── Reply · Subscribed      (to the origin only)
 //!  Deliver ◀─────────────────────────────────── (to each shard with subscribers)
 //!  Subscribed ─▶ may send Home(Leave Unsubscribe) back (a subscription it cannot take)
+//!  ReplayPage ─▶ sends Home(ReplayMore) back once the page is taken (or the connection went)
 //!
 //!  asking shard                                every shard
 //!  RoomsQuery ───────────────────────────────▶ RoomsPart ─▶ the asking shard only
@@ -20,6 +21,9 @@
 //!   applying each at once (`shard::Shard::apply_outgoing`).
 //! - `Subscribed` may cause one `Home(Leave)`, whose handling causes only `Deliver`
 //!   (a `left` event): every chain ends after at most three hops.
+//! - `ReplayPage` causes one `Home(ReplayMore)` (at once or at a later tick), whose handling
+//!   causes only a store read: the next page comes with the read's completion, not within
+//!   the chain.
 //! - `Deliver`, `Reply`, `RoomsPart` and `Fault` cause nothing on the mesh.
 //!
 //! ## Heap objects freed on another core
@@ -116,13 +120,23 @@ pub enum HomeOp {
         before_seq: Option<u64>,
         limit: u32,
     },
+    /// The connection took the replay page sent under `token` (`ShardMsg::ReplayPage`):
+    /// send the next, or, with `cancel`, forget the replay (the connection went away).
+    ReplayMore {
+        token: u64,
+        cancel: bool,
+    },
 }
 
 impl HomeOp {
     /// Whether the request may be refused when a shard it reaches is backed up: everything
-    /// but the release of a subscription, which frees resources and must always go through.
+    /// but the release of a subscription and the pace of a replay under way, which must
+    /// always go through.
     pub fn is_new_work(&self) -> bool {
-        !matches!(self, HomeOp::Leave(Leaving::Connection))
+        !matches!(
+            self,
+            HomeOp::Leave(Leaving::Connection) | HomeOp::ReplayMore { .. }
+        )
     }
 }
 
@@ -200,6 +214,15 @@ pub enum ShardMsg {
         ok: Bytes,
         /// The replayed `msg` events, framed.
         replay: Vec<Bytes>,
+    },
+    /// From a home to one connection after `join` with `after_seq`, before its
+    /// `Subscribed`: one page of the replay read from the store (`msg` events, framed). The
+    /// connection answers `Home(ReplayMore { token })` once its queue has room for the next.
+    ReplayPage {
+        conn: ConnRef,
+        room: Arc<str>,
+        token: u64,
+        frames: Vec<Bytes>,
     },
     /// Test only (`--fault-injection`): inject this fault here.
     Fault(crate::wire::http::Fault),

@@ -1,6 +1,8 @@
 //! Frames out: the local subscribers of each room, one frame per delivery shared by all of
 //! them, replies to one connection, and the closing handshake. Every queue to a connection
-//! is bounded by `outbound_queue_bytes_max`; a connection that overflows it is closed 1013.
+//! is bounded by `outbound_queue_bytes_max` (a hard memory cap, sized for bursts); a
+//! connection that would overflow it is closed 1013. A connection that stops reading is
+//! closed earlier by the stall rule (`timers`, `--write-stall-timeout-ms`).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -94,15 +96,16 @@ impl Shard {
             let idx = (list.len() - 1) as u32;
             self.conns[key].rooms.push((room, idx));
         }
-        // A replay (bounded by the ring and the store read) may exceed the queue bound when it
-        // arrives at an idle connection, but replays never pile up: one arriving while the
-        // connection has not taken the previous one closes it as a slow consumer.
+        // The replay's last page (at most `replay_page_messages`, a quarter of the bound in
+        // messages of `body_bytes_max`; earlier pages came as `ReplayPage`, each asked for
+        // once the queue was at most half the bound) fits beside what is queued; past the
+        // bound, the connection is a slow consumer like for any frame.
         let max = self.cfg().outbound_queue_bytes_max as usize;
         let ok = ws::text(&ok);
         let bytes = ok.len() + replay.iter().map(Bytes::len).sum::<usize>();
         let entry = &mut self.conns[key];
         if !entry.out.is_empty() && entry.out.bytes() + bytes > max {
-            return self.close_slow(key);
+            return self.close_slow(key, Slow::Cap);
         }
         entry.out.push(ok);
         for frame in replay {
@@ -168,7 +171,7 @@ impl Shard {
         metrics.deliveries.inc_by(delivered);
         metrics.fanout_latency.observe(received_at.elapsed());
         for key in slow {
-            self.close_slow(key);
+            self.close_slow(key, Slow::Cap);
         }
     }
 
@@ -182,15 +185,23 @@ impl Shard {
         // One frame always fits an empty queue: a reply larger than the bound (a `history`
         // page of long messages) is not a slow consumer.
         if !entry.out.is_empty() && entry.out.bytes() + frame.len() > max {
-            return self.close_slow(key);
+            return self.close_slow(key, Slow::Cap);
         }
         entry.out.push(frame);
         entry.wake();
     }
 
-    /// Closes a connection whose queue would overflow `outbound_queue_bytes_max`.
-    fn close_slow(&mut self, key: usize) {
+    /// Closes a slow consumer 1013: its queue would overflow `outbound_queue_bytes_max`, or
+    /// its socket took nothing for `write_stall_timeout_ms`.
+    pub(super) fn close_slow(&mut self, key: usize, why: Slow) {
+        if self.conns[key].phase == Phase::Closing {
+            return;
+        }
         self.metrics.slow_consumer_closes.inc();
+        match why {
+            Slow::Cap => self.metrics.slow_consumer_cap_closes.inc(),
+            Slow::Stall => self.metrics.slow_consumer_stall_closes.inc(),
+        };
         self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", Unsent::Drop);
     }
 
@@ -218,6 +229,15 @@ impl Shard {
         entry.close_deadline = Some(deadline);
         entry.wake();
     }
+}
+
+/// Why a connection is a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slow {
+    /// Its queue would pass the hard cap, `outbound_queue_bytes_max`.
+    Cap,
+    /// Its socket accepted nothing of its queue for `write_stall_timeout_ms`.
+    Stall,
 }
 
 /// What a close does with the frames queued but not yet written.

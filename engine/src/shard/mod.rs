@@ -22,6 +22,7 @@ mod in_order;
 mod inbound;
 mod offload;
 mod outbox;
+mod replay;
 mod rooms_query;
 mod tasks;
 mod timers;
@@ -67,6 +68,8 @@ pub struct Shard {
     early_answers: HashMap<(u32, u32), in_order::Answer>,
     login_limiter: api_calls::LoginLimiter,
     draining: Option<timers::DrainState>,
+    /// Replays waiting for their connection to take a page (`replay`).
+    replay_waits: Vec<replay::ReplayWait>,
     tick: Duration,
     /// This shard itself, for tasks that come back to it after an await.
     me: Weak<RefCell<Shard>>,
@@ -81,10 +84,16 @@ impl Shard {
             limits: RoomLimits {
                 history_ring_messages_max: cfg.history_ring_messages_max as usize,
                 idempotency_keys_max: cfg.idempotency_keys_max as usize,
+                own_messages_after_read_max: cfg.own_messages_after_read_max as usize,
             },
             rooms_max: cfg.rooms_per_shard_max as usize,
             auto_create_rooms: cfg.auto_create_rooms,
             durable_acks: instance.durable_acks(),
+            replay_messages_max: cfg.replay_messages_max,
+            replay_page_messages: crate::home::replay_page_messages(
+                cfg.outbound_queue_bytes_max,
+                cfg.body_bytes_max,
+            ),
         };
         let journal = Box::new(instance.persist.clone());
         let shards = (id, instance.shards());
@@ -108,6 +117,7 @@ impl Shard {
             early_answers: HashMap::new(),
             login_limiter: api_calls::LoginLimiter::default(),
             draining: None,
+            replay_waits: Vec::new(),
             tick: Duration::from_millis(cfg.tick_ms()),
             me: Weak::new(),
             metrics,
@@ -209,6 +219,12 @@ impl Shard {
                 };
                 self.on_answer(conn, turn, Answer::Joined { joined, ok, replay });
             }
+            ShardMsg::ReplayPage {
+                conn,
+                room,
+                token,
+                frames,
+            } => self.on_replay_page(conn, room, token, frames),
             ShardMsg::Fault(fault) => self.inject(fault),
         }
     }

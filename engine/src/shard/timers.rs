@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::fanout::Unsent;
+use super::fanout::{Slow, Unsent};
 use super::Shard;
 use crate::conn::Phase;
 use crate::wire::protocol;
@@ -23,6 +23,7 @@ impl Shard {
     /// Heartbeats, timeouts, gauges and draining. Returns true once the shard may stop.
     pub(super) fn on_tick(&mut self, now: Instant) -> bool {
         self.check_connections(now);
+        self.pace_replays();
         self.admit_waiting();
         self.set_gauges();
         if self.draining.is_none() && self.instance.mesh.drain_requested() {
@@ -31,17 +32,23 @@ impl Shard {
         self.drain_step(now)
     }
 
-    /// Pings, handshake and close deadlines, idle connections.
+    /// Pings, handshake and close deadlines, idle connections, stalled writes. One pass over
+    /// the connections, which the heartbeats need anyway; the stall rule adds an O(1) check
+    /// to it (`Outbound::stalled_for`).
     fn check_connections(&mut self, now: Instant) {
         let cfg = &self.instance.cfg;
         let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
         let handshake = Duration::from_millis(cfg.handshake_timeout_ms);
+        let write_stall = Duration::from_millis(cfg.write_stall_timeout_ms);
         let mut idle_keys = Vec::new();
+        let mut stalled_keys = Vec::new();
         let mut queued = 0;
         for (key, entry) in self.conns.iter_mut() {
             queued += entry.out.bytes();
+            let stalled = entry.out.stalled_for(now) >= write_stall;
             match entry.phase {
+                Phase::Open | Phase::Queued if stalled => stalled_keys.push(key),
                 Phase::Http if now - entry.opened_at > handshake => entry.kill = true,
                 Phase::Closing | Phase::Api if entry.close_deadline.is_some_and(|d| now > d) => {
                     entry.kill = true
@@ -57,6 +64,9 @@ impl Shard {
         }
         for key in idle_keys {
             self.close_conn(key, close::GOING_AWAY, "idle timeout", Unsent::Send);
+        }
+        for key in stalled_keys {
+            self.close_slow(key, Slow::Stall);
         }
         self.metrics.outbound_queue_bytes.set(queued as i64);
     }
