@@ -109,9 +109,30 @@ pub struct Config {
     #[arg(long, env = "SOKDO_FRAME_BYTES_MAX", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(128..=16_777_216))]
     pub frame_bytes_max: u32,
 
-    /// Bytes queued for one connection before it is closed as a slow consumer (1013).
-    #[arg(long, env = "SOKDO_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..))]
+    /// Hard cap on the bytes queued for one connection: a frame that would pass it closes
+    /// the connection 1013 `slow consumer`. Sized for bursts (4 MiB: ~1,000 messages of the
+    /// default 4 KiB body, handed over faster than one turn of the shard writes them); a
+    /// client that stops reading is caught earlier by `--write-stall-timeout-ms`.
+    #[arg(long, env = "SOKDO_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
     pub outbound_queue_bytes_max: u32,
+
+    /// A connection whose socket is full (a write was refused) and accepts none of its
+    /// queued bytes for this long is closed 1013 `slow consumer` (a stall, not a burst).
+    /// Checked every tick.
+    #[arg(long, env = "SOKDO_WRITE_STALL_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub write_stall_timeout_ms: u64,
+
+    /// Most messages a `join` with `after_seq` replays; a client further behind gets the
+    /// newest this many and `"recovered": false` in the `ok`, and pages older ones with
+    /// `history`.
+    #[arg(long, env = "SOKDO_REPLAY_MESSAGES_MAX", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub replay_messages_max: u64,
+
+    /// Own messages remembered by seq per member after its read pointer, so that they do not
+    /// count as unread; older ones are remembered only by count (`unread` stays exact unless
+    /// a `read` stops among those).
+    #[arg(long, env = "SOKDO_OWN_MESSAGES_AFTER_READ_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub own_messages_after_read_max: u32,
 
     /// Recent messages each room keeps in memory for replay and history.
     #[arg(long, env = "SOKDO_HISTORY_RING_MESSAGES_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -18,6 +18,9 @@ use search::SearchIndex;
 pub struct RoomLimits {
     pub history_ring_messages_max: usize,
     pub idempotency_keys_max: usize,
+    /// `--own-messages-after-read-max`: own messages remembered per member after its read
+    /// pointer (see [`Room::sent_by`]).
+    pub own_messages_after_read_max: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +53,9 @@ pub struct Room {
     ring: VecDeque<Msg>,
     members: HashSet<String>,
     read_seq: HashMap<String, u64>,
+    /// Per member, its own messages after its read pointer: they do not count as unread.
+    /// Only members with unread messages of others have an entry.
+    own_after_read: HashMap<String, OwnAfterRead>,
     retry_keys: HashMap<(String, String), (u64, u64)>,
     retry_order: VecDeque<(String, String)>,
     subscribers_per_shard: Vec<u32>,
@@ -57,9 +63,69 @@ pub struct Room {
     search: SearchIndex,
 }
 
+/// A member's own messages after its read pointer. The newest are remembered by seq (at
+/// most `own_messages_after_read_max`); older ones only as a count and the newest of them,
+/// so memory stays bounded without a send ever moving the pointer over others' messages.
+/// Exact, but for one case: a `read` that stops below the newest forgotten one cannot tell
+/// how many forgotten ones it passed, and keeps excluding them all (unread may read low
+/// until the member reads past them).
+#[derive(Debug, Default)]
+struct OwnAfterRead {
+    /// Ascending.
+    seqs: VecDeque<u64>,
+    forgotten: u64,
+    forgotten_newest: u64,
+}
+
+impl OwnAfterRead {
+    fn push(&mut self, seq: u64, max: usize) {
+        self.seqs.push_back(seq);
+        if self.seqs.len() > max {
+            let oldest = self.seqs.pop_front().expect("over the bound");
+            self.forgotten += 1;
+            self.forgotten_newest = oldest;
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.seqs.len() as u64 + self.forgotten
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+
+    /// The pointer moved to `ptr`: own messages up to it are read.
+    fn read_to(&mut self, ptr: u64) {
+        while self.seqs.front().is_some_and(|s| *s <= ptr) {
+            self.seqs.pop_front();
+        }
+        if self.forgotten_newest <= ptr {
+            self.forgotten = 0;
+        }
+    }
+
+    /// `ptr` moved on over own messages right after it (only while none is forgotten:
+    /// their seqs are not known).
+    fn past_own_from(&self, mut ptr: u64) -> u64 {
+        if self.forgotten > 0 && self.forgotten_newest > ptr {
+            return ptr;
+        }
+        for own in &self.seqs {
+            if *own == ptr + 1 {
+                ptr += 1;
+            } else if *own > ptr {
+                break;
+            }
+        }
+        ptr
+    }
+}
+
 impl Room {
     pub fn new(id: String, info: RoomInfo, limits: RoomLimits, shards: usize) -> Room {
         assert!(limits.history_ring_messages_max > 0 && limits.idempotency_keys_max > 0);
+        assert!(limits.own_messages_after_read_max > 0);
         Room {
             id,
             info,
@@ -70,6 +136,7 @@ impl Room {
             ring: VecDeque::new(),
             members: HashSet::new(),
             read_seq: HashMap::new(),
+            own_after_read: HashMap::new(),
             retry_keys: HashMap::new(),
             retry_order: VecDeque::new(),
             subscribers_per_shard: vec![0; shards],
@@ -195,7 +262,8 @@ impl Room {
     }
 
     /// Makes a reserved message visible: the ring, search, `last_seq`. Reserved messages are
-    /// published in seq order. The sender's read pointer moves to its own message.
+    /// published in seq order. The sender's read pointer is the caller's next step
+    /// ([`Room::sent_by`]).
     pub fn publish(
         &mut self,
         seq: u64,
@@ -225,7 +293,6 @@ impl Room {
             ts,
             deleted: false,
         });
-        self.mark_read(from, seq);
         debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
         self.ring.back().expect("just pushed")
     }
@@ -281,29 +348,70 @@ impl Room {
     pub fn remove_member(&mut self, user: &str) {
         self.members.remove(user);
         self.read_seq.remove(user);
+        self.own_after_read.remove(user);
     }
 
     pub fn is_member(&self, user: &str) -> bool {
         self.members.contains(user)
     }
 
-    /// Moves a read pointer forward only; returns whether it moved.
+    /// Moves a read pointer forward only (and on over the user's own messages right after
+    /// it); returns whether it moved. See [`Room::read_seq`] for the result.
     pub fn mark_read(&mut self, user: &str, seq: u64) -> bool {
-        let seq = seq.min(self.last_seq);
+        let target = self.read_target(user, seq);
         let ptr = self.read_seq.entry(user.to_owned()).or_insert(0);
-        if seq > *ptr {
-            *ptr = seq;
-            true
-        } else {
-            false
+        if target <= *ptr {
+            return false;
         }
+        *ptr = target;
+        if let Some(own) = self.own_after_read.get_mut(user) {
+            own.read_to(target);
+            if own.is_empty() {
+                self.own_after_read.remove(user);
+            }
+        }
+        true
     }
 
-    /// Messages after the user's read pointer. A user's own messages move their pointer,
-    /// so they never count as unread.
+    /// The pointer [`Room::mark_read`] of `seq` would leave (`seq` and the user's own
+    /// messages right after it).
+    pub fn read_target(&self, user: &str, seq: u64) -> u64 {
+        let ptr = seq.min(self.last_seq).max(self.read_seq(user));
+        self.own_after_read
+            .get(user)
+            .map_or(ptr, |own| own.past_own_from(ptr))
+    }
+
+    /// A member's own message `seq` was just published. Its read pointer moves to it when
+    /// everything between was its own too (no unread message of others is skipped);
+    /// otherwise the message is remembered so that it does not count as unread, and the
+    /// pointer stays: a send never marks others' messages read. Returns the new pointer
+    /// when it moved: the caller logs it and tells the room (`read` event). Non-members
+    /// (HTTP publishes) have no pointer.
+    pub fn sent_by(&mut self, user: &str, seq: u64) -> Option<u64> {
+        debug_assert!(seq <= self.last_seq, "only published messages are sent");
+        if !self.members.contains(user) {
+            return None;
+        }
+        if self.unread(user) <= 1 {
+            // Only this message is unread (it is the user's own): nothing of others skipped.
+            self.own_after_read.remove(user);
+            self.read_seq.insert(user.to_owned(), seq);
+            return Some(seq);
+        }
+        let max = self.limits.own_messages_after_read_max;
+        let own = self.own_after_read.entry(user.to_owned()).or_default();
+        own.push(seq, max);
+        None
+    }
+
+    /// Messages after the user's read pointer that others sent. Exact while the user's own
+    /// messages after the pointer are remembered (see [`Room::sent_by`]; not across a
+    /// restart).
     pub fn unread(&self, user: &str) -> u64 {
         let read = self.read_seq.get(user).copied().unwrap_or(self.last_seq);
-        self.last_seq - read
+        let own = self.own_after_read.get(user).map_or(0, OwnAfterRead::count);
+        self.last_seq.saturating_sub(read).saturating_sub(own)
     }
 
     /// Counts one more subscribed connection of `user` on `shard`. Returns whether the user
@@ -364,6 +472,7 @@ mod tests {
         let limits = RoomLimits {
             history_ring_messages_max: ring,
             idempotency_keys_max: 4,
+            own_messages_after_read_max: 3,
         };
         Room::new("r".into(), info, limits, 2)
     }
@@ -374,7 +483,9 @@ mod tests {
             return seq;
         }
         let seq = room.reserve(from, key, 7);
-        room.publish(seq, from, None, "b".into(), 7).seq
+        room.publish(seq, from, None, "b".into(), 7);
+        room.sent_by(from, seq);
+        seq
     }
 
     #[test]
@@ -428,6 +539,68 @@ mod tests {
         assert!(r.mark_read("b", 1));
         assert!(!r.mark_read("b", 1), "pointer moves forward only");
         assert_eq!(r.unread("b"), 1);
+    }
+
+    #[test]
+    fn unread_is_exact_with_interleaved_senders() {
+        let mut r = room(10);
+        r.add_member("a");
+        r.add_member("b");
+        send(&mut r, "b", None); // 1
+        send(&mut r, "a", None); // 2: b's 1 is still unread by a
+        send(&mut r, "b", None); // 3
+        send(&mut r, "a", None); // 4
+        assert_eq!(
+            (r.read_seq("a"), r.unread("a")),
+            (0, 2),
+            "1 and 3 are unread"
+        );
+        assert_eq!(
+            (r.read_seq("b"), r.unread("b")),
+            (1, 2),
+            "2 and 4 are unread"
+        );
+        assert!(r.mark_read("a", 1));
+        assert_eq!(
+            (r.read_seq("a"), r.unread("a")),
+            (2, 1),
+            "own 2 follows the pointer"
+        );
+        assert!(r.mark_read("a", 3));
+        assert_eq!((r.read_seq("a"), r.unread("a")), (4, 0));
+        let seq = send(&mut r, "a", None); // 5: nothing of others unread
+        assert_eq!((r.read_seq("a"), r.unread("a")), (seq, 0));
+        assert_eq!(r.unread("b"), 3);
+    }
+
+    #[test]
+    fn own_messages_after_the_pointer_are_bounded() {
+        let mut r = room(10);
+        r.add_member("a");
+        r.add_member("b");
+        send(&mut r, "b", None); // 1
+        for _ in 0..3 {
+            send(&mut r, "a", None); // 2, 3, 4: remembered (bound 3)
+        }
+        assert_eq!((r.read_seq("a"), r.unread("a")), (0, 1));
+        assert_eq!(r.own_after_read["a"].seqs.len(), 3);
+        let seq = r.reserve("a", None, 7);
+        r.publish(seq, "a", None, "b".into(), 7);
+        assert_eq!(r.sent_by("a", seq), None, "a send never reads b's message");
+        assert_eq!(r.own_after_read["a"].seqs, [3, 4, 5], "bounded");
+        assert_eq!((r.read_seq("a"), r.unread("a")), (0, 1), "still exact");
+        send(&mut r, "b", None); // 6
+        assert_eq!(r.unread("a"), 2);
+        assert!(r.mark_read("a", 1));
+        assert_eq!(
+            (r.read_seq("a"), r.unread("a")),
+            (1, 1),
+            "2 is forgotten: the pointer cannot pass it, unread excludes it still"
+        );
+        assert!(r.mark_read("a", 5));
+        assert_eq!((r.read_seq("a"), r.unread("a")), (5, 1));
+        assert!(!r.own_after_read.contains_key("a"));
+        assert_eq!(r.sent_by("x", seq), None, "no pointer for a non-member");
     }
 
     #[test]
