@@ -99,7 +99,7 @@ impl std::fmt::Debug for StatsCollector {
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.persist.stats();
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 7] = [
             (
                 "wal_bytes",
                 "Bytes of write-ahead log on disk (and reserved)",
@@ -130,12 +130,17 @@ impl Collector for StatsCollector {
                 "1 while the sink (embedded store or MongoDB) accepts batches",
                 i64::from(s.sink_up),
             ),
+            (
+                "wal_write_failing",
+                "1 while the write-ahead log cannot be written (sends refused, /readyz 503)",
+                i64::from(s.wal_write_failing),
+            ),
         ];
         for (name, help, value) in gauges {
             let metric = ConstGauge::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
-        let counters: [(&str, &str, u64); 5] = [
+        let counters: [(&str, &str, u64); 6] = [
             (
                 "wal_records_appended",
                 "Records appended to the log",
@@ -156,6 +161,11 @@ impl Collector for StatsCollector {
                 "sink_errors",
                 "Failed sink batches (retried)",
                 s.sink_errors,
+            ),
+            (
+                "wal_write_errors",
+                "Failed log writes, syncs, rotations, trims and recovery probes",
+                s.wal_write_errors,
             ),
         ];
         for (name, help, value) in counters {

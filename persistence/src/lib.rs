@@ -101,7 +101,9 @@ pub use handle::{Handle, Persistence};
 pub type AppendError = SubmitError;
 
 // The limits the contract's behaviour depends on (`Full`, `TooLarge`, read caps, timings).
-pub use contract::{READ_MESSAGES_MAX, WAL_SEGMENT_BYTES_MIN};
+pub use contract::{
+    os_error_text, READ_MESSAGES_MAX, WAL_RETRY_BACKOFF_MIN_MS, WAL_SEGMENT_BYTES_MIN,
+};
 pub use handle::{APPEND_QUEUE_RECORDS_MAX, READ_QUEUE_REQUESTS_MAX};
 pub use sink_thread::SHUTDOWN_DRAIN_MS;
 pub use wal_thread::ASYNC_SYNC_INTERVAL_MS;

@@ -591,14 +591,6 @@ impl Homes {
             client_msg_id: send.client_msg_id.clone(),
         };
         self.log(record, ticket)?;
-        // The sender has read its own message. Best effort: a full log only makes this
-        // pointer lag after a restart.
-        let pointer = Record::ReadPointer {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            seq,
-        };
-        let _ = self.log(pointer, None);
         let reserved = self.room_mut(&key).reserve(user, client_msg_id, ts);
         assert_eq!(reserved, seq, "the logged seq is the reserved seq");
         self.messages_in.inc();
@@ -611,6 +603,7 @@ impl Homes {
             body: send.body,
             ts,
             received_at: send.received_at,
+            client_msg_id: send.client_msg_id,
         };
         match ticket {
             Some(t) => {
@@ -634,7 +627,17 @@ impl Homes {
             body,
             ts,
             received_at,
+            client_msg_id: _,
         } = send;
+        // The sender has read its own message. Logged only now, so that a message the log
+        // could not write leaves no pointer past it. Best effort: a full log only makes this
+        // pointer lag after a restart.
+        let pointer = Record::ReadPointer {
+            room: room.to_string(),
+            user: from.clone(),
+            seq,
+        };
+        let _ = self.log(pointer, None);
         let msg = self
             .room_mut(&room)
             .publish(seq, &from, name.as_deref(), body, ts);
@@ -648,6 +651,20 @@ impl Homes {
         super::reply_ok(out, &origin, ok);
         let event = protocol::event("msg", msg);
         self.broadcast(out, &room, event, received_at, None);
+    }
+
+    /// A send whose record the log could not write: the sender gets `error` and nobody else
+    /// hears of it (it was never visible).
+    pub(super) fn abandon_send(
+        &mut self,
+        out: &mut Outgoing,
+        send: AcceptedSend,
+        error: ProtoError,
+    ) {
+        let client_msg_id = send.client_msg_id.as_deref();
+        self.room_mut(&send.room)
+            .abandon(send.seq, &send.from, client_msg_id);
+        super::reply_err(out, &send.origin, error);
     }
 
     // === history ===

@@ -8,7 +8,7 @@
 
 mod search;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::wire::protocol::Msg;
 use search::SearchIndex;
@@ -47,6 +47,9 @@ pub struct Room {
     last_seq: u64,
     /// The last seq handed out; above `last_seq` while records wait to be durable.
     reserved_seq: u64,
+    /// Reserved seqs whose record could not be written, between `last_seq` and
+    /// `reserved_seq`; empty unless the log failed (see [`Room::abandon`]).
+    abandoned: BTreeSet<u64>,
     ring: VecDeque<Msg>,
     members: HashSet<String>,
     read_seq: HashMap<String, u64>,
@@ -67,6 +70,7 @@ impl Room {
             limits,
             last_seq: 0,
             reserved_seq: 0,
+            abandoned: BTreeSet::new(),
             ring: VecDeque::new(),
             members: HashSet::new(),
             read_seq: HashMap::new(),
@@ -97,7 +101,14 @@ impl Room {
         room.last_seq = snapshot.last_seq;
         room.reserved_seq = snapshot.last_seq;
         room.members = snapshot.members.into_iter().collect();
-        room.read_seq = snapshot.read_pointers.into_iter().collect();
+        // A pointer is never past the last message (an older log could hold one for a send
+        // the log then failed to write).
+        let last_seq = snapshot.last_seq;
+        room.read_seq = snapshot
+            .read_pointers
+            .into_iter()
+            .map(|(user, seq)| (user, seq.min(last_seq)))
+            .collect();
         room
     }
 
@@ -194,6 +205,32 @@ impl Room {
         self.reserved_seq
     }
 
+    /// A reserved message whose record could not be written: it is never published and its
+    /// retry key is forgotten (a retry is a new attempt). Its seq is handed out again once
+    /// every seq reserved after it is abandoned too — what a failing log does, since it
+    /// refuses everything queued after the record it could not write. Should a later seq be
+    /// written all the same, [`Room::publish`] shows the abandoned ones as tombstones, so that
+    /// seqs stay without gaps.
+    pub fn abandon(&mut self, seq: u64, from: &str, client_msg_id: Option<&str>) {
+        assert!(
+            seq > self.last_seq && seq <= self.reserved_seq,
+            "only reserved, unpublished seqs are abandoned"
+        );
+        if let Some(id) = client_msg_id {
+            let key = (from.to_owned(), id.to_owned());
+            if self.retry_keys.get(&key).is_some_and(|&(s, _)| s == seq) {
+                self.retry_keys.remove(&key);
+                if let Some(i) = self.retry_order.iter().rposition(|k| *k == key) {
+                    self.retry_order.remove(i);
+                }
+            }
+        }
+        self.abandoned.insert(seq);
+        while self.abandoned.remove(&self.reserved_seq) {
+            self.reserved_seq -= 1;
+        }
+    }
+
     /// Makes a reserved message visible: the ring, search, `last_seq`. Reserved messages are
     /// published in seq order. The sender's read pointer moves to its own message.
     pub fn publish(
@@ -204,6 +241,19 @@ impl Room {
         body: String,
         ts: u64,
     ) -> &Msg {
+        while self.abandoned.remove(&(self.last_seq + 1)) {
+            self.last_seq += 1;
+            self.push_to_ring(Msg {
+                room: self.id.clone(),
+                seq: self.last_seq,
+                msg_id: Room::msg_id(&self.id, self.last_seq),
+                from: String::new(),
+                name: None,
+                body: None,
+                ts,
+                deleted: true,
+            });
+        }
         assert_eq!(
             seq,
             self.last_seq + 1,
@@ -211,11 +261,8 @@ impl Room {
         );
         assert!(seq <= self.reserved_seq, "only reserved seqs are published");
         self.last_seq = seq;
-        if self.ring.len() == self.limits.history_ring_messages_max {
-            self.ring.pop_front();
-        }
         self.search.add(seq, &body);
-        self.ring.push_back(Msg {
+        self.push_to_ring(Msg {
             room: self.id.clone(),
             seq,
             msg_id: Room::msg_id(&self.id, seq),
@@ -226,8 +273,15 @@ impl Room {
             deleted: false,
         });
         self.mark_read(from, seq);
-        debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
         self.ring.back().expect("just pushed")
+    }
+
+    fn push_to_ring(&mut self, msg: Msg) {
+        if self.ring.len() == self.limits.history_ring_messages_max {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(msg);
+        debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
     }
 
     fn remember_retry_key(&mut self, key: (String, String), seq: u64, ts: u64) {

@@ -48,6 +48,9 @@ pub struct Context<'a> {
     pub draining: bool,
     /// Every admission place is taken: `/readyz` answers 503.
     pub at_capacity: bool,
+    /// `Some(why)` while the message log cannot be written: `/readyz` answers 503 with it
+    /// (`/healthz` stays 200: reads, joins and reconnects are still served).
+    pub log_failure: Option<String>,
     /// The admission queue is full too: upgrades get 503.
     pub shard_full: bool,
     pub metrics: &'a dyn Fn() -> String,
@@ -136,6 +139,10 @@ impl Outcome {
                 Err(why) => Outcome::plain(503, &format!("{why}\n")),
             },
             "/readyz" if ctx.draining => Outcome::plain(503, "draining\n"),
+            "/readyz" if ctx.log_failure.is_some() => {
+                let why = ctx.log_failure.as_deref().unwrap_or_default();
+                Outcome::plain(503, &format!("{why}\n"))
+            }
             "/readyz" if ctx.at_capacity => Outcome::plain(503, "full\n"),
             "/readyz" => Outcome::plain(200, "ready\n"),
             "/metrics" => Outcome::respond(
@@ -308,6 +315,7 @@ mod tests {
             auth,
             draining,
             at_capacity: false,
+            log_failure: None,
             shard_full: false,
             metrics: &|| String::from("m"),
             health: &|| Ok(()),

@@ -18,4 +18,5 @@ mod lifecycle;
 mod limits;
 mod messaging;
 mod mongo;
+mod storage;
 mod stress;

@@ -31,6 +31,8 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 #[derive(Default)]
 pub struct Collector {
     pub durable: Mutex<Vec<Ticket>>,
+    /// Tickets whose records the log could not write.
+    pub failed: Mutex<Vec<Ticket>>,
     pub reads: Mutex<HashMap<u64, Result<Vec<StoredMessage>, String>>>,
 }
 
@@ -38,6 +40,7 @@ impl CompletionSink for Collector {
     fn complete(&self, c: Completion) {
         match c {
             Completion::Durable(t) => self.durable.lock().unwrap().extend(t),
+            Completion::Failed(t, _) => self.failed.lock().unwrap().extend(t),
             Completion::Read { ticket, result } => {
                 self.reads
                     .lock()
@@ -86,6 +89,7 @@ pub fn config(dir: &Path) -> Config {
         batch_age_ms: 5,
         mongodb_uri: None,
         mongodb_database: "sokdo_test".to_string(),
+        wal_retry_backoff_max_ms: 1000,
     }
 }
 
