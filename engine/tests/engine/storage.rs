@@ -125,6 +125,40 @@ async fn assert_all_acked_in_history(c: &mut Client, room: &str, acked: &[(u64, 
     assert_eq!(stored.len(), acked.len(), "only acked messages are stored");
 }
 
+/// While the log fails: a send is refused at once, `/readyz` says why, `/healthz` stays 200,
+/// the metrics show it, and the log has said so once.
+async fn assert_failing_is_reported(server: &Server, c: &mut Client) {
+    eventually("the log is failing", || {
+        server.metric("sokdo_wal_write_failing") == 1.0
+    })
+    .await;
+    let reply = c
+        .request(json!({"op": "send", "room": "disk", "body": "late"}))
+        .await;
+    assert_eq!(
+        reply["message"], FAILING,
+        "a send while failing is refused at once: {reply}"
+    );
+    let (status, body) = server.get("/readyz");
+    assert_eq!(
+        (status, body.trim()),
+        (503, FAILING.trim_end_matches(": retry later"))
+    );
+    assert_eq!(
+        server.get("/healthz").0,
+        200,
+        "the process still serves reads"
+    );
+    assert!(server.metric("sokdo_wal_write_errors_total") >= 1.0);
+    let lines = server.log_lines("the write-ahead log cannot be written");
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line on the change to failing: {lines:?}"
+    );
+    assert!(lines[0].contains("No space left on device"), "{}", lines[0]);
+}
+
 const FAILING: &str = "the message log cannot be written (No space left on device): retry later";
 
 #[tokio::test]
@@ -163,35 +197,7 @@ async fn full_disk_story(durability: &str) {
         assert_eq!(r["code"], "unavailable", "{r}");
         assert_eq!(r["message"], FAILING, "{r}");
     }
-    eventually("the log is failing", || {
-        server.metric("sokdo_wal_write_failing") == 1.0
-    })
-    .await;
-    let reply = c
-        .request(json!({"op": "send", "room": "disk", "body": "late"}))
-        .await;
-    assert_eq!(
-        reply["message"], FAILING,
-        "a send while failing is refused at once: {reply}"
-    );
-    let (status, body) = server.get("/readyz");
-    assert_eq!(
-        (status, body.trim()),
-        (503, FAILING.trim_end_matches(": retry later"))
-    );
-    assert_eq!(
-        server.get("/healthz").0,
-        200,
-        "the process still serves reads"
-    );
-    assert!(server.metric("sokdo_wal_write_errors_total") >= 1.0);
-    let lines = server.log_lines("the write-ahead log cannot be written");
-    assert_eq!(
-        lines.len(),
-        1,
-        "one line on the change to failing: {lines:?}"
-    );
-    assert!(lines[0].contains("No space left on device"), "{}", lines[0]);
+    assert_failing_is_reported(&server, &mut c).await;
 
     std::fs::remove_file(fs.dir.join("filler")).unwrap();
     eventually("/readyz is 200 again", || server.get("/readyz").0 == 200).await;
