@@ -461,6 +461,30 @@ mod tests {
     }
 
     #[test]
+    fn abandoned_seqs_are_given_back_or_shown_as_tombstones() {
+        let mut r = room(10);
+        let a = r.reserve("u", Some("k"), 1);
+        let b = r.reserve("u", None, 2);
+        // Abandoned out of order, the seqs still come back once both are.
+        r.abandon(a, "u", Some("k"));
+        assert_eq!(r.next_seq(), 3, "a later seq is still reserved");
+        r.abandon(b, "u", None);
+        assert_eq!((r.next_seq(), r.last_seq()), (1, 0));
+        assert_eq!(r.retry_of("u", Some("k")), None, "a retry is a new attempt");
+        assert_eq!(r.reserve("u", Some("k"), 3), 1);
+        // A seq abandoned below one that is then written becomes a tombstone: no gap.
+        let c = r.reserve("u", None, 4);
+        r.abandon(1, "u", Some("k"));
+        r.publish(c, "u", None, "c".into(), 4);
+        let seqs: Vec<(u64, bool)> = r
+            .history(None, 10)
+            .iter()
+            .map(|m| (m.seq, m.deleted))
+            .collect();
+        assert_eq!(seqs, [(1, true), (2, false)]);
+    }
+
+    #[test]
     fn retry_window_is_bounded() {
         let mut r = room(10);
         for k in 0..5 {
