@@ -1,4 +1,5 @@
-//! The MongoDB sink through the real driver: against the wire-protocol double (always), and
+//! The MongoDB sink through the real driver: against the wire-protocol double (always),
+//! against SecantusDB, a third-party MongoDB-wire server (always; `support/secantus.rs`), and
 //! against a real mongod when `MONGODB_URI` is set.
 
 mod support;
@@ -11,6 +12,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use sokdo_persistence::{Config, Handle, Persistence, ReadRequest, Record, Stats, Ticket};
 use support::mongo_double::MongoDouble;
+use support::secantus::Secantus;
 use support::{config, message, seqs, sinks, wait_for, Collector};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -291,14 +293,9 @@ fn a_replayed_batch_is_idempotent_on_the_double() {
     p.shutdown().unwrap();
 }
 
-#[test]
-fn mongo_sink_against_a_real_mongod_when_configured() {
-    let Ok(uri) = std::env::var("MONGODB_URI") else {
-        println!(
-            "MONGODB_URI is not set: skipping the real-mongod run (the wire double ran above)"
-        );
-        return;
-    };
+/// The round trip through a real MongoDB-wire server at `uri`, in a database of its own that
+/// it drops at the end: documents, batches, reads, and a restart resuming `last_seq`.
+fn real_server_round_trip(uri: &str) {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -306,9 +303,9 @@ fn mongo_sink_against_a_real_mongod_when_configured() {
     let database = format!("sokdo_test_{stamp}");
     let dir = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
-    let cfg = mongo_config(dir.path(), uri.clone(), database.clone());
+    let cfg = mongo_config(dir.path(), uri.to_string(), database.clone());
     let (p, _) = Persistence::open(cfg.clone(), sinks(&collector, 1)).unwrap();
-    round_trip(&p, &collector, &uri, &database, 200);
+    round_trip(&p, &collector, uri, &database, 200);
     p.shutdown().unwrap();
     let (p, rooms) = Persistence::open(cfg, sinks(&collector, 1)).unwrap();
     assert_eq!(rooms[0].last_seq, 200);
@@ -318,7 +315,7 @@ fn mongo_sink_against_a_real_mongod_when_configured() {
         .build()
         .unwrap();
     rt.block_on(async {
-        mongodb::Client::with_uri_str(&uri)
+        mongodb::Client::with_uri_str(uri)
             .await
             .unwrap()
             .database(&database)
@@ -326,4 +323,22 @@ fn mongo_sink_against_a_real_mongod_when_configured() {
             .await
             .unwrap()
     });
+}
+
+#[test]
+fn mongo_sink_against_secantusdb_round_trips_and_resumes() {
+    let server = Secantus::start_new();
+    real_server_round_trip(&server.uri());
+}
+
+#[test]
+fn mongo_sink_against_a_real_mongod_when_configured() {
+    let Ok(uri) = std::env::var("MONGODB_URI") else {
+        println!(
+            "MONGODB_URI is not set: skipping the real-mongod run (the wire double and \
+             SecantusDB ran)"
+        );
+        return;
+    };
+    real_server_round_trip(&uri);
 }

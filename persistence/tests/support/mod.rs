@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod mongo_double;
+pub mod secantus;
 
 use std::collections::HashMap;
 use std::path::Path;
