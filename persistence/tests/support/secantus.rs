@@ -68,7 +68,11 @@ impl Secantus {
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         wait_for("SecantusDB accepts connections", START_WAIT, || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("secantusd-py exited before accepting connections: {status}");
             }
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
