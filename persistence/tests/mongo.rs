@@ -12,8 +12,9 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use sokdo_persistence::{Config, Handle, Persistence, ReadRequest, Record, Stats, Ticket};
 use support::mongo_double::MongoDouble;
+use support::mongo_server::MongoServer;
 use support::secantus::Secantus;
-use support::{config, message, seqs, sinks, wait_for, Collector, MongoServer};
+use support::{config, message, seqs, sinks, wait_for, Collector};
 
 const WAIT: Duration = Duration::from_secs(60);
 

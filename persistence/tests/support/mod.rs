@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod mongo_double;
+pub mod mongo_server;
 pub mod secantus;
 
 use std::collections::HashMap;
@@ -13,40 +14,6 @@ use sokdo_persistence::{
     Completion, CompletionSink, Config, Durability, Handle, ReadRequest, Record, StoredMessage,
     Ticket,
 };
-
-/// A MongoDB-wire server a test can take down and bring back: the double or SecantusDB.
-pub trait MongoServer {
-    fn uri(&self) -> String;
-    fn stop(&mut self);
-    /// Back on the same port with the same data, accepting connections.
-    fn start(&mut self);
-}
-
-/// On a shared reference: the double stops and starts through `&self`, so a test can inspect
-/// it while the story holds it.
-impl MongoServer for &mongo_double::MongoDouble {
-    fn uri(&self) -> String {
-        mongo_double::MongoDouble::uri(self)
-    }
-    fn stop(&mut self) {
-        mongo_double::MongoDouble::stop(self);
-    }
-    fn start(&mut self) {
-        mongo_double::MongoDouble::start(self);
-    }
-}
-
-impl MongoServer for secantus::Secantus {
-    fn uri(&self) -> String {
-        secantus::Secantus::uri(self)
-    }
-    fn stop(&mut self) {
-        secantus::Secantus::stop(self);
-    }
-    fn start(&mut self) {
-        secantus::Secantus::start(self);
-    }
-}
 
 /// Polls `cond` with a short backoff until it holds; fails the test after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

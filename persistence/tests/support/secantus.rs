@@ -6,9 +6,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use super::wait_for;
+use std::time::{Duration, Instant};
 
 /// How long SecantusDB may take to accept connections (it is slow to start: WiredTiger).
 const START_WAIT: Duration = Duration::from_secs(60);
@@ -17,7 +15,8 @@ const START_WAIT: Duration = Duration::from_secs(60);
 pub struct Secantus {
     child: Option<Child>,
     port: u16,
-    storage: tempfile::TempDir,
+    /// Its WiredTiger home, removed on drop.
+    storage: PathBuf,
 }
 
 fn secantusd() -> PathBuf {
@@ -40,10 +39,13 @@ impl Secantus {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        let storage =
+            std::env::temp_dir().join(format!("sokdo-secantus-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&storage).expect("a storage directory");
         let mut s = Secantus {
             child: None,
             port,
-            storage: tempfile::tempdir().expect("a storage directory"),
+            storage,
         };
         s.start();
         s
@@ -59,7 +61,7 @@ impl Secantus {
         let child = Command::new(secantusd())
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--storage-path")
-            .arg(self.storage.path())
+            .arg(&self.storage)
             .args(["--log-level", "WARNING"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -67,16 +69,23 @@ impl Secantus {
             .expect("start secantusd-py");
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_for("SecantusDB accepts connections", START_WAIT, || {
-            if let Some(status) = self
+        // Polled (connect attempts, bounded), not slept: the engine's and persistence's test
+        // crates both include this file, so it brings its own wait.
+        let deadline = Instant::now() + START_WAIT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            let exited = self
                 .child
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 panic!("secantusd-py exited before accepting connections: {status}");
             }
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
+            assert!(
+                Instant::now() < deadline,
+                "SecantusDB did not accept connections within {START_WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills it and waits for it to exit; its storage stays for `start`.
@@ -91,5 +100,6 @@ impl Secantus {
 impl Drop for Secantus {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.storage);
     }
 }
