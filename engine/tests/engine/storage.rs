@@ -86,27 +86,15 @@ async fn send_burst(
     (acked, refused)
 }
 
-/// Every message of `room` by seq, paging `history` backwards.
+/// Every message of `room` by seq.
 async fn history(c: &mut Client, room: &str) -> BTreeMap<u64, String> {
-    let mut all = BTreeMap::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let mut req = json!({"op": "history", "room": room, "limit": 100});
-        if let Some(b) = before {
-            req["before_seq"] = json!(b);
-        }
-        let page = c.ok(req).await["messages"].as_array().unwrap().clone();
-        let Some(first) = page.first() else { break };
-        before = Some(first["seq"].as_u64().unwrap());
-        for m in &page {
+    let all = crate::durability::full_history(c, room).await;
+    all.iter()
+        .map(|m| {
             let body = m["body"].as_str().unwrap_or_default().to_string();
-            all.insert(m["seq"].as_u64().unwrap(), body);
-        }
-        if before == Some(1) {
-            break;
-        }
-    }
-    all
+            (m["seq"].as_u64().unwrap(), body)
+        })
+        .collect()
 }
 
 /// Every acknowledged message is in the room's history, and its seqs have no gap.
