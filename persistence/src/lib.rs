@@ -20,7 +20,11 @@
 //!    *confirmed* log sequence number forward; the WAL thread deletes whole segments below that
 //!    mark and nothing else. A sink that is down is retried with backoff while appends keep
 //!    succeeding and the log grows, up to `wal_bytes_max`, where [`Handle::append`] answers
-//!    [`SubmitError::Full`] — never a silent drop.
+//!    [`SubmitError::Full`] — never a silent drop. A log that cannot be written (disk full, I/O
+//!    error) is survived the same way: the WAL thread answers the group it could not write with
+//!    [`Completion::Failed`], cuts the log back to before it, refuses appends with
+//!    [`SubmitError::Unwritable`] while it probes the disk with backoff, and takes appends
+//!    again once a probe writes (`wal_thread.rs`).
 //! 3. **`sokdo-read`** (`read_thread.rs`) serves `history` and `join after_seq` reads: it
 //!    copies the backlog's records for the room, queries the sink, merges the two and delivers
 //!    a [`Completion::Read`] to the asking shard.
