@@ -127,6 +127,14 @@ async fn assert_failing_is_reported(server: &Server, c: &mut Client) {
         reply["message"], FAILING,
         "a send while failing is refused at once: {reply}"
     );
+    let (status, text) = server.http(
+        "POST",
+        "/api/rooms/disk/messages",
+        &[("X-Api-Key", "k3y")],
+        r#"{"body":"from a back end","from":"bot"}"#,
+    );
+    assert_eq!(status, 503, "the publish API is refused too: {text}");
+    assert!(text.contains(FAILING), "{text}");
     let (status, body) = server.get("/readyz");
     assert_eq!(
         (status, body.trim()),
@@ -164,7 +172,14 @@ async fn a_full_disk_under_async_durability_loses_no_acknowledged_send() {
 async fn full_disk_story(durability: &str) {
     let fs = Tmpfs::mount("tmpfs-full", "4m");
     let data = fs.dir.join("data");
-    let args = ["--durability", durability, "--wal-segment-bytes", "65536"];
+    let args = [
+        "--durability",
+        durability,
+        "--wal-segment-bytes",
+        "65536",
+        "--api-key",
+        "k3y",
+    ];
     let env = [("SOKDO_LOG", "warn,sokdo_persistence=info")];
     let server = Server::start_with_env(&data, &args, &env);
     let mut c = Client::connect(&server, "ann").await;
