@@ -404,6 +404,29 @@ mod tests {
     }
 
     #[test]
+    fn readyz_reports_a_log_that_cannot_be_written_and_healthz_does_not() {
+        let auth = Auth::new(None);
+        let why = "the message log cannot be written (No space left on device)";
+        let ctx = Context {
+            log_failure: Some(why.to_string()),
+            ..ctx(&auth, false)
+        };
+        let answer =
+            |path: &str| match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), &ctx) {
+                Outcome::Respond { response, .. } => {
+                    String::from_utf8_lossy(&response).into_owned()
+                }
+                _ => panic!("not a response"),
+            };
+        let ready = answer("/readyz");
+        assert!(
+            ready.starts_with("HTTP/1.1 503") && ready.ends_with(&format!("{why}\n")),
+            "{ready}"
+        );
+        assert!(answer("/healthz").starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
     fn fault_routes_exist_only_with_fault_injection() {
         let auth = Auth::new(None);
         let off = ctx(&auth, false);
