@@ -55,6 +55,11 @@ pub struct Config {
     #[arg(long, env = "SOKDO_WAL_SEGMENT_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
     pub wal_segment_bytes: u64,
 
+    /// While the log cannot be written (disk full, I/O error), it is probed again after
+    /// 100 ms, the wait doubling up to this bound.
+    #[arg(long, env = "SOKDO_WAL_RETRY_BACKOFF_MAX_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub wal_retry_backoff_max_ms: u64,
+
     /// A write-behind batch is written once it holds this many records…
     #[arg(long, env = "SOKDO_BATCH_MESSAGES_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch_messages_max: u64,
@@ -369,6 +374,7 @@ impl Config {
             batch_age_ms: self.batch_age_ms,
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_database: self.mongodb_database.clone(),
+            wal_retry_backoff_max_ms: self.wal_retry_backoff_max_ms,
         }
     }
 

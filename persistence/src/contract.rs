@@ -34,6 +34,9 @@ pub struct Config {
     /// `Some` selects the MongoDB sink instead of the embedded store.
     pub mongodb_uri: Option<String>,
     pub mongodb_database: String,
+    /// While the log cannot be written, the WAL thread probes it again after 100 ms, doubling
+    /// the wait up to this bound.
+    pub wal_retry_backoff_max_ms: u64,
 }
 
 impl Default for Config {
@@ -47,9 +50,14 @@ impl Default for Config {
             batch_age_ms: 50,
             mongodb_uri: None,
             mongodb_database: "sokdo".to_string(),
+            wal_retry_backoff_max_ms: 1000,
         }
     }
 }
+
+/// The first wait before the WAL thread probes a log it could not write; it doubles up to
+/// [`Config::wal_retry_backoff_max_ms`].
+pub const WAL_RETRY_BACKOFF_MIN_MS: u64 = 100;
 
 /// The smallest segment we accept: below it, rotation would dominate the write path.
 pub const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
@@ -67,6 +75,11 @@ impl Config {
             return Err(Error::Config(
                 "wal_bytes_max must be at least twice wal_segment_bytes".to_string(),
             ));
+        }
+        if self.wal_retry_backoff_max_ms < WAL_RETRY_BACKOFF_MIN_MS {
+            return Err(Error::Config(format!(
+                "wal_retry_backoff_max_ms must be at least {WAL_RETRY_BACKOFF_MIN_MS}"
+            )));
         }
         if self.batch_messages_max == 0 {
             return Err(Error::Config(
@@ -199,6 +212,10 @@ pub enum Completion {
         ticket: Ticket,
         result: Result<Vec<StoredMessage>, Error>,
     },
+    /// These tickets' records were **not** written: the log could not be written or synced
+    /// (the error is [`SubmitError::Unwritable`]). Nothing of them is durable or will be
+    /// retried; each ticket is delivered once, either `Durable` or `Failed`.
+    Failed(Vec<Ticket>, SubmitError),
 }
 
 /// The engine's side of completions: push to the shard's inbox and wake it.
@@ -242,11 +259,15 @@ pub struct Stats {
     pub sink_batches: u64,
     pub sink_errors: u64,
     pub sink_up: bool,
+    /// The log cannot be written now: appends are refused with [`SubmitError::Unwritable`].
+    pub wal_write_failing: bool,
+    /// Failed log writes, syncs, rotations, trims and recovery probes.
+    pub wal_write_errors: u64,
 }
 
 /// Why an append or a read was refused at submission. Nothing refused was accepted.
 /// (`AppendError` is the former name, still exported as an alias.)
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
     /// The log is at `wal_bytes_max` or the hand-off queue is full: the engine answers
     /// `unavailable`.
@@ -260,6 +281,19 @@ pub enum SubmitError {
     TooLarge,
     #[error("ticket names shard {0}, which has no completion sink")]
     UnknownShard(u16),
+    /// The last log write or sync failed with this OS error (`ENOSPC`, `EIO`, …) and the WAL
+    /// thread has not yet written to it again: appends are refused at once until it has.
+    #[error("the message log cannot be written ({})", os_error_text(*.os_error))]
+    Unwritable { os_error: i32 },
+}
+
+/// `No space left on device` for 28: the OS's text without Rust's `(os error N)` suffix.
+pub fn os_error_text(os_error: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(os_error).to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 /// What went wrong inside persistence. Each variant that wraps a library's error keeps it as
@@ -296,6 +330,16 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    /// The OS error behind a failed log operation, for [`SubmitError::Unwritable`]; an error
+    /// that carries none (a short write, a lost completion) counts as `EIO`.
+    pub(crate) fn os_error(&self) -> i32 {
+        const EIO: i32 = 5;
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(EIO),
+            _ => EIO,
+        }
     }
 }
 

@@ -67,12 +67,17 @@ impl Handle {
 
     /// Queues `rec` for the log. `Ok` means accepted: it will be written (and `ticket`, if any,
     /// completed with [`Completion::Durable`](crate::Completion::Durable)) unless the process
-    /// dies first. `Full` means nothing was accepted: the log is at `wal_bytes_max` (the sink is
-    /// behind) or the hand-off queue is full.
+    /// dies first, or completed with [`Completion::Failed`](crate::Completion::Failed) if the
+    /// log cannot be written. `Full` means nothing was accepted: the log is at `wal_bytes_max`
+    /// (the sink is behind) or the hand-off queue is full. `Unwritable` means nothing was
+    /// accepted because the log's last write or sync failed and it has not recovered yet.
     pub fn append(&self, rec: Record, ticket: Option<Ticket>) -> Result<(), SubmitError> {
         self.check_shard(ticket)?;
         if self.pipeline.closing.load(Relaxed) {
             return Err(SubmitError::Closed);
+        }
+        if let Some(e) = self.pipeline.write_failure() {
+            return Err(e);
         }
         let reserved_bytes = rec.frame_bytes_upper_bound();
         if reserved_bytes > RECORD_BYTES_MAX as u64 {
@@ -97,6 +102,12 @@ impl Handle {
                 })
             }
         }
+    }
+
+    /// `Some(SubmitError::Unwritable { .. })` while the log cannot be written (for `/readyz`);
+    /// one atomic load.
+    pub fn write_failure(&self) -> Option<SubmitError> {
+        self.pipeline.write_failure()
     }
 
     /// Test only (fault injection): makes the log thread panic once it takes this command.
@@ -136,6 +147,8 @@ impl Handle {
             sink_batches: s.sink_batches.load(Relaxed),
             sink_errors: s.sink_errors.load(Relaxed),
             sink_up: s.sink_up.load(Relaxed),
+            wal_write_failing: s.wal_write_error.load(Relaxed) != 0,
+            wal_write_errors: s.wal_write_errors.load(Relaxed),
         }
     }
 }

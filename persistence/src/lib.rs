@@ -20,7 +20,11 @@
 //!    *confirmed* log sequence number forward; the WAL thread deletes whole segments below that
 //!    mark and nothing else. A sink that is down is retried with backoff while appends keep
 //!    succeeding and the log grows, up to `wal_bytes_max`, where [`Handle::append`] answers
-//!    [`SubmitError::Full`] — never a silent drop.
+//!    [`SubmitError::Full`] — never a silent drop. A log that cannot be written (disk full, I/O
+//!    error) is survived the same way: the WAL thread answers the group it could not write with
+//!    [`Completion::Failed`], cuts the log back to before it, refuses appends with
+//!    [`SubmitError::Unwritable`] while it probes the disk with backoff, and takes appends
+//!    again once a probe writes (`wal_thread.rs`).
 //! 3. **`sokdo-read`** (`read_thread.rs`) serves `history` and `join after_seq` reads: it
 //!    copies the backlog's records for the room, queries the sink, merges the two and delivers
 //!    a [`Completion::Read`] to the asking shard.
@@ -101,7 +105,9 @@ pub use handle::{Handle, Persistence};
 pub type AppendError = SubmitError;
 
 // The limits the contract's behaviour depends on (`Full`, `TooLarge`, read caps, timings).
-pub use contract::{READ_MESSAGES_MAX, WAL_SEGMENT_BYTES_MIN};
+pub use contract::{
+    os_error_text, READ_MESSAGES_MAX, WAL_RETRY_BACKOFF_MIN_MS, WAL_SEGMENT_BYTES_MIN,
+};
 pub use handle::{APPEND_QUEUE_RECORDS_MAX, READ_QUEUE_REQUESTS_MAX};
 pub use sink_thread::SHUTDOWN_DRAIN_MS;
 pub use wal_thread::ASYNC_SYNC_INTERVAL_MS;

@@ -15,11 +15,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use crate::backlog::Backlog;
-use crate::contract::{CompletionSink, Config, Durability, Record};
+use crate::contract::{CompletionSink, Config, Durability, Record, SubmitError};
 use crate::wal::Wal;
 
 pub(crate) struct Pipeline {
@@ -31,6 +32,7 @@ pub(crate) struct Pipeline {
     pub batch_age_ms: u64,
     pub wal_bytes_max: u64,
     pub wal_segment_bytes: u64,
+    pub wal_retry_backoff_max_ms: u64,
     /// Pushed by the WAL thread, drained by the sink thread, copied by the read thread.
     pub backlog: Backlog,
     /// Set once by `Persistence::shutdown`; handles then refuse appends.
@@ -45,6 +47,10 @@ pub(crate) struct Pipeline {
     pub group_commits: AtomicU64,
     pub fdatasyncs: AtomicU64,
     pub last_group_records: AtomicU64,
+    /// The OS error of the log's last failed write or sync while it fails, 0 once it wrote
+    /// again: handles refuse appends while it is set. Written by the WAL thread.
+    pub wal_write_error: AtomicI32,
+    pub wal_write_errors: AtomicU64,
     /// Written by the sink thread, like the three after it; the WAL thread trims up to it.
     pub confirmed_lsn: AtomicU64,
     pub sink_batches: AtomicU64,
@@ -74,6 +80,7 @@ impl Pipeline {
             batch_age_ms: cfg.batch_age_ms,
             wal_bytes_max: cfg.wal_bytes_max,
             wal_segment_bytes: cfg.wal_segment_bytes,
+            wal_retry_backoff_max_ms: cfg.wal_retry_backoff_max_ms,
             backlog,
             closing: AtomicBool::new(false),
             wal_bytes: AtomicU64::new(wal.bytes()),
@@ -83,11 +90,21 @@ impl Pipeline {
             group_commits: AtomicU64::new(0),
             fdatasyncs: AtomicU64::new(0),
             last_group_records: AtomicU64::new(0),
+            wal_write_error: AtomicI32::new(0),
+            wal_write_errors: AtomicU64::new(0),
             confirmed_lsn: AtomicU64::new(confirmed_lsn),
             sink_batches: AtomicU64::new(0),
             sink_errors: AtomicU64::new(0),
             sink_up: AtomicBool::new(true),
             last_sink_error: Mutex::new(None),
+        }
+    }
+
+    /// `Some` while the log cannot be written.
+    pub fn write_failure(&self) -> Option<SubmitError> {
+        match self.wal_write_error.load(Relaxed) {
+            0 => None,
+            os_error => Some(SubmitError::Unwritable { os_error }),
         }
     }
 

@@ -15,6 +15,13 @@
 //! deleted: a record after a hole was never acknowledged as durable, because groups are synced
 //! in order and an acknowledgement waits for its group's sync.
 //!
+//! A failed write or `fdatasync` leaves the live segment's tail unknown: part of the group may
+//! be on disk, and on Linux a failed writeback can leave pages marked clean that never reached
+//! the disk, so a later `fdatasync` on the same descriptor may succeed without them. The group
+//! was not acknowledged, so the safe state is the one before it: the segment is cut back to its
+//! last synced frame and reopened ([`Wal::repair`]), and nothing is written until that worked.
+//! [`Wal::probe`] tells whether the disk takes writes again without writing a record.
+//!
 //! This module owns files only; it knows nothing of threads, tickets or sinks.
 
 use std::collections::VecDeque;
@@ -33,6 +40,8 @@ use crate::record::{self, Damage};
 const RING_ENTRIES: u32 = 8;
 const USER_DATA_WRITE: u64 = 1;
 const USER_DATA_SYNC: u64 = 2;
+/// What [`Wal::probe`] writes (and cuts off again): one page.
+const PROBE_BYTES: usize = 4096;
 
 struct Segment {
     first_lsn: u64,
@@ -60,6 +69,8 @@ pub struct Wal {
     segment_bytes_max: u64,
     ring: Option<IoUring>,
     dirty: bool,
+    /// A write or sync failed: the live segment may hold bytes past its last good frame.
+    torn: bool,
     fdatasyncs: u64,
 }
 
@@ -152,6 +163,7 @@ impl Wal {
             segment_bytes_max,
             ring: IoUring::new(RING_ENTRIES).ok(),
             dirty: false,
+            torn: false,
             fdatasyncs: 0,
         };
         Ok((wal, replay))
@@ -179,18 +191,28 @@ impl Wal {
     }
 
     /// Appends a group of `records` frames (encoded with lsns from [`Wal::next_lsn`]) in one
-    /// write, followed by one `fdatasync` when `sync`.
+    /// write, followed by one `fdatasync` when `sync`. On `Err` nothing of the group counts:
+    /// the lsns are not used and the segment is cut back to where it was (now, or by the next
+    /// call, which repairs first).
     pub fn append(&mut self, group: &[u8], records: u64, sync: bool) -> Result<(), Error> {
         debug_assert!(records > 0 && !group.is_empty());
+        self.repair()?;
         let live_bytes = self.segments.back().map_or(0, |s| s.bytes);
         if live_bytes > 0 && live_bytes + group.len() as u64 > self.segment_bytes_max {
             self.rotate()?;
         }
-        let live = self.segments.back_mut().expect("live segment");
-        let offset = live.bytes;
-        let path = live.path.clone();
-        let synced = write_at(self.ring.as_mut(), &self.live, group, offset, sync)
-            .map_err(Error::io(&path))?;
+        let live = self.segments.back().expect("live segment");
+        let (offset, path) = (live.bytes, live.path.clone());
+        let written = write_at(self.ring.as_mut(), &self.live, group, offset, sync);
+        let synced = match written {
+            Ok(synced) => synced,
+            Err(e) => {
+                self.torn = true;
+                // Best effort now; if it fails too, the next append or probe repairs first.
+                let _ = self.repair();
+                return Err(Error::io(&path)(e));
+            }
+        };
         let live = self.segments.back_mut().expect("live segment");
         live.bytes += group.len() as u64;
         self.next_lsn += records;
@@ -199,6 +221,44 @@ impl Wal {
             self.fdatasyncs += 1;
         }
         Ok(())
+    }
+
+    /// After a failed write or sync: cuts the live segment back to its last good frame, syncs
+    /// that, and reopens it, so that the new descriptor reports only errors that happen after
+    /// it. Does nothing when no write failed.
+    pub fn repair(&mut self) -> Result<(), Error> {
+        if !self.torn {
+            return Ok(());
+        }
+        let live = self.segments.back().expect("live segment");
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&live.path)
+            .and_then(|f| f.set_len(live.bytes).and(f.sync_all()).map(|()| f))
+            .map_err(Error::io(&live.path))?;
+        self.live = file;
+        self.torn = false;
+        Ok(())
+    }
+
+    /// Whether the disk takes writes again: repairs, syncs what is unsynced, writes and syncs
+    /// one page past the last frame, and cuts it off again. Appends nothing.
+    pub fn probe(&mut self) -> Result<(), Error> {
+        self.repair()?;
+        self.sync()?;
+        let live = self.segments.back().expect("live segment");
+        let (offset, path) = (live.bytes, live.path.clone());
+        // Until it is cut off, the page sits past the last frame like a torn write.
+        self.torn = true;
+        write_at(
+            self.ring.as_mut(),
+            &self.live,
+            &[0; PROBE_BYTES],
+            offset,
+            true,
+        )
+        .map_err(Error::io(&path))?;
+        self.repair()
     }
 
     /// Makes every appended byte durable.
@@ -216,12 +276,23 @@ impl Wal {
     fn rotate(&mut self) -> Result<(), Error> {
         self.sync()?;
         let path = segment_path(&self.dir, self.next_lsn);
-        let file = OpenOptions::new()
-            .create_new(true)
+        // `create`, not `create_new`: a rotation that failed after creating the file left it
+        // empty, and no segment we know has this name (lsns only grow).
+        let created = OpenOptions::new()
+            .create(true)
+            .truncate(true)
             .write(true)
             .open(&path)
-            .map_err(Error::io(&path))?;
-        sync_dir(&self.dir)?;
+            .map_err(Error::io(&path))
+            .and_then(|file| sync_dir(&self.dir).map(|()| file));
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                // Best effort: replay would drop an empty segment out of sequence anyway.
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         self.segments.push_back(Segment {
             first_lsn: self.next_lsn,
             path,

@@ -9,16 +9,26 @@
 //! [`ASYNC_SYNC_INTERVAL_MS`] later.
 //!
 //! Between groups it trims segments the sink has confirmed. It never talks to the sink.
+//!
+//! **A log that cannot be written** (disk full, I/O error) does not stop the thread. The group
+//! whose write or sync failed is not acknowledged: each of its tickets gets
+//! [`Completion::Failed`], and the log is cut back to its state before the group (`Wal::repair`).
+//! From then on handles refuse appends at once ([`SubmitError::Unwritable`](crate::SubmitError)),
+//! and appends already queued are failed the same way without being tried. The thread probes the
+//! disk (`Wal::probe`) after [`WAL_RETRY_BACKOFF_MIN_MS`], doubling up to
+//! `wal_retry_backoff_max_ms`; the first probe that writes and syncs ends the failure, and
+//! appends are accepted again. The change to failing and the recovery are logged once each.
 
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::contract::{Completion, Durability, Error, Record, Ticket};
+use crate::contract::{Completion, Durability, Error, Record, Ticket, WAL_RETRY_BACKOFF_MIN_MS};
 use crate::record::encode_frame;
 use crate::state::Pipeline;
 use crate::wal::Wal;
@@ -50,63 +60,269 @@ pub(crate) enum WalCmd {
 struct Group {
     buf: Vec<u8>,
     records: Vec<(u64, Arc<Record>)>,
+    /// Per record: its reservation, and whether a ticket waits for it.
+    kinds: Vec<(u64, bool)>,
     tickets: Vec<Vec<Ticket>>,
     reserved_bytes: u64,
+    /// [`GROUP_BYTES_MAX`], or `wal_segment_bytes` if smaller.
+    bytes_max: usize,
 }
 
-pub(crate) fn run(
-    mut wal: Wal,
-    rx: Receiver<WalCmd>,
+impl Group {
+    fn full(&self) -> bool {
+        self.records.len() >= GROUP_RECORDS_MAX || self.buf.len() >= self.bytes_max
+    }
+
+    /// Encodes `rec` as the next frame of the group, whose first lsn is `first_lsn`.
+    fn push(
+        &mut self,
+        first_lsn: u64,
+        rec: Arc<Record>,
+        reserved_bytes: u64,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Error> {
+        let lsn = first_lsn + self.records.len() as u64;
+        let size = encode_frame(&rec, lsn, &mut self.buf)?;
+        assert!(
+            size as u64 <= reserved_bytes,
+            "frame larger than its reservation"
+        );
+        self.reserved_bytes += reserved_bytes;
+        self.records.push((lsn, rec));
+        self.kinds.push((reserved_bytes, ticket.is_some()));
+        if let Some(t) = ticket {
+            self.tickets[usize::from(t.shard)].push(t);
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.records.clear();
+        self.kinds.clear();
+        self.reserved_bytes = 0;
+        debug_assert!(self.tickets.iter().all(Vec::is_empty));
+    }
+}
+
+/// The log could not be written: appends are refused until a probe writes again.
+struct Failing {
+    since: Instant,
+    next_probe: Instant,
+    backoff_ms: u64,
+}
+
+/// The thread's state between commands.
+struct Log {
+    wal: Wal,
     pipeline: Arc<Pipeline>,
-) -> Result<(), Error> {
-    let shards = pipeline.sinks.len();
-    let mut group = Group {
-        buf: Vec::with_capacity(64 * 1024),
-        records: Vec::new(),
-        tickets: vec![Vec::new(); shards],
-        reserved_bytes: 0,
-    };
-    let group_bytes_max =
+    group: Group,
+    last_sync: Instant,
+    failing: Option<Failing>,
+    /// Records without a ticket whose group could not be written, in log order, with their
+    /// reservations. Nobody waits for them because they were already answered (rooms,
+    /// members, read pointers; sends under `Durability::Async`), so they are not dropped:
+    /// they are written first once the log can be written again. Bounded by what the append
+    /// channel held when the log failed, since handles refuse appends while it fails.
+    held: VecDeque<(Arc<Record>, u64)>,
+}
+
+pub(crate) fn run(wal: Wal, rx: Receiver<WalCmd>, pipeline: Arc<Pipeline>) -> Result<(), Error> {
+    let bytes_max =
         GROUP_BYTES_MAX.min(usize::try_from(pipeline.wal_segment_bytes).unwrap_or(usize::MAX));
-    let mut last_sync = Instant::now();
+    let mut log = Log {
+        wal,
+        group: Group {
+            buf: Vec::with_capacity(64 * 1024),
+            records: Vec::new(),
+            kinds: Vec::new(),
+            tickets: vec![Vec::new(); pipeline.sinks.len()],
+            reserved_bytes: 0,
+            bytes_max,
+        },
+        pipeline,
+        last_sync: Instant::now(),
+        failing: None,
+        held: VecDeque::new(),
+    };
     let mut shutdown = false;
     while !shutdown {
-        let tick = if pipeline.durability == Durability::Async {
-            Duration::from_millis(ASYNC_SYNC_INTERVAL_MS).saturating_sub(last_sync.elapsed())
-        } else {
-            Duration::from_millis(WAL_IDLE_TICK_MS)
-        };
-        let first = match rx.recv_timeout(tick) {
+        let first = match rx.recv_timeout(log.tick()) {
             Ok(cmd) => Some(cmd),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if let Some(first) = first {
-            shutdown = collect(&mut wal, first, &rx, &mut group, group_bytes_max)?;
+            shutdown = collect(&mut log.wal, first, &rx, &mut log.group)?;
         }
-        if !group.records.is_empty() {
-            commit(&mut wal, &mut group, &pipeline, &mut last_sync)?;
-        }
-        let sync_due = last_sync.elapsed() >= Duration::from_millis(ASYNC_SYNC_INTERVAL_MS);
-        if pipeline.durability == Durability::Async && sync_due {
-            wal.sync()?;
-            pipeline.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
-            last_sync = Instant::now();
-        }
-        let freed = wal.trim(pipeline.confirmed_lsn.load(Relaxed))?;
-        pipeline.wal_bytes.fetch_sub(freed, Relaxed);
-        pipeline.wal_segments.store(wal.segments() as u64, Relaxed);
+        log.write_group();
+        log.between_groups();
     }
-    // Appends that raced with shutdown still get written rather than dropped.
+    // Appends that raced with shutdown still get written (or refused) rather than dropped.
     while let Ok(cmd) = rx.try_recv() {
-        collect(&mut wal, cmd, &rx, &mut group, group_bytes_max)?;
-        if !group.records.is_empty() {
-            commit(&mut wal, &mut group, &pipeline, &mut last_sync)?;
+        collect(&mut log.wal, cmd, &rx, &mut log.group)?;
+        log.write_group();
+    }
+    if log.failing.is_some() {
+        log.recover();
+    }
+    if !log.held.is_empty() {
+        tracing::error!(
+            records = log.held.len(),
+            "shutting down with records the write-ahead log could not write: they are lost"
+        );
+    }
+    log.wal.sync()?;
+    log.pipeline.fdatasyncs.store(log.wal.fdatasyncs(), Relaxed);
+    Ok(())
+}
+
+impl Log {
+    /// How long to wait for the next command: until the async sync or the next probe is due.
+    fn tick(&self) -> Duration {
+        let tick = if self.pipeline.durability == Durability::Async {
+            Duration::from_millis(ASYNC_SYNC_INTERVAL_MS).saturating_sub(self.last_sync.elapsed())
+        } else {
+            Duration::from_millis(WAL_IDLE_TICK_MS)
+        };
+        match &self.failing {
+            Some(f) => tick.min(f.next_probe.saturating_duration_since(Instant::now())),
+            None => tick,
         }
     }
-    wal.sync()?;
-    pipeline.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
-    Ok(())
+
+    /// Commits the collected group, or refuses it if the log cannot be written.
+    fn write_group(&mut self) {
+        if self.group.records.is_empty() {
+            return;
+        }
+        if self.failing.is_none() {
+            let p = &self.pipeline;
+            match commit(&mut self.wal, &mut self.group, p, &mut self.last_sync) {
+                Ok(()) => return,
+                Err(e) => self.failed(&e),
+            }
+        }
+        self.refuse_group();
+    }
+
+    /// Completes every ticket of the group with `Failed` and releases those records'
+    /// reservations (none was acknowledged); the records without a ticket are held.
+    fn refuse_group(&mut self) {
+        let p = &self.pipeline;
+        let error = p
+            .write_failure()
+            .expect("groups are refused only while failing");
+        let records = self.group.records.drain(..).map(|(_, r)| r);
+        for (rec, (reserved_bytes, ticketed)) in records.zip(self.group.kinds.drain(..)) {
+            if ticketed {
+                p.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+            } else {
+                self.held.push_back((rec, reserved_bytes));
+            }
+        }
+        for (shard, tickets) in self.group.tickets.iter_mut().enumerate() {
+            if !tickets.is_empty() {
+                p.sinks[shard].complete(Completion::Failed(std::mem::take(tickets), error.clone()));
+            }
+        }
+        self.group.clear();
+    }
+
+    /// A write, sync, rotation, trim or probe failed. Handles refuse appends from now on; the
+    /// change to failing is logged once, and the next probe waits twice as long as the last.
+    fn failed(&mut self, e: &Error) {
+        let p = &self.pipeline;
+        p.wal_write_errors.fetch_add(1, Relaxed);
+        // Before any `Failed` completion goes out: an append after the refusal is refused too.
+        p.wal_write_error.store(e.os_error(), Relaxed);
+        let now = Instant::now();
+        let backoff_ms = match &self.failing {
+            Some(f) => (f.backoff_ms * 2).min(p.wal_retry_backoff_max_ms),
+            None => {
+                tracing::error!(
+                    error = %e,
+                    "the write-ahead log cannot be written: sends are refused and /readyz \
+                     answers 503 until a retry writes it again"
+                );
+                WAL_RETRY_BACKOFF_MIN_MS
+            }
+        };
+        let since = self.failing.as_ref().map_or(now, |f| f.since);
+        self.failing = Some(Failing {
+            since,
+            next_probe: now + Duration::from_millis(backoff_ms),
+            backoff_ms,
+        });
+    }
+
+    /// Probes the log and writes the held records; if both work, appends are accepted again.
+    fn recover(&mut self) {
+        let since = self.failing.as_ref().map_or_else(Instant::now, |f| f.since);
+        if let Err(e) = self.wal.probe().and_then(|()| self.write_held()) {
+            self.failed(&e);
+            return;
+        }
+        self.failing = None;
+        self.pipeline.wal_write_error.store(0, Relaxed);
+        let failed_ms = since.elapsed().as_millis() as u64;
+        tracing::info!(failed_ms, "the write-ahead log is written again");
+    }
+
+    /// Writes the held records, in order, as groups; each leaves `held` once written.
+    fn write_held(&mut self) -> Result<(), Error> {
+        while !self.held.is_empty() {
+            let first_lsn = self.wal.next_lsn();
+            let mut n = 0;
+            for (rec, reserved_bytes) in &self.held {
+                if self.group.full() {
+                    break;
+                }
+                if let Err(e) = self
+                    .group
+                    .push(first_lsn, rec.clone(), *reserved_bytes, None)
+                {
+                    self.group.clear();
+                    return Err(e);
+                }
+                n += 1;
+            }
+            let p = &self.pipeline;
+            if let Err(e) = commit(&mut self.wal, &mut self.group, p, &mut self.last_sync) {
+                self.group.clear();
+                return Err(e);
+            }
+            self.held.drain(..n);
+        }
+        Ok(())
+    }
+
+    /// The work between groups: the async sync, the probe of a failing log, trimming.
+    fn between_groups(&mut self) {
+        let p = self.pipeline.clone();
+        match &self.failing {
+            Some(f) if Instant::now() >= f.next_probe => self.recover(),
+            Some(_) => {}
+            None => {
+                let sync_due =
+                    self.last_sync.elapsed() >= Duration::from_millis(ASYNC_SYNC_INTERVAL_MS);
+                if p.durability == Durability::Async && sync_due {
+                    self.last_sync = Instant::now();
+                    if let Err(e) = self.wal.sync() {
+                        self.failed(&e);
+                    }
+                }
+            }
+        }
+        p.fdatasyncs.store(self.wal.fdatasyncs(), Relaxed);
+        match self.wal.trim(p.confirmed_lsn.load(Relaxed)) {
+            Ok(freed) => {
+                p.wal_bytes.fetch_sub(freed, Relaxed);
+            }
+            Err(e) => self.failed(&e),
+        }
+        p.wal_segments.store(self.wal.segments() as u64, Relaxed);
+    }
 }
 
 /// Encodes `first` and whatever else is queued into `group`. Returns whether shutdown was asked.
@@ -115,7 +331,6 @@ fn collect(
     first: WalCmd,
     rx: &Receiver<WalCmd>,
     group: &mut Group,
-    group_bytes_max: usize,
 ) -> Result<bool, Error> {
     let mut next = Some(first);
     while let Some(cmd) = next.take() {
@@ -127,21 +342,9 @@ fn collect(
                 rec,
                 ticket,
                 reserved_bytes,
-            } => {
-                let lsn = wal.next_lsn() + group.records.len() as u64;
-                let size = encode_frame(&rec, lsn, &mut group.buf)?;
-                assert!(
-                    size as u64 <= reserved_bytes,
-                    "frame larger than its reservation"
-                );
-                group.reserved_bytes += reserved_bytes;
-                group.records.push((lsn, Arc::new(rec)));
-                if let Some(t) = ticket {
-                    group.tickets[usize::from(t.shard)].push(t);
-                }
-            }
+            } => group.push(wal.next_lsn(), Arc::new(rec), reserved_bytes, ticket)?,
         }
-        if group.records.len() < GROUP_RECORDS_MAX && group.buf.len() < group_bytes_max {
+        if !group.full() {
             next = rx.try_recv().ok();
         }
     }
@@ -174,7 +377,6 @@ fn commit(
         }
     }
     pipeline.backlog.push(group.records.drain(..));
-    group.buf.clear();
-    group.reserved_bytes = 0;
+    group.clear();
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The MongoDB sink through the real driver: against the wire-protocol double (always), and
+//! The MongoDB sink through the real driver: against the wire-protocol double (always),
+//! against SecantusDB, a third-party MongoDB-wire server (always; `support/secantus.rs`), and
 //! against a real mongod when `MONGODB_URI` is set.
 
 mod support;
@@ -11,6 +12,8 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use sokdo_persistence::{Config, Handle, Persistence, ReadRequest, Record, Stats, Ticket};
 use support::mongo_double::MongoDouble;
+use support::mongo_server::MongoServer;
+use support::secantus::Secantus;
 use support::{config, message, seqs, sinks, wait_for, Collector};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -163,9 +166,9 @@ fn check_documents(uri: &str, database: &str, n: u64) {
 
 /// The server goes away; messages 101..=400 are appended meanwhile. Returns the stats seen
 /// during the outage.
-fn outage(double: &MongoDouble, h: &Handle, collector: &Collector) -> Stats {
+fn outage(server: &mut dyn MongoServer, h: &Handle, collector: &Collector) -> Stats {
     // The server goes away. Chat goes on: appends succeed and become durable in the log.
-    double.stop();
+    server.stop();
     let segments_before = h.stats().wal_segments;
     for s in 101..=400 {
         h.append(message("a", s), Some(Ticket { shard: 0, token: s }))
@@ -187,40 +190,30 @@ fn outage(double: &MongoDouble, h: &Handle, collector: &Collector) -> Stats {
     during
 }
 
-#[test]
-fn mongo_sink_against_the_wire_double_survives_an_outage_without_loss_or_duplicates() {
-    let double = MongoDouble::start_new();
+/// The outage story on any MongoDB-wire server, in `database`: a round trip of 100 messages
+/// (then `inspect`, for what only the double can show), an outage while 300 more are appended,
+/// the server back, the backlog drained with every message once, the log trimmed, reads whole,
+/// and a restart resuming `last_seq`, members and pointers from the server.
+fn outage_story(server: &mut dyn MongoServer, database: &str, inspect: impl FnOnce()) {
     let dir = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
-    let cfg = mongo_config(dir.path(), double.uri(), "sokdo".into());
+    let uri = server.uri();
+    let cfg = mongo_config(dir.path(), uri.clone(), database.into());
     let (p, rooms) = Persistence::open(cfg.clone(), sinks(&collector, 1)).unwrap();
     assert!(rooms.is_empty());
-    assert!(
-        double.command_count("createIndexes") >= 3,
-        "indexes created at start-up"
-    );
-
-    round_trip(&p, &collector, &double.uri(), "sokdo", 100);
-    let batches = double.insert_batches();
-    assert!(
-        batches.iter().sum::<usize>() >= 100 && batches.len() < 100,
-        "inserts were batched: {batches:?}"
-    );
-    assert!(
-        batches.iter().all(|b| *b <= 50),
-        "batch_messages_max respected: {batches:?}"
-    );
+    round_trip(&p, &collector, &uri, database, 100);
+    inspect();
 
     let h = p.handle();
-    let during = outage(&double, &h, &collector);
+    let during = outage(server, &h, &collector);
 
     // It comes back: the backlog drains, nothing missing, nothing twice, and the log shrinks.
-    double.start();
+    server.start();
     wait_for("backlog drained", WAIT, || {
         h.stats().wal_records_pending_sink == 0
     });
     assert!(h.stats().sink_up);
-    let msgs = double.docs("sokdo", "messages");
+    let msgs = fetch(&uri, database, "messages");
     let got: Vec<u64> = msgs.iter().map(seq_of).collect();
     let unique: BTreeSet<u64> = got.iter().copied().collect();
     assert_eq!(got.len(), 400, "no duplicates");
@@ -254,11 +247,41 @@ fn mongo_sink_against_the_wire_double_survives_an_outage_without_loss_or_duplica
 }
 
 #[test]
-fn a_replayed_batch_is_idempotent_on_the_double() {
+fn mongo_sink_against_the_wire_double_survives_an_outage_without_loss_or_duplicates() {
     let double = MongoDouble::start_new();
+    let inspect = {
+        let double = &double;
+        move || {
+            assert!(
+                double.command_count("createIndexes") >= 3,
+                "indexes created at start-up"
+            );
+            let batches = double.insert_batches();
+            assert!(
+                batches.iter().sum::<usize>() >= 100 && batches.len() < 100,
+                "inserts were batched: {batches:?}"
+            );
+            assert!(
+                batches.iter().all(|b| *b <= 50),
+                "batch_messages_max respected: {batches:?}"
+            );
+        }
+    };
+    outage_story(&mut &double, "sokdo", inspect);
+}
+
+#[test]
+fn mongo_sink_against_secantusdb_survives_an_outage_without_loss_or_duplicates() {
+    let mut server = Secantus::start_new();
+    outage_story(&mut server, "sokdo", || {});
+}
+
+/// A whole log replayed into a server that already has it (20 messages): still exactly 20
+/// documents, on any MongoDB-wire server at `uri`.
+fn replay_story(uri: &str, database: &str) {
     let dir = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
-    let mut cfg = mongo_config(dir.path(), double.uri(), "sokdo".into());
+    let mut cfg = mongo_config(dir.path(), uri.to_string(), database.into());
     // Nothing is confirmed while running, so everything is replayed at the next open...
     cfg.batch_messages_max = 1_000_000;
     cfg.batch_age_ms = 3_600_000;
@@ -271,7 +294,7 @@ fn a_replayed_batch_is_idempotent_on_the_double() {
     wait_for("durable", WAIT, || collector.durable_count() == 20);
     // ...but shutdown drains them once; the reopen replays the same records again.
     p.shutdown().unwrap();
-    assert_eq!(double.docs("sokdo", "messages").len(), 20);
+    assert_eq!(fetch(uri, database, "messages").len(), 20);
     cfg.batch_messages_max = 50;
     cfg.batch_age_ms = 5;
     let (p, rooms) = Persistence::open(cfg, sinks(&collector, 1)).unwrap();
@@ -280,25 +303,32 @@ fn a_replayed_batch_is_idempotent_on_the_double() {
         p.handle().stats().wal_records_pending_sink == 0
     });
     assert_eq!(
-        double.docs("sokdo", "messages").len(),
+        fetch(uri, database, "messages").len(),
         20,
         "the replay did not duplicate"
-    );
-    assert!(
-        double.duplicate_errors() >= 20,
-        "the replayed inserts hit existing _ids"
     );
     p.shutdown().unwrap();
 }
 
 #[test]
-fn mongo_sink_against_a_real_mongod_when_configured() {
-    let Ok(uri) = std::env::var("MONGODB_URI") else {
-        println!(
-            "MONGODB_URI is not set: skipping the real-mongod run (the wire double ran above)"
-        );
-        return;
-    };
+fn a_replayed_batch_is_idempotent_on_the_double() {
+    let double = MongoDouble::start_new();
+    replay_story(&double.uri(), "sokdo");
+    assert!(
+        double.duplicate_errors() >= 20,
+        "the replayed inserts hit existing _ids"
+    );
+}
+
+#[test]
+fn a_replayed_batch_is_idempotent_on_secantusdb() {
+    let server = Secantus::start_new();
+    replay_story(&server.uri(), "sokdo");
+}
+
+/// The round trip through a real MongoDB-wire server at `uri`, in a database of its own that
+/// it drops at the end: documents, batches, reads, and a restart resuming `last_seq`.
+fn real_server_round_trip(uri: &str) {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -306,9 +336,9 @@ fn mongo_sink_against_a_real_mongod_when_configured() {
     let database = format!("sokdo_test_{stamp}");
     let dir = tempfile::tempdir().unwrap();
     let collector = Arc::new(Collector::default());
-    let cfg = mongo_config(dir.path(), uri.clone(), database.clone());
+    let cfg = mongo_config(dir.path(), uri.to_string(), database.clone());
     let (p, _) = Persistence::open(cfg.clone(), sinks(&collector, 1)).unwrap();
-    round_trip(&p, &collector, &uri, &database, 200);
+    round_trip(&p, &collector, uri, &database, 200);
     p.shutdown().unwrap();
     let (p, rooms) = Persistence::open(cfg, sinks(&collector, 1)).unwrap();
     assert_eq!(rooms[0].last_seq, 200);
@@ -318,7 +348,7 @@ fn mongo_sink_against_a_real_mongod_when_configured() {
         .build()
         .unwrap();
     rt.block_on(async {
-        mongodb::Client::with_uri_str(&uri)
+        mongodb::Client::with_uri_str(uri)
             .await
             .unwrap()
             .database(&database)
@@ -326,4 +356,22 @@ fn mongo_sink_against_a_real_mongod_when_configured() {
             .await
             .unwrap()
     });
+}
+
+#[test]
+fn mongo_sink_against_secantusdb_round_trips_and_resumes() {
+    let server = Secantus::start_new();
+    real_server_round_trip(&server.uri());
+}
+
+#[test]
+fn mongo_sink_against_a_real_mongod_when_configured() {
+    let Ok(uri) = std::env::var("MONGODB_URI") else {
+        println!(
+            "MONGODB_URI is not set: skipping the real-mongod run (the wire double and \
+             SecantusDB ran)"
+        );
+        return;
+    };
+    real_server_round_trip(&uri);
 }

@@ -5,7 +5,7 @@
 use sokdo_persistence::{Completion, StoredMessage};
 
 use super::requests::{no_message, HistoryOk};
-use super::{reply_err, reply_ok, Homes, Now, Waiting};
+use super::{refusal, reply_err, reply_ok, Homes, Now, Waiting};
 use crate::mesh::msg::Outgoing;
 use crate::persist::to_msg;
 use crate::wire::protocol::{ErrorCode, Msg, ProtoError};
@@ -21,6 +21,16 @@ impl Homes {
                     match self.waiting.remove(&ticket.token) {
                         Some(Waiting::Ack(send)) => self.publish_send(out, send),
                         other => debug_assert!(other.is_none(), "a durable ticket for a read"),
+                    }
+                }
+            }
+            Completion::Failed(tickets, error) => {
+                for ticket in tickets {
+                    match self.waiting.remove(&ticket.token) {
+                        Some(Waiting::Ack(send)) => {
+                            self.abandon_send(out, send, refusal(error.clone()));
+                        }
+                        other => debug_assert!(other.is_none(), "a failed ticket for a read"),
                     }
                 }
             }

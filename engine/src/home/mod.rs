@@ -128,6 +128,8 @@ struct AcceptedSend {
     body: String,
     ts: u64,
     received_at: Instant,
+    /// Forgotten again if the record cannot be written, so that a retry is tried afresh.
+    client_msg_id: Option<String>,
 }
 
 /// A request waiting for the persistence thread, by ticket.
@@ -387,7 +389,7 @@ fn reply_err(out: &mut Outgoing, origin: &Origin, error: ProtoError) {
 }
 
 /// What a client is told when the log refuses a record.
-fn refusal(e: AppendError) -> ProtoError {
+pub(super) fn refusal(e: AppendError) -> ProtoError {
     match e {
         AppendError::Full => ProtoError::new(
             ErrorCode::Unavailable,
@@ -402,6 +404,13 @@ fn refusal(e: AppendError) -> ProtoError {
         AppendError::UnknownShard(_) => {
             ProtoError::new(ErrorCode::Internal, "persistence misconfigured")
         }
+        AppendError::Unwritable { os_error } => ProtoError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the message log cannot be written ({}): retry later",
+                sokdo_persistence::os_error_text(os_error)
+            ),
+        ),
     }
 }
 

@@ -723,6 +723,7 @@ impl Homes {
             body: send.body,
             ts,
             received_at: send.received_at,
+            client_msg_id: send.client_msg_id,
         };
         match ticket {
             Some(t) => {
@@ -746,6 +747,7 @@ impl Homes {
             body,
             ts,
             received_at,
+            client_msg_id: _,
         } = send;
         let msg = self
             .room_mut(&room)
@@ -761,10 +763,26 @@ impl Homes {
         let event = protocol::event("msg", msg);
         self.broadcast(out, &room, event, received_at, None);
         if let Some(pointer) = self.room_mut(&room).sent_by(&from, seq) {
-            // Best effort: a full log only makes this pointer lag after a restart.
+            // Logged only once the message is published, so that a message the log could
+            // not write leaves no pointer past it. Best effort: a full log only makes this
+            // pointer lag after a restart.
             let _ = self.log(pointer_record(&room, &from, pointer), None);
             self.tell_read(out, &room, &from, received_at);
         }
+    }
+
+    /// A send whose record the log could not write: the sender gets `error` and nobody else
+    /// hears of it (it was never visible).
+    pub(super) fn abandon_send(
+        &mut self,
+        out: &mut Outgoing,
+        send: AcceptedSend,
+        error: ProtoError,
+    ) {
+        let client_msg_id = send.client_msg_id.as_deref();
+        self.room_mut(&send.room)
+            .abandon(send.seq, &send.from, client_msg_id);
+        super::reply_err(out, &send.origin, error);
     }
 
     // === history ===

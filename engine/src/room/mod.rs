@@ -8,7 +8,7 @@
 
 mod search;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::wire::protocol::Msg;
 use search::SearchIndex;
@@ -50,6 +50,9 @@ pub struct Room {
     last_seq: u64,
     /// The last seq handed out; above `last_seq` while records wait to be durable.
     reserved_seq: u64,
+    /// Reserved seqs whose record could not be written, between `last_seq` and
+    /// `reserved_seq`; empty unless the log failed (see [`Room::abandon`]).
+    abandoned: BTreeSet<u64>,
     ring: VecDeque<Msg>,
     members: HashSet<String>,
     read_seq: HashMap<String, u64>,
@@ -133,6 +136,7 @@ impl Room {
             limits,
             last_seq: 0,
             reserved_seq: 0,
+            abandoned: BTreeSet::new(),
             ring: VecDeque::new(),
             members: HashSet::new(),
             read_seq: HashMap::new(),
@@ -164,7 +168,14 @@ impl Room {
         room.last_seq = snapshot.last_seq;
         room.reserved_seq = snapshot.last_seq;
         room.members = snapshot.members.into_iter().collect();
-        room.read_seq = snapshot.read_pointers.into_iter().collect();
+        // A pointer is never past the last message (an older log could hold one for a send
+        // the log then failed to write).
+        let last_seq = snapshot.last_seq;
+        room.read_seq = snapshot
+            .read_pointers
+            .into_iter()
+            .map(|(user, seq)| (user, seq.min(last_seq)))
+            .collect();
         room
     }
 
@@ -261,6 +272,32 @@ impl Room {
         self.reserved_seq
     }
 
+    /// A reserved message whose record could not be written: it is never published and its
+    /// retry key is forgotten (a retry is a new attempt). Its seq is handed out again once
+    /// every seq reserved after it is abandoned too — what a failing log does, since it
+    /// refuses everything queued after the record it could not write. Should a later seq be
+    /// written all the same, [`Room::publish`] shows the abandoned ones as tombstones, so that
+    /// seqs stay without gaps.
+    pub fn abandon(&mut self, seq: u64, from: &str, client_msg_id: Option<&str>) {
+        assert!(
+            seq > self.last_seq && seq <= self.reserved_seq,
+            "only reserved, unpublished seqs are abandoned"
+        );
+        if let Some(id) = client_msg_id {
+            let key = (from.to_owned(), id.to_owned());
+            if self.retry_keys.get(&key).is_some_and(|&(s, _)| s == seq) {
+                self.retry_keys.remove(&key);
+                if let Some(i) = self.retry_order.iter().rposition(|k| *k == key) {
+                    self.retry_order.remove(i);
+                }
+            }
+        }
+        self.abandoned.insert(seq);
+        while self.abandoned.remove(&self.reserved_seq) {
+            self.reserved_seq -= 1;
+        }
+    }
+
     /// Makes a reserved message visible: the ring, search, `last_seq`. Reserved messages are
     /// published in seq order. The sender's read pointer is the caller's next step
     /// ([`Room::sent_by`]).
@@ -272,6 +309,19 @@ impl Room {
         body: String,
         ts: u64,
     ) -> &Msg {
+        while self.abandoned.remove(&(self.last_seq + 1)) {
+            self.last_seq += 1;
+            self.push_to_ring(Msg {
+                room: self.id.clone(),
+                seq: self.last_seq,
+                msg_id: Room::msg_id(&self.id, self.last_seq),
+                from: String::new(),
+                name: None,
+                body: None,
+                ts,
+                deleted: true,
+            });
+        }
         assert_eq!(
             seq,
             self.last_seq + 1,
@@ -279,11 +329,8 @@ impl Room {
         );
         assert!(seq <= self.reserved_seq, "only reserved seqs are published");
         self.last_seq = seq;
-        if self.ring.len() == self.limits.history_ring_messages_max {
-            self.ring.pop_front();
-        }
         self.search.add(seq, &body);
-        self.ring.push_back(Msg {
+        self.push_to_ring(Msg {
             room: self.id.clone(),
             seq,
             msg_id: Room::msg_id(&self.id, seq),
@@ -293,8 +340,15 @@ impl Room {
             ts,
             deleted: false,
         });
-        debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
         self.ring.back().expect("just pushed")
+    }
+
+    fn push_to_ring(&mut self, msg: Msg) {
+        if self.ring.len() == self.limits.history_ring_messages_max {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(msg);
+        debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
     }
 
     fn remember_retry_key(&mut self, key: (String, String), seq: u64, ts: u64) {
@@ -515,6 +569,30 @@ mod tests {
         r.publish(a, "u", None, "a".into(), 1);
         r.publish(b, "u", None, "b".into(), 2);
         assert_eq!(r.last_seq(), 2);
+    }
+
+    #[test]
+    fn abandoned_seqs_are_given_back_or_shown_as_tombstones() {
+        let mut r = room(10);
+        let a = r.reserve("u", Some("k"), 1);
+        let b = r.reserve("u", None, 2);
+        // Abandoned out of order, the seqs still come back once both are.
+        r.abandon(a, "u", Some("k"));
+        assert_eq!(r.next_seq(), 3, "a later seq is still reserved");
+        r.abandon(b, "u", None);
+        assert_eq!((r.next_seq(), r.last_seq()), (1, 0));
+        assert_eq!(r.retry_of("u", Some("k")), None, "a retry is a new attempt");
+        assert_eq!(r.reserve("u", Some("k"), 3), 1);
+        // A seq abandoned below one that is then written becomes a tombstone: no gap.
+        let c = r.reserve("u", None, 4);
+        r.abandon(1, "u", Some("k"));
+        r.publish(c, "u", None, "c".into(), 4);
+        let seqs: Vec<(u64, bool)> = r
+            .history(None, 10)
+            .iter()
+            .map(|m| (m.seq, m.deleted))
+            .collect();
+        assert_eq!(seqs, [(1, true), (2, false)]);
     }
 
     #[test]

@@ -204,6 +204,7 @@ impl Shard {
             auth: &self.instance.auth,
             draining: self.draining.is_some() || self.instance.mesh.drain_requested(),
             at_capacity: self.admission.at_capacity(),
+            log_failure: self.instance.persist.write_failure().map(|e| e.to_string()),
             shard_full: self.admission.is_full(),
             metrics: &metrics,
             health: &health,

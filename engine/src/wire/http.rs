@@ -54,6 +54,9 @@ pub struct Context<'a> {
     pub draining: bool,
     /// Every admission place is taken: `/readyz` answers 503.
     pub at_capacity: bool,
+    /// `Some(why)` while the message log cannot be written: `/readyz` answers 503 with it
+    /// (`/healthz` stays 200: reads, joins and reconnects are still served).
+    pub log_failure: Option<String>,
     /// The admission queue is full too: upgrades get 503.
     pub shard_full: bool,
     pub metrics: &'a dyn Fn() -> String,
@@ -152,6 +155,10 @@ impl Outcome {
                 Err(why) => Outcome::plain(503, &format!("{why}\n")),
             },
             "/readyz" if ctx.draining => Outcome::plain(503, "draining\n"),
+            "/readyz" if ctx.log_failure.is_some() => {
+                let why = ctx.log_failure.as_deref().unwrap_or_default();
+                Outcome::plain(503, &format!("{why}\n"))
+            }
             "/readyz" if ctx.at_capacity => Outcome::plain(503, "full\n"),
             "/readyz" => Outcome::plain(200, "ready\n"),
             "/metrics" => Outcome::respond(
@@ -326,6 +333,7 @@ mod tests {
             auth,
             draining,
             at_capacity: false,
+            log_failure: None,
             shard_full: false,
             metrics: &|| String::from("m"),
             health: &|| Ok(()),
@@ -411,6 +419,29 @@ mod tests {
             text.ends_with("shard 1 has not run for 12000 ms\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn readyz_reports_a_log_that_cannot_be_written_and_healthz_does_not() {
+        let auth = Auth::new(None);
+        let why = "the message log cannot be written (No space left on device)";
+        let ctx = Context {
+            log_failure: Some(why.to_string()),
+            ..ctx(&auth, false)
+        };
+        let answer =
+            |path: &str| match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), &ctx) {
+                Outcome::Respond { response, .. } => {
+                    String::from_utf8_lossy(&response).into_owned()
+                }
+                _ => panic!("not a response"),
+            };
+        let ready = answer("/readyz");
+        assert!(
+            ready.starts_with("HTTP/1.1 503") && ready.ends_with(&format!("{why}\n")),
+            "{ready}"
+        );
+        assert!(answer("/healthz").starts_with("HTTP/1.1 200"));
     }
 
     #[test]

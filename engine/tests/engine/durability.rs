@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::{temp_dir, Client, Server};
 
 /// Every message of a room, paging `history` backwards from the newest.
-async fn full_history(c: &mut Client, room: &str) -> Vec<Value> {
+pub(crate) async fn full_history(c: &mut Client, room: &str) -> Vec<Value> {
     let mut all = Vec::new();
     let mut before: Option<u64> = None;
     loop {

@@ -20,4 +20,5 @@ mod limits;
 mod messaging;
 mod mongo;
 mod ordering;
+mod storage;
 mod stress;

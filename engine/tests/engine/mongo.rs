@@ -1,6 +1,6 @@
 //! The MongoDB sink seen from a client: the real `mongodb` driver in the server, against the
-//! wire-protocol test double the persistence tests own (no MongoDB server exists on this
-//! machine; docs/PERSISTENCE.md says what this proves and what it does not).
+//! wire-protocol test double the persistence tests own and against SecantusDB, a third-party
+//! MongoDB-wire server (docs/PERSISTENCE.md says what this proves and what it does not).
 
 use std::collections::BTreeSet;
 
@@ -11,12 +11,39 @@ use crate::support::{temp_dir, Client, Server};
 #[path = "../../../persistence/tests/support/mongo_double.rs"]
 #[allow(dead_code)]
 mod mongo_double;
+#[path = "../../../persistence/tests/support/mongo_server.rs"]
+mod mongo_server;
+#[path = "../../../persistence/tests/support/secantus.rs"]
+mod secantus;
 
+use futures_util::TryStreamExt;
 use mongo_double::MongoDouble;
+use mongo_server::MongoServer;
+use mongodb::bson::{doc, Document};
+use secantus::Secantus;
 
-fn stored_seqs(double: &MongoDouble) -> Vec<i64> {
-    let mut seqs: Vec<i64> = double
-        .docs("sokdo", "messages")
+/// The seqs of the `messages` collection, read through the driver, ascending. On a thread of
+/// its own: callers poll it from inside a runtime.
+fn stored_seqs(uri: &str) -> Vec<i64> {
+    let uri = uri.to_string();
+    let read = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+            let c = client.database("sokdo").collection::<Document>("messages");
+            c.find(doc! {})
+                .await
+                .unwrap()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+        })
+    });
+    let docs = read.join().expect("the read thread");
+    let mut seqs: Vec<i64> = docs
         .iter()
         .filter_map(|d| {
             d.get("seq")
@@ -38,7 +65,17 @@ fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn chat_goes_on_while_mongodb_is_down_and_the_backlog_drains_once_back() {
     let double = MongoDouble::start_new();
-    let uri = double.uri();
+    chat_through_an_outage(&mut &double);
+}
+
+#[test]
+fn chat_goes_on_while_secantusdb_is_down_and_the_backlog_drains_once_back() {
+    let mut server = Secantus::start_new();
+    chat_through_an_outage(&mut server);
+}
+
+fn chat_through_an_outage(mongo: &mut dyn MongoServer) {
+    let uri = mongo.uri();
     let data = temp_dir("mongo");
     let server = Server::start_in(
         &data,
@@ -63,10 +100,10 @@ fn chat_goes_on_while_mongodb_is_down_and_the_backlog_drains_once_back() {
         rt.block_on(c.ok(json!({"op": "send", "room": "m", "body": format!("up {i}")})));
     }
     wait("the first 20 messages in MongoDB", || {
-        stored_seqs(&double).len() == 20
+        stored_seqs(&uri).len() == 20
     });
 
-    double.stop();
+    mongo.stop();
     // MongoDB is down: sends are still acknowledged (durable in the log) until the log is
     // full, then refused with `unavailable` — never dropped in silence.
     let body = "x".repeat(2000);
@@ -91,10 +128,10 @@ fn chat_goes_on_while_mongodb_is_down_and_the_backlog_drains_once_back() {
         server.metric("sokdo_sink_up") == 0.0 && server.metric("sokdo_sink_lag_records") > 0.0
     });
 
-    double.start();
+    mongo.start();
     let expected: Vec<i64> = (1..=20).chain(acked.iter().copied()).collect();
     wait("the backlog to drain into MongoDB", || {
-        stored_seqs(&double) == expected
+        stored_seqs(&uri) == expected
     });
     wait("/metrics to show the sink caught up", || {
         server.metric("sokdo_sink_up") == 1.0 && server.metric("sokdo_sink_lag_records") == 0.0

@@ -2,6 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod mongo_double;
+pub mod mongo_server;
+pub mod secantus;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,6 +33,8 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 #[derive(Default)]
 pub struct Collector {
     pub durable: Mutex<Vec<Ticket>>,
+    /// Tickets whose records the log could not write.
+    pub failed: Mutex<Vec<Ticket>>,
     pub reads: Mutex<HashMap<u64, Result<Vec<StoredMessage>, String>>>,
 }
 
@@ -38,6 +42,7 @@ impl CompletionSink for Collector {
     fn complete(&self, c: Completion) {
         match c {
             Completion::Durable(t) => self.durable.lock().unwrap().extend(t),
+            Completion::Failed(t, _) => self.failed.lock().unwrap().extend(t),
             Completion::Read { ticket, result } => {
                 self.reads
                     .lock()
@@ -86,6 +91,7 @@ pub fn config(dir: &Path) -> Config {
         batch_age_ms: 5,
         mongodb_uri: None,
         mongodb_database: "sokdo_test".to_string(),
+        wal_retry_backoff_max_ms: 1000,
     }
 }
 
