@@ -348,6 +348,7 @@ impl Config {
             batch_age_ms: self.batch_age_ms,
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_database: self.mongodb_database.clone(),
+            retry_keys_max: self.idempotency_keys_max as usize,
         }
     }
 

@@ -16,7 +16,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use sokdo_persistence::{Completion, CompletionSink, Handle, StoredMessage};
+use sokdo_persistence::{Completion, CompletionSink, Handle, Stats, StoredMessage};
 
 use crate::mesh::{Doorbell, ShardId};
 use crate::wire::protocol::Msg;
@@ -99,69 +99,85 @@ impl std::fmt::Debug for StatsCollector {
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.persist.stats();
-        let gauges: [(&str, &str, i64); 6] = [
-            (
-                "wal_bytes",
-                "Bytes of write-ahead log on disk (and reserved)",
-                s.wal_bytes as i64,
-            ),
-            (
-                "wal_segments",
-                "Write-ahead log segment files",
-                s.wal_segments as i64,
-            ),
-            (
-                "wal_records_pending_sink",
-                "Records written to the log and waiting for the sink (the backlog)",
-                s.wal_records_pending_sink as i64,
-            ),
-            (
-                "sink_lag_records",
-                "Records logged but not yet confirmed by the sink (persistence lag)",
-                s.sink_lag_records as i64,
-            ),
-            (
-                "wal_last_group_records",
-                "Records in the last group commit",
-                s.last_group_records as i64,
-            ),
-            (
-                "sink_up",
-                "1 while the sink (embedded store or MongoDB) accepts batches",
-                i64::from(s.sink_up),
-            ),
-        ];
-        for (name, help, value) in gauges {
+        for (name, help, value) in gauges(&s) {
             let metric = ConstGauge::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
-        let counters: [(&str, &str, u64); 5] = [
-            (
-                "wal_records_appended",
-                "Records appended to the log",
-                s.records_appended,
-            ),
-            (
-                "wal_group_commits",
-                "Group commits (one write each)",
-                s.group_commits,
-            ),
-            ("wal_fdatasyncs", "fdatasync calls on the log", s.fdatasyncs),
-            (
-                "sink_batches",
-                "Batches confirmed by the sink",
-                s.sink_batches,
-            ),
-            (
-                "sink_errors",
-                "Failed sink batches (retried)",
-                s.sink_errors,
-            ),
-        ];
-        for (name, help, value) in counters {
+        for (name, help, value) in counters(&s) {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
         Ok(())
     }
+}
+
+fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 7] {
+    [
+        (
+            "wal_bytes",
+            "Bytes of write-ahead log on disk (and reserved)",
+            s.wal_bytes as i64,
+        ),
+        (
+            "wal_segments",
+            "Write-ahead log segment files",
+            s.wal_segments as i64,
+        ),
+        (
+            "wal_records_pending_sink",
+            "Records written to the log and waiting for the sink (the backlog)",
+            s.wal_records_pending_sink as i64,
+        ),
+        (
+            "sink_lag_records",
+            "Records logged but not yet confirmed by the sink (persistence lag)",
+            s.sink_lag_records as i64,
+        ),
+        (
+            "wal_last_group_records",
+            "Records in the last group commit",
+            s.last_group_records as i64,
+        ),
+        (
+            "sink_up",
+            "1 while the sink (embedded store or MongoDB) accepts batches",
+            i64::from(s.sink_up),
+        ),
+        (
+            "sink_last_error_timestamp_seconds",
+            "When the sink last failed a batch, Unix seconds (0: not since start-up)",
+            (s.sink_last_error_unix_ms / 1000) as i64,
+        ),
+    ]
+}
+
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 6] {
+    [
+        (
+            "wal_records_appended",
+            "Records appended to the log",
+            s.records_appended,
+        ),
+        (
+            "wal_group_commits",
+            "Group commits (one write each)",
+            s.group_commits,
+        ),
+        ("wal_fdatasyncs", "fdatasync calls on the log", s.fdatasyncs),
+        (
+            "sink_batches",
+            "Batches confirmed by the sink",
+            s.sink_batches,
+        ),
+        (
+            "sink_errors",
+            "Failed sink batches (retried)",
+            s.sink_errors,
+        ),
+        (
+            "checkpoints_written",
+            "Checkpoint files written (each lets the log be trimmed)",
+            s.checkpoints_written,
+        ),
+    ]
 }

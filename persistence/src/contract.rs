@@ -34,6 +34,9 @@ pub struct Config {
     /// `Some` selects the MongoDB sink instead of the embedded store.
     pub mongodb_uri: Option<String>,
     pub mongodb_database: String,
+    /// `client_msg_id`s recovered per room (the engine's retry window, by count): the
+    /// newest this many messages with a key come back in [`RoomSnapshot::retry_keys`].
+    pub retry_keys_max: usize,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             batch_age_ms: 50,
             mongodb_uri: None,
             mongodb_database: "sokdo".to_string(),
+            retry_keys_max: 4096,
         }
     }
 }
@@ -66,6 +70,11 @@ impl Config {
         if self.wal_bytes_max < 2 * self.wal_segment_bytes {
             return Err(Error::Config(
                 "wal_bytes_max must be at least twice wal_segment_bytes".to_string(),
+            ));
+        }
+        if self.retry_keys_max == 0 {
+            return Err(Error::Config(
+                "retry_keys_max must be at least 1".to_string(),
             ));
         }
         if self.batch_messages_max == 0 {
@@ -207,8 +216,21 @@ pub trait CompletionSink: Send + Sync + 'static {
     fn complete(&self, c: Completion);
 }
 
+/// A `client_msg_id` the engine remembers so that a retry gets its original `seq`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct RetryKey {
+    pub from: String,
+    pub client_msg_id: String,
+    pub seq: u64,
+    pub ts_ms: u64,
+}
+
 /// Everything the engine needs to resume a room after a restart.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct RoomSnapshot {
     pub room: String,
     pub title: Option<String>,
@@ -222,6 +244,9 @@ pub struct RoomSnapshot {
     pub members: Vec<String>,
     /// Sorted by user.
     pub read_pointers: Vec<(String, u64)>,
+    /// The newest keyed messages (at most `Config::retry_keys_max`), ascending by seq, one
+    /// entry per `(from, client_msg_id)`: the engine's retry window after a restart.
+    pub retry_keys: Vec<RetryKey>,
 }
 
 /// Counters for `/metrics`. Read from atomics; never on the message path.
@@ -242,6 +267,10 @@ pub struct Stats {
     pub sink_batches: u64,
     pub sink_errors: u64,
     pub sink_up: bool,
+    /// When the sink last failed, ms since the Unix epoch (0: never since start-up).
+    pub sink_last_error_unix_ms: u64,
+    /// Checkpoint files written since start-up (each allowed the log to be trimmed).
+    pub checkpoints_written: u64,
 }
 
 /// Why an append or a read was refused at submission. Nothing refused was accepted.
@@ -290,6 +319,19 @@ pub enum Error {
     Mongo(#[from] mongodb::error::Error),
     #[error("a persistence thread panicked: {0}")]
     ThreadPanicked(&'static str),
+    /// The checkpoint file exists but cannot be trusted (bad magic, length or checksum).
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    /// The sink could not be reached at start-up and this data directory has no checkpoint:
+    /// starting would risk reusing sequence numbers the sink already holds.
+    #[error(
+        "the sink is unreachable and {path} does not exist, so the rooms' sequence numbers are \
+         unknown (refusing to start rather than reuse them): {cause}"
+    )]
+    NoCheckpoint { path: PathBuf, cause: Box<Error> },
+    /// A read that needs the sink while the sink is down (and the log alone cannot answer).
+    #[error("the sink is unavailable: {0}")]
+    SinkDown(String),
 }
 
 impl Error {

@@ -93,7 +93,11 @@ pub(crate) fn run(
             pipeline.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
             last_sync = Instant::now();
         }
-        let freed = wal.trim(pipeline.confirmed_lsn.load(Relaxed))?;
+        // Only what the checkpoint covers may leave the log (checkpoint.rs).
+        let freed = wal.trim(pipeline.checkpoint_lsn.load(Relaxed))?;
+        pipeline
+            .trim_wanted_lsn
+            .store(wal.trim_wanted_lsn(), Relaxed);
         pipeline.wal_bytes.fetch_sub(freed, Relaxed);
         pipeline.wal_segments.store(wal.segments() as u64, Relaxed);
     }
@@ -157,6 +161,8 @@ fn commit(
     let n = group.records.len() as u64;
     let sync = pipeline.durability == Durability::Sync;
     wal.append(&group.buf, n, sync)?;
+    // Before the sink can see this group: it checkpoints once a closed segment is confirmed.
+    pipeline.closed_lsn.store(wal.closed_lsn(), Relaxed);
     if sync {
         *last_sync = Instant::now();
     }

@@ -79,8 +79,9 @@ impl Room {
         }
     }
 
-    /// A room as persisted: sequence numbers continue after `last_seq`; the ring starts empty
-    /// (older messages are read from the store).
+    /// A room as persisted: sequence numbers continue after `last_seq`, retries of the
+    /// recovered keys get their original seq; the ring starts empty (older messages are read
+    /// from the store).
     pub fn restore(
         snapshot: sokdo_persistence::RoomSnapshot,
         limits: RoomLimits,
@@ -98,6 +99,10 @@ impl Room {
         room.reserved_seq = snapshot.last_seq;
         room.members = snapshot.members.into_iter().collect();
         room.read_seq = snapshot.read_pointers.into_iter().collect();
+        // Ascending by seq: the oldest is evicted first, as if they had just been sent.
+        for k in snapshot.retry_keys {
+            room.remember_retry_key((k.from, k.client_msg_id), k.seq, k.ts_ms);
+        }
         room
     }
 

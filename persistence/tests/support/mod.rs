@@ -86,6 +86,7 @@ pub fn config(dir: &Path) -> Config {
         batch_age_ms: 5,
         mongodb_uri: None,
         mongodb_database: "sokdo_test".to_string(),
+        retry_keys_max: 4096,
     }
 }
 
