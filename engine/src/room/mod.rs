@@ -422,6 +422,35 @@ mod tests {
     }
 
     #[test]
+    fn restored_retry_keys_answer_retries_and_keep_the_window() {
+        let key = |seq: u64| sokdo_persistence::RetryKey {
+            from: "u".into(),
+            client_msg_id: format!("k{seq}"),
+            seq,
+            ts_ms: seq * 10,
+        };
+        let snapshot = sokdo_persistence::RoomSnapshot {
+            room: "r".into(),
+            last_seq: 9,
+            retry_keys: (5..=9).map(key).collect(),
+            ..Default::default()
+        };
+        let mut r = Room::restore(snapshot, room(10).limits, 2);
+        assert_eq!(r.retry_of("u", Some("k9")), Some((9, 90)));
+        assert_eq!(
+            r.retry_of("u", Some("k5")),
+            None,
+            "a window of 4 keeps the newest"
+        );
+        assert_eq!(
+            send(&mut r, "u", Some("k6")),
+            6,
+            "a retry gets the original seq"
+        );
+        assert_eq!(send(&mut r, "u", Some("new")), 10);
+    }
+
+    #[test]
     fn unread_excludes_own_messages() {
         let mut r = room(10);
         r.add_member("a");
