@@ -152,7 +152,14 @@ fn recovered_base(
     sink_rooms: Result<Vec<RoomSnapshot>, Error>,
     retry_keys_max: usize,
 ) -> Result<Rooms, Error> {
-    let checkpoint = checkpoint::load(cp_path)?;
+    let checkpoint = match (checkpoint::load(cp_path), &sink_rooms) {
+        // With the sink reachable, sink ⊕ log is complete without it: it is rewritten below.
+        (Err(e), Ok(_)) => {
+            tracing::warn!(error = %e, "ignoring a damaged checkpoint: the sink is reachable");
+            None
+        }
+        (loaded, _) => loaded?,
+    };
     match (sink_rooms, checkpoint) {
         (Ok(rooms), cp) => {
             let mut base = Rooms::from_snapshots(rooms, retry_keys_max);
