@@ -375,6 +375,7 @@ impl Config {
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_database: self.mongodb_database.clone(),
             wal_retry_backoff_max_ms: self.wal_retry_backoff_max_ms,
+            retry_keys_max: self.idempotency_keys_max as usize,
         }
     }
 

@@ -111,7 +111,7 @@ impl Collector for StatsCollector {
     }
 }
 
-fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 7] {
+fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 8] {
     [
         (
             "wal_bytes",
@@ -148,10 +148,15 @@ fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 7] {
             "1 while the write-ahead log cannot be written (sends refused, /readyz 503)",
             i64::from(s.wal_write_failing),
         ),
+        (
+            "sink_last_error_timestamp_seconds",
+            "When the sink last failed a batch, Unix seconds (0: not since start-up)",
+            (s.sink_last_error_unix_ms / 1000) as i64,
+        ),
     ]
 }
 
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 6] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 7] {
     [
         (
             "wal_records_appended",
@@ -178,6 +183,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 6] {
             "wal_write_errors",
             "Failed log writes, syncs, rotations, trims and recovery probes",
             s.wal_write_errors,
+        ),
+        (
+            "checkpoints_written",
+            "Checkpoint files written (each lets the log be trimmed)",
+            s.checkpoints_written,
         ),
     ]
 }

@@ -37,6 +37,9 @@ pub struct Config {
     /// While the log cannot be written, the WAL thread probes it again after 100 ms, doubling
     /// the wait up to this bound.
     pub wal_retry_backoff_max_ms: u64,
+    /// `client_msg_id`s recovered per room (the engine's retry window, by count): the
+    /// newest this many messages with a key come back in [`RoomSnapshot::retry_keys`].
+    pub retry_keys_max: usize,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             mongodb_uri: None,
             mongodb_database: "sokdo".to_string(),
             wal_retry_backoff_max_ms: 1000,
+            retry_keys_max: 4096,
         }
     }
 }
@@ -80,6 +84,11 @@ impl Config {
             return Err(Error::Config(format!(
                 "wal_retry_backoff_max_ms must be at least {WAL_RETRY_BACKOFF_MIN_MS}"
             )));
+        }
+        if self.retry_keys_max == 0 {
+            return Err(Error::Config(
+                "retry_keys_max must be at least 1".to_string(),
+            ));
         }
         if self.batch_messages_max == 0 {
             return Err(Error::Config(
@@ -224,8 +233,21 @@ pub trait CompletionSink: Send + Sync + 'static {
     fn complete(&self, c: Completion);
 }
 
+/// A `client_msg_id` the engine remembers so that a retry gets its original `seq`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct RetryKey {
+    pub from: String,
+    pub client_msg_id: String,
+    pub seq: u64,
+    pub ts_ms: u64,
+}
+
 /// Everything the engine needs to resume a room after a restart.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct RoomSnapshot {
     pub room: String,
     pub title: Option<String>,
@@ -239,6 +261,9 @@ pub struct RoomSnapshot {
     pub members: Vec<String>,
     /// Sorted by user.
     pub read_pointers: Vec<(String, u64)>,
+    /// The newest keyed messages (at most `Config::retry_keys_max`), ascending by seq, one
+    /// entry per `(from, client_msg_id)`: the engine's retry window after a restart.
+    pub retry_keys: Vec<RetryKey>,
 }
 
 /// Counters for `/metrics`. Read from atomics; never on the message path.
@@ -263,6 +288,10 @@ pub struct Stats {
     pub wal_write_failing: bool,
     /// Failed log writes, syncs, rotations, trims and recovery probes.
     pub wal_write_errors: u64,
+    /// When the sink last failed, ms since the Unix epoch (0: never since start-up).
+    pub sink_last_error_unix_ms: u64,
+    /// Checkpoint files written since start-up (each allowed the log to be trimmed).
+    pub checkpoints_written: u64,
 }
 
 /// Why an append or a read was refused at submission. Nothing refused was accepted.
@@ -324,6 +353,19 @@ pub enum Error {
     Mongo(#[from] mongodb::error::Error),
     #[error("a persistence thread panicked: {0}")]
     ThreadPanicked(&'static str),
+    /// The checkpoint file exists but cannot be trusted (bad magic, length or checksum).
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    /// The sink could not be reached at start-up and this data directory has no checkpoint:
+    /// starting would risk reusing sequence numbers the sink already holds.
+    #[error(
+        "the sink is unreachable and {path} does not exist, so the rooms' sequence numbers are \
+         unknown (refusing to start rather than reuse them): {cause}"
+    )]
+    NoCheckpoint { path: PathBuf, cause: Box<Error> },
+    /// A read that needs the sink while the sink is down (and the log alone cannot answer).
+    #[error("the sink is unavailable: {0}")]
+    SinkDown(String),
 }
 
 impl Error {

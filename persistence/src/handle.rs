@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::contract::{
     CompletionSink, Config, Error, ReadRequest, Record, RoomSnapshot, Stats, SubmitError, Ticket,
 };
@@ -19,7 +20,7 @@ use crate::mongo;
 use crate::read_thread::{self, ReadCmd};
 use crate::record::RECORD_BYTES_MAX;
 use crate::sink::{Opened, Sink, SinkReader};
-use crate::sink_thread;
+use crate::sink_thread::{self, Confirmed};
 use crate::snapshot::Rooms;
 use crate::state::Pipeline;
 use crate::store;
@@ -149,7 +150,46 @@ impl Handle {
             sink_up: s.sink_up.load(Relaxed),
             wal_write_failing: s.wal_write_error.load(Relaxed) != 0,
             wal_write_errors: s.wal_write_errors.load(Relaxed),
+            sink_last_error_unix_ms: s.sink_last_error_unix_ms.load(Relaxed),
+            checkpoints_written: s.checkpoints_written.load(Relaxed),
         }
+    }
+}
+
+/// The state of everything the log no longer holds: the sink's snapshot with the checkpoint
+/// laid over it (the checkpoint is never older than what it covers: settings and members come
+/// from it), or the checkpoint alone while the sink is unreachable. Unreachable and no
+/// checkpoint is refused: the sink may hold rooms whose seqs this instance would reuse.
+fn recovered_base(
+    cp_path: &std::path::Path,
+    sink_rooms: Result<Vec<RoomSnapshot>, Error>,
+    retry_keys_max: usize,
+) -> Result<Rooms, Error> {
+    let checkpoint = match (checkpoint::load(cp_path), &sink_rooms) {
+        // With the sink reachable, sink ⊕ log is complete without it: it is rewritten below.
+        (Err(e), Ok(_)) => {
+            tracing::warn!(error = %e, "ignoring a damaged checkpoint: the sink is reachable");
+            None
+        }
+        (loaded, _) => loaded?,
+    };
+    match (sink_rooms, checkpoint) {
+        (Ok(rooms), cp) => {
+            let mut base = Rooms::from_snapshots(rooms, retry_keys_max);
+            if let Some(cp) = cp {
+                base.overlay(cp.rooms);
+            }
+            Ok(base)
+        }
+        (Err(e), Some(cp)) => {
+            tracing::warn!(error = %e, checkpoint_lsn = cp.lsn,
+                "the sink is unreachable: starting from the checkpoint and the log");
+            Ok(Rooms::from_snapshots(cp.rooms, retry_keys_max))
+        }
+        (Err(e), None) => Err(Error::NoCheckpoint {
+            path: cp_path.to_path_buf(),
+            cause: Box::new(e),
+        }),
     }
 }
 
@@ -187,13 +227,27 @@ impl Persistence {
             reader,
             rooms,
         } = match &cfg.mongodb_uri {
-            Some(uri) => mongo::open_sink(uri, &cfg.mongodb_database)?,
-            None => store::Store::open_sink(&cfg.data_dir.join("store.redb"))?,
+            Some(uri) => mongo::open_sink(uri, &cfg.mongodb_database, cfg.retry_keys_max)?,
+            None => store::Store::open_sink(&cfg.data_dir.join("store.redb"), cfg.retry_keys_max)?,
         };
-        let mut folded = Rooms::from_snapshots(rooms);
+        let sink_up = rooms.is_ok();
+        let cp_path = checkpoint::path(&cfg.data_dir);
+        let base = recovered_base(&cp_path, rooms, cfg.retry_keys_max)?;
+        let mut folded = base.clone();
         replay.records.iter().for_each(|(_, r)| folded.apply(r));
-        let pipeline = Arc::new(Pipeline::new(&cfg, sinks, &wal, replay.records));
-        let p = Persistence::start(pipeline, wal, sink, reader)?;
+        let pipeline = Arc::new(Pipeline::new(&cfg, sinks, &wal, replay.records, sink_up));
+        if sink_up {
+            // The sink's snapshot ⊕ the old checkpoint is everything below the log: keeping it
+            // lets a later start go on without the sink (a fresh data dir gets one here).
+            let lsn = pipeline.checkpoint_lsn.load(Relaxed);
+            let rooms = base.snapshots();
+            checkpoint::store(&cp_path, &Checkpoint { lsn, rooms })?;
+        }
+        let confirmed = Confirmed {
+            rooms: base,
+            path: cp_path,
+        };
+        let p = Persistence::start(pipeline, wal, (sink, confirmed), reader)?;
         Ok((p, folded.into_snapshots()))
     }
 
@@ -201,7 +255,7 @@ impl Persistence {
     fn start(
         pipeline: Arc<Pipeline>,
         wal: Wal,
-        sink: Box<dyn Sink>,
+        (sink, confirmed): (Box<dyn Sink>, Confirmed),
         reader: Box<dyn SinkReader>,
     ) -> Result<Persistence, Error> {
         let (append_tx, append_rx) = bounded(APPEND_QUEUE_RECORDS_MAX);
@@ -220,7 +274,9 @@ impl Persistence {
             result
         })?;
         let (s, nudge) = (pipeline.clone(), append_tx.clone());
-        let sink = spawn("sokdo-sink", move || sink_thread::run(sink, nudge, s))?;
+        let sink = spawn("sokdo-sink", move || {
+            sink_thread::run(sink, nudge, s, confirmed)
+        })?;
         let s = pipeline.clone();
         let read = spawn("sokdo-read", move || read_thread::run(reader, read_rx, s))?;
         let handle = Handle {

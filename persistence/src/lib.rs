@@ -47,12 +47,13 @@
 //! | `snapshot` | folding records into [`RoomSnapshot`]s (pure) | contract |
 //! | `backlog` | records written but not confirmed (a mutex of persistence threads only) | contract |
 //! | `sink` | the `Sink` / `SinkReader` traits | contract |
+//! | `checkpoint` | the checkpoint file: folded state of what the log no longer holds | contract |
 //! | `wal` | segment files, io_uring appends, replay, trimming (the crate's only `unsafe`) | contract, record |
 //! | `store` | the redb sink | contract, sink |
 //! | `mongo` | the MongoDB sink | contract, sink, snapshot |
 //! | `state` | `Pipeline`: what the handles and threads share, each field naming its writer | contract, backlog, wal |
 //! | `wal_thread` | group commit | contract, record, state, wal |
-//! | `sink_thread` | write-behind batches | sink, state, wal_thread (its command type) |
+//! | `sink_thread` | write-behind batches, checkpoints | checkpoint, sink, snapshot, state, wal_thread (its command type) |
 //! | `read_thread` | reads merged from sink and backlog | contract, sink, state |
 //! | `handle` | [`Handle`] and [`Persistence`] | all of the above |
 //!
@@ -81,6 +82,7 @@ mod record;
 mod sink;
 mod snapshot;
 // Layer 2: files and databases.
+mod checkpoint;
 mod mongo;
 mod store;
 mod wal;
@@ -94,9 +96,10 @@ mod sink_thread;
 // Layer 6: what the engine holds.
 mod handle;
 
+pub use checkpoint::CHECKPOINT_FILE;
 pub use contract::{
-    Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record, RoomSnapshot,
-    Stats, StoredMessage, SubmitError, Ticket,
+    Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record, RetryKey,
+    RoomSnapshot, Stats, StoredMessage, SubmitError, Ticket,
 };
 pub use handle::{Handle, Persistence};
 

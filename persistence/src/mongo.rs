@@ -33,7 +33,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::runtime::Runtime;
 
-use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RetryKey, RoomSnapshot, StoredMessage};
 use crate::sink::{Opened, Sink, SinkReader};
 use crate::snapshot::Rooms;
 
@@ -81,6 +81,8 @@ impl Collections {
 pub struct MongoSink {
     rt: Arc<Runtime>,
     colls: Collections,
+    /// False when the server was unreachable at start-up: the first batch creates them.
+    indexed: bool,
 }
 
 pub struct MongoReader {
@@ -88,9 +90,11 @@ pub struct MongoReader {
     colls: Collections,
 }
 
-/// Connects, creates the indexes and reads every room. Fails if the server cannot be reached
-/// within the selection timeout: without it there is no snapshot to resume sequences from.
-pub fn open_sink(uri: &str, database: &str) -> Result<Opened, Error> {
+/// Connects, creates the indexes and reads every room (with its newest `retry_keys_max` retry
+/// keys). A server not reachable within the selection timeout is not an error here: `rooms`
+/// is then that error, and the writer creates the indexes once the server answers. A URI the
+/// driver rejects is an error.
+pub fn open_sink(uri: &str, database: &str, retry_keys_max: usize) -> Result<Opened, Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("sokdo-mongo")
@@ -112,14 +116,15 @@ pub fn open_sink(uri: &str, database: &str) -> Result<Opened, Error> {
     let colls = Collections::new(&db);
     let rooms = rt.block_on(async {
         create_indexes(&colls).await?;
-        snapshot(&colls).await
-    })?;
+        snapshot(&colls, retry_keys_max).await
+    });
     let reader = MongoReader {
         rt: rt.clone(),
         colls: Collections::new(&db),
     };
+    let indexed = rooms.is_ok();
     Ok(Opened {
-        sink: Box::new(MongoSink { rt, colls }),
+        sink: Box::new(MongoSink { rt, colls, indexed }),
         reader: Box::new(reader),
         rooms,
     })
@@ -157,14 +162,41 @@ fn get_string(d: &Document, key: &str) -> Option<String> {
     d.get_str(key).ok().map(str::to_string)
 }
 
-async fn snapshot(c: &Collections) -> Result<Vec<RoomSnapshot>, Error> {
+/// The newest `max` messages of `room` sent with a `client_msg_id`, ascending by seq.
+async fn retry_keys(c: &Collections, room: &str, max: usize) -> Result<Vec<RetryKey>, Error> {
+    let docs: Vec<Document> = c
+        .messages
+        .find(doc! {"room": room, "client_msg_id": {"$ne": Bson::Null}})
+        .sort(doc! {"seq": -1})
+        .limit(i64::try_from(max).unwrap_or(i64::MAX))
+        .await?
+        .try_collect()
+        .await?;
+    let mut keys: Vec<RetryKey> = docs
+        .iter()
+        .filter_map(|d| {
+            Some(RetryKey {
+                from: get_string(d, "from")?,
+                client_msg_id: get_string(d, "client_msg_id")?,
+                seq: get_u64(d, "seq"),
+                ts_ms: get_u64(d, "ts_ms"),
+            })
+        })
+        .collect();
+    keys.reverse();
+    Ok(keys)
+}
+
+async fn snapshot(c: &Collections, retry_keys_max: usize) -> Result<Vec<RoomSnapshot>, Error> {
     let mut snaps = Vec::new();
     let rooms: Vec<Document> = c.rooms.find(doc! {}).await?.try_collect().await?;
     for d in rooms {
         let Some(room) = get_string(&d, "_id") else {
             continue;
         };
+        let retry_keys = retry_keys(c, &room, retry_keys_max).await?;
         snaps.push(RoomSnapshot {
+            retry_keys,
             room,
             title: get_string(&d, "title"),
             private: d.get_bool("private").unwrap_or(false),
@@ -175,7 +207,7 @@ async fn snapshot(c: &Collections) -> Result<Vec<RoomSnapshot>, Error> {
             ..RoomSnapshot::default()
         });
     }
-    let mut rooms = Rooms::from_snapshots(snaps);
+    let mut rooms = Rooms::from_snapshots(snaps, retry_keys_max);
     let members: Vec<Document> = c.members.find(doc! {}).await?.try_collect().await?;
     for d in members {
         if let (Some(room), Some(user)) = (get_string(&d, "room"), get_string(&d, "user")) {
@@ -295,6 +327,10 @@ async fn apply_other(c: &Collections, rec: &Record) -> Result<(), mongodb::error
 impl Sink for MongoSink {
     fn apply(&mut self, batch: &[(u64, Arc<Record>)]) -> Result<(), Error> {
         let c = &self.colls;
+        if !self.indexed {
+            self.rt.block_on(create_indexes(c))?;
+            self.indexed = true;
+        }
         self.rt.block_on(async {
             let docs: Vec<Document> = batch.iter().filter_map(|(_, r)| message_doc(r)).collect();
             if !docs.is_empty() {

@@ -22,9 +22,10 @@ pub trait SinkReader: Send {
     fn read(&mut self, req: &ReadRequest) -> Result<Vec<StoredMessage>, Error>;
 }
 
-/// A sink opened at start-up: writer, reader and the rooms it holds.
+/// A sink opened at start-up: writer, reader and the rooms it holds — or, for a sink that
+/// could not be reached (MongoDB down), why not; its writer then keeps retrying.
 pub struct Opened {
     pub sink: Box<dyn Sink>,
     pub reader: Box<dyn SinkReader>,
-    pub rooms: Vec<RoomSnapshot>,
+    pub rooms: Result<Vec<RoomSnapshot>, Error>,
 }

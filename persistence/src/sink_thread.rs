@@ -6,6 +6,10 @@
 //! after a backoff that doubles from [`SINK_RETRY_MIN_MS`] to [`SINK_RETRY_MAX_MS`]; meanwhile
 //! the log grows and `Stats::sink_up` is false. On shutdown it keeps draining for at most
 //! [`SHUTDOWN_DRAIN_MS`]; what is left stays in the log and is replayed at the next start.
+//!
+//! It also keeps the folded state of every confirmed record and, when the WAL thread has a
+//! whole segment it could delete, writes it to the checkpoint file before allowing the trim
+//! (`checkpoint.rs`). Going down and coming back up is logged once each.
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::sink::Sink;
+use crate::snapshot::Rooms;
 use crate::state::Pipeline;
 use crate::wal_thread::WalCmd;
 
@@ -23,7 +29,55 @@ pub const SINK_RETRY_MIN_MS: u64 = 50;
 pub const SINK_RETRY_MAX_MS: u64 = 2_000;
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 
-pub(crate) fn run(mut sink: Box<dyn Sink>, wal: Sender<WalCmd>, pipeline: Arc<Pipeline>) {
+/// The folded state of every confirmed record, and where to checkpoint it.
+pub(crate) struct Confirmed {
+    pub rooms: Rooms,
+    pub path: std::path::PathBuf,
+}
+
+impl Confirmed {
+    /// Writes the checkpoint once it lets the WAL thread delete a segment: the oldest one's
+    /// end is confirmed (its value may be a moment old: that only delays), or every closed
+    /// segment is (published before the records reach the backlog, so the last batch of a
+    /// drain always sees it — nothing stays untrimmed for want of another batch).
+    fn checkpoint_if_wanted(&self, pipeline: &Pipeline, lsn: u64, wal: &Sender<WalCmd>) {
+        let covered = pipeline.checkpoint_lsn.load(Relaxed);
+        let frees = |end: u64| covered < end && end <= lsn;
+        if !frees(pipeline.trim_wanted_lsn.load(Relaxed))
+            && !frees(pipeline.closed_lsn.load(Relaxed))
+        {
+            return;
+        }
+        let cp = Checkpoint {
+            lsn,
+            rooms: self.rooms.snapshots(),
+        };
+        match checkpoint::store(&self.path, &cp) {
+            Ok(()) => {
+                pipeline.checkpoint_lsn.store(lsn, Relaxed);
+                pipeline.checkpoints_written.fetch_add(1, Relaxed);
+                let _ = wal.try_send(WalCmd::Trim);
+            }
+            // The log keeps the records (it may fill up and refuse appends): nothing is lost.
+            Err(e) => {
+                tracing::error!(error = %e, "writing the checkpoint failed; the log is not trimmed")
+            }
+        }
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn run(
+    mut sink: Box<dyn Sink>,
+    wal: Sender<WalCmd>,
+    pipeline: Arc<Pipeline>,
+    mut confirmed: Confirmed,
+) {
     let count_max = pipeline.batch_messages_max;
     let age = Duration::from_millis(pipeline.batch_age_ms);
     let mut backoff_ms = SINK_RETRY_MIN_MS;
@@ -42,17 +96,27 @@ pub(crate) fn run(mut sink: Box<dyn Sink>, wal: Sender<WalCmd>, pipeline: Arc<Pi
         };
         match sink.apply(&batch) {
             Ok(()) => {
+                batch.iter().for_each(|(_, r)| confirmed.rooms.apply(r));
                 pipeline.backlog.confirm(last_lsn);
                 pipeline.confirmed_lsn.store(last_lsn, Relaxed);
-                // A nudge, not a request: if the queue is full the WAL thread is awake anyway.
-                let _ = wal.try_send(WalCmd::Trim);
+                confirmed.checkpoint_if_wanted(&pipeline, last_lsn, &wal);
                 pipeline.sink_batches.fetch_add(1, Relaxed);
-                pipeline.sink_up.store(true, Relaxed);
+                if !pipeline.sink_up.swap(true, Relaxed) {
+                    tracing::info!(
+                        pending = pipeline.backlog.len(),
+                        "sink is up: draining the log"
+                    );
+                }
                 backoff_ms = SINK_RETRY_MIN_MS;
             }
             Err(e) => {
                 pipeline.sink_errors.fetch_add(1, Relaxed);
-                pipeline.sink_up.store(false, Relaxed);
+                pipeline
+                    .sink_last_error_unix_ms
+                    .store(now_unix_ms(), Relaxed);
+                if pipeline.sink_up.swap(false, Relaxed) {
+                    tracing::warn!(error = %e, "sink is down: records stay in the log, retrying");
+                }
                 pipeline.set_last_sink_error(e.to_string());
                 let wait = Duration::from_millis(backoff_ms);
                 match drain_deadline {

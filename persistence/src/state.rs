@@ -51,23 +51,36 @@ pub(crate) struct Pipeline {
     /// again: handles refuse appends while it is set. Written by the WAL thread.
     pub wal_write_error: AtomicI32,
     pub wal_write_errors: AtomicU64,
-    /// Written by the sink thread, like the three after it; the WAL thread trims up to it.
+    /// Written by the WAL thread: the lsn a checkpoint must reach for the oldest segment to
+    /// be deleted (0 while there is only the live segment).
+    pub trim_wanted_lsn: AtomicU64,
+    /// Written by the WAL thread before a group reaches the backlog: the last lsn in a closed
+    /// segment (`Wal::closed_lsn`).
+    pub closed_lsn: AtomicU64,
+    /// Written by the sink thread, like every field down to `sink_last_error_unix_ms`.
     pub confirmed_lsn: AtomicU64,
+    /// The lsn the checkpoint file covers; the WAL thread trims only up to it.
+    pub checkpoint_lsn: AtomicU64,
+    pub checkpoints_written: AtomicU64,
     pub sink_batches: AtomicU64,
     pub sink_errors: AtomicU64,
     pub sink_up: AtomicBool,
+    /// Wall-clock time of the last failed sink batch, ms since the epoch (0: none).
+    pub sink_last_error_unix_ms: AtomicU64,
     /// Written by the sink thread on each failure.
     pub last_sink_error: Mutex<Option<String>>,
 }
 
 impl Pipeline {
     /// The state after recovery: `replayed` are the records the log holds beyond what the
-    /// sink confirmed; they start the backlog, and the confirmed lsn is just below them.
+    /// sink confirmed; they start the backlog, and the confirmed lsn is just below them (the
+    /// checkpoint covers it). `sink_up` is whether the sink answered at start-up.
     pub fn new(
         cfg: &Config,
         sinks: Vec<Arc<dyn CompletionSink>>,
         wal: &Wal,
         replayed: Vec<(u64, Record)>,
+        sink_up: bool,
     ) -> Pipeline {
         let written_lsn = wal.next_lsn() - 1;
         let confirmed_lsn = written_lsn - replayed.len() as u64;
@@ -92,10 +105,15 @@ impl Pipeline {
             last_group_records: AtomicU64::new(0),
             wal_write_error: AtomicI32::new(0),
             wal_write_errors: AtomicU64::new(0),
+            trim_wanted_lsn: AtomicU64::new(wal.trim_wanted_lsn()),
+            closed_lsn: AtomicU64::new(wal.closed_lsn()),
             confirmed_lsn: AtomicU64::new(confirmed_lsn),
+            checkpoint_lsn: AtomicU64::new(confirmed_lsn),
+            checkpoints_written: AtomicU64::new(0),
             sink_batches: AtomicU64::new(0),
             sink_errors: AtomicU64::new(0),
-            sink_up: AtomicBool::new(true),
+            sink_up: AtomicBool::new(sink_up),
+            sink_last_error_unix_ms: AtomicU64::new(0),
             last_sink_error: Mutex::new(None),
         }
     }

@@ -11,7 +11,9 @@
 //! - `messages`: `(room, seq)` → rkyv [`Row`]; a tombstone is a row with `deleted` and no body;
 //! - `rooms`: `room` → rkyv [`RoomRow`], including `last_seq`;
 //! - `members`: `(room, user)` → `()`;
-//! - `read_pointers`: `(room, user)` → `seq`.
+//! - `read_pointers`: `(room, user)` → `seq`;
+//! - `retry_keys`: `(room, seq)` → rkyv `KeyRow` (`from`, `client_msg_id`, `ts_ms`) of each
+//!   message sent with a `client_msg_id`; a restart reads each room's newest `retry_keys_max`.
 
 #![forbid(unsafe_code)]
 
@@ -20,7 +22,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::contract::{Error, ReadRequest, Record, RoomSnapshot, StoredMessage};
+use crate::contract::{Error, ReadRequest, Record, RetryKey, RoomSnapshot, StoredMessage};
 use crate::sink::{Opened, Sink, SinkReader};
 
 const MESSAGES: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -28,6 +30,9 @@ const ROOMS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("rooms
 const MEMBERS: TableDefinition<'static, (&str, &str), ()> = TableDefinition::new("members");
 const READ_POINTERS: TableDefinition<'static, (&str, &str), u64> =
     TableDefinition::new("read_pointers");
+/// `(room, seq)` → rkyv [`KeyRow`] of every message sent with a `client_msg_id`; start-up
+/// reads the newest `retry_keys_max` of each room.
+const RETRY_KEYS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("retry_keys");
 
 #[derive(Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Row {
@@ -37,6 +42,13 @@ struct Row {
     body: Option<String>,
     ts_ms: u64,
     deleted: bool,
+}
+
+#[derive(Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct KeyRow {
+    from: String,
+    client_msg_id: String,
+    ts_ms: u64,
 }
 
 #[derive(Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -95,19 +107,20 @@ impl Store {
         txn.open_table(ROOMS)?;
         txn.open_table(MEMBERS)?;
         txn.open_table(READ_POINTERS)?;
+        txn.open_table(RETRY_KEYS)?;
         txn.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
 
     /// Opens the store as a sink: writer, reader and every room's snapshot.
-    pub fn open_sink(path: &Path) -> Result<Opened, Error> {
+    pub fn open_sink(path: &Path, retry_keys_max: usize) -> Result<Opened, Error> {
         let store = Store::open(path)?;
-        let rooms = store.snapshot()?;
+        let rooms = store.snapshot(retry_keys_max)?;
         let reader = Box::new(store.reader());
         Ok(Opened {
             sink: Box::new(store),
             reader,
-            rooms,
+            rooms: Ok(rooms),
         })
     }
 
@@ -117,7 +130,8 @@ impl Store {
         }
     }
 
-    pub fn snapshot(&self) -> Result<Vec<RoomSnapshot>, Error> {
+    /// Every room, with at most `retry_keys_max` retry keys each (the newest).
+    pub fn snapshot(&self, retry_keys_max: usize) -> Result<Vec<RoomSnapshot>, Error> {
         let txn = self.db.begin_read()?;
         let mut rooms = Vec::new();
         for entry in txn.open_table(ROOMS)?.iter()? {
@@ -133,11 +147,13 @@ impl Store {
                 last_seq: row.last_seq,
                 members: Vec::new(),
                 read_pointers: Vec::new(),
+                retry_keys: Vec::new(),
             });
         }
         // Both tables and `rooms` iterate in room order, so one merge pass attaches them.
         let members = txn.open_table(MEMBERS)?;
         let pointers = txn.open_table(READ_POINTERS)?;
+        let keys = txn.open_table(RETRY_KEYS)?;
         for snap in &mut rooms {
             let room = snap.room.as_str();
             for entry in members.range((room, "")..)? {
@@ -156,6 +172,7 @@ impl Store {
                 }
                 snap.read_pointers.push((user.to_string(), v.value()));
             }
+            snap.retry_keys = retry_keys(&keys, room, retry_keys_max)?;
         }
         Ok(rooms)
     }
@@ -172,8 +189,29 @@ impl Store {
     }
 }
 
+/// The newest `max` retry keys of `room`, ascending by seq.
+fn retry_keys(
+    keys: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    room: &str,
+    max: usize,
+) -> Result<Vec<RetryKey>, Error> {
+    let mut out = Vec::new();
+    for entry in keys.range((room, 0)..=(room, u64::MAX))?.rev().take(max) {
+        let (k, v) = entry?;
+        let row = decode!(KeyRow, v.value())?;
+        out.push(RetryKey {
+            from: row.from,
+            client_msg_id: row.client_msg_id,
+            seq: k.value().1,
+            ts_ms: row.ts_ms,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
 /// A message is written once: present already means a replay, or a tombstone that must stay
-/// a tombstone.
+/// a tombstone. Its retry key, if any, goes to `retry_keys`.
 fn put_message(txn: &redb::WriteTransaction, rec: &Record) -> Result<(), Error> {
     let Record::Message {
         room,
@@ -183,11 +221,20 @@ fn put_message(txn: &redb::WriteTransaction, rec: &Record) -> Result<(), Error> 
         name,
         body,
         ts_ms,
-        ..
+        client_msg_id,
     } = rec
     else {
         unreachable!("put_message takes messages only");
     };
+    if let Some(key) = client_msg_id {
+        let row = KeyRow {
+            from: from.clone(),
+            client_msg_id: key.clone(),
+            ts_ms: *ts_ms,
+        };
+        txn.open_table(RETRY_KEYS)?
+            .insert((room.as_str(), *seq), encode(&row)?.as_slice())?;
+    }
     let mut messages = txn.open_table(MESSAGES)?;
     if messages.get((room.as_str(), *seq))?.is_none() {
         let row = Row {

@@ -302,6 +302,17 @@ impl Wal {
         Ok(())
     }
 
+    /// The lsn trimming must be allowed up to for the oldest segment to go (0: only the live
+    /// segment exists).
+    pub fn trim_wanted_lsn(&self) -> u64 {
+        self.segments.get(1).map_or(0, |s| s.first_lsn - 1)
+    }
+
+    /// The last lsn before the live segment: every record up to it is in a closed segment.
+    pub fn closed_lsn(&self) -> u64 {
+        self.segments.back().map_or(0, |s| s.first_lsn - 1)
+    }
+
     /// Deletes the oldest segments whose records all have lsn ≤ `confirmed_lsn`.
     /// Returns the bytes freed.
     pub fn trim(&mut self, confirmed_lsn: u64) -> Result<u64, Error> {

@@ -8,7 +8,8 @@
 //! Under [`Durability::Async`] tickets complete after the write and the log is synced at most
 //! [`ASYNC_SYNC_INTERVAL_MS`] later.
 //!
-//! Between groups it trims segments the sink has confirmed. It never talks to the sink.
+//! Between groups it trims segments the checkpoint covers (the sink confirmed them and the
+//! checkpoint holds their folded state). It never talks to the sink.
 //!
 //! **A log that cannot be written** (disk full, I/O error) does not stop the thread. The group
 //! whose write or sync failed is not acknowledged: each of its tickets gets
@@ -315,12 +316,14 @@ impl Log {
             }
         }
         p.fdatasyncs.store(self.wal.fdatasyncs(), Relaxed);
-        match self.wal.trim(p.confirmed_lsn.load(Relaxed)) {
+        // Only what the checkpoint covers may leave the log (checkpoint.rs).
+        match self.wal.trim(p.checkpoint_lsn.load(Relaxed)) {
             Ok(freed) => {
                 p.wal_bytes.fetch_sub(freed, Relaxed);
             }
             Err(e) => self.failed(&e),
         }
+        p.trim_wanted_lsn.store(self.wal.trim_wanted_lsn(), Relaxed);
         p.wal_segments.store(self.wal.segments() as u64, Relaxed);
     }
 }
@@ -360,6 +363,8 @@ fn commit(
     let n = group.records.len() as u64;
     let sync = pipeline.durability == Durability::Sync;
     wal.append(&group.buf, n, sync)?;
+    // Before the sink can see this group: it checkpoints once a closed segment is confirmed.
+    pipeline.closed_lsn.store(wal.closed_lsn(), Relaxed);
     if sync {
         *last_sync = Instant::now();
     }

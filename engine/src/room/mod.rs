@@ -150,8 +150,9 @@ impl Room {
         }
     }
 
-    /// A room as persisted: sequence numbers continue after `last_seq`; the ring starts empty
-    /// (older messages are read from the store).
+    /// A room as persisted: sequence numbers continue after `last_seq`, retries of the
+    /// recovered keys get their original seq; the ring starts empty (older messages are read
+    /// from the store).
     pub fn restore(
         snapshot: sokdo_persistence::RoomSnapshot,
         limits: RoomLimits,
@@ -176,6 +177,10 @@ impl Room {
             .into_iter()
             .map(|(user, seq)| (user, seq.min(last_seq)))
             .collect();
+        // Ascending by seq: the oldest is evicted first, as if they had just been sent.
+        for k in snapshot.retry_keys {
+            room.remember_retry_key((k.from, k.client_msg_id), k.seq, k.ts_ms);
+        }
         room
     }
 
@@ -603,6 +608,35 @@ mod tests {
         }
         assert_eq!(r.retry_keys.len(), 4);
         assert_eq!(send(&mut r, "u", Some("0")), 6, "oldest key forgotten");
+    }
+
+    #[test]
+    fn restored_retry_keys_answer_retries_and_keep_the_window() {
+        let key = |seq: u64| sokdo_persistence::RetryKey {
+            from: "u".into(),
+            client_msg_id: format!("k{seq}"),
+            seq,
+            ts_ms: seq * 10,
+        };
+        let snapshot = sokdo_persistence::RoomSnapshot {
+            room: "r".into(),
+            last_seq: 9,
+            retry_keys: (5..=9).map(key).collect(),
+            ..Default::default()
+        };
+        let mut r = Room::restore(snapshot, room(10).limits, 2);
+        assert_eq!(r.retry_of("u", Some("k9")), Some((9, 90)));
+        assert_eq!(
+            r.retry_of("u", Some("k5")),
+            None,
+            "a window of 4 keeps the newest"
+        );
+        assert_eq!(
+            send(&mut r, "u", Some("k6")),
+            6,
+            "a retry gets the original seq"
+        );
+        assert_eq!(send(&mut r, "u", Some("new")), 10);
     }
 
     #[test]

@@ -160,3 +160,96 @@ async fn rooms_members_and_history_survive_a_clean_restart() {
         "after_seq replay reads the store after a restart"
     );
 }
+
+/// The lsn the oldest log segment starts at (its file name).
+pub fn oldest_wal_lsn(data: &std::path::Path) -> u64 {
+    std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".wal")?.parse().ok()
+        })
+        .min()
+        .expect("the live segment exists")
+}
+
+pub fn kill_9(server: &mut Server) {
+    server.signal(libc::SIGKILL);
+    server.wait_exit(std::time::Duration::from_secs(10));
+}
+
+/// A retry after the restart: the original seq, `duplicate`, and history has it once.
+async fn retry_is_a_duplicate(server: &Server, seq: u64, messages: usize) {
+    let mut c = Client::connect(server, "u").await;
+    c.ok(json!({"op": "join", "room": "keys"})).await;
+    let again = c
+        .ok(json!({"op": "send", "room": "keys", "body": "first", "client_msg_id": "k1"}))
+        .await;
+    assert_eq!(again["seq"], seq, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    let history = full_history(&mut c, "keys").await;
+    assert_eq!(history.len(), messages, "no duplicate stored");
+    let firsts = history.iter().filter(|m| m["body"] == "first").count();
+    assert_eq!(firsts, 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_kill_9_gets_the_original_seq_from_the_log() {
+    let data = temp_dir("retry-log");
+    // The sink waits a minute for a batch: the key is only in the log when the server dies.
+    let args = ["--batch-age-ms", "60000"];
+    let mut server = Server::start_in(&data, &args);
+    let mut c = Client::connect(&server, "u").await;
+    c.ok(json!({"op": "join", "room": "keys"})).await;
+    let first = c
+        .ok(json!({"op": "send", "room": "keys", "body": "first", "client_msg_id": "k1"}))
+        .await;
+    c.ok(json!({"op": "send", "room": "keys", "body": "second"}))
+        .await;
+    assert_eq!(
+        server.metric("sokdo_sink_batches_total"),
+        0.0,
+        "nothing drained yet"
+    );
+    kill_9(&mut server);
+
+    let server = Server::start_in(&data, &args);
+    retry_is_a_duplicate(&server, first["seq"].as_u64().unwrap(), 2).await;
+}
+
+#[tokio::test]
+async fn a_retry_after_kill_9_gets_the_original_seq_from_the_store_once_trimmed() {
+    let data = temp_dir("retry-store");
+    let args = [
+        "--batch-age-ms",
+        "1",
+        "--wal-segment-bytes",
+        "4096",
+        "--wal-bytes-max",
+        "1048576",
+    ];
+    let mut server = Server::start_in(&data, &args);
+    let mut c = Client::connect(&server, "u").await;
+    c.ok(json!({"op": "join", "room": "keys"})).await;
+    let first = c
+        .ok(json!({"op": "send", "room": "keys", "body": "first", "client_msg_id": "k1"}))
+        .await;
+    let first_lsns = server.metric("sokdo_wal_records_appended_total") as u64;
+    assert!(first_lsns > 0, "the metric exists");
+    // Enough records to fill segments: the one with the key is drained and deleted.
+    let filler = "f".repeat(300);
+    for _ in 0..40 {
+        c.ok(json!({"op": "send", "room": "keys", "body": filler}))
+            .await;
+    }
+    crate::support::eventually("the key's segment to be trimmed", || {
+        oldest_wal_lsn(&data) > first_lsns
+    })
+    .await;
+    kill_9(&mut server);
+    // Without the checkpoint, the key can only come from the store's snapshot.
+    let _ = std::fs::remove_file(data.join("checkpoint"));
+
+    let server = Server::start_in(&data, &args);
+    retry_is_a_duplicate(&server, first["seq"].as_u64().unwrap(), 41).await;
+}

@@ -3,6 +3,7 @@
 //! MongoDB-wire server (docs/PERSISTENCE.md says what this proves and what it does not).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -138,4 +139,148 @@ fn chat_through_an_outage(mongo: &mut dyn MongoServer) {
     });
     let after = rt.block_on(c.ok(json!({"op": "send", "room": "m", "body": "back"})));
     assert_eq!(after["seq"].as_i64().unwrap(), *acked.last().unwrap() + 1);
+}
+
+const SMALL_LOG: [&str; 6] = [
+    "--wal-segment-bytes",
+    "4096",
+    "--wal-bytes-max",
+    "1048576",
+    "--batch-age-ms",
+    "1",
+];
+
+fn sokdo_args(uri: &str) -> Vec<&str> {
+    let mut args = vec!["--mongodb-uri", uri];
+    args.extend(SMALL_LOG);
+    args
+}
+
+fn send_all(rt: &tokio::runtime::Runtime, c: &mut Client, n: usize) -> Vec<i64> {
+    (0..n)
+        .map(|i| {
+            let req = json!({"op": "send", "room": "m", "body": format!("{i:0>200}")});
+            rt.block_on(c.ok(req))["seq"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn sokdo_starts_with_mongodb_down_serves_from_its_log_and_drains_once_back() {
+    let double = MongoDouble::start_new();
+    let uri = double.uri();
+    let data = temp_dir("mongo-down-start");
+    let rt = runtime();
+    // One start with MongoDB up: the data dir gets its checkpoint (the room exists).
+    let mut server = Server::start_in(&data, &sokdo_args(&uri));
+    let mut c = rt.block_on(Client::connect(&server, "writer"));
+    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    drop(c);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+
+    double.stop();
+    let server = Server::start_in(&data, &sokdo_args(&uri));
+    assert_eq!(server.metric("sokdo_sink_up"), 0.0);
+    let mut c = rt.block_on(Client::connect(&server, "writer"));
+    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    let seqs = send_all(&rt, &mut c, 30);
+    assert_eq!(
+        seqs,
+        (1..=30).collect::<Vec<_>>(),
+        "all acknowledged, in order"
+    );
+    // Reads the log alone can answer are answered while MongoDB is down.
+    let history = rt.block_on(c.ok(json!({"op": "history", "room": "m", "limit": 10})));
+    assert_eq!(history["messages"].as_array().unwrap().len(), 10);
+    assert!(stored_seqs(&double).is_empty());
+
+    double.start();
+    wait("every message in MongoDB, exactly once", || {
+        stored_seqs(&double) == (1..=30).collect::<Vec<_>>()
+    });
+    wait("/metrics to show the sink up", || {
+        server.metric("sokdo_sink_up") == 1.0 && server.metric("sokdo_sink_lag_records") == 0.0
+    });
+    assert!(
+        !server.log_lines("the sink is unreachable").is_empty(),
+        "the start without MongoDB is logged"
+    );
+}
+
+#[test]
+fn restarts_while_mongodb_is_down_continue_seqs_after_drained_and_trimmed_records() {
+    let double = MongoDouble::start_new();
+    let uri = double.uri();
+    let data = temp_dir("mongo-down-restart");
+    let rt = runtime();
+    let mut server = Server::start_in(&data, &sokdo_args(&uri));
+    let mut c = rt.block_on(Client::connect(&server, "writer"));
+    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    let keyed = json!({"op": "send", "room": "m", "body": "keyed", "client_msg_id": "early"});
+    assert_eq!(rt.block_on(c.ok(keyed.clone()))["seq"], 1);
+    let early_lsns = server.metric("sokdo_wal_records_appended_total") as u64;
+    assert!(early_lsns > 0, "the metric exists");
+    send_all(&rt, &mut c, 39);
+    wait("40 messages in MongoDB", || {
+        stored_seqs(&double) == (1..=40).collect::<Vec<_>>()
+    });
+    wait("the early records trimmed from the log", || {
+        crate::durability::oldest_wal_lsn(&data) > early_lsns
+    });
+
+    double.stop();
+    crate::durability::kill_9(&mut server);
+    let mut server = Server::start_in(&data, &sokdo_args(&uri));
+    let mut c = rt.block_on(Client::connect(&server, "writer"));
+    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    assert_eq!(send_all(&rt, &mut c, 3), [41, 42, 43], "no seq reused");
+    let again = rt.block_on(c.ok(keyed.clone()));
+    assert_eq!(
+        (again["seq"].clone(), again["duplicate"].clone()),
+        (json!(1), json!(true))
+    );
+    drop(c);
+    crate::durability::kill_9(&mut server);
+
+    let server = Server::start_in(&data, &sokdo_args(&uri));
+    let mut c = rt.block_on(Client::connect(&server, "writer"));
+    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    assert_eq!(send_all(&rt, &mut c, 2), [44, 45], "no seq reused");
+    double.start();
+    wait("every message in MongoDB, exactly once", || {
+        stored_seqs(&double) == (1..=45).collect::<Vec<_>>()
+    });
+}
+
+#[test]
+fn a_fresh_data_dir_with_mongodb_down_refuses_to_start() {
+    let double = MongoDouble::start_new();
+    let uri = double.uri();
+    double.stop();
+    let data = temp_dir("mongo-down-fresh");
+    let out = std::process::Command::new(crate::support::sokdo_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--mongodb-uri",
+            &uri,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run sokdo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+    assert!(stderr.contains("checkpoint"), "{stderr}");
 }

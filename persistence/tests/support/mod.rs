@@ -92,6 +92,7 @@ pub fn config(dir: &Path) -> Config {
         mongodb_uri: None,
         mongodb_database: "sokdo_test".to_string(),
         wal_retry_backoff_max_ms: 1000,
+        retry_keys_max: 4096,
     }
 }
 
