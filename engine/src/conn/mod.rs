@@ -91,6 +91,9 @@ pub struct ConnEntry {
     pub admitted: bool,
     /// The admission-queue position last told to the client.
     pub queue_position: u32,
+    /// Test only: an `/autobahn` connection, which echoes every message (shard/echo.rs).
+    #[cfg(feature = "autobahn")]
+    pub echo: bool,
 }
 
 impl ConnEntry {
@@ -114,6 +117,8 @@ impl ConnEntry {
             api_ok_status: 200,
             admitted: false,
             queue_position: 0,
+            #[cfg(feature = "autobahn")]
+            echo: false,
         }
     }
 

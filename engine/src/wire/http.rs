@@ -29,6 +29,10 @@ pub enum Outcome {
     Upgrade { identity: Identity, response: Bytes },
     /// Test only (`--fault-injection`): answer 202, then inject the fault.
     Fault(Fault),
+    /// Test only (cargo feature `autobahn`): `/autobahn` upgraded, after the checks and the
+    /// authentication of `/ws`; the connection echoes every message (shard/echo.rs).
+    #[cfg(feature = "autobahn")]
+    Echo { response: Bytes },
 }
 
 /// A fault `POST /debug/fault/…` injects (test only).
@@ -146,6 +150,11 @@ impl Outcome {
             ),
             "/" => Outcome::respond(200, "text/html; charset=utf-8", CHAT_PAGE.as_bytes(), ""),
             "/ws" => upgrade(req, query, ctx),
+            #[cfg(feature = "autobahn")]
+            "/autobahn" => match upgrade(req, query, ctx) {
+                Outcome::Upgrade { response, .. } => Outcome::Echo { response },
+                refused => refused,
+            },
             _ => Outcome::plain(404, "no such path\n"),
         }
     }

@@ -30,7 +30,7 @@ pub mod close {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound<'a> {
     Text(&'a [u8]),
-    Binary,
+    Binary(&'a [u8]),
     Ping(&'a [u8]),
     Pong,
     Close(Option<u16>),
@@ -184,7 +184,7 @@ impl Decoder {
 fn data_frame(kind: Data, payload: &[u8]) -> Inbound<'_> {
     match kind {
         Data::Text => Inbound::Text(payload),
-        _ => Inbound::Binary,
+        _ => Inbound::Binary(payload),
     }
 }
 
@@ -244,6 +244,12 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
 
 pub fn text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
+}
+
+/// Test only: the echo of a binary message (`/autobahn`, shard/echo.rs).
+#[cfg(feature = "autobahn")]
+pub fn binary(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Binary), payload)
 }
 
 pub fn ping() -> Bytes {

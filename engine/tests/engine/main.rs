@@ -12,6 +12,7 @@ mod support;
 mod admission;
 mod api;
 mod auth;
+mod conformance;
 mod durability;
 mod features;
 mod lifecycle;
