@@ -217,16 +217,14 @@ impl Shard {
             {
                 true
             }
-            Inbound::Text(text) if std::str::from_utf8(text).is_err() => {
-                self.fail_conn(key, close::INVALID_PAYLOAD, "text frame is not UTF-8");
-                false
-            }
             #[cfg(feature = "autobahn")]
-            Inbound::Text(text) if self.conns[key].echo => self.echo(key, ws::text(text)),
+            Inbound::Text(text) if self.conns[key].echo => {
+                self.echo(key, ws::text(text.as_bytes()))
+            }
             #[cfg(feature = "autobahn")]
             Inbound::Binary(payload) if self.conns[key].echo => self.echo(key, ws::binary(payload)),
             Inbound::Text(text) => {
-                self.on_text(key, text);
+                self.on_text(key, text.as_bytes());
                 self.conns[key].phase == Phase::Open
             }
             Inbound::Binary(_) => {
