@@ -10,6 +10,10 @@ scripts/install-deps.sh
 scripts/module-graph
 
 cargo build --workspace --bins --locked
+# The server with the test-only `/autobahn` echo endpoint, for the Autobahn conformance test
+# (docs/CONFORMANCE.md): a binary of its own beside `sokdo`, so neither build replaces the
+# other. `--workspace` resolves the dependencies' features as above: only the engine rebuilds.
+cargo build --workspace --bin sokdo-autobahn --features sokdo-engine/autobahn --locked
 cargo nextest run --workspace --locked --no-fail-fast
 
 if [ -f tests/browser/chat.test.mjs ]; then

@@ -19,6 +19,28 @@ use sokdo_persistence::{Persistence, RoomSnapshot};
 /// Pending connections the kernel holds per listener (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// The binaries' `main`: logging from `SOKDO_LOG`, the flags, the server; exit code 2 with
+/// the reason when it cannot start or run.
+pub fn main() -> std::process::ExitCode {
+    use clap::Parser as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SOKDO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = Config::parse();
+    match run(cfg) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sokdo: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Runs the server until it has drained after SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     cfg.validate()?;
@@ -28,6 +50,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.fault_injection {
         tracing::warn!("FAULT INJECTION: POST /debug/fault/… can crash this process (tests only)");
     }
+    #[cfg(feature = "autobahn")]
+    tracing::warn!(
+        "TEST BUILD (feature autobahn): GET /autobahn echoes every message (docs/CONFORMANCE.md)"
+    );
     if cfg.dev_mode() {
         tracing::warn!(
             "DEVELOPMENT MODE: no --jwt-secret; any client may connect as ?user=ID (loopback only)"

@@ -102,6 +102,9 @@ pub struct ConnEntry {
     pub queue_position: u32,
     /// Requests out and held, so they take effect in the order sent ([`order`]).
     pub order: Order<Parsed>,
+    /// Test only: an `/autobahn` connection, which echoes every message (shard/echo.rs).
+    #[cfg(feature = "autobahn")]
+    pub echo: bool,
 }
 
 impl ConnEntry {
@@ -126,6 +129,8 @@ impl ConnEntry {
             admitted: false,
             queue_position: 0,
             order: Order::default(),
+            #[cfg(feature = "autobahn")]
+            echo: false,
         }
     }
 

@@ -205,11 +205,13 @@ impl Shard {
         self.close_conn(key, close::TRY_AGAIN_LATER, "slow consumer", Unsent::Drop);
     }
 
-    /// Fails the WebSocket connection (RFC 6455 §7.1.7): the close frame goes out instead of
-    /// anything queued, then the TCP connection is closed without waiting for the client's
-    /// close (a client that broke the protocol may never send one).
+    /// Fails the WebSocket connection (RFC 6455 §7.1.7): the close frame goes out after what
+    /// is queued (the answers to the messages before the bad frame, which Autobahn's 3.x, 4.x
+    /// and 5.15 expect), then the TCP connection is closed without waiting for the client's
+    /// close (a client that broke the protocol may never send one); one that does not read
+    /// is dropped at `close_timeout_ms` (`close_conn`'s deadline).
     pub(super) fn fail_conn(&mut self, key: usize, code: u16, reason: &str) {
-        self.close_conn(key, code, reason, Unsent::Drop);
+        self.close_conn(key, code, reason, Unsent::Send);
         self.conns[key].end_when_flushed = true;
     }
 
@@ -243,8 +245,8 @@ pub(super) enum Slow {
 /// What a close does with the frames queued but not yet written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Unsent {
-    /// They go out before the close frame (a normal close, a drain).
+    /// They go out before the close frame (a normal close, a drain, a protocol error).
     Send,
-    /// They are dropped (a protocol error, a slow consumer: the client would not read them).
+    /// They are dropped (a slow consumer, a binary message: the client would not read them).
     Drop,
 }

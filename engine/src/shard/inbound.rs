@@ -74,6 +74,8 @@ impl Shard {
                 }
             }
             Outcome::Fault(fault) => self.on_fault(key, fault),
+            #[cfg(feature = "autobahn")]
+            Outcome::Echo { response } => self.echo_upgraded(key, response),
         }
     }
 
@@ -239,15 +241,17 @@ impl Shard {
             {
                 true
             }
+            #[cfg(feature = "autobahn")]
+            Inbound::Text(text) if self.conns[key].echo => {
+                self.echo(key, ws::text(text.as_bytes()))
+            }
+            #[cfg(feature = "autobahn")]
+            Inbound::Binary(payload) if self.conns[key].echo => self.echo(key, ws::binary(payload)),
             Inbound::Text(text) => {
-                if std::str::from_utf8(text).is_err() {
-                    self.fail_conn(key, close::INVALID_PAYLOAD, "text frame is not UTF-8");
-                    return false;
-                }
-                self.on_text(key, text);
+                self.on_text(key, text.as_bytes());
                 self.conns[key].phase == Phase::Open
             }
-            Inbound::Binary => {
+            Inbound::Binary(_) => {
                 let reason = "binary frames are not supported";
                 self.close_conn(key, close::UNSUPPORTED, reason, Unsent::Drop);
                 false

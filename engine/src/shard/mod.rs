@@ -12,11 +12,15 @@
 //! - [`outbox`]: messages for other shards whose channel was full, bounded;
 //! - [`rooms_query`]: `rooms`, asked of every shard;
 //! - [`admission`]: places and the waiting queue; [`timers`]: heartbeats, timeouts,
-//!   gauges, draining; [`offload`]: blocking work run off the shard.
+//!   gauges, draining; [`offload`]: blocking work run off the shard;
+//! - `echo` (test only, cargo feature `autobahn`): `/autobahn` connections echo every
+//!   message, for the Autobahn conformance cases (docs/CONFORMANCE.md).
 #![forbid(unsafe_code)]
 
 mod admission;
 mod api_calls;
+#[cfg(feature = "autobahn")]
+mod echo;
 mod fanout;
 mod in_order;
 mod inbound;

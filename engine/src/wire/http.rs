@@ -35,6 +35,10 @@ pub enum Outcome {
     },
     /// Test only (`--fault-injection`): answer 202, then inject the fault.
     Fault(Fault),
+    /// Test only (cargo feature `autobahn`): `/autobahn` upgraded, after the checks and the
+    /// authentication of `/ws`; the connection echoes every message (shard/echo.rs).
+    #[cfg(feature = "autobahn")]
+    Echo { response: Bytes },
 }
 
 /// A fault `POST /debug/fault/…` injects (test only).
@@ -169,6 +173,11 @@ impl Outcome {
             ),
             "/" => Outcome::respond(200, "text/html; charset=utf-8", CHAT_PAGE.as_bytes(), ""),
             "/ws" => upgrade(req, query, ctx),
+            #[cfg(feature = "autobahn")]
+            "/autobahn" => match upgrade(req, query, ctx) {
+                Outcome::Upgrade { response, .. } => Outcome::Echo { response },
+                refused => refused,
+            },
             _ => Outcome::plain(404, "no such path\n"),
         }
     }
@@ -357,10 +366,34 @@ mod tests {
             Outcome::Incomplete => "incomplete".into(),
             Outcome::Api(_) => "api".into(),
             Outcome::Fault(_) => "fault".into(),
+            #[cfg(feature = "autobahn")]
+            Outcome::Echo { response } => String::from_utf8_lossy(&response[..12]).into_owned(),
         }
     }
 
     const UPGRADE: &str = "GET /ws?user=al%20ice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    /// The test-only echo endpoint exists only with the `autobahn` feature; without it
+    /// `/autobahn` is an unknown path, and with it a refused upgrade is refused as on `/ws`.
+    #[test]
+    fn autobahn_is_routed_only_in_the_test_build() {
+        let auth = Auth::new(None);
+        let upgrade = UPGRADE.replace("/ws?", "/autobahn?");
+        let routed = status(route(upgrade.as_bytes(), &ctx(&auth, false)));
+        let expected = if cfg!(feature = "autobahn") {
+            "HTTP/1.1 101"
+        } else {
+            "HTTP/1.1 404"
+        };
+        assert_eq!(routed, expected);
+        let draining = status(route(upgrade.as_bytes(), &ctx(&auth, true)));
+        let expected = if cfg!(feature = "autobahn") {
+            "HTTP/1.1 503"
+        } else {
+            "HTTP/1.1 404"
+        };
+        assert_eq!(draining, expected);
+    }
 
     #[test]
     fn routes() {

@@ -29,8 +29,9 @@ pub mod close {
 /// One complete message or control frame from the client, payload unmasked.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    Text(&'a [u8]),
-    Binary,
+    /// A whole text message, checked to be UTF-8.
+    Text(&'a str),
+    Binary(&'a [u8]),
     Ping(&'a [u8]),
     Pong,
     Close(Option<u16>),
@@ -63,6 +64,10 @@ impl DecodeError {
 pub struct Decoder {
     partial: Vec<u8>,
     fragments: Vec<u8>,
+    /// Bytes at the start of a fragmented text message's `fragments` known to be UTF-8: each
+    /// fragment is checked as it arrives, so a message that cannot become UTF-8 fails at
+    /// its first bad fragment (RFC 6455 §8.1, Autobahn 6.x "fail fast"), not at its end.
+    fragments_utf8: usize,
     fragmented: Option<Data>,
 }
 
@@ -159,21 +164,24 @@ impl Decoder {
                 }
                 self.fragments.extend_from_slice(payload);
                 if !header.is_final {
+                    self.check_fragments_utf8(kind)?;
                     return Ok(true);
                 }
                 self.fragmented = None;
+                self.fragments_utf8 = 0;
                 let whole = std::mem::take(&mut self.fragments);
-                Ok(on_frame(data_frame(kind, &whole)))
+                Ok(on_frame(data_frame(kind, &whole)?))
             }
             OpCode::Data(kind @ (Data::Text | Data::Binary)) => {
                 if self.fragmented.is_some() {
                     return Err(DecodeError::Protocol("new message inside a fragmented one"));
                 }
                 if header.is_final {
-                    return Ok(on_frame(data_frame(kind, payload)));
+                    return Ok(on_frame(data_frame(kind, payload)?));
                 }
                 self.fragmented = Some(kind);
                 self.fragments.extend_from_slice(payload);
+                self.check_fragments_utf8(kind)?;
                 Ok(true)
             }
             OpCode::Data(Data::Reserved(_)) => Err(DecodeError::Protocol("reserved opcode")),
@@ -181,11 +189,34 @@ impl Decoder {
     }
 }
 
-fn data_frame(kind: Data, payload: &[u8]) -> Inbound<'_> {
-    match kind {
-        Data::Text => Inbound::Text(payload),
-        _ => Inbound::Binary,
+impl Decoder {
+    /// Checks the fragments of a text message received so far: UTF-8, except that the
+    /// last code point may be cut (the next fragment may complete it).
+    fn check_fragments_utf8(&mut self, kind: Data) -> Result<(), DecodeError> {
+        if kind != Data::Text {
+            return Ok(());
+        }
+        let unchecked = &self.fragments[self.fragments_utf8..];
+        self.fragments_utf8 += match std::str::from_utf8(unchecked) {
+            Ok(_) => unchecked.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => return Err(not_utf8()),
+        };
+        Ok(())
     }
+}
+
+/// A whole message. A text message is checked as a whole even when its fragments were
+/// (their check lets the last code point be cut; this one does not).
+fn data_frame(kind: Data, payload: &[u8]) -> Result<Inbound<'_>, DecodeError> {
+    Ok(match kind {
+        Data::Text => Inbound::Text(std::str::from_utf8(payload).map_err(|_| not_utf8())?),
+        _ => Inbound::Binary(payload),
+    })
+}
+
+fn not_utf8() -> DecodeError {
+    DecodeError::InvalidPayload("text is not UTF-8")
 }
 
 /// The status code of a client's close frame (RFC 6455 §5.5.1, §7.4): none, or one a peer
@@ -244,6 +275,12 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
 
 pub fn text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
+}
+
+/// Test only: the echo of a binary message (`/autobahn`, shard/echo.rs).
+#[cfg(feature = "autobahn")]
+pub fn binary(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Binary), payload)
 }
 
 pub fn ping() -> Bytes {
@@ -305,7 +342,7 @@ mod tests {
         let mut second = wire[split..].to_vec();
         let mut collect = |f: Inbound<'_>| {
             if let Inbound::Text(t) = f {
-                texts.push(t.to_vec());
+                texts.push(t.as_bytes().to_vec());
             }
             true
         };
@@ -355,6 +392,73 @@ mod tests {
         );
     }
 
+    /// Goal: Autobahn 6.4.1/6.4.2 (strict): a fragmented text message fails with 1007 at the
+    /// first fragment that no continuation can make UTF-8, before the message ends; a code
+    /// point cut between fragments is not an error.
+    #[test]
+    fn fragmented_text_fails_at_its_first_bad_fragment() {
+        let mask = [1, 2, 3, 4];
+        let text = OpCode::Data(Data::Text);
+        let cont = OpCode::Data(Data::Continue);
+        let mut decoder = Decoder::default();
+        let mut texts = Vec::new();
+        let mut feed = |decoder: &mut Decoder, frame: Vec<u8>| {
+            let mut frame = frame;
+            decoder.feed(&mut frame, 1024, &mut |f| {
+                if let Inbound::Text(t) = f {
+                    texts.push(t.to_owned());
+                }
+                true
+            })
+        };
+        // "κό" (U+03BA U+1F79) with U+1F79 (0xe1 0xbd 0xb9) cut after its first byte.
+        assert_eq!(
+            feed(
+                &mut decoder,
+                client_frame(text, false, &[0xce, 0xba, 0xe1], mask)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            feed(&mut decoder, client_frame(cont, true, &[0xbd, 0xb9], mask)),
+            Ok(())
+        );
+        // Valid, then a code point above U+10FFFF: fails at that fragment.
+        assert_eq!(
+            feed(&mut decoder, client_frame(text, false, b"ok", mask)),
+            Ok(())
+        );
+        let bad = feed(
+            &mut decoder,
+            client_frame(cont, false, &[0xf4, 0x90, 0x80, 0x80], mask),
+        );
+        assert_eq!(bad.map_err(|e| e.close_code()), Err(close::INVALID_PAYLOAD));
+        assert_eq!(texts, vec!["\u{3ba}\u{1f79}".to_owned()]);
+    }
+
+    /// A whole text message must be UTF-8, its last code point included.
+    #[test]
+    fn text_that_is_not_utf8_is_invalid_payload() {
+        let mask = [5, 6, 7, 8];
+        for body in [
+            &[0xce, 0xba, 0xe1][..],
+            &[0xff][..],
+            &[0xed, 0xa0, 0x80][..],
+        ] {
+            let wire = client_frame(OpCode::Data(Data::Text), true, body, mask);
+            let err = decode_split(&wire, wire.len(), 1024).unwrap_err();
+            assert_eq!(err.close_code(), close::INVALID_PAYLOAD, "{body:?}");
+        }
+        let mut wire = client_frame(OpCode::Data(Data::Text), false, &[0xce], mask);
+        wire.extend(client_frame(OpCode::Data(Data::Continue), true, &[], mask));
+        let err = decode_split(&wire, wire.len(), 1024).unwrap_err();
+        assert_eq!(
+            err.close_code(),
+            close::INVALID_PAYLOAD,
+            "cut at the message's end"
+        );
+    }
+
     /// Goal: Autobahn's close cases 7.3.2, 7.5.1 and 7.9.x: a close frame with a one-byte
     /// payload, a code a peer must not send, or a reason that is not UTF-8 fails the
     /// connection with 1002 / 1007; valid codes and reasons pass.
@@ -397,10 +501,11 @@ mod tests {
     proptest! {
         #[test]
         fn any_split_of_any_frames_decodes_the_same(
-            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..6),
+            bodies in proptest::collection::vec(any::<String>(), 1..6),
             mask in any::<[u8; 4]>(),
             split_frac in 0.0f64..1.0,
         ) {
+            let bodies: Vec<Vec<u8>> = bodies.into_iter().map(String::into_bytes).collect();
             let mut wire = Vec::new();
             for body in &bodies {
                 wire.extend(client_frame(OpCode::Data(Data::Text), true, body, mask));
@@ -408,6 +513,28 @@ mod tests {
             let split = (wire.len() as f64 * split_frac) as usize;
             let texts = decode_split(&wire, split, 1 << 16).unwrap();
             prop_assert_eq!(texts, bodies);
+        }
+
+        /// UTF-8 cut into fragments anywhere, code points included, decodes to the same text.
+        #[test]
+        fn text_fragmented_at_any_bytes_decodes_the_same(
+            body in any::<String>(),
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
+            mask in any::<[u8; 4]>(),
+        ) {
+            let bytes = body.as_bytes();
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            at.sort_unstable();
+            let mut wire = Vec::new();
+            let mut from = 0;
+            for (i, &to) in at.iter().chain([bytes.len()].iter()).enumerate() {
+                let opcode = if i == 0 { Data::Text } else { Data::Continue };
+                let last = i == at.len();
+                wire.extend(client_frame(OpCode::Data(opcode), last, &bytes[from..to], mask));
+                from = to;
+            }
+            let texts = decode_split(&wire, wire.len() / 2, 1 << 16).unwrap();
+            prop_assert_eq!(texts, vec![bytes.to_vec()]);
         }
 
         #[test]

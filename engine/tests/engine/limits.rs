@@ -203,7 +203,19 @@ async fn a_replay_larger_than_one_flush_arrives_whole() {
 
 /// The close frames a server sent in `raw` (unmasked server frames), as (code, reason).
 fn close_frames(raw: &[u8]) -> Vec<(u16, String)> {
-    let (mut at, mut closes) = (0, Vec::new());
+    server_frames(raw)
+        .into_iter()
+        .filter(|(opcode, payload)| *opcode == 0x8 && payload.len() >= 2)
+        .map(|(_, payload)| {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            (code, String::from_utf8_lossy(&payload[2..]).into_owned())
+        })
+        .collect()
+}
+
+/// The frames a server sent in `raw` (unmasked, under 64 KiB), as (opcode, payload).
+fn server_frames(raw: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let (mut at, mut frames) = (0, Vec::new());
     while at + 2 <= raw.len() {
         let (opcode, len) = (raw[at] & 0x0f, usize::from(raw[at + 1] & 0x7f));
         let (start, len) = match len {
@@ -214,14 +226,40 @@ fn close_frames(raw: &[u8]) -> Vec<(u16, String)> {
             127 => panic!("no server frame here is that long"),
             n => (at + 2, n),
         };
-        let payload = &raw[start..(start + len).min(raw.len())];
-        if opcode == 0x8 && payload.len() >= 2 {
-            let code = u16::from_be_bytes([payload[0], payload[1]]);
-            closes.push((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
-        }
+        frames.push((opcode, raw[start..(start + len).min(raw.len())].to_vec()));
         at = start + len;
     }
-    closes
+    frames
+}
+
+/// Goal: a protocol error fails the connection after the answers already queued (Autobahn
+/// 3.2–3.4, 4.1.3–4.2.5, 5.15, strict): a request sent in the same write as a frame with a
+/// reserved bit set gets its answer, then close 1002, then the server closes the TCP
+/// connection (a long close timeout, so only failing closes it).
+#[tokio::test]
+async fn answers_queued_before_a_protocol_error_are_sent_before_the_close() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--close-timeout-ms", "600000"]);
+    let client = Client::connect(&server, "early").await;
+    let mut stream = client.ws.into_inner();
+    let request = br#"{"op":"ping","id":"before"}"#;
+    // FIN + text, masked with a zero key; then FIN + RSV1 + text, empty.
+    let mut wire = vec![0x81, 0x80 | request.len() as u8, 0, 0, 0, 0];
+    wire.extend_from_slice(request);
+    wire.extend_from_slice(&[0xc1, 0x80, 0, 0, 0, 0]);
+    stream.write_all(&wire).await.unwrap();
+    let frames = server_frames(&crate::support::read_to_end(stream).await);
+    let texts: Vec<serde_json::Value> = frames
+        .iter()
+        .filter(|(opcode, _)| *opcode == 0x1)
+        .map(|(_, payload)| serde_json::from_slice(payload).expect("JSON"))
+        .collect();
+    assert_eq!(texts.len(), 1, "{frames:?}");
+    assert_eq!(texts[0]["id"], "before", "{texts:?}");
+    let Some((0x8, close)) = frames.last() else {
+        panic!("the close comes last: {frames:?}");
+    };
+    assert_eq!(close[..2], 1002u16.to_be_bytes(), "{frames:?}");
 }
 
 /// Goal: Autobahn's close cases (7.3.2 one-byte payload, 7.5.1 reason not UTF-8, 7.9.x codes

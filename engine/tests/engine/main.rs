@@ -12,6 +12,7 @@ mod support;
 mod admission;
 mod api;
 mod auth;
+mod conformance;
 mod delivery;
 mod durability;
 mod features;

@@ -52,12 +52,22 @@ impl Server {
 
     /// Like `start_in`, with extra environment variables.
     pub fn start_with_env(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_bin(&sokdo_bin(), data, args, env)
+    }
+
+    /// Like `start_with_env`, with another build of the server (`sokdo-autobahn`).
+    pub fn start_bin(
+        bin: &std::path::Path,
+        data: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let shards: &[&str] = if args.contains(&"--shards") {
             &[]
         } else {
             &["--shards", "2"]
         };
-        let mut child = Command::new(sokdo_bin())
+        let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0"])
             .args(shards)
             .arg("--data-dir")
