@@ -175,7 +175,16 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn sokdo_starts_with_mongodb_down_serves_from_its_log_and_drains_once_back() {
     let double = MongoDouble::start_new();
-    let uri = double.uri();
+    start_while_down(&mut &double);
+}
+
+#[test]
+fn sokdo_starts_with_secantusdb_down_serves_from_its_log_and_drains_once_back() {
+    start_while_down(&mut Secantus::start_new());
+}
+
+fn start_while_down(mongo: &mut dyn MongoServer) {
+    let uri = mongo.uri();
     let data = temp_dir("mongo-down-start");
     let rt = runtime();
     // One start with MongoDB up: the data dir gets its checkpoint (the room exists).
@@ -186,7 +195,7 @@ fn sokdo_starts_with_mongodb_down_serves_from_its_log_and_drains_once_back() {
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(15)).success());
 
-    double.stop();
+    mongo.stop();
     let server = Server::start_in(&data, &sokdo_args(&uri));
     assert_eq!(server.metric("sokdo_sink_up"), 0.0);
     let mut c = rt.block_on(Client::connect(&server, "writer"));
@@ -200,11 +209,9 @@ fn sokdo_starts_with_mongodb_down_serves_from_its_log_and_drains_once_back() {
     // Reads the log alone can answer are answered while MongoDB is down.
     let history = rt.block_on(c.ok(json!({"op": "history", "room": "m", "limit": 10})));
     assert_eq!(history["messages"].as_array().unwrap().len(), 10);
-    assert!(stored_seqs(&double).is_empty());
-
-    double.start();
+    mongo.start();
     wait("every message in MongoDB, exactly once", || {
-        stored_seqs(&double) == (1..=30).collect::<Vec<_>>()
+        stored_seqs(&uri) == (1..=30).collect::<Vec<_>>()
     });
     wait("/metrics to show the sink up", || {
         server.metric("sokdo_sink_up") == 1.0 && server.metric("sokdo_sink_lag_records") == 0.0
@@ -218,7 +225,16 @@ fn sokdo_starts_with_mongodb_down_serves_from_its_log_and_drains_once_back() {
 #[test]
 fn restarts_while_mongodb_is_down_continue_seqs_after_drained_and_trimmed_records() {
     let double = MongoDouble::start_new();
-    let uri = double.uri();
+    restarts_while_down(&mut &double);
+}
+
+#[test]
+fn restarts_while_secantusdb_is_down_continue_seqs_after_drained_and_trimmed_records() {
+    restarts_while_down(&mut Secantus::start_new());
+}
+
+fn restarts_while_down(mongo: &mut dyn MongoServer) {
+    let uri = mongo.uri();
     let data = temp_dir("mongo-down-restart");
     let rt = runtime();
     let mut server = Server::start_in(&data, &sokdo_args(&uri));
@@ -230,13 +246,13 @@ fn restarts_while_mongodb_is_down_continue_seqs_after_drained_and_trimmed_record
     assert!(early_lsns > 0, "the metric exists");
     send_all(&rt, &mut c, 39);
     wait("40 messages in MongoDB", || {
-        stored_seqs(&double) == (1..=40).collect::<Vec<_>>()
+        stored_seqs(&uri) == (1..=40).collect::<Vec<_>>()
     });
     wait("the early records trimmed from the log", || {
         crate::durability::oldest_wal_lsn(&data) > early_lsns
     });
 
-    double.stop();
+    mongo.stop();
     crate::durability::kill_9(&mut server);
     let mut server = Server::start_in(&data, &sokdo_args(&uri));
     let mut c = rt.block_on(Client::connect(&server, "writer"));
@@ -254,9 +270,9 @@ fn restarts_while_mongodb_is_down_continue_seqs_after_drained_and_trimmed_record
     let mut c = rt.block_on(Client::connect(&server, "writer"));
     rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
     assert_eq!(send_all(&rt, &mut c, 2), [44, 45], "no seq reused");
-    double.start();
+    mongo.start();
     wait("every message in MongoDB, exactly once", || {
-        stored_seqs(&double) == (1..=45).collect::<Vec<_>>()
+        stored_seqs(&uri) == (1..=45).collect::<Vec<_>>()
     });
 }
 

@@ -177,12 +177,18 @@ impl Server {
     }
 
     /// The value of a metric summed over shards (0 when absent).
+    /// The sum of a metric's samples (over its labels). A name `/metrics` does not export
+    /// fails the test: a misspelt name (a counter without its `_total`) would read 0 forever
+    /// and make an assertion that cannot fail.
     pub fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics");
-        text.lines()
+        let samples: Vec<f64> = text
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .collect();
+        assert!(!samples.is_empty(), "/metrics has no `{name}`");
+        samples.iter().sum()
     }
 
     /// Resident memory of the server, in bytes.
