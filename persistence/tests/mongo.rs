@@ -358,20 +358,14 @@ fn real_server_round_trip(uri: &str) {
     });
 }
 
+/// Against SecantusDB always; against a real mongod too when `MONGODB_URI` names one (it is
+/// not set here, so that part never ran here). One test, so that none passes having run
+/// nothing.
 #[test]
 fn mongo_sink_against_secantusdb_round_trips_and_resumes() {
     let server = Secantus::start_new();
     real_server_round_trip(&server.uri());
-}
-
-#[test]
-fn mongo_sink_against_a_real_mongod_when_configured() {
-    let Ok(uri) = std::env::var("MONGODB_URI") else {
-        println!(
-            "MONGODB_URI is not set: skipping the real-mongod run (the wire double and \
-             SecantusDB ran)"
-        );
-        return;
-    };
-    real_server_round_trip(&uri);
+    if let Ok(uri) = std::env::var("MONGODB_URI") {
+        real_server_round_trip(&uri);
+    }
 }

@@ -473,8 +473,7 @@ impl Homes {
         Ok(())
     }
 
-    /// A `read` event to the room: `user`'s pointer moved (a `read`, or a `send` that moved
-    /// it).
+    /// A `read` event to the room: `user`'s pointer moved (only `read` moves it).
     fn tell_read(&self, out: &mut Outgoing, key: &Arc<str>, user: &str, at: Instant) {
         let seq = self.room(key).read_seq(user);
         let event = protocol::event(
@@ -762,13 +761,7 @@ impl Homes {
         super::reply_ok(out, &origin, ok);
         let event = protocol::event("msg", msg);
         self.broadcast(out, &room, event, received_at, None);
-        if let Some(pointer) = self.room_mut(&room).sent_by(&from, seq) {
-            // Logged only once the message is published, so that a message the log could
-            // not write leaves no pointer past it. Best effort: a full log only makes this
-            // pointer lag after a restart.
-            let _ = self.log(pointer_record(&room, &from, pointer), None);
-            self.tell_read(out, &room, &from, received_at);
-        }
+        self.room_mut(&room).sent_by(&from, seq);
     }
 
     /// A send whose record the log could not write: the sender gets `error` and nobody else

@@ -441,27 +441,18 @@ impl Room {
             .map_or(ptr, |own| own.past_own_from(ptr))
     }
 
-    /// A member's own message `seq` was just published. Its read pointer moves to it when
-    /// everything between was its own too (no unread message of others is skipped);
-    /// otherwise the message is remembered so that it does not count as unread, and the
-    /// pointer stays: a send never marks others' messages read. Returns the new pointer
-    /// when it moved: the caller logs it and tells the room (`read` event). Non-members
-    /// (HTTP publishes) have no pointer.
-    pub fn sent_by(&mut self, user: &str, seq: u64) -> Option<u64> {
+    /// A member's own message `seq` was just published: it is remembered so that it does not
+    /// count as unread. The read pointer does not move — only `read` moves it (and tells the
+    /// room) — so a send never marks others' messages read, a later `read` is never a no-op,
+    /// and a room with one sender gets no `read` event per message. Non-members (HTTP
+    /// publishes) have no pointer.
+    pub fn sent_by(&mut self, user: &str, seq: u64) {
         debug_assert!(seq <= self.last_seq, "only published messages are sent");
-        if !self.members.contains(user) {
-            return None;
+        if self.members.contains(user) && self.read_seq(user) < seq {
+            let max = self.limits.own_messages_after_read_max;
+            let own = self.own_after_read.entry(user.to_owned()).or_default();
+            own.push(seq, max);
         }
-        if self.unread(user) <= 1 {
-            // Only this message is unread (it is the user's own): nothing of others skipped.
-            self.own_after_read.remove(user);
-            self.read_seq.insert(user.to_owned(), seq);
-            return Some(seq);
-        }
-        let max = self.limits.own_messages_after_read_max;
-        let own = self.own_after_read.entry(user.to_owned()).or_default();
-        own.push(seq, max);
-        None
     }
 
     /// Messages after the user's read pointer that others sent. Exact while the user's own
@@ -669,8 +660,8 @@ mod tests {
         );
         assert_eq!(
             (r.read_seq("b"), r.unread("b")),
-            (1, 2),
-            "2 and 4 are unread"
+            (0, 2),
+            "2 and 4 are unread; b's own 1 is remembered, not read"
         );
         assert!(r.mark_read("a", 1));
         assert_eq!(
@@ -680,9 +671,19 @@ mod tests {
         );
         assert!(r.mark_read("a", 3));
         assert_eq!((r.read_seq("a"), r.unread("a")), (4, 0));
-        let seq = send(&mut r, "a", None); // 5: nothing of others unread
-        assert_eq!((r.read_seq("a"), r.unread("a")), (seq, 0));
+        send(&mut r, "a", None); // 5: nothing of others unread, still no move
+        assert_eq!(
+            (r.read_seq("a"), r.unread("a")),
+            (4, 0),
+            "only `read` moves it"
+        );
         assert_eq!(r.unread("b"), 3);
+        send(&mut r, "b", None); // 6
+        assert!(
+            r.mark_read("a", 6),
+            "a read past one's own send is not a no-op"
+        );
+        assert_eq!((r.read_seq("a"), r.unread("a")), (6, 0));
     }
 
     #[test]
@@ -698,7 +699,7 @@ mod tests {
         assert_eq!(r.own_after_read["a"].seqs.len(), 3);
         let seq = r.reserve("a", None, 7);
         r.publish(seq, "a", None, "b".into(), 7);
-        assert_eq!(r.sent_by("a", seq), None, "a send never reads b's message");
+        r.sent_by("a", seq);
         assert_eq!(r.own_after_read["a"].seqs, [3, 4, 5], "bounded");
         assert_eq!((r.read_seq("a"), r.unread("a")), (0, 1), "still exact");
         send(&mut r, "b", None); // 6
@@ -712,7 +713,11 @@ mod tests {
         assert!(r.mark_read("a", 5));
         assert_eq!((r.read_seq("a"), r.unread("a")), (5, 1));
         assert!(!r.own_after_read.contains_key("a"));
-        assert_eq!(r.sent_by("x", seq), None, "no pointer for a non-member");
+        r.sent_by("x", seq);
+        assert!(
+            !r.own_after_read.contains_key("x"),
+            "no pointer for a non-member"
+        );
     }
 
     #[test]

@@ -201,21 +201,27 @@ async fn a_member_that_stops_reading_is_closed_for_stalling_and_others_keep_rece
 
 // === finding 3: read events and unread counts ===
 
-/// Goal: a member's `send` that moves its read pointer (nothing of others was unread) is
-/// told to the room as a `read` event, like an explicit `read`.
+/// Goal: a `send` moves no read pointer (it marks nobody's message read and tells the room
+/// nothing), so a later `read` is never a no-op: the room hears of it.
+/// Method: b sends 1, a sends 2, then a reads 1. The first `read` event b gets is a's, at 2
+/// (the pointer moves on over a's own 2). Before the fix a's send had moved its pointer to 2
+/// silently, so the `read` was a no-op and no event came.
 #[tokio::test]
-async fn a_send_that_moves_the_read_pointer_tells_the_room() {
+async fn a_read_after_ones_own_send_tells_the_room() {
     let server = Server::start(&[]);
     let mut a = Client::connect(&server, "a").await;
     let mut b = Client::connect(&server, "b").await;
     a.ok(json!({"op": "join", "room": "r"})).await;
     b.ok(json!({"op": "join", "room": "r"})).await;
-    let seq = a.ok(json!({"op": "send", "room": "r", "body": "hi"})).await["seq"].clone();
+    b.ok(json!({"op": "send", "room": "r", "body": "1"})).await;
+    a.ok(json!({"op": "send", "room": "r", "body": "2"})).await;
+    let reply = a.ok(json!({"op": "read", "room": "r", "seq": 1})).await;
+    assert_eq!(reply["seq"], 2, "{reply}");
     let read = b.event_of("read").await;
     assert_eq!(
         (read["user"].as_str(), &read["seq"]),
-        (Some("a"), &seq),
-        "{read}"
+        (Some("a"), &json!(2)),
+        "the first `read` event is a's explicit one: {read}"
     );
 }
 
