@@ -193,17 +193,23 @@ async fn retry_is_a_duplicate(server: &Server, seq: u64, messages: usize) {
     assert_eq!(firsts, 1);
 }
 
+/// A client `u` in room `keys` that sent "first" with `client_msg_id` `k1`; its reply.
+async fn keyed_send(server: &Server) -> (Client, Value) {
+    let mut c = Client::connect(server, "u").await;
+    c.ok(json!({"op": "join", "room": "keys"})).await;
+    let first = c
+        .ok(json!({"op": "send", "room": "keys", "body": "first", "client_msg_id": "k1"}))
+        .await;
+    (c, first)
+}
+
 #[tokio::test]
 async fn a_retry_after_kill_9_gets_the_original_seq_from_the_log() {
     let data = temp_dir("retry-log");
     // The sink waits a minute for a batch: the key is only in the log when the server dies.
     let args = ["--batch-age-ms", "60000"];
     let mut server = Server::start_in(&data, &args);
-    let mut c = Client::connect(&server, "u").await;
-    c.ok(json!({"op": "join", "room": "keys"})).await;
-    let first = c
-        .ok(json!({"op": "send", "room": "keys", "body": "first", "client_msg_id": "k1"}))
-        .await;
+    let (mut c, first) = keyed_send(&server).await;
     c.ok(json!({"op": "send", "room": "keys", "body": "second"}))
         .await;
     assert_eq!(
@@ -229,11 +235,7 @@ async fn a_retry_after_kill_9_gets_the_original_seq_from_the_store_once_trimmed(
         "1048576",
     ];
     let mut server = Server::start_in(&data, &args);
-    let mut c = Client::connect(&server, "u").await;
-    c.ok(json!({"op": "join", "room": "keys"})).await;
-    let first = c
-        .ok(json!({"op": "send", "room": "keys", "body": "first", "client_msg_id": "k1"}))
-        .await;
+    let (mut c, first) = keyed_send(&server).await;
     let first_lsns = server.metric("sokdo_wal_records_appended_total") as u64;
     assert!(first_lsns > 0, "the metric exists");
     // Enough records to fill segments: the one with the key is drained and deleted.

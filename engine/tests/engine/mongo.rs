@@ -95,8 +95,7 @@ fn chat_through_an_outage(mongo: &mut dyn MongoServer) {
         .enable_all()
         .build()
         .unwrap();
-    let mut c = rt.block_on(Client::connect(&server, "writer"));
-    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    let mut c = writer(&rt, &server);
     for i in 0..20 {
         rt.block_on(c.ok(json!({"op": "send", "room": "m", "body": format!("up {i}")})));
     }
@@ -165,6 +164,13 @@ fn send_all(rt: &tokio::runtime::Runtime, c: &mut Client, n: usize) -> Vec<i64> 
         .collect()
 }
 
+/// A client `writer`, joined to room `m`.
+fn writer(rt: &tokio::runtime::Runtime, server: &Server) -> Client {
+    let mut c = rt.block_on(Client::connect(server, "writer"));
+    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    c
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -189,17 +195,14 @@ fn start_while_down(mongo: &mut dyn MongoServer) {
     let rt = runtime();
     // One start with MongoDB up: the data dir gets its checkpoint (the room exists).
     let mut server = Server::start_in(&data, &sokdo_args(&uri));
-    let mut c = rt.block_on(Client::connect(&server, "writer"));
-    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
-    drop(c);
+    drop(writer(&rt, &server));
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(15)).success());
 
     mongo.stop();
     let server = Server::start_in(&data, &sokdo_args(&uri));
     assert_eq!(server.metric("sokdo_sink_up"), 0.0);
-    let mut c = rt.block_on(Client::connect(&server, "writer"));
-    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    let mut c = writer(&rt, &server);
     let seqs = send_all(&rt, &mut c, 30);
     assert_eq!(
         seqs,
@@ -238,8 +241,7 @@ fn restarts_while_down(mongo: &mut dyn MongoServer) {
     let data = temp_dir("mongo-down-restart");
     let rt = runtime();
     let mut server = Server::start_in(&data, &sokdo_args(&uri));
-    let mut c = rt.block_on(Client::connect(&server, "writer"));
-    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    let mut c = writer(&rt, &server);
     let keyed = json!({"op": "send", "room": "m", "body": "keyed", "client_msg_id": "early"});
     assert_eq!(rt.block_on(c.ok(keyed.clone()))["seq"], 1);
     let early_lsns = server.metric("sokdo_wal_records_appended_total") as u64;
@@ -255,8 +257,7 @@ fn restarts_while_down(mongo: &mut dyn MongoServer) {
     mongo.stop();
     crate::durability::kill_9(&mut server);
     let mut server = Server::start_in(&data, &sokdo_args(&uri));
-    let mut c = rt.block_on(Client::connect(&server, "writer"));
-    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    let mut c = writer(&rt, &server);
     assert_eq!(send_all(&rt, &mut c, 3), [41, 42, 43], "no seq reused");
     let again = rt.block_on(c.ok(keyed.clone()));
     assert_eq!(
@@ -267,8 +268,7 @@ fn restarts_while_down(mongo: &mut dyn MongoServer) {
     crate::durability::kill_9(&mut server);
 
     let server = Server::start_in(&data, &sokdo_args(&uri));
-    let mut c = rt.block_on(Client::connect(&server, "writer"));
-    rt.block_on(c.ok(json!({"op": "join", "room": "m"})));
+    let mut c = writer(&rt, &server);
     assert_eq!(send_all(&rt, &mut c, 2), [44, 45], "no seq reused");
     mongo.start();
     wait("every message in MongoDB, exactly once", || {
