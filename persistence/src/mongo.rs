@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::ErrorKind;
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::runtime::Runtime;
 
@@ -111,6 +111,13 @@ pub fn open_sink(uri: &str, database: &str, retry_keys_max: usize) -> Result<Ope
         opts.connect_timeout
             .get_or_insert(Duration::from_millis(MONGO_CONNECT_TIMEOUT_MS));
         opts.app_name.get_or_insert_with(|| "sokdo".to_string());
+        // A batch leaves the log once MongoDB acknowledges it: only a journaled write may
+        // be acknowledged, or a crash of mongod (which flushes its journal every 100 ms by
+        // default) would lose messages the log no longer has. The URI may say otherwise.
+        opts.write_concern
+            .get_or_insert_with(WriteConcern::default)
+            .journal
+            .get_or_insert(true);
         Ok::<_, mongodb::error::Error>(Client::with_options(opts)?.database(database))
     })?;
     let colls = Collections::new(&db);
