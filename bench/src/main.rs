@@ -95,7 +95,13 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Idle(a) => ("idle", vec![scenario::idle(&a)?], a.common),
     };
-    let report = new_report(command, runs, Host::default());
+    // What the scenario knew of the server: its CPUs and how many processes it has.
+    let host = Host {
+        server_cpus: common.server_cpus.as_ref().map(|c| c.to_string()),
+        server_processes: (!common.server_pid.is_empty()).then_some(common.server_pid.len() as u64),
+        ..Host::default()
+    };
+    let report = new_report(command, runs, host);
     print_runs(&report.runs);
     write_reports(&report, common.json.as_deref(), common.html.as_deref())?;
     let failed = report.runs.iter().any(|r| r.passed == Some(false));
