@@ -255,3 +255,47 @@ pub struct ComparisonRow {
     /// target → value ÷ baseline's value
     pub ratios: BTreeMap<String, f64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Report, Run, Sample};
+
+    /// A report written before the server-CPU fields existed still parses: every field added
+    /// to schema 1 since is optional.
+    #[test]
+    fn reports_without_the_newer_fields_still_parse() {
+        let report = Report {
+            schema: 1,
+            runs: vec![Run {
+                timeline: vec![Sample::default()],
+                ..Run::default()
+            }],
+            ..Report::default()
+        };
+        let mut v = serde_json::to_value(&report).unwrap();
+        let newer = [
+            ("host", "server_cpu_quota_percent"),
+            ("summary", "server_cpu_s"),
+            ("summary", "server_cpus_busy_s"),
+            ("summary", "kernel_tcp_mem_before_bytes"),
+            ("summary", "kernel_tcp_mem_after_bytes"),
+            ("summary", "server_cgroup_cpu"),
+            ("summary", "server_cgroup_cpu_max"),
+            ("summary", "rooms"),
+            ("summary", "room_members_max"),
+        ];
+        for (at, key) in newer {
+            let obj = match at {
+                "host" => &mut v["host"],
+                _ => &mut v["runs"][0][at],
+            };
+            assert!(obj.as_object_mut().unwrap().remove(key).is_some(), "{key}");
+        }
+        let sample = v["runs"][0]["timeline"][0].as_object_mut().unwrap();
+        assert!(sample.remove("server_cpu_percent").is_some());
+        let old: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(old.host.server_cpu_quota_percent, None);
+        assert_eq!(old.runs[0].summary.server_cpu_s, None);
+        assert_eq!(old.runs[0].timeline[0].server_cpu_percent, None);
+    }
+}
