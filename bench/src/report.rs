@@ -227,6 +227,12 @@ pub struct Step {
     /// Σ VmRSS of the target's processes at the end of the step (`--server-pid`).
     #[serde(default)]
     pub server_rss_bytes: Option<u64>,
+    /// The server's CPU seconds during the step, and its CPUs' busy seconds (as in
+    /// [`Summary`]).
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
+    #[serde(default)]
+    pub server_cpus_busy_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

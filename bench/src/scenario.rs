@@ -603,6 +603,7 @@ fn ramp_step(
     users_target: u64,
     prev_end: Option<&View>,
 ) -> anyhow::Result<(View, Step)> {
+    let cpu_begin = CpuMark::now(&s.common);
     s.fleet.send(&Command::Connect {
         users_end: users_target,
     });
@@ -620,6 +621,7 @@ fn ramp_step(
     let _ = step_latency.subtract(&total_before);
     let mut record = step_record(step, &view, prev_end, users_target, &step_latency);
     record.server_rss_bytes = servers_rss(&args.common.server_pid);
+    (record.server_cpu_s, record.server_cpus_busy_s) = CpuMark::now(&s.common).since(&cpu_begin);
     Ok((view, record))
 }
 
@@ -695,6 +697,8 @@ fn step_record(
         errors,
         healthy: true,
         server_rss_bytes: None,
+        server_cpu_s: None,
+        server_cpus_busy_s: None,
     }
 }
 

@@ -377,6 +377,8 @@ fn ramp_holds_every_step_and_reports_it() {
             "ramp",
             "--server",
             &addr,
+            "--server-pid",
+            &server.pid(),
             "--start-users",
             "20",
             "--step-users",
@@ -402,6 +404,23 @@ fn ramp_holds_every_step_and_reports_it() {
     assert_eq!(connected, vec![20, 40, 60]);
     assert!(steps.iter().all(|st| st["healthy"] == true));
     assert!(u(&s["sent"]) > 0 && u(&s["received"]) > 0, "{s}");
+    // Rooms of 10 filled in arrival order: 6 of them at 60 users.
+    assert_eq!((u(&s["rooms"]), u(&s["room_members_max"])), (6, 10), "{s}");
+    // The server's CPU per step (each step connected users: never zero), within the run's.
+    let step_cpu: Vec<f64> = steps
+        .iter()
+        .map(|st| {
+            st["server_cpu_s"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{st}"))
+        })
+        .collect();
+    assert!(step_cpu.iter().all(|c| *c > 0.0), "{step_cpu:?}");
+    let run_cpu = s["server_cpu_s"].as_f64().unwrap();
+    assert!(
+        step_cpu.iter().sum::<f64>() <= run_cpu + 1e-9,
+        "{step_cpu:?} vs {s}"
+    );
 }
 
 /// Σ of a counter over a sokdo process's shards, from its `/metrics`.
