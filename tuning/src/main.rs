@@ -8,7 +8,9 @@
 //! model and the `instances` table, with `credits` for t3 CPU credits.
 
 mod apply;
+mod caps;
 mod fit;
+mod host;
 mod plan;
 mod probe;
 
