@@ -78,6 +78,7 @@ pub fn caps(host: &Host, shards: u64) -> Vec<Cap> {
         memory(host),
         tcp_mem(host),
         port_range(host),
+        conntrack(host, wanted),
         io_uring(host),
         memlock(host, shards),
         cpus(host),
@@ -103,9 +104,10 @@ pub fn memory_sockets(host: &Host) -> Option<u64> {
     memory_budget(host).map(|b| b / (USER_BYTES_PER_CONNECTION + host.kernel_socket_bytes))
 }
 
-/// min(MemAvailable, cgroup limit) − sokdo's baseline.
+/// min(MemTotal, cgroup limit) − sokdo's baseline. MemTotal, not MemAvailable: the host is
+/// sized for sokdo alone, and `apply`'s default must not move with the page cache.
 fn memory_budget(host: &Host) -> Option<u64> {
-    let avail = host.mem_available_bytes.or(host.mem_total_bytes)?;
+    let avail = host.mem_total_bytes?;
     let limit = match host.cgroup_memory_limit_bytes {
         Limit::Value(v) => avail.min(v),
         _ => avail,
@@ -311,6 +313,38 @@ fn port_range(host: &Host) -> Cap {
         .note("caps outbound connections per (source IP, destination IP:port): a load generator or a proxy in front of sokdo, not sokdo's inbound sockets; more source IPs multiply it")
 }
 
+/// Entries the connection-tracking table should hold for `sockets`, with a margin.
+pub fn conntrack_for(sockets: u64) -> u64 {
+    sockets * 5 / 4 + 65_536
+}
+
+fn conntrack(host: &Host, wanted: Option<u64>) -> Cap {
+    let Some(max) = host.nf_conntrack_max else {
+        return cap(
+            "net.netfilter.nf_conntrack_max",
+            "not loaded".into(),
+            None,
+            true,
+            "nothing to do".into(),
+        )
+        .scope("host")
+        .note("connection tracking is not loaded: it caps nothing");
+    };
+    let used = host.nf_conntrack_count.unwrap_or(0);
+    let target = conntrack_for(wanted.unwrap_or(1 << 20));
+    let (liftable, fix) = if max >= target {
+        (true, "nothing to do (memory caps first)".into())
+    } else {
+        sysctl_fix(
+            host,
+            format!("sysctl -w net.netfilter.nf_conntrack_max={target}"),
+        )
+    };
+    cap("net.netfilter.nf_conntrack_max", format!("{max} ({used} in use)"), Some(max.saturating_sub(used)), liftable, fix)
+        .scope("host")
+        .note("one entry per tracked connection; when full the kernel drops new connections' SYNs (dmesg: nf_conntrack: table full)")
+}
+
 fn io_uring(host: &Host) -> Cap {
     let disabled = host
         .io_uring_disabled
@@ -470,6 +504,8 @@ mod tests {
             tcp_rmem_bytes: Some([4096, 131_072, 33_554_432]),
             tcp_wmem_bytes: Some([4096, 16_384, 4_194_304]),
             tcp_mem_pages: Some([287_892, 383_858, 575_784]),
+            nf_conntrack_max: Some(262_144),
+            nf_conntrack_count: Some(44),
             page_bytes: 4096,
             memlock_soft: Limit::Value(8 << 20),
             memlock_hard: Limit::Value(8 << 20),
@@ -502,7 +538,7 @@ mod tests {
         );
         assert_eq!(caps[1].sockets_allowed, Some(28_232));
         let memory = caps.iter().find(|c| c.name == "memory").unwrap();
-        let budget = 24_039_796 * 1024 - SOKDO_BASELINE_BYTES;
+        let budget = 24_683_584 * 1024 - SOKDO_BASELINE_BYTES;
         assert_eq!(memory.sockets_allowed, Some(budget / (2_598 + 3_584)));
         // Caps on no count come after every counted one.
         let first_uncounted = caps

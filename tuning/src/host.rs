@@ -56,6 +56,9 @@ pub struct Host {
     pub tcp_rmem_bytes: Option<[u64; 3]>,
     pub tcp_wmem_bytes: Option<[u64; 3]>,
     pub tcp_mem_pages: Option<[u64; 3]>,
+    /// Absent when connection tracking is not loaded (then it caps nothing).
+    pub nf_conntrack_max: Option<u64>,
+    pub nf_conntrack_count: Option<u64>,
     pub page_bytes: u64,
     pub memlock_soft: Limit<u64>,
     pub memlock_hard: Limit<u64>,
@@ -112,6 +115,8 @@ pub fn read() -> Host {
         tcp_rmem_bytes: sysctl_numbers("net/ipv4/tcp_rmem"),
         tcp_wmem_bytes: sysctl_numbers("net/ipv4/tcp_wmem"),
         tcp_mem_pages: sysctl_numbers("net/ipv4/tcp_mem"),
+        nf_conntrack_max: sysctl_u64("net/netfilter/nf_conntrack_max"),
+        nf_conntrack_count: sysctl_u64("net/netfilter/nf_conntrack_count"),
         page_bytes: page_bytes(),
         memlock_soft,
         memlock_hard,
