@@ -25,6 +25,9 @@ pub const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 /// three rings; without CAP_IPC_LOCK the kernel counts each registration against
 /// RLIMIT_MEMLOCK, and below it glommio logs a warning and uses unregistered buffers.
 pub const GLOMMIO_MEMLOCK_PER_SHARD_BYTES: u64 = 3 * (10 << 20);
+/// Open files `fs.file-max` leaves to the rest of the host besides sokdo's. A constant, not
+/// the files open now, so that `apply`'s text does not change from run to run.
+pub const FILES_OTHERS: u64 = 65_536;
 /// sokdo listens with a backlog of 4,096 per shard (the kernel takes min(this, somaxconn)).
 pub const SOKDO_LISTEN_BACKLOG: u64 = 4_096;
 
@@ -229,7 +232,7 @@ fn nr_open(host: &Host, wanted: Option<u64>) -> Cap {
 
 fn file_max(host: &Host, wanted: Option<u64>) -> Cap {
     let used = host.fs_file_nr_allocated.unwrap_or(0);
-    let target = fds_for(wanted.unwrap_or(1 << 20)) + used;
+    let target = fds_for(wanted.unwrap_or(1 << 20)) + FILES_OTHERS;
     let (liftable, fix) = if host.fs_file_max.is_some_and(|m| m >= target) {
         (true, "nothing to do (memory caps first)".into())
     } else {

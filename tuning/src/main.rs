@@ -9,6 +9,7 @@
 
 mod apply;
 mod caps;
+mod diff;
 mod fit;
 mod host;
 mod plan;
