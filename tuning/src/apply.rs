@@ -103,7 +103,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         emit("no change: both files are up to date\n")?;
     }
     emit(&format!(
-        "to load them: sysctl --system (or sysctl -p {}); systemctl daemon-reload && systemctl restart {}\n",
+        "to load them: sysctl --system (or sysctl -p {}); \
+         systemctl daemon-reload && systemctl restart {}\n",
         sysctl_path.display(),
         args.unit
     ))?;
@@ -180,8 +181,8 @@ fn file_value<'a>(text: Option<&'a str>, key: &str) -> Option<&'a str> {
 pub fn sysctl_text(host: &Host, connections: u64, existing: Option<&str>) -> String {
     let fds = caps::fds_for(connections);
     let mut out = format!(
-        "# Written by sokdo-tune apply: kernel settings for a sokdo instance of {connections} connections\n\
-         # (--connections; default: what this host's memory holds, see `sokdo-tune probe`).\n\
+        "# Written by sokdo-tune apply for a sokdo instance of {connections} connections\n\
+         # (--connections; default: what this host's memory holds, see sokdo-tune probe).\n\
          # Each value is the higher of this host's value when written and what sokdo needs.\n\
          # Load with `sysctl --system` (at boot, systemd-sysctl does).\n"
     );
@@ -190,7 +191,9 @@ pub fn sysctl_text(host: &Host, connections: u64, existing: Option<&str>) -> Str
     };
     let at_least = |live: Option<u64>, want: u64| live.unwrap_or(0).max(want).to_string();
     line(
-        &format!("sokdo listens with a backlog of {SOKDO_LISTEN_BACKLOG} per shard; the kernel caps it at this."),
+        &format!(
+            "sokdo listens with a backlog of {SOKDO_LISTEN_BACKLOG} per shard, capped at this."
+        ),
         "net.core.somaxconn",
         at_least(host.somaxconn, SOKDO_LISTEN_BACKLOG),
     );
@@ -201,9 +204,14 @@ pub fn sysctl_text(host: &Host, connections: u64, existing: Option<&str>) -> Str
     );
     let (lo, hi) = host.ip_local_port_range.unwrap_or(PORT_RANGE_WANTED);
     line(
-        "Ephemeral ports: outbound connections per (source IP, destination), for a proxy or a load generator on this host.",
+        "Ephemeral ports: outbound connections per (source IP, destination): a proxy or a load\n\
+         # generator on this host.",
         "net.ipv4.ip_local_port_range",
-        format!("{} {}", lo.min(PORT_RANGE_WANTED.0), hi.max(PORT_RANGE_WANTED.1)),
+        format!(
+            "{} {}",
+            lo.min(PORT_RANGE_WANTED.0),
+            hi.max(PORT_RANGE_WANTED.1)
+        ),
     );
     let mut when_low = |why: &str, key: &str, live: Option<u64>, want: u64| {
         if live.is_some_and(|l| l < want) || file_value(existing, key).is_some() {
@@ -224,7 +232,7 @@ pub fn sysctl_text(host: &Host, connections: u64, existing: Option<&str>) -> Str
     );
     if host.nf_conntrack_max.is_some() {
         when_low(
-            "Connection tracking: one entry per connection; when full, new connections are dropped.",
+            "Connection tracking: one entry per connection; when full, new ones are dropped.",
             "net.netfilter.nf_conntrack_max",
             host.nf_conntrack_max,
             caps::conntrack_for(connections),
@@ -237,7 +245,7 @@ pub fn sysctl_text(host: &Host, connections: u64, existing: Option<&str>) -> Str
 pub fn dropin_text(unit: &str, connections: u64) -> String {
     let fds = caps::fds_for(connections);
     format!(
-        "# Written by sokdo-tune apply: the limits of {unit}.service for {connections} connections.\n\
+        "# Written by sokdo-tune apply: the limits of {unit}.service, {connections} connections.\n\
          # Load with `systemctl daemon-reload && systemctl restart {unit}`.\n\
          [Service]\n\
          # One fd per connection, plus {FDS_RESERVED} for listeners, rings, log and store\n\
@@ -252,6 +260,7 @@ pub fn dropin_text(unit: &str, connections: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::sample;
 
     #[test]
     fn unit_names() {
@@ -260,6 +269,105 @@ mod tests {
         assert!(unit_name("../x").is_err());
         assert!(unit_name("").is_err());
         assert!(unit_name(".service").is_err());
+    }
+
+    fn keys(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect()
+    }
+
+    /// The host after `sysctl -p` of `text`: its values are the file's.
+    fn loaded(host: &Host, text: &str) -> Host {
+        let num = |k: &str| file_value(Some(text), k).map(|v| v.parse::<u64>().unwrap());
+        let range = file_value(Some(text), "net.ipv4.ip_local_port_range").map(|v| {
+            let (lo, hi) = v.split_once(' ').unwrap();
+            (lo.parse().unwrap(), hi.parse().unwrap())
+        });
+        Host {
+            somaxconn: num("net.core.somaxconn").or(host.somaxconn),
+            tcp_max_syn_backlog: num("net.ipv4.tcp_max_syn_backlog").or(host.tcp_max_syn_backlog),
+            ip_local_port_range: range.or(host.ip_local_port_range),
+            fs_nr_open: num("fs.nr_open").or(host.fs_nr_open),
+            fs_file_max: num("fs.file-max").or(host.fs_file_max),
+            nf_conntrack_max: num("net.netfilter.nf_conntrack_max").or(host.nf_conntrack_max),
+            ..host.clone()
+        }
+    }
+
+    #[test]
+    fn a_small_instance_writes_the_backlogs_and_ports_only() {
+        let text = sysctl_text(&sample(), 100_000, None);
+        assert_eq!(
+            keys(&text),
+            [
+                "net.core.somaxconn",
+                "net.ipv4.tcp_max_syn_backlog",
+                "net.ipv4.ip_local_port_range"
+            ]
+        );
+        assert!(
+            text.contains("\nnet.ipv4.ip_local_port_range = 1024 65535\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn values_only_rise() {
+        let host = Host {
+            somaxconn: Some(65_535),
+            ip_local_port_range: Some((2000, 60_999)),
+            ..sample()
+        };
+        let text = sysctl_text(&host, 100_000, None);
+        assert!(text.contains("\nnet.core.somaxconn = 65535\n"), "{text}");
+        assert!(
+            text.contains("\nnet.ipv4.ip_local_port_range = 1024 65535\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn too_low_ceilings_are_raised_and_stay_after_loading() {
+        let host = sample();
+        let text = sysctl_text(&host, 3_000_000, None);
+        assert_eq!(
+            keys(&text)[3..],
+            [
+                "fs.nr_open",
+                "fs.file-max",
+                "net.netfilter.nf_conntrack_max"
+            ]
+        );
+        assert!(text.contains("\nfs.nr_open = 3000320\n"), "{text}");
+        assert!(text.contains(&format!("\nfs.file-max = {}\n", 3_000_320 + FILES_OTHERS)));
+        assert!(
+            text.contains("\nnet.netfilter.nf_conntrack_max = 3815536\n"),
+            "{text}"
+        );
+        // After `sysctl -p`, the host is no longer low, but the same text comes out.
+        let after = loaded(&host, &text);
+        assert_eq!(after.fs_nr_open, Some(3_000_320));
+        assert_eq!(sysctl_text(&after, 3_000_000, Some(&text)), text);
+        // Without conntrack loaded, it is not written.
+        let no_conntrack = Host {
+            nf_conntrack_max: None,
+            ..host
+        };
+        assert!(!sysctl_text(&no_conntrack, 3_000_000, None).contains("nf_conntrack"));
+    }
+
+    #[test]
+    fn the_dropin_sets_the_units_limits() {
+        let text = dropin_text("sokdo@a", 100_000);
+        assert!(text.contains("sokdo@a.service"), "{text}");
+        assert!(text.contains("\n[Service]\n"), "{text}");
+        assert!(text.contains("\nLimitNOFILE=100352\n"), "{text}");
+        assert!(text.ends_with("\nLimitMEMLOCK=infinity\n"), "{text}");
+        assert_eq!(
+            dropin_path("sokdo@a"),
+            "etc/systemd/system/sokdo@a.service.d/limits.conf"
+        );
     }
 
     #[test]

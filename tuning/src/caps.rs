@@ -47,19 +47,28 @@ pub struct Cap {
     pub note: String,
 }
 
-fn cap(name: &str, value: String, sockets: Option<u64>, liftable: bool, fix: String) -> Cap {
-    Cap {
-        name: name.into(),
-        value,
-        sockets_allowed: sockets,
-        liftable,
-        fix,
-        scope: "process".into(),
-        note: String::new(),
-    }
-}
-
 impl Cap {
+    /// A cap on no count, with nothing to do, scoped to the process, until told otherwise.
+    fn new(name: &str, value: String) -> Self {
+        Cap {
+            name: name.into(),
+            value,
+            sockets_allowed: None,
+            liftable: true,
+            fix: NOTHING_TO_DO.into(),
+            scope: "process".into(),
+            note: String::new(),
+        }
+    }
+    fn sockets(mut self, sockets: Option<u64>) -> Self {
+        self.sockets_allowed = sockets;
+        self
+    }
+    fn fix(mut self, (liftable, fix): (bool, String)) -> Self {
+        self.liftable = liftable;
+        self.fix = fix;
+        self
+    }
     fn scope(mut self, scope: &str) -> Self {
         self.scope = scope.into();
         self
@@ -69,6 +78,8 @@ impl Cap {
         self
     }
 }
+
+const NOTHING_TO_DO: &str = "nothing to do";
 
 /// Every cap of `host`, lowest `sockets_allowed` first, then those that cap no count.
 /// `shards` is how many shards sokdo will run (for memlock and the accept backlog).
@@ -80,6 +91,7 @@ pub fn caps(host: &Host, shards: u64) -> Vec<Cap> {
         file_max(host, wanted),
         memory(host),
         tcp_mem(host),
+        buffers(host),
         port_range(host),
         conntrack(host, wanted),
         io_uring(host),
@@ -92,28 +104,32 @@ pub fn caps(host: &Host, shards: u64) -> Vec<Cap> {
             host,
             shards,
         ),
-        buffers(host),
         thp(host),
     ];
     all.extend(nofile_soft(host));
-    // A stable sort keeps the hard limit ahead of an equal soft one.
+    // Stable: caps on the same count keep the order above.
     all.sort_by_key(|c| c.sockets_allowed.unwrap_or(u64::MAX));
     all
+}
+
+/// Bytes of one idle connection: sokdo's own plus the kernel's socket.
+fn idle_connection_bytes(host: &Host) -> u64 {
+    USER_BYTES_PER_CONNECTION + host.kernel_socket_bytes
 }
 
 /// How many idle connections the memory budget holds (`None` if memory is unknown): the
 /// target the liftable caps are lifted to.
 pub fn memory_sockets(host: &Host) -> Option<u64> {
-    memory_budget(host).map(|b| b / (USER_BYTES_PER_CONNECTION + host.kernel_socket_bytes))
+    memory_budget(host).map(|b| b / idle_connection_bytes(host))
 }
 
 /// min(MemTotal, cgroup limit) − sokdo's baseline. MemTotal, not MemAvailable: the host is
 /// sized for sokdo alone, and `apply`'s default must not move with the page cache.
 fn memory_budget(host: &Host) -> Option<u64> {
-    let avail = host.mem_total_bytes?;
+    let total = host.mem_total_bytes?;
     let limit = match host.cgroup_memory_limit_bytes {
-        Limit::Value(v) => avail.min(v),
-        _ => avail,
+        Limit::Value(v) => total.min(v),
+        _ => total,
     };
     Some(limit.saturating_sub(SOKDO_BASELINE_BYTES))
 }
@@ -121,6 +137,32 @@ fn memory_budget(host: &Host) -> Option<u64> {
 /// File descriptors to allow for `sockets`, rounded up to 1,024.
 pub fn fds_for(sockets: u64) -> u64 {
     (sockets + FDS_RESERVED).div_ceil(1024) * 1024
+}
+
+/// Entries the connection-tracking table should hold for `sockets`, with a margin.
+pub fn conntrack_for(sockets: u64) -> u64 {
+    sockets * 5 / 4 + 65_536
+}
+
+/// The open-file limit to set: enough for `wanted` sockets, but no more than `fs.nr_open`
+/// allows (that row says how to lift it).
+pub fn nofile_target(host: &Host, wanted: Option<u64>) -> u64 {
+    fds_for(wanted.unwrap_or(1 << 20)).min(host.fs_nr_open.unwrap_or(1 << 20))
+}
+
+/// min(CPUs in the affinity mask, cgroup quota).
+pub fn effective_cpus(host: &Host) -> Option<f64> {
+    match (host.cpus_in_affinity_mask, host.cgroup_cpu_quota_cpus) {
+        (Some(a), Limit::Value(q)) => Some(q.min(f64::from(a))),
+        (Some(a), _) => Some(f64::from(a)),
+        (None, Limit::Value(q)) => Some(q),
+        (None, _) => None,
+    }
+}
+
+/// One shard per CPU sokdo may use (a fraction of a CPU still gets one shard).
+pub fn default_shards(host: &Host) -> u64 {
+    effective_cpus(host).map_or(1, |e| e.ceil().max(1.0) as u64)
 }
 
 pub fn show(l: Limit<u64>) -> String {
@@ -139,24 +181,50 @@ fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
+/// Whether a `sysctl -w` can be run here, and the fix to print.
 fn sysctl_fix(host: &Host, command: String) -> (bool, String) {
     if host.is_root && host.sysctl_writable {
         (true, command)
     } else if host.is_root {
-        (false, format!("cannot be lifted here: /proc/sys is read-only (set it on the host or the container's sysctls: {command})"))
+        let why = "cannot be lifted here: /proc/sys is read-only";
+        (
+            false,
+            format!("{why} (set it on the host or in the container's sysctls: {command})"),
+        )
     } else {
         (true, format!("as root: {command}"))
     }
 }
 
-/// The open-file limit to set: enough for `wanted` sockets, but no more than `fs.nr_open`
-/// allows (that row says how to lift it).
-pub fn nofile_target(host: &Host, wanted: Option<u64>) -> u64 {
-    fds_for(wanted.unwrap_or(1 << 20)).min(host.fs_nr_open.unwrap_or(1 << 20))
+/// A sysctl to raise to `target` unless it is there already.
+fn sysctl_at_least(host: &Host, key: &str, live: Option<u64>, target: u64) -> (bool, String) {
+    if live.is_some_and(|v| v >= target) {
+        (true, format!("{NOTHING_TO_DO} (memory caps first)"))
+    } else {
+        sysctl_fix(host, format!("sysctl -w {key}={target}"))
+    }
 }
 
 fn nofile_hard(host: &Host, wanted: Option<u64>) -> Cap {
-    let target = nofile_target(host, wanted);
+    let n = nofile_target(host, wanted);
+    let fix = match host.nofile_hard_raisable {
+        Some(false) => (
+            false,
+            format!(
+                "cannot be lifted here: raising the hard limit needs CAP_SYS_RESOURCE, which \
+                 this process lacks (setrlimit upward: EPERM); start this environment with a \
+                 higher limit (docker run --ulimit nofile={n}:{n}, or LimitNOFILE={n} on the \
+                 unit that starts it)"
+            ),
+        ),
+        _ => (
+            true,
+            format!(
+                "LimitNOFILE={n} in the sokdo unit (sokdo-tune apply), or for a running \
+                 process: prlimit --pid <sokdo pid> --nofile={n}:{n}"
+            ),
+        ),
+    };
     let sockets = match host.nofile_hard {
         Limit::Value(v) => Some(v.saturating_sub(FDS_RESERVED)),
         _ => None,
@@ -166,34 +234,12 @@ fn nofile_hard(host: &Host, wanted: Option<u64>) -> Cap {
         show(host.nofile_hard),
         show(host.nofile_soft)
     );
-    let (liftable, fix) = match host.nofile_hard_raisable {
-        Some(false) => (
-            false,
-            format!(
-                "cannot be lifted here: raising the hard limit needs CAP_SYS_RESOURCE, which this \
-             process lacks (setrlimit upward: EPERM); start this environment with a higher \
-             limit (docker run --ulimit nofile={target}:{target}, or LimitNOFILE={target} on \
-             the unit that starts it)"
-            ),
-        ),
-        _ => (
-            true,
-            format!(
-                "LimitNOFILE={target} in the sokdo unit (sokdo-tune apply), or for a running \
-             process: prlimit --pid <sokdo pid> --nofile={target}:{target}"
-            ),
-        ),
-    };
-    cap(
-        "open files, hard limit (RLIMIT_NOFILE)",
-        value,
-        sockets,
-        liftable,
-        fix,
-    )
-    .note(format!(
-        "one fd per socket; {FDS_RESERVED} kept for listeners, rings, log and store"
-    ))
+    Cap::new("open files, hard limit (RLIMIT_NOFILE)", value)
+        .sockets(sockets)
+        .fix(fix)
+        .note(format!(
+            "one fd per socket; {FDS_RESERVED} kept for listeners, rings, log and store"
+        ))
 }
 
 fn nofile_soft(host: &Host) -> Option<Cap> {
@@ -204,148 +250,157 @@ fn nofile_soft(host: &Host) -> Option<Cap> {
         return None;
     }
     let h = show(hard);
-    Some(cap(
-        "open files, soft limit (RLIMIT_NOFILE)",
-        soft.to_string(),
-        Some(soft.saturating_sub(FDS_RESERVED)),
-        true,
-        format!("ulimit -n {h} in the shell that starts sokdo (sokdo does not raise it itself), or LimitNOFILE={h}"),
-    ))
+    let fix = format!(
+        "ulimit -n {h} in the shell that starts sokdo (sokdo does not raise it itself), or \
+         LimitNOFILE={h} in its unit"
+    );
+    let cap = Cap::new("open files, soft limit (RLIMIT_NOFILE)", soft.to_string())
+        .sockets(Some(soft.saturating_sub(FDS_RESERVED)))
+        .fix((true, fix));
+    Some(cap)
 }
 
 fn nr_open(host: &Host, wanted: Option<u64>) -> Cap {
     let target = fds_for(wanted.unwrap_or(1 << 20));
-    let (liftable, fix) = if host.fs_nr_open.is_some_and(|n| n >= target) {
-        (true, "nothing to do (memory caps first)".into())
-    } else {
-        sysctl_fix(host, format!("sysctl -w fs.nr_open={target}"))
-    };
-    cap(
+    Cap::new(
         "fs.nr_open (per-process fd ceiling)",
         show_opt(host.fs_nr_open),
-        host.fs_nr_open.map(|v| v.saturating_sub(FDS_RESERVED)),
-        liftable,
-        fix,
     )
-    .note("no hard limit can be set above it")
+    .sockets(host.fs_nr_open.map(|v| v.saturating_sub(FDS_RESERVED)))
+    .fix(sysctl_at_least(host, "fs.nr_open", host.fs_nr_open, target))
+    .note("no open-file hard limit can be set above it")
 }
 
 fn file_max(host: &Host, wanted: Option<u64>) -> Cap {
     let used = host.fs_file_nr_allocated.unwrap_or(0);
     let target = fds_for(wanted.unwrap_or(1 << 20)) + FILES_OTHERS;
-    let (liftable, fix) = if host.fs_file_max.is_some_and(|m| m >= target) {
-        (true, "nothing to do (memory caps first)".into())
-    } else {
-        sysctl_fix(host, format!("sysctl -w fs.file-max={target}"))
-    };
-    cap(
-        "fs.file-max (open files, whole host)",
-        format!("{} ({used} in use)", show_opt(host.fs_file_max)),
-        host.fs_file_max.map(|m| m.saturating_sub(used)),
-        liftable,
-        fix,
-    )
-    .scope("host")
+    let value = format!("{} ({used} in use)", show_opt(host.fs_file_max));
+    Cap::new("fs.file-max (open files, whole host)", value)
+        .sockets(host.fs_file_max.map(|m| m.saturating_sub(used)))
+        .fix(sysctl_at_least(
+            host,
+            "fs.file-max",
+            host.fs_file_max,
+            target,
+        ))
+        .scope("host")
 }
 
 fn memory(host: &Host) -> Cap {
-    let per = USER_BYTES_PER_CONNECTION + host.kernel_socket_bytes;
+    let cgroup = match host.cgroup_memory_limit_bytes {
+        Limit::Value(v) => mib(v),
+        l => show(l),
+    };
     let value = format!(
-        "{} (MemAvailable {}, MemTotal {}, cgroup {} at {})",
+        "{} (MemTotal {}, MemAvailable {}, cgroup {cgroup} at {})",
         show_opt(memory_budget(host).map(mib)),
-        show_opt(host.mem_available_bytes.map(mib)),
         show_opt(host.mem_total_bytes.map(mib)),
-        match host.cgroup_memory_limit_bytes {
-            Limit::Value(v) => mib(v),
-            l => show(l),
-        },
+        show_opt(host.mem_available_bytes.map(mib)),
         host.cgroup_memory_path
             .as_deref()
             .unwrap_or("no cgroup file"),
     );
-    cap("memory", value, memory_sockets(host), false, "cannot be lifted by a setting: a bigger instance, or less per connection".into())
+    let why = "cannot be lifted by a setting: a bigger instance, or less per connection";
+    Cap::new("memory", value)
+        .sockets(memory_sockets(host))
+        .fix((false, why.into()))
         .note(format!(
-            "idle connection: {USER_BYTES_PER_CONNECTION} B in sokdo + {} B kernel socket ({}) = {per} B, \
-             after sokdo's {} baseline; chatting users cost more (sokdo-tune fit/plan)",
-            host.kernel_socket_bytes, host.kernel_socket_bytes_source, mib(SOKDO_BASELINE_BYTES)
+            "min(MemTotal, cgroup) less sokdo's {} baseline, over an idle connection's {} B: \
+             {USER_BYTES_PER_CONNECTION} B in sokdo + {} B kernel socket ({}); chatting users \
+             cost more (sokdo-tune fit/plan)",
+            mib(SOKDO_BASELINE_BYTES),
+            idle_connection_bytes(host),
+            host.kernel_socket_bytes,
+            host.kernel_socket_bytes_source,
         ))
 }
 
 fn tcp_mem(host: &Host) -> Cap {
     let max_bytes = host.tcp_mem_pages.map(|p| p[2] * host.page_bytes);
-    let wdefault = host.tcp_wmem_bytes.map(|w| w[1]);
-    let sockets = match (max_bytes, wdefault) {
-        (Some(m), Some(w)) if w > 0 => Some(m / w),
-        _ => None,
-    };
-    let (liftable, fix) = match (host.tcp_mem_pages, host.mem_total_bytes) {
-        (Some(p), Some(total)) => {
-            let max = (total / 4 / host.page_bytes).max(p[2]);
-            sysctl_fix(
-                host,
-                format!(
-                    "sysctl -w net.ipv4.tcp_mem=\"{} {} {max}\"",
-                    p[0],
-                    p[1].max(max / 4 * 3)
-                ),
-            )
+    let wdefault = host.tcp_wmem_bytes.map(|w| w[1]).filter(|&w| w > 0);
+    let fix = match (host.tcp_mem_pages, host.mem_total_bytes) {
+        (Some([low, pressure, max]), Some(total)) => {
+            // A quarter of memory for TCP buffers; pressure at three quarters of that.
+            let new_max = (total / 4 / host.page_bytes).max(max);
+            let new_pressure = pressure.max(new_max / 4 * 3);
+            let command = format!("sysctl -w net.ipv4.tcp_mem=\"{low} {new_pressure} {new_max}\"");
+            sysctl_fix(host, command)
         }
         _ => (
             false,
             "unknown: net.ipv4.tcp_mem or MemTotal unreadable".into(),
         ),
     };
-    cap("net.ipv4.tcp_mem (kernel TCP buffer memory, max)", format!("{} pages = {}", show_opt(host.tcp_mem_pages.map(|p| p[2])), show_opt(max_bytes.map(mib))), sockets, liftable, fix)
+    let value = format!(
+        "{} pages = {}",
+        show_opt(host.tcp_mem_pages.map(|p| p[2])),
+        show_opt(max_bytes.map(mib))
+    );
+    Cap::new("net.ipv4.tcp_mem (kernel TCP buffer memory, max)", value)
+        .sockets(max_bytes.zip(wdefault).map(|(m, w)| m / w))
+        .fix(fix)
         .scope("burst")
-        .note(format!("sockets whose send buffers all hold the default {} B at once (a fan-out burst); idle sockets hold none", show_opt(wdefault)))
+        .note(format!(
+            "sockets whose send buffers all hold the default {} B at once (a fan-out burst); \
+             idle sockets hold none",
+            show_opt(wdefault)
+        ))
+}
+
+fn buffers(host: &Host) -> Cap {
+    let fmt = |b: Option<[u64; 3]>| b.map_or("unknown".into(), |[a, d, m]| format!("{a} {d} {m}"));
+    let busy = host
+        .tcp_rmem_bytes
+        .zip(host.tcp_wmem_bytes)
+        .map(|(r, w)| idle_connection_bytes(host) + r[1] + w[1]);
+    let value = format!(
+        "rmem {}, wmem {}",
+        fmt(host.tcp_rmem_bytes),
+        fmt(host.tcp_wmem_bytes)
+    );
+    Cap::new("net.ipv4.tcp_rmem / tcp_wmem (min default max)", value)
+        .sockets(memory_budget(host).zip(busy).map(|(b, per)| b / per))
+        .scope("burst")
+        .note(format!(
+            "kernel bytes per busy socket: memory over {} B per connection if every socket's \
+             receive and send queues held their defaults at once; they are allocated only \
+             while data is queued, and sokdo reads at once and sends small frames",
+            show_opt(busy)
+        ))
 }
 
 fn port_range(host: &Host) -> Cap {
-    let ports = host
-        .ip_local_port_range
-        .map(|(lo, hi)| hi.saturating_sub(lo) + 1);
-    let (liftable, fix) = sysctl_fix(
-        host,
-        "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".into(),
-    );
-    let value = host
-        .ip_local_port_range
-        .map_or("unknown".into(), |(lo, hi)| format!("{lo}-{hi}"));
-    cap("net.ipv4.ip_local_port_range (ephemeral ports)", value, ports, liftable, fix)
+    let range = host.ip_local_port_range;
+    let value = range.map_or("unknown".into(), |(lo, hi)| format!("{lo}-{hi}"));
+    let command = "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".to_string();
+    Cap::new("net.ipv4.ip_local_port_range (ephemeral ports)", value)
+        .sockets(range.map(|(lo, hi)| hi.saturating_sub(lo) + 1))
+        .fix(sysctl_fix(host, command))
         .scope("outbound per destination")
-        .note("caps outbound connections per (source IP, destination IP:port): a load generator or a proxy in front of sokdo, not sokdo's inbound sockets; more source IPs multiply it")
-}
-
-/// Entries the connection-tracking table should hold for `sockets`, with a margin.
-pub fn conntrack_for(sockets: u64) -> u64 {
-    sockets * 5 / 4 + 65_536
+        .note(
+            "caps outbound connections per (source IP, destination IP:port): a load generator \
+             or a proxy in front of sokdo, not sokdo's inbound sockets; more source IPs \
+             multiply it",
+        )
 }
 
 fn conntrack(host: &Host, wanted: Option<u64>) -> Cap {
+    let name = "net.netfilter.nf_conntrack_max";
     let Some(max) = host.nf_conntrack_max else {
-        return cap(
-            "net.netfilter.nf_conntrack_max",
-            "not loaded".into(),
-            None,
-            true,
-            "nothing to do".into(),
-        )
-        .scope("host")
-        .note("connection tracking is not loaded: it caps nothing");
+        return Cap::new(name, "not loaded".into())
+            .scope("host")
+            .note("connection tracking is not loaded: it caps nothing");
     };
     let used = host.nf_conntrack_count.unwrap_or(0);
     let target = conntrack_for(wanted.unwrap_or(1 << 20));
-    let (liftable, fix) = if max >= target {
-        (true, "nothing to do (memory caps first)".into())
-    } else {
-        sysctl_fix(
-            host,
-            format!("sysctl -w net.netfilter.nf_conntrack_max={target}"),
-        )
-    };
-    cap("net.netfilter.nf_conntrack_max", format!("{max} ({used} in use)"), Some(max.saturating_sub(used)), liftable, fix)
+    Cap::new(name, format!("{max} ({used} in use)"))
+        .sockets(Some(max.saturating_sub(used)))
+        .fix(sysctl_at_least(host, name, Some(max), target))
         .scope("host")
-        .note("one entry per tracked connection; when full the kernel drops new connections' SYNs (dmesg: nf_conntrack: table full)")
+        .note(
+            "one entry per tracked connection; when full the kernel drops new connections' \
+             SYNs (dmesg: nf_conntrack: table full)",
+        )
 }
 
 fn io_uring(host: &Host) -> Cap {
@@ -356,173 +411,124 @@ fn io_uring(host: &Host) -> Cap {
         Ok(()) => format!("available (kernel.io_uring_disabled {disabled})"),
         Err(e) => format!("unavailable: io_uring_setup: {e} (kernel.io_uring_disabled {disabled})"),
     };
-    let (sockets, liftable, fix) = match (&host.io_uring, host.io_uring_disabled) {
-        (Ok(()), _) => (None, true, "nothing to do".to_string()),
-        (Err(_), Some(d)) if d > 0 => {
-            let (l, f) = sysctl_fix(host, "sysctl -w kernel.io_uring_disabled=0".into());
-            (Some(0), l, f)
-        }
-        (Err(_), _) => (Some(0), false, "cannot be lifted here: the kernel or a seccomp filter refuses io_uring (run on Linux ≥ 5.8 without a filter that blocks io_uring_setup)".into()),
-    };
-    cap(
-        "io_uring (glommio's only I/O path)",
-        value,
-        sockets,
-        liftable,
-        fix,
-    )
-    .scope("start-up")
+    let cap = Cap::new("io_uring (glommio's only I/O path)", value).scope("start-up");
+    match (&host.io_uring, host.io_uring_disabled) {
+        (Ok(()), _) => cap,
+        (Err(_), Some(d)) if d > 0 => cap.sockets(Some(0)).fix(sysctl_fix(
+            host,
+            "sysctl -w kernel.io_uring_disabled=0".into(),
+        )),
+        (Err(_), _) => cap.sockets(Some(0)).fix((
+            false,
+            "cannot be lifted here: the kernel or a seccomp filter refuses io_uring (run on \
+             Linux ≥ 5.8 without a filter that blocks io_uring_setup)"
+                .into(),
+        )),
+    }
 }
 
 fn memlock(host: &Host, shards: u64) -> Cap {
     let needed = GLOMMIO_MEMLOCK_PER_SHARD_BYTES * shards;
-    let ipc_lock = host.cap_ipc_lock == Some(true);
-    let sockets = match host.memlock_soft {
-        Limit::Value(v) if v < GLOMMIO_MEMLOCK_MIN_BYTES => Some(0),
-        _ => None,
+    let at_least = |l: Limit<u64>, n: u64| match l {
+        Limit::Unlimited => true,
+        Limit::Value(v) => v >= n,
+        Limit::Unknown => false,
     };
-    let raisable = host.cap_sys_resource == Some(true)
-        || host.memlock_hard == Limit::Unlimited
-        || matches!(host.memlock_hard, Limit::Value(h) if h >= needed);
-    let enough = ipc_lock
-        || matches!(host.memlock_soft, Limit::Unlimited)
-        || matches!(host.memlock_soft, Limit::Value(v) if v >= needed);
+    let enough = host.cap_ipc_lock == Some(true) || at_least(host.memlock_soft, needed);
+    let raisable = host.cap_sys_resource == Some(true) || at_least(host.memlock_hard, needed);
     let fix = if enough {
-        "nothing to do".to_string()
+        (true, NOTHING_TO_DO.to_string())
     } else if raisable {
-        "LimitMEMLOCK=infinity in the sokdo unit (sokdo-tune apply), or ulimit -l unlimited in the shell that starts it".into()
+        let how = "LimitMEMLOCK=infinity in the sokdo unit (sokdo-tune apply), or \
+                   ulimit -l unlimited in the shell that starts it";
+        (true, how.to_string())
     } else {
-        format!("cannot be lifted here past the hard limit {} (needs CAP_SYS_RESOURCE); sokdo still runs if ≥ 512 KiB, with unregistered I/O buffers", show(host.memlock_hard))
+        let why = format!(
+            "cannot be lifted here past the hard limit {} (needs CAP_SYS_RESOURCE); sokdo \
+             still runs above 512 KiB, with unregistered I/O buffers",
+            show(host.memlock_hard)
+        );
+        (false, why)
     };
+    let ipc_lock = show_opt(host.cap_ipc_lock.map(|b| if b { "yes" } else { "no" }));
     let value = format!(
-        "soft {}, hard {}, CAP_IPC_LOCK {}",
+        "soft {}, hard {}, CAP_IPC_LOCK {ipc_lock}",
         show(host.memlock_soft),
-        show(host.memlock_hard),
-        show_opt(host.cap_ipc_lock.map(|b| if b { "yes" } else { "no" }))
+        show(host.memlock_hard)
     );
-    cap("RLIMIT_MEMLOCK (locked memory, glommio)", value, sockets, enough || raisable, fix)
+    let blocked = matches!(host.memlock_soft, Limit::Value(v) if v < GLOMMIO_MEMLOCK_MIN_BYTES);
+    Cap::new("RLIMIT_MEMLOCK (locked memory, glommio)", value)
+        .sockets(blocked.then_some(0))
+        .fix(fix)
         .scope("start-up")
-        .note(format!("glommio refuses to start below 512 KiB; it registers {} per shard ({} for {shards} shards) unless CAP_IPC_LOCK (then no limit applies)", mib(GLOMMIO_MEMLOCK_PER_SHARD_BYTES), mib(needed)))
-}
-
-/// min(CPUs in the affinity mask, cgroup quota).
-pub fn effective_cpus(host: &Host) -> Option<f64> {
-    match (host.cpus_in_affinity_mask, host.cgroup_cpu_quota_cpus) {
-        (Some(a), Limit::Value(q)) => Some(q.min(f64::from(a))),
-        (Some(a), _) => Some(f64::from(a)),
-        (None, Limit::Value(q)) => Some(q),
-        (None, _) => None,
-    }
-}
-
-/// One shard per CPU sokdo may use (a fraction of a CPU still gets one shard).
-pub fn default_shards(host: &Host) -> u64 {
-    effective_cpus(host).map_or(1, |e| e.ceil().max(1.0) as u64)
+        .note(format!(
+            "glommio refuses to start below 512 KiB; it registers {} per shard ({} for \
+             {shards} shards) as locked memory unless CAP_IPC_LOCK (then no limit applies)",
+            mib(GLOMMIO_MEMLOCK_PER_SHARD_BYTES),
+            mib(needed)
+        ))
 }
 
 fn cpus(host: &Host) -> Cap {
-    let quota = host.cgroup_cpu_quota_cpus;
-    let effective = effective_cpus(host);
-    let q = match quota {
-        Limit::Value(q) => format!(
-            "{q:.2} CPUs at {}",
-            host.cgroup_cpu_path.as_deref().unwrap_or("?")
-        ),
+    let quota = match host.cgroup_cpu_quota_cpus {
+        Limit::Value(q) => {
+            let at = host.cgroup_cpu_path.as_deref().unwrap_or("?");
+            format!("{q:.2} CPUs at {at}")
+        }
         Limit::Unlimited => "unlimited".into(),
         Limit::Unknown => "unknown".into(),
     };
+    let value = format!(
+        "{} in the affinity mask, cgroup quota {quota} → {} CPUs",
+        show_opt(host.cpus_in_affinity_mask),
+        show_opt(effective_cpus(host).map(|e| format!("{e:.2}")))
+    );
     let shards = default_shards(host);
-    cap(
-        "CPUs (affinity mask, cgroup quota)",
-        format!(
-            "{} in the affinity mask, cgroup quota {q} → {} CPUs",
-            show_opt(host.cpus_in_affinity_mask),
-            show_opt(effective.map(|e| format!("{e:.2}")))
-        ),
-        None,
-        true,
-        format!("sokdo --shards {shards} (one shard per CPU)"),
-    )
-    .scope("cpu")
-    .note("CPU caps messages per second, not sockets: see sokdo-tune plan")
+    Cap::new("CPUs (affinity mask, cgroup quota)", value)
+        .fix((true, format!("sokdo --shards {shards} (one shard per CPU)")))
+        .scope("cpu")
+        .note("CPU caps messages per second, not sockets: see sokdo-tune plan")
 }
 
-fn backlog(name: &str, v: Option<u64>, host: &Host, shards: u64) -> Cap {
-    let short = v.is_some_and(|v| v < SOKDO_LISTEN_BACKLOG);
-    let (liftable, fix) = if short {
+fn backlog(name: &str, live: Option<u64>, host: &Host, shards: u64) -> Cap {
+    let fix = if live.is_some_and(|v| v < SOKDO_LISTEN_BACKLOG) {
         sysctl_fix(host, format!("sysctl -w {name}={SOKDO_LISTEN_BACKLOG}"))
     } else {
-        (true, "nothing to do".into())
+        (true, NOTHING_TO_DO.into())
     };
-    let pending = v.map(|v| v.min(SOKDO_LISTEN_BACKLOG) * shards);
-    cap(name, show_opt(v), None, liftable, fix).scope("burst").note(format!(
-        "caps connections waiting to be accepted, not open ones: {} pending across {shards} shard(s) (sokdo asks {SOKDO_LISTEN_BACKLOG} per shard); past it a reconnect storm's SYNs are dropped and clients retry after 1 s, 3 s, …",
-        show_opt(pending)
-    ))
-}
-
-fn buffers(host: &Host) -> Cap {
-    let fmt = |b: Option<[u64; 3]>| b.map_or("unknown".into(), |[a, d, m]| format!("{a} {d} {m}"));
-    cap("net.ipv4.tcp_rmem / tcp_wmem (min default max)", format!("rmem {}, wmem {}", fmt(host.tcp_rmem_bytes), fmt(host.tcp_wmem_bytes)), None, true, "nothing to do".into())
+    let pending = live.map(|v| v.min(SOKDO_LISTEN_BACKLOG) * shards);
+    Cap::new(name, show_opt(live))
+        .fix(fix)
         .scope("burst")
-        .note("kernel bytes per busy socket: up to the defaults, allocated only while data is queued (the tcp_mem row counts them); an idle socket costs its slab objects only")
+        .note(format!(
+            "caps connections waiting to be accepted, not open ones: {} pending across {shards} \
+         shard(s) (sokdo asks {SOKDO_LISTEN_BACKLOG} per shard); past it a reconnect storm's \
+         SYNs are dropped and clients retry after 1 s, 3 s, …",
+            show_opt(pending)
+        ))
 }
 
 fn thp(host: &Host) -> Cap {
     let mode = host.transparent_hugepage.clone();
-    let always = mode.as_deref() == Some("always");
-    let fix = if always {
+    let fix = if mode.as_deref() == Some("always") {
         "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"
     } else {
-        "nothing to do"
+        NOTHING_TO_DO
     };
-    cap("transparent huge pages", show_opt(mode), None, true, fix.into())
+    Cap::new("transparent huge pages", show_opt(mode))
+        .fix((true, fix.into()))
         .scope("memory")
-        .note("`always` backs small allocations with 2 MiB pages and inflates RSS per connection: use `madvise`")
+        .note(
+            "`always` backs small allocations with 2 MiB pages and inflates RSS per \
+             connection: use `madvise`",
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// This machine's readings (2026-12-01), by hand.
-    fn sample() -> Host {
-        Host {
-            cpus_in_affinity_mask: Some(2),
-            cgroup_cpu_quota_cpus: Limit::Unlimited,
-            cgroup_cpu_path: None,
-            mem_total_bytes: Some(24_683_584 * 1024),
-            mem_available_bytes: Some(24_039_796 * 1024),
-            cgroup_memory_limit_bytes: Limit::Unlimited,
-            cgroup_memory_path: None,
-            nofile_soft: Limit::Value(20_000),
-            nofile_hard: Limit::Value(20_000),
-            nofile_hard_raisable: Some(false),
-            fs_nr_open: Some(1_048_576),
-            fs_file_max: Some(2_466_126),
-            fs_file_nr_allocated: Some(1_047),
-            somaxconn: Some(4096),
-            tcp_max_syn_backlog: Some(4096),
-            ip_local_port_range: Some((32_768, 60_999)),
-            tcp_rmem_bytes: Some([4096, 131_072, 33_554_432]),
-            tcp_wmem_bytes: Some([4096, 16_384, 4_194_304]),
-            tcp_mem_pages: Some([287_892, 383_858, 575_784]),
-            nf_conntrack_max: Some(262_144),
-            nf_conntrack_count: Some(44),
-            page_bytes: 4096,
-            memlock_soft: Limit::Value(8 << 20),
-            memlock_hard: Limit::Value(8 << 20),
-            cap_ipc_lock: Some(true),
-            cap_sys_resource: Some(false),
-            io_uring: Ok(()),
-            io_uring_disabled: Some(0),
-            transparent_hugepage: Some("madvise".into()),
-            kernel_socket_bytes: crate::host::KERNEL_SOCKET_BYTES_DEFAULT,
-            kernel_socket_bytes_source: "constant".into(),
-            is_root: true,
-            sysctl_writable: true,
-        }
-    }
+    use crate::host::sample;
 
     fn names(caps: &[Cap]) -> Vec<&str> {
         caps.iter().map(|c| c.name.as_str()).collect()

@@ -460,6 +460,47 @@ pub fn parse_slab_socket_bytes(slabinfo: &str) -> Option<u64> {
         .sum()
 }
 
+/// This machine's readings (2026-12-01), by hand: for the tests of the modules that
+/// compute from a `Host`.
+#[cfg(test)]
+pub fn sample() -> Host {
+    Host {
+        cpus_in_affinity_mask: Some(2),
+        cgroup_cpu_quota_cpus: Limit::Unlimited,
+        cgroup_cpu_path: None,
+        mem_total_bytes: Some(24_683_584 * 1024),
+        mem_available_bytes: Some(24_039_796 * 1024),
+        cgroup_memory_limit_bytes: Limit::Unlimited,
+        cgroup_memory_path: None,
+        nofile_soft: Limit::Value(20_000),
+        nofile_hard: Limit::Value(20_000),
+        nofile_hard_raisable: Some(false),
+        fs_nr_open: Some(1_048_576),
+        fs_file_max: Some(2_466_126),
+        fs_file_nr_allocated: Some(1_047),
+        somaxconn: Some(4096),
+        tcp_max_syn_backlog: Some(4096),
+        ip_local_port_range: Some((32_768, 60_999)),
+        tcp_rmem_bytes: Some([4096, 131_072, 33_554_432]),
+        tcp_wmem_bytes: Some([4096, 16_384, 4_194_304]),
+        tcp_mem_pages: Some([287_892, 383_858, 575_784]),
+        nf_conntrack_max: Some(262_144),
+        nf_conntrack_count: Some(44),
+        page_bytes: 4096,
+        memlock_soft: Limit::Value(8 << 20),
+        memlock_hard: Limit::Value(8 << 20),
+        cap_ipc_lock: Some(true),
+        cap_sys_resource: Some(false),
+        io_uring: Ok(()),
+        io_uring_disabled: Some(0),
+        transparent_hugepage: Some("madvise".into()),
+        kernel_socket_bytes: KERNEL_SOCKET_BYTES_DEFAULT,
+        kernel_socket_bytes_source: "constant".into(),
+        is_root: true,
+        sysctl_writable: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

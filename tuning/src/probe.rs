@@ -72,7 +72,8 @@ fn thousands(n: u64) -> String {
 /// The human table: one block per cap, lowest first.
 fn table(caps: &[Cap], shards: u64) -> String {
     let mut out = format!(
-        "sokdo-tune probe: what caps concurrent sockets of one sokdo process ({shards} shard(s)), lowest first\n\n"
+        "sokdo-tune probe: what caps concurrent sockets of one sokdo process \
+         ({shards} shard(s)), lowest first\n\n"
     );
     for (i, c) in caps.iter().enumerate() {
         let sockets = c.sockets_allowed.map_or_else(

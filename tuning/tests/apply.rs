@@ -71,9 +71,15 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn dry_run_prints_the_diff_and_writes_nothing() {
     let root = TempRoot::new();
-    let text = ok_stdout(&apply(root.path(), &["--dry-run", "--connections", "100000"]));
+    let text = ok_stdout(&apply(
+        root.path(),
+        &["--dry-run", "--connections", "100000"],
+    ));
     let sysctl = root.path().join(SYSCTL).display().to_string();
-    assert!(text.contains(&format!("--- /dev/null\n+++ {sysctl}\n@@ -0,")), "{text}");
+    assert!(
+        text.contains(&format!("--- /dev/null\n+++ {sysctl}\n@@ -0,")),
+        "{text}"
+    );
     assert!(text.contains("\n+net.core.somaxconn = "), "{text}");
     assert!(text.contains("\n+LimitNOFILE=100352\n"), "{text}");
     assert!(text.contains("dry run: nothing written"), "{text}");
@@ -91,19 +97,37 @@ fn apply_writes_both_files_then_a_second_run_shows_no_change() {
         "net.ipv4.tcp_max_syn_backlog = ",
         "net.ipv4.ip_local_port_range = ",
     ] {
-        assert!(sysctl.lines().any(|l| l.starts_with(key)), "{key} in\n{sysctl}");
+        assert!(
+            sysctl.lines().any(|l| l.starts_with(key)),
+            "{key} in\n{sysctl}"
+        );
     }
     let dropin = std::fs::read_to_string(root.path().join(DROPIN)).unwrap();
     assert!(dropin.contains("[Service]\n"), "{dropin}");
-    assert!(dropin.lines().any(|l| l == "LimitNOFILE=100352"), "{dropin}");
-    assert!(dropin.lines().any(|l| l == "LimitMEMLOCK=infinity"), "{dropin}");
+    assert!(
+        dropin.lines().any(|l| l == "LimitNOFILE=100352"),
+        "{dropin}"
+    );
+    assert!(
+        dropin.lines().any(|l| l == "LimitMEMLOCK=infinity"),
+        "{dropin}"
+    );
     // The printed diff is exactly what was written: every `+` line is in the files.
-    for added in first.lines().filter(|l| l.starts_with('+') && !l.starts_with("+++")) {
+    for added in first
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+    {
         let line = &added[1..];
-        assert!(sysctl.lines().chain(dropin.lines()).any(|l| l == line), "{line}");
+        assert!(
+            sysctl.lines().chain(dropin.lines()).any(|l| l == line),
+            "{line}"
+        );
     }
     let second = ok_stdout(&apply(root.path(), &["--connections", "100000"]));
-    assert!(second.contains("no change: both files are up to date"), "{second}");
+    assert!(
+        second.contains("no change: both files are up to date"),
+        "{second}"
+    );
     assert!(!second.contains("+++ "), "{second}");
     assert!(!second.contains("wrote "), "{second}");
 }
@@ -111,11 +135,22 @@ fn apply_writes_both_files_then_a_second_run_shows_no_change() {
 #[test]
 fn a_changed_count_shows_only_the_lines_that_change() {
     let root = TempRoot::new();
-    ok_stdout(&apply(root.path(), &["--connections", "100000", "--unit", "chat"]));
-    let dropin = root.path().join("etc/systemd/system/chat.service.d/limits.conf");
+    ok_stdout(&apply(
+        root.path(),
+        &["--connections", "100000", "--unit", "chat"],
+    ));
+    let dropin = root
+        .path()
+        .join("etc/systemd/system/chat.service.d/limits.conf");
     assert!(dropin.exists());
-    let text = ok_stdout(&apply(root.path(), &["--connections", "200000", "--unit", "chat"]));
-    assert!(text.contains("\n-LimitNOFILE=100352\n+LimitNOFILE=200704\n"), "{text}");
+    let text = ok_stdout(&apply(
+        root.path(),
+        &["--connections", "200000", "--unit", "chat"],
+    ));
+    assert!(
+        text.contains("\n-LimitNOFILE=100352\n+LimitNOFILE=200704\n"),
+        "{text}"
+    );
     assert!(!text.contains("\n+[Service]"), "{text}");
     let now = std::fs::read_to_string(dropin).unwrap();
     assert!(now.contains("LimitNOFILE=200704\n"), "{now}");
