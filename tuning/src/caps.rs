@@ -407,18 +407,20 @@ fn io_uring(host: &Host) -> Cap {
     let disabled = host
         .io_uring_disabled
         .map_or("absent".into(), |d| d.to_string());
-    let value = match &host.io_uring {
-        Ok(()) => format!("available (kernel.io_uring_disabled {disabled})"),
-        Err(e) => format!("unavailable: io_uring_setup: {e} (kernel.io_uring_disabled {disabled})"),
+    let value = match &host.io_uring_error {
+        None => format!("available (kernel.io_uring_disabled {disabled})"),
+        Some(e) => {
+            format!("unavailable: io_uring_setup: {e} (kernel.io_uring_disabled {disabled})")
+        }
     };
     let cap = Cap::new("io_uring (glommio's only I/O path)", value).scope("start-up");
-    match (&host.io_uring, host.io_uring_disabled) {
-        (Ok(()), _) => cap,
-        (Err(_), Some(d)) if d > 0 => cap.sockets(Some(0)).fix(sysctl_fix(
+    match (&host.io_uring_error, host.io_uring_disabled) {
+        (None, _) => cap,
+        (Some(_), Some(d)) if d > 0 => cap.sockets(Some(0)).fix(sysctl_fix(
             host,
             "sysctl -w kernel.io_uring_disabled=0".into(),
         )),
-        (Err(_), _) => cap.sockets(Some(0)).fix((
+        (Some(_), _) => cap.sockets(Some(0)).fix((
             false,
             "cannot be lifted here: the kernel or a seccomp filter refuses io_uring (run on \
              Linux ≥ 5.8 without a filter that blocks io_uring_setup)"
@@ -582,7 +584,7 @@ mod tests {
     #[test]
     fn what_stops_sokdo_starting_comes_first_at_zero() {
         let host = Host {
-            io_uring: Err("Operation not permitted".into()),
+            io_uring_error: Some("Operation not permitted (os error 1)".into()),
             io_uring_disabled: Some(2),
             memlock_soft: Limit::Value(64 << 10),
             cap_ipc_lock: Some(false),

@@ -64,8 +64,8 @@ pub struct Host {
     pub memlock_hard: Limit<u64>,
     pub cap_ipc_lock: Option<bool>,
     pub cap_sys_resource: Option<bool>,
-    /// `Ok(())` when an `io_uring_setup` of a one-entry ring succeeded, else the error.
-    pub io_uring: Result<(), String>,
+    /// `None` when an `io_uring_setup` of a one-entry ring succeeded, else its error.
+    pub io_uring_error: Option<String>,
     pub io_uring_disabled: Option<u64>,
     pub transparent_hugepage: Option<String>,
     pub kernel_socket_bytes: u64,
@@ -122,7 +122,7 @@ pub fn read() -> Host {
         memlock_hard,
         cap_ipc_lock: caps.map(|c| c & (1 << CAP_IPC_LOCK) != 0),
         cap_sys_resource: caps.map(|c| c & (1 << CAP_SYS_RESOURCE) != 0),
-        io_uring: io_uring_probe(),
+        io_uring_error: io_uring_probe().err(),
         io_uring_disabled: sysctl_u64("kernel/io_uring_disabled"),
         transparent_hugepage: read_text("/sys/kernel/mm/transparent_hugepage/enabled")
             .and_then(|t| parse_bracketed(&t)),
@@ -491,7 +491,7 @@ pub fn sample() -> Host {
         memlock_hard: Limit::Value(8 << 20),
         cap_ipc_lock: Some(true),
         cap_sys_resource: Some(false),
-        io_uring: Ok(()),
+        io_uring_error: None,
         io_uring_disabled: Some(0),
         transparent_hugepage: Some("madvise".into()),
         kernel_socket_bytes: KERNEL_SOCKET_BYTES_DEFAULT,
