@@ -81,8 +81,9 @@ pub fn read() -> Host {
     let cgroups = read_text("/proc/self/cgroup")
         .map(|t| parse_proc_cgroup(&t))
         .unwrap_or_default();
-    let (cgroup_memory_limit_bytes, cgroup_memory_path) = memory_limit(&cgroups);
-    let (cgroup_cpu_quota_cpus, cgroup_cpu_path) = cpu_quota(&cgroups);
+    let cgroup_root = Path::new("/sys/fs/cgroup");
+    let (cgroup_memory_limit_bytes, cgroup_memory_path) = memory_limit(cgroup_root, &cgroups);
+    let (cgroup_cpu_quota_cpus, cgroup_cpu_path) = cpu_quota(cgroup_root, &cgroups);
     let meminfo = read_text("/proc/meminfo").unwrap_or_default();
     let caps = read_text("/proc/self/status").and_then(|t| parse_cap_eff(&t));
     let (kernel_socket_bytes, source) =
@@ -293,47 +294,46 @@ fn ancestors(mount: &Path, path: &str) -> Vec<PathBuf> {
     dirs
 }
 
-fn v1_mount(controller: &str) -> Option<PathBuf> {
+fn v1_mount(root: &Path, controller: &str) -> Option<PathBuf> {
     [controller, "cpu,cpuacct", "cpuacct,cpu"]
         .iter()
-        .map(|d| Path::new("/sys/fs/cgroup").join(d))
-        .find(|d| d.join("cgroup.procs").exists() && d.to_string_lossy().contains(controller))
+        .filter(|d| d.split(',').any(|c| c == controller))
+        .map(|d| root.join(d))
+        .find(|d| d.join("cgroup.procs").exists())
 }
 
-fn v2_mount() -> Option<PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(PathBuf::from)
+fn v2_mount(root: &Path) -> Option<PathBuf> {
+    [root.to_path_buf(), root.join("unified")]
+        .into_iter()
         .find(|d| d.join("cgroup.controllers").exists())
 }
 
-/// The tightest of `parse` over the own cgroup and its ancestors, with the directory
-/// that sets it.
+/// The tightest limit over the own cgroup and its ancestors (a child's limit does not show
+/// its parent's), with the file that sets it. `read(dir, v1)` reads one directory's limit
+/// and names its file. `root` is where the hierarchies are mounted (/sys/fs/cgroup).
 fn tightest<T: PartialOrd + Copy>(
+    root: &Path,
     lines: &[CgroupLine],
     controller: &str,
-    v1_file: &str,
-    v2_file: &str,
-    parse: impl Fn(&Path, bool) -> Limit<T>,
+    read: impl Fn(&Path, bool) -> (Limit<T>, &'static str),
 ) -> (Limit<T>, Option<String>) {
     let Some((path, v1)) = cgroup_path(lines, controller) else {
         return (Limit::Unknown, None);
     };
-    let (mount, file) = if v1 {
-        (v1_mount(controller), v1_file)
+    let mount = if v1 {
+        v1_mount(root, controller)
     } else {
-        (v2_mount(), v2_file)
+        v2_mount(root)
     };
     let Some(mount) = mount else {
         return (Limit::Unknown, None);
     };
     let mut best = (Limit::Unknown, None);
     for dir in ancestors(&mount, path) {
-        let here = parse(&dir, v1);
+        let (here, file) = read(&dir, v1);
         let tighter = match (here, best.0) {
             (Limit::Value(a), Limit::Value(b)) => a < b,
-            (Limit::Value(_), _) => true,
-            (Limit::Unlimited, Limit::Unknown) => true,
+            (Limit::Value(_), _) | (Limit::Unlimited, Limit::Unknown) => true,
             _ => false,
         };
         if tighter {
@@ -343,35 +343,32 @@ fn tightest<T: PartialOrd + Copy>(
     best
 }
 
-fn memory_limit(lines: &[CgroupLine]) -> (Limit<u64>, Option<String>) {
-    tightest(
-        lines,
-        "memory",
-        "memory.limit_in_bytes",
-        "memory.max",
-        |dir, v1| {
-            let file = if v1 {
-                "memory.limit_in_bytes"
-            } else {
-                "memory.max"
-            };
-            read_text(dir.join(file)).map_or(Limit::Unknown, |t| parse_memory_limit(&t))
-        },
-    )
+fn memory_limit(root: &Path, lines: &[CgroupLine]) -> (Limit<u64>, Option<String>) {
+    tightest(root, lines, "memory", |dir, v1| {
+        let file = if v1 {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        let limit = read_text(dir.join(file)).map_or(Limit::Unknown, |t| parse_memory_limit(&t));
+        (limit, file)
+    })
 }
 
-fn cpu_quota(lines: &[CgroupLine]) -> (Limit<f64>, Option<String>) {
-    tightest(lines, "cpu", "cpu.cfs_quota_us", "cpu.max", |dir, v1| {
+fn cpu_quota(root: &Path, lines: &[CgroupLine]) -> (Limit<f64>, Option<String>) {
+    tightest(root, lines, "cpu", |dir, v1| {
         if v1 {
-            match (
-                read_text(dir.join("cpu.cfs_quota_us")),
-                read_text(dir.join("cpu.cfs_period_us")),
-            ) {
+            let quota = read_text(dir.join("cpu.cfs_quota_us"));
+            let period = read_text(dir.join("cpu.cfs_period_us"));
+            let limit = match (quota, period) {
                 (Some(q), Some(p)) => parse_cfs_quota(&q, &p),
                 _ => Limit::Unknown,
-            }
+            };
+            (limit, "cpu.cfs_quota_us")
         } else {
-            read_text(dir.join("cpu.max")).map_or(Limit::Unknown, |t| parse_cpu_max(&t))
+            let limit =
+                read_text(dir.join("cpu.max")).map_or(Limit::Unknown, |t| parse_cpu_max(&t));
+            (limit, "cpu.max")
         }
     })
 }
@@ -530,6 +527,66 @@ mod tests {
             vec![PathBuf::from("/m/a/b"), "/m/a".into(), "/m".into()]
         );
         assert_eq!(ancestors(Path::new("/m"), "/"), vec![PathBuf::from("/m")]);
+    }
+
+    /// A directory tree of cgroup files under a fresh temporary root, removed on drop.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(files: &[(&str, &str)]) -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let root =
+                std::env::temp_dir().join(format!("sokdo-tune-cg-{}-{n}", std::process::id()));
+            for (path, text) in files {
+                let p = root.join(path);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, text).unwrap();
+            }
+            Tree(root)
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn v2_limits_are_the_tightest_along_the_ancestors() {
+        let tree = Tree::new(&[
+            ("cgroup.controllers", "cpu memory\n"),
+            ("a/memory.max", "536870912\n"),
+            ("a/cpu.max", "max 100000\n"),
+            ("a/b/memory.max", "max\n"),
+            ("a/b/cpu.max", "20000 100000\n"),
+        ]);
+        let lines = parse_proc_cgroup("0::/a/b\n");
+        let (mem, at) = memory_limit(&tree.0, &lines);
+        assert_eq!(mem, Limit::Value(512 << 20));
+        assert_eq!(at, Some(tree.0.join("a/memory.max").display().to_string()));
+        let (cpu, at) = cpu_quota(&tree.0, &lines);
+        assert_eq!(cpu, Limit::Value(0.2));
+        assert_eq!(at, Some(tree.0.join("a/b/cpu.max").display().to_string()));
+    }
+
+    #[test]
+    fn v1_limits_from_their_controllers_mounts() {
+        let tree = Tree::new(&[
+            ("memory/cgroup.procs", ""),
+            ("memory/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("memory/x/memory.limit_in_bytes", "268435456\n"),
+            ("cpu,cpuacct/cgroup.procs", ""),
+            ("cpu,cpuacct/cpu.cfs_quota_us", "-1\n"),
+            ("cpu,cpuacct/cpu.cfs_period_us", "100000\n"),
+        ]);
+        let lines = parse_proc_cgroup("4:memory:/x\n2:cpu,cpuacct:/\n0::/\n");
+        assert_eq!(memory_limit(&tree.0, &lines).0, Limit::Value(256 << 20));
+        assert_eq!(cpu_quota(&tree.0, &lines).0, Limit::Unlimited);
+        // No hierarchy mounted at all: unknown, not a failure.
+        let empty = Tree::new(&[]);
+        assert_eq!(memory_limit(&empty.0, &lines), (Limit::Unknown, None));
     }
 
     #[test]
