@@ -9,7 +9,7 @@
 
 use crate::caps::{self, FDS_RESERVED, FILES_OTHERS, SOKDO_LISTEN_BACKLOG};
 use crate::host::{self, Host};
-use crate::probe::emit;
+use crate::out::emit;
 use std::path::{Path, PathBuf};
 
 const SYSCTL_FILE: &str = "etc/sysctl.d/60-sokdo.conf";

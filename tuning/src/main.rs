@@ -12,6 +12,7 @@ mod caps;
 mod diff;
 mod fit;
 mod host;
+mod out;
 mod plan;
 mod probe;
 

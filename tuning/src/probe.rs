@@ -4,6 +4,7 @@
 
 use crate::caps::{self, Cap};
 use crate::host::{self, Host};
+use crate::out::emit;
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -43,17 +44,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
     } else {
         emit(&table(&caps, shards))
-    }
-}
-
-/// Writes `text` to stdout; a reader that went away (`| head`) ends the output quietly
-/// instead of the panic `print!` would raise.
-pub fn emit(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
     }
 }
 
