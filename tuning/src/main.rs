@@ -8,7 +8,11 @@
 //! model and the `instances` table, with `credits` for t3 CPU credits.
 
 mod apply;
+mod caps;
+mod diff;
 mod fit;
+mod host;
+mod out;
 mod plan;
 mod probe;
 
