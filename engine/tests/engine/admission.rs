@@ -357,3 +357,46 @@ async fn auto_capacity_comes_from_the_cgroup_memory_limit() {
     assert_eq!(server.metric("sokdo_connections_max"), expected as f64);
     drop(server);
 }
+
+/// Goal: a waiter that leaves loses its turn and costs no place: the next one is admitted,
+/// and the instance's counts come back exact.
+#[tokio::test]
+async fn a_waiter_that_leaves_gives_its_turn_to_the_next() {
+    let server = Server::start(&["--shards", "2", "--connections-max", "1"]);
+    let holder = Client::connect(&server, "holder").await;
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let mut ws = connect_raw(&server, &format!("w{i}")).await;
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"op": "queued", "position": i + 1})
+        );
+        waiters.push(ws);
+    }
+    drop(waiters.remove(0));
+    eventually("the leaver is out of the queue", || {
+        server.metric("sokdo_admission_waiting") == 2.0
+    })
+    .await;
+    drop(holder);
+    let hello = loop {
+        let v = next_json(&mut waiters[0]).await;
+        if v["op"] == "hello" {
+            break v;
+        }
+    };
+    assert_eq!(hello["user"], "w1");
+    let position = loop {
+        let v = next_json(&mut waiters[1]).await;
+        if v["op"] == "queued" && v["position"] == 1 {
+            break v;
+        }
+        assert_eq!(v["op"], "queued", "{v}");
+    };
+    assert_eq!(position, json!({"op": "queued", "position": 1}));
+    eventually("one admitted, one waiting", || {
+        server.metric("sokdo_connections_admitted") == 1.0
+            && server.metric("sokdo_admission_waiting") == 1.0
+    })
+    .await;
+}
