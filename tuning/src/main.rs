@@ -8,9 +8,14 @@
 //! model and the `instances` table, with `credits` for t3 CPU credits.
 
 mod apply;
+mod credits;
 mod fit;
+mod instances;
+mod lsq;
+mod model;
 mod plan;
 mod probe;
+mod report;
 
 use clap::{Parser, Subcommand};
 
