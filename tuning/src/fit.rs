@@ -92,7 +92,7 @@ struct Point {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let (model, skipped) = fit_files(args)?;
     for s in &skipped {
-        eprintln!("skipped: {s}");
+        eprintln!("{s}");
     }
     print!("{}", render(&model));
     if let Some(out) = &args.out {
@@ -104,7 +104,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads every report, fits both parts; returns the model and the runs left out (why).
+/// Reads every report, fits both parts; returns the model and notes on the runs left out
+/// or used with a reservation.
 pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
     let mut obs: Vec<(String, Observation)> = Vec::new();
     let mut sources = Vec::new();
@@ -117,12 +118,17 @@ pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
         for run in &r.runs {
             if run.target != args.target {
                 skipped.push(format!(
-                    "{file}: {} of target {:?}",
+                    "skipped: {file}: {} of target {:?}",
                     run.scenario, run.target
                 ));
-            } else if run.summary.unreachable {
-                skipped.push(format!("{file}: {} ended unreachable", run.scenario));
             } else {
+                if run.summary.unreachable {
+                    // A ramp ends so: its figures up to the end still count.
+                    skipped.push(format!(
+                        "note: {file}: {} ended unreachable (used: its figures up to the end)",
+                        run.scenario
+                    ));
+                }
                 used.push(run.scenario.clone());
                 obs.push((
                     file.clone(),
@@ -132,7 +138,7 @@ pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
         }
         anyhow::ensure!(
             !used.is_empty(),
-            "{file}: no usable runs (none of target {:?} that stayed reachable)",
+            "{file}: no usable runs (none of target {:?})",
             args.target
         );
         machine.get_or_insert_with(|| describe_host(&r.host));
@@ -218,7 +224,7 @@ fn fit_memory(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Memor
         };
         if y <= 0.0 {
             skipped.push(format!(
-                "{file}: {} RSS did not grow ({y} bytes)",
+                "skipped for memory: {file}: {} RSS did not grow ({y} bytes)",
                 o.scenario
             ));
             continue;
@@ -287,7 +293,10 @@ fn fit_cpu(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Cpu {
     for (file, o) in obs {
         let Some(y) = o.cpu_s else { continue };
         if y <= 0.0 {
-            skipped.push(format!("{file}: {} used no server CPU ({y} s)", o.scenario));
+            skipped.push(format!(
+                "skipped for CPU: {file}: {} used no server CPU ({y} s)",
+                o.scenario
+            ));
             continue;
         }
         let x = vec![o.deliveries, o.sends, o.handshakes, o.connection_s];
