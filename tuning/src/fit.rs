@@ -199,10 +199,9 @@ fn caveats() -> Vec<String> {
         "load and server share this machine's loopback: CPU per delivery includes the \
          receiving side's TCP work, pessimistic for an instance whose clients are remote"
             .into(),
-        format!(
-            "kernel bytes per socket are assumed ({KERNEL_SOCKET_BYTES_ASSUMED} = tcp_rmem + \
-             tcp_wmem minimum), not measured"
-        ),
+        "kernel bytes per socket: the kernel's TCP buffer memory when the reports carry it \
+         (a socket's slab is not in it), else assumed (tcp_rmem + tcp_wmem minimum)"
+            .into(),
         "ring messages held are estimated from the reports' totals (a ramp's per step), \
          assuming every member sends at the same rate"
             .into(),
@@ -238,74 +237,68 @@ fn fit_memory(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Memor
         });
     }
     let (c, fit) = fit_terms(&MEMORY_TERMS, &points);
-    let (baseline_bytes_per_process, baseline_fit) = fit_mean(&baseline);
+    let (baseline_bytes_per_process, baseline_fit) = if baseline.is_empty() {
+        let note = "not identified: no report has the server's RSS before the run";
+        let c = Coef {
+            value: None,
+            unit: "bytes".into(),
+            note: Some(note.into()),
+        };
+        (c, FitError::default())
+    } else {
+        fit_mean(
+            &baseline,
+            "mean RSS before the run ÷ processes (a fresh server's in `compare`)",
+        )
+    };
+    let (kernel_bytes_per_socket, kernel_fit) = kernel_socket(obs);
     Memory {
         baseline_bytes_per_process,
         bytes_per_connection: c[0].clone(),
         bytes_per_room: c[1].clone(),
         bytes_per_ring_message: c[2].clone(),
         bytes_per_stored_message: c[3].clone(),
-        kernel_bytes_per_socket: Coef {
-            value: Some(KERNEL_SOCKET_BYTES_ASSUMED),
-            unit: "bytes".into(),
-            note: Some(
-                "assumed, not measured: tcp_rmem + tcp_wmem minimum (4096 + 4096, tcp(7) \
-                 defaults); no report carries the kernel's socket memory"
-                    .into(),
-            ),
-        },
+        kernel_bytes_per_socket,
+        kernel_fit,
         fit,
         baseline_fit,
     }
 }
 
-/// The per-process baseline: the mean RSS before a run ÷ processes.
-fn fit_mean(points: &[(String, String, f64)]) -> (Coef, FitError) {
-    if points.is_empty() {
-        let note = "not identified: no report has the server's RSS before the run".into();
-        return (
-            Coef {
-                value: None,
-                unit: "bytes".into(),
-                note: Some(note),
-            },
-            FitError::default(),
-        );
-    }
+/// A quantity taken as the mean of its per-run figures (`points` is not empty), each run's
+/// figure scored against the mean.
+fn fit_mean(points: &[(String, String, f64)], note: &str) -> (Coef, FitError) {
     let mean = points.iter().map(|p| p.2).sum::<f64>() / points.len() as f64;
     let rows = points
         .iter()
         .map(|(file, scenario, y)| row(file, scenario, *y, mean))
         .collect();
-    let note = "mean RSS before the run ÷ processes (a fresh server's in `compare`)".into();
-    (
-        Coef {
-            value: Some(mean),
-            unit: "bytes".into(),
-            note: Some(note),
-        },
-        FitError::from_rows(rows),
-    )
+    let c = Coef {
+        value: Some(mean),
+        unit: "bytes".into(),
+        note: Some(note.into()),
+    };
+    (c, FitError::from_rows(rows))
 }
 
 fn fit_cpu(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Cpu {
     let mut points = Vec::new();
     for (file, o) in obs {
-        let Some(y) = o.cpu_s else { continue };
-        if y <= 0.0 {
-            skipped.push(format!(
-                "skipped for CPU: {file}: {} used no server CPU ({y} s)",
-                o.scenario
-            ));
-            continue;
+        for c in &o.cpu {
+            if c.cpu_s <= 0.0 {
+                skipped.push(format!(
+                    "skipped for CPU: {file}: {} used no server CPU ({} s)",
+                    c.label, c.cpu_s
+                ));
+                continue;
+            }
+            points.push(Point {
+                file: file.clone(),
+                scenario: c.label.clone(),
+                y: c.cpu_s,
+                x: vec![c.deliveries, c.sends, c.handshakes, c.connection_s],
+            });
         }
-        let x = vec![o.deliveries, o.sends, o.handshakes, o.connection_s];
-        points.push(Point {
-            file: file.clone(),
-            scenario: o.scenario.clone(),
-            y,
-            x,
-        });
     }
     let (c, fit) = fit_terms(&CPU_TERMS, &points);
     Cpu {
@@ -315,6 +308,35 @@ fn fit_cpu(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Cpu {
         s_per_connection_s: c[3].clone(),
         fit,
     }
+}
+
+/// Kernel TCP memory per server socket: the growth of `/proc/net/sockstat`'s TCP memory over
+/// a run ÷ 2 sockets per user (on loopback the clients' sockets are counted too), the mean
+/// over the runs that have it; else the documented minimum, as an assumption.
+fn kernel_socket(obs: &[(String, Observation)]) -> (Coef, FitError) {
+    let points: Vec<(String, String, f64)> = obs
+        .iter()
+        .filter(|(_, o)| o.users > 0)
+        .filter_map(|(f, o)| {
+            let g = o.kernel_tcp_growth_bytes?;
+            Some((f.clone(), o.scenario.clone(), g / (2.0 * o.users as f64)))
+        })
+        .collect();
+    if points.is_empty() {
+        let note = "assumed, not measured: tcp_rmem + tcp_wmem minimum (4096 + 4096, tcp(7) \
+                    defaults); no report carries the kernel's TCP memory";
+        let c = Coef {
+            value: Some(KERNEL_SOCKET_BYTES_ASSUMED),
+            unit: "bytes".into(),
+            note: Some(note.into()),
+        };
+        return (c, FitError::default());
+    }
+    fit_mean(
+        &points,
+        "mean growth of the kernel's TCP memory ÷ 2 sockets per user (loopback: both ends); \
+         buffer memory only, a socket's slab (struct sock) is not in it",
+    )
 }
 
 fn row(file: &str, scenario: &str, measured: f64, predicted: f64) -> Row {

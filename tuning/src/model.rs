@@ -56,6 +56,9 @@ pub struct Memory {
     pub fit: FitError,
     /// Fit of the RSS before each run ÷ processes.
     pub baseline_fit: FitError,
+    /// Per-run kernel TCP memory per socket against their mean (empty when assumed).
+    #[serde(default)]
+    pub kernel_fit: FitError,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

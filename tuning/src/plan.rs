@@ -453,6 +453,7 @@ mod tests {
                 kernel_bytes_per_socket: coef(8_192.0),
                 fit: FitError::default(),
                 baseline_fit: FitError::default(),
+                kernel_fit: FitError::default(),
             },
             cpu: Cpu {
                 s_per_delivery: coef(20e-6),

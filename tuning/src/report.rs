@@ -79,6 +79,15 @@ pub struct Summary {
     /// loopback TCP softirq work).
     #[serde(default)]
     pub server_cpus_busy_s: Option<f64>,
+    /// `/proc/net/sockstat` TCP memory at the start and at the end (connections open); on
+    /// loopback both ends' sockets.
+    #[serde(default)]
+    pub kernel_tcp_mem_before_bytes: Option<u64>,
+    #[serde(default)]
+    pub kernel_tcp_mem_after_bytes: Option<u64>,
+    /// Rooms with a member at users held.
+    #[serde(default)]
+    pub rooms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -91,10 +100,22 @@ pub struct Sample {
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Step {
+    /// Seconds from the run's start to the step's end.
+    #[serde(default)]
+    pub t_s: f64,
     #[serde(default)]
     pub users_connected: u64,
     #[serde(default)]
+    pub connect_ok: u64,
+    #[serde(default)]
     pub sent: u64,
+    #[serde(default)]
+    pub received: u64,
+    /// The server's CPU seconds during the step, and its CPUs' busy seconds.
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
+    #[serde(default)]
+    pub server_cpus_busy_s: Option<f64>,
 }
 
 /// Reads and checks one report; every error names the file.
@@ -130,16 +151,26 @@ pub struct Observation {
     pub ring_messages: Option<f64>,
     /// Messages stored over the run (acked sends).
     pub stored_messages: f64,
+    pub rss_growth_bytes: Option<f64>,
+    pub rss_before_per_process_bytes: Option<f64>,
+    /// Growth of the kernel's TCP memory over the run, when the report has it.
+    pub kernel_tcp_growth_bytes: Option<f64>,
+    /// The run's CPU figures: one per ramp step when the steps carry their CPU, else one for
+    /// the whole run; empty when the report has no server CPU.
+    pub cpu: Vec<CpuPoint>,
+}
+
+/// Server CPU seconds over a span (the pinned CPUs' busy time when the report has it, else
+/// the processes' own user + system time) and what the server did in it.
+#[derive(Clone, Debug)]
+pub struct CpuPoint {
+    pub label: String,
+    pub cpu_s: f64,
     pub deliveries: f64,
     pub sends: f64,
     pub handshakes: f64,
-    /// ∫ connected users dt over the run.
+    /// ∫ connected users dt over the span.
     pub connection_s: f64,
-    pub rss_growth_bytes: Option<f64>,
-    pub rss_before_per_process_bytes: Option<f64>,
-    /// Server CPU seconds: the pinned CPUs' busy time when the report has it, else the
-    /// processes' own user + system time.
-    pub cpu_s: Option<f64>,
 }
 
 impl Run {
@@ -152,21 +183,65 @@ impl Run {
             (Some(b), Some(a)) => Some(a as f64 - b as f64),
             _ => None,
         };
+        let kernel_tcp_growth_bytes =
+            match (s.kernel_tcp_mem_before_bytes, s.kernel_tcp_mem_after_bytes) {
+                (Some(b), Some(a)) => Some(a as f64 - b as f64),
+                _ => None,
+            };
         Observation {
             scenario: format!("{} {}u", self.scenario, s.users_held),
             users: s.users_held,
             rooms,
             ring_messages: rooms.map(|r| self.ring_messages(r, ring_max)),
             stored_messages: s.acked as f64,
-            deliveries: s.received as f64,
-            sends: s.acked as f64,
-            handshakes: s.connect_ok as f64,
-            connection_s: self.connection_s(),
             rss_growth_bytes,
             rss_before_per_process_bytes: s
                 .server_rss_before_bytes
                 .map(|b| b as f64 / processes as f64),
-            cpu_s: s.server_cpus_busy_s.or(s.server_cpu_s),
+            kernel_tcp_growth_bytes,
+            cpu: self.cpu_points(),
+        }
+    }
+
+    /// Per ramp step when every step has its CPU (more points, and steps differ in how much
+    /// connecting and chatting they hold), else the whole run.
+    fn cpu_points(&self) -> Vec<CpuPoint> {
+        let s = &self.summary;
+        let steps_cpu: Option<Vec<f64>> = self
+            .steps
+            .iter()
+            .map(|st| st.server_cpus_busy_s.or(st.server_cpu_s))
+            .collect();
+        match steps_cpu {
+            Some(cpu) if !cpu.is_empty() => {
+                let mut start = 0.0;
+                let mut points = Vec::new();
+                for (i, (st, cpu_s)) in self.steps.iter().zip(cpu).enumerate() {
+                    points.push(CpuPoint {
+                        label: format!("{} {}u step {i}", self.scenario, st.users_connected),
+                        cpu_s,
+                        deliveries: st.received as f64,
+                        sends: st.sent as f64,
+                        handshakes: st.connect_ok as f64,
+                        connection_s: self.connection_s_between(start, st.t_s),
+                    });
+                    start = st.t_s;
+                }
+                points
+            }
+            _ => s
+                .server_cpus_busy_s
+                .or(s.server_cpu_s)
+                .map(|cpu_s| CpuPoint {
+                    label: format!("{} {}u", self.scenario, s.users_held),
+                    cpu_s,
+                    deliveries: s.received as f64,
+                    sends: s.acked as f64,
+                    handshakes: s.connect_ok as f64,
+                    connection_s: self.connection_s_between(0.0, f64::INFINITY),
+                })
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -175,9 +250,13 @@ impl Run {
         self.config.get("room_size").and_then(Value::as_u64)
     }
 
-    /// Rooms with members: from the scenario's flags (`room_size` for idle and ramp,
+    /// Rooms with members: the report's own count when it has one, else from the scenario's
+    /// flags (`room_size` for idle and ramp,
     /// `load.rooms` — `{"modulo": n}` or `{"blocks": size}` — for fanout and steady).
     fn rooms(&self) -> Option<u64> {
+        if let Some(n) = self.summary.rooms {
+            return Some(n);
+        }
         let users = self.summary.users_held;
         if let Some(size) = self.room_size() {
             return Some(users.div_ceil(size.max(1)));
@@ -216,17 +295,34 @@ impl Run {
         per_room.min(ring_max) * rooms as f64
     }
 
-    /// ∫ users dt from the timeline (trapezoids between samples, the last sample held to the
-    /// run's end); without a timeline, users held × duration.
-    fn connection_s(&self) -> f64 {
+    /// ∫ users dt over [from, to] (clipped to the run) from the timeline: the users count is
+    /// linear between samples and the last sample's holds to the run's end; without a
+    /// timeline, users held × the span.
+    fn connection_s_between(&self, from: f64, to: f64) -> f64 {
+        let end = self
+            .duration_s
+            .max(self.timeline.last().map_or(0.0, |l| l.t_s));
+        let (from, to) = (from.max(0.0), to.min(end));
         let t = &self.timeline;
-        let Some(last) = t.last() else {
-            return self.summary.users_held as f64 * self.duration_s;
-        };
-        let mut total = 0.0;
-        for w in t.windows(2) {
-            total += (w[1].t_s - w[0].t_s) * (w[0].users + w[1].users) as f64 / 2.0;
+        if t.is_empty() {
+            return self.summary.users_held as f64 * (to - from).max(0.0);
         }
-        total + (self.duration_s - last.t_s).max(0.0) * last.users as f64
+        // Segments (t0, u0) → (t1, u1), then the last sample held flat to the end.
+        let last = &t[t.len() - 1];
+        let tail = [(last.t_s, last.users as f64, end, last.users as f64)];
+        let segments = t
+            .windows(2)
+            .map(|w| (w[0].t_s, w[0].users as f64, w[1].t_s, w[1].users as f64))
+            .chain(tail);
+        let mut total = 0.0;
+        for (t0, u0, t1, u1) in segments {
+            let (a, b) = (t0.max(from), t1.min(to));
+            if b <= a || t1 <= t0 {
+                continue;
+            }
+            let at = |x: f64| u0 + (u1 - u0) * (x - t0) / (t1 - t0);
+            total += (b - a) * (at(a) + at(b)) / 2.0;
+        }
+        total
     }
 }

@@ -50,7 +50,8 @@ fn fit(files: &[String], name: &str) -> (String, String, Value) {
 
 /// The generator (tests/fixtures/synthetic/generate.py) made every figure an exact sum:
 /// RSS growth = 20000·connections + 4000·rooms + 500·ring messages + 50·stored messages,
-/// CPU = 20e-6·deliveries + 50e-6·sends + 1e-3·handshakes + 1e-6·connection-seconds.
+/// CPU = 20e-6·deliveries + 50e-6·sends + 1e-3·handshakes + 1e-6·connection-seconds (per
+/// ramp step), kernel TCP memory = 1500 bytes × 2 sockets per user.
 #[test]
 fn exact_synthetic_reports_give_back_their_coefficients() {
     let files = json_files(&crate_dir().join("tests/fixtures/synthetic"));
@@ -61,6 +62,7 @@ fn exact_synthetic_reports_give_back_their_coefficients() {
         ("memory", "bytes_per_ring_message", 500.0),
         ("memory", "bytes_per_stored_message", 50.0),
         ("memory", "baseline_bytes_per_process", 80.0 * 1048576.0),
+        ("memory", "kernel_bytes_per_socket", 1500.0),
         ("cpu", "s_per_delivery", 20e-6),
         ("cpu", "s_per_send", 50e-6),
         ("cpu", "s_per_handshake", 1e-3),
@@ -78,6 +80,13 @@ fn exact_synthetic_reports_give_back_their_coefficients() {
         "another target's run is skipped: {stderr}"
     );
     assert_eq!(m["memory"]["fit"]["rows"].as_array().unwrap().len(), 7);
+    // The ramp's three steps carry their CPU: three points instead of one.
+    let cpu_rows = m["cpu"]["fit"]["rows"].as_array().unwrap();
+    assert_eq!(cpu_rows.len(), 9);
+    assert!(
+        cpu_rows.iter().any(|r| r["scenario"] == "ramp 200u step 1"),
+        "{cpu_rows:?}"
+    );
 }
 
 /// The "max relative error N%" the fit printed for `what`.
