@@ -51,6 +51,14 @@ pub struct Args {
     /// Open files one sokdo process may hold on the instance (`LimitNOFILE`).
     #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1024..=1_073_741_816))]
     pub open_files_max: u64,
+    /// vCPUs sokdo may use on the instance, instead of the table's: e.g. 1 for the emulated
+    /// t3.small of `sokdo-bench compare` (server pinned to one core), 0.2 under a 20 % quota.
+    #[arg(long, value_parser = vcpus, allow_negative_numbers = true)]
+    pub vcpus: Option<f64>,
+    /// Network baseline in Gbps, instead of the table's (e.g. large on loopback, where the
+    /// network is not a cap).
+    #[arg(long, value_parser = gbps, allow_negative_numbers = true)]
+    pub network_gbps: Option<f64>,
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
@@ -80,6 +88,24 @@ fn non_negative(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is out of range [0, 1e9]"))
+    }
+}
+
+fn vcpus(s: &str) -> Result<f64, String> {
+    let v = parse_f64(s)?;
+    if v > 0.0 && v <= 1024.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is out of range (0, 1024] vCPUs"))
+    }
+}
+
+fn gbps(s: &str) -> Result<f64, String> {
+    let v = parse_f64(s)?;
+    if v > 0.0 && v <= 100_000.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is out of range (0, 100000] Gbps"))
     }
 }
 
@@ -139,9 +165,13 @@ pub struct Credits {
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub instance: String,
+    /// vCPUs sokdo uses (the table's, or `--vcpus`) and the network baseline (`--network-gbps`).
+    pub vcpus: f64,
+    pub network_baseline_gbps: f64,
     pub users: u64,
     pub limits: Vec<Limit>,
     pub binding: &'static str,
+    /// What one instance holds: the binding limit (its `--connections-max`).
     pub users_per_instance: u64,
     pub instances: u64,
     pub sokdo_flags: Vec<String>,
@@ -221,7 +251,8 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
     let keep = 1.0 - a.headroom_percent / 100.0;
     let baseline = m.memory.baseline_bytes_per_process.or_zero();
     let mem_free = inst.memory_bytes() * keep - baseline;
-    let net = inst.network_baseline_gbps * 1e9 / 8.0 * keep;
+    let net_gbps = a.network_gbps.unwrap_or(inst.network_baseline_gbps);
+    let net = net_gbps * 1e9 / 8.0 * keep;
     let files = a.open_files_max.saturating_sub(FILES_RESERVED);
     let cap = |x: f64, per: f64| if per > 0.0 { x / per } else { f64::INFINITY };
     vec![
@@ -255,7 +286,7 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
             users_per_instance: cap(net, u.network_bytes_per_s),
             detail: format!(
                 "{} Gbps baseline less headroom ÷ {:.0} bytes/s sent per user ({} msg/s × {} members × {} bytes on the wire)",
-                inst.network_baseline_gbps, u.network_bytes_per_s, 1.0 / a.message_interval_s, a.room_size,
+                net_gbps, u.network_bytes_per_s, 1.0 / a.message_interval_s, a.room_size,
                 a.body_bytes as f64 + ENVELOPE_BYTES + WIRE_OVERHEAD_BYTES
             ),
         },
@@ -273,9 +304,10 @@ fn binding(limits: &[Limit]) -> &Limit {
 pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
     let n = a.users as f64;
     let u = per_user(m, a, n);
-    let limits = limits(m, inst, a, &u, f64::from(inst.vcpus));
+    let vcpus = a.vcpus.unwrap_or(f64::from(inst.vcpus));
+    let limits = limits(m, inst, a, &u, vcpus);
     let bind = binding(&limits);
-    let cap = bind.users_per_instance.floor().min(n);
+    let cap = bind.users_per_instance.floor();
     anyhow::ensure!(
         cap >= 1.0,
         "one {} cannot hold a single user: {} ({})",
@@ -313,13 +345,15 @@ pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
     });
     Ok(Plan {
         instance: inst.name.into(),
+        vcpus,
+        network_baseline_gbps: a.network_gbps.unwrap_or(inst.network_baseline_gbps),
         users: a.users,
         binding: bind.name,
         users_per_instance,
         instances: count,
         sokdo_flags: vec![
             format!("--connections-max {users_per_instance}"),
-            format!("--shards {}", inst.vcpus),
+            format!("--shards {}", vcpus.ceil()),
             "--durability sync".into(),
         ],
         host_settings: vec![
@@ -364,9 +398,21 @@ fn caveats(m: &Model) -> Vec<String> {
 
 fn render(p: &Plan, inst: &Instance) -> String {
     let mut s = format!(
-        "{} users on {} ({} vCPUs, {} GiB, {} Gbps baseline / {} Gbps burst)\n\nusers per instance, by limit:\n",
-        p.users, inst.name, inst.vcpus, inst.memory_gib, inst.network_baseline_gbps, inst.network_burst_gbps
+        "{} users on {} ({} vCPUs, {} GiB, {} Gbps baseline / {} Gbps burst)\n",
+        p.users,
+        inst.name,
+        inst.vcpus,
+        inst.memory_gib,
+        inst.network_baseline_gbps,
+        inst.network_burst_gbps
     );
+    if p.vcpus != f64::from(inst.vcpus) || p.network_baseline_gbps != inst.network_baseline_gbps {
+        s += &format!(
+            "  as given: sokdo uses {} vCPUs (--vcpus), network baseline {} Gbps (--network-gbps)\n",
+            p.vcpus, p.network_baseline_gbps
+        );
+    }
+    s += "\nusers per instance, by limit:\n";
     for l in &p.limits {
         let mark = if l.name == p.binding {
             "  <- binds"
@@ -381,7 +427,7 @@ fn render(p: &Plan, inst: &Instance) -> String {
         s += &format!("  {:<8} {users:>12}  {}{mark}\n", l.name, l.detail);
     }
     s += &format!(
-        "\ninstances: {} ({} users each, {} binds)\n",
+        "\ninstances: {} (each holds up to {} users: {} binds)\n",
         p.instances, p.users_per_instance, p.binding
     );
     s += &format!("per instance, sokdo flags: {}\n", p.sokdo_flags.join(" "));

@@ -140,6 +140,41 @@ fn fixed_instances_have_no_credits_and_the_table_names_the_limit() {
     );
 }
 
+/// The bench's emulated t3.small at its baseline: sokdo held to 0.2 vCPU, loopback (no
+/// network cap). Rooms of 50, a message per 10 s: CPU per user-second = 1e-6 + 50e-6/10 +
+/// 20e-6 × 50/10 = 1.06e-4; 0.2 × 0.8 = 0.16 vCPU → 1509.4 users; one shard.
+#[test]
+fn vcpus_and_network_can_be_given_for_an_emulated_instance() {
+    let model = fixture("model-round.json");
+    let p = plan_json(&[
+        "--users",
+        "1000",
+        "--message-interval-s",
+        "10",
+        "--room-size",
+        "50",
+        "--vcpus",
+        "0.2",
+        "--network-gbps",
+        "1000",
+        "--model",
+        &model,
+    ]);
+    assert_eq!(p["binding"], "cpu", "{p}");
+    assert_eq!(p["users_per_instance"], 1509, "{p}");
+    assert_eq!(p["instances"], 1, "{p}");
+    let flags: Vec<&str> = p["sokdo_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        flags.contains(&"--shards 1") && flags.contains(&"--connections-max 1509"),
+        "{flags:?}"
+    );
+}
+
 /// Without `--model` the built-in model is used: the plan works anywhere.
 #[test]
 fn the_built_in_model_plans_the_seeds_load() {
@@ -175,6 +210,8 @@ fn bad_values_name_their_flag() {
         (vec!["--model", &fixture("not-a-report.json")], "--model"),
         (vec!["--headroom-percent", "-5"], "--headroom-percent"),
         (vec!["--open-files-max", "10"], "--open-files-max"),
+        (vec!["--vcpus", "0"], "--vcpus"),
+        (vec!["--network-gbps", "-1"], "--network-gbps"),
     ] {
         let mut v = base.to_vec();
         v.extend_from_slice(&extra);
