@@ -138,7 +138,8 @@ pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
         }
         anyhow::ensure!(
             !used.is_empty(),
-            "{file}: no usable runs (none of target {:?})",
+            "{}: no usable runs (none of target {:?})",
+            path.display(),
             args.target
         );
         machine.get_or_insert_with(|| describe_host(&r.host));
