@@ -1,7 +1,8 @@
 //! `compare`: the same scenarios against each target, one after another on this machine,
 //! each server started fresh, pinned to the same CPUs (`taskset`) and held to the same memory
-//! limit (a cgroup: v1's memory controller when mounted, else v2), the bench itself pinned to
-//! the other CPUs. Prints and records the ratios to the first target.
+//! limit (a cgroup: v1's memory controller when mounted, else v2) and, when asked, the same
+//! CPU quota (v1's cpu controller, else v2's `cpu.max`), the bench itself pinned to the other
+//! CPUs. Prints and records the ratios to the first target.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -78,6 +79,14 @@ pub struct CompareArgs {
     /// The server's memory limit (a t3.small has 2 GiB).
     #[arg(long, default_value_t = 2048)]
     memory_limit_mib: u64,
+    /// CPU quota of each target, in percent of ONE CPU, for all its processes together
+    /// (cgroup v1 `cpu.cfs_quota_us` per 100 ms `cpu.cfs_period_us`, else v2 `cpu.max`):
+    /// emulates a burstable instance at its baseline — 20 is one t3 vCPU once its credits
+    /// are spent, a whole t3.small (2 vCPUs at 20 % each) is 40. From 0.1 to 100 × the
+    /// number of --server-cpus. Only `compare` applies it, as it starts the servers; the
+    /// standalone scenarios measure a server already running (--server-pid) as it is.
+    #[arg(long, value_parser = parse_quota_percent)]
+    server_cpu_quota_percent: Option<f64>,
     /// Server processes per target, on consecutive ports, all in the target's one cgroup and
     /// CPU set (one instance whose processes sit behind a local load balancer); users go to
     /// the process of their room (room r → process r mod N).
@@ -111,13 +120,55 @@ pub struct CompareArgs {
     html: Option<PathBuf>,
 }
 
+/// The lower bound of `--server-cpu-quota-percent`: the kernel's smallest quota, 1 ms, per
+/// the longest period the bench uses, 1 s.
+const QUOTA_PERCENT_MIN: f64 = 0.1;
+
+fn parse_quota_percent(text: &str) -> Result<f64, String> {
+    let p: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number (percent of one CPU)"))?;
+    if !p.is_finite() || p < QUOTA_PERCENT_MIN {
+        return Err(format!(
+            "{text} is out of range: at least {QUOTA_PERCENT_MIN} (percent of one CPU; \
+             the kernel's smallest quota is 1 ms per period)"
+        ));
+    }
+    Ok(p)
+}
+
+/// `(quota, period)` in µs for `percent` of one CPU: a 100 ms period (cgroup v1's default),
+/// or 1 s when the quota would fall under the kernel's 1 ms minimum (below 1 %).
+pub fn cpu_quota_us(percent: f64) -> (u64, u64) {
+    let period = if percent < 1.0 { 1_000_000 } else { 100_000 };
+    let quota = (percent / 100.0 * period as f64).round() as u64;
+    (quota.max(1000), period)
+}
+
 impl CompareArgs {
-    /// What clap's attributes cannot say: target `sokdo-base` needs its binary.
+    /// What clap's attributes cannot say: the CPU quota is bounded by the server's CPUs, and
+    /// target `sokdo-base` needs its binary.
     pub fn check(&self) -> Result<(), clap::Error> {
+        let mut cmd = CompareArgs::augment_args(clap::Command::new("sokdo-bench compare"));
+        if let Some(p) = self.server_cpu_quota_percent {
+            let cpus = self.server_cpus.cpus().len();
+            let max = 100.0 * cpus as f64;
+            if p > max {
+                return Err(cmd.error(
+                    ErrorKind::ValueValidation,
+                    format!(
+                        "invalid value '{p}' for '--server-cpu-quota-percent \
+                         <SERVER_CPU_QUOTA_PERCENT>': more than the {cpus} CPU(s) of \
+                         --server-cpus {} can give (at most {max})",
+                        self.server_cpus
+                    ),
+                ));
+            }
+        }
         if !self.targets.contains(&TargetKind::SokdoBase) {
             return Ok(());
         }
-        let mut cmd = CompareArgs::augment_args(clap::Command::new("sokdo-bench compare"));
         match &self.sokdo_base_bin {
             None => Err(cmd.error(
                 ErrorKind::MissingRequiredArgument,
@@ -144,6 +195,10 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             "warning: could not pin the bench to CPUs {}: {e}",
             args.bench_cpus
         );
+    }
+    if let Some(p) = args.server_cpu_quota_percent {
+        let (quota, period) = cpu_quota_us(p);
+        eprintln!("server CPU quota: {p}% of one CPU ({quota} µs per {period} µs) per target");
     }
     let mut runs = Vec::new();
     let mut limit_applied = None;
@@ -176,6 +231,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         server_cpus: Some(args.server_cpus.to_string()),
         server_memory_limit_bytes: limit_applied,
         server_processes: Some(args.server_processes.max(1)),
+        server_cpu_quota_percent: args.server_cpu_quota_percent,
         ..Host::default()
     };
     let mut report = output::new_report("compare", runs, host);
@@ -239,6 +295,7 @@ fn parse_flags<T: Args>(
     ];
     let pids: Vec<String> = server.pids().iter().map(|p| p.to_string()).collect();
     argv.extend(["--server-pid".into(), pids.join(",")]);
+    argv.extend(["--server-cpus".into(), server.cpus.to_string()]);
     argv.extend(extra.split_whitespace().map(String::from));
     Ok(Flags::<T>::try_parse_from(argv)
         .with_context(|| format!("--{scenario}-args {extra:?}"))?
@@ -294,7 +351,12 @@ struct Server {
     bin: String,
     children: Vec<Child>,
     addrs: Vec<SocketAddr>,
+    cpus: CpuList,
+    /// The memory cgroup (its figures are read at the end).
     cgroup: Option<PathBuf>,
+    /// Every cgroup the processes enter (memory, and CPU when quota'd: one directory on v2,
+    /// two on v1), removed at the end.
+    cgroups: Vec<PathBuf>,
     memory_limit_bytes: Option<u64>,
     _data_dirs: Vec<TempDir>,
 }
@@ -310,10 +372,40 @@ impl Server {
             bin: String::new(),
             children: Vec::new(),
             addrs: Vec::new(),
+            cpus: args.server_cpus.clone(),
             memory_limit_bytes: cgroup.as_ref().map(|(_, l)| *l),
+            cgroups: cgroup.iter().map(|(d, _)| d.clone()).collect(),
             cgroup: cgroup.map(|(d, _)| d),
             _data_dirs: Vec::new(),
         };
+        // Asked for, a quota is part of what is measured: no cgroup for it, no run.
+        if let Some(percent) = args.server_cpu_quota_percent {
+            match make_cpu_cgroup(name(target), percent, server.cgroup.as_deref()) {
+                Ok(dir) if server.cgroups.contains(&dir) => {}
+                Ok(dir) => server.cgroups.push(dir),
+                Err(e) => {
+                    server.stop();
+                    return Err(e.context("--server-cpu-quota-percent"));
+                }
+            }
+        }
+        if let Err(e) = server.start_processes(args, target, port, processes) {
+            server.stop();
+            return Err(e);
+        }
+        Ok(server)
+    }
+
+    /// Starts `processes` server processes on consecutive ports from `port`, each entering
+    /// the target's cgroups and CPUs before it runs, and waits until all answer.
+    fn start_processes(
+        &mut self,
+        args: &CompareArgs,
+        target: TargetKind,
+        port: u16,
+        processes: u64,
+    ) -> anyhow::Result<()> {
+        let server = self;
         for i in 0..processes {
             let addr: SocketAddr = format!("127.0.0.1:{}", port + i as u16).parse()?;
             let (program, data_dir) = program(args, target, addr)?;
@@ -326,10 +418,11 @@ impl Server {
             );
             // `sh` puts itself in the cgroup, then becomes taskset, which becomes the server:
             // one pid throughout, limited and pinned from its first allocation.
-            let enter = match &server.cgroup {
-                Some(dir) => format!("echo $$ > '{}/cgroup.procs' && ", dir.display()),
-                None => String::new(),
-            };
+            let enter: String = server
+                .cgroups
+                .iter()
+                .map(|dir| format!("echo $$ > '{}/cgroup.procs' && ", dir.display()))
+                .collect();
             let script = format!("{enter}exec taskset -c {} \"$@\"", args.server_cpus);
             let mut command = Command::new("sh");
             // sokdo reports a task that holds a shard past its slice (glommio's stall
@@ -352,8 +445,7 @@ impl Server {
             server.addrs.push(addr);
             server._data_dirs.extend(data_dir);
         }
-        server.wait_ready(Duration::from_secs(30))?;
-        Ok(server)
+        server.wait_ready(Duration::from_secs(30))
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -411,7 +503,7 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(dir) = &self.cgroup {
+        for dir in &self.cgroups {
             let _ = std::fs::remove_dir(dir);
         }
     }
@@ -514,6 +606,45 @@ fn make_cgroup(target: &str, limit: u64) -> anyhow::Result<(PathBuf, u64)> {
     std::fs::write(dir.join(file), limit.to_string())
         .with_context(|| format!("writing {}/{file}", dir.display()))?;
     Ok((dir, limit))
+}
+
+/// A CPU cgroup holding the server to `percent` of one CPU: v1's cpu controller when mounted
+/// (a directory of its own), else v2's `cpu.max` in `memory_dir` when that is a v2 directory
+/// (one cgroup for both), or in a new v2 directory. Returns the directory.
+fn make_cpu_cgroup(
+    target: &str,
+    percent: f64,
+    memory_dir: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    let (quota, period) = cpu_quota_us(percent);
+    let write = |dir: &Path, file: &str, value: String| -> anyhow::Result<()> {
+        std::fs::write(dir.join(file), &value)
+            .with_context(|| format!("writing {value:?} to {}/{file}", dir.display()))
+    };
+    let leaf = format!("sokdo-bench-{target}-{}", std::process::id());
+    let v1 = Path::new("/sys/fs/cgroup/cpu");
+    if v1.join("cpu.cfs_quota_us").exists() {
+        let dir = v1.join(leaf);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The period first: a quota is checked against the period in force.
+        write(&dir, "cpu.cfs_period_us", period.to_string())?;
+        write(&dir, "cpu.cfs_quota_us", quota.to_string())?;
+        return Ok(dir);
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    anyhow::ensure!(
+        root.join("cgroup.controllers").exists(),
+        "neither cgroup v1's cpu controller (/sys/fs/cgroup/cpu) nor cgroup v2 is mounted"
+    );
+    // The children of the root get a cpu.max only when the root delegates the controller.
+    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
+    let dir = match memory_dir {
+        Some(d) if d.parent() == Some(root) => d.to_path_buf(),
+        _ => root.join(leaf),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write(&dir, "cpu.max", format!("{quota} {period}"))?;
+    Ok(dir)
 }
 
 /// A directory removed on drop.
@@ -625,5 +756,38 @@ fn print_comparison(c: &Comparison) {
             row.metric,
             cells.join("  ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cpu_quota_us, parse_quota_percent};
+
+    #[test]
+    fn quota_percent_is_of_one_cpu_per_period() {
+        assert_eq!(cpu_quota_us(20.0), (20_000, 100_000));
+        assert_eq!(cpu_quota_us(40.0), (40_000, 100_000));
+        assert_eq!(cpu_quota_us(150.0), (150_000, 100_000));
+        assert_eq!(cpu_quota_us(1.0), (1_000, 100_000));
+        // Under 1 %, a 1 s period keeps the quota at or above the kernel's 1 ms.
+        assert_eq!(cpu_quota_us(0.5), (5_000, 1_000_000));
+        assert_eq!(cpu_quota_us(0.1), (1_000, 1_000_000));
+    }
+
+    #[test]
+    fn quota_percent_refuses_what_the_kernel_cannot_do() {
+        assert_eq!(parse_quota_percent("20"), Ok(20.0));
+        assert!(parse_quota_percent("0")
+            .unwrap_err()
+            .contains("at least 0.1"));
+        assert!(parse_quota_percent("-5")
+            .unwrap_err()
+            .contains("at least 0.1"));
+        assert!(parse_quota_percent("NaN")
+            .unwrap_err()
+            .contains("at least 0.1"));
+        assert!(parse_quota_percent("x")
+            .unwrap_err()
+            .contains("not a number"));
     }
 }

@@ -327,6 +327,7 @@ impl View {
             errors: self.errors_total(),
             bench_cpu_percent: self.cpu_percent,
             server_rss_bytes,
+            server_cpu_percent: None,
         }
     }
 }

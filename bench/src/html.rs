@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
-use crate::report::{Comparison, Report, Run};
+use crate::report::{Comparison, Report, Run, Sample};
 
 const PALETTE: [RGBColor; 6] = [
     RGBColor(0xd6, 0x3a, 0x2f),
@@ -31,7 +31,7 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
          {{text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:12px}}.pass{{color:#187a18}}\
          .fail{{color:#b00;font-weight:bold}}.warn{{color:#a60}}</style></head><body>\
          <h1>sokdo-bench — {cmd}</h1><p>{cpus} CPUs; server CPUs {scpu}; bench CPUs {bcpu}; \
-         server memory limit {mem}{procs}.</p>",
+         server memory limit {mem}{procs}{quota}.</p>",
         cmd = report.command,
         cpus = report.host.cpus,
         scpu = report.host.server_cpus.as_deref().unwrap_or("unpinned"),
@@ -46,6 +46,13 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
             ),
             _ => String::new(),
         },
+        quota = report
+            .host
+            .server_cpu_quota_percent
+            .map_or(String::new(), |p| format!(
+                "; server CPU quota {p}% of one CPU per target (cgroup; the kernel's softirq \
+                 work for loopback TCP is not charged to it)"
+            )),
     );
     if let Some(c) = &report.comparison {
         comparison_section(&mut h, c)?;
@@ -173,6 +180,9 @@ fn run_notes(h: &mut String, runs: &[&Run]) {
                 c.target
             );
         }
+        if let Some(line) = r.server_cpu_line() {
+            let _ = write!(h, "<p>{}: {}</p>", r.target, html_escape(line.trim()));
+        }
         if !r.summary.errors.is_empty() {
             let _ = write!(
                 h,
@@ -184,7 +194,7 @@ fn run_notes(h: &mut String, runs: &[&Run]) {
     }
 }
 
-/// Users, deliveries/s, latency, sends/s and (when measured) server RSS over time.
+/// Users, deliveries/s, latency, sends/s and (when measured) server RSS and CPU over time.
 fn scenario_plots(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Result<()> {
     let series = |f: fn(&crate::report::Sample) -> f64| -> Vec<Series> {
         runs.iter()
@@ -213,30 +223,35 @@ fn scenario_plots(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Resu
         "sends/s",
         &series(|s| s.sends_per_s),
     )?);
-    if runs
-        .iter()
-        .any(|r| r.timeline.iter().any(|s| s.server_rss_bytes.is_some()))
-    {
-        let rss: Vec<Series> = runs
-            .iter()
-            .map(|r| {
-                (
-                    r.target.clone(),
-                    r.timeline
-                        .iter()
-                        .filter_map(|s| Some((s.t_s, s.server_rss_bytes? as f64 / 1048576.0)))
-                        .collect(),
-                )
-            })
-            .collect();
+    let rss = |s: &Sample| Some(s.server_rss_bytes? as f64 / 1048576.0);
+    if let Some(rss) = optional_series(runs, rss) {
         h.push_str(&line_chart(
             &format!("{scenario}: server RSS, all processes (MiB)"),
             "MiB",
             &rss,
         )?);
     }
+    if let Some(cpu) = optional_series(runs, |s| s.server_cpu_percent) {
+        h.push_str(&line_chart(
+            &format!("{scenario}: server CPU, all processes (% of one CPU)"),
+            "%",
+            &cpu,
+        )?);
+    }
     h.push_str("</div>");
     Ok(())
+}
+
+/// Per run, the ticks where `f` has a value; `None` when no run has one (not measured).
+fn optional_series(runs: &[&Run], f: fn(&Sample) -> Option<f64>) -> Option<Vec<Series>> {
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|r| {
+            let points = r.timeline.iter().filter_map(|s| Some((s.t_s, f(s)?)));
+            (r.target.clone(), points.collect())
+        })
+        .collect();
+    series.iter().any(|(_, p)| !p.is_empty()).then_some(series)
 }
 
 /// One run: its p50, p90 and p99 over time; several: each one's p99.

@@ -6,7 +6,8 @@
 //! - `main.rs` (this file) parses the command; `output.rs` prints the runs and writes the
 //!   reports.
 //! - `scenario.rs` / `steady.rs` drive a scenario one tick (1 s) at a time; `compare.rs` runs
-//!   scenarios against each target with the server pinned and memory-limited.
+//!   scenarios against each target with the server pinned, memory-limited and, when asked,
+//!   held to a CPU quota.
 //! - `fleet.rs` starts worker processes (this binary, `worker`), sends them commands and
 //!   merges their stats and hdrhistograms.
 //! - `worker.rs` holds the connections: a single-threaded runtime per process, ≤ 18,000
@@ -14,8 +15,9 @@
 //! - `wire.rs` is WebSocket framing with a frame *scanner* that counts frames by their
 //!   headers; `proto.rs` tells sokdo's and Socket.IO's frames apart from a few bytes.
 //! - `report.rs` is the JSON report, `html.rs` the HTML report with SVG plots.
-//! - `kernel.rs` reads (and where it may, raises) the host's limits, its CPUs and a
-//!   process's RSS; `clock.rs` is the one clock. Both are leaves, like `proto.rs`, `wire.rs`
+//! - `kernel.rs` reads (and where it may, raises) the host's limits, its CPUs, a process's
+//!   RSS, CPU time and CPU cgroup, the CPUs' busy time and the kernel's TCP memory;
+//!   `clock.rs` is the one clock. Both are leaves, like `proto.rs`, `wire.rs`
 //!   and `report.rs`: the modules form a DAG, from these up to `compare.rs` and this file.
 
 mod clock;
@@ -95,7 +97,13 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Idle(a) => ("idle", vec![scenario::idle(&a)?], a.common),
     };
-    let report = new_report(command, runs, Host::default());
+    // What the scenario knew of the server: its CPUs and how many processes it has.
+    let host = Host {
+        server_cpus: common.server_cpus.as_ref().map(|c| c.to_string()),
+        server_processes: (!common.server_pid.is_empty()).then_some(common.server_pid.len() as u64),
+        ..Host::default()
+    };
+    let report = new_report(command, runs, host);
     print_runs(&report.runs);
     write_reports(&report, common.json.as_deref(), common.html.as_deref())?;
     let failed = report.runs.iter().any(|r| r.passed == Some(false));

@@ -69,20 +69,7 @@ pub fn print_runs(runs: &[Run]) {
         if !s.errors.is_empty() {
             println!("   errors: {:?}", s.errors);
         }
-        if let Some(rss) = s.server_rss_after_bytes {
-            println!(
-                "   server RSS (all processes): {:.1} MiB{}",
-                rss as f64 / 1048576.0,
-                s.server_cgroup_memory_peak_bytes
-                    .map_or(String::new(), |p| format!(
-                        "  cgroup peak {:.1} MiB",
-                        p as f64 / 1048576.0
-                    ))
-            );
-        }
-        if let Some(n) = s.server_oom_kills.filter(|n| *n > 0) {
-            println!("   server processes OOM-killed: {n}");
-        }
+        print_server(r);
         println!(
             "   stop: {}{}  generator: {} workers, {:.0}% cpu (busiest {:.0}%), {:.0} MiB",
             s.stop_reason,
@@ -99,5 +86,34 @@ pub fn print_runs(runs: &[Run]) {
                 c.name, c.measured, c.target
             );
         }
+    }
+}
+
+/// The server's side of a run, when measured: memory, CPU, the kernel's TCP memory.
+fn print_server(r: &Run) {
+    let s = &r.summary;
+    if let Some(rss) = s.server_rss_after_bytes {
+        println!(
+            "   server RSS (all processes): {:.1} MiB{}",
+            rss as f64 / 1048576.0,
+            s.server_cgroup_memory_peak_bytes
+                .map_or(String::new(), |p| format!(
+                    "  cgroup peak {:.1} MiB",
+                    p as f64 / 1048576.0
+                ))
+        );
+    }
+    if let Some(line) = r.server_cpu_line() {
+        println!("{line}");
+    }
+    if let (Some(b), Some(a)) = (s.kernel_tcp_mem_before_bytes, s.kernel_tcp_mem_after_bytes) {
+        println!(
+            "   kernel TCP memory: {:.1} MiB before, {:.1} MiB at the end (both ends on loopback)",
+            b as f64 / 1048576.0,
+            a as f64 / 1048576.0
+        );
+    }
+    if let Some(n) = s.server_oom_kills.filter(|n| *n > 0) {
+        println!("   server processes OOM-killed: {n}");
     }
 }

@@ -27,6 +27,10 @@ pub struct Host {
     /// `compare`: processes per target, sharing its CPUs and memory limit.
     #[serde(default)]
     pub server_processes: Option<u64>,
+    /// `compare --server-cpu-quota-percent`: the CPU quota of each target's cgroup, in % of
+    /// one CPU (all of a target's processes together).
+    #[serde(default)]
+    pub server_cpu_quota_percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -53,6 +57,32 @@ pub struct Run {
     /// `steady` only: the seed's targets, each with the measured value and a verdict.
     pub checks: Vec<Check>,
     pub passed: Option<bool>,
+}
+
+impl Run {
+    /// "server CPU: 12.30 s (41% of one CPU over 30 s); server CPUs busy 14.00 s …; cgroup
+    /// cpu quota 20000 100000 …": what the server used over the run, when its pids were known.
+    pub fn server_cpu_line(&self) -> Option<String> {
+        let r = self;
+        let s = &r.summary;
+        let cpu_s = s.server_cpu_s?;
+        let mut line = format!(
+            "   server CPU: {cpu_s:.2} s ({:.0}% of one CPU over {:.0} s)",
+            cpu_s / r.duration_s.max(1e-3) * 100.0,
+            r.duration_s
+        );
+        if let Some(busy) = s.server_cpus_busy_s {
+            line.push_str(&format!(
+                "; server CPUs busy {busy:.2} s (softirq included)"
+            ));
+        }
+        if let Some(max) = &s.server_cgroup_cpu_max {
+            if !max.starts_with("max") {
+                line.push_str(&format!("; cgroup cpu quota {max} (µs per period)"));
+            }
+        }
+        Some(line)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -89,6 +119,33 @@ pub struct Summary {
     pub server_cgroup_memory_peak_bytes: Option<u64>,
     #[serde(default)]
     pub server_oom_kills: Option<u64>,
+    /// User + system CPU seconds of the server's processes (and their children) from the
+    /// scenario's start, before the first connect, to its end (`--server-pid`).
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
+    /// Busy seconds (all but idle and iowait, softirq included) of `--server-cpus` over the
+    /// same window: also the kernel's TCP work on those CPUs, not always charged to the pids.
+    #[serde(default)]
+    pub server_cpus_busy_s: Option<f64>,
+    /// `/proc/net/sockstat` TCP `mem` (pages × page size) at the scenario's start and at its
+    /// end with its connections still open; on loopback both ends' sockets.
+    #[serde(default)]
+    pub kernel_tcp_mem_before_bytes: Option<u64>,
+    #[serde(default)]
+    pub kernel_tcp_mem_after_bytes: Option<u64>,
+    /// The CPU cgroup the (first) server process was in at the scenario's end, and the quota
+    /// read there from the live files, as `cpu.max` writes it: "QUOTA PERIOD" (µs) or
+    /// "max PERIOD".
+    #[serde(default)]
+    pub server_cgroup_cpu: Option<String>,
+    #[serde(default)]
+    pub server_cgroup_cpu_max: Option<String>,
+    /// Rooms with a member and the most members of one room, at users held (from the
+    /// scenario's room rule).
+    #[serde(default)]
+    pub rooms: Option<u64>,
+    #[serde(default)]
+    pub room_members_max: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -148,6 +205,9 @@ pub struct Sample {
     pub errors: u64,
     pub bench_cpu_percent: f64,
     pub server_rss_bytes: Option<u64>,
+    /// The server's processes' CPU over the tick, in % of one CPU (`--server-pid`).
+    #[serde(default)]
+    pub server_cpu_percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -167,6 +227,12 @@ pub struct Step {
     /// Σ VmRSS of the target's processes at the end of the step (`--server-pid`).
     #[serde(default)]
     pub server_rss_bytes: Option<u64>,
+    /// The server's CPU seconds during the step, and its CPUs' busy seconds (as in
+    /// [`Summary`]).
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
+    #[serde(default)]
+    pub server_cpus_busy_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -194,4 +260,48 @@ pub struct ComparisonRow {
     pub values: BTreeMap<String, f64>,
     /// target → value ÷ baseline's value
     pub ratios: BTreeMap<String, f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Report, Run, Sample};
+
+    /// A report written before the server-CPU fields existed still parses: every field added
+    /// to schema 1 since is optional.
+    #[test]
+    fn reports_without_the_newer_fields_still_parse() {
+        let report = Report {
+            schema: 1,
+            runs: vec![Run {
+                timeline: vec![Sample::default()],
+                ..Run::default()
+            }],
+            ..Report::default()
+        };
+        let mut v = serde_json::to_value(&report).unwrap();
+        let newer = [
+            ("host", "server_cpu_quota_percent"),
+            ("summary", "server_cpu_s"),
+            ("summary", "server_cpus_busy_s"),
+            ("summary", "kernel_tcp_mem_before_bytes"),
+            ("summary", "kernel_tcp_mem_after_bytes"),
+            ("summary", "server_cgroup_cpu"),
+            ("summary", "server_cgroup_cpu_max"),
+            ("summary", "rooms"),
+            ("summary", "room_members_max"),
+        ];
+        for (at, key) in newer {
+            let obj = match at {
+                "host" => &mut v["host"],
+                _ => &mut v["runs"][0][at],
+            };
+            assert!(obj.as_object_mut().unwrap().remove(key).is_some(), "{key}");
+        }
+        let sample = v["runs"][0]["timeline"][0].as_object_mut().unwrap();
+        assert!(sample.remove("server_cpu_percent").is_some());
+        let old: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(old.host.server_cpu_quota_percent, None);
+        assert_eq!(old.runs[0].summary.server_cpu_s, None);
+        assert_eq!(old.runs[0].timeline[0].server_cpu_percent, None);
+    }
 }

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::clock;
 use crate::fleet::{Fleet, FleetConfig, Target, View};
-use crate::kernel::servers_rss;
+use crate::kernel::{self, servers_rss, CpuList};
 use crate::proto::Protocol;
 use crate::report::{Generator, Latency, Run, Sample, Step, Summary};
 use crate::worker::{Command, Rooms};
@@ -39,6 +39,11 @@ pub struct Common {
     /// comma-separated list for several processes (their RSS is summed).
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
+    /// The CPUs the server runs on (taskset list: "0", "0-3"), to report their busy time
+    /// (`server_cpus_busy_s`: with the kernel's softirq TCP work, not always charged to the
+    /// server's pids). `compare` passes its own.
+    #[arg(long)]
+    pub server_cpus: Option<CpuList>,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -89,10 +94,64 @@ struct Session {
     cpu_busiest: Vec<f64>,
     bench_rss_max: u64,
     started: Instant,
+    rooms: Rooms,
+    /// The server's CPU at the scenario's start (before the first connect) and at the last
+    /// tick.
+    cpu_start: CpuMark,
+    cpu_prev: CpuMark,
+    rss_before: Option<u64>,
+    tcp_mem_before_bytes: Option<u64>,
+}
+
+/// The CPU time the server (its pids, and its CPUs when known) had used at one moment.
+#[derive(Clone, Copy, Debug)]
+struct CpuMark {
+    at: Instant,
+    server_cpu_s: Option<f64>,
+    cpus_busy_s: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(common: &Common) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            server_cpu_s: kernel::processes_cpu_s(&common.server_pid),
+            cpus_busy_s: common.server_cpus.as_ref().and_then(kernel::cpus_busy_s),
+        }
+    }
+
+    /// The server's CPU seconds between `earlier` and this mark, and its CPUs' busy seconds.
+    fn since(&self, earlier: &CpuMark) -> (Option<f64>, Option<f64>) {
+        let diff = |a: Option<f64>, b: Option<f64>| Some((a? - b?).max(0.0));
+        (
+            diff(self.server_cpu_s, earlier.server_cpu_s),
+            diff(self.cpus_busy_s, earlier.cpus_busy_s),
+        )
+    }
+}
+
+/// Rooms with a member and the most members of one room, for `users` users (`0..users`).
+fn room_shape(rooms: Rooms, users: u64) -> (u64, u64) {
+    if users == 0 {
+        return (0, 0);
+    }
+    match rooms {
+        Rooms::Modulo(n) => {
+            let n = n.max(1);
+            (n.min(users), users.div_ceil(n))
+        }
+        Rooms::Blocks(size) => {
+            let size = size.max(1);
+            (users.div_ceil(size), size.min(users))
+        }
+    }
 }
 
 impl Session {
     fn start(common: &Common, users_max: u64, rooms: Rooms) -> anyhow::Result<Session> {
+        let cpu_start = CpuMark::now(common);
+        let rss_before = servers_rss(&common.server_pid);
+        let tcp_mem_before_bytes = kernel::tcp_mem_bytes();
         let cfg = FleetConfig {
             users_max,
             workers_min: common.workers,
@@ -129,13 +188,25 @@ impl Session {
             cpu_busiest: Vec::new(),
             bench_rss_max: 0,
             started: Instant::now(),
+            rooms,
+            cpu_start,
+            cpu_prev: cpu_start,
+            rss_before,
+            tcp_mem_before_bytes,
         })
     }
 
     fn tick(&mut self) -> View {
         let view = self.fleet.tick(Duration::from_secs(3));
         let rss = servers_rss(&self.common.server_pid);
-        let sample = view.sample(self.prev.as_ref(), rss);
+        let mut sample = view.sample(self.prev.as_ref(), rss);
+        let cpu = CpuMark::now(&self.common);
+        let tick_s = cpu.at.duration_since(self.cpu_prev.at).as_secs_f64();
+        sample.server_cpu_percent = cpu
+            .since(&self.cpu_prev)
+            .0
+            .map(|s| s / tick_s.max(1e-3) * 100.0);
+        self.cpu_prev = cpu;
         self.bar.set_position(view.totals.connected);
         self.bar.set_message(format!(
             "sent {}  recv {} ({:.0}/s)  p99 {:.1} ms  fail {}  errors {}  bench cpu {:.0}%",
@@ -200,7 +271,37 @@ impl Session {
         }
     }
 
+    /// The server's side of the window, read while its connections are still open: CPU
+    /// since the start, RSS before/after (where the scenario did not measure its own), the
+    /// kernel's TCP memory, the CPU cgroup the server is in and its quota, the rooms' shape.
+    fn server_figures(&self, summary: &mut Summary) {
+        let (cpu_s, busy_s) = CpuMark::now(&self.common).since(&self.cpu_start);
+        summary.server_cpu_s = cpu_s;
+        summary.server_cpus_busy_s = busy_s;
+        if summary.server_rss_before_bytes.is_none() {
+            summary.server_rss_before_bytes = self.rss_before;
+        }
+        if summary.server_rss_after_bytes.is_none() {
+            summary.server_rss_after_bytes = servers_rss(&self.common.server_pid);
+        }
+        summary.kernel_tcp_mem_before_bytes = self.tcp_mem_before_bytes;
+        summary.kernel_tcp_mem_after_bytes = kernel::tcp_mem_bytes();
+        if let Some((dir, max)) = self
+            .common
+            .server_pid
+            .first()
+            .and_then(|p| kernel::cgroup_cpu_of(*p))
+        {
+            summary.server_cgroup_cpu = Some(dir);
+            summary.server_cgroup_cpu_max = Some(max);
+        }
+        let (rooms, members) = room_shape(self.rooms, summary.users_held);
+        summary.rooms = Some(rooms);
+        summary.room_members_max = Some(members);
+    }
+
     fn finish(self, scenario: &str, config: serde_json::Value, mut summary: Summary) -> Run {
+        self.server_figures(&mut summary);
         let Session {
             common,
             fleet,
@@ -502,6 +603,7 @@ fn ramp_step(
     users_target: u64,
     prev_end: Option<&View>,
 ) -> anyhow::Result<(View, Step)> {
+    let cpu_begin = CpuMark::now(&s.common);
     s.fleet.send(&Command::Connect {
         users_end: users_target,
     });
@@ -519,6 +621,7 @@ fn ramp_step(
     let _ = step_latency.subtract(&total_before);
     let mut record = step_record(step, &view, prev_end, users_target, &step_latency);
     record.server_rss_bytes = servers_rss(&args.common.server_pid);
+    (record.server_cpu_s, record.server_cpus_busy_s) = CpuMark::now(&s.common).since(&cpu_begin);
     Ok((view, record))
 }
 
@@ -594,6 +697,8 @@ fn step_record(
         errors,
         healthy: true,
         server_rss_bytes: None,
+        server_cpu_s: None,
+        server_cpus_busy_s: None,
     }
 }
 
@@ -649,4 +754,21 @@ pub fn idle(args: &IdleArgs) -> anyhow::Result<Run> {
         }
     }
     Ok(s.finish("idle", config, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{room_shape, Rooms};
+
+    #[test]
+    fn room_shape_follows_the_room_rule() {
+        // fanout: user u in room u mod n.
+        assert_eq!(room_shape(Rooms::Modulo(2), 100), (2, 50));
+        assert_eq!(room_shape(Rooms::Modulo(3), 100), (3, 34));
+        assert_eq!(room_shape(Rooms::Modulo(10), 4), (4, 1));
+        // ramp, idle: rooms fill in blocks of the room size.
+        assert_eq!(room_shape(Rooms::Blocks(50), 120), (3, 50));
+        assert_eq!(room_shape(Rooms::Blocks(50), 20), (1, 20));
+        assert_eq!(room_shape(Rooms::Blocks(50), 0), (0, 0));
+    }
 }

@@ -273,6 +273,72 @@ fn fanout_delivers_every_acked_message_to_every_member() {
     assert!(!timeline.is_empty());
 }
 
+/// A fanout with the server's pid and CPUs given: the report has the server's CPU seconds
+/// and its CPUs' busy seconds over the run, its CPU per tick, its RSS before and after, the
+/// kernel's TCP memory, and the rooms' shape — what a capacity model is fitted from.
+#[test]
+fn fanout_reports_server_cpu_and_what_a_capacity_model_needs() {
+    let server = Server::start();
+    let addr = server.addr.to_string();
+    let (online, _) = cpus_online();
+    let report = run_bench(
+        &[
+            "fanout",
+            "--server",
+            &addr,
+            "--server-pid",
+            &server.pid(),
+            // The test's server is not pinned: all CPUs are the server's CPUs.
+            "--server-cpus",
+            &online,
+            "--users",
+            "60",
+            "--rooms",
+            "3",
+            "--publishers",
+            "3",
+            "--rate",
+            "60",
+            "--duration-s",
+            "2",
+            "--drain-s",
+            "10",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(report["host"]["server_processes"], 1, "{}", report["host"]);
+    assert_eq!(report["host"]["server_cpus"], online.as_str());
+    let s = &report["runs"][0]["summary"];
+    assert_eq!(u(&s["connect_ok"]), 60, "{s}");
+    assert_eq!(u(&s["received"]), u(&s["acked"]) * 20, "{s}");
+    let positive = |k: &str| s[k].as_f64().is_some_and(|v| v > 0.0);
+    for k in [
+        "server_cpu_s",
+        "server_cpus_busy_s",
+        "server_rss_before_bytes",
+        "server_rss_after_bytes",
+        "kernel_tcp_mem_before_bytes",
+        "kernel_tcp_mem_after_bytes",
+    ] {
+        assert!(positive(k), "{k} missing or not > 0: {s}");
+    }
+    // The CPUs' busy time holds the server's own (and everything else on them).
+    let (cpu_s, busy_s) = (s["server_cpu_s"].as_f64(), s["server_cpus_busy_s"].as_f64());
+    assert!(busy_s.unwrap() >= cpu_s.unwrap() * 0.5, "{s}");
+    assert_eq!(u(&s["rooms"]), 3, "{s}");
+    assert_eq!(u(&s["room_members_max"]), 20, "{s}");
+    let timeline = report["runs"][0]["timeline"].as_array().unwrap();
+    assert!(
+        timeline
+            .iter()
+            .all(|t| t["server_cpu_percent"].as_f64().is_some_and(|p| p >= 0.0)),
+        "every tick has the server's CPU: {timeline:?}"
+    );
+    assert!(timeline
+        .iter()
+        .any(|t| t["server_cpu_percent"].as_f64().unwrap() > 0.0));
+}
+
 #[test]
 fn steady_ktb_reports_checks_against_the_seed_target() {
     let server = Server::start();
@@ -311,6 +377,8 @@ fn ramp_holds_every_step_and_reports_it() {
             "ramp",
             "--server",
             &addr,
+            "--server-pid",
+            &server.pid(),
             "--start-users",
             "20",
             "--step-users",
@@ -336,6 +404,23 @@ fn ramp_holds_every_step_and_reports_it() {
     assert_eq!(connected, vec![20, 40, 60]);
     assert!(steps.iter().all(|st| st["healthy"] == true));
     assert!(u(&s["sent"]) > 0 && u(&s["received"]) > 0, "{s}");
+    // Rooms of 10 filled in arrival order: 6 of them at 60 users.
+    assert_eq!((u(&s["rooms"]), u(&s["room_members_max"])), (6, 10), "{s}");
+    // The server's CPU per step (each step connected users: never zero), within the run's.
+    let step_cpu: Vec<f64> = steps
+        .iter()
+        .map(|st| {
+            st["server_cpu_s"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{st}"))
+        })
+        .collect();
+    assert!(step_cpu.iter().all(|c| *c > 0.0), "{step_cpu:?}");
+    let run_cpu = s["server_cpu_s"].as_f64().unwrap();
+    assert!(
+        step_cpu.iter().sum::<f64>() <= run_cpu + 1e-9,
+        "{step_cpu:?} vs {s}"
+    );
 }
 
 /// Σ of a counter over a sokdo process's shards, from its `/metrics`.
@@ -783,6 +868,91 @@ fn assert_ratios_to_sokdo(c: &Value) {
         let ratio = r["ratios"]["sokdo-base"].as_f64().unwrap();
         assert!((ratio - other / base).abs() < 1e-9, "{r}");
     }
+}
+
+/// `compare --server-cpu-quota-percent 20`: the report records the quota, and — read from
+/// the server's own `/proc/PID/cgroup` and its cgroup's live files at the end of its run —
+/// the server ran in a CPU cgroup of 20 ms per 100 ms; the bench removed that cgroup after.
+#[test]
+fn compare_holds_the_server_to_its_cpu_quota() {
+    let (online, first) = cpus_online();
+    let report = run_bench(
+        &[
+            "compare",
+            "--targets",
+            "sokdo",
+            "--sokdo-bin",
+            sokdo_bin().to_str().unwrap(),
+            "--scenarios",
+            "fanout",
+            "--fanout-args",
+            "--users 20 --rooms 2 --publishers 2 --rate 20 --duration-s 2 --drain-s 10",
+            "--server-cpu-quota-percent",
+            "20",
+            "--server-cpus",
+            &first,
+            "--bench-cpus",
+            &online,
+            "--port",
+            "19460",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        report["host"]["server_cpu_quota_percent"].as_f64(),
+        Some(20.0),
+        "{}",
+        report["host"]
+    );
+    let s = &report["runs"][0]["summary"];
+    assert_eq!(s["unreachable"], false, "{s}");
+    assert_eq!(u(&s["connect_ok"]), 20, "{s}");
+    assert_eq!(u(&s["received"]), u(&s["acked"]) * 10, "{s}");
+    let cgroup = s["server_cgroup_cpu"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        cgroup.contains("sokdo-bench-sokdo-"),
+        "the server was in the bench's cgroup: {s}"
+    );
+    assert_eq!(s["server_cgroup_cpu_max"], "20000 100000", "{s}");
+    assert!(s["server_cpu_s"].as_f64().is_some_and(|v| v > 0.0), "{s}");
+    assert!(
+        s["server_cpus_busy_s"].as_f64().is_some_and(|v| v > 0.0),
+        "{s}"
+    );
+    assert!(
+        !std::path::Path::new(cgroup).exists(),
+        "{cgroup} removed after the run"
+    );
+}
+
+#[test]
+fn compare_refuses_a_cpu_quota_out_of_range() {
+    let stderr = refused(
+        &mut bench(&["compare", "--server-cpu-quota-percent", "0"]),
+        2,
+    );
+    assert!(
+        stderr.contains("'--server-cpu-quota-percent <SERVER_CPU_QUOTA_PERCENT>'")
+            && stderr.contains("at least 0.1"),
+        "{stderr}"
+    );
+    let stderr = refused(
+        &mut bench(&[
+            "compare",
+            "--server-cpus",
+            "0",
+            "--server-cpu-quota-percent",
+            "150",
+        ]),
+        2,
+    );
+    assert!(
+        stderr.contains("'--server-cpu-quota-percent <SERVER_CPU_QUOTA_PERCENT>'")
+            && stderr.contains("at most 100"),
+        "{stderr}"
+    );
 }
 
 #[test]
