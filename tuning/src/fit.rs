@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::lsq;
 use crate::model::{Coef, Cpu, FitError, Memory, Model, Row, Source, SCHEMA};
-use crate::report::{self, Observation};
+use crate::report::{self, CpuFigure, Observation};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,6 +28,10 @@ pub struct Args {
     /// The engine's `--history-ring-messages-max` during the runs (rooms keep this many).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub history_ring_messages_max: u64,
+    /// Which server CPU figure to fit: `auto` takes the server CPUs' busy time unless it is
+    /// more than twice the server's own (the CPUs were shared), `busy` or `process` always.
+    #[arg(long, value_enum, default_value_t = CpuFigure::Auto)]
+    pub cpu_figure: CpuFigure,
     /// What the reports were measured on (default: from the first report's host).
     #[arg(long)]
     pub machine: Option<String>,
@@ -132,7 +136,7 @@ pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
                 used.push(run.scenario.clone());
                 obs.push((
                     file.clone(),
-                    run.observe(&r.host, args.history_ring_messages_max),
+                    run.observe(&r.host, args.history_ring_messages_max, args.cpu_figure),
                 ));
             }
         }
@@ -286,6 +290,14 @@ fn fit_cpu(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Cpu {
     let mut points = Vec::new();
     for (file, o) in obs {
         for c in &o.cpu {
+            if c.busy_distrusted {
+                skipped.push(format!(
+                    "note: {file}: {}: the server CPUs' busy time is more than {} × the \
+                     server's own CPU (the CPUs were shared?): the server's own is used",
+                    c.label,
+                    report::BUSY_TRUST_RATIO_MAX
+                ));
+            }
             if c.cpu_s <= 0.0 {
                 skipped.push(format!(
                     "skipped for CPU: {file}: {} used no server CPU ({} s)",
@@ -313,19 +325,20 @@ fn fit_cpu(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Cpu {
 
 /// Kernel TCP memory per server socket: the growth of `/proc/net/sockstat`'s TCP memory over
 /// a run ÷ 2 sockets per user (on loopback the clients' sockets are counted too), the mean
-/// over the runs that have it; else the documented minimum, as an assumption.
+/// over the runs where it grew (it is machine-wide: sockets an earlier run or another
+/// program closed make it shrink); else the documented minimum, as an assumption.
 fn kernel_socket(obs: &[(String, Observation)]) -> (Coef, FitError) {
     let points: Vec<(String, String, f64)> = obs
         .iter()
         .filter(|(_, o)| o.users > 0)
         .filter_map(|(f, o)| {
-            let g = o.kernel_tcp_growth_bytes?;
+            let g = o.kernel_tcp_growth_bytes.filter(|g| *g > 0.0)?;
             Some((f.clone(), o.scenario.clone(), g / (2.0 * o.users as f64)))
         })
         .collect();
     if points.is_empty() {
         let note = "assumed, not measured: tcp_rmem + tcp_wmem minimum (4096 + 4096, tcp(7) \
-                    defaults); no report carries the kernel's TCP memory";
+                    defaults); no report has kernel TCP memory that grew over its run";
         let c = Coef {
             value: Some(KERNEL_SOCKET_BYTES_ASSUMED),
             unit: "bytes".into(),

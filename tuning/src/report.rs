@@ -160,12 +160,46 @@ pub struct Observation {
     pub cpu: Vec<CpuPoint>,
 }
 
+/// Which server CPU figure a fit uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuFigure {
+    /// The pinned CPUs' busy time (it holds the kernel's loopback TCP work), unless it is more
+    /// than `BUSY_TRUST_RATIO_MAX` times the server's own CPU: then other work shared those
+    /// CPUs, and the server's own time is used.
+    Auto,
+    /// Always the pinned CPUs' busy time (`server_cpus_busy_s`).
+    Busy,
+    /// Always the server processes' user + system time (`server_cpu_s`).
+    Process,
+}
+
+/// Busy time above this multiple of the server's own CPU time means the server's CPUs were
+/// shared (a build, another test): `auto` then takes the server's own time.
+pub const BUSY_TRUST_RATIO_MAX: f64 = 2.0;
+
+impl CpuFigure {
+    /// The figure to use from a (busy, process) pair, and whether `auto` fell back.
+    pub fn pick(self, busy: Option<f64>, process: Option<f64>) -> Option<(f64, bool)> {
+        match self {
+            CpuFigure::Busy => busy.map(|b| (b, false)),
+            CpuFigure::Process => process.map(|p| (p, false)),
+            CpuFigure::Auto => match (busy, process) {
+                (Some(b), Some(p)) if b > BUSY_TRUST_RATIO_MAX * p => Some((p, true)),
+                (Some(b), _) => Some((b, false)),
+                (None, p) => p.map(|p| (p, false)),
+            },
+        }
+    }
+}
+
 /// Server CPU seconds over a span (the pinned CPUs' busy time when the report has it, else
 /// the processes' own user + system time) and what the server did in it.
 #[derive(Clone, Debug)]
 pub struct CpuPoint {
     pub label: String,
     pub cpu_s: f64,
+    /// `auto` took the server's own time: its CPUs' busy time was not the server's alone.
+    pub busy_distrusted: bool,
     pub deliveries: f64,
     pub sends: f64,
     pub handshakes: f64,
@@ -175,7 +209,7 @@ pub struct CpuPoint {
 
 impl Run {
     /// The run's figures; `ring_max` is the engine's `--history-ring-messages-max`.
-    pub fn observe(&self, host: &Host, ring_max: u64) -> Observation {
+    pub fn observe(&self, host: &Host, ring_max: u64, figure: CpuFigure) -> Observation {
         let s = &self.summary;
         let processes = host.server_processes.unwrap_or(1).max(1);
         let rooms = self.rooms();
@@ -199,27 +233,28 @@ impl Run {
                 .server_rss_before_bytes
                 .map(|b| b as f64 / processes as f64),
             kernel_tcp_growth_bytes,
-            cpu: self.cpu_points(),
+            cpu: self.cpu_points(figure),
         }
     }
 
     /// Per ramp step when every step has its CPU (more points, and steps differ in how much
     /// connecting and chatting they hold), else the whole run.
-    fn cpu_points(&self) -> Vec<CpuPoint> {
+    fn cpu_points(&self, figure: CpuFigure) -> Vec<CpuPoint> {
         let s = &self.summary;
-        let steps_cpu: Option<Vec<f64>> = self
+        let steps_cpu: Option<Vec<(f64, bool)>> = self
             .steps
             .iter()
-            .map(|st| st.server_cpus_busy_s.or(st.server_cpu_s))
+            .map(|st| figure.pick(st.server_cpus_busy_s, st.server_cpu_s))
             .collect();
         match steps_cpu {
             Some(cpu) if !cpu.is_empty() => {
                 let mut start = 0.0;
                 let mut points = Vec::new();
-                for (i, (st, cpu_s)) in self.steps.iter().zip(cpu).enumerate() {
+                for (i, (st, (cpu_s, busy_distrusted))) in self.steps.iter().zip(cpu).enumerate() {
                     points.push(CpuPoint {
                         label: format!("{} {}u step {i}", self.scenario, st.users_connected),
                         cpu_s,
+                        busy_distrusted,
                         deliveries: st.received as f64,
                         sends: st.sent as f64,
                         handshakes: st.connect_ok as f64,
@@ -229,12 +264,12 @@ impl Run {
                 }
                 points
             }
-            _ => s
-                .server_cpus_busy_s
-                .or(s.server_cpu_s)
-                .map(|cpu_s| CpuPoint {
+            _ => figure
+                .pick(s.server_cpus_busy_s, s.server_cpu_s)
+                .map(|(cpu_s, busy_distrusted)| CpuPoint {
                     label: format!("{} {}u", self.scenario, s.users_held),
                     cpu_s,
+                    busy_distrusted,
                     deliveries: s.received as f64,
                     sends: s.acked as f64,
                     handshakes: s.connect_ok as f64,
@@ -324,5 +359,56 @@ impl Run {
             total += (b - a) * (at(a) + at(b)) / 2.0;
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `auto` trusts the CPUs' busy time up to twice the server's own; past that the CPUs
+    /// were shared and the server's own time is taken.
+    #[test]
+    fn auto_distrusts_busy_time_far_above_the_servers_own() {
+        assert_eq!(
+            CpuFigure::Auto.pick(Some(3.0), Some(2.0)),
+            Some((3.0, false))
+        );
+        assert_eq!(
+            CpuFigure::Auto.pick(Some(4.0), Some(2.0)),
+            Some((4.0, false))
+        );
+        assert_eq!(
+            CpuFigure::Auto.pick(Some(4.1), Some(2.0)),
+            Some((2.0, true))
+        );
+        assert_eq!(CpuFigure::Auto.pick(Some(3.0), None), Some((3.0, false)));
+        assert_eq!(CpuFigure::Auto.pick(None, Some(2.0)), Some((2.0, false)));
+        assert_eq!(
+            CpuFigure::Busy.pick(Some(9.0), Some(2.0)),
+            Some((9.0, false))
+        );
+        assert_eq!(CpuFigure::Process.pick(Some(9.0), None), None);
+    }
+
+    /// Users 0 → 100 over the first second (linear), 100 for 2 s, the last sample held to
+    /// the end at 5 s: [0, 1] = 50, [1, 3] = 200, [3, 5] = 200.
+    #[test]
+    fn connection_seconds_integrate_the_timeline() {
+        let sample = |t_s: f64, users: u64| Sample { t_s, users };
+        let run = Run {
+            scenario: "x".into(),
+            target: String::new(),
+            server_bin: None,
+            config: Value::Null,
+            duration_s: 5.0,
+            summary: Summary::default(),
+            timeline: vec![sample(0.0, 0), sample(1.0, 100), sample(3.0, 100)],
+            steps: vec![],
+        };
+        assert!((run.connection_s_between(0.0, f64::INFINITY) - 450.0).abs() < 1e-9);
+        assert!((run.connection_s_between(0.0, 1.0) - 50.0).abs() < 1e-9);
+        assert!((run.connection_s_between(0.5, 1.0) - 37.5).abs() < 1e-9);
+        assert!((run.connection_s_between(3.0, 5.0) - 200.0).abs() < 1e-9);
     }
 }

@@ -183,6 +183,50 @@ fn real_reports_read_and_unidentified_terms_are_named() {
     );
 }
 
+/// A real `compare` run (debug sokdo, server pinned to CPU 0 while other builds ran there):
+/// the CPU's busy time is 3–40 × the server's own, so `auto` takes the server's own and says
+/// so; `--cpu-figure busy` takes the busy time. The kernel's TCP memory (machine-wide) shrank
+/// over two of the runs: only the run where it grew counts.
+#[test]
+fn shared_server_cpus_fall_back_to_the_servers_own_time() {
+    let file = crate_dir()
+        .join("tests/fixtures/compare-shared-cpu.json")
+        .display()
+        .to_string();
+    let (_, stderr, auto) = fit(std::slice::from_ref(&file), "auto");
+    assert!(stderr.contains("the server's own is used"), "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let idle = &report["runs"][0]["summary"];
+    let row = |m: &Value, at: &str| {
+        m["cpu"]["fit"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scenario"] == at)
+            .unwrap()["measured"]
+            .clone()
+    };
+    assert_eq!(row(&auto, "idle 1000u"), idle["server_cpu_s"]);
+    let out = out_path("busy");
+    let o = tune(&[
+        "fit",
+        "--cpu-figure",
+        "busy",
+        "--out",
+        &out.display().to_string(),
+        &file,
+    ]);
+    assert!(o.status.success());
+    let busy: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    std::fs::remove_file(&out).ok();
+    assert_eq!(row(&busy, "idle 1000u"), idle["server_cpus_busy_s"]);
+    // Kernel: only the idle run's TCP memory grew (409600 bytes, 1000 users, 2 sockets each).
+    let k = auto["memory"]["kernel_bytes_per_socket"]["value"]
+        .as_f64()
+        .unwrap();
+    assert!((k - 409600.0 / 2000.0).abs() < 1e-9, "{k}");
+}
+
 #[test]
 fn bad_input_is_refused_naming_the_file() {
     let dir = crate_dir().join("tests/fixtures");
