@@ -163,15 +163,40 @@ pub struct Config {
     #[arg(long, env = "SOKDO_ROOM_ID_BYTES_MAX", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub room_id_bytes_max: u32,
 
-    /// Admitted WebSocket connections per shard; past it, new ones are upgraded but wait in
-    /// the admission queue (`queued` with their position) until a place frees.
-    #[arg(long, env = "SOKDO_CONNECTIONS_PER_SHARD_MAX", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub connections_per_shard_max: u32,
+    /// Admitted WebSocket connections, for the whole instance (every shard); past it, new
+    /// ones are upgraded but wait in the instance's admission queue (`queued` with their
+    /// position) until a place frees. `auto`: the memory budget (cgroup limit, or MemTotal;
+    /// × --memory-budget-percent, minus 64 MiB) ÷ --connection-memory-bytes, capped by the
+    /// open-file soft limit minus 100 (logged at start, `sokdo_connections_max`).
+    #[arg(long, env = "SOKDO_CONNECTIONS_MAX", default_value = "auto", value_parser = parse_connections_max)]
+    pub connections_max: ConnectionsMax,
 
-    /// Connections one shard's admission queue holds; past it, upgrades get HTTP 503 with
-    /// `Retry-After`.
-    #[arg(long, env = "SOKDO_ADMISSION_QUEUE_PER_SHARD_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..))]
-    pub admission_queue_per_shard_max: u32,
+    /// Connections the instance's admission queue holds; past it (and every place taken),
+    /// upgrades get HTTP 503 with `Retry-After`.
+    #[arg(long, env = "SOKDO_ADMISSION_QUEUE_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub admission_queue_max: u32,
+
+    /// `--connections-max auto`: the share of the memory limit connections may use, in
+    /// percent.
+    #[arg(long, env = "SOKDO_MEMORY_BUDGET_PERCENT", default_value_t = 80, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub memory_budget_percent: u32,
+
+    /// `--connections-max auto`: memory one admitted connection costs, in bytes. The default
+    /// is per user under the seeds' ramp load (rooms of 50, 1 msg/10 s), docs/BENCHMARKS.md:
+    /// 1.31 GB at 66,500 users; the capacity model in `tuning/models/` refines it.
+    #[arg(long, env = "SOKDO_CONNECTION_MEMORY_BYTES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000))]
+    pub connection_memory_bytes: u64,
+
+    /// WebSocket upgrades one client address may make per second, on average (a token
+    /// bucket, shared out over the shards); past it, HTTP 429 with `Retry-After`. 0 turns
+    /// the limit off (behind a proxy every client has the proxy's address).
+    #[arg(long, env = "SOKDO_CONNECTIONS_PER_IP_PER_S", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub connections_per_ip_per_s: u32,
+
+    /// Upgrades one client address may make at once before `--connections-per-ip-per-s`
+    /// paces it (the bucket's size), in connections.
+    #[arg(long, env = "SOKDO_CONNECTIONS_PER_IP_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections_per_ip_burst: u32,
 
     /// Interval of server WebSocket pings.
     #[arg(long, env = "SOKDO_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
@@ -232,6 +257,37 @@ pub struct Config {
     /// value up to this).
     #[arg(long, env = "SOKDO_RECONNECT_AFTER_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub reconnect_after_ms: u64,
+}
+
+/// `--connections-max`: `auto` (derived from the host, `capacity`) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionsMax {
+    Auto,
+    Fixed(u32),
+}
+
+impl Serialize for ConnectionsMax {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ConnectionsMax::Auto => s.serialize_str("auto"),
+            ConnectionsMax::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+/// Most connections one instance may be told to admit.
+const CONNECTIONS_MAX_LIMIT: u32 = 100_000_000;
+
+fn parse_connections_max(value: &str) -> Result<ConnectionsMax, String> {
+    if value == "auto" {
+        return Ok(ConnectionsMax::Auto);
+    }
+    match value.parse::<u32>() {
+        Ok(n) if (1..=CONNECTIONS_MAX_LIMIT).contains(&n) => Ok(ConnectionsMax::Fixed(n)),
+        _ => Err(format!(
+            "expected `auto` or a number of connections from 1 to {CONNECTIONS_MAX_LIMIT}"
+        )),
+    }
 }
 
 /// `--durability`'s names, parsed straight into the persistence crate's type: one copy.
@@ -483,7 +539,7 @@ mod tests {
         assert_eq!(summary.lines().count(), ids.len(), "{summary}");
         assert!(summary.contains("\nshards = 3\n"), "{summary}");
         assert!(
-            summary.contains("\nadmission_queue_per_shard_max = 10000\n"),
+            summary.contains("\nadmission_queue_max = 10000\n"),
             "{summary}"
         );
         assert!(summary.contains("\ndurability = sync\n"), "{summary}");
@@ -538,6 +594,25 @@ mod tests {
         let err = parse(&["--durability", "never"]).unwrap_err().to_string();
         assert!(err.contains("--durability"), "{err}");
         assert!(err.contains("sync") && err.contains("async"), "{err}");
+    }
+
+    #[test]
+    fn connections_max_is_auto_or_a_number() {
+        assert_eq!(parse(&[]).unwrap().connections_max, ConnectionsMax::Auto);
+        let cfg = parse(&["--connections-max", "3"]).unwrap();
+        assert_eq!(cfg.connections_max, ConnectionsMax::Fixed(3));
+        assert!(cfg.summary(1).contains("\nconnections_max = 3\n"));
+        assert!(parse(&[])
+            .unwrap()
+            .summary(1)
+            .contains("\nconnections_max = auto\n"));
+        for bad in ["0", "many", "100000001"] {
+            let err = parse(&["--connections-max", bad]).unwrap_err().to_string();
+            assert!(
+                err.contains("--connections-max") && err.contains("auto"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What every shard of the process reads and no shard writes: the configuration, the
-//! mesh, the persistence handle, the metrics registry, liveness. Built once by `server`
+//! mesh, the persistence handle, the metrics registry, liveness, and the admission counts
+//! (atomics every shard updates, `places`). Built once by `server`
 //! before the shards start, then shared behind an `Arc`.
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,8 @@ pub struct Instance {
     pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// When each shard last ran, for `/healthz`.
     pub liveness: crate::liveness::Liveness,
+    /// The instance's admission places (every shard counts in them; `shard::admission`).
+    pub places: Arc<crate::places::Places>,
 }
 
 impl Instance {

@@ -42,11 +42,14 @@ pub mod config;
 mod liveness;
 mod metrics;
 mod placement;
+mod places;
 // Pure codecs: bytes ⇄ typed values (ws, http, response, api, auth, protocol).
 mod wire;
 // State without I/O.
 mod accounts;
 mod password;
+// Read from the host at start.
+mod capacity;
 mod room;
 // Between shards and threads.
 mod conn;

@@ -137,7 +137,9 @@ macro_rules! shard_metrics {
 shard_metrics! {
     connections: Gauge = "connections", "Open connections (any phase)";
     connections_accepted: Counter = "connections_accepted", "Sockets accepted";
-    connections_refused: Counter = "connections_refused", "Sockets refused with HTTP 503 (shard full or draining)";
+    connections_refused: Counter = "connections_refused", "Sockets refused with HTTP 503 (instance full or draining)";
+    connections_queued: Gauge = "connections_queued", "Connections on this shard waiting in the instance's admission queue";
+    connections_rate_limited: Counter = "connections_rate_limited", "Upgrades refused with HTTP 429: their address passed --connections-per-ip-per-s / --connections-per-ip-burst";
     messages_in: Counter = "messages_in", "Messages accepted and sequenced by their room's home";
     deliveries: Counter = "deliveries", "Message frames queued to subscribers";
     bytes_out: Counter = "bytes_out", "Bytes written to sockets";

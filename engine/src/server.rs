@@ -117,10 +117,15 @@ fn open_instance(
         )),
         _ => None,
     };
+    let places = Arc::new(crate::places::Places::new(
+        crate::capacity::connections_max(&cfg) as usize,
+        cfg.admission_queue_max as usize,
+    ));
     let mut metrics = Metrics::new();
     metrics.register_collector(Box::new(StatsCollector {
         persist: persistence.handle(),
     }));
+    metrics.register_collector(Box::new(crate::places::PlacesCollector(places.clone())));
     let instance = Arc::new(Instance {
         name: cfg.instance(),
         auth: Auth::new(cfg.jwt_secret.as_deref()),
@@ -130,6 +135,7 @@ fn open_instance(
         persist: persistence.handle(),
         accounts,
         liveness: crate::liveness::Liveness::new(shards, cfg.stall_timeout_ms),
+        places,
         cfg,
     });
     Ok((persistence, instance, rooms_by_shard))

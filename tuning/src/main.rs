@@ -8,11 +8,15 @@
 //! model and the `instances` table, with `credits` for t3 CPU credits.
 
 mod apply;
+mod caps;
 mod credits;
+mod diff;
 mod fit;
+mod host;
 mod instances;
 mod lsq;
 mod model;
+mod out;
 mod plan;
 mod probe;
 mod report;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::caps::{self, FDS_RESERVED, SOKDO_LISTEN_BACKLOG};
 use crate::credits;
 use crate::instances::{self, Instance};
 use crate::model::{self, Model};
@@ -134,11 +135,6 @@ pub const ENVELOPE_BYTES: f64 = 120.0;
 /// one TCP/IPv4 segment's headers with timestamps (52) and Ethernet's (14): pessimistic, as
 /// deliveries to one socket often share a segment.
 pub const WIRE_OVERHEAD_BYTES: f64 = 4.0 + 52.0 + 14.0;
-/// Open files a sokdo process holds besides connections: listener, log, data files, eventfds.
-pub const FILES_RESERVED: u64 = 256;
-/// What `sokdo-tune apply` sets: the listen backlog (connects in a storm wait there).
-pub const SOMAXCONN: u64 = 4096;
-
 #[derive(Clone, Debug, Serialize)]
 pub struct Limit {
     pub name: &'static str,
@@ -253,7 +249,7 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
     let mem_free = inst.memory_bytes() * keep - baseline;
     let net_gbps = a.network_gbps.unwrap_or(inst.network_baseline_gbps);
     let net = net_gbps * 1e9 / 8.0 * keep;
-    let files = a.open_files_max.saturating_sub(FILES_RESERVED);
+    let files = a.open_files_max.saturating_sub(FDS_RESERVED);
     let cap = |x: f64, per: f64| if per > 0.0 { x / per } else { f64::INFINITY };
     vec![
         Limit {
@@ -277,7 +273,7 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
             name: "sockets",
             users_per_instance: files as f64,
             detail: format!(
-                "LimitNOFILE={} (assumed raised by `sokdo-tune apply`) less {FILES_RESERVED} reserved files; ports do not cap a server",
+                "LimitNOFILE up to {} (--open-files-max: fs.nr_open's default, as `sokdo-tune apply` may raise it) less {FDS_RESERVED} reserved files; ports do not cap a server",
                 a.open_files_max
             ),
         },
@@ -356,18 +352,31 @@ pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
             format!("--shards {}", vcpus.ceil()),
             "--durability sync".into(),
         ],
-        host_settings: vec![
-            format!(
-                "LimitNOFILE={} (systemd drop-in for sokdo.service)",
-                a.open_files_max
-            ),
-            format!("net.core.somaxconn = {SOMAXCONN} (sysctl.d)"),
-        ],
+        host_settings: host_settings(users_per_instance),
         credits,
         caveats: caveats(m),
         per_user: u,
         limits,
     })
+}
+
+/// What `sokdo-tune apply --connections N` writes for an instance of N connections (the
+/// same functions as `apply`: one source for both texts).
+fn host_settings(connections: u64) -> Vec<String> {
+    let fds = caps::fds_for(connections);
+    let mut v = vec![
+        format!("sokdo-tune apply --connections {connections} (writes what follows)"),
+        format!("LimitNOFILE={fds} and LimitMEMLOCK=infinity (systemd drop-in for the unit)"),
+        format!(
+            "net.core.somaxconn and net.ipv4.tcp_max_syn_backlog at least {SOKDO_LISTEN_BACKLOG} (sysctl.d)"
+        ),
+    ];
+    if fds > 1 << 20 {
+        v.push(format!(
+            "fs.nr_open = {fds} (sysctl.d: above its default 1048576)"
+        ));
+    }
+    v
 }
 
 fn caveats(m: &Model) -> Vec<String> {

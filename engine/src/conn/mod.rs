@@ -50,7 +50,7 @@ pub trait ConnHost {
 
 /// A connection named across shards: its slab key and a generation, so a reply for a
 /// connection that has gone never reaches the next one in the same slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnRef {
     pub key: u32,
     pub generation: u64,
@@ -96,8 +96,13 @@ pub struct ConnEntry {
     pub last_typing: Option<Instant>,
     /// HTTP status of a successful reply to this connection's API call.
     pub api_ok_status: u16,
-    /// Counted in the shard's admitted connections.
+    /// Holds one of the instance's admission places (`Places`).
     pub admitted: bool,
+    /// Waits in the instance's admission queue (asked the desk, no place yet), whatever
+    /// its phase now (a waiting connection may be closing).
+    pub queued: bool,
+    /// The peer's address (the per-address connection rate limit).
+    pub peer: Option<std::net::IpAddr>,
     /// The admission-queue position last told to the client.
     pub queue_position: u32,
     /// Requests out and held, so they take effect in the order sent ([`order`]).
@@ -127,6 +132,8 @@ impl ConnEntry {
             last_typing: None,
             api_ok_status: 200,
             admitted: false,
+            queued: false,
+            peer: None,
             queue_position: 0,
             order: Order::default(),
             #[cfg(feature = "autobahn")]

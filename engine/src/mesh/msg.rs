@@ -13,6 +13,11 @@
 //!
 //!  asking shard                                every shard
 //!  RoomsQuery ───────────────────────────────▶ RoomsPart ─▶ the asking shard only
+//!
+//!  connection's shard                          the admission desk (shard 0)
+//!  AdmissionAsk ─────────────────────────────▶ Admit · AdmissionPositions  (to the asker)
+//!  AdmissionLeft · PlaceFreed ───────────────▶ Admit                       (to the head's shard)
+//!  Admit ─▶ PlaceFreed back when its connection has gone (the place is passed on)
 //! ```
 //!
 //! - A home never sends `Home`: handling a request causes only `Reply`, `Subscribed` and
@@ -24,7 +29,11 @@
 //! - `ReplayPage` causes one `Home(ReplayMore)` (at once or at a later tick), whose handling
 //!   causes only a store read: the next page comes with the read's completion, not within
 //!   the chain.
-//! - `Deliver`, `Reply`, `RoomsPart` and `Fault` cause nothing on the mesh.
+//! - `Deliver`, `Reply`, `RoomsPart`, `AdmissionPositions` and `Fault` cause nothing on the
+//!   mesh.
+//! - Admission: `Admit` for a connection that went meanwhile causes one `PlaceFreed`, which
+//!   may cause the next `Admit`. The chain is bounded by the queue: each `Admit` takes its
+//!   connection out of the desk's queue for good (`shard::admission`).
 //!
 //! ## Heap objects freed on another core
 //! A message is built on one shard and dropped on another. Its `String`s, `Box<RawValue>`
@@ -226,6 +235,18 @@ pub enum ShardMsg {
     },
     /// Test only (`--fault-injection`): inject this fault here.
     Fault(crate::wire::http::Fault),
+    /// To the admission desk: this upgraded connection waits for a place (already counted
+    /// in `Places::waiting`). Arrival order is the order the desk receives these.
+    AdmissionAsk { shard: ShardId, conn: ConnRef },
+    /// To the desk: a waiting connection went away before its place came.
+    AdmissionLeft { shard: ShardId, conn: ConnRef },
+    /// To the desk: a place was released while connections waited.
+    PlaceFreed,
+    /// From the desk to a waiting connection's shard: a place was taken for it (counted in
+    /// `Places::admitted`). If it has gone, its shard releases the place again.
+    Admit { conn: ConnRef },
+    /// From the desk to a shard: waiting connections' new positions in the queue (1 = next).
+    AdmissionPositions(Vec<(ConnRef, u32)>),
 }
 
 /// What a home handler sends, in order; the shard applies it after the call.

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::admission::Arrival;
 use super::fanout::Unsent;
 use super::in_order::Answer;
+use super::ip_limit::Verdict;
 use super::tasks::spawn_task;
 use super::Shard;
 use crate::conn::Phase;
@@ -65,6 +65,7 @@ impl Shard {
                 self.respond_http(key, response);
             }
             Outcome::Api(call) => self.on_api(key, call),
+            Outcome::Upgrade { .. } if self.rate_limited(key) => {}
             Outcome::Upgrade {
                 identity, response, ..
             } => {
@@ -77,6 +78,25 @@ impl Shard {
             #[cfg(feature = "autobahn")]
             Outcome::Echo { response } => self.echo_upgraded(key, response),
         }
+    }
+
+    /// An upgrade from an address past `--connections-per-ip-*`: answered 429 and closed.
+    fn rate_limited(&mut self, key: usize) -> bool {
+        let Some(ip) = self.conns[key].peer else {
+            return false;
+        };
+        let Verdict::Limited { retry_after_s } = self.ip_limiter.check(ip, Instant::now()) else {
+            return false;
+        };
+        self.metrics.connections_rate_limited.inc();
+        let response = crate::wire::response::response(
+            429,
+            "text/plain; charset=utf-8",
+            b"too many connections from this address: retry later\n",
+            &format!("Retry-After: {retry_after_s}\r\n"),
+        );
+        self.respond_http(key, response);
+        true
     }
 
     /// `POST /debug/fault/…` (`--fault-injection`): the fault is sent to its shard.
@@ -124,38 +144,21 @@ impl Shard {
         entry.wake();
     }
 
-    /// A connection upgraded and authenticated: admitted at once if a place is free and
-    /// nobody waits, queued otherwise (the bound on the queue was checked before upgrading).
+    /// A connection upgraded and authenticated: it takes a place or waits for one.
     fn upgraded(&mut self, key: usize, identity: crate::wire::auth::Identity, response: Bytes) {
-        let conn = self.conn_ref(key);
         let entry = &mut self.conns[key];
         entry.user = Rc::from(identity.user.as_str());
         entry.name = identity.name.as_deref().map(Rc::from);
         entry.out.push(response);
-        match self.admission.arrive(conn) {
-            Arrival::Admitted => self.admit(key),
-            Arrival::Queued(position) => {
-                self.conns[key].phase = Phase::Queued;
-                self.tell_position(key, position);
-            }
-        }
+        self.arrive(key);
     }
 
-    fn tell_position(&mut self, key: usize, position: u32) {
-        let entry = &mut self.conns[key];
-        entry.queue_position = position;
-        let event = protocol::event("queued", serde_json::json!({"position": position}));
-        entry.out.push(ws::text(&event));
-        entry.wake();
-    }
-
-    /// Gives a connection its place (already counted by `admission`) and its `hello`.
-    fn admit(&mut self, key: usize) {
+    /// Gives a connection its place (already taken in `Places`) and its `hello`.
+    pub(super) fn admit(&mut self, key: usize) {
         let instance = self.instance.clone();
         let cfg = &instance.cfg;
         let entry = &mut self.conns[key];
         entry.phase = Phase::Open;
-        entry.admitted = true;
         let session = format!("{}.{}.{}", instance.name, self.id, entry.generation);
         let hello = protocol::event(
             "hello",
@@ -178,24 +181,6 @@ impl Shard {
         entry.wake();
     }
 
-    /// Admits waiting connections while places are free; tells the others their position.
-    pub(super) fn admit_waiting(&mut self) {
-        let conns = &self.conns;
-        let queued = |conn: crate::conn::ConnRef| {
-            conns
-                .get(conn.key as usize)
-                .filter(|e| e.generation == conn.generation && e.phase == Phase::Queued)
-                .map(|e| e.queue_position)
-        };
-        let fill = self.admission.fill(queued);
-        for conn in fill.admitted {
-            self.admit(conn.key as usize);
-        }
-        for (conn, position) in fill.moved {
-            self.tell_position(conn.key as usize, position);
-        }
-    }
-
     /// What the request head asks for. It must end within `http_request_bytes_max` (431
     /// otherwise); bytes after it are left to the caller (the first frames of an upgrade).
     fn route(&self, head: &[u8]) -> Outcome {
@@ -205,9 +190,9 @@ impl Shard {
         let ctx = crate::wire::http::Context {
             auth: &self.instance.auth,
             draining: self.draining.is_some() || self.instance.mesh.drain_requested(),
-            at_capacity: self.admission.at_capacity(),
+            at_capacity: self.instance.places.full(),
             log_failure: self.instance.persist.write_failure().map(|e| e.to_string()),
-            shard_full: self.admission.is_full(),
+            queue_full: self.instance.places.queue_full(),
             metrics: &metrics,
             health: &health,
             faults: self.cfg().fault_injection,

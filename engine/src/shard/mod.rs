@@ -11,7 +11,8 @@
 //! - [`fanout`]: the local subscribers of each room, delivery, replies, closing;
 //! - [`outbox`]: messages for other shards whose channel was full, bounded;
 //! - [`rooms_query`]: `rooms`, asked of every shard;
-//! - [`admission`]: places and the waiting queue; [`timers`]: heartbeats, timeouts,
+//! - [`admission`]: the instance's places and its one waiting queue (on the desk shard);
+//!   [`ip_limit`]: upgrades per client address; [`timers`]: heartbeats, timeouts,
 //!   gauges, draining; [`offload`]: blocking work run off the shard;
 //! - `echo` (test only, cargo feature `autobahn`): `/autobahn` connections echo every
 //!   message, for the Autobahn conformance cases (docs/CONFORMANCE.md).
@@ -24,6 +25,7 @@ mod echo;
 mod fanout;
 mod in_order;
 mod inbound;
+mod ip_limit;
 mod offload;
 mod outbox;
 mod replay;
@@ -65,7 +67,10 @@ pub struct Shard {
     /// The rooms this shard homes.
     homes: Homes,
     outbox: outbox::Outbox,
-    admission: admission::Admission,
+    /// The instance's admission queue, kept on shard `admission::DESK` (empty elsewhere).
+    desk: admission::Desk,
+    /// Upgrades per client address (`--connections-per-ip-*`).
+    ip_limiter: ip_limit::IpLimiter,
     rooms_queries: rooms_query::Gathers,
     /// Answers that arrived before an earlier answer of their connection, by (connection
     /// key, turn) (`in_order`); almost always empty.
@@ -113,9 +118,11 @@ impl Shard {
                 instance.shards(),
                 cfg.shard_outbox_messages_max as usize,
             ),
-            admission: admission::Admission::new(
-                cfg.connections_per_shard_max as usize,
-                cfg.admission_queue_per_shard_max as usize,
+            desk: admission::Desk::default(),
+            ip_limiter: ip_limit::IpLimiter::for_shard(
+                cfg.connections_per_ip_per_s,
+                cfg.connections_per_ip_burst,
+                instance.shards(),
             ),
             rooms_queries: rooms_query::Gathers::default(),
             early_answers: HashMap::new(),
@@ -230,6 +237,11 @@ impl Shard {
                 frames,
             } => self.on_replay_page(conn, room, token, frames),
             ShardMsg::Fault(fault) => self.inject(fault),
+            ShardMsg::AdmissionAsk { .. }
+            | ShardMsg::AdmissionLeft { .. }
+            | ShardMsg::PlaceFreed
+            | ShardMsg::Admit { .. }
+            | ShardMsg::AdmissionPositions(_) => self.on_admission(msg),
         }
     }
 
@@ -324,8 +336,9 @@ impl ConnHost for Shard {
         self.drop_early_answers(conn);
         self.metrics.connections.dec();
         if entry.admitted {
-            self.admission.release();
-            self.admit_waiting();
+            self.release_place();
+        } else if entry.queued {
+            self.left_queue(conn);
         }
     }
 }

@@ -101,6 +101,7 @@ fn start_conn(shard: &Rc<RefCell<Shard>>, stream: TcpStream) {
     // Small messages must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let key = shard.borrow_mut().add_conn(Instant::now());
+    shard.borrow_mut().conns[key].peer = stream.peer_addr().ok().map(|a| a.ip());
     spawn_task(ConnDriver::new(shard.clone(), stream, key)).detach();
 }
 

@@ -24,7 +24,8 @@ impl Shard {
     pub(super) fn on_tick(&mut self, now: Instant) -> bool {
         self.check_connections(now);
         self.pace_replays();
-        self.admit_waiting();
+        self.desk_tick(now);
+        self.ip_limiter.expire(now);
         self.set_gauges();
         if self.draining.is_none() && self.instance.mesh.drain_requested() {
             self.begin_drain(now);

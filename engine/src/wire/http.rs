@@ -56,13 +56,13 @@ pub enum Fault {
 pub struct Context<'a> {
     pub auth: &'a Auth,
     pub draining: bool,
-    /// Every admission place is taken: `/readyz` answers 503.
+    /// Every admission place of the instance is taken: `/readyz` answers 503.
     pub at_capacity: bool,
     /// `Some(why)` while the message log cannot be written: `/readyz` answers 503 with it
     /// (`/healthz` stays 200: reads, joins and reconnects are still served).
     pub log_failure: Option<String>,
-    /// The admission queue is full too: upgrades get 503.
-    pub shard_full: bool,
+    /// The instance's admission queue is full too: upgrades get 503.
+    pub queue_full: bool,
     pub metrics: &'a dyn Fn() -> String,
     /// `Err(why)` when some part of the process cannot serve: `/healthz` answers 503.
     pub health: &'a dyn Fn() -> Result<(), String>,
@@ -303,7 +303,7 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
     let Some(key) = header("sec-websocket-key") else {
         return Outcome::plain(400, "missing Sec-WebSocket-Key\n");
     };
-    if ctx.draining || ctx.shard_full {
+    if ctx.draining || ctx.queue_full {
         let why = if ctx.draining {
             "draining: reconnect to another instance\n"
         } else {
@@ -343,7 +343,7 @@ mod tests {
             draining,
             at_capacity: false,
             log_failure: None,
-            shard_full: false,
+            queue_full: false,
             metrics: &|| String::from("m"),
             health: &|| Ok(()),
             faults: false,
@@ -531,7 +531,7 @@ mod tests {
             "HTTP/1.1 503"
         );
         let full = Context {
-            shard_full: true,
+            queue_full: true,
             ..ctx(&auth, false)
         };
         match route(UPGRADE.as_bytes(), &full) {

@@ -62,14 +62,42 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
+        Server::spawn(Command::new(bin), data, args, env)
+    }
+
+    /// Like `start`, with the server started through `sh -c 'PREFIX; exec sokdo …'` (e.g. to
+    /// move it into a cgroup first: the shell's pid becomes the server's).
+    pub fn start_with_prefix(prefix: &str, args: &[&str]) -> Server {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("{prefix} && exec \"$0\" \"$@\""))
+            .arg(sokdo_bin());
+        Server::spawn(sh, &temp_dir("data"), args, &[])
+    }
+
+    /// Starts `command` with the harness's flags, then `args`. The per-address connection
+    /// rate limit is off unless `args` set it: the tests open many connections from
+    /// 127.0.0.1 at once.
+    fn spawn(
+        mut command: Command,
+        data: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let shards: &[&str] = if args.contains(&"--shards") {
             &[]
         } else {
             &["--shards", "2"]
         };
-        let mut child = Command::new(bin)
+        let rate: &[&str] = if args.contains(&"--connections-per-ip-per-s") {
+            &[]
+        } else {
+            &["--connections-per-ip-per-s", "0"]
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(shards)
+            .args(rate)
             .arg("--data-dir")
             .arg(data)
             .args(args)
@@ -286,6 +314,22 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url(&format!("user={user}")))
             .await
             .expect("upgrade");
+        Client::from_ws(ws).await
+    }
+
+    /// Like `connect`, from the given local address (another loopback address: 127.0.0.2).
+    pub async fn connect_from(server: &Server, user: &str, local: std::net::IpAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the local address");
+        let stream = socket.connect(server.addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            server.ws_url(&format!("user={user}")),
+            MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("upgrade");
         Client::from_ws(ws).await
     }
 
