@@ -440,7 +440,10 @@ fn render(p: &Plan, inst: &Instance) -> String {
         p.instances, p.users_per_instance, p.binding
     );
     s += &format!("per instance, sokdo flags: {}\n", p.sokdo_flags.join(" "));
-    s += &format!("per instance, host: {}\n", p.host_settings.join("; "));
+    s += "per instance, host settings:\n";
+    for h in &p.host_settings {
+        s += &format!("  {h}\n");
+    }
     if let Some(c) = &p.credits {
         s += &render_credits(c, p);
     }
