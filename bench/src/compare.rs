@@ -431,6 +431,13 @@ impl Server {
             if std::env::var_os("SOKDO_DETECT_STALLS").is_none() {
                 command.env("SOKDO_DETECT_STALLS", "true");
             }
+            // The generator's few source addresses (127.0.0.2, .3, …) stand for thousands of
+            // clients each, so sokdo's per-address connection rate limit would refuse the
+            // ramp: it is off in bench runs unless the caller sets it. An environment
+            // variable, not a flag, so a build from before the limit starts too.
+            if std::env::var_os("SOKDO_CONNECTIONS_PER_IP_PER_S").is_none() {
+                command.env("SOKDO_CONNECTIONS_PER_IP_PER_S", "0");
+            }
             let child = command
                 .arg("-c")
                 .arg(script)
