@@ -135,6 +135,7 @@ pub const ENVELOPE_BYTES: f64 = 120.0;
 /// one TCP/IPv4 segment's headers with timestamps (52) and Ethernet's (14): pessimistic, as
 /// deliveries to one socket often share a segment.
 pub const WIRE_OVERHEAD_BYTES: f64 = 4.0 + 52.0 + 14.0;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Limit {
     pub name: &'static str,
