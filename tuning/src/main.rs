@@ -4,17 +4,23 @@
 //! load (`plan`). It never links engine code.
 //!
 //! Modules: `probe` reads the host and orders its caps; `apply` writes the settings that lift
-//! them; `fit` turns bench reports into a `model::Model`; `plan` sizes a deployment from a
-//! model and the `instances` table, with `credits` for t3 CPU credits.
+//! them; `fit` turns bench reports (read by `report`) into a `model::Model` by least squares
+//! (`lsq`); `plan` sizes a deployment from a model and the `instances` table, with `credits`
+//! for t3 CPU credits.
 
 mod apply;
 mod caps;
+mod credits;
 mod diff;
 mod fit;
 mod host;
+mod instances;
+mod lsq;
+mod model;
 mod out;
 mod plan;
 mod probe;
+mod report;
 
 use clap::{Parser, Subcommand};
 
