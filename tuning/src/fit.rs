@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::lsq;
 use crate::model::{Coef, Cpu, FitError, Memory, Model, Row, Source, SCHEMA};
 use crate::report::{self, CpuFigure, Observation};
+use crate::saturation;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -108,37 +109,49 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads every report, fits both parts; returns the model and notes on the runs left out
-/// or used with a reservation.
-pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
-    let mut obs: Vec<(String, Observation)> = Vec::new();
-    let mut sources = Vec::new();
-    let mut skipped = Vec::new();
-    let mut machine = args.machine.clone();
-    for path in &args.reports {
+/// What the reports hold, run by run, before any fitting.
+#[derive(Default)]
+struct Gathered {
+    obs: Vec<(String, Observation)>,
+    /// Ramps that ended CPU-bound.
+    saturated: Vec<saturation::Point>,
+    sources: Vec<Source>,
+    /// Notes on the runs left out or used with a reservation.
+    skipped: Vec<String>,
+    machine: Option<String>,
+}
+
+impl Gathered {
+    /// Takes one report's runs of `args.target`; refuses a report with none.
+    fn read(&mut self, path: &Path, args: &Args) -> anyhow::Result<()> {
         let r = report::load(path)?;
         let file = display_name(path);
         let mut used = Vec::new();
         for run in &r.runs {
             if run.target != args.target {
-                skipped.push(format!(
+                self.skipped.push(format!(
                     "skipped: {file}: {} of target {:?}",
                     run.scenario, run.target
                 ));
-            } else {
-                if run.summary.unreachable {
-                    // A ramp ends so: its figures up to the end still count.
-                    skipped.push(format!(
-                        "note: {file}: {} ended unreachable (used: its figures up to the end)",
-                        run.scenario
-                    ));
-                }
-                used.push(run.scenario.clone());
-                obs.push((
-                    file.clone(),
-                    run.observe(&r.host, args.history_ring_messages_max, args.cpu_figure),
+                continue;
+            }
+            if run.summary.unreachable {
+                // A ramp ends so: its figures up to the end still count.
+                self.skipped.push(format!(
+                    "note: {file}: {} ended unreachable (used: its figures up to the end)",
+                    run.scenario
                 ));
             }
+            match saturation::point(&file, &r.host, run) {
+                Ok(p) => self.saturated.push(p),
+                Err(why) if run.scenario == "ramp" => self.skipped.push(why),
+                Err(_) => {}
+            }
+            used.push(run.scenario.clone());
+            self.obs.push((
+                file.clone(),
+                run.observe(&r.host, args.history_ring_messages_max, args.cpu_figure),
+            ));
         }
         anyhow::ensure!(
             !used.is_empty(),
@@ -146,18 +159,37 @@ pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
             path.display(),
             args.target
         );
-        machine.get_or_insert_with(|| describe_host(&r.host));
-        let server_bin = r.runs.iter().find_map(|x| x.server_bin.clone());
-        sources.push(Source {
+        self.machine.get_or_insert_with(|| describe_host(&r.host));
+        self.sources.push(Source {
             file,
             command: r.command.clone(),
             started_unix_s: r.started_unix_s,
             scenarios: used,
-            server_bin,
+            server_bin: r.runs.iter().find_map(|x| x.server_bin.clone()),
         });
+        Ok(())
     }
-    let memory = fit_memory(&obs, &mut skipped);
-    let cpu = fit_cpu(&obs, &mut skipped);
+}
+
+/// Reads every report, fits both parts; returns the model and notes on the runs left out
+/// or used with a reservation.
+pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
+    let mut g = Gathered {
+        machine: args.machine.clone(),
+        ..Gathered::default()
+    };
+    for path in &args.reports {
+        g.read(path, args)?;
+    }
+    let mut skipped = g.skipped;
+    let memory = fit_memory(&g.obs, &mut skipped);
+    let mut cpu = fit_cpu(&g.obs, &mut skipped);
+    cpu.saturation = saturation::fit(
+        &g.saturated,
+        cpu.s_per_handshake.or_zero(),
+        cpu.s_per_connection_s.or_zero(),
+        &mut skipped,
+    );
     anyhow::ensure!(
         !memory.fit.rows.is_empty() || !cpu.fit.rows.is_empty(),
         "no run in {} has memory (server RSS before and after) or CPU figures to fit",
@@ -169,11 +201,11 @@ pub fn fit_files(args: &Args) -> anyhow::Result<(Model, Vec<String>)> {
     );
     let model = Model {
         schema: SCHEMA,
-        machine: machine.unwrap_or_default(),
+        machine: g.machine.unwrap_or_default(),
         history_ring_messages_max: args.history_ring_messages_max,
         memory,
         cpu,
-        sources,
+        sources: g.sources,
         caveats: caveats(),
     };
     Ok((model, skipped))
@@ -289,6 +321,16 @@ fn fit_mean(points: &[(String, String, f64)], note: &str) -> (Coef, FitError) {
 fn fit_cpu(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Cpu {
     let mut points = Vec::new();
     for (file, o) in obs {
+        if o.unreachable && !o.cpu.is_empty() {
+            // Its last steps ran the CPU flat out: their CPU seconds measure the CPU, not
+            // the load. Such a run is what the saturation fit is for.
+            skipped.push(format!(
+                "not used for the linear CPU fit: {file}: {} ran until the server could not \
+                 keep up (used for CPU at saturation)",
+                o.scenario
+            ));
+            continue;
+        }
         for c in &o.cpu {
             if c.busy_distrusted {
                 skipped.push(format!(
@@ -320,6 +362,7 @@ fn fit_cpu(obs: &[(String, Observation)], skipped: &mut Vec<String>) -> Cpu {
         s_per_handshake: c[2].clone(),
         s_per_connection_s: c[3].clone(),
         fit,
+        saturation: Vec::new(),
     }
 }
 
@@ -367,10 +410,13 @@ fn row(file: &str, scenario: &str, measured: f64, predicted: f64) -> Row {
 /// combination of the ones chosen before it is left out), fits them with non-negative least
 /// squares and scores every point.
 fn fit_terms(terms: &[Term], points: &[Point]) -> (Vec<Coef>, FitError) {
+    // Each run weighted by 1 ÷ its measured figure: the fit minimises relative errors, so a
+    // 50,000-user ramp does not drown a 5,000-user idle run (exact data fit either way).
+    let weight = |p: &Point| if p.y != 0.0 { 1.0 / p.y.abs() } else { 1.0 };
     let cols: Vec<Vec<f64>> = (0..terms.len())
-        .map(|j| points.iter().map(|p| p.x[j]).collect())
+        .map(|j| points.iter().map(|p| p.x[j] * weight(p)).collect())
         .collect();
-    let y: Vec<f64> = points.iter().map(|p| p.y).collect();
+    let y: Vec<f64> = points.iter().map(|p| p.y * weight(p)).collect();
     let mut notes: Vec<Option<String>> = vec![None; terms.len()];
     let mut chosen: Vec<usize> = Vec::new();
     for (j, t) in terms.iter().enumerate() {
@@ -495,6 +541,20 @@ pub fn render(m: &Model) -> String {
     s += &coef_line("s_per_handshake", &cpu.s_per_handshake);
     s += &coef_line("s_per_connection_s", &cpu.s_per_connection_s);
     s += &rows_table("cpu", "server CPU seconds", &cpu.fit);
+    s += "\ncpu at saturation (what plan sizes CPU with; saturation.rs)\n";
+    if cpu.saturation.is_empty() {
+        s += "  none: no ramp of two shapes per CPU share ended CPU-bound\n";
+    }
+    for sat in &cpu.saturation {
+        s += &format!("  at {} CPU\n", sat.cpus);
+        s += &coef_line("s_per_delivery", &sat.s_per_delivery);
+        s += &coef_line("s_per_send", &sat.s_per_send);
+        s += &rows_table(
+            &format!("saturation {} CPU", sat.cpus),
+            "users held",
+            &sat.fit,
+        );
+    }
     s += "\ncaveats\n";
     for c in &m.caveats {
         s += &format!("  - {c}\n");

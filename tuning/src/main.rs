@@ -21,6 +21,7 @@ mod out;
 mod plan;
 mod probe;
 mod report;
+mod saturation;
 
 use clap::{Parser, Subcommand};
 

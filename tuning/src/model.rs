@@ -68,6 +68,10 @@ pub struct Cpu {
     pub s_per_handshake: Coef,
     pub s_per_connection_s: Coef,
     pub fit: FitError,
+    /// Per delivery and per send when CPU is the limit, per CPU share measured
+    /// (`saturation.rs`); `plan` sizes CPU with these when there are any.
+    #[serde(default)]
+    pub saturation: Vec<crate::saturation::Saturation>,
 }
 
 /// Predicted vs measured for every run the fit used, and the worst and RMS relative error.

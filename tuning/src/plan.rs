@@ -15,6 +15,7 @@ use crate::caps::{self, FDS_RESERVED, SOKDO_LISTEN_BACKLOG};
 use crate::credits;
 use crate::instances::{self, Instance};
 use crate::model::{self, Model};
+use crate::saturation;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -219,9 +220,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn per_user(m: &Model, a: &Args, users_total: f64) -> PerUser {
+/// What one user costs; CPU at `share` of each CPU (1: whole CPUs, a t3's baseline: 0.2).
+fn per_user(m: &Model, a: &Args, users_total: f64, share: f64) -> PerUser {
     let mem = &m.memory;
     let cpu = &m.cpu;
+    // At saturation when the model has it (what a CPU-bound instance pays), else the linear
+    // fit of lightly loaded runs (which overstates it: docs/CAPACITY.md).
+    let (per_delivery, per_send) = saturation::at_share(&cpu.saturation, share)
+        .map(|(d, s, _)| (d, s))
+        .unwrap_or((cpu.s_per_delivery.or_zero(), cpu.s_per_send.or_zero()));
     let s = a.room_size as f64;
     let i = a.message_interval_s;
     let seconds = a.hours * 3600.0;
@@ -232,8 +239,8 @@ fn per_user(m: &Model, a: &Args, users_total: f64) -> PerUser {
         + mem.bytes_per_ring_message.or_zero() * ring_per_room / s
         + mem.bytes_per_stored_message.or_zero() * seconds / i;
     let cpu_s_per_s = cpu.s_per_connection_s.or_zero()
-        + cpu.s_per_send.or_zero() / i
-        + cpu.s_per_delivery.or_zero() * s / i
+        + per_send / i
+        + per_delivery * s / i
         + cpu.s_per_handshake.or_zero() * a.connects_per_s / users_total;
     let wire = a.body_bytes as f64 + ENVELOPE_BYTES + WIRE_OVERHEAD_BYTES;
     PerUser {
@@ -300,8 +307,10 @@ fn binding(limits: &[Limit]) -> &Limit {
 /// The plan for `a.users` on `inst` with `m`.
 pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
     let n = a.users as f64;
-    let u = per_user(m, a, n);
     let vcpus = a.vcpus.unwrap_or(f64::from(inst.vcpus));
+    // A fraction of one CPU (`--vcpus 0.2`: an emulated instance under a 20 % quota) is a
+    // share of a CPU; whole CPUs are not throttled.
+    let u = per_user(m, a, n, vcpus.min(1.0));
     let limits = limits(m, inst, a, &u, vcpus);
     let bind = binding(&limits);
     let cap = bind.users_per_instance.floor();
@@ -316,7 +325,11 @@ pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
     let users_per_instance = cap as u64;
     let credits = inst.burst.map(|b| {
         let base = credits::baseline_vcpus(&b);
-        let at_base = binding(&self::limits(m, inst, a, &u, base))
+        // At the baseline every vCPU runs at its baseline share, and sokdo pays what a
+        // throttled CPU pays per delivery (saturation.rs); the vCPUs it has, at that share.
+        let share = b.baseline_percent_per_vcpu / 100.0;
+        let at_base_user = per_user(m, a, n, share * vcpus.min(1.0));
+        let at_base = binding(&self::limits(m, inst, a, &at_base_user, vcpus * share))
             .users_per_instance
             .floor();
         let used = n / count as f64 * u.cpu_s_per_s;
@@ -520,6 +533,7 @@ mod tests {
                 s_per_handshake: coef(1e-3),
                 s_per_connection_s: coef(1e-6),
                 fit: FitError::default(),
+                saturation: vec![],
             },
             sources: vec![],
             caveats: vec![],

@@ -88,6 +88,9 @@ pub struct Summary {
     /// Rooms with a member at users held.
     #[serde(default)]
     pub rooms: Option<u64>,
+    /// `compare`: OOM kills in the target's cgroup.
+    #[serde(default)]
+    pub server_oom_kills: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -158,6 +161,8 @@ pub struct Observation {
     /// The run's CPU figures: one per ramp step when the steps carry their CPU, else one for
     /// the whole run; empty when the report has no server CPU.
     pub cpu: Vec<CpuPoint>,
+    /// The run ended because the server could no longer keep up (how a ramp ends).
+    pub unreachable: bool,
 }
 
 /// Which server CPU figure a fit uses.
@@ -234,6 +239,7 @@ impl Run {
                 .map(|b| b as f64 / processes as f64),
             kernel_tcp_growth_bytes,
             cpu: self.cpu_points(figure),
+            unreachable: s.unreachable,
         }
     }
 
@@ -281,6 +287,11 @@ impl Run {
     }
 
     /// Users per room in the `Blocks` layout (idle, ramp: rooms fill in arrival order).
+    /// A number from the scenario's flags (`room_size`, `step_s`, …).
+    pub fn config_f64(&self, key: &str) -> Option<f64> {
+        self.config.get(key).and_then(Value::as_f64)
+    }
+
     fn room_size(&self) -> Option<u64> {
         self.config.get("room_size").and_then(Value::as_u64)
     }

@@ -227,3 +227,55 @@ fn bad_values_name_their_flag() {
         "the table is listed"
     );
 }
+
+/// The committed model, fitted from `tuning/models/reports/` (no seeds'-load ramp among
+/// them), predicts the seeds' ramp measured apart in `tuning/models/checks/` within ±15 %:
+/// one emulated t3.small (6 processes on 1 CPU in 2 GiB), rooms of 50, one message per user
+/// per 10 s, +500 users every 3 s — at the whole CPU and under a 20 % quota.
+#[test]
+fn the_committed_model_predicts_the_measured_seeds_ramps_within_15_percent() {
+    let dir = format!("{}/models/checks", env!("CARGO_MANIFEST_DIR"));
+    for (file, vcpus) in [("seed-r50-i10.json", "1"), ("q20-seed-r50-i10.json", "0.2")] {
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap())
+                .unwrap();
+        let run = &report["runs"][0];
+        let held = run["summary"]["users_held"].as_f64().unwrap();
+        let cfg = &run["config"];
+        assert_eq!(cfg["room_size"], 50, "{file}");
+        assert_eq!(cfg["message_interval_s"], 10.0, "{file}");
+        let connects = cfg["step_users"].as_f64().unwrap() / cfg["step_s"].as_f64().unwrap();
+        let hours = run["duration_s"].as_f64().unwrap() / 3600.0;
+        let quota = report["host"]["server_cpu_quota_percent"].as_f64();
+        assert_eq!(quota.map(|q| q / 100.0).unwrap_or(1.0).to_string(), vcpus);
+        // One instance takes all the ramp's users and connects: plan for what it held.
+        let users = (held.round() as u64).to_string();
+        let p = plan_json(&[
+            "--users",
+            &users,
+            "--message-interval-s",
+            "10",
+            "--room-size",
+            "50",
+            "--instance",
+            "t3.small",
+            "--vcpus",
+            vcpus,
+            "--network-gbps",
+            "1000",
+            "--headroom-percent",
+            "0",
+            "--connects-per-s",
+            &connects.to_string(),
+            "--hours",
+            &hours.to_string(),
+        ]);
+        let predicted = p["users_per_instance"].as_f64().unwrap();
+        let error = (predicted - held) / held;
+        assert!(
+            error.abs() <= 0.15,
+            "{file}: plan says {predicted} users, the ramp held {held} ({:+.1} %)",
+            error * 100.0
+        );
+    }
+}
