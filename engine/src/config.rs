@@ -182,9 +182,10 @@ pub struct Config {
     pub memory_budget_percent: u32,
 
     /// `--connections-max auto`: memory one admitted connection costs, in bytes. The default
-    /// is per user under the seeds' ramp load (rooms of 50, 1 msg/10 s), docs/BENCHMARKS.md:
-    /// 1.31 GB at 66,500 users; the capacity model in `tuning/models/` refines it.
-    #[arg(long, env = "SOKDO_CONNECTION_MEMORY_BYTES", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000))]
+    /// is a user under the seeds' load (rooms of 50, 1 msg/10 s) once its rooms' rings are
+    /// full: 21,794 bytes by the capacity model `tuning/models/2vcpu-1core-server.json`
+    /// (`sokdo-tune plan`, docs/CAPACITY.md), rounded up.
+    #[arg(long, env = "SOKDO_CONNECTION_MEMORY_BYTES", default_value_t = 22_000, value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000))]
     pub connection_memory_bytes: u64,
 
     /// WebSocket upgrades one client address may make per second, on average (a token

@@ -352,7 +352,7 @@ async fn auto_capacity_comes_from_the_cgroup_memory_limit() {
         .find_map(|l| l.strip_prefix("Max open files"))
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .expect("a finite open-file limit");
-    let by_memory = (limit * 80 / 100 - (64 << 20)) / 20_000;
+    let by_memory = (limit * 80 / 100 - (64 << 20)) / 22_000;
     let expected = by_memory.min(open_files - 100);
     assert_eq!(server.metric("sokdo_connections_max"), expected as f64);
     drop(server);
