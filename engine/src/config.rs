@@ -96,7 +96,6 @@ pub struct Config {
     #[arg(long, env = "SOKDO_JWT_LEEWAY_S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub jwt_leeway_s: u64,
     // === end of Tokens ===
-
     /// Key a back end sends as `X-Api-Key` to `POST /api/rooms/{room}/messages`; without it
     /// that endpoint is disabled.
     #[arg(long, env = "SOKDO_API_KEY", hide_env_values = true)]

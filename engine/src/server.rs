@@ -92,14 +92,12 @@ fn auth_of(cfg: &Config) -> anyhow::Result<Auth> {
     let public = match &cfg.jwt_public_key_file {
         None => None,
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| {
-                format!("--jwt-public-key-file: reading {}", path.display())
-            })?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("--jwt-public-key-file: reading {}", path.display()))?;
             // Not UTF-8 (a DER file, say) is not a PEM: `from_pem` says so.
             let pem = std::str::from_utf8(&bytes).unwrap_or_default();
-            let key = crate::wire::auth::PublicKey::from_pem(pem).map_err(|e| {
-                anyhow::anyhow!("--jwt-public-key-file {}: {e}", path.display())
-            })?;
+            let key = crate::wire::auth::PublicKey::from_pem(pem)
+                .map_err(|e| anyhow::anyhow!("--jwt-public-key-file {}: {e}", path.display()))?;
             tracing::info!(alg = ?key.algorithm(), "client tokens verified with a public key");
             Some(key)
         }

@@ -117,7 +117,9 @@ pub enum AuthError {
 pub enum KeyError {
     #[error("not a PEM public key (expected -----BEGIN PUBLIC KEY-----, SubjectPublicKeyInfo)")]
     NotPublicKeyPem,
-    #[error("unsupported key type: only RSA (RS256) and EC P-256 (ES256) public keys are accepted")]
+    #[error(
+        "unsupported key type: only RSA (RS256) and EC P-256 (ES256) public keys are accepted"
+    )]
     UnsupportedType,
 }
 
@@ -238,14 +240,14 @@ impl Auth {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway_s;
         validation.validate_nbf = true;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::MissingRequiredClaim(_) => AuthError::NoExpiry,
-                _ => AuthError::Malformed,
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::MissingRequiredClaim(_) => AuthError::NoExpiry,
+            _ => AuthError::Malformed,
         })?;
         let claims = data.claims;
         if claims
@@ -338,7 +340,14 @@ mod tests {
 
     #[test]
     fn user_ids_are_visible_nfc_text() {
-        for ok in ["alice", "al ice", "앨리스", "\u{e9}lodie", "o'neil+1@x", "😀"] {
+        for ok in [
+            "alice",
+            "al ice",
+            "앨리스",
+            "\u{e9}lodie",
+            "o'neil+1@x",
+            "😀",
+        ] {
             assert!(is_valid_user_id(ok), "{ok:?}");
         }
         for bad in [
