@@ -195,8 +195,10 @@ async fn nbf_iat_and_crit_are_checked_with_the_leeway() {
         refused_token(&server, &future).await,
         (401, "token issued in the future".into())
     );
-    let mut header = Header::default();
-    header.crit = Some(vec!["exp".into()]);
+    let header = Header {
+        crit: Some(vec!["exp".into()]),
+        ..Header::default()
+    };
     let crit = signed(
         &header,
         &claims("alice", now + 600),
