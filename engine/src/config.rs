@@ -77,12 +77,25 @@ pub struct Config {
     #[arg(long, env = "SOKDO_MONGODB_DATABASE", default_value = "sokdo")]
     pub mongodb_database: String,
 
-    /// HS256 secret for client JWTs. Without it the server runs in development mode and
-    /// accepts `?user=ID`, which it allows only on a loopback address.
+    // === Tokens (docs/PROTOCOL.md "Authentication", docs/SECURITY.md "Tokens") ===
+    /// HS256 secret for client JWTs. Without it (and without --jwt-public-key-file) the
+    /// server runs in development mode and accepts `?user=ID`, which it allows only on a
+    /// loopback address.
     #[arg(long, env = "SOKDO_JWT_SECRET", hide_env_values = true)]
     #[serde(serialize_with = "redacted")]
     pub jwt_secret: Option<String>,
 
+    /// Public key (SPKI PEM, `-----BEGIN PUBLIC KEY-----`) for client JWTs signed by an
+    /// identity service: RSA → RS256, EC P-256 → ES256; any other key type is refused at
+    /// start. With --jwt-secret too, a token's `alg` picks the key (HS256 the secret).
+    #[arg(long, env = "SOKDO_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Clock skew allowed between the token issuer and this server, in seconds, for `exp`,
+    /// `nbf` and `iat` (an open connection is closed 4001 at `exp` + this).
+    #[arg(long, env = "SOKDO_JWT_LEEWAY_S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_s: u64,
+    // === end of Tokens ===
     /// Key a back end sends as `X-Api-Key` to `POST /api/rooms/{room}/messages`; without it
     /// that endpoint is disabled.
     #[arg(long, env = "SOKDO_API_KEY", hide_env_values = true)]
@@ -358,7 +371,7 @@ fn redact_uri(uri: &str) -> String {
 /// A configuration that does not make sense as a whole, naming the flags involved.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--jwt-secret is required when --listen is not a loopback address (development mode accepts ?user= only on loopback); got --listen {0}")]
+    #[error("--jwt-secret or --jwt-public-key-file is required when --listen is not a loopback address (development mode accepts ?user= only on loopback); got --listen {0}")]
     DevModeNotLoopback(SocketAddr),
     #[error("--accounts needs --jwt-secret to sign the tokens it issues")]
     AccountsWithoutSecret,
@@ -371,7 +384,7 @@ pub enum ConfigError {
     #[error("--stall-timeout-ms ({stall}) must be at least {min}: four of the shards' ticks (--heartbeat-ms / 4, 10–250 ms), or a running shard looks stuck")]
     StallBelowTicks { stall: u64, min: u64 },
     #[error(
-        "--fault-injection (SOKDO_FAULT_INJECTION) is for tests: it is refused with --jwt-secret"
+        "--fault-injection (SOKDO_FAULT_INJECTION) is for tests: it is refused with --jwt-secret or --jwt-public-key-file"
     )]
     FaultInjectionInProduction,
 }
@@ -379,7 +392,7 @@ pub enum ConfigError {
 impl Config {
     /// Checks the relations between flags that clap's per-flag ranges cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.jwt_secret.is_none() && !self.listen.ip().is_loopback() {
+        if self.dev_mode() && !self.listen.ip().is_loopback() {
             return Err(ConfigError::DevModeNotLoopback(self.listen));
         }
         if self.accounts && self.jwt_secret.is_none() {
@@ -409,7 +422,7 @@ impl Config {
                 min: 4 * self.tick_ms(),
             });
         }
-        if self.fault_injection && self.jwt_secret.is_some() {
+        if self.fault_injection && !self.dev_mode() {
             return Err(ConfigError::FaultInjectionInProduction);
         }
         Ok(())
@@ -441,8 +454,9 @@ impl Config {
         self.durability == Durability::Sync
     }
 
+    /// No key for tokens: `?user=` (loopback only).
     pub fn dev_mode(&self) -> bool {
-        self.jwt_secret.is_none()
+        self.jwt_secret.is_none() && self.jwt_public_key_file.is_none()
     }
 
     pub fn instance(&self) -> String {

@@ -44,6 +44,7 @@ pub fn main() -> std::process::ExitCode {
 /// Runs the server until it has drained after SIGTERM or SIGINT.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     cfg.validate()?;
+    let auth = auth_of(&cfg)?;
     crate::liveness::install_panic_hook();
     let cpus = allowed_cpus();
     let shards = cfg.shards.unwrap_or(cpus.len().max(1) as u16);
@@ -56,7 +57,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     );
     if cfg.dev_mode() {
         tracing::warn!(
-            "DEVELOPMENT MODE: no --jwt-secret; any client may connect as ?user=ID (loopback only)"
+            "DEVELOPMENT MODE: no --jwt-secret nor --jwt-public-key-file; any client may connect as ?user=ID (loopback only)"
         );
     }
     let listeners = bind_all(cfg.listen, shards)?;
@@ -66,7 +67,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("listener has an IP address")?;
     eprintln!("sokdo configuration:\n{}", cfg.summary(shards));
 
-    let (persistence, instance, rooms_by_shard) = open_instance(cfg, shards)?;
+    let (persistence, instance, rooms_by_shard) = open_instance(cfg, auth, shards)?;
     watch_signals(instance.clone())?;
     let mut handles = Vec::new();
     for ((id, listener), rooms) in listeners.into_iter().enumerate().zip(rooms_by_shard) {
@@ -85,8 +86,32 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// The persistence threads (recovering the log first), the accounts store and everything
 /// shards share; the recovered rooms, by home shard.
+/// The keys for client tokens, read at start: a key file that cannot be used stops the
+/// server with a message naming the flag.
+fn auth_of(cfg: &Config) -> anyhow::Result<Auth> {
+    let public = match &cfg.jwt_public_key_file {
+        None => None,
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("--jwt-public-key-file: reading {}", path.display()))?;
+            // Not UTF-8 (a DER file, say) is not a PEM: `from_pem` says so.
+            let pem = std::str::from_utf8(&bytes).unwrap_or_default();
+            let key = crate::wire::auth::PublicKey::from_pem(pem)
+                .map_err(|e| anyhow::anyhow!("--jwt-public-key-file {}: {e}", path.display()))?;
+            tracing::info!(alg = ?key.algorithm(), "client tokens verified with a public key");
+            Some(key)
+        }
+    };
+    Ok(Auth::with_keys(
+        cfg.jwt_secret.as_deref(),
+        public,
+        cfg.jwt_leeway_s,
+    ))
+}
+
 fn open_instance(
     cfg: Config,
+    auth: Auth,
     shards: u16,
 ) -> anyhow::Result<(Persistence, Arc<Instance>, Vec<Vec<RoomSnapshot>>)> {
     let mesh = Arc::new(Mesh::new(
@@ -128,7 +153,7 @@ fn open_instance(
     metrics.register_collector(Box::new(crate::places::PlacesCollector(places.clone())));
     let instance = Arc::new(Instance {
         name: cfg.instance(),
-        auth: Auth::new(cfg.jwt_secret.as_deref()),
+        auth,
         metrics,
         mesh,
         completions,

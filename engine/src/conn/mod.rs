@@ -101,6 +101,10 @@ pub struct ConnEntry {
     /// Waits in the instance's admission queue (asked the desk, no place yet), whatever
     /// its phase now (a waiting connection may be closing).
     pub queued: bool,
+    /// The `exp` of the connection's token (seconds since the epoch; `None` in development
+    /// mode): the shard's tick closes the connection 4001 once it is past (with the leeway),
+    /// unless a `refresh` moved it.
+    pub token_exp: Option<u64>,
     /// The peer's address (the per-address connection rate limit).
     pub peer: Option<std::net::IpAddr>,
     /// The admission-queue position last told to the client.
@@ -133,6 +137,7 @@ impl ConnEntry {
             api_ok_status: 200,
             admitted: false,
             queued: false,
+            token_exp: None,
             peer: None,
             queue_position: 0,
             order: Order::default(),

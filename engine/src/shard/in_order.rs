@@ -140,7 +140,7 @@ fn dest_of(parsed: &Parsed, shards: u16) -> Dest {
     };
     let home = |room: &str| -> ShardId { crate::placement::home_of(room, shards) };
     match req {
-        Request::Ping => Dest::Here,
+        Request::Ping | Request::Refresh { .. } => Dest::Here,
         Request::Rooms { .. } => Dest::Everywhere,
         Request::Join { room, .. }
         | Request::Leave { room }

@@ -149,6 +149,7 @@ impl Shard {
         let entry = &mut self.conns[key];
         entry.user = Rc::from(identity.user.as_str());
         entry.name = identity.name.as_deref().map(Rc::from);
+        entry.token_exp = identity.exp;
         entry.out.push(response);
         self.arrive(key);
     }
@@ -168,6 +169,7 @@ impl Shard {
                 instance: &instance.name,
                 shard: self.id,
                 heartbeat_ms: cfg.heartbeat_ms,
+                exp: entry.token_exp,
                 limits: protocol::Limits {
                     body_bytes_max: cfg.body_bytes_max,
                     frame_bytes_max: cfg.frame_bytes_max,
@@ -285,6 +287,7 @@ impl Shard {
         let user = self.conns[key].user.to_string();
         let (room, op) = match req {
             Request::Ping => return self.pong(key, &origin),
+            Request::Refresh { token } => return self.refresh(key, &origin, &token),
             Request::Rooms {
                 query,
                 joined,
@@ -338,6 +341,36 @@ impl Shard {
     fn pong(&mut self, key: usize, origin: &Origin) -> Result<(), ProtoError> {
         let pong = serde_json::json!({"pong": true, "ts": crate::clock::now_ms()});
         let ok = protocol::ok(origin.request.as_deref(), pong);
+        self.push_frame(key, ws::text(&ok));
+        Ok(())
+    }
+
+    /// `refresh`: a new token for the same user moves the connection's expiry. A token
+    /// that does not verify is refused with the reason and changes nothing (the connection
+    /// keeps its old `exp`); a token of another user is `forbidden`, same.
+    fn refresh(&mut self, key: usize, origin: &Origin, token: &str) -> Result<(), ProtoError> {
+        let auth = &self.instance.auth;
+        if auth.dev_mode() {
+            return Err(ProtoError::new(
+                ErrorCode::BadRequest,
+                "development mode has no tokens to refresh",
+            ));
+        }
+        let identity = auth
+            .verify(token)
+            .map_err(|e| ProtoError::new(ErrorCode::Unauthorized, e.to_string()))?;
+        let entry = &mut self.conns[key];
+        if *identity.user != *entry.user {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "the token is for another user: a connection keeps the user it opened with",
+            ));
+        }
+        entry.token_exp = identity.exp;
+        let ok = protocol::ok(
+            origin.request.as_deref(),
+            serde_json::json!({"exp": identity.exp}),
+        );
         self.push_frame(key, ws::text(&ok));
         Ok(())
     }
@@ -415,6 +448,7 @@ impl Shard {
             Request::Presence { room } => (room, HomeOp::Presence),
             Request::Search { room, query, limit } => (room, HomeOp::Search { query, limit }),
             Request::Ping
+            | Request::Refresh { .. }
             | Request::Rooms { .. }
             | Request::Create { .. }
             | Request::UpdateRoom { .. }

@@ -44,12 +44,20 @@ impl Shard {
         let write_stall = Duration::from_millis(cfg.write_stall_timeout_ms);
         let mut idle_keys = Vec::new();
         let mut stalled_keys = Vec::new();
+        let mut expired_keys = Vec::new();
+        let now_s = crate::wire::auth::now_unix_s();
+        let auth = &self.instance.auth;
         let mut queued = 0;
         for (key, entry) in self.conns.iter_mut() {
             queued += entry.out.bytes();
             let stalled = entry.out.stalled_for(now) >= write_stall;
             match entry.phase {
                 Phase::Open | Phase::Queued if stalled => stalled_keys.push(key),
+                Phase::Open | Phase::Queued
+                    if entry.token_exp.is_some_and(|exp| auth.expired(exp, now_s)) =>
+                {
+                    expired_keys.push(key)
+                }
                 Phase::Http if now - entry.opened_at > handshake => entry.kill = true,
                 Phase::Closing | Phase::Api if entry.close_deadline.is_some_and(|d| now > d) => {
                     entry.kill = true
@@ -68,6 +76,10 @@ impl Shard {
         }
         for key in stalled_keys {
             self.close_slow(key, Slow::Stall);
+        }
+        for key in expired_keys {
+            self.metrics.token_expired_closes.inc();
+            self.close_conn(key, close::TOKEN_EXPIRED, "token expired", Unsent::Send);
         }
         self.metrics.outbound_queue_bytes.set(queued as i64);
     }

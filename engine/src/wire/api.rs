@@ -238,6 +238,7 @@ mod tests {
         let identity = Identity {
             user: "u".into(),
             name: None,
+            exp: None,
         };
         history("r".into(), identity, query).unwrap_err()
     }
@@ -247,6 +248,7 @@ mod tests {
         let identity = Identity {
             user: "u".into(),
             name: None,
+            exp: None,
         };
         assert!(matches!(
             history("r".into(), identity, "before_seq=9"),

@@ -190,6 +190,10 @@ pub enum Request {
         cursor: Option<String>,
     },
     Ping,
+    /// A new token for the connection's user (docs/PROTOCOL.md "Token refresh").
+    Refresh {
+        token: String,
+    },
 }
 
 impl Request {
@@ -207,7 +211,7 @@ impl Request {
             | Request::Presence { room }
             | Request::Search { room, .. }
             | Request::UpdateRoom { room, .. } => Some(room),
-            Request::Rooms { .. } | Request::Ping => None,
+            Request::Rooms { .. } | Request::Ping | Request::Refresh { .. } => None,
         }
     }
 }
@@ -239,6 +243,8 @@ struct Wire<'a> {
     joined: Option<bool>,
     #[serde(borrow)]
     cursor: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Limits that parsing enforces.
@@ -305,6 +311,7 @@ fn build(mut wire: Wire<'_>, limits: ParseLimits) -> Result<Request, ProtoError>
         "update_room" => update_room(f),
         "rooms" => rooms(f),
         "ping" => Ok(Request::Ping),
+        "refresh" => refresh(f),
         other => Err(bad(format!("unknown op `{}`", truncate(other, 32)))),
     }
 }
@@ -338,6 +345,13 @@ impl Fields<'_, '_> {
     fn seq(&self) -> Result<u64, ProtoError> {
         self.wire.seq.ok_or_else(|| missing(self.op, "seq"))
     }
+}
+
+fn refresh(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
+    let token = f.wire.token.ok_or_else(|| missing(f.op, "token"))?;
+    Ok(Request::Refresh {
+        token: token.into_owned(),
+    })
 }
 
 fn join(f: Fields<'_, '_>) -> Result<Request, ProtoError> {
@@ -557,6 +571,9 @@ pub struct Hello<'a> {
     pub instance: &'a str,
     pub shard: u16,
     pub heartbeat_ms: u64,
+    /// The token's `exp`: refresh before it (absent in development mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
     pub limits: Limits,
 }
 

@@ -24,6 +24,9 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// sokdo's own (private range 4000–4999, docs/PROTOCOL.md): the token's `exp` passed
+    /// without a `refresh`.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// One complete message or control frame from the client, payload unmasked.
