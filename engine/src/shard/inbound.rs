@@ -291,12 +291,14 @@ impl Shard {
                 limit,
                 cursor,
             } => {
+                self.check_rooms_rate(key)?;
                 let query = RoomsQuery {
                     user,
                     query,
                     joined,
                     limit,
                     cursor,
+                    scan_rooms_max: self.cfg().rooms_query_scan_rooms_max,
                 };
                 return self.gather_rooms(origin, query);
             }
@@ -381,6 +383,7 @@ impl Shard {
                 };
                 let op = HomeOp::Join {
                     password,
+                    peer: entry.peer,
                     after_seq,
                     subscribe,
                 };
