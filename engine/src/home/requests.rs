@@ -634,11 +634,11 @@ impl Homes {
                 return false;
             }
             needle.as_deref().is_none_or(|n| {
-                r.id().to_lowercase().contains(n)
+                contains_caseless(r.id(), n)
                     || r.info()
                         .title
                         .as_deref()
-                        .is_some_and(|t| t.to_lowercase().contains(n))
+                        .is_some_and(|t| contains_caseless(t, n))
             })
         };
         let from = match q.cursor.as_deref() {
@@ -880,4 +880,18 @@ fn pointer_record(room: &str, user: &str, seq: u64) -> Record {
 
 pub(super) fn no_message(room: &str, seq: u64) -> ProtoError {
     ProtoError::new(ErrorCode::NotFound, format!("no message {seq} in `{room}`"))
+}
+
+/// Whether `text` holds `needle` (already lower-cased), ignoring case; without allocating
+/// when both are ASCII (the common case, on the `rooms` scan's path).
+fn contains_caseless(text: &str, needle: &str) -> bool {
+    if text.is_ascii() && needle.is_ascii() {
+        let n = needle.as_bytes();
+        return n.is_empty()
+            || text
+                .as_bytes()
+                .windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n));
+    }
+    text.to_lowercase().contains(needle)
 }
