@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use sokdo_persistence::{AppendError, Completion, ReadRequest, Record, StoredMessage, Ticket};
 
