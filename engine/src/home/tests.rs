@@ -628,6 +628,7 @@ fn rooms_parts_walk_an_index_within_their_budget() {
     let part = f.homes.rooms_part(&query("bob", true, None, 2));
     assert_eq!(ids(&part), bobs, "only bob's rooms are walked");
     assert_eq!(part.scanned_to, None);
+    f.join(origin(0, 8), "bob", &bobs[0], None);
     let leave = HomeOp::Leave(Leaving::Membership);
     reply(&f.call(origin(0, 9), "bob", &bobs[0], leave)).unwrap();
     let part = f.homes.rooms_part(&query("bob", true, None, 2));
