@@ -76,6 +76,8 @@ pub struct Shard {
     /// key, turn) (`in_order`); almost always empty.
     early_answers: HashMap<(u32, u32), in_order::Answer>,
     login_limiter: api_calls::LoginLimiter,
+    /// Connections whose held requests `in_order::release_held` is starting now.
+    releasing: Vec<usize>,
     draining: Option<timers::DrainState>,
     /// Replays waiting for their connection to take a page (`replay`).
     replay_waits: Vec<replay::ReplayWait>,
@@ -138,6 +140,7 @@ impl Shard {
             rooms_queries: rooms_query::Gathers::default(),
             early_answers: HashMap::new(),
             login_limiter: api_calls::LoginLimiter::new(cfg),
+            releasing: Vec::new(),
             draining: None,
             replay_waits: Vec::new(),
             tick: Duration::from_millis(cfg.tick_ms()),
