@@ -271,6 +271,50 @@ pub struct Config {
     /// value up to this).
     #[arg(long, env = "SOKDO_RECONNECT_AFTER_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub reconnect_after_ms: u64,
+
+    // === Abuse limits (rooms and passwords) ===
+    /// `rooms` queries one connection may make per second (bursts of as many); over it
+    /// → `rate_limited` with `retry_after_ms`. 0: no limit.
+    #[arg(long, env = "SOKDO_ROOM_QUERIES_PER_CONNECTION_PER_S", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub room_queries_per_connection_per_s: u32,
+
+    /// Most rooms one shard looks at for one `rooms` query (in room id order from the
+    /// cursor); a query whose filter matches few rooms answers a short page with a
+    /// `cursor` to go on from, so no query costs more than this per shard.
+    #[arg(long, env = "SOKDO_ROOMS_QUERY_SCAN_ROOMS_MAX", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(101..=10_000_000))]
+    pub rooms_query_scan_rooms_max: u32,
+
+    /// Wrong room passwords one user may give for one room within
+    /// `--auth-failure-window-ms`; then its `join`s with a password get `rate_limited`.
+    #[arg(long, env = "SOKDO_ROOM_PASSWORD_FAILURES_MAX", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub room_password_failures_max: u32,
+
+    /// Wrong room passwords from one client address (any user, any room) within the
+    /// window, counted on each room's home shard; then `rate_limited`.
+    #[arg(long, env = "SOKDO_ROOM_PASSWORD_FAILURES_PER_IP_MAX", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub room_password_failures_per_ip_max: u32,
+
+    /// Room password checks (argon2) one shard runs at once; a `join` past it gets
+    /// `unavailable` at once instead of queueing behind them. Each user has at most one
+    /// check in flight per shard (a second → `rate_limited`).
+    #[arg(long, env = "SOKDO_PASSWORD_CHECKS_IN_FLIGHT_MAX", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_024))]
+    pub password_checks_in_flight_max: u32,
+
+    /// Failed `/api/auth/login|password` calls for one account from one client address
+    /// within the window; then that account is refused from that address (429) — the owner
+    /// from another address is not.
+    #[arg(long, env = "SOKDO_LOGIN_FAILURES_MAX", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_failures_max: u32,
+
+    /// Failed logins from one client address (any account) within the window; then every
+    /// login from that address is refused (429).
+    #[arg(long, env = "SOKDO_LOGIN_FAILURES_PER_IP_MAX", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_failures_per_ip_max: u32,
+
+    /// The window of the login and room password failure counts: a key that reached its
+    /// bound is heard again this long after its first failure.
+    #[arg(long, env = "SOKDO_AUTH_FAILURE_WINDOW_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub auth_failure_window_ms: u64,
 }
 
 /// `--connections-max`: `auto` (derived from the host, `capacity`) or a number.

@@ -43,6 +43,7 @@ mod liveness;
 mod metrics;
 mod placement;
 mod places;
+mod throttle;
 // Pure codecs: bytes ⇄ typed values (ws, http, response, api, auth, protocol).
 mod wire;
 // State without I/O.

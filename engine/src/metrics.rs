@@ -140,6 +140,10 @@ shard_metrics! {
     connections_refused: Counter = "connections_refused", "Sockets refused with HTTP 503 (instance full or draining)";
     connections_queued: Gauge = "connections_queued", "Connections on this shard waiting in the instance's admission queue";
     connections_rate_limited: Counter = "connections_rate_limited", "Upgrades refused with HTTP 429: their address passed --connections-per-ip-per-s / --connections-per-ip-burst";
+    room_queries_rate_limited: Counter = "room_queries_rate_limited", "`rooms` queries refused `rate_limited` (--room-queries-per-connection-per-s)";
+    room_password_failures: Counter = "room_password_failures", "Private-room `join`s with a wrong password (counted on the room's home)";
+    room_password_refusals: Counter = "room_password_refusals", "Private-room `join`s with a password refused before any check: too many failures, a check of the user in flight (`rate_limited`) or --password-checks-in-flight-max reached (`unavailable`)";
+    login_refusals: Counter = "login_refusals", "`/api/auth/login|password` calls refused 429: the account from that address, or the address, passed --login-failures-max / --login-failures-per-ip-max";
     messages_in: Counter = "messages_in", "Messages accepted and sequenced by their room's home";
     deliveries: Counter = "deliveries", "Message frames queued to subscribers";
     bytes_out: Counter = "bytes_out", "Bytes written to sockets";

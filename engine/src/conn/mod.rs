@@ -94,6 +94,8 @@ pub struct ConnEntry {
     pub malformed_requests: u32,
     /// The last `typing` notice (rate limit).
     pub last_typing: Option<Instant>,
+    /// `rooms` queries (`--room-queries-per-connection-per-s`), from the first.
+    pub rooms_rate: Option<crate::throttle::Rate>,
     /// HTTP status of a successful reply to this connection's API call.
     pub api_ok_status: u16,
     /// Holds one of the instance's admission places (`Places`).
@@ -134,6 +136,7 @@ impl ConnEntry {
             kill: false,
             malformed_requests: 0,
             last_typing: None,
+            rooms_rate: None,
             api_ok_status: 200,
             admitted: false,
             queued: false,

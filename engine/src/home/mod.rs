@@ -14,11 +14,12 @@
 #![forbid(unsafe_code)]
 
 mod completions;
+mod guard;
 mod requests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +32,7 @@ use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, Outgoing, Reply, ShardM
 use crate::mesh::ShardId;
 use crate::room::{Room, RoomLimits};
 use crate::wire::protocol::{self, ErrorCode, ProtoError};
+pub use guard::PasswordRules;
 
 /// Where records go: the write-ahead log (`sokdo_persistence::Handle`), or a test's fake.
 /// Both calls only queue and return at once; results come back as completions.
@@ -72,6 +74,17 @@ pub struct HomeRules {
     pub replay_messages_max: u64,
     /// Messages per page of a replay read from the store ([`replay_page_messages`]).
     pub replay_page_messages: usize,
+    /// Room password guessing (`guard`).
+    pub passwords: PasswordRules,
+}
+
+/// The counters a home keeps (its shard's metrics).
+#[derive(Debug, Clone, Default)]
+pub struct HomeCounters {
+    /// `sokdo_messages_in_total`.
+    pub messages_in: Counter,
+    pub room_password_failures: Counter,
+    pub room_password_refusals: Counter,
 }
 
 /// Messages per page of a replay from the store: a quarter of a connection's queue cap
@@ -99,6 +112,8 @@ pub enum Offload {
 pub struct PasswordCheck {
     pub password: String,
     pub hash: String,
+    /// The client's address: wrong passwords count against it too.
+    peer: Option<std::net::IpAddr>,
     joining: Joining,
 }
 
@@ -157,14 +172,19 @@ pub struct Homes {
     shards: u16,
     rules: HomeRules,
     rooms: HashMap<Arc<str>, Room>,
+    /// The ids of `rooms`, in order: `rooms` pages are ranges of it, never a scan.
+    ids: BTreeSet<Arc<str>>,
+    /// The rooms homed here each user is a member of, in order (`rooms` with `joined`).
+    joined: HashMap<String, BTreeSet<Arc<str>>>,
     waiting: HashMap<u64, Waiting>,
     /// Replays whose last page went to the connection, by token, until it asks for the
     /// next (`HomeOp::ReplayMore`).
     paused: HashMap<u64, Joining>,
     next_ticket: u64,
     journal: Box<dyn Journal>,
-    /// `sokdo_messages_in_total` of this shard.
-    messages_in: Counter,
+    counters: HomeCounters,
+    /// Wrong room passwords and the checks in flight.
+    guard: guard::PasswordGuard,
 }
 
 impl Homes {
@@ -173,7 +193,7 @@ impl Homes {
         (shard, shards): (ShardId, u16),
         rules: HomeRules,
         journal: Box<dyn Journal>,
-        messages_in: Counter,
+        counters: HomeCounters,
         snapshots: Vec<RoomSnapshot>,
     ) -> Homes {
         let mut homes = Homes {
@@ -181,19 +201,41 @@ impl Homes {
             shards,
             rules,
             rooms: HashMap::new(),
+            ids: BTreeSet::new(),
+            joined: HashMap::new(),
             waiting: HashMap::new(),
             paused: HashMap::new(),
             next_ticket: 0,
             journal,
-            messages_in,
+            counters,
+            guard: guard::PasswordGuard::new(rules.passwords),
         };
         for snapshot in snapshots {
             debug_assert_eq!(crate::placement::home_of(&snapshot.room, shards), shard);
             let key: Arc<str> = Arc::from(snapshot.room.as_str());
+            for user in &snapshot.members {
+                homes.index_member(&key, user, true);
+            }
             let room = Room::restore(snapshot, rules.limits, shards as usize);
+            homes.ids.insert(key.clone());
             homes.rooms.insert(key, room);
         }
         homes
+    }
+
+    /// Keeps `joined` in step with a room's members.
+    fn index_member(&mut self, key: &Arc<str>, user: &str, member: bool) {
+        if member {
+            self.joined
+                .entry(user.to_owned())
+                .or_default()
+                .insert(key.clone());
+        } else if let Some(rooms) = self.joined.get_mut(user) {
+            rooms.remove(key);
+            if rooms.is_empty() {
+                self.joined.remove(user);
+            }
+        }
     }
 
     /// Rooms homed here (a gauge).
@@ -241,9 +283,10 @@ impl Homes {
         let result = match op {
             HomeOp::Join {
                 password,
+                peer,
                 after_seq,
                 subscribe,
-            } => self.join(&mut call, &room, password, after_seq, subscribe),
+            } => self.join(&mut call, &room, (password, peer), after_seq, subscribe),
             HomeOp::Create {
                 title,
                 private,

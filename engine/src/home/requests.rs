@@ -2,6 +2,8 @@
 //! search · leave · send · history, and the `rooms` part a home contributes.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,7 +11,9 @@ use serde::Serialize;
 use sokdo_persistence::{ReadRequest, Record};
 
 use super::{not_member, AcceptedSend, Call, Homes, Joining, Now, Offload, PasswordCheck, Waiting};
-use crate::mesh::msg::{Leaving, Origin, Outgoing, RoomEntry, RoomsQuery, ShardMsg, Subscribe};
+use crate::mesh::msg::{
+    Leaving, Origin, Outgoing, RoomEntry, RoomsPart, RoomsQuery, ShardMsg, Subscribe,
+};
 use crate::room::{Room, RoomInfo};
 use crate::wire::protocol::{self, ErrorCode, Msg, ProtoError};
 
@@ -94,7 +98,7 @@ impl Homes {
         &mut self,
         call: &mut Call<'_>,
         room: &str,
-        password: Option<String>,
+        (password, peer): (Option<String>, Option<std::net::IpAddr>),
         after_seq: Option<u64>,
         subscribe: Subscribe,
     ) -> Result<Option<Offload>, ProtoError> {
@@ -130,9 +134,14 @@ impl Homes {
                 format!("room `{room}` is private: `join` needs its password"),
             ));
         };
+        if let Err(e) = self.guard.admit(&key, call.user, peer, call.now.at) {
+            self.counters.room_password_refusals.inc();
+            return Err(e);
+        }
         let check = PasswordCheck {
             password,
             hash,
+            peer,
             joining,
         };
         Ok(Some(Offload::VerifyPassword(check)))
@@ -147,6 +156,11 @@ impl Homes {
         out: &mut Outgoing,
     ) {
         let origin = check.joining.origin.clone();
+        let (room, user) = (&check.joining.room, &check.joining.user);
+        self.guard.checked(room, user, check.peer, matches, now.at);
+        if !matches {
+            self.counters.room_password_failures.inc();
+        }
         let result = if matches {
             self.join_admitted(out, check.joining, now)
         } else {
@@ -428,6 +442,7 @@ impl Homes {
         let mut r = Room::new(room, info, self.rules.limits, self.shards as usize);
         r.password_hash = password_hash;
         self.rooms.insert(key.clone(), r);
+        self.ids.insert(key.clone());
         Ok(key)
     }
 
@@ -442,6 +457,7 @@ impl Homes {
         };
         self.log(record, None)?;
         self.room_mut(key).add_member(user);
+        self.index_member(key, user, true);
         Ok(())
     }
 
@@ -606,40 +622,60 @@ impl Homes {
         Ok(())
     }
 
-    /// This shard's part of a `rooms` answer: the rooms it homes that match, sorted by id,
-    /// after the cursor, at most `limit` + 1 (so the asker knows whether there are more).
-    /// A scan of the homed rooms.
-    pub fn rooms_part(&self, q: &RoomsQuery) -> Vec<RoomEntry> {
+    /// This shard's part of a `rooms` answer: the rooms it homes that match, by id, after
+    /// the cursor, at most `limit` + 1 (so the asker knows whether there are more). A range
+    /// of the id index (or of the user's own rooms with `joined`) from the cursor: at most
+    /// `scan_rooms_max` rooms are looked at, so a page costs O(scan + log rooms) whatever the
+    /// shard homes.
+    pub fn rooms_part(&self, q: &RoomsQuery) -> RoomsPart {
         let needle = q.query.as_deref().map(str::to_lowercase);
         let matches = |r: &Room| {
             if !r.is_member(&q.user) && (q.joined || r.info().private) {
                 return false;
             }
             needle.as_deref().is_none_or(|n| {
-                r.id().to_lowercase().contains(n)
+                contains_caseless(r.id(), n)
                     || r.info()
                         .title
                         .as_deref()
-                        .is_some_and(|t| t.to_lowercase().contains(n))
+                        .is_some_and(|t| contains_caseless(t, n))
             })
         };
-        let mut entries: Vec<RoomEntry> = self
-            .rooms
-            .iter()
-            .filter(|(id, _)| q.cursor.as_deref().is_none_or(|c| &***id > c))
-            .filter(|(_, r)| matches(r))
-            .map(|(_, r)| RoomEntry {
-                room: r.id().to_owned(),
-                title: r.info().title.clone(),
-                private: r.info().private,
-                members: r.member_count(),
-                last_seq: r.last_seq(),
-                unread: r.is_member(&q.user).then(|| r.unread(&q.user)),
-            })
-            .collect();
-        entries.sort_by(|a, b| a.room.cmp(&b.room));
-        entries.truncate(q.limit as usize + 1);
-        entries
+        let from = match q.cursor.as_deref() {
+            Some(c) => Bound::Excluded(c),
+            None => Bound::Unbounded,
+        };
+        let mut part = RoomsPart::default();
+        let wanted = q.limit as usize + 1;
+        static NONE: BTreeSet<Arc<str>> = BTreeSet::new();
+        let index = if q.joined {
+            self.joined.get(&q.user).unwrap_or(&NONE)
+        } else {
+            &self.ids
+        };
+        let mut last: Option<&Arc<str>> = None;
+        for (looked, id) in index.range::<str, _>((from, Bound::Unbounded)).enumerate() {
+            if looked == q.scan_rooms_max as usize {
+                part.scanned_to = last.map(|l| l.to_string());
+                break;
+            }
+            last = Some(id);
+            let r = self.room(id);
+            if matches(r) {
+                part.entries.push(RoomEntry {
+                    room: r.id().to_owned(),
+                    title: r.info().title.clone(),
+                    private: r.info().private,
+                    members: r.member_count(),
+                    last_seq: r.last_seq(),
+                    unread: r.is_member(&q.user).then(|| r.unread(&q.user)),
+                });
+                if part.entries.len() == wanted {
+                    break;
+                }
+            }
+        }
+        part
     }
 
     // === leave ===
@@ -669,6 +705,7 @@ impl Homes {
             };
             self.log(record, None)?;
             self.room_mut(&key).remove_member(user);
+            self.index_member(&key, user, false);
             call.ok(RoomOk { room });
         }
         Ok(())
@@ -712,7 +749,7 @@ impl Homes {
         self.log(record, ticket)?;
         let reserved = self.room_mut(&key).reserve(user, client_msg_id, ts);
         assert_eq!(reserved, seq, "the logged seq is the reserved seq");
-        self.messages_in.inc();
+        self.counters.messages_in.inc();
         let accepted = AcceptedSend {
             origin: call.origin.clone(),
             room: key,
@@ -843,4 +880,18 @@ fn pointer_record(room: &str, user: &str, seq: u64) -> Record {
 
 pub(super) fn no_message(room: &str, seq: u64) -> ProtoError {
     ProtoError::new(ErrorCode::NotFound, format!("no message {seq} in `{room}`"))
+}
+
+/// Whether `text` holds `needle` (already lower-cased), ignoring case; without allocating
+/// when both are ASCII (the common case, on the `rooms` scan's path).
+fn contains_caseless(text: &str, needle: &str) -> bool {
+    if text.is_ascii() && needle.is_ascii() {
+        let n = needle.as_bytes();
+        return n.is_empty()
+            || text
+                .as_bytes()
+                .windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n));
+    }
+    text.to_lowercase().contains(needle)
 }

@@ -6,13 +6,14 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use sokdo_persistence::{AppendError, Completion, ReadRequest, Record, StoredMessage, Ticket};
 
 use super::{HomeRules, Homes, Journal, Now, Offload};
 use crate::conn::ConnRef;
-use crate::mesh::msg::{HomeOp, HomeReq, Leaving, Origin, Outgoing, Reply, ShardMsg, Subscribe};
+use crate::mesh::msg::{
+    HomeOp, HomeReq, Leaving, Origin, Outgoing, Reply, RoomsPart, RoomsQuery, ShardMsg, Subscribe,
+};
 use crate::mesh::ShardId;
 use crate::room::RoomLimits;
 use crate::wire::protocol::ErrorCode;
@@ -64,12 +65,18 @@ fn fixture(durable_acks: bool, ring: usize) -> Fixture {
         durable_acks,
         replay_messages_max: 1000,
         replay_page_messages: 2,
+        passwords: super::PasswordRules {
+            failures_max: 5,
+            failures_per_ip_max: 20,
+            window: std::time::Duration::from_secs(60),
+            checks_in_flight_max: 4,
+        },
     };
     let homes = Homes::new(
         (0, 2),
         rules,
         Box::new(log.clone()),
-        Counter::default(),
+        super::HomeCounters::default(),
         Vec::new(),
     );
     let now = Now {
@@ -108,6 +115,7 @@ impl Fixture {
     fn join(&mut self, origin: Origin, user: &str, room: &str, after_seq: Option<u64>) -> Outgoing {
         let op = HomeOp::Join {
             password: None,
+            peer: None,
             after_seq,
             subscribe: Subscribe::New,
         };
@@ -442,6 +450,7 @@ fn a_private_room_needs_its_password_checked_off_the_shard() {
         let mut out = Outgoing::default();
         let op = HomeOp::Join {
             password: Some("secret".into()),
+            peer: None,
             after_seq: None,
             subscribe: Subscribe::New,
         };
@@ -571,4 +580,57 @@ fn leaving_by_connection_keeps_the_membership() {
     assert_eq!(reply(&out).unwrap()["room"], "room");
     let out = f.call(origin(1, 1), "ann", "room", HomeOp::Read { seq: 2 });
     assert_eq!(reply(&out), Err(ErrorCode::NotMember));
+}
+
+/// Goal: a `rooms` part looks at no more than `scan_rooms_max` rooms and says where it
+/// stopped; with `joined` it walks the user's own rooms only, however many others there are.
+#[test]
+fn rooms_parts_walk_an_index_within_their_budget() {
+    let mut f = fixture(false, 100);
+    let names: Vec<String> = (0..)
+        .map(|i| format!("room-{i}"))
+        .filter(|r| crate::placement::home_of(r, 2) == 0)
+        .take(6)
+        .collect();
+    for (i, room) in names.iter().enumerate() {
+        let creator = if i < 4 { "ann" } else { "bob" };
+        let create = HomeOp::Create {
+            title: None,
+            private: false,
+            password_hash: None,
+        };
+        reply(&f.call(origin(0, i as u32 + 1), creator, room, create)).unwrap();
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    let query = |user: &str, joined: bool, text: Option<&str>, scan: u32| RoomsQuery {
+        user: user.into(),
+        query: text.map(str::to_owned),
+        joined,
+        limit: 10,
+        cursor: None,
+        scan_rooms_max: scan,
+    };
+    let ids =
+        |part: &RoomsPart| -> Vec<String> { part.entries.iter().map(|e| e.room.clone()).collect() };
+    let part = f.homes.rooms_part(&query("bob", false, Some("nothing"), 3));
+    assert!(part.entries.is_empty());
+    assert_eq!(
+        part.scanned_to.as_deref(),
+        Some(sorted[2].as_str()),
+        "3 looked at"
+    );
+    let part = f.homes.rooms_part(&query("bob", false, None, 100));
+    assert_eq!(ids(&part), sorted, "every room, in id order");
+    assert_eq!(part.scanned_to, None);
+    let mut bobs = names[4..].to_vec();
+    bobs.sort();
+    let part = f.homes.rooms_part(&query("bob", true, None, 2));
+    assert_eq!(ids(&part), bobs, "only bob's rooms are walked");
+    assert_eq!(part.scanned_to, None);
+    f.join(origin(0, 8), "bob", &bobs[0], None);
+    let leave = HomeOp::Leave(Leaving::Membership);
+    reply(&f.call(origin(0, 9), "bob", &bobs[0], leave)).unwrap();
+    let part = f.homes.rooms_part(&query("bob", true, None, 2));
+    assert_eq!(ids(&part), bobs[1..], "a room left is no longer bob's");
 }

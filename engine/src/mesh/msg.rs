@@ -93,6 +93,8 @@ pub enum Leaving {
 pub enum HomeOp {
     Join {
         password: Option<String>,
+        /// The client's address (room password failures count against it).
+        peer: Option<std::net::IpAddr>,
         after_seq: Option<u64>,
         subscribe: Subscribe,
     },
@@ -169,6 +171,18 @@ pub struct RoomsQuery {
     pub joined: bool,
     pub limit: u32,
     pub cursor: Option<String>,
+    /// Most rooms each shard looks at (`--rooms-query-scan-rooms-max`).
+    pub scan_rooms_max: u32,
+}
+
+/// One shard's part of a `rooms` answer.
+#[derive(Debug, Default)]
+pub struct RoomsPart {
+    /// The matching rooms after the cursor, by id, at most `limit` + 1.
+    pub entries: Vec<RoomEntry>,
+    /// The last room id looked at when the scan budget ran out before the shard's rooms
+    /// did (`None`: every room after the cursor was looked at, or `limit` + 1 found).
+    pub scanned_to: Option<String>,
 }
 
 /// One room in a `rooms` reply.
@@ -203,7 +217,7 @@ pub enum ShardMsg {
         query: Arc<RoomsQuery>,
     },
     /// The rooms a shard homes that match, back to the asking shard.
-    RoomsPart { token: u64, entries: Vec<RoomEntry> },
+    RoomsPart { token: u64, part: RoomsPart },
     /// From a home to one connection: the result of its request.
     Reply {
         conn: ConnRef,

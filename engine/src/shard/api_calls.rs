@@ -1,15 +1,17 @@
 //! The HTTP API beside the WebSocket: room calls go to the room's home like WebSocket
 //! requests and come back as a typed [`Reply`]; account calls run on the blocking pool.
-//! Failed logins are limited per user here.
+//! Failed logins are limited here per account and client address, and per address: an
+//! attacker's failures from one address never lock the owner out from another.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::tasks::spawn_task;
 use super::Shard;
 use crate::conn::Phase;
 use crate::mesh::msg::{HomeOp, HomeReq, Origin, Reply};
+use crate::throttle::Failures;
 use crate::wire::api::ApiCall;
 use crate::wire::protocol::{self, ErrorCode};
 
@@ -85,11 +87,16 @@ impl Shard {
             ApiCall::Login { user, .. } | ApiCall::Password { user, .. } => Some(user.clone()),
             _ => None,
         };
+        let peer = self.conns[key].peer;
         if let Some(user) = &login_user {
-            if self.login_limiter.is_limited(user, Instant::now()) {
+            if let Some(wait) = self.login_limiter.retry_after(user, peer, Instant::now()) {
+                self.metrics.login_refusals.inc();
                 let err = crate::wire::api::ApiError::new(
                     ErrorCode::RateLimited,
-                    "too many failed attempts: wait a minute",
+                    format!(
+                        "too many failed attempts: wait {} s",
+                        wait.as_secs_f64().ceil()
+                    ),
                 );
                 return self.respond_http(key, crate::wire::api::error_response(&err));
             }
@@ -102,7 +109,7 @@ impl Shard {
             let Some(key) = shard.live(conn) else { return };
             if let (Some(user), Err(e)) = (&login_user, &result) {
                 if e.status == 401 {
-                    shard.login_limiter.failed(user, Instant::now());
+                    shard.login_limiter.failed(user, peer, Instant::now());
                 }
             }
             let response = match result {
@@ -145,33 +152,39 @@ fn account_call(
     result.map_err(crate::wire::api::ApiError::from)
 }
 
-/// Failed logins per user on this shard, in a sliding minute.
-#[derive(Default)]
+/// Failed logins on this shard, per (account, client address) and per address, in a
+/// window (`--login-failures-max`, `--login-failures-per-ip-max`,
+/// `--auth-failure-window-ms`). Not per account alone: that would let anyone lock any
+/// account's owner out by failing on purpose.
 pub(super) struct LoginLimiter {
-    failures: HashMap<String, (u32, Instant)>,
+    by_user_ip: Failures<(String, Option<IpAddr>)>,
+    by_ip: Failures<IpAddr>,
 }
 
 impl LoginLimiter {
-    const FAILURES_PER_MINUTE_MAX: u32 = 5;
-    const WINDOW: Duration = Duration::from_secs(60);
-    /// Users tracked at most; past it the entries older than the window are forgotten.
-    const USERS_MAX: usize = 100_000;
+    /// Keys tracked at most by each count.
+    const KEYS_MAX: usize = 100_000;
 
-    fn is_limited(&self, user: &str, now: Instant) -> bool {
-        self.failures.get(user).is_some_and(|(n, since)| {
-            *n >= Self::FAILURES_PER_MINUTE_MAX && now - *since < Self::WINDOW
-        })
+    pub(super) fn new(cfg: &crate::config::Config) -> LoginLimiter {
+        let window = Duration::from_millis(cfg.auth_failure_window_ms);
+        LoginLimiter {
+            by_user_ip: Failures::new(cfg.login_failures_max, window, Self::KEYS_MAX),
+            by_ip: Failures::new(cfg.login_failures_per_ip_max, window, Self::KEYS_MAX),
+        }
     }
 
-    fn failed(&mut self, user: &str, now: Instant) {
-        if self.failures.len() >= Self::USERS_MAX {
-            self.failures
-                .retain(|_, (_, since)| now - *since < Self::WINDOW);
+    /// How long `user` from `peer` must wait, if it must.
+    fn retry_after(&self, user: &str, peer: Option<IpAddr>, now: Instant) -> Option<Duration> {
+        let key = (user.to_owned(), peer);
+        self.by_user_ip
+            .retry_after(&key, now)
+            .or_else(|| peer.and_then(|ip| self.by_ip.retry_after(&ip, now)))
+    }
+
+    fn failed(&mut self, user: &str, peer: Option<IpAddr>, now: Instant) {
+        self.by_user_ip.failed((user.to_owned(), peer), now);
+        if let Some(ip) = peer {
+            self.by_ip.failed(ip, now);
         }
-        let entry = self.failures.entry(user.to_owned()).or_insert((0, now));
-        if now - entry.1 >= Self::WINDOW {
-            *entry = (0, now);
-        }
-        entry.0 += 1;
     }
 }

@@ -95,6 +95,13 @@ impl Shard {
     /// Starts held requests, oldest first, while they may start; lets the connection read
     /// again once none is held.
     fn release_held(&mut self, key: usize) {
+        // A request answered at once (refused on this shard) answers inside `start` and
+        // lands here again: the outer call's loop goes on with it instead, so a long run of
+        // pipelined refusals is a loop, not a recursion as deep as the run.
+        if self.releasing.contains(&key) {
+            return;
+        }
+        self.releasing.push(key);
         let shards = self.instance.shards();
         loop {
             let entry = &mut self.conns[key];
@@ -109,6 +116,7 @@ impl Shard {
             let dest = dest_of(&parsed, shards);
             self.start(key, parsed, dest);
         }
+        self.releasing.retain(|k| *k != key);
         let entry = &mut self.conns[key];
         if !entry.order.is_holding() {
             entry.wake();

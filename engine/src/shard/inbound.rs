@@ -263,7 +263,14 @@ impl Shard {
             body_bytes_max: self.cfg().body_bytes_max as usize,
             room_id_bytes_max: self.cfg().room_id_bytes_max as usize,
         };
-        let parsed = protocol::parse(text, limits);
+        let mut parsed = protocol::parse(text, limits);
+        // Counted as it arrives, not when its turn comes: pipelined `rooms` queries wait
+        // their turn behind each other, and would otherwise never look fast.
+        if let Ok((id, Request::Rooms { .. })) = &parsed {
+            if let Err(e) = self.check_rooms_rate(key) {
+                parsed = Err((id.clone(), e));
+            }
+        }
         self.submit(key, parsed);
     }
 
@@ -300,6 +307,7 @@ impl Shard {
                     joined,
                     limit,
                     cursor,
+                    scan_rooms_max: self.cfg().rooms_query_scan_rooms_max,
                 };
                 return self.gather_rooms(origin, query);
             }
@@ -414,6 +422,7 @@ impl Shard {
                 };
                 let op = HomeOp::Join {
                     password,
+                    peer: entry.peer,
                     after_seq,
                     subscribe,
                 };

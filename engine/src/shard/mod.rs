@@ -76,6 +76,8 @@ pub struct Shard {
     /// key, turn) (`in_order`); almost always empty.
     early_answers: HashMap<(u32, u32), in_order::Answer>,
     login_limiter: api_calls::LoginLimiter,
+    /// Connections whose held requests `in_order::release_held` is starting now.
+    releasing: Vec<usize>,
     draining: Option<timers::DrainState>,
     /// Replays waiting for their connection to take a page (`replay`).
     replay_waits: Vec<replay::ReplayWait>,
@@ -103,10 +105,21 @@ impl Shard {
                 cfg.outbound_queue_bytes_max,
                 cfg.body_bytes_max,
             ),
+            passwords: crate::home::PasswordRules {
+                failures_max: cfg.room_password_failures_max,
+                failures_per_ip_max: cfg.room_password_failures_per_ip_max,
+                window: std::time::Duration::from_millis(cfg.auth_failure_window_ms),
+                checks_in_flight_max: cfg.password_checks_in_flight_max,
+            },
         };
         let journal = Box::new(instance.persist.clone());
         let shards = (id, instance.shards());
-        let homes = Homes::new(shards, rules, journal, metrics.messages_in.clone(), rooms);
+        let counters = crate::home::HomeCounters {
+            messages_in: metrics.messages_in.clone(),
+            room_password_failures: metrics.room_password_failures.clone(),
+            room_password_refusals: metrics.room_password_refusals.clone(),
+        };
+        let homes = Homes::new(shards, rules, journal, counters, rooms);
         Shard {
             id,
             conns: Slab::new(),
@@ -126,7 +139,8 @@ impl Shard {
             ),
             rooms_queries: rooms_query::Gathers::default(),
             early_answers: HashMap::new(),
-            login_limiter: api_calls::LoginLimiter::default(),
+            login_limiter: api_calls::LoginLimiter::new(cfg),
+            releasing: Vec::new(),
             draining: None,
             replay_waits: Vec::new(),
             tick: Duration::from_millis(cfg.tick_ms()),
@@ -204,10 +218,10 @@ impl Shard {
                 except,
             } => self.deliver(&room, &payload, received_at, except.as_deref()),
             ShardMsg::RoomsQuery { from, token, query } => {
-                let entries = self.homes.rooms_part(&query);
-                self.emit(from, ShardMsg::RoomsPart { token, entries });
+                let part = self.homes.rooms_part(&query);
+                self.emit(from, ShardMsg::RoomsPart { token, part });
             }
-            ShardMsg::RoomsPart { token, entries } => self.on_rooms_part(token, entries),
+            ShardMsg::RoomsPart { token, part } => self.on_rooms_part(token, part),
             ShardMsg::Reply { conn, turn, reply } => {
                 self.on_answer(conn, turn, Answer::Reply(reply));
             }

@@ -72,6 +72,8 @@ pub type RequestId = Option<Box<RawValue>>;
 pub struct ProtoError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: how long to wait before asking again (`retry_after_ms`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ProtoError {
@@ -79,6 +81,17 @@ impl ProtoError {
         ProtoError {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// `rate_limited`, with `retry_after_ms` (rounded up, at least 1).
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        let ms = u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+        ProtoError {
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            retry_after_ms: Some(ms.max(1)),
         }
     }
 }
@@ -509,6 +522,8 @@ struct Reply<'a, T: Serialize> {
 struct ErrorBody<'a> {
     code: &'static str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 /// `{"op":"ok","id":…, …body}`.
@@ -524,6 +539,7 @@ pub fn error(id: Option<&RawValue>, err: &ProtoError) -> Vec<u8> {
         body: ErrorBody {
             code: err.code.as_str(),
             message: &err.message,
+            retry_after_ms: err.retry_after_ms,
         },
     })
 }

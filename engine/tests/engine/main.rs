@@ -9,6 +9,7 @@
 
 mod support;
 
+mod abuse_rooms;
 mod admission;
 mod api;
 mod auth;
