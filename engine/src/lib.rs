@@ -42,6 +42,7 @@ pub mod config;
 mod liveness;
 mod metrics;
 mod placement;
+mod ip_counts;
 mod places;
 // Pure codecs: bytes ⇄ typed values (ws, http, response, api, auth, protocol).
 mod wire;

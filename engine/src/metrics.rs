@@ -140,6 +140,10 @@ shard_metrics! {
     connections_refused: Counter = "connections_refused", "Sockets refused with HTTP 503 (instance full or draining)";
     connections_queued: Gauge = "connections_queued", "Connections on this shard waiting in the instance's admission queue";
     connections_rate_limited: Counter = "connections_rate_limited", "Upgrades refused with HTTP 429: their address passed --connections-per-ip-per-s / --connections-per-ip-burst";
+    connections_per_ip_refused: Counter = "connections_per_ip_refused", "Upgrades refused with HTTP 429: their address held --connections-per-ip-max connections";
+    rate_limited_requests: Counter = "rate_limited_requests", "Requests answered `rate_limited`: their connection passed --messages-per-connection-per-s / --messages-per-connection-burst";
+    rate_limit_closes: Counter = "rate_limit_closes", "Connections closed 1008 `rate limit exceeded` (more than --rate-limited-replies-max `rate_limited` replies in a row)";
+    ping_flood_closes: Counter = "ping_flood_closes", "Connections closed 1008 `ping rate exceeded` (--pings-per-connection-per-s)";
     messages_in: Counter = "messages_in", "Messages accepted and sequenced by their room's home";
     deliveries: Counter = "deliveries", "Message frames queued to subscribers";
     bytes_out: Counter = "bytes_out", "Bytes written to sockets";

@@ -72,6 +72,8 @@ pub type RequestId = Option<Box<RawValue>>;
 pub struct ProtoError {
     pub code: ErrorCode,
     pub message: String,
+    /// `rate_limited`: when the client may try again, in the reply as `retry_after_ms`.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ProtoError {
@@ -79,6 +81,15 @@ impl ProtoError {
         ProtoError {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// `rate_limited`, with the wait until the client's next request is let through.
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        ProtoError {
+            retry_after_ms: Some(retry_after_ms),
+            ..ProtoError::new(ErrorCode::RateLimited, message)
         }
     }
 }
@@ -260,15 +271,9 @@ pub fn parse(
             ProtoError::new(ErrorCode::BadRequest, format!("invalid JSON: {e}")),
         )
     })?;
-    let id = match wire.id {
-        None => None,
-        Some(raw) if is_number_or_string(raw) => Some(raw.to_owned()),
-        Some(_) => {
-            return Err((
-                None,
-                ProtoError::new(ErrorCode::BadRequest, "`id` must be a number or a string"),
-            ))
-        }
+    let id = match wire.id.map(checked_id).transpose() {
+        Ok(id) => id,
+        Err(e) => return Err((None, e)),
     };
     match build(wire, limits) {
         Ok(req) => Ok((id, req)),
@@ -276,11 +281,34 @@ pub fn parse(
     }
 }
 
-fn is_number_or_string(raw: &RawValue) -> bool {
-    matches!(
-        raw.get().as_bytes().first(),
-        Some(b'"' | b'-' | b'0'..=b'9')
-    )
+/// The request id of a frame that is not parsed any further (a `rate_limited` one), when
+/// it has a valid one.
+pub fn request_id(frame: &[u8]) -> RequestId {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    let wire: IdOnly<'_> = serde_json::from_slice(frame).ok()?;
+    checked_id(wire.id?).ok()
+}
+
+/// An `id` is a string, or a number that a JSON reader can hold (a finite double): one
+/// like `1e999` would be echoed as something the client's own parser rejects.
+fn checked_id(raw: &RawValue) -> Result<Box<RawValue>, ProtoError> {
+    let text = raw.get();
+    let valid = match text.as_bytes().first() {
+        Some(b'"') => true,
+        Some(b'-' | b'0'..=b'9') => text.parse::<f64>().is_ok_and(f64::is_finite),
+        _ => false,
+    };
+    if !valid {
+        return Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            "`id` must be a string or a number within the range of a double",
+        ));
+    }
+    Ok(raw.to_owned())
 }
 
 /// Dispatches on `op`: one parse function per op, mini-redis `cmd/` style.
@@ -495,6 +523,8 @@ struct Reply<'a, T: Serialize> {
 struct ErrorBody<'a> {
     code: &'static str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 /// `{"op":"ok","id":…, …body}`.
@@ -510,6 +540,7 @@ pub fn error(id: Option<&RawValue>, err: &ProtoError) -> Vec<u8> {
         body: ErrorBody {
             code: err.code.as_str(),
             message: &err.message,
+            retry_after_ms: err.retry_after_ms,
         },
     })
 }
