@@ -304,7 +304,9 @@ impl Shard {
         entry.rate_limited_in_row += 1;
         if entry.rate_limited_in_row > in_row_max {
             self.metrics.rate_limit_closes.inc();
-            self.fail_conn(key, close::POLICY, "rate limit exceeded");
+            // A close handshake, not a failed connection: what the client still sends is
+            // read and dropped until its close, so its socket is not reset under the close.
+            self.close_conn(key, close::POLICY, "rate limit exceeded", Unsent::Send);
             return true;
         }
         self.metrics.rate_limited_requests.inc();
@@ -327,7 +329,7 @@ impl Shard {
             return false;
         }
         self.metrics.ping_flood_closes.inc();
-        self.fail_conn(key, close::POLICY, "ping rate exceeded");
+        self.close_conn(key, close::POLICY, "ping rate exceeded", Unsent::Send);
         true
     }
 
