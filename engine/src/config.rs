@@ -199,7 +199,6 @@ pub struct Config {
     pub connections_per_ip_burst: u32,
 
     // --- Abuse limits (connection) ---
-
     /// Requests (text frames, every op) one connection may send per second, on average (a
     /// token bucket); past it, each request is answered `rate_limited` with
     /// `retry_after_ms`. 0 turns the limit off.

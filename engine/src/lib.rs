@@ -39,10 +39,10 @@
 // Leaves: no other module of the crate.
 mod clock;
 pub mod config;
+mod ip_counts;
 mod liveness;
 mod metrics;
 mod placement;
-mod ip_counts;
 mod places;
 // Pure codecs: bytes ⇄ typed values (ws, http, response, api, auth, protocol).
 mod wire;

@@ -800,7 +800,16 @@ mod tests {
         assert_eq!(e.message, format!("unknown op `{}`", "x".repeat(32)));
         let (id, e) = parse(br#"{"op":"ping","id":[1]}"#, LIMITS).unwrap_err();
         assert!(id.is_none());
-        assert_eq!(e.message, "`id` must be a number or a string");
+        let bad_id = "`id` must be a string or a number within the range of a double";
+        assert_eq!(e.message, bad_id);
+        let (id, e) = parse(br#"{"op":"ping","id":1e999}"#, LIMITS).unwrap_err();
+        assert!(id.is_none(), "not echoed");
+        assert_eq!(e.message, bad_id);
+        let (id, _) = parse(br#"{"op":"ping","id":-1.5e300}"#, LIMITS).unwrap();
+        assert_eq!(id.unwrap().get(), "-1.5e300");
+        assert_eq!(request_id(br#"{"op":"send","id":"a"}"#).unwrap().get(), r#""a""#);
+        assert!(request_id(br#"{"id":1e999}"#).is_none());
+        assert!(request_id(b"not json").is_none());
     }
 
     #[test]

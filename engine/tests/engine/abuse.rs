@@ -30,7 +30,9 @@ async fn chat(server: &Server, rounds: usize) {
     for i in 0..rounds {
         let body = format!("still here {i}");
         let served = async {
-            let ok = c.ok(json!({"op": "send", "room": "calm", "body": body})).await;
+            let ok = c
+                .ok(json!({"op": "send", "room": "calm", "body": body}))
+                .await;
             let msg = c.event_of("msg").await;
             (ok, msg)
         };
@@ -82,7 +84,12 @@ async fn a_request_flood_is_rate_limited_then_closed_1008_while_others_chat() {
         let started = Instant::now();
         for i in 0..1_000 {
             let frame = json!({"op": "send", "id": i, "room": "spam", "body": "x"});
-            if flood.ws.send(Message::text(frame.to_string())).await.is_err() {
+            if flood
+                .ws
+                .send(Message::text(frame.to_string()))
+                .await
+                .is_err()
+            {
                 break; // closed under us: the close frame is still read below
             }
         }
@@ -107,7 +114,10 @@ async fn a_request_flood_is_rate_limited_then_closed_1008_while_others_chat() {
     let first = limited[0];
     assert!(first["id"].is_u64(), "the reply names its request: {first}");
     assert!(first["retry_after_ms"].as_u64().unwrap() >= 1, "{first}");
-    assert!(first["message"].as_str().unwrap().contains("20 requests per second"));
+    assert!(first["message"]
+        .as_str()
+        .unwrap()
+        .contains("20 requests per second"));
     assert_eq!(close, (1008, "rate limit exceeded".to_owned()));
     assert!(server.metric("sokdo_rate_limited_requests_total") >= 100.0);
     assert_eq!(server.metric("sokdo_rate_limit_closes_total"), 1.0);
@@ -137,7 +147,10 @@ async fn join_leave_churn_is_rate_limited_and_retry_after_is_honoured() {
         replies
     };
     let (replies, ()) = tokio::join!(attack, chat(&server, 10));
-    let replies: Vec<Value> = replies.into_iter().filter(|r| r.get("id").is_some()).collect();
+    let replies: Vec<Value> = replies
+        .into_iter()
+        .filter(|r| r.get("id").is_some())
+        .collect();
     let limited: Vec<&Value> = replies
         .iter()
         .filter(|r| r["code"] == "rate_limited")
@@ -162,7 +175,12 @@ async fn a_ping_flood_is_closed_1008_while_others_chat() {
     let mut pinger = Client::connect(&server, "pinger").await;
     let attack = async {
         for _ in 0..500 {
-            if pinger.ws.send(Message::Ping(vec![1u8; 16].into())).await.is_err() {
+            if pinger
+                .ws
+                .send(Message::Ping(vec![1u8; 16].into()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -175,7 +193,11 @@ async fn a_ping_flood_is_closed_1008_while_others_chat() {
     // A client pinging at a sane pace is not affected.
     let mut polite = Client::connect(&server, "polite").await;
     for _ in 0..5 {
-        polite.ws.send(Message::Ping(vec![2u8].into())).await.unwrap();
+        polite
+            .ws
+            .send(Message::Ping(vec![2u8].into()))
+            .await
+            .unwrap();
     }
     polite.ok(json!({"op": "ping"})).await;
 }
@@ -189,7 +211,10 @@ async fn an_address_past_its_connection_cap_gets_429_others_chat() {
     let attack = async {
         let mut held = Vec::new();
         let refused = loop {
-            assert!(held.len() <= 6, "a 7th connection from one address was admitted");
+            assert!(
+                held.len() <= 6,
+                "a 7th connection from one address was admitted"
+            );
             match tokio_tungstenite::connect_async(server.ws_url("user=hog")).await {
                 Ok((ws, _)) => held.push(Client::from_ws(ws).await),
                 Err(WsError::Http(resp)) => break resp,
@@ -298,7 +323,10 @@ async fn an_unrepresentable_numeric_id_is_refused_not_echoed() {
     assert_eq!(reply["op"], "error", "{reply}");
     assert_eq!(reply["code"], "bad_request", "{reply}");
     assert!(reply.get("id").is_none_or(Value::is_null), "{reply}");
-    assert!(reply["message"].as_str().unwrap().contains("`id`"), "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("`id`"),
+        "{reply}"
+    );
     c.send_raw(r#"{"op":"ping","id":-12.5e3}"#).await;
     let text = loop {
         match c.ws.next().await.unwrap().unwrap() {
