@@ -807,7 +807,10 @@ mod tests {
         assert_eq!(e.message, bad_id);
         let (id, _) = parse(br#"{"op":"ping","id":-1.5e300}"#, LIMITS).unwrap();
         assert_eq!(id.unwrap().get(), "-1.5e300");
-        assert_eq!(request_id(br#"{"op":"send","id":"a"}"#).unwrap().get(), r#""a""#);
+        assert_eq!(
+            request_id(br#"{"op":"send","id":"a"}"#).unwrap().get(),
+            r#""a""#
+        );
         assert!(request_id(br#"{"id":1e999}"#).is_none());
         assert!(request_id(b"not json").is_none());
     }
