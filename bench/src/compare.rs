@@ -435,8 +435,16 @@ impl Server {
             // clients each, so sokdo's per-address connection rate limit would refuse the
             // ramp: it is off in bench runs unless the caller sets it. An environment
             // variable, not a flag, so a build from before the limit starts too.
-            if std::env::var_os("SOKDO_CONNECTIONS_PER_IP_PER_S").is_none() {
-                command.env("SOKDO_CONNECTIONS_PER_IP_PER_S", "0");
+            // Likewise the per-address connection cap, and the per-connection message rate
+            // limit: the fan-out scenario sends thousands per second from few connections.
+            for var in [
+                "SOKDO_CONNECTIONS_PER_IP_PER_S",
+                "SOKDO_CONNECTIONS_PER_IP_MAX",
+                "SOKDO_MESSAGES_PER_CONNECTION_PER_S",
+            ] {
+                if std::env::var_os(var).is_none() {
+                    command.env(var, "0");
+                }
             }
             let child = command
                 .arg("-c")

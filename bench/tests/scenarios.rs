@@ -44,9 +44,12 @@ impl Server {
         // Port 0: sokdo binds a free port itself and prints it (no port picked here and
         // freed for it, which another process could take in between).
         // The generator's one or two source addresses stand for many clients: the
-        // per-address connection rate limit is off, as `compare` has it.
+        // per-address connection limits and the per-connection message rate limit are off, as
+        // `compare` has it.
         let mut child = Command::new(&bin)
             .env("SOKDO_CONNECTIONS_PER_IP_PER_S", "0")
+            .env("SOKDO_CONNECTIONS_PER_IP_MAX", "0")
+            .env("SOKDO_MESSAGES_PER_CONNECTION_PER_S", "0")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .args(args)

@@ -212,6 +212,35 @@ pub struct Config {
     #[arg(long, env = "SOKDO_CONNECTIONS_PER_IP_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connections_per_ip_burst: u32,
 
+    // --- Abuse limits (connection) ---
+    /// Requests (text frames, every op) one connection may send per second, on average (a
+    /// token bucket); past it, each request is answered `rate_limited` with
+    /// `retry_after_ms`. 0 turns the limit off.
+    #[arg(long, env = "SOKDO_MESSAGES_PER_CONNECTION_PER_S", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub messages_per_connection_per_s: u32,
+
+    /// Requests one connection may send at once before `--messages-per-connection-per-s`
+    /// paces it (the bucket's size), in requests.
+    #[arg(long, env = "SOKDO_MESSAGES_PER_CONNECTION_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub messages_per_connection_burst: u32,
+
+    /// `rate_limited` replies in a row (no request let through between them) after which
+    /// the connection is closed with 1008 `rate limit exceeded`.
+    #[arg(long, env = "SOKDO_RATE_LIMITED_REPLIES_MAX", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limited_replies_max: u32,
+
+    /// WebSocket pings one connection may send per second, on average (a token bucket of
+    /// twice this many); past it, the connection is closed with 1008 `ping rate exceeded`.
+    /// 0 turns the limit off.
+    #[arg(long, env = "SOKDO_PINGS_PER_CONNECTION_PER_S", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub pings_per_connection_per_s: u32,
+
+    /// Upgraded WebSocket connections (admitted or queued) one client address may hold at
+    /// once, for the whole instance; past it, HTTP 429 with `Retry-After`. 0 turns the
+    /// limit off.
+    #[arg(long, env = "SOKDO_CONNECTIONS_PER_IP_MAX", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub connections_per_ip_max: u32,
+
     /// Interval of server WebSocket pings.
     #[arg(long, env = "SOKDO_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub heartbeat_ms: u64,

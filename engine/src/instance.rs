@@ -28,6 +28,9 @@ pub struct Instance {
     pub liveness: crate::liveness::Liveness,
     /// The instance's admission places (every shard counts in them; `shard::admission`).
     pub places: Arc<crate::places::Places>,
+    /// Upgraded connections per client address (`--connections-per-ip-max`; atomics every
+    /// shard updates).
+    pub ip_counts: crate::ip_counts::IpCounts,
 }
 
 impl Instance {

@@ -39,6 +39,7 @@
 // Leaves: no other module of the crate.
 mod clock;
 pub mod config;
+mod ip_counts;
 mod liveness;
 mod metrics;
 mod placement;

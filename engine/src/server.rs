@@ -161,6 +161,7 @@ fn open_instance(
         accounts,
         liveness: crate::liveness::Liveness::new(shards, cfg.stall_timeout_ms),
         places,
+        ip_counts: crate::ip_counts::IpCounts::new(cfg.connections_per_ip_max),
         cfg,
     });
     Ok((persistence, instance, rooms_by_shard))

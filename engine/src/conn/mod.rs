@@ -14,11 +14,13 @@
 //! - [`driver`]: the task, generic over a [`ConnHost`] — the shard, seen only through the
 //!   four calls a connection needs, so this module does not know the shard;
 //! - [`order`]: which of a connection's requests may start now, so they take effect in the
-//!   order sent (pure bookkeeping).
+//!   order sent (pure bookkeeping);
+//! - [`rate`]: the token buckets of the per-connection rate limits (requests, pings).
 
 mod driver;
 pub mod order;
 mod outbound;
+pub mod rate;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -96,6 +98,15 @@ pub struct ConnEntry {
     pub last_typing: Option<Instant>,
     /// `rooms` queries (`--room-queries-per-connection-per-s`), from the first.
     pub rooms_rate: Option<crate::throttle::Rate>,
+    /// Requests (`--messages-per-connection-*`) and WebSocket pings
+    /// (`--pings-per-connection-per-s`) taken from this connection's buckets.
+    pub requests: rate::Bucket,
+    pub pings: rate::Bucket,
+    /// `rate_limited` replies since a request was last let through: past
+    /// `--rate-limited-replies-max`, closed 1008.
+    pub rate_limited_in_row: u32,
+    /// Counts in the instance's connections of its address (`--connections-per-ip-max`).
+    pub ip_counted: bool,
     /// HTTP status of a successful reply to this connection's API call.
     pub api_ok_status: u16,
     /// Holds one of the instance's admission places (`Places`).
@@ -137,6 +148,10 @@ impl ConnEntry {
             malformed_requests: 0,
             last_typing: None,
             rooms_rate: None,
+            requests: rate::Bucket::default(),
+            pings: rate::Bucket::default(),
+            rate_limited_in_row: 0,
+            ip_counted: false,
             api_ok_status: 200,
             admitted: false,
             queued: false,

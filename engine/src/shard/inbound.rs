@@ -65,7 +65,7 @@ impl Shard {
                 self.respond_http(key, response);
             }
             Outcome::Api(call) => self.on_api(key, call),
-            Outcome::Upgrade { .. } if self.rate_limited(key) => {}
+            Outcome::Upgrade { .. } if self.rate_limited(key) || self.over_ip_max(key) => {}
             Outcome::Upgrade {
                 identity, response, ..
             } => {
@@ -94,6 +94,30 @@ impl Shard {
             "text/plain; charset=utf-8",
             b"too many connections from this address: retry later\n",
             &format!("Retry-After: {retry_after_s}\r\n"),
+        );
+        self.respond_http(key, response);
+        true
+    }
+
+    /// An upgrade from an address that holds `--connections-per-ip-max` connections (on
+    /// any shard): answered 429 and closed. Otherwise it counts until it is forgotten.
+    fn over_ip_max(&mut self, key: usize) -> bool {
+        let counts = &self.instance.ip_counts;
+        let Some(ip) = self.conns[key].peer.filter(|_| counts.on()) else {
+            return false;
+        };
+        if counts.enter(ip) {
+            self.conns[key].ip_counted = true;
+            return false;
+        }
+        self.metrics.connections_per_ip_refused.inc();
+        let max = self.cfg().connections_per_ip_max;
+        let body = format!("too many connections from this address (connections_per_ip_max {max}): close one or retry later\n");
+        let response = crate::wire::response::response(
+            429,
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+            "Retry-After: 1\r\n",
         );
         self.respond_http(key, response);
         true
@@ -201,6 +225,7 @@ impl Shard {
             api_key: self.cfg().api_key.as_deref(),
             accounts: self.instance.accounts.is_some(),
             body_bytes_max: self.cfg().body_bytes_max as usize,
+            request_bytes_max: max,
         };
         match crate::wire::http::route(&head[..head.len().min(max)], &ctx) {
             Outcome::Incomplete if head.len() > max => {
@@ -213,7 +238,12 @@ impl Shard {
     /// One frame from an open connection. Returns false once the connection is closing.
     fn on_frame(&mut self, key: usize, frame: Inbound<'_>) -> bool {
         let phase = self.conns[key].phase;
+        let taking = matches!(phase, Phase::Open | Phase::Queued);
         match frame {
+            Inbound::Text(text) if taking && self.over_request_rate(key, text.as_bytes()) => {
+                self.conns[key].phase == phase
+            }
+            Inbound::Ping(_) if taking && self.over_ping_rate(key) => false,
             Inbound::Text(_) if phase == Phase::Queued => {
                 let position = self.conns[key].queue_position;
                 let err = ProtoError::new(
@@ -256,6 +286,60 @@ impl Shard {
                 false
             }
         }
+    }
+
+    /// A request past `--messages-per-connection-*`: answered `rate_limited` in its turn
+    /// (nothing else of it is read but its `id`), or, past `--rate-limited-replies-max` of
+    /// them in a row, the connection is closed 1008. Every op counts.
+    fn over_request_rate(&mut self, key: usize, text: &[u8]) -> bool {
+        let cfg = self.cfg();
+        let (per_s, burst) = (
+            cfg.messages_per_connection_per_s,
+            cfg.messages_per_connection_burst,
+        );
+        let in_row_max = cfg.rate_limited_replies_max;
+        let entry = &mut self.conns[key];
+        let Err(wait) = entry.requests.take(per_s, burst, Instant::now()) else {
+            entry.rate_limited_in_row = 0;
+            return false;
+        };
+        entry.rate_limited_in_row += 1;
+        if entry.rate_limited_in_row > in_row_max {
+            self.metrics.rate_limit_closes.inc();
+            // A close handshake, not a failed connection: what the client still sends is
+            // read and dropped until its close, so its socket is not reset under the close.
+            self.close_conn(key, close::POLICY, "rate limit exceeded", Unsent::Send);
+            return true;
+        }
+        self.metrics.rate_limited_requests.inc();
+        let err = ProtoError::rate_limited(
+            format!("more than {per_s} requests per second (burst {burst})"),
+            wait,
+        );
+        let err = ProtoError {
+            message: format!(
+                "{}: retry after {} ms",
+                err.message,
+                err.retry_after_ms.unwrap_or(1)
+            ),
+            ..err
+        };
+        self.submit(key, Err((protocol::request_id(text), err)));
+        true
+    }
+
+    /// A WebSocket ping past `--pings-per-connection-per-s` (a bucket of twice that):
+    /// the connection is closed 1008, since each ping costs a write.
+    fn over_ping_rate(&mut self, key: usize) -> bool {
+        let per_s = self.cfg().pings_per_connection_per_s;
+        let burst = per_s.saturating_mul(2);
+        let now = Instant::now();
+        if self.conns[key].pings.take(per_s, burst, now).is_ok() {
+            return false;
+        }
+        self.metrics.ping_flood_closes.inc();
+        self.close_conn(key, close::POLICY, "ping rate exceeded", Unsent::Send);
+        true
     }
 
     fn on_text(&mut self, key: usize, text: &[u8]) {

@@ -349,6 +349,9 @@ impl ConnHost for Shard {
         let entry = self.conns.remove(key);
         self.drop_early_answers(conn);
         self.metrics.connections.dec();
+        if let (true, Some(ip)) = (entry.ip_counted, entry.peer) {
+            self.instance.ip_counts.leave(ip);
+        }
         if entry.admitted {
             self.release_place();
         } else if entry.queued {

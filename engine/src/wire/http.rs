@@ -73,6 +73,8 @@ pub struct Context<'a> {
     /// `--accounts`: enables `/api/auth/*`.
     pub accounts: bool,
     pub body_bytes_max: usize,
+    /// `http_request_bytes_max`: a request (head and body) must fit in it.
+    pub request_bytes_max: usize,
 }
 
 pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
@@ -95,10 +97,18 @@ pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
                 Some(Some(n)) => n,
                 Some(None) => return Outcome::plain(400, "malformed Content-Length\n"),
             };
-            if head.len() < head_len + body_len {
+            // A body that cannot fit is refused at once, not waited for until the handshake
+            // times out. 413: the head is fine, its body is too large (431 is for the head).
+            let request_bytes = head_len.saturating_add(body_len);
+            if request_bytes > ctx.request_bytes_max {
+                return Outcome::plain(
+                    413,
+                    &format!("Content-Length {body_len} exceeds what http_request_bytes_max ({}) leaves for a body\n", ctx.request_bytes_max),
+                );
+            }
+            if head.len() < request_bytes {
                 return Outcome::Incomplete;
             }
-            let request_bytes = head_len + body_len;
             match Outcome::from_request(&req, &head[head_len..request_bytes], ctx) {
                 Outcome::Upgrade {
                     identity, response, ..
@@ -350,6 +360,7 @@ mod tests {
             api_key: None,
             accounts: false,
             body_bytes_max: 100,
+            request_bytes_max: 1000,
         }
     }
 

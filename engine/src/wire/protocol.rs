@@ -279,15 +279,9 @@ pub fn parse(
             ProtoError::new(ErrorCode::BadRequest, format!("invalid JSON: {e}")),
         )
     })?;
-    let id = match wire.id {
-        None => None,
-        Some(raw) if is_number_or_string(raw) => Some(raw.to_owned()),
-        Some(_) => {
-            return Err((
-                None,
-                ProtoError::new(ErrorCode::BadRequest, "`id` must be a number or a string"),
-            ))
-        }
+    let id = match wire.id.map(checked_id).transpose() {
+        Ok(id) => id,
+        Err(e) => return Err((None, e)),
     };
     match build(wire, limits) {
         Ok(req) => Ok((id, req)),
@@ -295,11 +289,34 @@ pub fn parse(
     }
 }
 
-fn is_number_or_string(raw: &RawValue) -> bool {
-    matches!(
-        raw.get().as_bytes().first(),
-        Some(b'"' | b'-' | b'0'..=b'9')
-    )
+/// The request id of a frame that is not parsed any further (a `rate_limited` one), when
+/// it has a valid one.
+pub fn request_id(frame: &[u8]) -> RequestId {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    let wire: IdOnly<'_> = serde_json::from_slice(frame).ok()?;
+    checked_id(wire.id?).ok()
+}
+
+/// An `id` is a string, or a number that a JSON reader can hold (a finite double): one
+/// like `1e999` would be echoed as something the client's own parser rejects.
+fn checked_id(raw: &RawValue) -> Result<Box<RawValue>, ProtoError> {
+    let text = raw.get();
+    let valid = match text.as_bytes().first() {
+        Some(b'"') => true,
+        Some(b'-' | b'0'..=b'9') => text.parse::<f64>().is_ok_and(f64::is_finite),
+        _ => false,
+    };
+    if !valid {
+        return Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            "`id` must be a string or a number within the range of a double",
+        ));
+    }
+    Ok(raw.to_owned())
 }
 
 /// Dispatches on `op`: one parse function per op, mini-redis `cmd/` style.
@@ -802,7 +819,19 @@ mod tests {
         assert_eq!(e.message, format!("unknown op `{}`", "x".repeat(32)));
         let (id, e) = parse(br#"{"op":"ping","id":[1]}"#, LIMITS).unwrap_err();
         assert!(id.is_none());
-        assert_eq!(e.message, "`id` must be a number or a string");
+        let bad_id = "`id` must be a string or a number within the range of a double";
+        assert_eq!(e.message, bad_id);
+        let (id, e) = parse(br#"{"op":"ping","id":1e999}"#, LIMITS).unwrap_err();
+        assert!(id.is_none(), "not echoed");
+        assert_eq!(e.message, bad_id);
+        let (id, _) = parse(br#"{"op":"ping","id":-1.5e300}"#, LIMITS).unwrap();
+        assert_eq!(id.unwrap().get(), "-1.5e300");
+        assert_eq!(
+            request_id(br#"{"op":"send","id":"a"}"#).unwrap().get(),
+            r#""a""#
+        );
+        assert!(request_id(br#"{"id":1e999}"#).is_none());
+        assert!(request_id(b"not json").is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod support;
 
 mod abuse_rooms;
+mod abuse;
 mod admission;
 mod api;
 mod auth;

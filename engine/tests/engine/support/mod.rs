@@ -75,9 +75,8 @@ impl Server {
         Server::spawn(sh, &temp_dir("data"), args, &[])
     }
 
-    /// Starts `command` with the harness's flags, then `args`. The per-address connection
-    /// rate limit is off unless `args` set it: the tests open many connections from
-    /// 127.0.0.1 at once.
+    /// Starts `command` with the harness's flags, then `args`. The abuse limits (per-address
+    /// connections, per-connection messages and pings) are off unless `args` set them.
     fn spawn(
         mut command: Command,
         data: &std::path::Path,
@@ -89,15 +88,22 @@ impl Server {
         } else {
             &["--shards", "2"]
         };
-        let rate: &[&str] = if args.contains(&"--connections-per-ip-per-s") {
-            &[]
-        } else {
-            &["--connections-per-ip-per-s", "0"]
-        };
+        // The abuse limits are off unless `args` set them: the tests open many connections
+        // from 127.0.0.1 and send as fast as they can (limits.rs and abuse.rs test them).
+        let rate: Vec<&str> = [
+            "--connections-per-ip-per-s",
+            "--connections-per-ip-max",
+            "--messages-per-connection-per-s",
+            "--pings-per-connection-per-s",
+        ]
+        .into_iter()
+        .filter(|flag| !args.contains(flag))
+        .flat_map(|flag| [flag, "0"])
+        .collect();
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(shards)
-            .args(rate)
+            .args(&rate)
             .arg("--data-dir")
             .arg(data)
             .args(args)
