@@ -265,6 +265,9 @@ fn add(t: &mut Stats, s: &Stats) {
     t.session_s_live_sum += s.session_s_live_sum;
     t.sessions_closed += s.sessions_closed;
     t.publishers_done += s.publishers_done;
+    t.churn_ok += s.churn_ok;
+    t.churn_closed += s.churn_closed;
+    t.churn_fail += s.churn_fail;
     if t.connected_by_server.len() < s.connected_by_server.len() {
         t.connected_by_server.resize(s.connected_by_server.len(), 0);
     }

@@ -239,6 +239,55 @@ fn scenario_plots(h: &mut String, scenario: &str, runs: &[&Run]) -> anyhow::Resu
         )?);
     }
     h.push_str("</div>");
+    soak_plots(h, runs)
+}
+
+/// `soak`: the verdict, then the server's RSS, open fds and queue gauges per sample.
+fn soak_plots(h: &mut String, runs: &[&Run]) -> anyhow::Result<()> {
+    let soaks: Vec<(&Run, &crate::report::Soak)> = runs
+        .iter()
+        .filter_map(|r| Some((*r, r.soak.as_ref()?)))
+        .collect();
+    if soaks.is_empty() {
+        return Ok(());
+    }
+    for (r, k) in &soaks {
+        let _ = write!(
+            h,
+            "<p class={}>{}: {} (churn: {} joined, {} left, {} failed)</p>",
+            if k.flat == Some(false) {
+                "fail"
+            } else {
+                "pass"
+            },
+            r.target,
+            html_escape(&k.verdict),
+            k.churn_ok,
+            k.churn_closed,
+            k.churn_fail
+        );
+    }
+    let series = |f: &dyn Fn(&crate::report::SoakSample) -> Option<f64>| -> Vec<Series> {
+        soaks
+            .iter()
+            .map(|(r, k)| {
+                let points = k.samples.iter().filter_map(|s| Some((s.t_s, f(s)?)));
+                (r.target.clone(), points.collect())
+            })
+            .collect()
+    };
+    h.push_str("<div class=plots>");
+    let rss = series(&|s| Some(s.rss_bytes? as f64 / 1048576.0));
+    h.push_str(&line_chart("soak: server RSS (MiB)", "MiB", &rss)?);
+    let fds = series(&|s| Some(s.fds? as f64));
+    h.push_str(&line_chart("soak: server open fds", "fds", &fds)?);
+    for gauge in crate::soak::GAUGES {
+        let g = series(&|s| s.gauges.get(gauge).copied());
+        if g.iter().any(|(_, p)| !p.is_empty()) {
+            h.push_str(&line_chart(&format!("soak: {gauge}"), gauge, &g)?);
+        }
+    }
+    h.push_str("</div>");
     Ok(())
 }
 

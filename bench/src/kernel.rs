@@ -177,6 +177,14 @@ pub fn servers_rss(pids: &[u32]) -> Option<u64> {
         .fold(None, |acc, r| Some(acc.unwrap_or(0) + r))
 }
 
+/// Open file descriptors of local processes, summed (entries of /proc/PID/fd); `None` when
+/// none could be read.
+pub fn servers_fds(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .filter_map(|p| Some(std::fs::read_dir(format!("/proc/{p}/fd")).ok()?.count() as u64))
+        .fold(None, |acc, n| Some(acc.unwrap_or(0) + n))
+}
+
 /// VmRSS of a local process, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

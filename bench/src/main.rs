@@ -29,6 +29,7 @@ mod output;
 mod proto;
 mod report;
 mod scenario;
+mod soak;
 mod steady;
 mod wire;
 mod worker;
@@ -58,6 +59,9 @@ enum Cmd {
     Fanout(FanoutArgs),
     /// A seed's workload (ktb, thiscode, webchat) with pass/fail against its target.
     Steady(steady::SteadyArgs),
+    /// Users chat while connections churn, for a long time; the server's RSS, fds and queue
+    /// gauges sampled every few seconds, with a flatness verdict after the warm-up.
+    Soak(soak::SoakArgs),
     /// Open idle connections; report the server's RSS per connection.
     Idle(IdleArgs),
     /// Run scenarios against several servers, one after another, pinned and limited alike.
@@ -96,6 +100,10 @@ fn main() -> anyhow::Result<()> {
             ("steady", steady::steady(&a)?, a.common)
         }
         Cmd::Idle(a) => ("idle", vec![scenario::idle(&a)?], a.common),
+        Cmd::Soak(a) => {
+            a.check().unwrap_or_else(|e| e.exit());
+            ("soak", vec![soak::soak(&a)?], a.common)
+        }
     };
     // What the scenario knew of the server: its CPUs and how many processes it has.
     let host = Host {

@@ -57,6 +57,49 @@ pub struct Run {
     /// `steady` only: the seed's targets, each with the measured value and a verdict.
     pub checks: Vec<Check>,
     pub passed: Option<bool>,
+    /// `soak` only: the server's resources sampled every few seconds, and the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
+}
+
+/// A soak's samples of the server (every `--sample-interval-s`) and its flatness verdict,
+/// computed over the samples after the warm-up.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Soak {
+    pub samples: Vec<SoakSample>,
+    pub warmup_s: f64,
+    /// Least-squares slopes over the samples after the warm-up, per hour.
+    pub rss_slope_bytes_per_h: Option<f64>,
+    pub fds_slope_per_h: Option<f64>,
+    /// The first and last sample after the warm-up.
+    pub rss_after_warmup_bytes: Option<u64>,
+    pub rss_end_bytes: Option<u64>,
+    pub fds_after_warmup: Option<u64>,
+    pub fds_end: Option<u64>,
+    /// The slope over the measured window, in % of the window's mean (RSS) or in fds.
+    pub rss_growth_percent: Option<f64>,
+    pub fds_growth: Option<f64>,
+    /// Flat: both growths within `--rss-growth-max-percent` / `--fds-growth-max`.
+    pub flat: Option<bool>,
+    pub verdict: String,
+    /// Churn connections that joined, left as planned, failed.
+    pub churn_ok: u64,
+    pub churn_closed: u64,
+    pub churn_fail: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SoakSample {
+    pub t_s: f64,
+    /// Σ VmRSS and Σ open fds (/proc/PID/fd) of the server's processes.
+    pub rss_bytes: Option<u64>,
+    pub fds: Option<u64>,
+    /// The bench's users connected, and churn connections joined so far.
+    pub users: u64,
+    pub churn_ok: u64,
+    /// `sokdo_*` gauges scraped from /metrics, summed over shards and processes (absent
+    /// when the scrape failed or the target is not sokdo).
+    pub gauges: std::collections::BTreeMap<String, f64>,
 }
 
 impl Run {

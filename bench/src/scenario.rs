@@ -84,9 +84,9 @@ pub struct Load {
 }
 
 /// A running scenario: its fleet, timeline and progress bar.
-struct Session {
-    common: Common,
-    fleet: Fleet,
+pub(crate) struct Session {
+    pub(crate) common: Common,
+    pub(crate) fleet: Fleet,
     bar: ProgressBar,
     timeline: Vec<Sample>,
     prev: Option<View>,
@@ -148,7 +148,7 @@ fn room_shape(rooms: Rooms, users: u64) -> (u64, u64) {
 }
 
 impl Session {
-    fn start(common: &Common, users_max: u64, rooms: Rooms) -> anyhow::Result<Session> {
+    pub(crate) fn start(common: &Common, users_max: u64, rooms: Rooms) -> anyhow::Result<Session> {
         let cpu_start = CpuMark::now(common);
         let rss_before = servers_rss(&common.server_pid);
         let tcp_mem_before_bytes = kernel::tcp_mem_bytes();
@@ -196,7 +196,7 @@ impl Session {
         })
     }
 
-    fn tick(&mut self) -> View {
+    pub(crate) fn tick(&mut self) -> View {
         let view = self.fleet.tick(Duration::from_secs(3));
         let rss = servers_rss(&self.common.server_pid);
         let mut sample = view.sample(self.prev.as_ref(), rss);
@@ -228,7 +228,7 @@ impl Session {
 
     /// True when the server lost most of our users (or never took any) and refuses new
     /// connections.
-    fn server_gone(&self, view: &View) -> bool {
+    pub(crate) fn server_gone(&self, view: &View) -> bool {
         let t = &view.totals;
         let lost = t.connected == 0 || t.connected < self.peak_users.div_ceil(2);
         let tried = t.connect_ok + t.connect_fail > 0;
@@ -237,7 +237,7 @@ impl Session {
 
     /// After the publishers stop: ticks until every send is acked and every expected
     /// delivery arrived, `drain_s` passes, or the server is gone (the `bool`).
-    fn drain(&mut self, drain_s: f64) -> (View, bool) {
+    pub(crate) fn drain(&mut self, drain_s: f64) -> (View, bool) {
         let drain_until = Instant::now() + Duration::from_secs_f64(drain_s);
         loop {
             let view = self.tick();
@@ -255,7 +255,7 @@ impl Session {
     }
 
     /// Ticks until every user asked for so far has connected or failed (bounded).
-    fn wait_connected(&mut self, users: u64) -> (View, bool) {
+    pub(crate) fn wait_connected(&mut self, users: u64) -> (View, bool) {
         let deadline = Instant::now()
             + Duration::from_millis(self.common.setup_timeout_ms)
             + Duration::from_secs(users / 500 + 5);
@@ -300,7 +300,12 @@ impl Session {
         summary.room_members_max = Some(members);
     }
 
-    fn finish(self, scenario: &str, config: serde_json::Value, mut summary: Summary) -> Run {
+    pub(crate) fn finish(
+        self,
+        scenario: &str,
+        config: serde_json::Value,
+        mut summary: Summary,
+    ) -> Run {
         self.server_figures(&mut summary);
         let Session {
             common,

@@ -107,6 +107,15 @@ pub enum Command {
         messages_max: Option<u64>,
     },
     StopPublish,
+    /// Besides the users, open `per_s` short connections a second (this worker's share:
+    /// `per_s / workers`), each with its own user name: connect, upgrade, admission, join
+    /// one of `rooms` churn rooms (nobody publishes there), stay `hold_ms`, close, and never
+    /// come back under that name. `per_s` 0 stops the churn.
+    Churn {
+        per_s: f64,
+        hold_ms: u64,
+        rooms: u64,
+    },
     /// Send final stats and exit.
     Close,
 }
@@ -148,6 +157,14 @@ pub struct Stats {
     pub latency_us: String,
     /// `(room, acked sends, live members)`, present once publishing stopped.
     pub by_room: Option<Vec<(u64, u64, u64)>>,
+    /// Churn connections (`Command::Churn`) that joined, that left as planned, that failed
+    /// before or after joining (their error kinds are in `errors`).
+    #[serde(default)]
+    pub churn_ok: u64,
+    #[serde(default)]
+    pub churn_closed: u64,
+    #[serde(default)]
+    pub churn_fail: u64,
     pub last: bool,
 }
 
@@ -162,6 +179,9 @@ struct Shared {
     acked: Cell<u64>,
     received: Cell<u64>,
     publishers_done: Cell<u64>,
+    churn_ok: Cell<u64>,
+    churn_closed: Cell<u64>,
+    churn_fail: Cell<u64>,
     session_s_closed_sum: Cell<f64>,
     sessions_closed: Cell<u64>,
     /// Σ of live sessions' start times (seconds since origin), for the live session length.
@@ -230,6 +250,8 @@ async fn serve(job: Job, mut cmds: mpsc::UnboundedReceiver<Command>) -> anyhow::
     let (plan_tx, plan_rx) = watch::channel(Plan::default());
     let handshakes = Rc::new(Semaphore::new(job.handshakes_in_flight_max));
     let mut next_user = job.worker;
+    let mut churn: Option<(tokio::time::Interval, Churn)> = None;
+    let mut next_churner = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(job.stats_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -239,7 +261,7 @@ async fn serve(job: Job, mut cmds: mpsc::UnboundedReceiver<Command>) -> anyhow::
                     while next_user < users_end {
                         Shared::bump(&shared.attempted);
                         tokio::task::spawn_local(user(
-                            next_user, job.clone(), shared.clone(), plan_rx.clone(),
+                            Who::User(next_user), job.clone(), shared.clone(), plan_rx.clone(),
                             handshakes.clone(),
                         ));
                         next_user += job.workers;
@@ -253,6 +275,9 @@ async fn serve(job: Job, mut cmds: mpsc::UnboundedReceiver<Command>) -> anyhow::
                 Command::StopPublish => {
                     let _ = plan_tx.send(Plan::default());
                 }
+                Command::Churn { per_s, hold_ms, rooms } => {
+                    churn = churn_timer(per_s / job.workers.max(1) as f64, hold_ms, rooms);
+                }
                 Command::Close => {
                     write_stats(&job, &shared, !plan_tx.borrow().active, true)?;
                     // Exit without tearing down thousands of tasks one by one.
@@ -260,8 +285,53 @@ async fn serve(job: Job, mut cmds: mpsc::UnboundedReceiver<Command>) -> anyhow::
                 }
             },
             _ = tick.tick() => write_stats(&job, &shared, !plan_tx.borrow().active, false)?,
+            c = next_churn(&mut churn) => {
+                tokio::task::spawn_local(user(
+                    Who::Churner { n: next_churner, hold_ms: c.hold_ms, rooms: c.rooms },
+                    job.clone(), shared.clone(), plan_rx.clone(), handshakes.clone(),
+                ));
+                next_churner += 1;
+            }
         }
     }
+}
+
+/// What one churn connection does (`Command::Churn`).
+#[derive(Clone, Copy, Debug)]
+struct Churn {
+    hold_ms: u64,
+    rooms: u64,
+}
+
+/// A timer firing `per_s` times a second, or none when `per_s` is 0 (or not a number).
+fn churn_timer(per_s: f64, hold_ms: u64, rooms: u64) -> Option<(tokio::time::Interval, Churn)> {
+    if !(per_s > 0.0 && per_s.is_finite()) {
+        return None;
+    }
+    let period = Duration::from_secs_f64((1.0 / per_s).max(1e-5));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let rooms = rooms.max(1);
+    Some((interval, Churn { hold_ms, rooms }))
+}
+
+/// The next churn tick; pending forever while there is no churn.
+async fn next_churn(churn: &mut Option<(tokio::time::Interval, Churn)>) -> Churn {
+    match churn {
+        Some((interval, c)) => {
+            interval.tick().await;
+            *c
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Who a connection is: one of the scenario's users (global index), or the `n`-th churn
+/// connection of this worker.
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    User(u64),
+    Churner { n: u64, hold_ms: u64, rooms: u64 },
 }
 
 fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::Result<()> {
@@ -303,6 +373,9 @@ fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::R
                 .map(|(room, (acked, members))| (*room, *acked, *members))
                 .collect()
         }),
+        churn_ok: s.churn_ok.get(),
+        churn_closed: s.churn_closed.get(),
+        churn_fail: s.churn_fail.get(),
         last,
     };
     let mut out = std::io::stdout().lock();
@@ -314,7 +387,7 @@ fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::R
 
 /// One user: connect, upgrade, get admitted, join its room, then chat until the end.
 async fn user(
-    index: u64,
+    who: Who,
     job: Rc<Job>,
     shared: Rc<Shared>,
     plan: watch::Receiver<Plan>,
@@ -322,13 +395,34 @@ async fn user(
 ) {
     let permit = handshakes.acquire().await;
     let deadline = Instant::now() + Duration::from_millis(job.setup_timeout_ms);
-    let room = job.rooms.of(index);
+    // A churner is never a publisher (index past every user) and has a room of its own
+    // kind, so the users' rooms keep their members while it comes and goes.
+    let (index, room, room_name, name, hold) = match who {
+        Who::User(index) => {
+            let room = job.rooms.of(index);
+            let room_name = format!("{}-r{room}", job.room_prefix);
+            (index, room, room_name, format!("u{index}"), None)
+        }
+        Who::Churner { n, hold_ms, rooms } => {
+            let room = n % rooms;
+            let room_name = format!("{}-c{room}", job.room_prefix);
+            let name = format!("c{}x{n}", job.worker);
+            (
+                u64::MAX,
+                room,
+                room_name,
+                name,
+                Some(Duration::from_millis(hold_ms)),
+            )
+        }
+    };
     let server_index = job.server_of(room);
     let server = job.servers[server_index];
+    let churner = hold.is_some();
     let stream = match tokio::time::timeout_at(deadline, connect(&job, server)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return fail(&shared, connect_error_kind(&e)),
-        Err(_) => return fail(&shared, "connect_timeout"),
+        Ok(Err(e)) => return fail(&shared, connect_error_kind(&e), churner),
+        Err(_) => return fail(&shared, "connect_timeout", churner),
     };
     let mut conn = Conn {
         job: job.clone(),
@@ -339,23 +433,29 @@ async fn user(
         phase: Phase::Upgrade,
         user: index,
         room,
-        room_name: format!("{}-r{room}", job.room_prefix),
+        room_name,
         server_index,
-        sampled: index.is_multiple_of(job.sample_every.max(1)),
+        sampled: !churner && index.is_multiple_of(job.sample_every.max(1)),
+        hold,
+        leave_at: None,
         next_id: 1,
         sent: 0,
         rng: index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         failure: None,
     };
-    let path = job.protocol.path(&format!("u{index}"));
+    let path = job.protocol.path(&name);
     let request = wire::upgrade_request(&server.to_string(), &path, conn.rng);
     conn.out.extend_from_slice(request.as_bytes());
     let outcome = conn.run(stream, plan, deadline, permit).await;
     conn.finish(outcome);
 }
 
-fn fail(shared: &Shared, kind: &str) {
-    Shared::bump(&shared.connect_fail);
+fn fail(shared: &Shared, kind: &str, churner: bool) {
+    Shared::bump(if churner {
+        &shared.churn_fail
+    } else {
+        &shared.connect_fail
+    });
     shared.error(kind);
 }
 
@@ -450,6 +550,9 @@ struct Conn {
     room_name: String,
     server_index: usize,
     sampled: bool,
+    /// A churner's stay once joined; `leave_at` is set when it joins.
+    hold: Option<Duration>,
+    leave_at: Option<Instant>,
     next_id: u64,
     sent: u64,
     rng: u64,
@@ -522,6 +625,13 @@ impl Conn {
                 _ = tokio::time::sleep_until(setup_deadline), if !live => {
                     return Outcome::Failed("setup_timeout".into());
                 }
+                _ = sleep_until_some(self.leave_at), if self.leave_at.is_some() => {
+                    // A clean leave: a close frame (best effort: its buffer is tiny), then
+                    // the socket closes as `stream` drops.
+                    self.push_control(wire::OPCODE_CLOSE, &1000u16.to_be_bytes());
+                    let _ = stream.try_write(&self.out);
+                    return Outcome::Stopped;
+                }
             }
             if let Some(f) = self.failure.take() {
                 return Outcome::Failed(f);
@@ -530,7 +640,8 @@ impl Conn {
     }
 
     fn is_publisher(&self, plan: &Plan) -> bool {
-        plan.active
+        self.hold.is_none()
+            && plan.active
             && self.user < plan.publishers
             && plan.messages_max.is_none_or(|max| self.sent < max)
     }
@@ -678,6 +789,11 @@ impl Conn {
         let since_s = clock::since_origin_ns(self.job.clock_origin_ns) as f64 / 1e9;
         self.phase = Phase::Live { since_s };
         let s = &self.shared;
+        if let Some(hold) = self.hold {
+            self.leave_at = Some(Instant::now() + hold);
+            Shared::bump(&s.churn_ok);
+            return;
+        }
         Shared::bump(&s.connected);
         Shared::bump(&s.connect_ok);
         s.live_start_s_sum.set(s.live_start_s_sum.get() + since_s);
@@ -691,7 +807,12 @@ impl Conn {
             Outcome::Stopped => None,
             Outcome::Failed(kind) => Some(kind),
         };
+        let churner = self.hold.is_some();
         match self.phase {
+            Phase::Live { .. } if churner => match kind {
+                None => Shared::bump(&s.churn_closed),
+                Some(kind) => fail(s, &kind, true),
+            },
             Phase::Live { since_s } => {
                 let now_s = clock::since_origin_ns(self.job.clock_origin_ns) as f64 / 1e9;
                 s.connected.set(s.connected.get() - 1);
@@ -708,7 +829,11 @@ impl Conn {
                     s.error(&kind);
                 }
             }
-            _ => fail(s, kind.as_deref().unwrap_or("stopped_during_setup")),
+            _ => fail(
+                s,
+                kind.as_deref().unwrap_or("stopped_during_setup"),
+                churner,
+            ),
         }
     }
 
@@ -739,6 +864,14 @@ impl Conn {
     fn push_control(&mut self, opcode: u8, payload: &[u8]) {
         let mask = self.mask();
         wire::push_frame(&mut self.out, opcode, payload, mask);
+    }
+}
+
+/// Sleeps until `at`; pending forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

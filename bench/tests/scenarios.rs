@@ -1010,3 +1010,96 @@ fn server_log_panics_are_found() {
     assert!(panic_report(waker).is_some());
     assert!(panic_report("INFO sokdo_engine::server: recovered rooms=0\n").is_none());
 }
+
+/// A short soak (the real one runs ≥ 30 minutes on a release build, docs/BENCHMARKS.md):
+/// users chat while connections churn; the report has a sample of the server every few
+/// seconds (RSS, open fds, queue gauges from /metrics), churners that came and went without
+/// failing, a verdict over the samples after the warm-up, every acked message delivered to
+/// each member of its room (churners have rooms of their own), and the plots in the HTML.
+#[test]
+fn soak_samples_the_server_and_delivers_every_acked_message() {
+    let server = Server::start();
+    let addr = server.addr.to_string();
+    let pid = server.pid();
+    let html = unique_path("soak.html");
+    let report = run_bench(
+        &[
+            "soak",
+            "--server",
+            &addr,
+            "--server-pid",
+            &pid,
+            "--users",
+            "100",
+            "--room-size",
+            "50",
+            "--rate",
+            "50",
+            "--churn-per-s",
+            "10",
+            "--churn-hold-ms",
+            "300",
+            "--churn-rooms",
+            "5",
+            "--duration-s",
+            "30",
+            "--sample-interval-s",
+            "3",
+            "--html",
+            html.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    let run = &report["runs"][0];
+    let s = &run["summary"];
+    assert_eq!(s["unreachable"], false, "{s}");
+    assert_eq!(u(&s["connect_ok"]), 100, "{s}");
+    let acked = u(&s["acked"]);
+    assert!(acked > 0, "{s}");
+    assert_eq!(acked, u(&s["sent"]), "every send acknowledged: {s}");
+    // 100 users in rooms of 50: every message has 50 recipients, the sender among them.
+    assert_eq!(u(&s["expected_deliveries"]), acked * 50, "{s}");
+    assert_eq!(u(&s["received"]), acked * 50, "{s}");
+    check_soak_samples(&run["soak"]);
+    let page = std::fs::read_to_string(&html).expect("the HTML report");
+    let _ = std::fs::remove_file(&html);
+    for title in [
+        "soak: server RSS",
+        "soak: server open fds",
+        "soak: sokdo_outbound_queue_bytes",
+    ] {
+        assert!(page.contains(title), "{title} plotted");
+    }
+}
+
+/// A soak's samples each have the server's RSS, fds and gauges; its churners came and went
+/// without failing; it has a verdict.
+fn check_soak_samples(soak: &Value) {
+    let samples = soak["samples"].as_array().expect("soak samples");
+    assert!(samples.len() >= 6, "a sample every 3 s over 30 s: {soak}");
+    for sample in samples {
+        assert!(u(&sample["rss_bytes"]) > 0, "{sample}");
+        assert!(u(&sample["fds"]) > 0, "{sample}");
+        for gauge in [
+            "sokdo_connections",
+            "sokdo_outbound_queue_bytes",
+            "sokdo_sink_lag_records",
+        ] {
+            assert!(
+                sample["gauges"][gauge].is_f64(),
+                "{gauge} missing: {sample}"
+            );
+        }
+    }
+    // While users are connected, the server counts at least them.
+    let last = samples.last().unwrap();
+    assert!(
+        last["gauges"]["sokdo_connections"].as_f64().unwrap() >= 100.0,
+        "{last}"
+    );
+    assert!(u(&soak["churn_ok"]) > 0, "{soak}");
+    assert!(u(&soak["churn_closed"]) > 0, "{soak}");
+    assert_eq!(u(&soak["churn_fail"]), 0, "{soak}");
+    assert!(soak["flat"].is_boolean(), "a verdict: {soak}");
+    assert!(soak["rss_slope_bytes_per_h"].is_f64(), "{soak}");
+}

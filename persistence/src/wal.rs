@@ -17,9 +17,12 @@
 //!
 //! A failed write or `fdatasync` leaves the live segment's tail unknown: part of the group may
 //! be on disk, and on Linux a failed writeback can leave pages marked clean that never reached
-//! the disk, so a later `fdatasync` on the same descriptor may succeed without them. The group
-//! was not acknowledged, so the safe state is the one before it: the segment is cut back to its
-//! last synced frame and reopened ([`Wal::repair`]), and nothing is written until that worked.
+//! the disk, so a later `fdatasync` on the same descriptor may succeed without them. So a failed
+//! `fdatasync` is never retried: the segment is cut back to its last *synced* frame and reopened
+//! ([`Wal::repair`]), and nothing is appended until that worked. The group whose write or sync
+//! failed was not acknowledged (`sync`) and is dropped; frames written but not yet synced
+//! (`async`: acknowledged after the write) are kept in memory until a sync covers them, and
+//! `repair` writes them again through the new descriptor and syncs them.
 //! [`Wal::probe`] tells whether the disk takes writes again without writing a record.
 //!
 //! This module owns files only; it knows nothing of threads, tickets or sinks.
@@ -69,8 +72,14 @@ pub struct Wal {
     segment_bytes_max: u64,
     ring: Option<IoUring>,
     dirty: bool,
-    /// A write or sync failed: the live segment may hold bytes past its last good frame.
+    /// A write or sync failed: the live segment's bytes past `synced_bytes` are suspect.
     torn: bool,
+    /// Bytes of the live segment that an `fdatasync` reported durable.
+    synced_bytes: u64,
+    /// The frames written after `synced_bytes` (appended without a sync: `async`), kept
+    /// until a sync covers them, so that a failed sync can write them again through a new
+    /// descriptor instead of trusting a retried `fdatasync` (see the module's doc).
+    unsynced: Vec<u8>,
     fdatasyncs: u64,
 }
 
@@ -151,6 +160,7 @@ impl Wal {
         }
         let last = segments.back().expect("at least one segment");
         let next_lsn = expected.unwrap_or(last.first_lsn);
+        let synced_bytes = last.bytes;
         let live = OpenOptions::new()
             .write(true)
             .open(&last.path)
@@ -164,6 +174,8 @@ impl Wal {
             ring: IoUring::new(RING_ENTRIES).ok(),
             dirty: false,
             torn: false,
+            synced_bytes,
+            unsynced: Vec::new(),
             fdatasyncs: 0,
         };
         Ok((wal, replay))
@@ -219,24 +231,48 @@ impl Wal {
         self.dirty = !synced;
         if synced {
             self.fdatasyncs += 1;
+            self.synced_bytes = live.bytes;
+            self.unsynced.clear();
+        } else {
+            self.unsynced.extend_from_slice(group);
         }
         Ok(())
     }
 
-    /// After a failed write or sync: cuts the live segment back to its last good frame, syncs
-    /// that, and reopens it, so that the new descriptor reports only errors that happen after
-    /// it. Does nothing when no write failed.
+    /// After a failed write or sync: cuts the live segment back to its last *synced* frame,
+    /// syncs that, and reopens it, so that the new descriptor reports only errors that happen
+    /// after it; then writes the frames appended since that sync (`async`: acknowledged
+    /// already) again from memory and syncs them. A failed `fdatasync` is never retried on
+    /// the descriptor it failed on: the kernel may have marked the failed pages clean, and a
+    /// second `fdatasync` would report success without them (PostgreSQL's "fsyncgate").
+    /// Does nothing when no write or sync failed.
     pub fn repair(&mut self) -> Result<(), Error> {
         if !self.torn {
             return Ok(());
         }
         let live = self.segments.back().expect("live segment");
+        let path = live.path.clone();
         let file = OpenOptions::new()
             .write(true)
-            .open(&live.path)
-            .and_then(|f| f.set_len(live.bytes).and(f.sync_all()).map(|()| f))
-            .map_err(Error::io(&live.path))?;
+            .open(&path)
+            .and_then(|f| f.set_len(self.synced_bytes).and(f.sync_all()).map(|()| f))
+            .map_err(Error::io(&path))?;
         self.live = file;
+        if !self.unsynced.is_empty() {
+            write_at(
+                self.ring.as_mut(),
+                &self.live,
+                &self.unsynced,
+                self.synced_bytes,
+                true,
+            )
+            .map_err(Error::io(&path))?;
+            self.fdatasyncs += 1;
+            self.synced_bytes += self.unsynced.len() as u64;
+            self.unsynced.clear();
+        }
+        debug_assert_eq!(self.synced_bytes, live.bytes);
+        self.dirty = false;
         self.torn = false;
         Ok(())
     }
@@ -266,10 +302,16 @@ impl Wal {
         if !self.dirty {
             return Ok(());
         }
-        let path = &self.segments.back().expect("live segment").path;
-        fdatasync(self.ring.as_mut(), &self.live).map_err(Error::io(path))?;
+        let live = self.segments.back().expect("live segment");
+        if let Err(e) = fdatasync(self.ring.as_mut(), &self.live) {
+            // What the failed sync covered is suspect until `repair` wrote it again.
+            self.torn = true;
+            return Err(Error::io(&live.path)(e));
+        }
         self.dirty = false;
         self.fdatasyncs += 1;
+        self.synced_bytes = live.bytes;
+        self.unsynced.clear();
         Ok(())
     }
 
@@ -299,6 +341,7 @@ impl Wal {
             bytes: 0,
         });
         self.live = file;
+        self.synced_bytes = 0;
         Ok(())
     }
 

@@ -369,3 +369,68 @@ fn mongo_sink_against_secantusdb_round_trips_and_resumes() {
         real_server_round_trip(&uri);
     }
 }
+
+/// SecantusDB behind a proxy that first makes every chunk wait (a slow MongoDB), then resets
+/// every connection, mid-batch included (a MongoDB that drops its clients): the log keeps
+/// acknowledging appends throughout (it, not the sink, is the durability point), the sink's
+/// backlog shows in the stats while slow, the sink reports itself down and counts its failed
+/// batches while resetting, and once the proxy heals it drains by itself with every message
+/// stored exactly once.
+#[test]
+fn mongo_sink_rides_out_a_slow_then_resetting_server_without_loss_or_duplicates() {
+    use support::fault_proxy::FaultProxy;
+    let secantus = Secantus::start_new();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], secantus_port(&secantus)).into());
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Arc::new(Collector::default());
+    let cfg = mongo_config(dir.path(), proxy.uri(), "faults".into());
+    let (p, _) = Persistence::open(cfg, sinks(&collector, 1)).unwrap();
+    let h = p.handle();
+    round_trip(&p, &collector, &secantus.uri(), "faults", 100);
+
+    // Slow: 30 ms per chunk each way. Appends are still acknowledged; the backlog shows.
+    proxy.set_delay_ms(30);
+    for s in 101..=400 {
+        h.append(message("a", s), Some(Ticket { shard: 0, token: s }))
+            .unwrap();
+    }
+    wait_for("durable while the sink is slow", WAIT, || {
+        collector.durable_count() == 400
+    });
+    let slow = h.stats();
+    assert!(slow.sink_lag_records > 0, "the backlog shows: {slow:?}");
+
+    // Resetting: every connection, in the middle of whatever batch it carried.
+    proxy.start_resetting();
+    for s in 401..=600 {
+        h.append(message("a", s), Some(Ticket { shard: 0, token: s }))
+            .unwrap();
+    }
+    wait_for("durable while the sink is reset", WAIT, || {
+        collector.durable_count() == 600
+    });
+    wait_for("the sink noticing the resets", WAIT, || !h.stats().sink_up);
+    let errors = h.stats().sink_errors;
+    wait_for("the sink retrying", WAIT, || h.stats().sink_errors > errors);
+    assert!(proxy.resets() > 0);
+
+    proxy.heal();
+    wait_for("backlog drained after the resets", WAIT, || {
+        h.stats().wal_records_pending_sink == 0
+    });
+    assert!(h.stats().sink_up);
+    let msgs = fetch(&secantus.uri(), "faults", "messages");
+    let got: Vec<u64> = msgs.iter().map(seq_of).collect();
+    let unique: BTreeSet<u64> = got.iter().copied().collect();
+    assert_eq!(got.len(), 600, "no duplicates");
+    assert_eq!(unique, (1..=600).collect(), "nothing missing");
+    p.shutdown().unwrap();
+}
+
+fn secantus_port(s: &Secantus) -> u16 {
+    let uri = s.uri();
+    let rest = uri
+        .strip_prefix("mongodb://127.0.0.1:")
+        .expect("SecantusDB's URI");
+    rest.split('/').next().unwrap().parse().expect("a port")
+}

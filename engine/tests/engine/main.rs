@@ -23,5 +23,6 @@ mod limits;
 mod messaging;
 mod mongo;
 mod ordering;
+mod resets;
 mod storage;
 mod stress;

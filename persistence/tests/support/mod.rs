@@ -1,6 +1,7 @@
 //! Shared test helpers: a completion collector, condition waits with deadlines, builders.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod fault_proxy;
 pub mod mongo_double;
 pub mod mongo_server;
 pub mod secantus;
