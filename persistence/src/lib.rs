@@ -95,6 +95,10 @@ mod read_thread;
 mod sink_thread;
 // Layer 6: what the engine holds.
 mod handle;
+// The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` only.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 
 pub use checkpoint::CHECKPOINT_FILE;
 pub use contract::{
