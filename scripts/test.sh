@@ -15,6 +15,9 @@ cargo build --workspace --bins --locked
 # other. `--workspace` resolves the dependencies' features as above: only the engine rebuilds.
 cargo build --workspace --bin sokdo-autobahn --features sokdo-engine/autobahn --locked
 cargo nextest run --workspace --locked --no-fail-fast
+# Every fuzz target (fuzz/, docs/SECURITY.md "Fuzzing") for a short run on its corpus: a
+# crash, hang or out-of-memory input fails the test command with the reproducer's path.
+scripts/fuzz 15
 
 if [ -f tests/browser/chat.test.mjs ]; then
   SOKDO_BIN="$PWD/target/debug/sokdo" node --test tests/browser/
