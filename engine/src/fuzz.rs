@@ -37,7 +37,7 @@ pub fn http_head(head: &[u8]) {
     let head = &head[..head.len().min(HTTP_REQUEST_BYTES_MAX)];
     let auth = Auth::new(Some(JWT_SECRET));
     let metrics = || String::from("# EOF\n");
-    let health = || Ok(());
+    let health = || -> Result<(), String> { Ok(()) };
     let ctx = http::Context {
         auth: &auth,
         draining: false,

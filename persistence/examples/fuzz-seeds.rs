@@ -109,7 +109,7 @@ fn main() {
         }],
     };
     let empty = encode_checkpoint(0, Vec::new());
-    let full = encode_checkpoint(6, vec![room.clone(), RoomSnapshot::default()]);
+    let full = encode_checkpoint(6, vec![room, RoomSnapshot::default()]);
     for file in [&empty, &full] {
         put(&cp, &[&[0u8][..], file].concat());
         put(&cp, &[&[1u8][..], &file[20..]].concat());
