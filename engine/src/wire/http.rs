@@ -95,10 +95,14 @@ pub fn route(head: &[u8], ctx: &Context<'_>) -> Outcome {
                 Some(Some(n)) => n,
                 Some(None) => return Outcome::plain(400, "malformed Content-Length\n"),
             };
-            if head.len() < head_len + body_len {
+            // A Content-Length near usize::MAX must not wrap the sum (a wrapped sum below
+            // `head_len` made the body slice panic: found preparing the fuzz targets).
+            let Some(request_bytes) = head_len.checked_add(body_len) else {
+                return Outcome::plain(400, "Content-Length out of range\n");
+            };
+            if head.len() < request_bytes {
                 return Outcome::Incomplete;
             }
-            let request_bytes = head_len + body_len;
             match Outcome::from_request(&req, &head[head_len..request_bytes], ctx) {
                 Outcome::Upgrade {
                     identity, response, ..
@@ -393,6 +397,21 @@ mod tests {
             "HTTP/1.1 404"
         };
         assert_eq!(draining, expected);
+    }
+
+    /// Regression (fuzzing, issue 15): a Content-Length of usize::MAX wrapped `head_len +
+    /// body_len` below `head_len`, and slicing the body panicked (a shard down per request).
+    #[test]
+    fn a_content_length_at_usize_max_is_refused_not_a_panic() {
+        let auth = Auth::new(None);
+        let head = format!(
+            "POST /api/auth/login HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            usize::MAX
+        );
+        assert_eq!(
+            status(route(head.as_bytes(), &ctx(&auth, false))),
+            "HTTP/1.1 400"
+        );
     }
 
     #[test]
