@@ -107,19 +107,14 @@ pub fn ws_decode(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<ws::Dec
     pieces.push(rest);
     for mut piece in pieces {
         let mut closed = false;
-        let mut on_frame = |inbound: Inbound<'_>| {
-            let frame = match inbound {
-                Inbound::Text(t) => Frame::Text(t.to_owned()),
-                Inbound::Binary(b) => Frame::Binary(b.to_vec()),
-                Inbound::Ping(p) => Frame::Ping(p.to_vec()),
-                Inbound::Pong => Frame::Pong,
-                Inbound::Close(code) => Frame::Close(code),
-            };
+        // Inline, so the closure takes the decoder's higher-ranked `FnMut(Inbound<'_>)`.
+        let fed = decoder.feed(&mut piece, FRAME_BYTES_MAX, &mut |inbound| {
+            let frame = owned(inbound);
             closed = matches!(frame, Frame::Close(_));
             frames.push(frame);
             !closed
-        };
-        if let Err(e) = decoder.feed(&mut piece, FRAME_BYTES_MAX, &mut on_frame) {
+        });
+        if let Err(e) = fed {
             return (frames, Some(e));
         }
         if closed {
@@ -127,6 +122,16 @@ pub fn ws_decode(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<ws::Dec
         }
     }
     (frames, None)
+}
+
+fn owned(inbound: Inbound<'_>) -> Frame {
+    match inbound {
+        Inbound::Text(t) => Frame::Text(t.to_owned()),
+        Inbound::Binary(b) => Frame::Binary(b.to_vec()),
+        Inbound::Ping(p) => Frame::Ping(p.to_vec()),
+        Inbound::Pong => Frame::Pong,
+        Inbound::Close(code) => Frame::Close(code),
+    }
 }
 
 /// A masked client frame, as a browser sends it.
