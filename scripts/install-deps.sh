@@ -2,8 +2,8 @@
 # What the test command needs beyond Rust and Node: Chromium, a Hangul font and
 # playwright-core for the browser test; kosoku (Autobahn cases) and SecantusDB (a MongoDB-wire
 # server) in the project's venv; the storage fault tests' tools (losetup from mount, mkfs.ext4
-# from e2fsprogs, dmsetup for kernels with device-mapper). Idempotent, non-interactive, run as
-# root.
+# from e2fsprogs, dmsetup for kernels with device-mapper). scripts/fuzz installs cargo-fuzz itself.
+# Idempotent, non-interactive, run as root.
 # (The bench's comparison peers are installed separately: scripts/install-bench-peers.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."

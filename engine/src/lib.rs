@@ -62,3 +62,7 @@ mod persist;
 mod home;
 pub mod server;
 mod shard;
+// The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` only: it uses `wire`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;

@@ -49,38 +49,54 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path)(e)),
     };
+    decode(&bytes).map(Some).map_err(|reason| bad(path, reason))
+}
+
+/// A checkpoint file's bytes → the checkpoint, or why they are not one. Pure (fuzzed:
+/// `fuzz/fuzz_targets/checkpoint.rs`).
+pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
-        return Err(bad(path, "not a sokdo checkpoint (bad magic or too short)"));
+        return Err("not a sokdo checkpoint (bad magic or too short)".into());
     }
     let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let payload = &bytes[HEADER_BYTES..];
     if payload.len() as u64 != len {
-        return Err(bad(
-            path,
-            format!("payload is {} bytes, header says {len}", payload.len()),
+        return Err(format!(
+            "payload is {} bytes, header says {len}",
+            payload.len()
         ));
     }
     if crc32fast::hash(&bytes[12..]) != crc {
-        return Err(bad(path, "checksum mismatch"));
+        return Err("checksum mismatch".into());
     }
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
     aligned.extend_from_slice(payload);
     rkyv::from_bytes::<Checkpoint, rkyv::rancor::Error>(&aligned)
-        .map(Some)
-        .map_err(|e| bad(path, format!("payload: {e}")))
+        .map_err(|e| format!("payload: {e}"))
 }
 
-/// Replaces the checkpoint atomically (tmp + fsync + rename + directory fsync).
-pub fn store(path: &Path, checkpoint: &Checkpoint) -> Result<(), Error> {
+/// The bytes of a checkpoint file: magic, checksum, length, payload.
+pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, Error> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(checkpoint).map_err(Error::Codec)?;
+    Ok(frame(&payload))
+}
+
+/// Wraps `payload` in the file's header, with its true length and checksum.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_BYTES + payload.len());
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    buf.extend_from_slice(&payload);
+    buf.extend_from_slice(payload);
     let crc = crc32fast::hash(&buf[12..]);
     buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// Replaces the checkpoint atomically (tmp + fsync + rename + directory fsync).
+pub fn store(path: &Path, checkpoint: &Checkpoint) -> Result<(), Error> {
+    let buf = encode(checkpoint)?;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
     f.write_all(&buf).map_err(Error::io(&tmp))?;

@@ -56,6 +56,7 @@
 //! | `sink_thread` | write-behind batches, checkpoints | checkpoint, sink, snapshot, state, wal_thread (its command type) |
 //! | `read_thread` | reads merged from sink and backlog | contract, sink, state |
 //! | `handle` | [`Handle`] and [`Persistence`] | all of the above |
+//! | `fuzz` | feature `fuzzing` only: entry points for `fuzz/` (docs/SECURITY.md) | checkpoint, contract, record |
 //!
 //! To check the table against the code (code lines only; doc links are not imports, and no
 //! module names an item through the root's re-exports, which the second command shows):
@@ -95,6 +96,10 @@ mod read_thread;
 mod sink_thread;
 // Layer 6: what the engine holds.
 mod handle;
+// The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` only.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 
 pub use checkpoint::CHECKPOINT_FILE;
 pub use contract::{

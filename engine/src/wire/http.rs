@@ -406,6 +406,22 @@ mod tests {
         assert_eq!(draining, expected);
     }
 
+    /// Regression (found preparing the fuzz targets, issue 15): a Content-Length of
+    /// usize::MAX wrapped `head_len + body_len` below `head_len`, and slicing the body
+    /// panicked (a shard down per request). The sum saturates now, so it is 413 at once.
+    #[test]
+    fn a_content_length_at_usize_max_is_refused_not_a_panic() {
+        let auth = Auth::new(None);
+        let head = format!(
+            "POST /api/auth/login HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            usize::MAX
+        );
+        assert_eq!(
+            status(route(head.as_bytes(), &ctx(&auth, false))),
+            "HTTP/1.1 413"
+        );
+    }
+
     #[test]
     fn routes() {
         let auth = Auth::new(None);

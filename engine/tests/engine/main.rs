@@ -9,8 +9,8 @@
 
 mod support;
 
-mod abuse_rooms;
 mod abuse;
+mod abuse_rooms;
 mod admission;
 mod api;
 mod auth;

@@ -1,0 +1,248 @@
+//! Entry points for the fuzz targets (`fuzz/`, docs/SECURITY.md "Fuzzing"); only with the
+//! cargo feature `fuzzing`, never in a default or release build.
+//!
+//! Each function runs one network parser of `wire` on bytes alone, with the limits the server
+//! runs it with (the defaults of `config`), and panics when a property that must hold for
+//! every input does not: the fuzzer reports a panic as a crash. The parsers themselves stay
+//! private; this module adds no behaviour to them.
+
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+use crate::wire::auth::{is_valid_user_id, Auth, NAME_BYTES_MAX};
+use crate::wire::http::{self, Outcome};
+use crate::wire::protocol::{self, ParseLimits, Request};
+use crate::wire::ws::{self, Decoder, Inbound};
+
+/// `--http-request-bytes-max`'s default: the router never sees more of a head.
+pub const HTTP_REQUEST_BYTES_MAX: usize = 8192;
+/// `--frame-bytes-max`'s default.
+pub const FRAME_BYTES_MAX: usize = 16384;
+/// `--body-bytes-max` and `--room-id-bytes-max`'s defaults.
+pub const PARSE_LIMITS: ParseLimits = ParseLimits {
+    body_bytes_max: 4096,
+    room_id_bytes_max: 128,
+};
+/// The `--jwt-secret` the JWT target signs its tokens with.
+pub const JWT_SECRET: &str = "sokdo-fuzz-secret";
+
+/// Routes one request head as a shard does (cut at `HTTP_REQUEST_BYTES_MAX`), with a JWT
+/// secret, the API key and accounts on. Checks: an answer has a status line that matches its
+/// status; an upgrade consumes no more bytes than it was given.
+pub fn http_head(head: &[u8]) {
+    let head = &head[..head.len().min(HTTP_REQUEST_BYTES_MAX)];
+    let auth = Auth::new(Some(JWT_SECRET));
+    let metrics = || String::from("# EOF\n");
+    let health = || -> Result<(), String> { Ok(()) };
+    let ctx = http::Context {
+        auth: &auth,
+        draining: false,
+        at_capacity: false,
+        log_failure: None,
+        queue_full: false,
+        metrics: &metrics,
+        health: &health,
+        faults: false,
+        api_key: Some("fuzz-api-key"),
+        accounts: true,
+        body_bytes_max: PARSE_LIMITS.body_bytes_max,
+        request_bytes_max: HTTP_REQUEST_BYTES_MAX,
+    };
+    match http::route(head, &ctx) {
+        Outcome::Respond { status, response } => check_status_line(status, &response),
+        Outcome::Upgrade {
+            identity,
+            response,
+            request_bytes,
+        } => {
+            assert!(
+                request_bytes <= head.len(),
+                "upgrade consumed past its input"
+            );
+            assert!(
+                is_valid_user_id(&identity.user),
+                "upgrade with a bad user id"
+            );
+            check_status_line(101, &response);
+        }
+        Outcome::Incomplete | Outcome::Api(_) | Outcome::Fault(_) => {}
+        #[cfg(feature = "autobahn")]
+        Outcome::Echo { .. } => {}
+    }
+}
+
+fn check_status_line(status: u16, response: &Bytes) {
+    assert!((100..600).contains(&status), "status {status}");
+    let line = format!("HTTP/1.1 {status} ");
+    assert!(
+        response.starts_with(line.as_bytes()),
+        "status line differs from {status}"
+    );
+}
+
+/// What the decoder made of a byte stream: its messages, then its error if it failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong,
+    Close(Option<u16>),
+}
+
+/// Decodes `stream` with the real decoder and limit, fed in the given chunk sizes (the rest
+/// in one piece), until the stream ends, an error, or a close frame (the server stops there).
+pub fn ws_decode(stream: &[u8], chunks: &[usize]) -> (Vec<Frame>, Option<ws::DecodeError>) {
+    let mut decoder = Decoder::default();
+    let mut frames = Vec::new();
+    let mut rest = stream.to_vec();
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    for &n in chunks {
+        let n = n.min(rest.len());
+        pieces.push(rest.drain(..n).collect());
+    }
+    pieces.push(rest);
+    for mut piece in pieces {
+        let mut closed = false;
+        // Inline, so the closure takes the decoder's higher-ranked `FnMut(Inbound<'_>)`.
+        let fed = decoder.feed(&mut piece, FRAME_BYTES_MAX, &mut |inbound| {
+            let frame = owned(inbound);
+            closed = matches!(frame, Frame::Close(_));
+            frames.push(frame);
+            !closed
+        });
+        if let Err(e) = fed {
+            return (frames, Some(e));
+        }
+        if closed {
+            break;
+        }
+    }
+    (frames, None)
+}
+
+fn owned(inbound: Inbound<'_>) -> Frame {
+    match inbound {
+        Inbound::Text(t) => Frame::Text(t.to_owned()),
+        Inbound::Binary(b) => Frame::Binary(b.to_vec()),
+        Inbound::Ping(p) => Frame::Ping(p.to_vec()),
+        Inbound::Pong => Frame::Pong,
+        Inbound::Close(code) => Frame::Close(code),
+    }
+}
+
+/// A masked client frame, as a browser sends it.
+pub fn client_frame(frame: &Frame, mask: [u8; 4]) -> Vec<u8> {
+    use tungstenite::protocol::frame::coding::Control;
+    let (opcode, payload): (OpCode, Vec<u8>) = match frame {
+        Frame::Text(t) => (OpCode::Data(Data::Text), t.as_bytes().to_vec()),
+        Frame::Binary(b) => (OpCode::Data(Data::Binary), b.clone()),
+        Frame::Ping(p) => (OpCode::Control(Control::Ping), p.clone()),
+        Frame::Pong => (OpCode::Control(Control::Pong), Vec::new()),
+        Frame::Close(None) => (OpCode::Control(Control::Close), Vec::new()),
+        Frame::Close(Some(code)) => (OpCode::Control(Control::Close), code.to_be_bytes().to_vec()),
+    };
+    let header = FrameHeader {
+        opcode,
+        mask: Some(mask),
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::new();
+    header
+        .format(payload.len() as u64, &mut out)
+        .expect("formatting into memory cannot fail");
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// The payload of an unmasked server frame `ws` encoded, and its opcode.
+pub fn server_frame_payload(frame: &[u8]) -> Option<(OpCode, Vec<u8>)> {
+    let mut cursor = std::io::Cursor::new(frame);
+    let (header, len) = FrameHeader::parse(&mut cursor).ok()??;
+    let at = cursor.position() as usize;
+    (header.mask.is_none() && header.is_final && frame.len() - at == len as usize)
+        .then(|| (header.opcode, frame[at..].to_vec()))
+}
+
+/// The server's own encoding of a text message (`ws::text`), for round trips.
+pub fn server_text(payload: &[u8]) -> Bytes {
+    ws::text(payload)
+}
+
+/// Parses one text frame as a request with the default limits, and builds the reply the
+/// server would send for an error. Checks: a request respects the limits; an echoed `id` is
+/// a number or a string; the error reply is JSON.
+pub fn protocol_request(frame: &[u8]) {
+    match protocol::parse(frame, PARSE_LIMITS) {
+        Ok((id, request)) => {
+            check_id(id.as_deref());
+            if let Some(room) = request.room() {
+                assert!(!room.is_empty() && room.len() <= PARSE_LIMITS.room_id_bytes_max);
+            }
+            if let Request::Send { body, .. } = &request {
+                assert!(
+                    body.len() <= PARSE_LIMITS.body_bytes_max,
+                    "body past its limit"
+                );
+            }
+            let reply = protocol::ok(id.as_deref(), serde_json::json!({}));
+            check_reply(id.as_deref(), &reply);
+        }
+        Err((id, err)) => {
+            check_id(id.as_deref());
+            let reply = protocol::error(id.as_deref(), &err);
+            check_reply(id.as_deref(), &reply);
+        }
+    }
+}
+
+fn check_id(id: Option<&RawValue>) {
+    if let Some(id) = id {
+        let value: serde_json::Value = serde_json::from_str(id.get()).unwrap_or_default();
+        assert!(
+            value.is_number() || value.is_string() || is_unrepresentable_number(id),
+            "id {} is neither a number nor a string",
+            id.get()
+        );
+    }
+}
+
+fn check_reply(id: Option<&RawValue>, reply: &[u8]) {
+    if id.is_some_and(is_unrepresentable_number) {
+        return;
+    }
+    let parsed = serde_json::from_slice::<serde_json::Value>(reply);
+    assert!(parsed.is_ok(), "reply is not JSON: {parsed:?}");
+}
+
+/// KNOWN, left to issue 15's per-connection work (branch `abuse-conn`, item "an `id` of
+/// `1e999` is echoed back verbatim"): an id that is a JSON number serde_json cannot read
+/// (`1e999`) is echoed verbatim, so the reply is not JSON the server could read back. The
+/// fuzz target skips the reply check for such ids until that fix lands; then this function
+/// and its two uses go.
+fn is_unrepresentable_number(id: &RawValue) -> bool {
+    let text = id.get();
+    text.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])
+        && serde_json::from_str::<serde_json::Number>(text).is_err()
+}
+
+/// Verifies `token` with the fixed [`JWT_SECRET`] as `/ws` does. Checks: an accepted token
+/// yields a valid user id and a name within its bound. Returns the user and name, or the
+/// one-line reason of the 401.
+pub fn jwt(token: &str) -> Result<(String, Option<String>), String> {
+    let auth = Auth::new(Some(JWT_SECRET));
+    match auth.authenticate(Some(token), None, None) {
+        Ok(identity) => {
+            assert!(is_valid_user_id(&identity.user), "accepted a bad user id");
+            if let Some(name) = &identity.name {
+                assert!(!name.is_empty() && name.len() <= NAME_BYTES_MAX);
+            }
+            Ok((identity.user, identity.name))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
