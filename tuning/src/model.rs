@@ -71,7 +71,18 @@ pub struct Cpu {
     /// Per delivery and per send when CPU is the limit, per CPU share measured
     /// (`saturation.rs`); `plan` sizes CPU with these when there are any.
     #[serde(default)]
-    pub saturation: Vec<crate::saturation::Saturation>,
+    pub saturation: Vec<Saturation>,
+}
+
+/// CPU at saturation for one CPU share: per delivery `a` and per send `b` (`saturation.rs`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Saturation {
+    /// CPUs the server had: its pinned CPUs, or its quota (0.2 = 20 % of one CPU).
+    pub cpus: f64,
+    pub s_per_delivery: Coef,
+    pub s_per_send: Coef,
+    /// Users held by each ramp: measured vs what `a`, `b` give back.
+    pub fit: FitError,
 }
 
 /// Predicted vs measured for every run the fit used, and the worst and RMS relative error.

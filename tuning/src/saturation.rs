@@ -21,27 +21,14 @@
 //! share measured (a quota: `cpus` = 0.2 for 20 % of one CPU), since a throttled server
 //! batches more and pays less per delivery again. `plan` interpolates between shares.
 
-use serde::{Deserialize, Serialize};
-
 use crate::lsq;
-use crate::model::{Coef, FitError, Row};
+use crate::model::{Coef, FitError, Row, Saturation};
 use crate::report::{Host, Run};
 
 /// Server RSS at or above this share of the memory limit: the ramp ended in memory, not CPU.
 /// (Not the cgroup's peak: it counts the page cache of the log and store, which fills any
 /// cgroup that writes files and is reclaimed, not a limit.)
 const MEMORY_BOUND_SHARE: f64 = 0.9;
-
-/// `a` and `b` for one CPU share.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Saturation {
-    /// CPUs the server had: its pinned CPUs, or its quota (0.2 = 20 % of one CPU).
-    pub cpus: f64,
-    pub s_per_delivery: Coef,
-    pub s_per_send: Coef,
-    /// Users held by each ramp: measured vs what `a`, `b` give back.
-    pub fit: FitError,
-}
 
 /// One ramp that ended CPU-bound.
 #[derive(Clone, Debug)]
