@@ -70,7 +70,16 @@ async fn frames_until_close(ws: &mut Ws) -> (Vec<Value>, (u16, String)) {
 /// bystander is served throughout and the metrics count it.
 #[tokio::test]
 async fn a_request_flood_is_rate_limited_then_closed_1008_while_others_chat() {
+    // One shard and `async`: every answer is ready in the turn its request arrives, so all
+    // of them are queued before the 1008 close. (With `sync` a send's `ok` waits for its
+    // group's fsync while the refusals behind it are decided at once: a fast flood reaches
+    // the close first and the answers still held are not sent. Seen in CI; the counters
+    // below hold either way.)
     let server = Server::start(&[
+        "--shards",
+        "1",
+        "--durability",
+        "async",
         "--messages-per-connection-per-s",
         "20",
         "--messages-per-connection-burst",
@@ -146,7 +155,10 @@ async fn join_leave_churn_is_rate_limited_and_retry_after_is_honoured() {
         }
         replies
     };
-    let (replies, ()) = tokio::join!(attack, chat(&server, 10));
+    // The bystander has a bucket of its own with the same bound: its join and 8 sends stay
+    // within the burst of 10 however fast they go (10 sends made 11 requests, and a fast
+    // machine sent them within the burst's refill: CI saw the bystander limited).
+    let (replies, ()) = tokio::join!(attack, chat(&server, 8));
     let replies: Vec<Value> = replies
         .into_iter()
         .filter(|r| r.get("id").is_some())
