@@ -435,11 +435,12 @@ impl Server {
             // clients each, so sokdo's per-address connection rate limit would refuse the
             // ramp: it is off in bench runs unless the caller sets it. An environment
             // variable, not a flag, so a build from before the limit starts too.
-            // Likewise the per-address connection cap, and the per-connection message rate
+            // Likewise the per-address connection and handshake caps, and the per-connection message rate
             // limit: the fan-out scenario sends thousands per second from few connections.
             for var in [
                 "SOKDO_CONNECTIONS_PER_IP_PER_S",
                 "SOKDO_CONNECTIONS_PER_IP_MAX",
+                "SOKDO_HANDSHAKES_PER_IP_MAX",
                 "SOKDO_MESSAGES_PER_CONNECTION_PER_S",
             ] {
                 if std::env::var_os(var).is_none() {

@@ -49,6 +49,7 @@ impl Server {
         let mut child = Command::new(&bin)
             .env("SOKDO_CONNECTIONS_PER_IP_PER_S", "0")
             .env("SOKDO_CONNECTIONS_PER_IP_MAX", "0")
+            .env("SOKDO_HANDSHAKES_PER_IP_MAX", "0")
             .env("SOKDO_MESSAGES_PER_CONNECTION_PER_S", "0")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)

@@ -241,6 +241,14 @@ pub struct Config {
     #[arg(long, env = "SOKDO_CONNECTIONS_PER_IP_MAX", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     pub connections_per_ip_max: u32,
 
+    /// Sockets one client address may hold open before their HTTP request is read (TCP
+    /// accepted, no upgrade or request yet), for the whole instance; past it, a new socket
+    /// from that address is closed at once, without reading it. Bounds what an address can
+    /// hold with handshakes it never finishes (each lives up to `--handshake-timeout-ms`).
+    /// 0 turns the limit off.
+    #[arg(long, env = "SOKDO_HANDSHAKES_PER_IP_MAX", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub handshakes_per_ip_max: u32,
+
     /// Interval of server WebSocket pings.
     #[arg(long, env = "SOKDO_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub heartbeat_ms: u64,

@@ -31,6 +31,9 @@ pub struct Instance {
     /// Upgraded connections per client address (`--connections-per-ip-max`; atomics every
     /// shard updates).
     pub ip_counts: crate::ip_counts::IpCounts,
+    /// Sockets per client address whose HTTP request is not read yet
+    /// (`--handshakes-per-ip-max`).
+    pub handshake_counts: crate::ip_counts::IpCounts,
 }
 
 impl Instance {

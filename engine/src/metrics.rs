@@ -144,6 +144,7 @@ shard_metrics! {
     room_password_failures: Counter = "room_password_failures", "Private-room `join`s with a wrong password (counted on the room's home)";
     room_password_refusals: Counter = "room_password_refusals", "Private-room `join`s with a password refused before any check: too many failures, a check of the user in flight (`rate_limited`) or --password-checks-in-flight-max reached (`unavailable`)";
     login_refusals: Counter = "login_refusals", "`/api/auth/login|password` calls refused 429: the account from that address, or the address, passed --login-failures-max / --login-failures-per-ip-max";
+    handshakes_per_ip_refused: Counter = "handshakes_per_ip_refused", "Sockets closed at accept: their address held --handshakes-per-ip-max sockets whose HTTP request was not read yet";
     connections_per_ip_refused: Counter = "connections_per_ip_refused", "Upgrades refused with HTTP 429: their address held --connections-per-ip-max connections";
     rate_limited_requests: Counter = "rate_limited_requests", "Requests answered `rate_limited`: their connection passed --messages-per-connection-per-s / --messages-per-connection-burst";
     rate_limit_closes: Counter = "rate_limit_closes", "Connections closed 1008 `rate limit exceeded` (more than --rate-limited-replies-max `rate_limited` replies in a row)";

@@ -162,6 +162,7 @@ fn open_instance(
         liveness: crate::liveness::Liveness::new(shards, cfg.stall_timeout_ms),
         places,
         ip_counts: crate::ip_counts::IpCounts::new(cfg.connections_per_ip_max),
+        handshake_counts: crate::ip_counts::IpCounts::new(cfg.handshakes_per_ip_max),
         cfg,
     });
     Ok((persistence, instance, rooms_by_shard))

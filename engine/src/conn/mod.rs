@@ -107,6 +107,9 @@ pub struct ConnEntry {
     pub rate_limited_in_row: u32,
     /// Counts in the instance's connections of its address (`--connections-per-ip-max`).
     pub ip_counted: bool,
+    /// Counted in the instance's sockets per address whose request is not read yet
+    /// (`--handshakes-per-ip-max`), until its request head is read or it goes.
+    pub handshake_counted: bool,
     /// HTTP status of a successful reply to this connection's API call.
     pub api_ok_status: u16,
     /// Holds one of the instance's admission places (`Places`).
@@ -152,6 +155,7 @@ impl ConnEntry {
             pings: rate::Bucket::default(),
             rate_limited_in_row: 0,
             ip_counted: false,
+            handshake_counted: false,
             api_ok_status: 200,
             admitted: false,
             queued: false,

@@ -55,6 +55,7 @@ impl Shard {
         };
         if !matches!(outcome, Outcome::Incomplete) {
             *head = Vec::new();
+            self.handshake_done(key);
         }
         match outcome {
             Outcome::Incomplete => {}
@@ -77,6 +78,30 @@ impl Shard {
             Outcome::Fault(fault) => self.on_fault(key, fault),
             #[cfg(feature = "autobahn")]
             Outcome::Echo { response } => self.echo_upgraded(key, response),
+        }
+    }
+
+    /// A new socket from `peer`: `Some(counted)` if it may go on (counted in
+    /// `--handshakes-per-ip-max` until its request head is read), `None` if its address
+    /// already holds that many unread sockets (then nothing is counted).
+    pub(super) fn handshake_enter(&self, peer: Option<std::net::IpAddr>) -> Option<bool> {
+        let counts = &self.instance.handshake_counts;
+        let Some(ip) = peer.filter(|_| counts.on()) else {
+            return Some(false);
+        };
+        if counts.enter(ip) {
+            return Some(true);
+        }
+        self.metrics.handshakes_per_ip_refused.inc();
+        None
+    }
+
+    /// The request head of `key` is read: it no longer counts as an unfinished handshake.
+    fn handshake_done(&mut self, key: usize) {
+        let entry = &mut self.conns[key];
+        if let (true, Some(ip)) = (entry.handshake_counted, entry.peer) {
+            entry.handshake_counted = false;
+            self.instance.handshake_counts.leave(ip);
         }
     }
 
@@ -200,6 +225,10 @@ impl Shard {
                     outbound_queue_bytes_max: cfg.outbound_queue_bytes_max,
                     history_limit_max: protocol::HISTORY_LIMIT_MAX,
                     rooms_per_connection_max: cfg.rooms_per_connection_max,
+                    requests_per_s: cfg.messages_per_connection_per_s,
+                    requests_burst: cfg.messages_per_connection_burst,
+                    rate_limited_replies_max: cfg.rate_limited_replies_max,
+                    pings_per_s: cfg.pings_per_connection_per_s,
                 },
             },
         );

@@ -352,6 +352,9 @@ impl ConnHost for Shard {
         if let (true, Some(ip)) = (entry.ip_counted, entry.peer) {
             self.instance.ip_counts.leave(ip);
         }
+        if let (true, Some(ip)) = (entry.handshake_counted, entry.peer) {
+            self.instance.handshake_counts.leave(ip);
+        }
         if entry.admitted {
             self.release_place();
         } else if entry.queued {

@@ -98,10 +98,17 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
 }
 
 fn start_conn(shard: &Rc<RefCell<Shard>>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let Some(handshake_counted) = shard.borrow().handshake_enter(peer) else {
+        // Past `--handshakes-per-ip-max`: dropped, so closed, unread.
+        return;
+    };
     // Small messages must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let key = shard.borrow_mut().add_conn(Instant::now());
-    shard.borrow_mut().conns[key].peer = stream.peer_addr().ok().map(|a| a.ip());
+    let entry = &mut shard.borrow_mut().conns[key];
+    entry.peer = peer;
+    entry.handshake_counted = handshake_counted;
     spawn_task(ConnDriver::new(shard.clone(), stream, key)).detach();
 }
 

@@ -595,6 +595,14 @@ pub struct Limits {
     pub outbound_queue_bytes_max: u32,
     pub history_limit_max: u32,
     pub rooms_per_connection_max: u32,
+    /// `--messages-per-connection-per-s` / `-burst`: requests per second (0: no limit)
+    /// and at once, before `rate_limited`.
+    pub requests_per_s: u32,
+    pub requests_burst: u32,
+    /// `--rate-limited-replies-max`: `rate_limited` replies in a row before close 1008.
+    pub rate_limited_replies_max: u32,
+    /// `--pings-per-connection-per-s`: WebSocket pings per second (0: no limit).
+    pub pings_per_s: u32,
 }
 
 #[derive(Serialize)]

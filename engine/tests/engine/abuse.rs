@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::support::{Client, Server, Ws, WAIT};
+use crate::support::{eventually, Client, Server, Ws, WAIT};
 
 /// Longest a bystander's send may take to be acknowledged and delivered during an attack.
 const SERVED_WITHIN: Duration = Duration::from_secs(2);
@@ -296,6 +296,104 @@ async fn an_address_past_its_connection_cap_gets_429_others_chat() {
     }
     let mut again = again.expect("a place of the address freed by a close is taken again");
     again.ok(json!({"op": "ping"})).await;
+}
+
+/// Goal: one address opening sockets it never sends a request on holds at most
+/// `--handshakes-per-ip-max` of them at once: the rest are closed at once (the handshake
+/// timeout is 10 minutes here, so they were not closed by it), other addresses are served
+/// throughout, and once the address's sockets go it upgrades again.
+#[tokio::test]
+async fn unfinished_handshakes_of_one_address_are_capped_at_accept() {
+    let server = Server::start(&[
+        "--handshakes-per-ip-max",
+        "20",
+        "--handshake-timeout-ms",
+        "600000",
+    ]);
+    // From 127.0.0.3: the harness's own HTTP calls (`/metrics`) come from 127.0.0.1, the
+    // bystander from 127.0.0.2.
+    let hog: IpAddr = "127.0.0.3".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((hog, 0).into()).unwrap();
+        let stream = socket
+            .connect(server.addr)
+            .await
+            .unwrap()
+            .into_std()
+            .unwrap();
+        stream.set_nonblocking(true).unwrap();
+        held.push(stream);
+    }
+    let closed_by_server = |held: &[TcpStream]| {
+        held.iter()
+            .filter(|s| match (&**s).read(&mut [0u8; 1]) {
+                Ok(0) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                Ok(_) => panic!("the server wrote to a socket that sent no request"),
+            })
+            .count()
+    };
+    let chatting = chat(&server, 10);
+    let capped = async {
+        eventually("the 40 sockets past the cap are closed", || {
+            closed_by_server(&held) == 40
+        })
+        .await;
+    };
+    tokio::join!(chatting, capped);
+    assert_eq!(
+        closed_by_server(&held),
+        40,
+        "the 20 within the cap stay open"
+    );
+    assert_eq!(server.metric("sokdo_handshakes_per_ip_refused_total"), 40.0);
+
+    // The address's sockets go: its count is given back, and it upgrades again.
+    drop(held);
+    let mut again = None;
+    for _ in 0..100 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((hog, 0).into()).unwrap();
+        let stream = socket.connect(server.addr).await.unwrap();
+        let plain = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        match tokio_tungstenite::client_async(server.ws_url("user=hog"), plain).await {
+            Ok((ws, _)) => {
+                again = Some(Client::from_ws(ws).await);
+                break;
+            }
+            // Closed at accept while the server has not yet forgotten the dropped ones.
+            Err(WsError::Io(_) | WsError::Protocol(_) | WsError::ConnectionClosed) => {
+                tokio::task::yield_now().await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    let mut again = again.expect("the address's places are given back when its sockets go");
+    again.ok(json!({"op": "ping"})).await;
+}
+
+/// Goal: a client learns its connection's request and ping limits from `hello`, as set
+/// by the flags, so it can pace itself instead of discovering them by `rate_limited`.
+#[tokio::test]
+async fn hello_names_the_connections_rate_limits() {
+    let server = Server::start(&[
+        "--messages-per-connection-per-s",
+        "7",
+        "--messages-per-connection-burst",
+        "9",
+        "--rate-limited-replies-max",
+        "11",
+        "--pings-per-connection-per-s",
+        "0",
+    ]);
+    let c = Client::connect(&server, "pacer").await;
+    let limits = &c.hello["limits"];
+    assert_eq!(limits["requests_per_s"], 7, "{limits}");
+    assert_eq!(limits["requests_burst"], 9, "{limits}");
+    assert_eq!(limits["rate_limited_replies_max"], 11, "{limits}");
+    assert_eq!(limits["pings_per_s"], 0, "{limits}");
 }
 
 /// Goal: a small admission queue cannot be filled by one address: past its cap it gets
