@@ -105,6 +105,9 @@ pub struct ConnEntry {
     /// `rate_limited` replies since a request was last let through: past
     /// `--rate-limited-replies-max`, closed 1008.
     pub rate_limited_in_row: u32,
+    /// Decided to close (code, reason) once the answers it is owed are sent: nothing more
+    /// it sends is read as a request meanwhile.
+    pub close_when_answered: Option<(u16, &'static str)>,
     /// Counts in the instance's connections of its address (`--connections-per-ip-max`).
     pub ip_counted: bool,
     /// Counted in the instance's sockets per address whose request is not read yet
@@ -154,6 +157,7 @@ impl ConnEntry {
             requests: rate::Bucket::default(),
             pings: rate::Bucket::default(),
             rate_limited_in_row: 0,
+            close_when_answered: None,
             ip_counted: false,
             handshake_counted: false,
             api_ok_status: 200,

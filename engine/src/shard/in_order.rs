@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::fanout::Joined;
+use super::fanout::{Joined, Unsent};
 use super::Shard;
 use crate::conn::order::Arrival;
 use crate::conn::{ConnRef, Dest, Parsed, Phase};
@@ -82,6 +82,25 @@ impl Shard {
         }
         if self.conns[key].order.in_flight() == 0 {
             self.release_held(key);
+            self.close_if_answered(key);
+        }
+    }
+
+    /// Closes `key` with `code` once every request it sent before has been answered (at
+    /// once if none is out or held): an accepted `send` hears its `ok`, a refused one its
+    /// error. What it sends meanwhile is not read as a request (`over_request_rate`).
+    pub(super) fn close_when_answered(&mut self, key: usize, code: u16, reason: &'static str) {
+        self.conns[key].close_when_answered = Some((code, reason));
+        self.close_if_answered(key);
+    }
+
+    fn close_if_answered(&mut self, key: usize) {
+        let entry = &mut self.conns[key];
+        if entry.order.in_flight() > 0 || entry.order.is_holding() {
+            return;
+        }
+        if let Some((code, reason)) = entry.close_when_answered.take() {
+            self.close_conn(key, code, reason, Unsent::Send);
         }
     }
 

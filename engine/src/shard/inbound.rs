@@ -328,6 +328,9 @@ impl Shard {
         );
         let in_row_max = cfg.rate_limited_replies_max;
         let entry = &mut self.conns[key];
+        if entry.close_when_answered.is_some() {
+            return true; // closing: read and dropped
+        }
         let Err(wait) = entry.requests.take(per_s, burst, Instant::now()) else {
             entry.rate_limited_in_row = 0;
             return false;
@@ -337,7 +340,9 @@ impl Shard {
             self.metrics.rate_limit_closes.inc();
             // A close handshake, not a failed connection: what the client still sends is
             // read and dropped until its close, so its socket is not reset under the close.
-            self.close_conn(key, close::POLICY, "rate limit exceeded", Unsent::Send);
+            // Its requests already out or held are answered first: a stored `send` is
+            // `ok`'d.
+            self.close_when_answered(key, close::POLICY, "rate limit exceeded");
             return true;
         }
         self.metrics.rate_limited_requests.inc();

@@ -99,20 +99,13 @@ async fn frames_until_close(ws: &mut Ws) -> (Vec<Value>, (u16, String)) {
 
 /// Goal: one connection sending as fast as it can gets `burst` requests through, then
 /// `rate_limited` replies (with the request's id and `retry_after_ms`), and once it keeps
-/// on past `--rate-limited-replies-max` it is closed 1008 `rate limit exceeded`; the
-/// bystander is served throughout and the metrics count it.
+/// on past `--rate-limited-replies-max` it is closed 1008 `rate limit exceeded` — after
+/// the answers it is owed: every send that was stored was `ok`'d to it first (with `sync`
+/// an `ok` waits for its group's fsync while the refusals behind it are decided at once);
+/// the bystander is served throughout and the metrics count it.
 #[tokio::test]
 async fn a_request_flood_is_rate_limited_then_closed_1008_while_others_chat() {
-    // One shard and `async`: every answer is ready in the turn its request arrives, so all
-    // of them are queued before the 1008 close. (With `sync` a send's `ok` waits for its
-    // group's fsync while the refusals behind it are decided at once: a fast flood reaches
-    // the close first and the answers still held are not sent. Seen in CI; the counters
-    // below hold either way.)
     let server = Server::start(&[
-        "--shards",
-        "1",
-        "--durability",
-        "async",
         "--messages-per-connection-per-s",
         "20",
         "--messages-per-connection-burst",
@@ -163,6 +156,24 @@ async fn a_request_flood_is_rate_limited_then_closed_1008_while_others_chat() {
     assert_eq!(close, (1008, "rate limit exceeded".to_owned()));
     assert!(server.metric("sokdo_rate_limited_requests_total") >= 100.0);
     assert_eq!(server.metric("sokdo_rate_limit_closes_total"), 1.0);
+    // Every message of the flood that was stored had its `ok` sent before the close.
+    let mut reader = Client::connect(&server, "reader").await;
+    let mut stored = 0;
+    let mut before: Option<u64> = None;
+    loop {
+        let mut req = json!({"op": "history", "room": "spam", "limit": 100});
+        if let Some(seq) = before {
+            req["before_seq"] = json!(seq);
+        }
+        let page = reader.ok(req).await;
+        let messages = page["messages"].as_array().unwrap();
+        stored += messages.len();
+        match messages.first() {
+            Some(first) if first["seq"].as_u64() > Some(1) => before = first["seq"].as_u64(),
+            _ => break,
+        }
+    }
+    assert_eq!(stored, oks, "messages stored vs `ok`s the flooder heard");
 }
 
 /// Goal: a client that backs off as told (`retry_after_ms`) is served again, and stays
