@@ -1,5 +1,7 @@
 //! Entry points for the fuzz targets (`fuzz/`, docs/SECURITY.md "Fuzzing"); only with the
-//! cargo feature `fuzzing`, never in a default or release build.
+//! cargo feature `fuzzing` (and in unit tests), never in a default or release build.
+//! [`targets`] holds one function per target, taking the fuzzer's bytes: the libFuzzer
+//! targets call it, and so does the test suite's short run (`sokdo-fuzz-smoke`).
 //!
 //! Each function runs one network parser of `wire` on bytes alone, with the limits the server
 //! runs it with (the defaults of `config`), and panics when a property that must hold for
@@ -244,5 +246,113 @@ pub fn jwt(token: &str) -> Result<(String, Option<String>), String> {
             Ok((identity.user, identity.name))
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One function per target of `fuzz/fuzz_targets/`, taking the fuzzer's bytes.
+pub mod targets {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+
+    use super::{client_frame, server_frame_payload, server_text, ws_decode, Frame, JWT_SECRET};
+
+    /// `http_head`: [`super::http_head`] on the bytes.
+    pub fn http_head(data: &[u8]) {
+        super::http_head(data);
+    }
+
+    /// `protocol_request`: [`super::protocol_request`] on the bytes.
+    pub fn protocol_request(data: &[u8]) {
+        super::protocol_request(data);
+    }
+
+    /// `ws_frames`: two bytes that choose how the stream is cut, then the client's byte
+    /// stream. Properties: the stream decodes the same (messages and error) whole, cut in
+    /// two or three pieces, and one byte at a time; the decoded messages, encoded again as
+    /// masked client frames, decode to the same messages; a text message the server encodes
+    /// (`ws::text`) carries the same payload.
+    pub fn ws_frames(data: &[u8]) {
+        let [a, b, stream @ ..] = data else {
+            return;
+        };
+        let whole = ws_decode(stream, &[]);
+        let cut = ws_decode(stream, &[usize::from(*a), usize::from(*b)]);
+        assert_eq!(whole, cut, "decoding depends on where the stream is cut");
+        if stream.len() <= 4096 {
+            let bytewise = ws_decode(stream, &vec![1; stream.len()]);
+            assert_eq!(whole, bytewise, "decoding one byte at a time differs");
+        }
+        let mask = [*a, *b, 0x5a, 0xa5];
+        let again: Vec<u8> = whole.0.iter().flat_map(|f| client_frame(f, mask)).collect();
+        let redecoded = ws_decode(&again, &[]);
+        assert_eq!(redecoded.1, None, "re-encoded messages fail to decode");
+        assert_eq!(redecoded.0, whole.0, "messages do not survive a round trip");
+        for frame in &whole.0 {
+            if let Frame::Text(text) = frame {
+                let (_, payload) = server_frame_payload(&server_text(text.as_bytes()))
+                    .expect("the server's text frame parses");
+                assert_eq!(payload, text.as_bytes(), "the server's text frame differs");
+            }
+        }
+    }
+
+    /// `jwt`: a mode byte, then either a whole token (even mode) or a header and claims
+    /// (`header\nclaims`, or claims alone under an HS256 header) that are signed with
+    /// [`JWT_SECRET`], so that verification reaches the claims' checks. Checks those of
+    /// [`super::jwt`].
+    pub fn jwt(data: &[u8]) {
+        let [mode, rest @ ..] = data else {
+            return;
+        };
+        let text = String::from_utf8_lossy(rest);
+        if mode % 2 == 0 {
+            let _ = super::jwt(&text);
+            return;
+        }
+        let (header, claims) = match text.split_once('\n') {
+            Some((h, c)) => (h, c),
+            None => (r#"{"alg":"HS256","typ":"JWT"}"#, &*text),
+        };
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let key = EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256)
+            .expect("HS256 signs any message");
+        let _ = super::jwt(&format!("{message}.{signature}"));
+    }
+}
+
+/// The test suite's short run of each target: its committed corpus, then mutations of it
+/// (`sokdo-fuzz-smoke`; `scripts/fuzz` is the coverage-guided run).
+#[cfg(test)]
+mod smoke {
+    const MUTATIONS: usize = 3_000;
+
+    #[test]
+    fn http_head_on_its_corpus_and_mutations() {
+        sokdo_fuzz_smoke::run("http_head", MUTATIONS, super::targets::http_head);
+    }
+
+    #[test]
+    fn protocol_request_on_its_corpus_and_mutations() {
+        sokdo_fuzz_smoke::run(
+            "protocol_request",
+            MUTATIONS,
+            super::targets::protocol_request,
+        );
+    }
+
+    #[test]
+    fn ws_frames_on_its_corpus_and_mutations() {
+        sokdo_fuzz_smoke::run("ws_frames", MUTATIONS, super::targets::ws_frames);
+    }
+
+    #[test]
+    fn jwt_on_its_corpus_and_mutations() {
+        sokdo_fuzz_smoke::run("jwt", MUTATIONS, super::targets::jwt);
     }
 }

@@ -62,7 +62,8 @@ mod persist;
 mod home;
 pub mod server;
 mod shard;
-// The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` only: it uses `wire`.
-#[cfg(feature = "fuzzing")]
+// The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` (and in the unit
+// tests, which run them on their corpus): it uses `wire`.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz;

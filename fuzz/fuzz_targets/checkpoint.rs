@@ -4,17 +4,7 @@
 //! Mode odd: the bytes are the payload, wrapped in the header with its true length and
 //! checksum, so the fuzzer reaches the payload's validation (rkyv). Property: a checkpoint
 //! that decodes survives encode → decode.
+//! The function is `targets::checkpoint` of the library (the test suite runs it too).
 #![no_main]
 
-use sokdo_persistence::fuzz::{checkpoint_file, checkpoint_framed};
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let [mode, rest @ ..] = data else {
-        return;
-    };
-    if mode % 2 == 0 {
-        checkpoint_file(rest);
-    } else {
-        checkpoint_file(&checkpoint_framed(rest));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sokdo_persistence::fuzz::targets::checkpoint(data));

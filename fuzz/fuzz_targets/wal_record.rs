@@ -7,17 +7,7 @@
 //! Properties (in `sokdo_persistence::fuzz::wal_segment`): the good prefix lies within the
 //! input, damage is reported exactly when bytes are left, lsns are consecutive, decoded
 //! records survive encode → decode.
+//! The function is `targets::wal_record` of the library (the test suite runs it too).
 #![no_main]
 
-use sokdo_persistence::fuzz::{framed, wal_segment};
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let [mode, rest @ ..] = data else {
-        return;
-    };
-    if mode % 2 == 0 {
-        wal_segment(rest, 1);
-    } else {
-        wal_segment(&framed(rest, 1), 1);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sokdo_persistence::fuzz::targets::wal_record(data));

@@ -1,5 +1,7 @@
 //! Entry points for the fuzz targets (`fuzz/`, docs/SECURITY.md "Fuzzing"); only with the
-//! cargo feature `fuzzing`, never in a default or release build.
+//! cargo feature `fuzzing` (and in unit tests), never in a default or release build.
+//! [`targets`] holds one function per target, taking the fuzzer's bytes: the libFuzzer
+//! targets call it, and so does the test suite's short run (`sokdo-fuzz-smoke`).
 //!
 //! Each function runs one decoder of bytes read from disk — the log's frames (`record`), the
 //! checkpoint file (`checkpoint`) — and panics when a property that must hold for every input
@@ -96,4 +98,53 @@ pub fn checkpoint_framed(payload: &[u8]) -> Vec<u8> {
 /// A checkpoint file of these rooms at `lsn`, as the sink thread writes it (for seeds).
 pub fn encode_checkpoint(lsn: u64, rooms: Vec<crate::contract::RoomSnapshot>) -> Vec<u8> {
     checkpoint::encode(&checkpoint::Checkpoint { lsn, rooms }).expect("a checkpoint encodes")
+}
+
+/// One function per target of `fuzz/fuzz_targets/`, taking the fuzzer's bytes.
+pub mod targets {
+    use super::{checkpoint_file, checkpoint_framed, framed, wal_segment};
+
+    /// `wal_record`: a mode byte, then a segment's bytes (even mode) or a record payload
+    /// that is framed with its true length and checksum first (odd), so that decoding
+    /// reaches the payload's validation. Checks those of [`wal_segment`].
+    pub fn wal_record(data: &[u8]) {
+        let [mode, rest @ ..] = data else {
+            return;
+        };
+        if mode % 2 == 0 {
+            wal_segment(rest, 1);
+        } else {
+            wal_segment(&framed(rest, 1), 1);
+        }
+    }
+
+    /// `checkpoint`: a mode byte, then a checkpoint file (even) or a payload wrapped in a
+    /// checkpoint header first (odd). Checks those of [`checkpoint_file`].
+    pub fn checkpoint(data: &[u8]) {
+        let [mode, rest @ ..] = data else {
+            return;
+        };
+        if mode % 2 == 0 {
+            checkpoint_file(rest);
+        } else {
+            checkpoint_file(&checkpoint_framed(rest));
+        }
+    }
+}
+
+/// The test suite's short run of each target: its committed corpus, then mutations of it
+/// (`sokdo-fuzz-smoke`; `scripts/fuzz` is the coverage-guided run).
+#[cfg(test)]
+mod smoke {
+    const MUTATIONS: usize = 3_000;
+
+    #[test]
+    fn wal_record_on_its_corpus_and_mutations() {
+        sokdo_fuzz_smoke::run("wal_record", MUTATIONS, super::targets::wal_record);
+    }
+
+    #[test]
+    fn checkpoint_on_its_corpus_and_mutations() {
+        sokdo_fuzz_smoke::run("checkpoint", MUTATIONS, super::targets::checkpoint);
+    }
 }

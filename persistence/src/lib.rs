@@ -96,8 +96,9 @@ mod read_thread;
 mod sink_thread;
 // Layer 6: what the engine holds.
 mod handle;
-// The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` only.
-#[cfg(feature = "fuzzing")]
+// The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` (and in the unit
+// tests, which run them on their corpus).
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz;
 
