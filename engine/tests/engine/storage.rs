@@ -224,3 +224,178 @@ async fn full_disk_story(durability: &str) {
     c.ok(json!({"op": "join", "room": "disk"})).await;
     assert_all_acked_in_history(&mut c, "disk", &acked).await;
 }
+
+/// A disk whose `fdatasync`s fail while `write`s succeed: ext4 (no journal, so that a failed
+/// write-back does not turn it read-only) on a loop device whose backing file is sparse and
+/// lives on a small tmpfs. Filling that tmpfs makes the loop device fail every write to a
+/// block not yet allocated in the backing file ("critical space allocation error"), like a
+/// thin-provisioned volume out of space: ext4 still has room, so `write` succeeds into the
+/// page cache, and the write-back — what `fdatasync` waits for — fails. (device-mapper's
+/// `error`/`flakey` targets would be the textbook tool; this machine's kernel has no
+/// device-mapper driver, docs/PERSISTENCE.md.)
+///
+/// Every request to the loop device is one 4 KiB page of the backing file (4 KiB filesystem
+/// blocks, `max_sectors_kb` 4): the loop driver completes a write whose backing-file write
+/// came back *short* as a success (`lo_complete_rq` fails only a negative result), so a
+/// request spanning an allocated page and a hole of the full tmpfs would be reported written
+/// with its tail lost — a lying device, not a failing one (docs/PERSISTENCE.md, "A failing
+/// `fdatasync`"). One page per request either is written whole or fails.
+struct FailingDisk {
+    back: Tmpfs,
+    mnt: PathBuf,
+    loop_dev: String,
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("run a tool");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed (this test needs root, losetup and mkfs.ext4, as in CI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl FailingDisk {
+    fn new() -> FailingDisk {
+        let back = Tmpfs::mount("loop-back", "40m");
+        let image = back.dir.join("disk.img");
+        let image = image.to_str().unwrap();
+        run("truncate", &["-s", "64M", image]);
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-b",
+                "4096",
+                "-O",
+                "^has_journal",
+                "-E",
+                "lazy_itable_init=0",
+                image,
+            ],
+        );
+        let loop_dev = run("losetup", &["--find", "--show", image]);
+        let limit = format!(
+            "/sys/block/{}/queue/max_sectors_kb",
+            loop_dev.trim_start_matches("/dev/")
+        );
+        std::fs::write(&limit, "4").expect("limit the loop device's requests to one page");
+        let set = std::fs::read_to_string(&limit).unwrap();
+        assert_eq!(set.trim(), "4", "{limit}: requests of one page");
+        let mnt = temp_dir("loop-ext4");
+        let disk = FailingDisk {
+            back,
+            mnt,
+            loop_dev,
+        };
+        disk.mount();
+        disk
+    }
+
+    fn mount(&self) {
+        let mnt = self.mnt.to_str().unwrap();
+        run("mount", &["-o", "errors=continue", &self.loop_dev, mnt]);
+    }
+
+    /// Unmounts and mounts again: what is read afterwards comes from the device, not from
+    /// pages cached before.
+    fn remount(&self) {
+        run("umount", &[self.mnt.to_str().unwrap()]);
+        self.mount();
+    }
+
+    fn fail_writebacks(&self) {
+        self.back.fill(&self.back.dir.join("filler"));
+    }
+
+    fn heal(&self) {
+        std::fs::remove_file(self.back.dir.join("filler")).unwrap();
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = Command::new("losetup")
+            .args(["-d", &self.loop_dev])
+            .status();
+        let _ = std::fs::remove_dir(&self.mnt);
+    }
+}
+
+/// `fdatasync` fails (the write-back of the log's pages fails) while the server runs: no
+/// group whose sync failed is acknowledged, sends are refused `unavailable` while it lasts,
+/// `/metrics` and the log say so, the server recovers by itself once the device takes
+/// writes, and after a restart on a remounted disk (what is read is what reached the
+/// device) every acknowledged message is there.
+#[tokio::test]
+async fn failing_fdatasync_refuses_sends_and_loses_no_acknowledged_one() {
+    failing_fdatasync_story("sync").await;
+}
+
+/// Under `async` the sends were acknowledged after the write, before the sync that then
+/// fails: the log writes them again through a new descriptor rather than retrying the sync
+/// (which could report success for pages the kernel dropped), so none is lost.
+#[tokio::test]
+async fn failing_fdatasync_under_async_durability_loses_no_acknowledged_send() {
+    failing_fdatasync_story("async").await;
+}
+
+async fn failing_fdatasync_story(durability: &str) {
+    let disk = FailingDisk::new();
+    let data = disk.mnt.join("data");
+    let args = ["--durability", durability, "--wal-segment-bytes", "1048576"];
+    let env = [("SOKDO_LOG", "warn,sokdo_persistence=info")];
+    let server = Server::start_with_env(&data, &args, &env);
+    let mut c = Client::connect(&server, "ann").await;
+    c.ok(json!({"op": "join", "room": "disk"})).await;
+    let (mut acked, refused) = send_burst(&mut c, "disk", "before", 20).await;
+    assert!(
+        refused.is_empty(),
+        "a healthy disk takes every send: {refused:?}"
+    );
+
+    disk.fail_writebacks();
+    let mut bursts = 0;
+    while server.metric("sokdo_wal_write_failing") != 1.0 {
+        let (ok, refused) = send_burst(&mut c, "disk", &format!("fault{bursts}"), 40).await;
+        acked.extend(ok);
+        for r in &refused {
+            assert_eq!(r["code"], "unavailable", "{r}");
+        }
+        bursts += 1;
+        assert!(bursts < 200, "the log never saw its writes fail");
+    }
+    let reply = c
+        .request(json!({"op": "send", "room": "disk", "body": "late"}))
+        .await;
+    assert_eq!(
+        reply["code"], "unavailable",
+        "refused while failing: {reply}"
+    );
+    assert_eq!(server.get("/readyz").0, 503);
+    assert!(server.metric("sokdo_wal_write_errors_total") >= 1.0);
+    let lines = server.log_lines("the write-ahead log cannot be written");
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line on the change to failing: {lines:?}"
+    );
+
+    disk.heal();
+    eventually("/readyz is 200 again", || server.get("/readyz").0 == 200).await;
+    assert_eq!(server.metric("sokdo_wal_write_failing"), 0.0);
+    let (ok, refused) = send_burst(&mut c, "disk", "after", 20).await;
+    assert!(refused.is_empty(), "sends are accepted again: {refused:?}");
+    acked.extend(ok);
+    assert_all_acked_in_history(&mut c, "disk", &acked).await;
+
+    drop(c);
+    drop(server);
+    disk.remount();
+    let server = Server::start_with_env(&data, &args, &env);
+    let mut c = Client::connect(&server, "ann").await;
+    c.ok(json!({"op": "join", "room": "disk"})).await;
+    assert_all_acked_in_history(&mut c, "disk", &acked).await;
+}
