@@ -517,6 +517,34 @@ mod tests {
     }
 
     #[test]
+    fn readyz_reports_no_quorum_and_cluster_answers_its_json() {
+        let auth = Auth::new(None);
+        let why = "no quorum: this instance sees 1 of 3 configured cluster members (needs 2)";
+        let ctx = Context {
+            no_quorum: Some(why.to_string()),
+            cluster: &|| String::from(r#"{"quorum":false}"#),
+            ..ctx(&auth, false)
+        };
+        let answer =
+            |path: &str| match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), &ctx) {
+                Outcome::Respond { response, .. } => {
+                    String::from_utf8_lossy(&response).into_owned()
+                }
+                _ => panic!("not a response"),
+            };
+        let ready = answer("/readyz");
+        assert!(
+            ready.starts_with("HTTP/1.1 503") && ready.ends_with(&format!("{why}\n")),
+            "{ready}"
+        );
+        let cluster = answer("/cluster");
+        assert!(cluster.starts_with("HTTP/1.1 200"), "{cluster}");
+        assert!(cluster.contains("application/json"), "{cluster}");
+        assert!(cluster.ends_with(r#"{"quorum":false}"#), "{cluster}");
+        assert!(answer("/healthz").starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
     fn fault_routes_exist_only_with_fault_injection() {
         let auth = Auth::new(None);
         let off = ctx(&auth, false);

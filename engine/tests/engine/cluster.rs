@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::support::cluster::{haproxy_cfg, HaproxyParams, TestCluster};
+use crate::support::cluster::{haproxy_cfg, HaproxyParams, TestCluster, API_KEY};
 use crate::support::{eventually, Client};
 
 const ALL: [usize; 3] = [0, 1, 2];
@@ -184,6 +184,17 @@ async fn a_survivor_without_quorum_is_not_ready_and_refuses_sends_until_the_othe
         refused["message"].as_str().unwrap().contains("no quorum"),
         "{refused}"
     );
+    let publish = |c: &TestCluster| {
+        c.node(0).http(
+            "POST",
+            "/api/rooms/q/messages",
+            &[("X-Api-Key", API_KEY), ("Content-Type", "application/json")],
+            r#"{"body":"from the back end"}"#,
+        )
+    };
+    let (status, body) = publish(&c);
+    assert_eq!(status, 503, "the API's publish is a send too: {body}");
+    assert!(body.contains("no quorum"), "{body}");
     // Reads still work: history of what was sent with quorum.
     let history = direct
         .ok(json!({"op": "history", "room": "q", "limit": 10}))
@@ -201,6 +212,7 @@ async fn a_survivor_without_quorum_is_not_ready_and_refuses_sends_until_the_othe
     direct
         .ok(json!({"op": "send", "room": "q", "body": "quorum again"}))
         .await;
+    assert_eq!(publish(&c).0, 201);
 }
 
 #[test]

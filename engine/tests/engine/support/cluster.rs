@@ -14,6 +14,9 @@ use serde_json::Value;
 
 use super::{temp_dir, Client, Server, WAIT};
 
+/// Every node's `--api-key`.
+pub const API_KEY: &str = "cluster-test-key";
+
 /// What the HAProxy configuration is made of.
 pub struct HaproxyParams<'a> {
     /// The frontend's `bind`.
@@ -252,6 +255,8 @@ impl TestCluster {
             "80",
             "--cluster-suspect-to-down-ms",
             "1000",
+            "--api-key",
+            API_KEY,
         ]
         .map(str::to_owned)
         .to_vec()
