@@ -216,6 +216,47 @@ async fn a_survivor_without_quorum_is_not_ready_and_refuses_sends_until_the_othe
 }
 
 #[test]
+fn bad_cluster_flags_stop_the_start_naming_the_flag() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let own = crate::support::cluster::free_udp().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--peers", "no-such-host.invalid:7946"],
+            "--peers no-such-host.invalid:7946",
+        ),
+        (&["--peers", &own], "own cluster address"),
+        (&["--peers", "127.0.0.1:9,127.0.0.1:9"], "listed twice"),
+        (
+            &["--peers", "127.0.0.1:9", "--cluster-listen", &taken],
+            "cannot bind",
+        ),
+    ];
+    for (args, needle) in cases {
+        let listen = if args.contains(&"--cluster-listen") {
+            vec![]
+        } else {
+            vec!["--cluster-listen", own.as_str()]
+        };
+        let data = crate::support::temp_dir("cluster-flags");
+        let out = std::process::Command::new(crate::support::sokdo_bin())
+            .args(["--listen", "127.0.0.1:0", "--shards", "1", "--node-id", "a"])
+            .args(&listen)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("run sokdo");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        if needle == "cannot bind" {
+            assert!(stderr.contains("--cluster-listen"), "{stderr}");
+        }
+    }
+}
+
+#[test]
 fn the_shipped_haproxy_config_is_the_generated_one() {
     let servers: Vec<(String, String)> = (1..=3)
         .map(|i| (format!("sokdo-{i}"), format!("10.0.0.{i}:8080")))
