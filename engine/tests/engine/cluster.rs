@@ -118,6 +118,23 @@ async fn a_killed_instance_is_seen_down_and_haproxy_routes_around_it() {
     eventually("haproxy routes to n3 again", || c.lb_state(2) == "UP").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_instance_leaves_the_cluster() {
+    let mut c = formed().await;
+    c.kill(2);
+    c.restart_with_env(2, &[("SOKDO_LOG", "info")]);
+    eventually("n3 is back", || c.all_see(&ALL, &ALL, "alive")).await;
+    let mut n3 = c.take(2);
+    n3.signal(libc::SIGTERM);
+    assert!(n3.wait_exit(crate::support::WAIT).success());
+    assert_eq!(n3.log_lines("left the cluster").len(), 1);
+    eventually("the others see n3 down", || {
+        c.all_see(&[0, 1], &[2], "down")
+    })
+    .await;
+    assert!(c.view(0)["quorum"] == true && c.view(1)["quorum"] == true);
+}
+
 fn member_boot(c: &TestCluster, observer: usize, node: usize) -> String {
     let view = c.view(observer);
     let member = view["members"]

@@ -264,9 +264,14 @@ impl TestCluster {
 
     /// Starts node `i` (again) on its data directory and ports.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with_env(i, &[]);
+    }
+
+    /// Like `restart`, with extra environment variables (`SOKDO_LOG`).
+    pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let args = self.args(i);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.nodes[i] = Some(Server::start_in(&self.data[i], &args));
+        self.nodes[i] = Some(Server::start_with_env(&self.data[i], &args, env));
     }
 
     pub fn node(&self, i: usize) -> &Server {
@@ -278,6 +283,11 @@ impl TestCluster {
         let server = self.nodes[i].take().expect("node is running");
         server.signal(libc::SIGKILL);
         drop(server);
+    }
+
+    /// Node `i`'s server, taken out of the cluster's care (to stop it some other way).
+    pub fn take(&mut self, i: usize) -> Server {
+        self.nodes[i].take().expect("node is running")
     }
 
     /// Node `i`'s `/cluster`.
