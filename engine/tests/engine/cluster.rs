@@ -264,6 +264,7 @@ fn bad_cluster_flags_stop_the_start_naming_the_flag() {
             .arg(&data)
             .output()
             .expect("run sokdo");
+        let _ = std::fs::remove_dir_all(&data);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");

@@ -326,3 +326,16 @@ impl TestCluster {
             .unwrap_or_default()
     }
 }
+
+impl Drop for TestCluster {
+    /// Stops the instances (each `Server`'s drop checks its log for panics), then removes
+    /// their data directories.
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            drop(node.take());
+        }
+        for dir in &self.data {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
