@@ -2,19 +2,21 @@
 # What the test command needs beyond Rust and Node: Chromium, a Hangul font and
 # playwright-core for the browser test; kosoku (Autobahn cases) and SecantusDB (a MongoDB-wire
 # server) in the project's venv; the storage fault tests' tools (losetup from mount, mkfs.ext4
-# from e2fsprogs, dmsetup for kernels with device-mapper). scripts/fuzz installs cargo-fuzz itself.
+# from e2fsprogs, dmsetup for kernels with device-mapper); HAProxy for the cluster tests'
+# load balancer (engine/tests/cluster). scripts/fuzz installs cargo-fuzz itself.
 # Idempotent, non-interactive, run as root.
 # (The bench's comparison peers are installed separately: scripts/install-bench-peers.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-fault_tools=()
-command -v losetup >/dev/null || fault_tools+=(mount)
-command -v mkfs.ext4 >/dev/null || fault_tools+=(e2fsprogs)
-command -v dmsetup >/dev/null || fault_tools+=(dmsetup)
-if [ "${#fault_tools[@]}" -gt 0 ]; then
+apt_packages=()
+command -v losetup >/dev/null || apt_packages+=(mount)
+command -v mkfs.ext4 >/dev/null || apt_packages+=(e2fsprogs)
+command -v dmsetup >/dev/null || apt_packages+=(dmsetup)
+command -v haproxy >/dev/null || apt_packages+=(haproxy)
+if [ "${#apt_packages[@]}" -gt 0 ]; then
   apt-get update
-  apt-get install -y "${fault_tools[@]}" </dev/null
+  apt-get install -y "${apt_packages[@]}" </dev/null
 fi
 scripts/install-browser-deps.sh
 scripts/install-python-deps.sh

@@ -352,6 +352,43 @@ pub struct Config {
     /// bound is heard again this long after its first failure.
     #[arg(long, env = "SOKDO_AUTH_FAILURE_WINDOW_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub auth_failure_window_ms: u64,
+
+    // === Cluster (docs/REPLICATION.md "Membership") ===
+    /// The other instances' cluster addresses, `host:port,…` (UDP, resolved at start): the
+    /// configured members are these plus this instance. Without it the instance runs alone
+    /// and replication is off.
+    #[arg(long, env = "SOKDO_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// This instance's name in the cluster: 1–64 of `[a-z0-9-]`, unique, stable across
+    /// restarts. Required with --peers.
+    #[arg(long, env = "SOKDO_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// UDP address the membership protocol (SWIM) listens on. Required with --peers; a fixed
+    /// port (the peers list it).
+    #[arg(long, env = "SOKDO_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+
+    /// The cluster address the peers reach this instance at. Default: --cluster-listen;
+    /// required when that is a wildcard address (0.0.0.0, ::).
+    #[arg(long, env = "SOKDO_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<SocketAddr>,
+
+    /// How often one random member is probed; a member that does not answer within a period
+    /// (directly or through others) becomes suspect.
+    #[arg(long, env = "SOKDO_CLUSTER_PROBE_PERIOD_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub cluster_probe_period_ms: u64,
+
+    /// How long a probe waits for a direct answer before asking others to probe indirectly
+    /// (a high quantile of the network's round trip). Below --cluster-probe-period-ms.
+    #[arg(long, env = "SOKDO_CLUSTER_PROBE_RTT_MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=30_000))]
+    pub cluster_probe_rtt_ms: u64,
+
+    /// How long a suspect member has to refute the suspicion before it is declared down.
+    #[arg(long, env = "SOKDO_CLUSTER_SUSPECT_TO_DOWN_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub cluster_suspect_to_down_ms: u64,
+    // === end of Cluster ===
 }
 
 /// `--connections-max`: `auto` (derived from the host, `capacity`) or a number.
@@ -382,6 +419,14 @@ fn parse_connections_max(value: &str) -> Result<ConnectionsMax, String> {
         _ => Err(format!(
             "expected `auto` or a number of connections from 1 to {CONNECTIONS_MAX_LIMIT}"
         )),
+    }
+}
+
+fn parse_node_id(value: &str) -> Result<String, String> {
+    if sokdo_replication::membership::valid_node_id(value) {
+        Ok(value.to_owned())
+    } else {
+        Err("expected 1–64 of [a-z0-9-]".to_owned())
     }
 }
 
@@ -468,6 +513,16 @@ pub enum ConfigError {
         "--fault-injection (SOKDO_FAULT_INJECTION) is for tests: it is refused with --jwt-secret or --jwt-public-key-file"
     )]
     FaultInjectionInProduction,
+    #[error("--peers needs --node-id (this instance's unique name in the cluster)")]
+    PeersWithoutNodeId,
+    #[error("--peers needs --cluster-listen (the UDP address of the membership protocol)")]
+    PeersWithoutClusterListen,
+    #[error("--cluster-listen {0}: the port must be fixed (the peers list it), not 0")]
+    ClusterPortZero(SocketAddr),
+    #[error("--cluster-listen {0} is a wildcard address: set --cluster-advertise to the address the peers reach")]
+    ClusterAdvertiseNeeded(SocketAddr),
+    #[error("--cluster-probe-rtt-ms ({rtt}) must be below --cluster-probe-period-ms ({period})")]
+    ProbeRttNotBelowPeriod { rtt: u64, period: u64 },
 }
 
 impl Config {
@@ -506,7 +561,37 @@ impl Config {
         if self.fault_injection && !self.dev_mode() {
             return Err(ConfigError::FaultInjectionInProduction);
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if self.cluster_probe_rtt_ms >= self.cluster_probe_period_ms {
+            return Err(ConfigError::ProbeRttNotBelowPeriod {
+                rtt: self.cluster_probe_rtt_ms,
+                period: self.cluster_probe_period_ms,
+            });
+        }
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        if self.node_id.is_none() {
+            return Err(ConfigError::PeersWithoutNodeId);
+        }
+        let Some(listen) = self.cluster_listen else {
+            return Err(ConfigError::PeersWithoutClusterListen);
+        };
+        if listen.port() == 0 {
+            return Err(ConfigError::ClusterPortZero(listen));
+        }
+        if listen.ip().is_unspecified() && self.cluster_advertise.is_none() {
+            return Err(ConfigError::ClusterAdvertiseNeeded(listen));
+        }
         Ok(())
+    }
+
+    /// `--peers` given: this instance is one member of a cluster.
+    pub fn clustered(&self) -> bool {
+        !self.peers.is_empty()
     }
 
     /// The interval of each shard's ticker (heartbeats, timeouts, liveness), in ms.
@@ -607,6 +692,49 @@ mod tests {
         let cfg = parse(&[]).unwrap();
         cfg.validate().unwrap();
         assert!(cfg.dev_mode());
+    }
+
+    #[test]
+    fn cluster_flags_are_checked_and_name_the_flag() {
+        let base = ["--peers", "127.0.0.1:7002,127.0.0.1:7003"];
+        let err = |args: &[&str]| {
+            let all: Vec<&str> = base.iter().chain(args).copied().collect();
+            match parse(&all) {
+                Err(e) => e.to_string(),
+                Ok(cfg) => cfg
+                    .validate()
+                    .map_or_else(|e| e.to_string(), |()| "ok".into()),
+            }
+        };
+        assert!(err(&[]).contains("--node-id"), "{}", err(&[]));
+        assert!(err(&["--node-id", "A_1"]).contains("[a-z0-9-]"));
+        assert!(err(&["--node-id", "a"]).contains("--cluster-listen"));
+        let zero = err(&["--node-id", "a", "--cluster-listen", "127.0.0.1:0"]);
+        assert!(zero.contains("not 0"), "{zero}");
+        let wild = err(&["--node-id", "a", "--cluster-listen", "0.0.0.0:7001"]);
+        assert!(wild.contains("--cluster-advertise"), "{wild}");
+        let ok = ["--node-id", "a", "--cluster-listen", "127.0.0.1:7001"];
+        assert_eq!(err(&ok), "ok");
+        let rtt: Vec<&str> = ok
+            .iter()
+            .copied()
+            .chain([
+                "--cluster-probe-period-ms",
+                "100",
+                "--cluster-probe-rtt-ms",
+                "100",
+            ])
+            .collect();
+        assert!(
+            err(&rtt).contains("--cluster-probe-rtt-ms (100)"),
+            "{}",
+            err(&rtt)
+        );
+        let range = err(&["--cluster-probe-period-ms", "5"]);
+        assert!(range.contains("--cluster-probe-period-ms"), "{range}");
+        let cfg = parse(&base).unwrap();
+        assert_eq!(cfg.peers, ["127.0.0.1:7002", "127.0.0.1:7003"]);
+        assert!(cfg.clustered() && !parse(&[]).unwrap().clustered());
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub fn http_head(head: &[u8]) {
         at_capacity: false,
         log_failure: None,
         queue_full: false,
+        no_quorum: None,
+        cluster: &|| String::from("{}"),
         metrics: &metrics,
         health: &health,
         faults: false,

@@ -34,6 +34,8 @@ pub struct Instance {
     /// Sockets per client address whose HTTP request is not read yet
     /// (`--handshakes-per-ip-max`).
     pub handshake_counts: crate::ip_counts::IpCounts,
+    /// The cluster's membership, with `--peers` (its thread publishes the view).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Instance {
@@ -45,5 +47,20 @@ impl Instance {
     /// `--durability sync`: a `send` is answered once its record is durable.
     pub fn durable_acks(&self) -> bool {
         self.cfg.durable_acks()
+    }
+
+    /// `Some(why)` while this instance is in a cluster and does not see a majority of its
+    /// configured members: sends are refused and `/readyz` answers 503.
+    pub fn no_quorum(&self) -> Option<String> {
+        self.cluster.as_ref().and_then(|c| c.no_quorum())
+    }
+
+    /// `/cluster`'s JSON.
+    pub fn cluster_json(&self) -> String {
+        match &self.cluster {
+            Some(c) => c.json(),
+            None => crate::cluster::Cluster::off_json(),
+        }
+        .to_string()
     }
 }

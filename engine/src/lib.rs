@@ -54,6 +54,7 @@ mod password;
 mod capacity;
 mod room;
 // Between shards and threads.
+mod cluster;
 mod conn;
 mod instance;
 mod mesh;

@@ -67,7 +67,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("listener has an IP address")?;
     eprintln!("sokdo configuration:\n{}", cfg.summary(shards));
 
-    let (persistence, instance, rooms_by_shard) = open_instance(cfg, auth, shards)?;
+    let cluster = crate::cluster::start(&cfg)?;
+    let (persistence, instance, rooms_by_shard) = open_instance(
+        cfg,
+        auth,
+        shards,
+        cluster.as_ref().map(|c| c.cluster.clone()),
+    )?;
     watch_signals(instance.clone())?;
     let mut handles = Vec::new();
     for ((id, listener), rooms) in listeners.into_iter().enumerate().zip(rooms_by_shard) {
@@ -78,6 +84,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         handle
             .join()
             .map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
+    }
+    if let Some(cluster) = cluster {
+        cluster.leave();
     }
     tracing::info!("stopped");
     drop(persistence);
@@ -113,6 +122,7 @@ fn open_instance(
     cfg: Config,
     auth: Auth,
     shards: u16,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> anyhow::Result<(Persistence, Arc<Instance>, Vec<Vec<RoomSnapshot>>)> {
     let mesh = Arc::new(Mesh::new(
         shards as usize,
@@ -151,6 +161,9 @@ fn open_instance(
         persist: persistence.handle(),
     }));
     metrics.register_collector(Box::new(crate::places::PlacesCollector(places.clone())));
+    if let Some(cluster) = &cluster {
+        metrics.register_collector(Box::new(crate::cluster::ClusterCollector(cluster.clone())));
+    }
     let instance = Arc::new(Instance {
         name: cfg.instance(),
         auth,
@@ -163,6 +176,7 @@ fn open_instance(
         places,
         ip_counts: crate::ip_counts::IpCounts::new(cfg.connections_per_ip_max),
         handshake_counts: crate::ip_counts::IpCounts::new(cfg.handshakes_per_ip_max),
+        cluster,
         cfg,
     });
     Ok((persistence, instance, rooms_by_shard))

@@ -242,12 +242,15 @@ impl Shard {
         let max = self.cfg().http_request_bytes_max as usize;
         let metrics = || self.instance.metrics.encode();
         let health = || self.instance.liveness.check();
+        let cluster = || self.instance.cluster_json();
         let ctx = crate::wire::http::Context {
             auth: &self.instance.auth,
             draining: self.draining.is_some() || self.instance.mesh.drain_requested(),
             at_capacity: self.instance.places.full(),
             log_failure: self.instance.persist.write_failure().map(|e| e.to_string()),
             queue_full: self.instance.places.queue_full(),
+            no_quorum: self.instance.no_quorum(),
+            cluster: &cluster,
             metrics: &metrics,
             health: &health,
             faults: self.cfg().fault_injection,
@@ -624,6 +627,13 @@ impl Shard {
     /// Sends a request to its room's home, unless that shard is backed up.
     pub(super) fn forward(&mut self, origin: Origin, req: HomeReq) -> Result<(), ProtoError> {
         self.check_home_ready(&req.room)?;
+        if matches!(req.op, HomeOp::Send { .. }) {
+            // The partition rule (docs/REPLICATION.md "Partitions and quorum"): a side without
+            // a majority of the configured members sequences nothing.
+            if let Some(why) = self.instance.no_quorum() {
+                return Err(ProtoError::new(ErrorCode::Unavailable, why));
+            }
+        }
         self.emit(self.home_of(&req.room), ShardMsg::Home(origin, req));
         Ok(())
     }

@@ -61,6 +61,11 @@ pub struct Context<'a> {
     /// `Some(why)` while the message log cannot be written: `/readyz` answers 503 with it
     /// (`/healthz` stays 200: reads, joins and reconnects are still served).
     pub log_failure: Option<String>,
+    /// `Some(why)` while this instance is in a cluster without quorum: `/readyz` answers
+    /// 503 with it.
+    pub no_quorum: Option<String>,
+    /// `/cluster`'s JSON.
+    pub cluster: &'a dyn Fn() -> String,
     /// The instance's admission queue is full too: upgrades get 503.
     pub queue_full: bool,
     pub metrics: &'a dyn Fn() -> String,
@@ -173,6 +178,10 @@ impl Outcome {
                 let why = ctx.log_failure.as_deref().unwrap_or_default();
                 Outcome::plain(503, &format!("{why}\n"))
             }
+            "/readyz" if ctx.no_quorum.is_some() => {
+                let why = ctx.no_quorum.as_deref().unwrap_or_default();
+                Outcome::plain(503, &format!("{why}\n"))
+            }
             "/readyz" if ctx.at_capacity => Outcome::plain(503, "full\n"),
             "/readyz" => Outcome::plain(200, "ready\n"),
             "/metrics" => Outcome::respond(
@@ -181,6 +190,7 @@ impl Outcome {
                 (ctx.metrics)().as_bytes(),
                 "",
             ),
+            "/cluster" => Outcome::respond(200, "application/json", (ctx.cluster)().as_bytes(), ""),
             "/" => Outcome::respond(200, "text/html; charset=utf-8", CHAT_PAGE.as_bytes(), ""),
             "/ws" => upgrade(req, query, ctx),
             #[cfg(feature = "autobahn")]
@@ -354,6 +364,8 @@ mod tests {
             at_capacity: false,
             log_failure: None,
             queue_full: false,
+            no_quorum: None,
+            cluster: &|| String::from("{}"),
             metrics: &|| String::from("m"),
             health: &|| Ok(()),
             faults: false,
@@ -501,6 +513,34 @@ mod tests {
             ready.starts_with("HTTP/1.1 503") && ready.ends_with(&format!("{why}\n")),
             "{ready}"
         );
+        assert!(answer("/healthz").starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn readyz_reports_no_quorum_and_cluster_answers_its_json() {
+        let auth = Auth::new(None);
+        let why = "no quorum: this instance sees 1 of 3 configured cluster members (needs 2)";
+        let ctx = Context {
+            no_quorum: Some(why.to_string()),
+            cluster: &|| String::from(r#"{"quorum":false}"#),
+            ..ctx(&auth, false)
+        };
+        let answer =
+            |path: &str| match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), &ctx) {
+                Outcome::Respond { response, .. } => {
+                    String::from_utf8_lossy(&response).into_owned()
+                }
+                _ => panic!("not a response"),
+            };
+        let ready = answer("/readyz");
+        assert!(
+            ready.starts_with("HTTP/1.1 503") && ready.ends_with(&format!("{why}\n")),
+            "{ready}"
+        );
+        let cluster = answer("/cluster");
+        assert!(cluster.starts_with("HTTP/1.1 200"), "{cluster}");
+        assert!(cluster.contains("application/json"), "{cluster}");
+        assert!(cluster.ends_with(r#"{"quorum":false}"#), "{cluster}");
         assert!(answer("/healthz").starts_with("HTTP/1.1 200"));
     }
 

@@ -14,6 +14,7 @@ mod abuse_rooms;
 mod admission;
 mod api;
 mod auth;
+mod cluster;
 mod conformance;
 mod delivery;
 mod durability;

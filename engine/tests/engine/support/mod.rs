@@ -2,6 +2,8 @@
 //! client (tokio-tungstenite). Every wait is bounded; nothing sleeps to synchronise.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -37,7 +39,8 @@ pub fn sokdo_bin() -> std::path::PathBuf {
 }
 
 impl Server {
-    /// Starts `sokdo --listen 127.0.0.1:0 --shards 2 ARGS…` (ARGS may set `--shards`) on a
+    /// Starts `sokdo --listen 127.0.0.1:0 --shards 2 ARGS…` (ARGS may set `--listen` and
+    /// `--shards`) on a
     /// fresh data directory and
     /// waits for its address.
     pub fn start(args: &[&str]) -> Server {
@@ -100,8 +103,13 @@ impl Server {
         .filter(|flag| !args.contains(flag))
         .flat_map(|flag| [flag, "0"])
         .collect();
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .args(shards)
             .args(&rate)
             .arg("--data-dir")

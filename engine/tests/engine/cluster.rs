@@ -1,0 +1,299 @@
+//! Cluster membership and quorum with real instances behind a real HAProxy
+//! (docs/REPLICATION.md "Membership", "Partitions and quorum", "Deployment behind a load
+//! balancer").
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::support::cluster::{haproxy_cfg, HaproxyParams, TestCluster, API_KEY};
+use crate::support::{eventually, Client};
+
+const ALL: [usize; 3] = [0, 1, 2];
+
+async fn formed() -> TestCluster {
+    let c = TestCluster::start(3);
+    eventually("3 instances see each other alive", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    eventually("haproxy sees all 3 up", || {
+        ALL.iter().all(|&i| c.lb_state(i) == "UP")
+    })
+    .await;
+    c
+}
+
+/// Connects `n` clients through HAProxy; how many landed on each instance.
+async fn spread(c: &TestCluster, n: usize, user: &str) -> (Vec<Client>, HashMap<String, usize>) {
+    let mut clients = Vec::new();
+    let mut on = HashMap::new();
+    for i in 0..n {
+        let client = c.haproxy.client(&format!("{user}{i}")).await;
+        let instance = client.hello["instance"].as_str().unwrap().to_owned();
+        *on.entry(instance).or_default() += 1;
+        clients.push(client);
+    }
+    (clients, on)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_form_a_cluster_and_haproxy_spreads_clients_over_them() {
+    let c = formed().await;
+    for i in ALL {
+        let view = c.view(i);
+        assert_eq!(view["enabled"], true);
+        assert_eq!(view["node_id"], TestCluster::name(i));
+        assert_eq!(view["configured_members"], 3);
+        assert_eq!(view["quorum"], true, "{view}");
+        let members = view["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{view}");
+        let others = members.iter().filter(|m| m["self"] == false);
+        assert!(
+            others.clone().all(|m| m["last_heard_ms_ago"].is_u64()),
+            "{view}"
+        );
+        assert!(others
+            .clone()
+            .all(|m| m["incarnation"].is_u64() && m["boot"].is_string()));
+        assert!(view["datagrams"]["sent"].as_u64().unwrap() > 0, "{view}");
+        assert!(
+            view["datagrams"]["received"].as_u64().unwrap() > 0,
+            "{view}"
+        );
+        let node = c.node(i);
+        assert_eq!(node.get("/readyz").0, 200);
+        assert_eq!(node.metric("sokdo_cluster_quorum"), 1.0);
+        assert_eq!(node.metric("sokdo_cluster_configured_members"), 3.0);
+        assert!(node.metric("sokdo_cluster_datagrams_received_total") > 0.0);
+        let (_, metrics) = node.get("/metrics");
+        assert!(
+            metrics.contains("sokdo_cluster_members{state=\"alive\"} 3"),
+            "{metrics}"
+        );
+    }
+    // leastconn: six open connections, two on each instance.
+    let (mut clients, on) = spread(&c, 6, "u").await;
+    assert_eq!(on.len(), 3, "clients on every instance: {on:?}");
+    assert!(on.values().all(|&n| n == 2), "{on:?}");
+    clients[0].ok(json!({"op": "join", "room": "lobby"})).await;
+    clients[0]
+        .ok(json!({"op": "send", "room": "lobby", "body": "hi"}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_instance_is_seen_down_and_haproxy_routes_around_it() {
+    let mut c = formed().await;
+    c.kill(2);
+    eventually("the others see n3 down", || {
+        c.all_see(&[0, 1], &[2], "down")
+    })
+    .await;
+    eventually("haproxy marks n3 down", || c.lb_state(2) == "DOWN").await;
+    for i in [0, 1] {
+        assert_eq!(c.view(i)["quorum"], true, "two of three keep quorum");
+        assert_eq!(c.node(i).get("/readyz").0, 200);
+        assert_eq!(
+            c.node(i).metric("sokdo_cluster_members{state=\"down\"}"),
+            1.0
+        );
+    }
+    let (mut clients, on) = spread(&c, 4, "k").await;
+    assert!(!on.contains_key("n3"), "{on:?}");
+    assert_eq!(on.len(), 2, "{on:?}");
+    clients[0].ok(json!({"op": "join", "room": "r"})).await;
+    clients[0]
+        .ok(json!({"op": "send", "room": "r", "body": "still served"}))
+        .await;
+    // Restarted, it is a new identity (another boot) that replaces the old one.
+    let old_boot = member_boot(&c, 0, 2);
+    c.restart(2);
+    eventually("n3 is back alive everywhere", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    assert_ne!(member_boot(&c, 0, 2), old_boot);
+    assert_eq!(c.view(0)["members"].as_array().unwrap().len(), 3);
+    eventually("haproxy routes to n3 again", || c.lb_state(2) == "UP").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_instance_leaves_the_cluster() {
+    let mut c = formed().await;
+    c.kill(2);
+    c.restart_with_env(2, &[("SOKDO_LOG", "info")]);
+    eventually("n3 is back", || c.all_see(&ALL, &ALL, "alive")).await;
+    let mut n3 = c.take(2);
+    n3.signal(libc::SIGTERM);
+    assert!(n3.wait_exit(crate::support::WAIT).success());
+    assert_eq!(n3.log_lines("left the cluster").len(), 1);
+    eventually("the others see n3 down", || {
+        c.all_see(&[0, 1], &[2], "down")
+    })
+    .await;
+    assert!(c.view(0)["quorum"] == true && c.view(1)["quorum"] == true);
+}
+
+fn member_boot(c: &TestCluster, observer: usize, node: usize) -> String {
+    let view = c.view(observer);
+    let member = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == TestCluster::name(node))
+        .cloned()
+        .unwrap();
+    member["boot"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_instance_is_down_for_the_others_and_returns_alive_when_continued() {
+    let c = formed().await;
+    c.node(2).signal(libc::SIGSTOP);
+    eventually("the others see the stopped n3 down", || {
+        c.all_see(&[0, 1], &[2], "down")
+    })
+    .await;
+    for i in [0, 1] {
+        let view = c.view(i);
+        assert_eq!(
+            view["quorum"], true,
+            "the majority side keeps quorum: {view}"
+        );
+        assert_eq!(view["active_members"], 2, "{view}");
+    }
+    eventually("haproxy marks the stopped n3 down", || {
+        c.lb_state(2) == "DOWN"
+    })
+    .await;
+    c.node(2).signal(libc::SIGCONT);
+    eventually("n3 returns alive in every view", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    eventually("haproxy routes to n3 again", || c.lb_state(2) == "UP").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_survivor_without_quorum_is_not_ready_and_refuses_sends_until_the_others_return() {
+    let mut c = formed().await;
+    let mut direct = Client::connect(c.node(0), "alone").await;
+    direct.ok(json!({"op": "join", "room": "q"})).await;
+    direct
+        .ok(json!({"op": "send", "room": "q", "body": "with quorum"}))
+        .await;
+    c.kill(1);
+    c.kill(2);
+    eventually("the survivor loses quorum", || c.view(0)["quorum"] == false).await;
+    let (status, body) = c.node(0).get("/readyz");
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("no quorum") && body.contains("1 of 3"),
+        "{body}"
+    );
+    assert_eq!(c.node(0).metric("sokdo_cluster_quorum"), 0.0);
+    let refused = direct
+        .request(json!({"op": "send", "room": "q", "body": "alone"}))
+        .await;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("no quorum"),
+        "{refused}"
+    );
+    let publish = |c: &TestCluster| {
+        c.node(0).http(
+            "POST",
+            "/api/rooms/q/messages",
+            &[("X-Api-Key", API_KEY), ("Content-Type", "application/json")],
+            r#"{"body":"from the back end"}"#,
+        )
+    };
+    let (status, body) = publish(&c);
+    assert_eq!(status, 503, "the API's publish is a send too: {body}");
+    assert!(body.contains("no quorum"), "{body}");
+    // Reads still work: history of what was sent with quorum.
+    let history = direct
+        .ok(json!({"op": "history", "room": "q", "limit": 10}))
+        .await;
+    assert!(history.to_string().contains("with quorum"), "{history}");
+    eventually("haproxy takes the survivor out too", || {
+        c.lb_state(0) == "DOWN"
+    })
+    .await;
+
+    c.restart(1);
+    c.restart(2);
+    eventually("quorum is back", || c.view(0)["quorum"] == true).await;
+    assert_eq!(c.node(0).get("/readyz").0, 200);
+    direct
+        .ok(json!({"op": "send", "room": "q", "body": "quorum again"}))
+        .await;
+    assert_eq!(publish(&c).0, 201);
+}
+
+#[test]
+fn bad_cluster_flags_stop_the_start_naming_the_flag() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let own = crate::support::cluster::free_udp().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--peers", "no-such-host.invalid:7946"],
+            "--peers no-such-host.invalid:7946",
+        ),
+        (&["--peers", &own], "own cluster address"),
+        (&["--peers", "127.0.0.1:9,127.0.0.1:9"], "listed twice"),
+        (
+            &["--peers", "127.0.0.1:9", "--cluster-listen", &taken],
+            "cannot bind",
+        ),
+    ];
+    for (args, needle) in cases {
+        let listen = if args.contains(&"--cluster-listen") {
+            vec![]
+        } else {
+            vec!["--cluster-listen", own.as_str()]
+        };
+        let data = crate::support::temp_dir("cluster-flags");
+        let out = std::process::Command::new(crate::support::sokdo_bin())
+            .args(["--listen", "127.0.0.1:0", "--shards", "1", "--node-id", "a"])
+            .args(&listen)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("run sokdo");
+        let _ = std::fs::remove_dir_all(&data);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        if needle == "cannot bind" {
+            assert!(stderr.contains("--cluster-listen"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn the_shipped_haproxy_config_is_the_generated_one() {
+    let servers: Vec<(String, String)> = (1..=3)
+        .map(|i| (format!("sokdo-{i}"), format!("10.0.0.{i}:8080")))
+        .collect();
+    let generated = haproxy_cfg(&HaproxyParams {
+        bind: "*:80",
+        servers: &servers,
+        check_inter_ms: 1000,
+        maxconn: 200_000,
+        stats_socket: None,
+    });
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/haproxy.cfg");
+    let shipped = std::fs::read_to_string(path).unwrap_or_default();
+    if shipped != generated {
+        let out = std::env::temp_dir().join("haproxy.cfg.generated");
+        std::fs::write(&out, &generated).unwrap();
+        panic!(
+            "docs/haproxy.cfg differs from what the tests run: the generated one is in {}",
+            out.display()
+        );
+    }
+}
