@@ -4,3 +4,5 @@
 //! The engine depends on this crate, never the other way: it knows rooms only by their
 //! ids, and records only as bytes with their positions.
 #![forbid(unsafe_code)]
+
+pub mod placement;
