@@ -5,4 +5,5 @@
 //! ids, and records only as bytes with their positions.
 #![forbid(unsafe_code)]
 
+pub mod frame;
 pub mod placement;
