@@ -51,13 +51,31 @@ pub enum RefusalCode {
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Frame {
     /// First frame on a link, both ways: the sender's identity and protocol version.
-    Hello { version: u32, node_id: String, boot_id: u64 },
+    Hello {
+        version: u32,
+        node_id: String,
+        boot_id: u64,
+    },
     /// A send forwarded to the room's owner; `req` is the forwarder's id for the answer.
-    Publish { req: u64, room: String, payload: Vec<u8> },
+    Publish {
+        req: u64,
+        room: String,
+        payload: Vec<u8>,
+    },
     /// The owner sequenced and acknowledged (own log + replicas) the publish `req`.
-    Published { req: u64, room: String, epoch: u64, seq: u64 },
+    Published {
+        req: u64,
+        room: String,
+        epoch: u64,
+        seq: u64,
+    },
     /// The owner refused the publish `req` (or a replica the record at `epoch`).
-    Refused { req: u64, room: String, epoch: u64, code: RefusalCode },
+    Refused {
+        req: u64,
+        room: String,
+        epoch: u64,
+        code: RefusalCode,
+    },
     /// Owner → replica: hold this record of the room.
     Append { room: String, record: Record },
     /// Replica → owner: it holds every record of `room` up to `upto` at `epoch`.
@@ -69,14 +87,28 @@ pub enum Frame {
     /// It has none any more.
     Uninterest { room: String },
     /// Records of `room` after `after_seq`, at most `max`.
-    ReplayRequest { req: u64, room: String, after_seq: u64, max: u32 },
+    ReplayRequest {
+        req: u64,
+        room: String,
+        after_seq: u64,
+        max: u32,
+    },
     /// The answer: acknowledged records in order; `more` if the limit cut it.
-    ReplayRecords { req: u64, room: String, records: Vec<Record>, more: bool },
+    ReplayRecords {
+        req: u64,
+        room: String,
+        records: Vec<Record>,
+        more: bool,
+    },
     /// A node taking ownership of `room` at `epoch` asks for the others' records.
     Claim { room: String, epoch: u64 },
     /// The answer to a claim (and a planned handoff): the sender promises to refuse any
     /// lower epoch and hands over the room's records it holds.
-    Handoff { room: String, epoch: u64, records: Vec<Record> },
+    Handoff {
+        room: String,
+        epoch: u64,
+        records: Vec<Record>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -134,9 +166,11 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, Error> {
 /// The first frame of a link must be a [`Frame::Hello`] of this protocol version.
 pub fn check_hello(frame: &Frame) -> Result<(&str, u64), Error> {
     match frame {
-        Frame::Hello { version, node_id, boot_id } if *version == PROTOCOL_VERSION => {
-            Ok((node_id, *boot_id))
-        }
+        Frame::Hello {
+            version,
+            node_id,
+            boot_id,
+        } if *version == PROTOCOL_VERSION => Ok((node_id, *boot_id)),
         Frame::Hello { version, .. } => Err(Error::Version(*version)),
         _ => Err(Error::NotHello),
     }

@@ -107,17 +107,29 @@ mod tests {
         let vector: [(&str, [u64; 3], [&str; 3]); 3] = [
             (
                 "general",
-                [0x9d50_1f47_b5b9_4262, 0x500b_a638_fe59_83a2, 0x88ed_8633_09ac_759c],
+                [
+                    0x9d50_1f47_b5b9_4262,
+                    0x500b_a638_fe59_83a2,
+                    0x88ed_8633_09ac_759c,
+                ],
                 ["node-a", "node-c", "node-b"],
             ),
             (
                 "lobby",
-                [0xd8c8_95a7_aac3_cad3, 0xb841_820b_82dc_85e4, 0x16af_6061_9467_2e4d],
+                [
+                    0xd8c8_95a7_aac3_cad3,
+                    0xb841_820b_82dc_85e4,
+                    0x16af_6061_9467_2e4d,
+                ],
                 ["node-a", "node-b", "node-c"],
             ),
             (
                 "방",
-                [0x06e6_debd_aa9e_f7dc, 0x0061_f6a7_651a_5e2e, 0x9de9_d5e3_0c44_6ec0],
+                [
+                    0x06e6_debd_aa9e_f7dc,
+                    0x0061_f6a7_651a_5e2e,
+                    0x9de9_d5e3_0c44_6ec0,
+                ],
                 ["node-c", "node-a", "node-b"],
             ),
         ];
@@ -174,6 +186,9 @@ mod tests {
             .filter(|(room, old)| owner(room, &more).unwrap() != **old)
             .inspect(|(room, _)| assert_eq!(owner(room, &more).unwrap(), "node-5"))
             .count();
-        assert!((200..=480).contains(&taken), "node-5 took {taken} of 2000 rooms");
+        assert!(
+            (200..=480).contains(&taken),
+            "node-5 took {taken} of 2000 rooms"
+        );
     }
 }

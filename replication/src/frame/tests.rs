@@ -2,8 +2,16 @@ use super::*;
 use proptest::prelude::*;
 
 fn record() -> impl Strategy<Value = Record> + Clone {
-    (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
-        .prop_map(|(epoch, seq, payload)| Record { epoch, seq, payload })
+    (
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(epoch, seq, payload)| Record {
+            epoch,
+            seq,
+            payload,
+        })
 }
 
 fn code() -> impl Strategy<Value = RefusalCode> {
@@ -21,29 +29,65 @@ fn frame() -> impl Strategy<Value = Frame> {
     let bytes = proptest::collection::vec(any::<u8>(), 0..64);
     let records = proptest::collection::vec(record(), 0..4);
     prop_oneof![
-        (any::<u32>(), "[a-z0-9-]{1,64}", any::<u64>())
-            .prop_map(|(version, node_id, boot_id)| Frame::Hello { version, node_id, boot_id }),
-        (any::<u64>(), room, bytes.clone())
-            .prop_map(|(req, room, payload)| Frame::Publish { req, room, payload }),
-        (any::<u64>(), room, any::<u64>(), any::<u64>())
-            .prop_map(|(req, room, epoch, seq)| Frame::Published { req, room, epoch, seq }),
-        (any::<u64>(), room, any::<u64>(), code())
-            .prop_map(|(req, room, epoch, code)| Frame::Refused { req, room, epoch, code }),
+        (any::<u32>(), "[a-z0-9-]{1,64}", any::<u64>()).prop_map(|(version, node_id, boot_id)| {
+            Frame::Hello {
+                version,
+                node_id,
+                boot_id,
+            }
+        }),
+        (any::<u64>(), room, bytes.clone()).prop_map(|(req, room, payload)| Frame::Publish {
+            req,
+            room,
+            payload
+        }),
+        (any::<u64>(), room, any::<u64>(), any::<u64>()).prop_map(|(req, room, epoch, seq)| {
+            Frame::Published {
+                req,
+                room,
+                epoch,
+                seq,
+            }
+        }),
+        (any::<u64>(), room, any::<u64>(), code()).prop_map(|(req, room, epoch, code)| {
+            Frame::Refused {
+                req,
+                room,
+                epoch,
+                code,
+            }
+        }),
         (room, record()).prop_map(|(room, record)| Frame::Append { room, record }),
-        (room, any::<u64>(), any::<u64>())
-            .prop_map(|(room, epoch, upto)| Frame::Appended { room, epoch, upto }),
+        (room, any::<u64>(), any::<u64>()).prop_map(|(room, epoch, upto)| Frame::Appended {
+            room,
+            epoch,
+            upto
+        }),
         (room, record()).prop_map(|(room, record)| Frame::Deliver { room, record }),
         room.prop_map(|room| Frame::Interest { room }),
         room.prop_map(|room| Frame::Uninterest { room }),
         (any::<u64>(), room, any::<u64>(), any::<u32>()).prop_map(|(req, room, after_seq, max)| {
-            Frame::ReplayRequest { req, room, after_seq, max }
+            Frame::ReplayRequest {
+                req,
+                room,
+                after_seq,
+                max,
+            }
         }),
         (any::<u64>(), room, records.clone(), any::<bool>()).prop_map(
-            |(req, room, records, more)| Frame::ReplayRecords { req, room, records, more }
+            |(req, room, records, more)| Frame::ReplayRecords {
+                req,
+                room,
+                records,
+                more
+            }
         ),
         (room, any::<u64>()).prop_map(|(room, epoch)| Frame::Claim { room, epoch }),
-        (room, any::<u64>(), records)
-            .prop_map(|(room, epoch, records)| Frame::Handoff { room, epoch, records }),
+        (room, any::<u64>(), records).prop_map(|(room, epoch, records)| Frame::Handoff {
+            room,
+            epoch,
+            records
+        }),
     ]
 }
 
@@ -97,11 +141,17 @@ proptest! {
 fn known_garbage_gives_errors() {
     // Empty body, a body of zeros too short for the enum, a huge length.
     assert!(matches!(decode(&[0, 0, 0, 0]), Err(Error::Invalid(_))));
-    assert!(matches!(decode(&[2, 0, 0, 0, 0xff, 0xff]), Err(Error::Invalid(_))));
+    assert!(matches!(
+        decode(&[2, 0, 0, 0, 0xff, 0xff]),
+        Err(Error::Invalid(_))
+    ));
     let huge = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
     assert!(matches!(decode(&huge), Err(Error::TooLong(n)) if n == FRAME_BYTES_MAX + 1));
     // A Publish whose room string points outside the buffer: the validator refuses it.
-    let mut bytes = encode(&Frame::Interest { room: "a-room-name-longer-than-inline".into() }).unwrap();
+    let mut bytes = encode(&Frame::Interest {
+        room: "a-room-name-longer-than-inline".into(),
+    })
+    .unwrap();
     for b in &mut bytes[LENGTH_PREFIX_BYTES..] {
         *b = 0x7f;
     }
@@ -110,9 +160,20 @@ fn known_garbage_gives_errors() {
 
 #[test]
 fn a_link_opens_with_a_hello_of_this_version() {
-    let hello = Frame::Hello { version: PROTOCOL_VERSION, node_id: "node-a".into(), boot_id: 7 };
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        node_id: "node-a".into(),
+        boot_id: 7,
+    };
     assert_eq!(check_hello(&hello).unwrap(), ("node-a", 7));
-    let old = Frame::Hello { version: PROTOCOL_VERSION + 1, node_id: "x".into(), boot_id: 1 };
+    let old = Frame::Hello {
+        version: PROTOCOL_VERSION + 1,
+        node_id: "x".into(),
+        boot_id: 1,
+    };
     assert!(matches!(check_hello(&old), Err(Error::Version(v)) if v == PROTOCOL_VERSION + 1));
-    assert!(matches!(check_hello(&Frame::Interest { room: "r".into() }), Err(Error::NotHello)));
+    assert!(matches!(
+        check_hello(&Frame::Interest { room: "r".into() }),
+        Err(Error::NotHello)
+    ));
 }
