@@ -609,10 +609,15 @@ impl Room {
     }
 
     fn on_refused(&mut self, epoch: u64, code: RefusalCode, out: &mut Vec<Output>) {
-        // Someone has seen a higher epoch: this claim or ownership is over.
-        if code == RefusalCode::StaleEpoch && epoch > self.durable.promised {
-            self.durable.promised = epoch;
-            self.durable.promised_to = None;
+        let mine = match &self.role {
+            Role::Follower => return,
+            Role::Claiming { epoch, .. } => *epoch,
+            Role::Owner(o) => o.epoch,
+        };
+        // Someone promised this epoch (or a higher one) elsewhere: this claim or ownership
+        // is over; the next tick claims above it if this node still ranks first.
+        if code == RefusalCode::StaleEpoch && epoch >= mine {
+            self.durable.promised = self.durable.promised.max(epoch);
             self.step_down(out);
         }
     }
