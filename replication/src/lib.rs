@@ -8,3 +8,4 @@ pub mod frame;
 pub mod membership;
 pub mod placement;
 pub mod room;
+pub mod sim;
