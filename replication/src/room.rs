@@ -52,11 +52,19 @@ pub struct Rules {
     /// Refuse records and claims at an epoch below (for claims: not above) the highest
     /// seen. Off, two nodes sequence one room in one epoch and seqs get reused.
     pub fencing: bool,
+    /// Replicate to the successor only, whatever the configured size (the rule as first
+    /// written in issue 12). With five members an acknowledged record is then held by two
+    /// nodes, not a majority, and a claimant's majority can miss it: the simulation finds
+    /// seqs reused. The default replicates to `quorum − 1` successors (one with three).
+    pub successor_only: bool,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Self { fencing: true }
+        Self {
+            fencing: true,
+            successor_only: false,
+        }
     }
 }
 
@@ -204,12 +212,12 @@ impl Room {
     /// owner.
     fn replicas_in_view(&self) -> Vec<NodeId> {
         let order = placement::order(&self.room, &self.view.members);
-        order
-            .into_iter()
-            .skip(1)
-            .take(self.view.quorum() - 1)
-            .cloned()
-            .collect()
+        let replicas = if self.rules.successor_only {
+            1
+        } else {
+            self.view.quorum() - 1
+        };
+        order.into_iter().skip(1).take(replicas).cloned().collect()
     }
 
     fn am_owner(&self) -> bool {

@@ -83,6 +83,8 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Violation {
     pub seed: u64,
+    /// The rules the run broke on purpose, as the environment of the reproducing command.
+    pub rules_env: String,
     pub at_ms: u64,
     pub what: String,
     pub trace: String,
@@ -92,9 +94,31 @@ impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {} at {} ms: {}\n  reproduce: SIM_SEED={} cargo test -p sokdo-replication --test sim one_seed -- --nocapture",
-            self.seed, self.at_ms, self.what, self.seed
+            "seed {} at {} ms: {}\n  reproduce: {}SIM_SEED={} cargo test -p sokdo-replication --test sim one_seed -- --nocapture",
+            self.seed, self.at_ms, self.what, self.rules_env, self.seed
         )
+    }
+}
+
+/// The environment that makes `one_seed` run with `rules` (empty for the defaults).
+fn rules_env(rules: &Rules) -> String {
+    let mut env = String::new();
+    if !rules.fencing {
+        env.push_str("SIM_FENCING=off ");
+    }
+    if rules.successor_only {
+        env.push_str("SIM_SUCCESSOR_ONLY=on ");
+    }
+    env
+}
+
+/// The rules `one_seed` runs with: the defaults, or those `SIM_FENCING=off` and
+/// `SIM_SUCCESSOR_ONLY=on` break.
+pub fn rules_from_env() -> Rules {
+    let on = |name: &str, value: &str| std::env::var(name).is_ok_and(|v| v == value);
+    Rules {
+        fencing: !on("SIM_FENCING", "off"),
+        successor_only: on("SIM_SUCCESSOR_ONLY", "on"),
     }
 }
 
@@ -129,6 +153,7 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Outcome, Violation> {
     match sim.violation.take() {
         Some(what) => Err(Violation {
             seed,
+            rules_env: rules_env(&cfg.rules),
             at_ms: sim.now,
             what,
             trace: sim.trace,
@@ -487,7 +512,7 @@ impl Sim {
             members: vec![name(i)],
             configured: self.cfg.nodes,
         };
-        self.to_rooms(i, |_| Input::View(view.clone()));
+        self.feed_rooms(i, |_| Input::View(view.clone()));
         self.at(TICK_MS, Ev::RoomTick { node: i, boot });
         self.after_membership(i);
     }
@@ -574,7 +599,7 @@ impl Sim {
                 members: live,
                 configured: self.cfg.nodes,
             };
-            self.to_rooms(i, |_| Input::View(view.clone()));
+            self.feed_rooms(i, |_| Input::View(view.clone()));
             self.register_interest(i);
         }
     }
@@ -602,14 +627,14 @@ impl Sim {
     // --- rooms ---------------------------------------------------------------------------
 
     /// Hands every room of node `i` its input (`input(room)`), routes the outputs.
-    fn to_rooms(&mut self, i: usize, input: impl Fn(&str) -> Input) {
+    fn feed_rooms(&mut self, i: usize, input: impl Fn(&str) -> Input) {
         let rooms: Vec<String> = self.nodes[i].rooms.keys().cloned().collect();
         for room in rooms {
-            self.to_room(i, &room, input(&room));
+            self.feed_room(i, &room, input(&room));
         }
     }
 
-    fn to_room(&mut self, i: usize, room: &str, input: Input) {
+    fn feed_room(&mut self, i: usize, room: &str, input: Input) {
         let Some(state) = self.nodes[i].rooms.get_mut(room) else {
             return;
         };
@@ -674,7 +699,7 @@ impl Sim {
                     self.answer(to, req, Err(code));
                 }
                 let room = room.clone();
-                self.to_room(
+                self.feed_room(
                     to,
                     &room,
                     Input::Frame {
@@ -685,24 +710,7 @@ impl Sim {
             }
             Frame::ReplayRecords {
                 req, records, more, ..
-            } => {
-                let Some((_, Forwarded::Replay { s, conn, after })) =
-                    self.nodes[to].forwarded.remove(&req)
-                else {
-                    return;
-                };
-                let delay = self.client_delay();
-                self.at(
-                    delay,
-                    Ev::Records {
-                        s,
-                        conn,
-                        after,
-                        records,
-                        more,
-                    },
-                );
-            }
+            } => self.replayed(to, req, records, more),
             Frame::Deliver { room, record } => self.deliver_live(to, &room, record),
             Frame::Hello { .. } => {}
             Frame::Publish { ref room, .. }
@@ -714,7 +722,7 @@ impl Sim {
             | Frame::Claim { ref room, .. }
             | Frame::Handoff { ref room, .. } => {
                 let room = room.clone();
-                self.to_room(
+                self.feed_room(
                     to,
                     &room,
                     Input::Frame {
@@ -724,6 +732,24 @@ impl Sim {
                 );
             }
         }
+    }
+
+    /// The owner's answer to a replay this node forwarded: to its subscriber.
+    fn replayed(&mut self, node: usize, req: u64, records: Vec<Record>, more: bool) {
+        let Some((_, Forwarded::Replay { s, conn, after })) =
+            self.nodes[node].forwarded.remove(&req)
+        else {
+            return;
+        };
+        let delay = self.client_delay();
+        let ev = Ev::Records {
+            s,
+            conn,
+            after,
+            records,
+            more,
+        };
+        self.at(delay, ev);
     }
 
     fn client_delay(&mut self) -> u64 {
@@ -865,8 +891,8 @@ impl Sim {
         let now = self.now;
         n.forwarded.retain(|_, (at, _)| now - *at < FORWARD_TTL_MS);
         n.ticks += 1;
-        let interest = n.ticks % INTEREST_EVERY_TICKS == 0;
-        self.to_rooms(node, |_| Input::Tick);
+        let interest = n.ticks.is_multiple_of(INTEREST_EVERY_TICKS);
+        self.feed_rooms(node, |_| Input::Tick);
         if interest {
             self.register_interest(node);
         }

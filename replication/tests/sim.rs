@@ -17,6 +17,25 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Runs `seeds` over (at most) two threads; the violations found.
+/// Runs the seeds whose config `keep` accepts, stopping at the first violation.
+fn run_seeds_where(
+    seeds: std::ops::Range<u64>,
+    rules: Rules,
+    keep: impl Fn(&Config) -> bool,
+) -> Vec<Violation> {
+    let kept: Vec<u64> = seeds.filter(|&s| keep(&Config::for_seed(s))).collect();
+    for seed in kept {
+        let cfg = Config {
+            rules,
+            ..Config::for_seed(seed)
+        };
+        if let Err(v) = sim::run(seed, &cfg) {
+            return vec![v];
+        }
+    }
+    Vec::new()
+}
+
 fn run_seeds(seeds: std::ops::Range<u64>, rules: Rules, stop_at_first: bool) -> Vec<Violation> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -78,6 +97,7 @@ fn one_seed() {
     let seed = env_u64("SIM_SEED").unwrap_or(1);
     let cfg = Config {
         trace: true,
+        rules: sim::rules_from_env(),
         ..Config::for_seed(seed)
     };
     eprintln!("seed {seed}: {cfg:?}");
@@ -101,10 +121,28 @@ fn one_seed() {
 /// promised are answered, stale records taken), some seed breaks an invariant.
 #[test]
 fn the_checker_catches_broken_fencing() {
-    let broken = Rules { fencing: false };
+    let broken = Rules {
+        fencing: false,
+        ..Rules::default()
+    };
     let found = run_seeds(0..500, broken, true);
     let first = found
         .first()
         .expect("no seed of 500 caught the broken fencing");
+    eprintln!("caught, as it must be: {first}");
+}
+
+/// Why replicas are `quorum − 1` successors, not the successor alone: with five members,
+/// replicating to the successor only loses or reuses acknowledged seqs on some seed.
+#[test]
+fn the_successor_alone_is_not_enough_with_five_members() {
+    let broken = Rules {
+        successor_only: true,
+        ..Rules::default()
+    };
+    let found = run_seeds_where(0..3_000, broken, |cfg| cfg.nodes == 5);
+    let first = found
+        .first()
+        .expect("successor-only replication survived every five-node seed");
     eprintln!("caught, as it must be: {first}");
 }

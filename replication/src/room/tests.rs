@@ -456,7 +456,13 @@ fn with_fencing_off_two_nodes_sequence_one_epoch() {
     // second claim of epoch 1 and o[1] sequences epoch 1 too.
     let nodes = ["a", "b", "c"];
     let o = order(&nodes);
-    let mut net = Net::new(&nodes, Rules { fencing: false });
+    let mut net = Net::new(
+        &nodes,
+        Rules {
+            fencing: false,
+            ..Rules::default()
+        },
+    );
     for n in &nodes {
         net.view(n, &nodes);
     }
