@@ -307,7 +307,11 @@ impl Room {
 
     /// Start claiming at `max(epoch seen) + 1`; this node promises to itself first.
     fn claim(&mut self, out: &mut Vec<Output>) {
-        let epoch = self.durable.promised + 1;
+        // u64::MAX epochs are 2^64 ownership changes away; only a broken peer gets there,
+        // and then the room stays unavailable rather than wrapping to an old epoch.
+        let Some(epoch) = self.durable.promised.checked_add(1) else {
+            return;
+        };
         self.durable.promised = epoch;
         self.durable.promised_to = Some(self.me.clone());
         let mut answers = BTreeMap::new();

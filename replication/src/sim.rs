@@ -662,6 +662,16 @@ impl Sim {
                 if epoch > 1 {
                     self.failovers += 1;
                 }
+                let highest = self
+                    .positions
+                    .range((room.to_owned(), 0)..=(room.to_owned(), u64::MAX))
+                    .next_back()
+                    .map_or(0, |((_, seq), _)| *seq);
+                if next_seq <= highest {
+                    self.fail(format!(
+                        "n{i} sequences {room} at epoch {epoch} from seq {next_seq}, but seq {highest} was already acknowledged or delivered"
+                    ));
+                }
                 let key = (room.to_owned(), epoch);
                 if let Some((other, other_boot)) = self.epochs.insert(key, (i, boot)) {
                     self.fail(format!(

@@ -484,3 +484,23 @@ fn with_fencing_off_two_nodes_sequence_one_epoch() {
         Some((_, _, Frame::Handoff { epoch: 1, .. }))
     ));
 }
+
+#[test]
+fn a_promise_of_the_last_epoch_leaves_the_room_unavailable_not_panicking() {
+    // A broken peer's claim made o[0] promise u64::MAX: it cannot claim above it.
+    let nodes = ["a", "b", "c"];
+    let o = order(&nodes);
+    let durable = Durable {
+        promised: u64::MAX,
+        ..Durable::default()
+    };
+    let mut room = Room::new(ROOM, &o[0], 3, durable, Rules::default());
+    let members = o.clone();
+    let out = room.handle(Input::View(View {
+        members,
+        configured: 3,
+    }));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(room.handle(Input::Tick).is_empty());
+    assert_eq!(room.owner_epoch(), None);
+}
