@@ -14,15 +14,9 @@
 /// A shard's index in its process, `0..shards`.
 pub type ShardId = u16;
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// FNV-1a (64-bit) of `bytes`.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET_BASIS, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME)
-    })
-}
+/// FNV-1a (64-bit), the one the cluster's rendezvous placement uses too
+/// (`sokdo_replication::placement`): one definition for shards and instances.
+use sokdo_replication::placement::fnv1a64;
 
 /// The home shard of `room` among `shards`.
 pub fn home_of(room: &str, shards: u16) -> ShardId {

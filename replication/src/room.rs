@@ -1,0 +1,682 @@
+//! One room's ownership on one node: a pure state machine, views and frames in, frames
+//! out. No I/O, no clock: the caller (the cluster thread, or the simulation) delivers
+//! [`Input`]s and sends the [`Output`]s.
+//!
+//! The rules (docs/REPLICATION.md "Room ownership", "Failover"):
+//! - **Who owns.** In a node's view (the live members it sees) the room's owner is the
+//!   first in rendezvous order (`placement`), and only if the view holds a majority of the
+//!   configured members. Its *replicas* are the next `quorum − 1` members: for three
+//!   configured members, exactly the successor.
+//! - **Epochs.** A node that takes ownership claims `max(epoch seen) + 1` ([`Frame::Claim`]).
+//!   Each member answers at most once per epoch, promising to refuse any lower one, and
+//!   hands over the records it holds ([`Frame::Handoff`]). With a majority of answers the
+//!   claimant merges them (per seq the record of the highest epoch), stamps them with its
+//!   epoch and starts sequencing at the last seq + 1. Two claimants of one epoch cannot
+//!   both gather a majority: no two nodes sequence a room in the same epoch.
+//! - **Fencing.** A record ([`Frame::Append`]) below the highest epoch a node has seen is
+//!   refused, and so is one from a node that is not the owner in the receiver's view, or
+//!   to a node that is not a replica in it.
+//! - **Ack rule.** The owner answers [`Frame::Published`] (and fans out) for a seq only
+//!   when its own log holds it and every replica has answered [`Frame::Appended`] up to
+//!   it. Replicas take records in order, so `Appended { upto }` covers every seq before.
+//!   An acknowledged seq is therefore held by a majority; any later claimant's majority
+//!   includes one of them, so it is never lost nor reused while a majority survives.
+//! - **Successor change.** A new replica starts at `upto = 0`: the owner sends it the
+//!   room's records, and no further seq is acknowledged before it holds them. Sends
+//!   meanwhile wait, at most [`PENDING_SENDS_MAX`]; beyond, `Overloaded`.
+//! - **Handoff on a join.** A joining node that outranks the owner claims; the old owner
+//!   answers the claim like any member (its records, a promise), which makes it stop
+//!   sequencing; the node layer forwards sends to the owner of its view.
+//! - **No quorum.** Without a majority in its view a node does not sequence and refuses
+//!   sends (`Unavailable`).
+
+use std::collections::BTreeMap;
+
+use crate::frame::{Frame, Record, RefusalCode};
+use crate::placement;
+
+/// A node's id (`--node-id`).
+pub type NodeId = String;
+
+/// Sends sequenced but not yet acknowledged, per room: beyond, `Overloaded`.
+pub const PENDING_SENDS_MAX: usize = 1024;
+/// Records sent to a replica per tick or per answer while it catches up.
+pub const CATCH_UP_RECORDS_MAX: usize = 64;
+/// Records per replay answer, at most.
+pub const REPLAY_RECORDS_MAX: u32 = 256;
+
+/// Rules the simulation may break on purpose to show its checker catches it. Production
+/// code uses [`Rules::default`]; nothing else sets them.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Refuse records and claims at an epoch below (for claims: not above) the highest
+    /// seen. Off, two nodes sequence one room in one epoch and seqs get reused.
+    pub fencing: bool,
+    /// Replicate to the successor only, whatever the configured size (the rule as first
+    /// written in issue 12). With five members an acknowledged record is then held by two
+    /// nodes, not a majority, and a claimant's majority can miss it: the simulation finds
+    /// seqs reused. The default replicates to `quorum − 1` successors (one with three).
+    pub successor_only: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            fencing: true,
+            successor_only: false,
+        }
+    }
+}
+
+/// What a node sees: the live members, itself included, and the configured size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub members: Vec<NodeId>,
+    pub configured: usize,
+}
+
+impl View {
+    /// Members needed for a majority of the configured ones.
+    pub fn quorum(&self) -> usize {
+        self.configured / 2 + 1
+    }
+
+    /// Whether this view holds a majority of the configured members.
+    pub fn has_quorum(&self) -> bool {
+        self.members.len() >= self.quorum()
+    }
+}
+
+/// An input to a room's state machine.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The node's view changed.
+    View(View),
+    /// A frame about this room from `from` (possibly this node itself).
+    Frame { from: NodeId, frame: Frame },
+    /// Time passed: resend what is unanswered.
+    Tick,
+}
+
+/// What the state machine asks its node to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send `frame` to `to` (possibly this node).
+    Send { to: NodeId, frame: Frame },
+    /// This node now sequences the room at `epoch`, from `next_seq`.
+    Sequencing { epoch: u64, next_seq: u64 },
+    /// This node stopped sequencing the room (epoch `epoch`).
+    SteppedDown { epoch: u64 },
+}
+
+/// The node's role for the room.
+#[derive(Debug, Clone)]
+enum Role {
+    Follower,
+    Claiming {
+        epoch: u64,
+        answers: BTreeMap<NodeId, Vec<Record>>,
+    },
+    Owner(Owner),
+}
+
+#[derive(Debug, Clone)]
+struct Owner {
+    epoch: u64,
+    replicas: Vec<NodeId>,
+    /// Per replica, the highest seq it holds contiguously at `epoch`.
+    upto: BTreeMap<NodeId, u64>,
+    /// Per replica, the highest seq sent to it (at most a window above `upto`).
+    sent: BTreeMap<NodeId, u64>,
+    /// The highest acknowledged seq at `epoch`; never decreases.
+    committed: u64,
+    /// seq → (forwarder, its request id), waiting for the ack.
+    pending: BTreeMap<u64, (NodeId, u64)>,
+}
+
+/// What survives a crash: the room's log and the epoch promise (a real node writes them
+/// to its log before answering).
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// Highest epoch seen (promised): lower ones are refused.
+    pub promised: u64,
+    /// Who the promise at `promised` went to (a repeated claim gets the same answer).
+    pub promised_to: Option<NodeId>,
+    /// Records by seq, `log[i].seq == i + 1`: never a hole.
+    pub log: Vec<Record>,
+    /// `log[..held]` all carry epoch `held_epoch`: what `Appended` reports.
+    pub held_epoch: u64,
+    pub held: u64,
+}
+
+/// One room on one node.
+#[derive(Debug, Clone)]
+pub struct Room {
+    room: String,
+    me: NodeId,
+    rules: Rules,
+    view: View,
+    role: Role,
+    durable: Durable,
+    /// Nodes with subscribers in the room (registered with this node as owner).
+    interest: Vec<NodeId>,
+}
+
+impl Room {
+    /// A room on node `me`, from what its log held (`Durable::default()` for a new one).
+    pub fn new(room: &str, me: &str, configured: usize, durable: Durable, rules: Rules) -> Self {
+        Self {
+            room: room.to_owned(),
+            me: me.to_owned(),
+            rules,
+            view: View {
+                members: vec![me.to_owned()],
+                configured,
+            },
+            role: Role::Follower,
+            durable,
+            interest: Vec::new(),
+        }
+    }
+
+    /// What a crash keeps.
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// The epoch this node sequences the room at, if it does.
+    pub fn owner_epoch(&self) -> Option<u64> {
+        match &self.role {
+            Role::Owner(o) => Some(o.epoch),
+            _ => None,
+        }
+    }
+
+    /// The highest acknowledged seq, if this node sequences the room.
+    pub fn committed(&self) -> Option<u64> {
+        match &self.role {
+            Role::Owner(o) => Some(o.committed),
+            _ => None,
+        }
+    }
+
+    /// The owner of the room in this node's view (with a majority), if any.
+    pub fn owner_in_view(&self) -> Option<&NodeId> {
+        if !self.view.has_quorum() {
+            return None;
+        }
+        placement::owner(&self.room, &self.view.members)
+    }
+
+    /// The replicas of the room in this node's view: the `quorum − 1` members after the
+    /// owner.
+    fn replicas_in_view(&self) -> Vec<NodeId> {
+        let order = placement::order(&self.room, &self.view.members);
+        let replicas = if self.rules.successor_only {
+            1
+        } else {
+            self.view.quorum() - 1
+        };
+        order.into_iter().skip(1).take(replicas).cloned().collect()
+    }
+
+    fn am_owner(&self) -> bool {
+        self.owner_in_view() == Some(&self.me)
+    }
+
+    /// One input; the outputs in order.
+    pub fn handle(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::View(view) => self.on_view(view, &mut out),
+            Input::Tick => self.on_tick(&mut out),
+            Input::Frame { from, frame } => self.on_frame(from, frame, &mut out),
+        }
+        out
+    }
+
+    fn send(&self, out: &mut Vec<Output>, to: &str, frame: Frame) {
+        out.push(Output::Send {
+            to: to.to_owned(),
+            frame,
+        });
+    }
+
+    fn on_view(&mut self, view: View, out: &mut Vec<Output>) {
+        self.view = view;
+        if !self.am_owner() {
+            self.step_down(out);
+            return;
+        }
+        match &self.role {
+            Role::Follower => self.claim(out),
+            Role::Claiming { .. } => {}
+            Role::Owner(_) => self.replicas_changed(out),
+        }
+    }
+
+    fn on_tick(&mut self, out: &mut Vec<Output>) {
+        if !self.am_owner() {
+            self.step_down(out);
+            return;
+        }
+        match &self.role {
+            Role::Follower => self.claim(out),
+            Role::Claiming { epoch, answers } => {
+                let claim = Frame::Claim {
+                    room: self.room.clone(),
+                    epoch: *epoch,
+                };
+                for m in &self.view.members {
+                    if !answers.contains_key(m) {
+                        self.send(out, m, claim.clone());
+                    }
+                }
+            }
+            Role::Owner(_) => self.resend(out),
+        }
+    }
+
+    fn on_frame(&mut self, from: NodeId, frame: Frame, out: &mut Vec<Output>) {
+        match frame {
+            Frame::Publish { req, payload, .. } => self.on_publish(from, req, payload, out),
+            Frame::Append { record, .. } => self.on_append(from, record, out),
+            Frame::Appended { epoch, upto, .. } => self.on_appended(from, epoch, upto, out),
+            Frame::Claim { epoch, .. } => self.on_claim(from, epoch, out),
+            Frame::Handoff { epoch, records, .. } => self.on_handoff(from, epoch, records, out),
+            Frame::Refused { epoch, code, .. } => self.on_refused(epoch, code, out),
+            Frame::ReplayRequest {
+                req,
+                after_seq,
+                max,
+                ..
+            } => self.on_replay(from, req, after_seq, max, out),
+            Frame::Interest { .. } => {
+                if !self.interest.contains(&from) {
+                    self.interest.push(from);
+                }
+            }
+            Frame::Uninterest { .. } => self.interest.retain(|n| *n != from),
+            // For the node layer (answers to its forwarded requests), not the owner.
+            Frame::Hello { .. }
+            | Frame::Published { .. }
+            | Frame::Deliver { .. }
+            | Frame::ReplayRecords { .. } => {}
+        }
+    }
+
+    /// Start claiming at `max(epoch seen) + 1`; this node promises to itself first.
+    fn claim(&mut self, out: &mut Vec<Output>) {
+        // u64::MAX epochs are 2^64 ownership changes away; only a broken peer gets there,
+        // and then the room stays unavailable rather than wrapping to an old epoch.
+        let Some(epoch) = self.durable.promised.checked_add(1) else {
+            return;
+        };
+        self.durable.promised = epoch;
+        self.durable.promised_to = Some(self.me.clone());
+        let mut answers = BTreeMap::new();
+        answers.insert(self.me.clone(), self.durable.log.clone());
+        self.role = Role::Claiming { epoch, answers };
+        let claim = Frame::Claim {
+            room: self.room.clone(),
+            epoch,
+        };
+        for m in self.view.members.iter().filter(|m| **m != self.me) {
+            self.send(out, m, claim.clone());
+        }
+        self.maybe_take_over(out);
+    }
+
+    fn on_claim(&mut self, from: NodeId, epoch: u64, out: &mut Vec<Output>) {
+        let repeated = epoch == self.durable.promised
+            && self.durable.promised_to.as_deref() == Some(from.as_str());
+        let stale = epoch <= self.durable.promised && !repeated;
+        if stale && self.rules.fencing {
+            let promised = self.durable.promised;
+            self.refuse(out, &from, 0, promised, RefusalCode::StaleEpoch);
+            return;
+        }
+        if self.owner_in_view() != Some(&from) {
+            self.refuse(out, &from, 0, epoch, RefusalCode::NotOwner);
+            return;
+        }
+        if !repeated {
+            self.step_down(out);
+        }
+        self.durable.promised = self.durable.promised.max(epoch);
+        self.durable.promised_to = Some(from.clone());
+        let records = self.durable.log.clone();
+        self.send(
+            out,
+            &from,
+            Frame::Handoff {
+                room: self.room.clone(),
+                epoch,
+                records,
+            },
+        );
+    }
+
+    fn on_handoff(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        records: Vec<Record>,
+        out: &mut Vec<Output>,
+    ) {
+        // A log with a hole or a seq out of place is not a log: ignore the answer.
+        let valid = records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == i as u64 + 1);
+        if let Role::Claiming {
+            epoch: mine,
+            answers,
+        } = &mut self.role
+        {
+            if *mine == epoch && valid {
+                answers.insert(from, records);
+            }
+        }
+        self.maybe_take_over(out);
+    }
+
+    /// With a majority of answers: merge, stamp, sequence.
+    fn maybe_take_over(&mut self, out: &mut Vec<Output>) {
+        let Role::Claiming { epoch, answers } = &self.role else {
+            return;
+        };
+        if answers.len() < self.view.quorum() {
+            return;
+        }
+        let epoch = *epoch;
+        let merged = merge(answers.values());
+        self.durable.log = merged.into_iter().map(|r| Record { epoch, ..r }).collect();
+        self.durable.held_epoch = epoch;
+        self.durable.held = self.durable.log.len() as u64;
+        let replicas = self.replicas_in_view();
+        let upto: BTreeMap<NodeId, u64> = replicas.iter().map(|r| (r.clone(), 0)).collect();
+        self.role = Role::Owner(Owner {
+            epoch,
+            replicas,
+            sent: upto.clone(),
+            upto,
+            committed: 0,
+            pending: BTreeMap::new(),
+        });
+        out.push(Output::Sequencing {
+            epoch,
+            next_seq: self.durable.held + 1,
+        });
+        self.pump(out);
+        self.advance(out);
+    }
+
+    fn replicas_changed(&mut self, out: &mut Vec<Output>) {
+        let replicas = self.replicas_in_view();
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        if o.replicas == replicas {
+            return;
+        }
+        // A new replica starts from nothing: it gets the room's records before any
+        // further seq is acknowledged (`advance` takes the minimum over replicas).
+        o.upto = replicas
+            .iter()
+            .map(|r| (r.clone(), o.upto.get(r).copied().unwrap_or(0)))
+            .collect();
+        o.sent = o.upto.clone();
+        o.replicas = replicas;
+        self.pump(out);
+        self.advance(out);
+    }
+
+    /// Send every replica the records after those sent to it, at most
+    /// [`CATCH_UP_RECORDS_MAX`] beyond what it holds.
+    fn pump(&mut self, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        let log = &self.durable.log;
+        for r in &o.replicas {
+            let upto = o.upto.get(r).copied().unwrap_or(0);
+            let sent = o.sent.entry(r.clone()).or_insert(0);
+            *sent = (*sent).max(upto);
+            let window_end = (upto as usize + CATCH_UP_RECORDS_MAX).min(log.len());
+            while (*sent as usize) < window_end {
+                let record = log[*sent as usize].clone();
+                *sent += 1;
+                let frame = Frame::Append {
+                    room: self.room.clone(),
+                    record,
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
+        }
+    }
+
+    /// A tick: what was sent and not confirmed may be lost; send it again.
+    fn resend(&mut self, out: &mut Vec<Output>) {
+        if let Role::Owner(o) = &mut self.role {
+            o.sent = o.upto.clone();
+        }
+        self.pump(out);
+    }
+
+    fn step_down(&mut self, out: &mut Vec<Output>) {
+        match std::mem::replace(&mut self.role, Role::Follower) {
+            Role::Follower => {}
+            Role::Claiming { .. } => {}
+            Role::Owner(o) => {
+                for (_, (to, req)) in o.pending {
+                    self.refuse(out, &to, req, o.epoch, RefusalCode::Unavailable);
+                }
+                out.push(Output::SteppedDown { epoch: o.epoch });
+            }
+        }
+    }
+
+    fn refuse(&self, out: &mut Vec<Output>, to: &str, req: u64, epoch: u64, code: RefusalCode) {
+        let frame = Frame::Refused {
+            req,
+            room: self.room.clone(),
+            epoch,
+            code,
+        };
+        self.send(out, to, frame);
+    }
+
+    fn on_publish(&mut self, from: NodeId, req: u64, payload: Vec<u8>, out: &mut Vec<Output>) {
+        let code = match &self.role {
+            Role::Owner(o) if o.pending.len() >= PENDING_SENDS_MAX => RefusalCode::Overloaded,
+            Role::Owner(_) => {
+                self.sequence(from, req, payload, out);
+                return;
+            }
+            Role::Claiming { .. } => RefusalCode::Unavailable,
+            Role::Follower if !self.view.has_quorum() => RefusalCode::Unavailable,
+            Role::Follower => RefusalCode::NotOwner,
+        };
+        let epoch = self.durable.promised;
+        self.refuse(out, &from, req, epoch, code);
+    }
+
+    /// The owner's own log commit, then the record to every replica.
+    fn sequence(&mut self, from: NodeId, req: u64, payload: Vec<u8>, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        let seq = self.durable.log.len() as u64 + 1;
+        debug_assert_eq!(self.durable.held, seq - 1);
+        debug_assert_eq!(self.durable.held_epoch, o.epoch);
+        self.durable.log.push(Record {
+            epoch: o.epoch,
+            seq,
+            payload,
+        });
+        self.durable.held = seq;
+        o.pending.insert(seq, (from, req));
+        self.pump(out);
+        self.advance(out);
+    }
+
+    fn on_append(&mut self, from: NodeId, record: Record, out: &mut Vec<Output>) {
+        let d = &self.durable;
+        if record.epoch < d.promised && self.rules.fencing {
+            let promised = d.promised;
+            self.refuse(out, &from, 0, promised, RefusalCode::StaleEpoch);
+            return;
+        }
+        let replica = self.replicas_in_view().contains(&self.me);
+        if self.owner_in_view() != Some(&from) || !replica {
+            self.refuse(out, &from, 0, record.epoch, RefusalCode::NotReplica);
+            return;
+        }
+        if record.epoch > self.durable.promised {
+            self.step_down(out);
+            self.durable.promised = record.epoch;
+            self.durable.promised_to = Some(from.clone());
+        }
+        let epoch = record.epoch;
+        let d = &mut self.durable;
+        let held = if d.held_epoch == epoch { d.held } else { 0 };
+        if record.seq == held + 1 {
+            let at = (record.seq - 1) as usize;
+            if at < d.log.len() {
+                d.log[at] = record;
+            } else {
+                d.log.push(record);
+            }
+            d.held_epoch = epoch;
+            d.held = held + 1;
+        }
+        // A gap or a repeat: say what is held, the owner sends the rest in order.
+        let upto = if d.held_epoch == epoch { d.held } else { 0 };
+        self.send(
+            out,
+            &from,
+            Frame::Appended {
+                room: self.room.clone(),
+                epoch,
+                upto,
+            },
+        );
+    }
+
+    fn on_appended(&mut self, from: NodeId, epoch: u64, upto: u64, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        if o.epoch != epoch {
+            return;
+        }
+        let Some(held) = o.upto.get_mut(&from) else {
+            return;
+        };
+        // Never above what this owner holds: a confused peer cannot ack the unsent.
+        *held = (*held).max(upto.min(self.durable.held));
+        self.pump(out);
+        self.advance(out);
+    }
+
+    /// Acknowledge every seq held by the owner and all replicas; fan it out.
+    fn advance(&mut self, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        let held = o.upto.values().copied().min().unwrap_or(u64::MAX);
+        let acked = held.min(self.durable.held);
+        if acked <= o.committed {
+            return;
+        }
+        let from = o.committed;
+        o.committed = acked;
+        for seq in from + 1..=acked {
+            let record = &self.durable.log[(seq - 1) as usize];
+            debug_assert_eq!(record.seq, seq);
+            if let Some((to, req)) = o.pending.remove(&seq) {
+                let frame = Frame::Published {
+                    req,
+                    room: self.room.clone(),
+                    epoch: o.epoch,
+                    seq,
+                };
+                out.push(Output::Send { to, frame });
+            }
+            for node in &self.interest {
+                let frame = Frame::Deliver {
+                    room: self.room.clone(),
+                    record: record.clone(),
+                };
+                out.push(Output::Send {
+                    to: node.clone(),
+                    frame,
+                });
+            }
+        }
+    }
+
+    fn on_refused(&mut self, epoch: u64, code: RefusalCode, out: &mut Vec<Output>) {
+        let mine = match &self.role {
+            Role::Follower => return,
+            Role::Claiming { epoch, .. } => *epoch,
+            Role::Owner(o) => o.epoch,
+        };
+        // Someone promised this epoch (or a higher one) elsewhere: this claim or ownership
+        // is over; the next tick claims above it if this node still ranks first.
+        if code == RefusalCode::StaleEpoch && epoch >= mine {
+            self.durable.promised = self.durable.promised.max(epoch);
+            self.step_down(out);
+        }
+    }
+
+    fn on_replay(&self, from: NodeId, req: u64, after: u64, max: u32, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &self.role else {
+            let epoch = self.durable.promised;
+            self.refuse(out, &from, req, epoch, RefusalCode::NotOwner);
+            return;
+        };
+        let max = u64::from(max.clamp(1, REPLAY_RECORDS_MAX));
+        let end = o.committed.min(after.saturating_add(max));
+        let records = if after < end {
+            self.durable.log[after as usize..end as usize].to_vec()
+        } else {
+            Vec::new()
+        };
+        let more = end < o.committed;
+        let frame = Frame::ReplayRecords {
+            req,
+            room: self.room.clone(),
+            records,
+            more,
+        };
+        self.send(out, &from, frame);
+    }
+}
+
+/// The longest log among `answers`, each seq taken from the answer with the highest epoch
+/// there. Every answer is hole-free, so the merge is too.
+fn merge<'a>(answers: impl Iterator<Item = &'a Vec<Record>>) -> Vec<Record> {
+    let mut merged: Vec<Record> = Vec::new();
+    for log in answers {
+        for record in log {
+            let at = (record.seq - 1) as usize;
+            match merged.get_mut(at) {
+                Some(have) if have.epoch >= record.epoch => {}
+                Some(have) => *have = record.clone(),
+                None => {
+                    debug_assert_eq!(merged.len(), at, "logs have no holes");
+                    merged.push(record.clone());
+                }
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests;
