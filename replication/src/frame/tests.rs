@@ -177,3 +177,11 @@ fn a_link_opens_with_a_hello_of_this_version() {
         Err(Error::NotHello)
     ));
 }
+
+/// The test suite's short run of the `replication_frame` fuzz target: its committed corpus,
+/// then 3,000 seeded mutations (`sokdo-fuzz-smoke`; `scripts/fuzz` is the coverage-guided
+/// run).
+#[test]
+fn replication_frame_on_its_corpus_and_mutations() {
+    sokdo_fuzz_smoke::run("replication_frame", 3_000, fuzz_decode_all);
+}
