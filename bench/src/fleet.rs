@@ -34,6 +34,8 @@ pub struct FleetConfig {
     pub sample_every: u64,
     pub setup_timeout_ms: u64,
     pub handshakes_in_flight_max: usize,
+    /// Dropped users come back (`Job::reconnect_ms`).
+    pub reconnect_ms: Option<u64>,
 }
 
 /// The merged state after one tick.
@@ -99,6 +101,7 @@ impl Fleet {
                 setup_timeout_ms: cfg.setup_timeout_ms,
                 handshakes_in_flight_max: cfg.handshakes_in_flight_max,
                 stats_interval_ms: 1000,
+                reconnect_ms: cfg.reconnect_ms,
             };
             let (child, stdin) = spawn_worker(&exe, &job, tx.clone())?;
             children.push(child);
@@ -268,6 +271,11 @@ fn add(t: &mut Stats, s: &Stats) {
     t.churn_ok += s.churn_ok;
     t.churn_closed += s.churn_closed;
     t.churn_fail += s.churn_fail;
+    t.reconnects += s.reconnects;
+    t.reconnect_fail += s.reconnect_fail;
+    for (k, v) in &s.drops {
+        *t.drops.entry(k.clone()).or_default() += v;
+    }
     if t.connected_by_server.len() < s.connected_by_server.len() {
         t.connected_by_server.resize(s.connected_by_server.len(), 0);
     }

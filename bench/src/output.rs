@@ -65,6 +65,10 @@ pub fn print_runs(runs: &[Run]) {
                 n(k.fds_after_warmup),
                 n(k.fds_end)
             );
+            println!(
+                "   soak: chatting users dropped {} {:?}, came back {} (failed attempts {})",
+                k.users_dropped, k.drops, k.reconnects, k.reconnect_fail
+            );
             println!("   soak verdict: {}", k.verdict);
         }
         println!(
@@ -86,6 +90,13 @@ pub fn print_runs(runs: &[Run]) {
         }
         if !s.errors.is_empty() {
             println!("   errors: {:?}", s.errors);
+        }
+        if let Some(n) = s.server_log_panics {
+            let verdict = if n == 0 { "no panic" } else { "PANICKED" };
+            println!(
+                "   server log: {verdict} ({n} panic lines in {})",
+                s.server_logs.join(", ")
+            );
         }
         print_server(r);
         println!(
