@@ -135,7 +135,11 @@ impl Fleet {
         }
     }
 
-    /// Waits until every live worker reported once more (or `timeout`), then merges.
+    /// Waits until every live worker reported once more (or `timeout`), takes whatever else
+    /// they already reported, then merges. Taking it all keeps the view current when the
+    /// caller was slow (a soak's sample waiting for a server that does not answer): one line
+    /// per tick let the lines queue up, and issue 15's debug soak showed at t ≈ 620 s users
+    /// its workers had lost at ≈ 200 s.
     pub fn tick(&mut self, timeout: Duration) -> View {
         let deadline = Instant::now() + timeout;
         let mut fresh = vec![false; self.last.len()];
@@ -144,17 +148,32 @@ impl Fleet {
         while fresh.iter().zip(&self.alive).any(|(f, a)| *a && !f) {
             let wait = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
-                Ok((w, Some(stats))) => {
-                    merge_histogram(&stats.latency_us, &mut tick_latency);
-                    fresh[w] = true;
-                    self.last[w] = Some(stats);
-                }
-                Ok((w, None)) => self.alive[w] = false,
+                Ok(report) => self.take(report, &mut fresh, &mut tick_latency),
                 Err(_) => break,
             }
         }
+        while let Ok(report) = self.rx.try_recv() {
+            self.take(report, &mut fresh, &mut tick_latency);
+        }
         let _ = self.total_latency.add(&tick_latency);
         self.view(&tick_latency)
+    }
+
+    /// One line of a worker (`None`: its stdout closed).
+    fn take(
+        &mut self,
+        (w, stats): (usize, Option<Stats>),
+        fresh: &mut [bool],
+        tick_latency: &mut Histogram<u64>,
+    ) {
+        match stats {
+            Some(stats) => {
+                merge_histogram(&stats.latency_us, tick_latency);
+                fresh[w] = true;
+                self.last[w] = Some(stats);
+            }
+            None => self.alive[w] = false,
+        }
     }
 
     fn view(&mut self, tick_latency: &Histogram<u64>) -> View {
