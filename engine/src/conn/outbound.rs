@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(b.read(&mut buf).unwrap(), 1);
         assert!(!has_unread(b.as_raw_fd()), "read: nothing left");
         drop(a);
-        assert!(!has_unread(b.as_raw_fd()), "end of stream is not unread bytes");
+        assert!(
+            !has_unread(b.as_raw_fd()),
+            "end of stream is not unread bytes"
+        );
     }
 
     #[test]
