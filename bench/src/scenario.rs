@@ -781,23 +781,6 @@ pub fn idle(args: &IdleArgs) -> anyhow::Result<Run> {
     Ok(s.finish("idle", config, summary))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{room_shape, Rooms};
-
-    #[test]
-    fn room_shape_follows_the_room_rule() {
-        // fanout: user u in room u mod n.
-        assert_eq!(room_shape(Rooms::Modulo(2), 100), (2, 50));
-        assert_eq!(room_shape(Rooms::Modulo(3), 100), (3, 34));
-        assert_eq!(room_shape(Rooms::Modulo(10), 4), (4, 1));
-        // ramp, idle: rooms fill in blocks of the room size.
-        assert_eq!(room_shape(Rooms::Blocks(50), 120), (3, 50));
-        assert_eq!(room_shape(Rooms::Blocks(50), 20), (1, 20));
-        assert_eq!(room_shape(Rooms::Blocks(50), 0), (0, 0));
-    }
-}
-
 /// Lines of the servers' logs (their stderr, in files) that report a panic — a thread's,
 /// or one glommio caught while waking a task; `None` without logs or when one cannot be
 /// read.
@@ -818,4 +801,31 @@ pub fn panic_lines(log: &str) -> u64 {
     log.lines()
         .filter(|l| l.contains("panicked") || l.contains("Panic while calling waker"))
         .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn panic_lines_are_a_threads_and_glommios() {
+        let log = "INFO sokdo_engine::server: recovered rooms=0\n\
+                   thread 'sokdo-shard-0' panicked at engine/src/x.rs:1:1:\n\
+                   ERROR glommio: Panic while calling waker! Any { .. }\n";
+        assert_eq!(super::panic_lines(log), 2);
+        assert_eq!(super::panic_lines("WARN glommio: stall\n"), 0);
+        assert_eq!(super::server_log_panics(&[]), None);
+    }
+
+    use super::{room_shape, Rooms};
+
+    #[test]
+    fn room_shape_follows_the_room_rule() {
+        // fanout: user u in room u mod n.
+        assert_eq!(room_shape(Rooms::Modulo(2), 100), (2, 50));
+        assert_eq!(room_shape(Rooms::Modulo(3), 100), (3, 34));
+        assert_eq!(room_shape(Rooms::Modulo(10), 4), (4, 1));
+        // ramp, idle: rooms fill in blocks of the room size.
+        assert_eq!(room_shape(Rooms::Blocks(50), 120), (3, 50));
+        assert_eq!(room_shape(Rooms::Blocks(50), 20), (1, 20));
+        assert_eq!(room_shape(Rooms::Blocks(50), 0), (0, 0));
+    }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::fleet::View;
 use crate::kernel::{servers_fds, servers_rss};
 use crate::report::{Soak, SoakSample, Summary};
 use crate::scenario::{unreachable, Common, Session};
@@ -143,26 +144,8 @@ pub fn soak(args: &SoakArgs) -> anyhow::Result<crate::report::Run> {
         rooms: args.churn_rooms,
     });
     let start = view;
-    let started = Instant::now();
-    let until = started + Duration::from_secs_f64(args.duration_s);
-    let mut next_sample = started;
     summary.stop_reason = "duration elapsed".into();
-    let mut v = start.clone();
-    let mut sampled = start.totals.clone();
-    while Instant::now() < until {
-        v = s.tick();
-        if s.server_gone(&v) {
-            summary.unreachable = true;
-            summary.stop_reason = "server unreachable".into();
-            break;
-        }
-        if Instant::now() >= next_sample {
-            let t = started.elapsed().as_secs_f64();
-            samples.push(sample(&s.common, t, &v.totals, Some(&sampled)));
-            sampled = v.totals.clone();
-            next_sample += Duration::from_secs_f64(args.sample_interval_s);
-        }
-    }
+    let v = chat(&mut s, args, &start, &mut summary, &mut samples);
     s.fleet.send(&Command::StopPublish);
     s.fleet.send(&Command::Churn {
         per_s: 0.0,
@@ -189,6 +172,37 @@ pub fn soak(args: &SoakArgs) -> anyhow::Result<crate::report::Run> {
     judge(&mut soak, &run.summary);
     run.soak = Some(soak);
     Ok(run)
+}
+
+/// Ticks for `--duration-s`, with a sample every `--sample-interval-s` (its drops are the
+/// ones since the previous sample), or until the server is gone; returns the last view.
+fn chat(
+    s: &mut Session,
+    args: &SoakArgs,
+    start: &View,
+    summary: &mut Summary,
+    samples: &mut Vec<SoakSample>,
+) -> View {
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.duration_s);
+    let mut next_sample = started;
+    let mut v = start.clone();
+    let mut sampled = start.totals.clone();
+    while Instant::now() < until {
+        v = s.tick();
+        if s.server_gone(&v) {
+            summary.unreachable = true;
+            summary.stop_reason = "server unreachable".into();
+            break;
+        }
+        if Instant::now() >= next_sample {
+            let t = started.elapsed().as_secs_f64();
+            samples.push(sample(&s.common, t, &v.totals, Some(&sampled)));
+            sampled = v.totals.clone();
+            next_sample += Duration::from_secs_f64(args.sample_interval_s);
+        }
+    }
+    v
 }
 
 /// Clean: no chatting user dropped, every send acknowledged and delivered to each member
