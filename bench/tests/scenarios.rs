@@ -825,6 +825,17 @@ fn compare_runs_a_second_sokdo_build_as_sokdo_base() {
     );
     assert_sokdo_base_runs(runs, bin);
     assert_ratios_to_sokdo(&report["comparison"]);
+    // Each server's stderr was kept beside the report and scanned: no panic.
+    for run in runs {
+        let s = &run["summary"];
+        assert_eq!(s["server_log_panics"], 0, "{s}");
+        let logs = s["server_logs"].as_array().expect("server logs");
+        assert_eq!(logs.len(), 1, "{s}");
+        let path = logs[0].as_str().unwrap();
+        let log = std::fs::read_to_string(path).expect("the server's log beside the report");
+        assert!(log.contains("sokdo configuration"), "{path}: {log}");
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Every run reached its server and ran `bin`; each fanout delivered every acked message to
