@@ -213,9 +213,14 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                     let result = run_scenario(args, *scenario, *target, &server);
                     let (peak, oom_kills) = server.memory_report();
                     let bin = server.bin.clone();
+                    let logs = server.logs.clone();
                     server.stop();
                     let mut run = result?;
                     run.server_bin = Some(bin);
+                    // Read again once stopped: a panic while draining counts too.
+                    run.summary.server_log_panics = scenario::server_log_panics(&logs);
+                    run.summary.server_logs =
+                        logs.iter().map(|p| p.display().to_string()).collect();
                     run.summary.server_cgroup_memory_peak_bytes = peak;
                     run.summary.server_oom_kills = oom_kills;
                     run
@@ -296,6 +301,8 @@ fn parse_flags<T: Args>(
     let pids: Vec<String> = server.pids().iter().map(|p| p.to_string()).collect();
     argv.extend(["--server-pid".into(), pids.join(",")]);
     argv.extend(["--server-cpus".into(), server.cpus.to_string()]);
+    let logs: Vec<String> = server.logs.iter().map(|p| path_str(p)).collect();
+    argv.extend(["--server-log".into(), logs.join(",")]);
     argv.extend(extra.split_whitespace().map(String::from));
     Ok(Flags::<T>::try_parse_from(argv)
         .with_context(|| format!("--{scenario}-args {extra:?}"))?
@@ -359,6 +366,8 @@ struct Server {
     cgroups: Vec<PathBuf>,
     memory_limit_bytes: Option<u64>,
     _data_dirs: Vec<TempDir>,
+    /// Each process's stderr (its log), kept beside the report (`log_path`).
+    logs: Vec<PathBuf>,
 }
 
 impl Server {
@@ -377,6 +386,7 @@ impl Server {
             cgroups: cgroup.iter().map(|(d, _)| d.clone()).collect(),
             cgroup: cgroup.map(|(d, _)| d),
             _data_dirs: Vec::new(),
+            logs: Vec::new(),
         };
         // Asked for, a quota is part of what is measured: no cgroup for it, no run.
         if let Some(percent) = args.server_cpu_quota_percent {
@@ -447,6 +457,9 @@ impl Server {
                     command.env(var, "0");
                 }
             }
+            let log = log_path(args, target, addr.port());
+            let stderr = std::fs::File::create(&log)
+                .with_context(|| format!("creating the server's log {}", log.display()))?;
             let child = command
                 .arg("-c")
                 .arg(script)
@@ -454,9 +467,10 @@ impl Server {
                 .args(&program)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .context("starting the server")?;
+            server.logs.push(log);
             server.children.push(child);
             server.addrs.push(addr);
             server._data_dirs.extend(data_dir);
@@ -526,6 +540,21 @@ impl Server {
 }
 
 /// The command line of one server process of `target` on `addr`, and its data directory.
+/// Where a server process's stderr goes: beside the JSON report (else the HTML one, else
+/// the current directory), named after the target and the port,
+/// `<report>.<target>-<port>.log`.
+fn log_path(args: &CompareArgs, target: TargetKind, port: u16) -> PathBuf {
+    let report = args.json.as_ref().or(args.html.as_ref());
+    let stem = report
+        .and_then(|p| p.file_stem())
+        .map_or("sokdo-bench".into(), |s| s.to_string_lossy().into_owned());
+    let file = format!("{stem}.{}-{port}.log", name(target));
+    match report.and_then(|p| p.parent()) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(file),
+        _ => PathBuf::from(file),
+    }
+}
+
 fn program(
     args: &CompareArgs,
     target: TargetKind,

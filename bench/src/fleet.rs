@@ -34,6 +34,8 @@ pub struct FleetConfig {
     pub sample_every: u64,
     pub setup_timeout_ms: u64,
     pub handshakes_in_flight_max: usize,
+    /// Dropped users come back (`Job::reconnect_ms`).
+    pub reconnect_ms: Option<u64>,
 }
 
 /// The merged state after one tick.
@@ -99,6 +101,7 @@ impl Fleet {
                 setup_timeout_ms: cfg.setup_timeout_ms,
                 handshakes_in_flight_max: cfg.handshakes_in_flight_max,
                 stats_interval_ms: 1000,
+                reconnect_ms: cfg.reconnect_ms,
             };
             let (child, stdin) = spawn_worker(&exe, &job, tx.clone())?;
             children.push(child);
@@ -132,7 +135,11 @@ impl Fleet {
         }
     }
 
-    /// Waits until every live worker reported once more (or `timeout`), then merges.
+    /// Waits until every live worker reported once more (or `timeout`), takes whatever else
+    /// they already reported, then merges. Taking it all keeps the view current when the
+    /// caller was slow (a soak's sample waiting for a server that does not answer): one line
+    /// per tick let the lines queue up, and issue 15's debug soak showed at t ≈ 620 s users
+    /// its workers had lost at ≈ 200 s.
     pub fn tick(&mut self, timeout: Duration) -> View {
         let deadline = Instant::now() + timeout;
         let mut fresh = vec![false; self.last.len()];
@@ -141,17 +148,32 @@ impl Fleet {
         while fresh.iter().zip(&self.alive).any(|(f, a)| *a && !f) {
             let wait = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
-                Ok((w, Some(stats))) => {
-                    merge_histogram(&stats.latency_us, &mut tick_latency);
-                    fresh[w] = true;
-                    self.last[w] = Some(stats);
-                }
-                Ok((w, None)) => self.alive[w] = false,
+                Ok(report) => self.take(report, &mut fresh, &mut tick_latency),
                 Err(_) => break,
             }
         }
+        while let Ok(report) = self.rx.try_recv() {
+            self.take(report, &mut fresh, &mut tick_latency);
+        }
         let _ = self.total_latency.add(&tick_latency);
         self.view(&tick_latency)
+    }
+
+    /// One line of a worker (`None`: its stdout closed).
+    fn take(
+        &mut self,
+        (w, stats): (usize, Option<Stats>),
+        fresh: &mut [bool],
+        tick_latency: &mut Histogram<u64>,
+    ) {
+        match stats {
+            Some(stats) => {
+                merge_histogram(&stats.latency_us, tick_latency);
+                fresh[w] = true;
+                self.last[w] = Some(stats);
+            }
+            None => self.alive[w] = false,
+        }
     }
 
     fn view(&mut self, tick_latency: &Histogram<u64>) -> View {
@@ -268,6 +290,11 @@ fn add(t: &mut Stats, s: &Stats) {
     t.churn_ok += s.churn_ok;
     t.churn_closed += s.churn_closed;
     t.churn_fail += s.churn_fail;
+    t.reconnects += s.reconnects;
+    t.reconnect_fail += s.reconnect_fail;
+    for (k, v) in &s.drops {
+        *t.drops.entry(k.clone()).or_default() += v;
+    }
     if t.connected_by_server.len() < s.connected_by_server.len() {
         t.connected_by_server.resize(s.connected_by_server.len(), 0);
     }

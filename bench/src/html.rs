@@ -255,7 +255,7 @@ fn soak_plots(h: &mut String, runs: &[&Run]) -> anyhow::Result<()> {
         let _ = write!(
             h,
             "<p class={}>{}: {} (churn: {} joined, {} left, {} failed)</p>",
-            if k.flat == Some(false) {
+            if k.flat == Some(false) || !k.clean {
                 "fail"
             } else {
                 "pass"
@@ -281,6 +281,18 @@ fn soak_plots(h: &mut String, runs: &[&Run]) -> anyhow::Result<()> {
     h.push_str(&line_chart("soak: server RSS (MiB)", "MiB", &rss)?);
     let fds = series(&|s| Some(s.fds? as f64));
     h.push_str(&line_chart("soak: server open fds", "fds", &fds)?);
+    let drops = series(&|s| Some(s.drops.values().sum::<u64>() as f64));
+    h.push_str(&line_chart(
+        "soak: chatting users dropped (per sample)",
+        "users",
+        &drops,
+    )?);
+    for counter in crate::soak::COUNTERS {
+        let c = series(&|s| s.counters.get(counter).copied());
+        if c.iter().any(|(_, p)| p.iter().any(|(_, v)| *v > 0.0)) {
+            h.push_str(&line_chart(&format!("soak: {counter}"), counter, &c)?);
+        }
+    }
     for gauge in crate::soak::GAUGES {
         let g = series(&|s| s.gauges.get(gauge).copied());
         if g.iter().any(|(_, p)| !p.is_empty()) {

@@ -49,24 +49,7 @@ pub fn print_runs(runs: &[Run]) {
         if s.users_by_server.len() > 1 {
             println!("   users per server process: {:?}", s.users_by_server);
         }
-        if let Some(k) = &r.soak {
-            let mib = |b: Option<u64>| {
-                b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
-            };
-            let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-            println!(
-                "   soak: churn joined {} / left {} / failed {} ({:.1}/s); RSS {} → {}, fds {} → {} after the warm-up",
-                k.churn_ok,
-                k.churn_closed,
-                k.churn_fail,
-                k.churn_ok as f64 / r.duration_s.max(1e-3),
-                mib(k.rss_after_warmup_bytes),
-                mib(k.rss_end_bytes),
-                n(k.fds_after_warmup),
-                n(k.fds_end)
-            );
-            println!("   soak verdict: {}", k.verdict);
-        }
+        print_soak(r);
         println!(
             "   messages: sent {}  acked {}  received {}  expected {}  ({:.0} deliveries/s, {:.0} sends/s)",
             s.sent,
@@ -87,6 +70,13 @@ pub fn print_runs(runs: &[Run]) {
         if !s.errors.is_empty() {
             println!("   errors: {:?}", s.errors);
         }
+        if let Some(n) = s.server_log_panics {
+            let verdict = if n == 0 { "no panic" } else { "PANICKED" };
+            println!(
+                "   server log: {verdict} ({n} panic lines in {})",
+                s.server_logs.join(", ")
+            );
+        }
         print_server(r);
         println!(
             "   stop: {}{}  generator: {} workers, {:.0}% cpu (busiest {:.0}%), {:.0} MiB",
@@ -104,6 +94,31 @@ pub fn print_runs(runs: &[Run]) {
                 c.name, c.measured, c.target
             );
         }
+    }
+}
+
+/// A soak's own lines: churn, RSS and fds after the warm-up, drops, the verdict.
+fn print_soak(r: &Run) {
+    if let Some(k) = &r.soak {
+        let mib =
+            |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+        let n = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        println!(
+            "   soak: churn joined {} / left {} / failed {} ({:.1}/s); RSS {} → {}, fds {} → {} after the warm-up",
+            k.churn_ok,
+            k.churn_closed,
+            k.churn_fail,
+            k.churn_ok as f64 / r.duration_s.max(1e-3),
+            mib(k.rss_after_warmup_bytes),
+            mib(k.rss_end_bytes),
+            n(k.fds_after_warmup),
+            n(k.fds_end)
+        );
+        println!(
+            "   soak: chatting users dropped {} {:?}, came back {} (failed attempts {})",
+            k.users_dropped, k.drops, k.reconnects, k.reconnect_fail
+        );
+        println!("   soak verdict: {}", k.verdict);
     }
 }
 

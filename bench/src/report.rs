@@ -86,6 +86,20 @@ pub struct Soak {
     pub churn_ok: u64,
     pub churn_closed: u64,
     pub churn_fail: u64,
+    /// Chatting users whose session ended in an error (a drop), by error kind; the dropped
+    /// users that joined again (`--reconnect-ms`) and the attempts that failed.
+    #[serde(default)]
+    pub users_dropped: u64,
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub reconnects: u64,
+    #[serde(default)]
+    pub reconnect_fail: u64,
+    /// No user dropped, every send acked and delivered (received = acked × members), the
+    /// server reachable, no panic in its log; `verdict` starts with what was not so.
+    #[serde(default)]
+    pub clean: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -100,6 +114,15 @@ pub struct SoakSample {
     /// `sokdo_*` gauges scraped from /metrics, summed over shards and processes (absent
     /// when the scrape failed or the target is not sokdo).
     pub gauges: std::collections::BTreeMap<String, f64>,
+    /// The close counters and stalls of /metrics (`soak::COUNTERS`), cumulative, likewise.
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, f64>,
+    /// Chatting users dropped since the previous sample, by error kind.
+    #[serde(default)]
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Dropped users that joined again so far.
+    #[serde(default)]
+    pub reconnects: u64,
 }
 
 impl Run {
@@ -189,6 +212,12 @@ pub struct Summary {
     pub rooms: Option<u64>,
     #[serde(default)]
     pub room_members_max: Option<u64>,
+    /// The servers' logs (`--server-log`; `compare`: the files it wrote beside the report)
+    /// and the lines in them that report a panic (`None`: no log, or one unreadable).
+    #[serde(default)]
+    pub server_logs: Vec<String>,
+    #[serde(default)]
+    pub server_log_panics: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -65,6 +65,11 @@ pub struct Common {
     /// Handshakes in flight per worker.
     #[arg(long, default_value_t = 256)]
     pub handshakes_in_flight_max: usize,
+    /// The server's stderr (its log), as a file written by whoever started it; a
+    /// comma-separated list for several processes. Scanned for panics at the end
+    /// (`server_log_panics`). `compare` passes the logs of the servers it starts.
+    #[arg(long, value_delimiter = ',')]
+    pub server_log: Vec<std::path::PathBuf>,
 }
 
 /// A fixed load: the shape shared by `fanout` and the `steady` presets.
@@ -149,6 +154,16 @@ fn room_shape(rooms: Rooms, users: u64) -> (u64, u64) {
 
 impl Session {
     pub(crate) fn start(common: &Common, users_max: u64, rooms: Rooms) -> anyhow::Result<Session> {
+        Session::start_with(common, users_max, rooms, None)
+    }
+
+    /// `start`, with dropped users coming back after up to `reconnect_ms` (`soak`).
+    pub(crate) fn start_with(
+        common: &Common,
+        users_max: u64,
+        rooms: Rooms,
+        reconnect_ms: Option<u64>,
+    ) -> anyhow::Result<Session> {
         let cpu_start = CpuMark::now(common);
         let rss_before = servers_rss(&common.server_pid);
         let tcp_mem_before_bytes = kernel::tcp_mem_bytes();
@@ -160,6 +175,7 @@ impl Session {
             sample_every: common.sample_every,
             setup_timeout_ms: common.setup_timeout_ms,
             handshakes_in_flight_max: common.handshakes_in_flight_max,
+            reconnect_ms,
         };
         let target = Target {
             servers: common.server.clone(),
@@ -275,6 +291,10 @@ impl Session {
     /// since the start, RSS before/after (where the scenario did not measure its own), the
     /// kernel's TCP memory, the CPU cgroup the server is in and its quota, the rooms' shape.
     fn server_figures(&self, summary: &mut Summary) {
+        summary.server_logs = (self.common.server_log.iter())
+            .map(|p| p.display().to_string())
+            .collect();
+        summary.server_log_panics = server_log_panics(&self.common.server_log);
         let (cpu_s, busy_s) = CpuMark::now(&self.common).since(&self.cpu_start);
         summary.server_cpu_s = cpu_s;
         summary.server_cpus_busy_s = busy_s;
@@ -761,8 +781,40 @@ pub fn idle(args: &IdleArgs) -> anyhow::Result<Run> {
     Ok(s.finish("idle", config, summary))
 }
 
+/// Lines of the servers' logs (their stderr, in files) that report a panic — a thread's,
+/// or one glommio caught while waking a task; `None` without logs or when one cannot be
+/// read.
+pub fn server_log_panics(logs: &[std::path::PathBuf]) -> Option<u64> {
+    if logs.is_empty() {
+        return None;
+    }
+    let mut panics = 0;
+    for log in logs {
+        let bytes = std::fs::read(log).ok()?;
+        panics += panic_lines(&String::from_utf8_lossy(&bytes));
+    }
+    Some(panics)
+}
+
+/// The lines of `log` that report a panic.
+pub fn panic_lines(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("panicked") || l.contains("Panic while calling waker"))
+        .count() as u64
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn panic_lines_are_a_threads_and_glommios() {
+        let log = "INFO sokdo_engine::server: recovered rooms=0\n\
+                   thread 'sokdo-shard-0' panicked at engine/src/x.rs:1:1:\n\
+                   ERROR glommio: Panic while calling waker! Any { .. }\n";
+        assert_eq!(super::panic_lines(log), 2);
+        assert_eq!(super::panic_lines("WARN glommio: stall\n"), 0);
+        assert_eq!(super::server_log_panics(&[]), None);
+    }
+
     use super::{room_shape, Rooms};
 
     #[test]

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::fleet::View;
 use crate::kernel::{servers_fds, servers_rss};
 use crate::report::{Soak, SoakSample, Summary};
 use crate::scenario::{unreachable, Common, Session};
-use crate::worker::{Command, Rooms};
+use crate::worker::{Command, Rooms, Stats};
 
 /// The gauges a soak samples: queues and backlogs that must not grow without bound.
 pub const GAUGES: [&str; 8] = [
@@ -27,6 +28,17 @@ pub const GAUGES: [&str; 8] = [
     "sokdo_sink_lag_records",
     "sokdo_wal_records_pending_sink",
     "sokdo_shard_outbox_messages",
+];
+
+/// The counters a soak samples beside the gauges: the server's reasons for closing a
+/// connection, and its stalls — what tells why users dropped.
+pub const COUNTERS: [&str; 6] = [
+    "sokdo_idle_timeout_closes_total",
+    "sokdo_slow_consumer_closes_total",
+    "sokdo_rate_limit_closes_total",
+    "sokdo_ping_flood_closes_total",
+    "sokdo_token_expired_closes_total",
+    "sokdo_stalls_total",
 ];
 
 #[derive(Args, Clone, Debug, serde::Serialize)]
@@ -69,6 +81,11 @@ pub struct SoakArgs {
     /// Seconds allowed for deliveries in flight after publishing stops.
     #[arg(long, default_value_t = 10.0)]
     pub drain_s: f64,
+    /// A user dropped while chatting comes back, as real clients do: after a jittered
+    /// wait of up to this many ms, doubled after each failed attempt (at most 30 s). 0: a
+    /// dropped user stays away. Either way the verdict says "NOT clean".
+    #[arg(long, default_value_t = 1000)]
+    pub reconnect_ms: u64,
 }
 
 impl SoakArgs {
@@ -101,8 +118,10 @@ impl SoakArgs {
 /// every `--sample-interval-s`, drains, and reports the samples and their verdict.
 pub fn soak(args: &SoakArgs) -> anyhow::Result<crate::report::Run> {
     let config = serde_json::to_value(args)?;
-    let mut s = Session::start(&args.common, args.users, Rooms::Blocks(args.room_size))?;
-    let mut samples = vec![sample(&s.common, 0.0, 0, 0)];
+    let reconnect = (args.reconnect_ms > 0).then_some(args.reconnect_ms);
+    let rooms = Rooms::Blocks(args.room_size);
+    let mut s = Session::start_with(&args.common, args.users, rooms, reconnect)?;
+    let mut samples = vec![sample(&s.common, 0.0, &Stats::default(), None)];
     s.fleet.send(&Command::Connect {
         users_end: args.users,
     });
@@ -125,24 +144,8 @@ pub fn soak(args: &SoakArgs) -> anyhow::Result<crate::report::Run> {
         rooms: args.churn_rooms,
     });
     let start = view;
-    let started = Instant::now();
-    let until = started + Duration::from_secs_f64(args.duration_s);
-    let mut next_sample = started;
     summary.stop_reason = "duration elapsed".into();
-    let mut v = start.clone();
-    while Instant::now() < until {
-        v = s.tick();
-        if s.server_gone(&v) {
-            summary.unreachable = true;
-            summary.stop_reason = "server unreachable".into();
-            break;
-        }
-        if Instant::now() >= next_sample {
-            let t = started.elapsed().as_secs_f64();
-            samples.push(sample(&s.common, t, v.totals.connected, v.totals.churn_ok));
-            next_sample += Duration::from_secs_f64(args.sample_interval_s);
-        }
-    }
+    let v = chat(&mut s, args, &start, &mut summary, &mut samples);
     s.fleet.send(&Command::StopPublish);
     s.fleet.send(&Command::Churn {
         per_s: 0.0,
@@ -162,28 +165,124 @@ pub fn soak(args: &SoakArgs) -> anyhow::Result<crate::report::Run> {
     let mut soak = verdict(args, samples);
     (soak.churn_ok, soak.churn_closed, soak.churn_fail) =
         (t.churn_ok, t.churn_closed, t.churn_fail);
+    (soak.drops, soak.reconnects, soak.reconnect_fail) =
+        (t.drops.clone(), t.reconnects, t.reconnect_fail);
+    soak.users_dropped = t.drops.values().sum();
     let mut run = s.finish("soak", config, summary);
+    judge(&mut soak, &run.summary);
     run.soak = Some(soak);
     Ok(run)
 }
 
-/// One sample of the server; `t_s` is seconds since chatting began.
-fn sample(common: &Common, t_s: f64, users: u64, churn_ok: u64) -> SoakSample {
+/// Ticks for `--duration-s`, with a sample every `--sample-interval-s` (its drops are the
+/// ones since the previous sample), or until the server is gone; returns the last view.
+fn chat(
+    s: &mut Session,
+    args: &SoakArgs,
+    start: &View,
+    summary: &mut Summary,
+    samples: &mut Vec<SoakSample>,
+) -> View {
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.duration_s);
+    let mut next_sample = started;
+    let mut v = start.clone();
+    let mut sampled = start.totals.clone();
+    while Instant::now() < until {
+        v = s.tick();
+        if s.server_gone(&v) {
+            summary.unreachable = true;
+            summary.stop_reason = "server unreachable".into();
+            break;
+        }
+        if Instant::now() >= next_sample {
+            let t = started.elapsed().as_secs_f64();
+            samples.push(sample(&s.common, t, &v.totals, Some(&sampled)));
+            sampled = v.totals.clone();
+            next_sample += Duration::from_secs_f64(args.sample_interval_s);
+        }
+    }
+    v
+}
+
+/// Clean: no chatting user dropped, every send acknowledged and delivered to each member
+/// of its room (received = acked × members), the server reachable throughout and no panic
+/// in its log (when `--server-log` names it). The verdict line starts with the reasons it
+/// is not, before the flatness of RSS and fds.
+fn judge(soak: &mut Soak, summary: &Summary) {
+    let mut faults = Vec::new();
+    if soak.users_dropped > 0 {
+        let kinds: Vec<String> = (soak.drops.iter())
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        faults.push(format!(
+            "{} chatting users dropped ({}; {} came back)",
+            soak.users_dropped,
+            kinds.join(", "),
+            soak.reconnects
+        ));
+    }
+    if summary.unreachable {
+        faults.push("the server became unreachable".into());
+    }
+    if summary.acked < summary.sent {
+        faults.push(format!(
+            "{} of {} sends not acknowledged",
+            summary.sent - summary.acked,
+            summary.sent
+        ));
+    }
+    match summary.expected_deliveries {
+        Some(e) if e == summary.received => {}
+        Some(e) => faults.push(format!(
+            "received {} ≠ acked × members {e}",
+            summary.received
+        )),
+        None => faults.push("no received = acked × members check (rooms unknown)".into()),
+    }
+    if let Some(n @ 1..) = summary.server_log_panics {
+        faults.push(format!("{n} panic line(s) in the server's log"));
+    }
+    soak.clean = faults.is_empty();
+    let head = if soak.clean {
+        "clean".to_string()
+    } else {
+        format!("NOT clean: {}", faults.join("; "))
+    };
+    soak.verdict = format!("{head}. Memory: {}", soak.verdict);
+}
+
+/// One sample of the server; `t_s` is seconds since chatting began. `totals`: the bench's
+/// counters now; `prev`: at the previous sample (the drops in between are the sample's).
+fn sample(common: &Common, t_s: f64, totals: &Stats, prev: Option<&Stats>) -> SoakSample {
     let mut gauges = BTreeMap::new();
+    let mut counters = BTreeMap::new();
     for server in &common.server {
         if let Some(text) = scrape(*server) {
             for (name, v) in parse_gauges(&text, &GAUGES) {
                 *gauges.entry(name).or_insert(0.0) += v;
             }
+            for (name, v) in parse_gauges(&text, &COUNTERS) {
+                *counters.entry(name).or_insert(0.0) += v;
+            }
         }
     }
+    let drops = (totals.drops.iter())
+        .filter_map(|(kind, n)| {
+            let before = prev.and_then(|p| p.drops.get(kind)).copied().unwrap_or(0);
+            (*n > before).then(|| (kind.clone(), n - before))
+        })
+        .collect();
     SoakSample {
         t_s,
         rss_bytes: servers_rss(&common.server_pid),
         fds: servers_fds(&common.server_pid),
-        users,
-        churn_ok,
+        users: totals.connected,
+        churn_ok: totals.churn_ok,
         gauges,
+        counters,
+        drops,
+        reconnects: totals.reconnects,
     }
 }
 

@@ -76,6 +76,11 @@ pub struct Job {
     pub setup_timeout_ms: u64,
     pub handshakes_in_flight_max: usize,
     pub stats_interval_ms: u64,
+    /// A user whose live session ends in an error comes back, as real clients do: after a
+    /// jittered wait of up to this many ms, doubled after each failed attempt (≤ 30 s), under
+    /// the same name, into the same room. `None`: a dropped user stays away.
+    #[serde(default)]
+    pub reconnect_ms: Option<u64>,
 }
 
 impl Job {
@@ -165,6 +170,17 @@ pub struct Stats {
     pub churn_closed: u64,
     #[serde(default)]
     pub churn_fail: u64,
+    /// Users (not churners) whose live session ended in an error, by error kind
+    /// (`ws_close_1001`, `connection_reset`, …): the drops, cumulative. Their kinds are in
+    /// `errors` too.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+    /// Sessions of dropped users that joined again (`Job::reconnect_ms`), and attempts
+    /// that failed before joining (their kinds are in `errors`, prefixed `rejoin_`).
+    #[serde(default)]
+    pub reconnects: u64,
+    #[serde(default)]
+    pub reconnect_fail: u64,
     pub last: bool,
 }
 
@@ -182,6 +198,9 @@ struct Shared {
     churn_ok: Cell<u64>,
     churn_closed: Cell<u64>,
     churn_fail: Cell<u64>,
+    reconnects: Cell<u64>,
+    reconnect_fail: Cell<u64>,
+    drops: RefCell<BTreeMap<String, u64>>,
     session_s_closed_sum: Cell<f64>,
     sessions_closed: Cell<u64>,
     /// Σ of live sessions' start times (seconds since origin), for the live session length.
@@ -376,6 +395,9 @@ fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::R
         churn_ok: s.churn_ok.get(),
         churn_closed: s.churn_closed.get(),
         churn_fail: s.churn_fail.get(),
+        drops: s.drops.borrow().clone(),
+        reconnects: s.reconnects.get(),
+        reconnect_fail: s.reconnect_fail.get(),
         last,
     };
     let mut out = std::io::stdout().lock();
@@ -385,7 +407,12 @@ fn write_stats(job: &Job, s: &Shared, with_rooms: bool, last: bool) -> anyhow::R
     Ok(())
 }
 
-/// One user: connect, upgrade, get admitted, join its room, then chat until the end.
+/// Longest wait between two reconnect attempts of a user.
+const RECONNECT_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// One user: a session (connect, upgrade, admission, join, chat until the end); a user
+/// dropped while live comes back when the job says so (`Job::reconnect_ms`), retrying with
+/// a doubling, jittered wait until it joins again.
 async fn user(
     who: Who,
     job: Rc<Job>,
@@ -393,6 +420,56 @@ async fn user(
     plan: watch::Receiver<Plan>,
     handshakes: Rc<Semaphore>,
 ) {
+    let mut rejoin = false;
+    let mut attempt: u32 = 0;
+    loop {
+        let end = session(who, &job, &shared, plan.clone(), &handshakes, rejoin).await;
+        let (Who::User(index), Some(base_ms)) = (who, job.reconnect_ms) else {
+            return;
+        };
+        match end {
+            End::Stopped => return,
+            End::SetupFailed if !rejoin => return,
+            End::Dropped => attempt = 0,
+            End::SetupFailed => attempt = attempt.saturating_add(1),
+        }
+        if plan.has_changed().is_err() {
+            return;
+        }
+        rejoin = true;
+        let cap = Duration::from_millis(base_ms.max(1))
+            .saturating_mul(1 << attempt.min(16))
+            .min(RECONNECT_WAIT_MAX);
+        // Jitter: the users dropped together do not all come back at the same instant.
+        let spread = index
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(u64::from(attempt))
+            % 1000;
+        let wait = cap.mul_f64((500 + spread / 2) as f64 / 1000.0);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// How one session of a user ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    /// Told to stop, or (a churner) left as planned.
+    Stopped,
+    /// Failed before it joined.
+    SetupFailed,
+    /// Joined, then lost its connection.
+    Dropped,
+}
+
+/// One session: connect, upgrade, get admitted, join its room, then chat until the end.
+async fn session(
+    who: Who,
+    job: &Rc<Job>,
+    shared: &Rc<Shared>,
+    plan: watch::Receiver<Plan>,
+    handshakes: &Semaphore,
+    rejoin: bool,
+) -> End {
     let permit = handshakes.acquire().await;
     let deadline = Instant::now() + Duration::from_millis(job.setup_timeout_ms);
     // A churner is never a publisher (index past every user) and has a room of its own
@@ -419,10 +496,10 @@ async fn user(
     let server_index = job.server_of(room);
     let server = job.servers[server_index];
     let churner = hold.is_some();
-    let stream = match tokio::time::timeout_at(deadline, connect(&job, server)).await {
+    let stream = match tokio::time::timeout_at(deadline, connect(job, server)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return fail(&shared, connect_error_kind(&e), churner),
-        Err(_) => return fail(&shared, "connect_timeout", churner),
+        Ok(Err(e)) => return fail(shared, connect_error_kind(&e), churner, rejoin),
+        Err(_) => return fail(shared, "connect_timeout", churner, rejoin),
     };
     let mut conn = Conn {
         job: job.clone(),
@@ -442,21 +519,31 @@ async fn user(
         sent: 0,
         rng: index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         failure: None,
+        rejoin,
     };
     let path = job.protocol.path(&name);
     let request = wire::upgrade_request(&server.to_string(), &path, conn.rng);
     conn.out.extend_from_slice(request.as_bytes());
     let outcome = conn.run(stream, plan, deadline, permit).await;
-    conn.finish(outcome);
+    conn.finish(outcome)
 }
 
-fn fail(shared: &Shared, kind: &str, churner: bool) {
+/// A session that failed before it joined: a churner's, a user's first, or a user's
+/// attempt to come back (`rejoin`, counted apart so that `connect_ok + connect_fail` stays
+/// the users tried).
+fn fail(shared: &Shared, kind: &str, churner: bool, rejoin: bool) -> End {
+    if rejoin {
+        Shared::bump(&shared.reconnect_fail);
+        shared.error(&format!("rejoin_{kind}"));
+        return End::SetupFailed;
+    }
     Shared::bump(if churner {
         &shared.churn_fail
     } else {
         &shared.connect_fail
     });
     shared.error(kind);
+    End::SetupFailed
 }
 
 /// `setsockopt(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT)` failed: without it every connection
@@ -557,6 +644,8 @@ struct Conn {
     sent: u64,
     rng: u64,
     failure: Option<String>,
+    /// A dropped user coming back: its join counts as a reconnect, not a new user.
+    rejoin: bool,
 }
 
 /// How a connection ended.
@@ -795,13 +884,17 @@ impl Conn {
             return;
         }
         Shared::bump(&s.connected);
-        Shared::bump(&s.connect_ok);
+        Shared::bump(if self.rejoin {
+            &s.reconnects
+        } else {
+            &s.connect_ok
+        });
         s.live_start_s_sum.set(s.live_start_s_sum.get() + since_s);
         s.rooms.borrow_mut().entry(self.room).or_default().1 += 1;
         s.by_server.borrow_mut()[self.server_index] += 1;
     }
 
-    fn finish(&mut self, outcome: Outcome) {
+    fn finish(&mut self, outcome: Outcome) -> End {
         let s = &self.shared;
         let kind = match outcome {
             Outcome::Stopped => None,
@@ -810,8 +903,11 @@ impl Conn {
         let churner = self.hold.is_some();
         match self.phase {
             Phase::Live { .. } if churner => match kind {
-                None => Shared::bump(&s.churn_closed),
-                Some(kind) => fail(s, &kind, true),
+                None => {
+                    Shared::bump(&s.churn_closed);
+                    End::Stopped
+                }
+                Some(kind) => fail(s, &kind, true, false),
             },
             Phase::Live { since_s } => {
                 let now_s = clock::since_origin_ns(self.job.clock_origin_ns) as f64 / 1e9;
@@ -825,14 +921,18 @@ impl Conn {
                 if let Some(r) = s.rooms.borrow_mut().get_mut(&self.room) {
                     r.1 -= 1;
                 }
-                if let Some(kind) = kind {
-                    s.error(&kind);
-                }
+                let Some(kind) = kind else {
+                    return End::Stopped;
+                };
+                s.error(&kind);
+                *s.drops.borrow_mut().entry(kind).or_default() += 1;
+                End::Dropped
             }
             _ => fail(
                 s,
                 kind.as_deref().unwrap_or("stopped_during_setup"),
                 churner,
+                self.rejoin,
             ),
         }
     }

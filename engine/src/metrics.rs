@@ -161,6 +161,7 @@ shard_metrics! {
     slow_consumer_closes: Counter = "slow_consumer_closes", "Connections closed 1013 `slow consumer`, for either reason below";
     slow_consumer_cap_closes: Counter = "slow_consumer_cap_closes", "Slow-consumer closes of a connection whose queue would pass outbound_queue_bytes_max (the hard cap)";
     slow_consumer_stall_closes: Counter = "slow_consumer_stall_closes", "Slow-consumer closes of a connection whose socket accepted no byte of its queue for write_stall_timeout_ms";
+    idle_timeout_closes: Counter = "idle_timeout_closes", "Connections closed 1001 `idle timeout`: nothing (not even a pong) read from them for --idle-timeout-ms, the shard's own stalls not counted";
     token_expired_closes: Counter = "token_expired_closes", "Connections closed 4001 `token expired`: their token's exp (+ --jwt-leeway-s) passed without a refresh";
     protocol_errors: Counter = "protocol_errors", "Requests answered with an error";
     rooms_homed: Gauge = "rooms_homed", "Rooms whose home is this shard";

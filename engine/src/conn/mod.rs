@@ -9,8 +9,8 @@
 //! references, bounded by `outbound_queue_bytes_max`, and all of them go out in one
 //! `sendmsg` (scatter-gather, non-blocking) per turn of the task.
 //!
-//! - [`outbound`]: the queue of frames and the one `sendmsg` (the only `unsafe` on the data
-//!   path);
+//! - [`outbound`]: the queue of frames and the one `sendmsg`, and the idle check's peek at
+//!   the socket (the only `unsafe` on the data path);
 //! - [`driver`]: the task, generic over a [`ConnHost`] — the shard, seen only through the
 //!   four calls a connection needs, so this module does not know the shard;
 //! - [`order`]: which of a connection's requests may start now, so they take effect in the
@@ -82,6 +82,9 @@ pub struct ConnEntry {
     /// Rooms this connection receives, each with its index in the shard's subscriber list.
     pub rooms: Vec<(Arc<str>, u32)>,
     pub out: Outbound,
+    /// The socket (owned by the connection's task, open as long as this entry exists): the
+    /// idle check peeks at it.
+    pub fd: Option<std::os::fd::RawFd>,
     pub waker: Option<Waker>,
     pub opened_at: Instant,
     pub last_recv: Instant,
@@ -144,6 +147,7 @@ impl ConnEntry {
             name: None,
             rooms: Vec::new(),
             out: Outbound::default(),
+            fd: None,
             waker: None,
             opened_at: now,
             last_recv: now,
@@ -175,6 +179,12 @@ impl ConnEntry {
     /// The task must not read: requests it read are still held.
     pub fn reading_paused(&self) -> bool {
         self.phase == Phase::Open && self.order.is_holding()
+    }
+
+    /// The client sent bytes the shard has not read yet: it is not idle, the shard is
+    /// behind (its connection tasks wait while its ticker runs first).
+    pub fn has_unread_bytes(&self) -> bool {
+        self.fd.is_some_and(outbound::has_unread)
     }
 
     pub fn wake(&mut self) {

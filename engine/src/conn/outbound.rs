@@ -128,6 +128,23 @@ impl Outbound {
     }
 }
 
+/// Bytes wait unread in the receive buffer of socket `fd` (a non-blocking one-byte
+/// `recv(MSG_PEEK)`: nothing is taken out). False on an error or at end of stream.
+pub(super) fn has_unread(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the buffer is one live byte of this frame, and `fd` is the open socket of a
+    // connection whose entry (and so whose stream) still exists; the call only peeks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
 /// Non-blocking scatter-gather send of `iov` on a stream socket.
 fn sendmsg(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
     // SAFETY: `msghdr` is plain data; a zeroed one has no address and no control data.
@@ -148,6 +165,25 @@ fn sendmsg(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn unread_bytes_are_seen_and_left_in_place() {
+        use std::io::{Read, Write};
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        assert!(!has_unread(b.as_raw_fd()), "nothing sent yet");
+        a.write_all(b"x").unwrap();
+        assert!(has_unread(b.as_raw_fd()));
+        assert!(has_unread(b.as_raw_fd()), "a peek takes nothing out");
+        let mut buf = [0u8; 4];
+        assert_eq!(b.read(&mut buf).unwrap(), 1);
+        assert!(!has_unread(b.as_raw_fd()), "read: nothing left");
+        drop(a);
+        assert!(
+            !has_unread(b.as_raw_fd()),
+            "end of stream is not unread bytes"
+        );
+    }
 
     #[test]
     fn partial_writes_keep_the_stream_intact() {

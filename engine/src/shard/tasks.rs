@@ -109,6 +109,7 @@ fn start_conn(shard: &Rc<RefCell<Shard>>, stream: TcpStream) {
     let entry = &mut shard.borrow_mut().conns[key];
     entry.peer = peer;
     entry.handshake_counted = handshake_counted;
+    entry.fd = Some(std::os::fd::AsRawFd::as_raw_fd(&stream));
     spawn_task(ConnDriver::new(shard.clone(), stream, key)).detach();
 }
 
@@ -152,10 +153,15 @@ async fn ticker(shard: Rc<RefCell<Shard>>) {
         let asked = Instant::now();
         glommio::timer::sleep(tick).await;
         let now = Instant::now();
-        if now - asked > tick + TICK_LATE {
+        // The shard did not run for this long past its tick: it read nothing and sent no
+        // ping meanwhile, so that time does not count against its clients' idleness.
+        let mut late = (now - asked).saturating_sub(tick);
+        if late > TICK_LATE {
             shard.borrow().metrics.stalls.inc();
+        } else {
+            late = Duration::ZERO;
         }
-        if shard.borrow_mut().on_tick(now) {
+        if shard.borrow_mut().on_tick(now, late) {
             let s = shard.borrow();
             s.instance.liveness.stopped(s.id);
             tracing::info!(shard = s.id, left = s.conns.len(), "drained");

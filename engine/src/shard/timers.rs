@@ -20,9 +20,10 @@ pub(super) struct DrainState {
 const SPREAD_MULTIPLIER: u64 = 2_654_435_761;
 
 impl Shard {
-    /// Heartbeats, timeouts, gauges and draining. Returns true once the shard may stop.
-    pub(super) fn on_tick(&mut self, now: Instant) -> bool {
-        self.check_connections(now);
+    /// Heartbeats, timeouts, gauges and draining, `late` past the tick asked for (zero
+    /// unless the shard stalled). Returns true once the shard may stop.
+    pub(super) fn on_tick(&mut self, now: Instant, late: Duration) -> bool {
+        self.check_connections(now, late);
         self.pace_replays();
         self.desk_tick(now);
         self.ip_limiter.expire(now);
@@ -36,7 +37,16 @@ impl Shard {
     /// Pings, handshake and close deadlines, idle connections, stalled writes. One pass over
     /// the connections, which the heartbeats need anyway; the stall rule adds an O(1) check
     /// to it (`Outbound::stalled_for`).
-    fn check_connections(&mut self, now: Instant) {
+    ///
+    /// `late`: how long the shard itself could not run (a stall: the core held, the thread
+    /// descheduled). It read nothing and sent no ping meanwhile, so that time is not the
+    /// clients' silence: each one's idle clock is moved on by it. Without this, the first
+    /// tick after a stall longer than the idle timeout — the ticker's queue always runs
+    /// first — closed every client 1001 `idle timeout`, those that had sent included
+    /// (their bytes still unread in the socket: the close then reset them). Likewise a
+    /// client whose bytes wait unread in its socket is not idle, however late the shard's
+    /// connection tasks are in reading them.
+    fn check_connections(&mut self, now: Instant, late: Duration) {
         let cfg = &self.instance.cfg;
         let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
@@ -49,6 +59,9 @@ impl Shard {
         let auth = &self.instance.auth;
         let mut queued = 0;
         for (key, entry) in self.conns.iter_mut() {
+            if !late.is_zero() {
+                entry.last_recv = (entry.last_recv + late).min(now);
+            }
             queued += entry.out.bytes();
             let stalled = entry.out.stalled_for(now) >= write_stall;
             match entry.phase {
@@ -62,7 +75,14 @@ impl Shard {
                 Phase::Closing | Phase::Api if entry.close_deadline.is_some_and(|d| now > d) => {
                     entry.kill = true
                 }
-                Phase::Open | Phase::Queued if now - entry.last_recv > idle => idle_keys.push(key),
+                Phase::Open | Phase::Queued if now - entry.last_recv > idle => {
+                    if entry.has_unread_bytes() {
+                        // Sent, not yet read: the shard is behind, not the client silent.
+                        entry.last_recv = now;
+                    } else {
+                        idle_keys.push(key);
+                    }
+                }
                 Phase::Open | Phase::Queued if now - entry.last_ping >= heartbeat => {
                     entry.last_ping = now;
                     entry.out.push(ws::ping());
@@ -72,6 +92,7 @@ impl Shard {
             entry.wake();
         }
         for key in idle_keys {
+            self.metrics.idle_timeout_closes.inc();
             self.close_conn(key, close::GOING_AWAY, "idle timeout", Unsent::Send);
         }
         for key in stalled_keys {

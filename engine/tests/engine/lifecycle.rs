@@ -166,6 +166,40 @@ fn a_stalled_shard_fails_healthz_until_it_runs_again() {
     }
 }
 
+/// Goal: a shard that could not run for longer than the idle timeout does not take its own
+/// silence for its clients': none is closed `idle timeout` when it runs again (issue 15's
+/// soak lost all 2,000 users at once so, 1,358 of them reset: their sends were unread).
+/// Method: one shard, a 1.5 s idle timeout; a joined client's shard stalls for 4 s
+/// (`--fault-injection`), and the client's request, sent meanwhile, waits in the socket.
+/// The ticker's queue runs first when the shard is back: before this rule, its check saw
+/// every client silent for 4 s and closed it before its bytes were read.
+#[tokio::test]
+async fn a_stall_longer_than_the_idle_timeout_closes_no_client() {
+    let server = with_faults(&[
+        "--shards",
+        "1",
+        "--heartbeat-ms",
+        "200",
+        "--idle-timeout-ms",
+        "1500",
+        "--stall-timeout-ms",
+        "30000",
+    ]);
+    let mut c = Client::connect(&server, "patient").await;
+    c.ok(json!({"op": "join", "room": "r"})).await;
+    let (status, _) = server.http("POST", "/debug/fault/stall-shard?shard=0&ms=4000", &[], "");
+    assert_eq!(status, 202);
+    // Answered once the shard runs again, on a connection still open.
+    c.ok(json!({"op": "ping"})).await;
+    c.ok(json!({"op": "send", "room": "r", "body": "still here"}))
+        .await;
+    assert!(
+        server.metric("sokdo_stalls_total") >= 1.0,
+        "the shard stalled"
+    );
+    assert_eq!(server.metric("sokdo_idle_timeout_closes_total"), 0.0);
+}
+
 #[test]
 fn fault_injection_is_refused_in_production_and_off_by_default() {
     let out = std::process::Command::new(crate::support::sokdo_bin())
