@@ -1,5 +1,5 @@
 //! `soak`: a long run at a moderate load — users chatting in rooms while short connections
-//! churn (connect, join, stay, leave, a new name each time) — that samples the server every
+//! churn (connect, join, stay, leave, a name that returns after `rooms × 10` churns) — that samples the server every
 //! few seconds (RSS, open fds, the queue gauges of /metrics) and says whether those stay
 //! flat after the warm-up. The verdict is reported, not a pass/fail: a slope is a
 //! measurement of this machine and this run.

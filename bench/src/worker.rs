@@ -114,8 +114,9 @@ pub enum Command {
     StopPublish,
     /// Besides the users, open `per_s` short connections a second (this worker's share:
     /// `per_s / workers`), each with its own user name: connect, upgrade, admission, join
-    /// one of `rooms` churn rooms (nobody publishes there), stay `hold_ms`, close, and never
-    /// come back under that name. `per_s` 0 stops the churn.
+    /// one of `rooms` churn rooms (nobody publishes there), stay `hold_ms`, close; a name
+    /// comes back, to the same room, after `rooms × CHURN_NAMES_PER_ROOM` churns, so the
+    /// server's memberships stay bounded. `per_s` 0 stops the churn.
     Churn {
         per_s: f64,
         hold_ms: u64,
@@ -315,6 +316,9 @@ async fn serve(job: Job, mut cmds: mpsc::UnboundedReceiver<Command>) -> anyhow::
     }
 }
 
+/// Names a worker's churners take in turn, per churn room.
+const CHURN_NAMES_PER_ROOM: u64 = 10;
+
 /// What one churn connection does (`Command::Churn`).
 #[derive(Clone, Copy, Debug)]
 struct Churn {
@@ -483,7 +487,11 @@ async fn session(
         Who::Churner { n, hold_ms, rooms } => {
             let room = n % rooms;
             let room_name = format!("{}-c{room}", job.room_prefix);
-            let name = format!("c{}x{n}", job.worker);
+            // Churners come back under one of `CHURN_NAMES_PER_ROOM` names per room, always
+            // to that room, as real users return: a disconnect keeps its memberships, so a
+            // new name each time grew the server's memberships for ever (311,707 after 28
+            // minutes of the first release soak) and its RSS with them.
+            let name = format!("c{}x{}", job.worker, n % (rooms * CHURN_NAMES_PER_ROOM));
             (
                 u64::MAX,
                 room,
