@@ -2,7 +2,8 @@
 # What the test command needs beyond Rust and Node: Chromium, a Hangul font and
 # playwright-core for the browser test; kosoku (Autobahn cases) and SecantusDB (a MongoDB-wire
 # server) in the project's venv; the storage fault tests' tools (losetup from mount, mkfs.ext4
-# from e2fsprogs, dmsetup for kernels with device-mapper). scripts/fuzz installs cargo-fuzz itself.
+# from e2fsprogs, dmsetup for kernels with device-mapper); perf for `sokdo-bench profile`
+# (docs/PROFILING.md; Debian's linux-perf). scripts/fuzz installs cargo-fuzz itself.
 # Idempotent, non-interactive, run as root.
 # (The bench's comparison peers are installed separately: scripts/install-bench-peers.sh.)
 set -euo pipefail
@@ -12,6 +13,7 @@ fault_tools=()
 command -v losetup >/dev/null || fault_tools+=(mount)
 command -v mkfs.ext4 >/dev/null || fault_tools+=(e2fsprogs)
 command -v dmsetup >/dev/null || fault_tools+=(dmsetup)
+command -v perf >/dev/null || fault_tools+=(linux-perf)
 if [ "${#fault_tools[@]}" -gt 0 ]; then
   apt-get update
   apt-get install -y "${fault_tools[@]}" </dev/null
