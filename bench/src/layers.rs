@@ -138,14 +138,14 @@ pub fn render(s: &Shares) -> String {
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
         .collect();
-    layers.sort_by(|a, b| b.1.cmp(&a.1));
+    layers.sort_by_key(|l| std::cmp::Reverse(l.1));
     rows(
         "per layer (the frame nearest the leaf that names one):",
         layers,
     );
     let mut threads: Vec<(String, u64)> =
         s.by_thread.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    threads.sort_by(|a, b| b.1.cmp(&a.1));
+    threads.sort_by_key(|t| std::cmp::Reverse(t.1));
     rows("per thread:", threads);
     out
 }

@@ -54,13 +54,17 @@ pub struct Rendered {
     pub headers: &'static str,
 }
 
-/// Starts sampling every thread of the process at `request.hz`. Not for a shard: it reads
-/// the list of loaded libraries (the unwinder must not walk into libc's or the vDSO's
-/// frames, which keep no frame pointers).
+/// Starts sampling every thread of the process at `request.hz`. Called on the blocking pool
+/// (it installs the signal handler and arms the timer: quick, but not the shard's business).
+///
+/// No blocklist: pprof drops every sample whose interrupted address lies in a blocklisted
+/// library, and a chat server's CPU is largely the kernel's work in its syscalls, whose user
+/// address is libc's syscall wrapper — blocklisting libc would hide most of it. The frame
+/// pointer unwinder checks every address before it reads it, so walking through a libc frame
+/// without a frame pointer at worst loses that frame's caller, never crashes.
 pub fn start(claim: Claim, request: ProfileRequest) -> Result<Sampling, String> {
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(request.hz as i32)
-        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
         .build()
         .map_err(|e| format!("the profiler did not start: {e}"))?;
     Ok(Sampling {

@@ -486,9 +486,34 @@ mod tests {
             Outcome::Incomplete => "incomplete".into(),
             Outcome::Api(_) => "api".into(),
             Outcome::Fault(_) => "fault".into(),
+            Outcome::Profile(p) => format!("profile {p:?}"),
             #[cfg(feature = "autobahn")]
             Outcome::Echo { response } => String::from_utf8_lossy(&response[..12]).into_owned(),
         }
+    }
+
+    #[test]
+    fn a_profile_request_defaults_to_go_s_30_seconds_as_an_svg() {
+        assert_eq!(
+            profile_request(""),
+            Ok(ProfileRequest {
+                seconds: 30,
+                hz: 999,
+                format: ProfileFormat::Svg
+            })
+        );
+        assert_eq!(
+            profile_request("seconds=60&format=pb&hz=1000"),
+            Ok(ProfileRequest {
+                seconds: 60,
+                hz: 1000,
+                format: ProfileFormat::Pb
+            })
+        );
+        assert!(profile_request("seconds=-1")
+            .unwrap_err()
+            .contains("1..=60"));
+        assert!(profile_request("debug=1").unwrap_err().contains("unknown"));
     }
 
     const UPGRADE: &str = "GET /ws?user=al%20ice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";

@@ -10,10 +10,11 @@ use crate::support::{clients_on_both_shards, eventually, Client, Server, WAIT};
 const KEY: (&str, &str) = ("X-Api-Key", "k3y");
 
 /// One raw HTTP/1.1 request; the status, the head and the body as bytes (a protobuf is not
-/// UTF-8).
+/// UTF-8). The wait covers the profile's window and its rendering, which symbolises the
+/// stacks against a 200 MB debug build: seconds, more on a loaded machine.
 fn fetch(server: &Server, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
     let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
-    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_read_timeout(Some(3 * WAIT)).unwrap();
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -141,10 +142,18 @@ async fn a_profile_while_clients_chat_names_the_shards_and_their_functions() {
     assert!(head.contains("Content-Type: text/plain"), "{head}");
     assert!(sent > 0, "the clients were served during the profile");
     // Both glommio threads took SIGPROF: each shard's thread is a root of the stacks.
+    let samples = |thread: &str| -> u64 {
+        folded
+            .lines()
+            .filter(|l| l.starts_with(thread))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
     for shard in ["sokdo-shard-0", "sokdo-shard-1"] {
         assert!(
-            folded.lines().any(|l| l.starts_with(shard)),
-            "no stack of {shard}:\n{folded}"
+            samples(shard) > 0,
+            "no stack of {shard} ({} samples in all, {sent} messages):\n{folded}",
+            samples("")
         );
     }
     assert!(folded.contains("sokdo_engine::shard::"), "{folded}");
