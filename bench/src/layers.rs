@@ -78,7 +78,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
 /// The layer that is none of the above (libc, unresolved frames).
 pub const OTHER: &str = "other (libc, unresolved)";
 
-/// Samples per layer and per thread of folded stacks.
+/// Counts per layer and per thread of folded stacks (perf's: ns of CPU time, its sample
+/// periods; pprof's: samples).
 #[derive(Debug, Default, PartialEq)]
 pub struct Shares {
     pub total: u64,
@@ -125,7 +126,11 @@ pub fn shares(folded: &str) -> Shares {
 
 /// The table a person reads: each layer's and each thread's share, largest first.
 pub fn render(s: &Shares) -> String {
-    let mut out = format!("{} samples\n", s.total);
+    // perf's cpu-clock counts are its sample periods, ns of CPU; pprof's are samples.
+    let mut out = format!(
+        "{} in all (perf: ns of CPU time; /debug/pprof: samples)\n",
+        s.total
+    );
     let pct = |n: u64| 100.0 * n as f64 / s.total.max(1) as f64;
     let mut rows = |title: &str, items: Vec<(String, u64)>| {
         let _ = writeln!(out, "{title}");
@@ -184,6 +189,6 @@ not a stack line
     fn an_empty_profile_has_no_share() {
         let s = shares("");
         assert_eq!(s.total, 0);
-        assert!(render(&s).starts_with("0 samples"));
+        assert!(render(&s).starts_with("0 in all"));
     }
 }

@@ -296,7 +296,8 @@ fn collapse(data: &Path, folded: &Path) -> anyhow::Result<()> {
 fn render(folded: &Path, svg: &Path, title: &str, negate: bool) -> anyhow::Result<()> {
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_string();
-    options.count_name = "samples".into();
+    // collapse-perf counts each sample as its period: cpu-clock's is in ns.
+    options.count_name = "ns".into();
     options.negate_differentials = negate;
     let input = std::fs::File::open(folded)?;
     let out = BufWriter::new(std::fs::File::create(svg)?);
@@ -342,4 +343,39 @@ fn differential_svgs(args: &ProfileArgs, base: &Profiled, new: &Profiled) -> any
         eprintln!("wrote {} and {}", svg.display(), folded.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> ProfileArgs {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            inner: ProfileArgs,
+        }
+        Wrap::try_parse_from(std::iter::once("profile").chain(argv.iter().copied()))
+            .expect("profile's flags")
+            .inner
+    }
+
+    #[test]
+    fn a_profile_runs_its_scenario_as_compare_would() {
+        let args = parse(&[
+            "--scenario",
+            "ramp",
+            "--scenario-args",
+            "--step-s 3 --target-users 2000",
+            "--base-args",
+            "--durability async",
+            "--server-processes",
+            "2",
+        ]);
+        // The flags, hyphens and all, reach compare's parser; a scenario flag that does not
+        // exist is refused when the scenario parses them (as `compare` does).
+        assert!(compare_args(&args, None, "--durability async", 19_300).is_ok());
+        assert!(compare_args(&args, Some(Path::new("/bin/true")), "", 19_300).is_ok());
+        assert_eq!(args.base_args.as_deref(), Some("--durability async"));
+    }
 }
