@@ -247,7 +247,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
 
 /// Fails, naming `flag`, when `cpus` names a CPU this machine does not have online (taskset
 /// and sched_setaffinity would refuse it later, for every run).
-fn check_online(flag: &str, cpus: &CpuList) -> anyhow::Result<()> {
+pub(crate) fn check_online(flag: &str, cpus: &CpuList) -> anyhow::Result<()> {
     let Some(online) = kernel::online_cpus() else {
         return Ok(());
     };
@@ -309,7 +309,7 @@ fn parse_flags<T: Args>(
         .inner)
 }
 
-fn run_scenario(
+pub(crate) fn run_scenario(
     args: &CompareArgs,
     scenario: ScenarioKind,
     target: TargetKind,
@@ -352,10 +352,10 @@ fn not_started(scenario: ScenarioKind, target: TargetKind, e: &anyhow::Error) ->
 
 /// A target under test: its server processes (one per port, from `port`) and the cgroup
 /// holding them all — one emulated instance whose processes sit behind a load balancer.
-struct Server {
+pub(crate) struct Server {
     /// The binary (a Node peer: its script) the processes run: what tells two sokdo builds
     /// apart in the reports.
-    bin: String,
+    pub(crate) bin: String,
     children: Vec<Child>,
     addrs: Vec<SocketAddr>,
     cpus: CpuList,
@@ -371,7 +371,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &CompareArgs, target: TargetKind, port: u16) -> anyhow::Result<Server> {
+    pub(crate) fn start(
+        args: &CompareArgs,
+        target: TargetKind,
+        port: u16,
+    ) -> anyhow::Result<Server> {
         let processes = args.server_processes.max(1);
         let limit = args.memory_limit_mib * 1024 * 1024;
         let cgroup = make_cgroup(name(target), limit)
@@ -478,7 +482,7 @@ impl Server {
         server.wait_ready(Duration::from_secs(30))
     }
 
-    fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|c| c.id()).collect()
     }
 
@@ -516,7 +520,7 @@ impl Server {
         (peak, oom)
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         for child in &self.children {
             // Our own child, not yet reaped: its pid cannot have been reused.
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);

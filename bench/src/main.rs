@@ -7,7 +7,9 @@
 //!   reports.
 //! - `scenario.rs` / `steady.rs` drive a scenario one tick (1 s) at a time; `compare.rs` runs
 //!   scenarios against each target with the server pinned, memory-limited and, when asked,
-//!   held to a CPU quota.
+//!   held to a CPU quota. `profile.rs` runs one of them under `perf record` and renders
+//!   flamegraphs (and differential ones) with inferno; `layers.rs` reads per-layer CPU
+//!   shares out of folded stacks.
 //! - `fleet.rs` starts worker processes (this binary, `worker`), sends them commands and
 //!   merges their stats and hdrhistograms.
 //! - `worker.rs` holds the connections: a single-threaded runtime per process, ≤ 18,000
@@ -25,7 +27,9 @@ mod compare;
 mod fleet;
 mod html;
 mod kernel;
+mod layers;
 mod output;
+mod profile;
 mod proto;
 mod report;
 mod scenario;
@@ -66,6 +70,13 @@ enum Cmd {
     Idle(IdleArgs),
     /// Run scenarios against several servers, one after another, pinned and limited alike.
     Compare(compare::CompareArgs),
+    /// Run a scenario against a release build sampled by `perf record`: flamegraph SVG,
+    /// folded stacks and per-layer shares; with --base-binary/--base-args, a differential
+    /// flamegraph too (docs/PROFILING.md).
+    Profile(profile::ProfileArgs),
+    /// Per-layer and per-thread CPU shares of folded stacks (perf's, collapsed, or
+    /// `/debug/pprof/profile?format=folded`).
+    Layers { folded: Vec<std::path::PathBuf> },
     /// Render the HTML report of an existing JSON report.
     Html {
         json: std::path::PathBuf,
@@ -83,6 +94,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Html { json, html } => {
             let report: Report = serde_json::from_slice(&std::fs::read(&json)?)?;
             std::fs::write(&html, html::render(&report)?)?;
+            return Ok(());
+        }
+        Cmd::Profile(args) => return profile::run(&args),
+        Cmd::Layers { folded } => {
+            for path in folded {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                println!("== {}", path.display());
+                println!("{}", layers::render(&layers::shares(&text)));
+            }
             return Ok(());
         }
         Cmd::Compare(args) => {

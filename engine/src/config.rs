@@ -102,6 +102,11 @@ pub struct Config {
     #[serde(serialize_with = "redacted")]
     pub api_key: Option<String>,
 
+    /// Serve `GET /debug/pprof/profile` (an on-demand CPU profile: docs/PROFILING.md) behind
+    /// --api-key. Without an API key the endpoint answers 403 whatever this says.
+    #[arg(long, env = "SOKDO_DEBUG_ENDPOINTS", default_value_t = true, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub debug_endpoints: bool,
+
     /// Serve `/api/auth/register|login|password` (accounts kept in `accounts.redb`).
     /// Needs --jwt-secret to sign the tokens it issues.
     #[arg(long, env = "SOKDO_ACCOUNTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

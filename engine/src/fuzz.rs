@@ -53,6 +53,7 @@ pub fn http_head(head: &[u8]) {
         faults: false,
         api_key: Some("fuzz-api-key"),
         accounts: true,
+        debug_endpoints: true,
         body_bytes_max: PARSE_LIMITS.body_bytes_max,
         request_bytes_max: HTTP_REQUEST_BYTES_MAX,
     };
@@ -73,7 +74,7 @@ pub fn http_head(head: &[u8]) {
             );
             check_status_line(101, &response);
         }
-        Outcome::Incomplete | Outcome::Api(_) | Outcome::Fault(_) => {}
+        Outcome::Incomplete | Outcome::Api(_) | Outcome::Fault(_) | Outcome::Profile(_) => {}
         #[cfg(feature = "autobahn")]
         Outcome::Echo { .. } => {}
     }

@@ -59,6 +59,8 @@ mod conn;
 mod instance;
 mod mesh;
 mod persist;
+// The on-demand CPU profile (`/debug/pprof/profile`), sampled off the shards.
+mod profiler;
 // A room's home, then the shard that hosts homes and connections.
 mod home;
 pub mod server;

@@ -166,6 +166,8 @@ shard_metrics! {
     protocol_errors: Counter = "protocol_errors", "Requests answered with an error";
     rooms_homed: Gauge = "rooms_homed", "Rooms whose home is this shard";
     stalls: Counter = "stalls", "Ticks of this shard's timer that fired over 50 ms late: a task held the core (see --detect-stalls for its backtrace)";
+    debug_profiles: Counter = "debug_profiles", "CPU profiles started by GET /debug/pprof/profile (counted on the shard that took the request)";
+    debug_profile_running: Gauge = "debug_profile_running", "1 on the shard whose /debug/pprof/profile is sampling or rendering (one per process at a time)";
     fanout_latency: LatencyHistogram = "fanout_latency_seconds", "From a send arriving at a shard to its frame being queued to the subscribers of another (or the same) shard";
 }
 

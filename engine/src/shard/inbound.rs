@@ -76,6 +76,7 @@ impl Shard {
                 }
             }
             Outcome::Fault(fault) => self.on_fault(key, fault),
+            Outcome::Profile(request) => self.on_profile(key, request),
             #[cfg(feature = "autobahn")]
             Outcome::Echo { response } => self.echo_upgraded(key, response),
         }
@@ -256,6 +257,7 @@ impl Shard {
             faults: self.cfg().fault_injection,
             api_key: self.cfg().api_key.as_deref(),
             accounts: self.instance.accounts.is_some(),
+            debug_endpoints: self.cfg().debug_endpoints,
             body_bytes_max: self.cfg().body_bytes_max as usize,
             request_bytes_max: max,
         };

@@ -28,6 +28,7 @@ mod inbound;
 mod ip_limit;
 mod offload;
 mod outbox;
+mod profile;
 mod replay;
 mod rooms_query;
 mod tasks;

@@ -35,6 +35,8 @@ pub enum Outcome {
     },
     /// Test only (`--fault-injection`): answer 202, then inject the fault.
     Fault(Fault),
+    /// `GET /debug/pprof/profile` (API key checked): sample the process, answer the report.
+    Profile(ProfileRequest),
     /// Test only (cargo feature `autobahn`): `/autobahn` upgraded, after the checks and the
     /// authentication of `/ws`; the connection echoes every message (shard/echo.rs).
     #[cfg(feature = "autobahn")]
@@ -51,6 +53,34 @@ pub enum Fault {
     /// `/debug/fault/panic-log`: the write-ahead log thread panics.
     PanicLog,
 }
+
+/// `GET /debug/pprof/profile?seconds=N&format=F&hz=H` (docs/PROFILING.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileRequest {
+    /// The sampling window, in 1..=[`PROFILE_SECONDS_MAX`] (default 30, as Go's).
+    pub seconds: u64,
+    /// Samples per second of CPU time, in 1..=[`PROFILE_HZ_MAX`] (default 999, as the perf
+    /// command of docs/PROFILING.md).
+    pub hz: u32,
+    pub format: ProfileFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileFormat {
+    /// An interactive flamegraph (the default).
+    Svg,
+    /// pprof's protobuf, gzip'd (`go tool pprof` reads it).
+    Pb,
+    /// Folded stacks, one `thread;frame;…;leaf count` per line (inferno's and FlameGraph's
+    /// input; `sokdo-bench layers` reads it).
+    Folded,
+}
+
+/// The longest profile one request may ask for.
+pub const PROFILE_SECONDS_MAX: u64 = 60;
+/// The highest sampling rate one request may ask for (the kernel's timer granularity makes
+/// more meaningless, and each sample costs the sampled thread a signal).
+pub const PROFILE_HZ_MAX: u32 = 1000;
 
 /// What the router needs to know about the server's state.
 pub struct Context<'a> {
@@ -77,6 +107,8 @@ pub struct Context<'a> {
     pub api_key: Option<&'a str>,
     /// `--accounts`: enables `/api/auth/*`.
     pub accounts: bool,
+    /// `--debug-endpoints`: serve `/debug/pprof/*` (behind `api_key`).
+    pub debug_endpoints: bool,
     pub body_bytes_max: usize,
     /// `http_request_bytes_max`: a request (head and body) must fit in it.
     pub request_bytes_max: usize,
@@ -165,6 +197,9 @@ impl Outcome {
                 _ => Outcome::plain(405, "POST only\n"),
             };
         }
+        if let Some(what) = path.strip_prefix("/debug/pprof/") {
+            return pprof(req, what, query, ctx);
+        }
         if req.method != Some("GET") {
             return Outcome::plain(405, "only GET is served here\n");
         }
@@ -223,6 +258,79 @@ fn fault(kind: &str, query: &str) -> Result<Fault, String> {
         "panic-log" => Ok(Fault::PanicLog),
         _ => Err("faults: panic-shard?shard=N, stall-shard?shard=N&ms=M, panic-log\n".into()),
     }
+}
+
+/// `/debug/pprof/WHAT`: on when `--debug-endpoints` and `--api-key` are, the key checked
+/// before anything else is read.
+fn pprof(req: &httparse::Request<'_, '_>, what: &str, query: &str, ctx: &Context<'_>) -> Outcome {
+    if !ctx.debug_endpoints {
+        return Outcome::plain(
+            404,
+            "the debug endpoints are off (--debug-endpoints false)\n",
+        );
+    }
+    let Some(expected) = ctx.api_key else {
+        return Outcome::plain(
+            403,
+            "the debug endpoints need an API key (start the server with --api-key)\n",
+        );
+    };
+    if header(req, "x-api-key") != Some(expected) {
+        return Outcome::plain(401, "missing or wrong X-Api-Key\n");
+    }
+    if what != "profile" {
+        return Outcome::plain(404, "/debug/pprof/ serves `profile` only\n");
+    }
+    if req.method != Some("GET") {
+        return Outcome::plain(405, "GET only\n");
+    }
+    match profile_request(query) {
+        Ok(p) => Outcome::Profile(p),
+        Err(why) => Outcome::plain(400, &format!("{why}\n")),
+    }
+}
+
+/// Parses the query of `/debug/pprof/profile`.
+pub fn profile_request(query: &str) -> Result<ProfileRequest, String> {
+    let mut p = ProfileRequest {
+        seconds: 30,
+        hz: 999,
+        format: ProfileFormat::Svg,
+    };
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "seconds" => {
+                p.seconds = v
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=PROFILE_SECONDS_MAX).contains(s))
+                    .ok_or_else(|| {
+                        format!("?seconds={v}: must be a whole number in 1..={PROFILE_SECONDS_MAX}")
+                    })?;
+            }
+            "hz" => {
+                p.hz = v
+                    .parse()
+                    .ok()
+                    .filter(|h| (1..=PROFILE_HZ_MAX).contains(h))
+                    .ok_or_else(|| {
+                        format!(
+                            "?hz={v}: samples per second, a whole number in 1..={PROFILE_HZ_MAX}"
+                        )
+                    })?;
+            }
+            "format" => {
+                p.format = match &*v {
+                    "svg" => ProfileFormat::Svg,
+                    "pb" => ProfileFormat::Pb,
+                    "folded" => ProfileFormat::Folded,
+                    _ => return Err(format!("?format={v}: svg, pb or folded")),
+                };
+            }
+            _ => return Err(format!("?{k}=: unknown parameter (seconds, format, hz)")),
+        }
+    }
+    Ok(p)
 }
 
 fn header<'h>(req: &httparse::Request<'_, 'h>, name: &str) -> Option<&'h str> {
@@ -370,6 +478,7 @@ mod tests {
             health: &|| Ok(()),
             faults: false,
             api_key: None,
+            debug_endpoints: true,
             accounts: false,
             body_bytes_max: 100,
             request_bytes_max: 1000,
@@ -389,9 +498,34 @@ mod tests {
             Outcome::Incomplete => "incomplete".into(),
             Outcome::Api(_) => "api".into(),
             Outcome::Fault(_) => "fault".into(),
+            Outcome::Profile(p) => format!("profile {p:?}"),
             #[cfg(feature = "autobahn")]
             Outcome::Echo { response } => String::from_utf8_lossy(&response[..12]).into_owned(),
         }
+    }
+
+    #[test]
+    fn a_profile_request_defaults_to_go_s_30_seconds_as_an_svg() {
+        assert_eq!(
+            profile_request(""),
+            Ok(ProfileRequest {
+                seconds: 30,
+                hz: 999,
+                format: ProfileFormat::Svg
+            })
+        );
+        assert_eq!(
+            profile_request("seconds=60&format=pb&hz=1000"),
+            Ok(ProfileRequest {
+                seconds: 60,
+                hz: 1000,
+                format: ProfileFormat::Pb
+            })
+        );
+        assert!(profile_request("seconds=-1")
+            .unwrap_err()
+            .contains("1..=60"));
+        assert!(profile_request("debug=1").unwrap_err().contains("unknown"));
     }
 
     const UPGRADE: &str = "GET /ws?user=al%20ice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";

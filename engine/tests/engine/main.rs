@@ -24,6 +24,7 @@ mod limits;
 mod messaging;
 mod mongo;
 mod ordering;
+mod profiling;
 mod resets;
 mod storage;
 mod stress;
