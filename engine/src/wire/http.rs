@@ -465,6 +465,14 @@ fn upgrade(req: &httparse::Request<'_, '_>, query: &str, ctx: &Context<'_>) -> O
 mod tests {
     use super::*;
 
+    /// The response to `GET path` (a test's request that must be answered at once).
+    fn get(path: &str, ctx: &Context) -> String {
+        match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), ctx) {
+            Outcome::Respond { response, .. } => String::from_utf8_lossy(&response).into_owned(),
+            _ => panic!("not a response"),
+        }
+    }
+
     fn ctx(auth: &Auth, draining: bool) -> Context<'_> {
         Context {
             auth,
@@ -635,13 +643,7 @@ mod tests {
             log_failure: Some(why.to_string()),
             ..ctx(&auth, false)
         };
-        let answer =
-            |path: &str| match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), &ctx) {
-                Outcome::Respond { response, .. } => {
-                    String::from_utf8_lossy(&response).into_owned()
-                }
-                _ => panic!("not a response"),
-            };
+        let answer = |path: &str| get(path, &ctx);
         let ready = answer("/readyz");
         assert!(
             ready.starts_with("HTTP/1.1 503") && ready.ends_with(&format!("{why}\n")),
@@ -659,13 +661,7 @@ mod tests {
             cluster: &|| String::from(r#"{"quorum":false}"#),
             ..ctx(&auth, false)
         };
-        let answer =
-            |path: &str| match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), &ctx) {
-                Outcome::Respond { response, .. } => {
-                    String::from_utf8_lossy(&response).into_owned()
-                }
-                _ => panic!("not a response"),
-            };
+        let answer = |path: &str| get(path, &ctx);
         let ready = answer("/readyz");
         assert!(
             ready.starts_with("HTTP/1.1 503") && ready.ends_with(&format!("{why}\n")),
