@@ -466,7 +466,7 @@ mod tests {
     use super::*;
 
     /// The response to `GET path` (a test's request that must be answered at once).
-    fn get(path: &str, ctx: &Context) -> String {
+    fn get(path: &str, ctx: &Context<'_>) -> String {
         match route(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), ctx) {
             Outcome::Respond { response, .. } => String::from_utf8_lossy(&response).into_owned(),
             _ => panic!("not a response"),
