@@ -301,19 +301,24 @@ pub fn request_id(frame: &[u8]) -> RequestId {
     checked_id(wire.id?).ok()
 }
 
-/// An `id` is a string, or a number that a JSON reader can hold (a finite double): one
-/// like `1e999` would be echoed as something the client's own parser rejects.
+/// An `id` is a string that is text (no lone surrogate: `"\ud800"` passes the raw scan
+/// but no strict reader takes it back), or a number that a JSON reader can hold (a finite
+/// double): one like `1e999` would be echoed as something the client's own parser rejects.
+/// Found by the `protocol_request` fuzz target (docs/SECURITY.md "Found").
 fn checked_id(raw: &RawValue) -> Result<Box<RawValue>, ProtoError> {
     let text = raw.get();
     let valid = match text.as_bytes().first() {
-        Some(b'"') => true,
+        Some(b'"') => {
+            serde_json::from_str::<&str>(text).is_ok()
+                || serde_json::from_str::<String>(text).is_ok()
+        }
         Some(b'-' | b'0'..=b'9') => text.parse::<f64>().is_ok_and(f64::is_finite),
         _ => false,
     };
     if !valid {
         return Err(ProtoError::new(
             ErrorCode::BadRequest,
-            "`id` must be a string or a number within the range of a double",
+            "`id` must be a string of text or a number within the range of a double",
         ));
     }
     Ok(raw.to_owned())
@@ -827,7 +832,7 @@ mod tests {
         assert_eq!(e.message, format!("unknown op `{}`", "x".repeat(32)));
         let (id, e) = parse(br#"{"op":"ping","id":[1]}"#, LIMITS).unwrap_err();
         assert!(id.is_none());
-        let bad_id = "`id` must be a string or a number within the range of a double";
+        let bad_id = "`id` must be a string of text or a number within the range of a double";
         assert_eq!(e.message, bad_id);
         let (id, e) = parse(br#"{"op":"ping","id":1e999}"#, LIMITS).unwrap_err();
         assert!(id.is_none(), "not echoed");
@@ -839,6 +844,16 @@ mod tests {
             r#""a""#
         );
         assert!(request_id(br#"{"id":1e999}"#).is_none());
+        // A lone surrogate is not text: echoed, no strict JSON reader reads the reply.
+        let (id, e) = parse(br#"{"op":"ping","id":"a\ud800b"}"#, LIMITS).unwrap_err();
+        assert!(id.is_none(), "not echoed");
+        assert_eq!(e.message, bad_id);
+        let (id, _) = parse(br#"{"op":"ping","id":"\ud83d\ude00 \\ \n"}"#, LIMITS).unwrap();
+        assert_eq!(
+            id.unwrap().get(),
+            r#""\ud83d\ude00 \\ \n""#,
+            "a surrogate pair is text"
+        );
         assert!(request_id(b"not json").is_none());
     }
 
