@@ -72,6 +72,9 @@ async fn a_client_that_stops_reading_is_closed_1013_and_memory_stays_bounded() {
         "600000",
         "--history-ring-messages-max",
         "16",
+        // 1,500 sends from one connection: its request rate is not what this test is about.
+        "--messages-per-connection-per-s",
+        "0",
     ]);
     // The slow client shrinks its receive buffer so the server's queue fills quickly.
     let socket = TcpSocket::new_v4().unwrap();
