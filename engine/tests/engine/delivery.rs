@@ -5,10 +5,9 @@
 
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{eventually, temp_dir, Client, Server};
+use crate::support::{eventually, small_buffer_client, temp_dir, Client, Server};
 
 /// Feeds `n` sends to `room` without waiting for any reply (ids `first..first + n`).
 async fn feed_sends(c: &mut Client, room: &str, first: u64, n: u64, body: &str) {
@@ -65,19 +64,6 @@ async fn replay_until(c: &mut Client, room: &str, id: u64, last: u64) -> (Vec<u6
         seqs.push(v["seq"].as_u64().unwrap());
     }
     (seqs, ok)
-}
-
-/// A client whose socket has a 4 KiB receive buffer, so a server's queue to it fills fast
-/// once it stops reading.
-async fn small_buffer_client(server: &Server, user: &str) -> Client {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream =
-        tokio_tungstenite::MaybeTlsStream::Plain(socket.connect(server.addr).await.unwrap());
-    let (ws, _) = tokio_tungstenite::client_async(server.ws_url(&format!("user={user}")), stream)
-        .await
-        .unwrap();
-    Client::from_ws(ws).await
 }
 
 // === finding 2: slow consumers ===

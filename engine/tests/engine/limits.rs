@@ -2,9 +2,8 @@
 //! right codes; a slow consumer cannot grow the server's memory.
 
 use serde_json::json;
-use tokio::net::TcpSocket;
 
-use crate::support::{eventually, Client, Server};
+use crate::support::{eventually, small_buffer_client, Client, Server};
 
 #[tokio::test]
 async fn bad_requests_get_error_codes_and_the_connection_stays_open() {
@@ -77,14 +76,7 @@ async fn a_client_that_stops_reading_is_closed_1013_and_memory_stays_bounded() {
         "0",
     ]);
     // The slow client shrinks its receive buffer so the server's queue fills quickly.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream =
-        tokio_tungstenite::MaybeTlsStream::Plain(socket.connect(server.addr).await.unwrap());
-    let (ws, _) = tokio_tungstenite::client_async(server.ws_url("user=slow"), stream)
-        .await
-        .unwrap();
-    let mut slow = Client::from_ws(ws).await;
+    let mut slow = small_buffer_client(&server, "slow").await;
     slow.ok(json!({"op": "join", "room": "r"})).await;
 
     let mut fast = Client::connect(&server, "fast").await;

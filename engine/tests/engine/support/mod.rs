@@ -453,6 +453,18 @@ impl Client {
     }
 }
 
+/// A client whose socket has a 4 KiB receive buffer, so a server's queue to it fills fast
+/// once it stops reading.
+pub async fn small_buffer_client(server: &Server, user: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = MaybeTlsStream::Plain(socket.connect(server.addr).await.unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(server.ws_url(&format!("user={user}")), stream)
+        .await
+        .unwrap();
+    Client::from_ws(ws).await
+}
+
 /// Connects clients until at least one lands on each of the two shards.
 pub async fn clients_on_both_shards(server: &Server, n: usize) -> Vec<Client> {
     let mut clients = Vec::new();
