@@ -58,7 +58,12 @@ impl Outbound {
     /// within one tick of its start; frames waiting for the shard's writer to get its turn
     /// (a burst, a busy shard) are not a stall, nor is a client that reads, however slowly.
     /// O(1); the write path only counts bytes and sets a flag.
-    pub fn stalled_for(&mut self, now: Instant) -> Duration {
+    ///
+    /// `late`: how long the shard itself did not run before this call (a stall of its
+    /// thread). Its writer did not run either, so the socket taking nothing meanwhile says
+    /// nothing of the client, which may have read everything: the period is moved on by
+    /// it, as the idle clock is.
+    pub fn stalled_for(&mut self, now: Instant, late: Duration) -> Duration {
         let progressed = self.written_total != self.seen_written;
         self.seen_written = self.written_total;
         if self.frames.is_empty() || !self.refused {
@@ -67,6 +72,9 @@ impl Outbound {
         }
         if progressed || self.stalled_since.is_none() {
             self.stalled_since = Some(now);
+        }
+        if let Some(since) = self.stalled_since.filter(|_| !late.is_zero()) {
+            self.stalled_since = Some((since + late).min(now));
         }
         now.saturating_duration_since(self.stalled_since.unwrap_or(now))
     }
@@ -206,29 +214,51 @@ mod tests {
     fn a_stall_is_no_progress_while_frames_wait() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
+        const ZERO: Duration = Duration::ZERO;
         let mut out = Outbound::default();
-        assert_eq!(out.stalled_for(at(0)), Duration::ZERO, "empty");
+        assert_eq!(out.stalled_for(at(0), ZERO), Duration::ZERO, "empty");
         out.push(Bytes::from_static(b"abcdef"));
         assert_eq!(
-            out.stalled_for(at(10)),
+            out.stalled_for(at(10), ZERO),
             Duration::ZERO,
             "queued, not refused"
         );
         assert_eq!(
-            out.stalled_for(at(30)),
+            out.stalled_for(at(30), ZERO),
             Duration::ZERO,
             "waits for the writer"
         );
         out.refused();
-        assert_eq!(out.stalled_for(at(40)), Duration::ZERO, "just refused");
-        assert_eq!(out.stalled_for(at(60)), Duration::from_millis(20));
+        assert_eq!(
+            out.stalled_for(at(40), ZERO),
+            Duration::ZERO,
+            "just refused"
+        );
+        assert_eq!(out.stalled_for(at(60), ZERO), Duration::from_millis(20));
         out.advance(1);
-        assert_eq!(out.stalled_for(at(70)), Duration::ZERO, "progress");
+        assert_eq!(out.stalled_for(at(70), ZERO), Duration::ZERO, "progress");
         out.push(Bytes::from_static(b"more"));
         out.refused();
-        assert_eq!(out.stalled_for(at(80)), Duration::ZERO);
-        assert_eq!(out.stalled_for(at(130)), Duration::from_millis(50));
+        assert_eq!(out.stalled_for(at(80), ZERO), Duration::ZERO);
+        assert_eq!(out.stalled_for(at(130), ZERO), Duration::from_millis(50));
         out.advance(9);
-        assert_eq!(out.stalled_for(at(500)), Duration::ZERO, "drained");
+        assert_eq!(out.stalled_for(at(500), ZERO), Duration::ZERO, "drained");
+    }
+
+    #[test]
+    fn a_stall_of_the_shard_is_not_the_clients() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let ms = Duration::from_millis;
+        let mut out = Outbound::default();
+        out.push(Bytes::from_static(b"abcdef"));
+        out.refused();
+        assert_eq!(out.stalled_for(at(0), ms(0)), ms(0));
+        assert_eq!(out.stalled_for(at(100), ms(0)), ms(100));
+        // The shard did not run for 8 s: those 8 s are not counted against the client.
+        assert_eq!(out.stalled_for(at(8_200), ms(8_000)), ms(200));
+        assert_eq!(out.stalled_for(at(8_300), ms(0)), ms(300));
+        // A lateness longer than the period so far only restarts it.
+        assert_eq!(out.stalled_for(at(20_000), ms(15_000)), ms(0));
     }
 }

@@ -45,7 +45,8 @@ impl Shard {
     /// first — closed every client 1001 `idle timeout`, those that had sent included
     /// (their bytes still unread in the socket: the close then reset them). Likewise a
     /// client whose bytes wait unread in its socket is not idle, however late the shard's
-    /// connection tasks are in reading them.
+    /// connection tasks are in reading them. And a socket that took nothing while the shard
+    /// was not writing is not a write stall (`Outbound::stalled_for`).
     fn check_connections(&mut self, now: Instant, late: Duration) {
         let cfg = &self.instance.cfg;
         let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
@@ -63,7 +64,7 @@ impl Shard {
                 entry.last_recv = (entry.last_recv + late).min(now);
             }
             queued += entry.out.bytes();
-            let stalled = entry.out.stalled_for(now) >= write_stall;
+            let stalled = entry.out.stalled_for(now, late) >= write_stall;
             match entry.phase {
                 Phase::Open | Phase::Queued if stalled => stalled_keys.push(key),
                 Phase::Open | Phase::Queued
