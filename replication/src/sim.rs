@@ -634,6 +634,12 @@ impl Sim {
         }
     }
 
+    /// A frame from `from` for `room` reaches `to`'s room machine.
+    fn feed_frame(&mut self, to: usize, from: usize, room: &str, frame: Frame) {
+        let from = name(from);
+        self.feed_room(to, room, Input::Frame { from, frame });
+    }
+
     fn feed_room(&mut self, i: usize, room: &str, input: Input) {
         let Some(state) = self.nodes[i].rooms.get_mut(room) else {
             return;
@@ -709,14 +715,7 @@ impl Sim {
                     self.answer(to, req, Err(code));
                 }
                 let room = room.clone();
-                self.feed_room(
-                    to,
-                    &room,
-                    Input::Frame {
-                        from: name(from),
-                        frame,
-                    },
-                );
+                self.feed_frame(to, from, &room, frame);
             }
             Frame::ReplayRecords {
                 req, records, more, ..
@@ -732,14 +731,7 @@ impl Sim {
             | Frame::Claim { ref room, .. }
             | Frame::Handoff { ref room, .. } => {
                 let room = room.clone();
-                self.feed_room(
-                    to,
-                    &room,
-                    Input::Frame {
-                        from: name(from),
-                        frame,
-                    },
-                );
+                self.feed_frame(to, from, &room, frame);
             }
         }
     }

@@ -46,6 +46,16 @@ impl Net {
         }
     }
 
+    /// `from`'s claim of `epoch` reaches `to`.
+    fn claim(&mut self, to: &str, from: &str, epoch: u64) {
+        let frame = Frame::Claim {
+            room: ROOM.into(),
+            epoch,
+        };
+        let from = from.to_string();
+        self.input(to, Input::Frame { from, frame });
+    }
+
     fn view(&mut self, node: &str, members: &[&str]) {
         let members = members.iter().map(|m| m.to_string()).collect();
         self.input(
@@ -425,17 +435,7 @@ fn one_epoch_is_promised_once() {
     let (mut net, o) = three();
     // o[2] promised epoch 1 to the owner: a claim of epoch 1 by o[1] is refused.
     net.view(&o[2].clone(), &[&o[1], &o[2]]);
-    let claim = Frame::Claim {
-        room: ROOM.into(),
-        epoch: 1,
-    };
-    net.input(
-        &o[2].clone(),
-        Input::Frame {
-            from: o[1].clone(),
-            frame: claim,
-        },
-    );
+    net.claim(&o[2].clone(), &o[1].clone(), 1);
     assert!(matches!(
         net.queue.back(),
         Some((
@@ -468,17 +468,7 @@ fn with_fencing_off_two_nodes_sequence_one_epoch() {
     }
     net.run(none);
     net.view(&o[2].clone(), &[&o[1], &o[2]]);
-    let claim = Frame::Claim {
-        room: ROOM.into(),
-        epoch: 1,
-    };
-    net.input(
-        &o[2].clone(),
-        Input::Frame {
-            from: o[1].clone(),
-            frame: claim,
-        },
-    );
+    net.claim(&o[2].clone(), &o[1].clone(), 1);
     assert!(matches!(
         net.queue.back(),
         Some((_, _, Frame::Handoff { epoch: 1, .. }))
