@@ -13,6 +13,7 @@
 //! (an argon2 check) goes back out as an [`Offload`]. So tests drive it directly (`tests.rs`).
 #![forbid(unsafe_code)]
 
+mod clustered;
 mod completions;
 mod guard;
 mod requests;
@@ -185,6 +186,10 @@ pub struct Homes {
     counters: HomeCounters,
     /// Wrong room passwords and the checks in flight.
     guard: guard::PasswordGuard,
+    /// With `--peers`: sends are sequenced by the room's owner (`clustered.rs`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Sends handed to the cluster thread, by token, until the owner answers.
+    publishing: HashMap<u64, clustered::Publishing>,
 }
 
 impl Homes {
@@ -195,6 +200,7 @@ impl Homes {
         journal: Box<dyn Journal>,
         counters: HomeCounters,
         snapshots: Vec<RoomSnapshot>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Homes {
         let mut homes = Homes {
             shard,
@@ -209,6 +215,8 @@ impl Homes {
             journal,
             counters,
             guard: guard::PasswordGuard::new(rules.passwords),
+            cluster,
+            publishing: HashMap::new(),
         };
         for snapshot in snapshots {
             debug_assert_eq!(crate::placement::home_of(&snapshot.room, shards), shard);
@@ -220,6 +228,7 @@ impl Homes {
             homes.ids.insert(key.clone());
             homes.rooms.insert(key, room);
         }
+        homes.register_restored();
         homes
     }
 
@@ -246,7 +255,7 @@ impl Homes {
     /// Requests waiting for the persistence threads or for a connection to take a replay
     /// page (a gauge).
     pub fn waiting(&self) -> usize {
-        self.waiting.len() + self.paused.len()
+        self.waiting.len() + self.paused.len() + self.publishing.len()
     }
 
     /// The shards a request to `room` may send events to: those with its subscribers.

@@ -297,3 +297,163 @@ fn the_shipped_haproxy_config_is_the_generated_one() {
         );
     }
 }
+
+// === the data path (docs/REPLICATION.md "Send and deliver") ===
+
+/// One client per instance, connected directly, each a member of `room`.
+async fn one_member_per_instance(c: &TestCluster, room: &str, user: &str) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for i in ALL {
+        let mut client = Client::connect(c.node(i), &format!("{user}{i}")).await;
+        assert_eq!(client.hello["instance"], TestCluster::name(i));
+        client.ok(json!({"op": "join", "room": room})).await;
+        clients.push(client);
+    }
+    clients
+}
+
+/// `msg` events until the one with body `last` (included), as (seq, body).
+async fn msgs_until(client: &mut Client, last: &str) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    loop {
+        let m = client.event_of("msg").await;
+        let body = m["body"].as_str().unwrap_or_default().to_owned();
+        got.push((m["seq"].as_u64().expect("a msg has a seq"), body.clone()));
+        if body == last {
+            return got;
+        }
+    }
+}
+
+/// Sends `body` through `client` and returns the `ok`'s seq; `unavailable` (a failover
+/// under way) is retried, anything else fails the test.
+async fn send_acked(client: &mut Client, room: &str, body: &str) -> u64 {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = client
+            .request(json!({"op": "send", "room": room, "body": body}))
+            .await;
+        if reply["op"] == "ok" {
+            assert_eq!(reply["room"], room, "{reply}");
+            let seq = reply["seq"].as_u64().expect("ok has a seq");
+            assert_eq!(reply["msg_id"], format!("{room}:{seq}"), "{reply}");
+            return seq;
+        }
+        assert_eq!(reply["code"], "unavailable", "{body}: {reply}");
+        assert!(
+            started.elapsed() < crate::support::WAIT,
+            "{body} not accepted within the wait: {reply}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Every client received exactly `expected` (seq, body), in seq order, no gap, no repeat.
+fn assert_same_stream(received: &[Vec<(u64, String)>], expected: &[(u64, String)]) {
+    for (i, got) in received.iter().enumerate() {
+        assert_eq!(
+            got,
+            expected,
+            "client on n{} received another stream",
+            i + 1
+        );
+    }
+    let seqs: Vec<u64> = expected.iter().map(|(s, _)| *s).collect();
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+        "seqs consecutive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_on_three_instances_receive_every_message_once_in_order() {
+    let c = formed().await;
+    let mut clients = one_member_per_instance(&c, "across", "a").await;
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    for round in 0..10 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            let body = format!("m{i}-{round}");
+            let seq = send_acked(client, "across", &body).await;
+            acked.push((seq, body));
+        }
+    }
+    acked.sort();
+    let last = acked.last().unwrap().1.clone();
+    let mut received = Vec::new();
+    for client in &mut clients {
+        received.push(msgs_until(client, &last).await);
+    }
+    assert_eq!(acked.len(), 30);
+    assert_same_stream(&received, &acked);
+    let total: usize = received.iter().map(Vec::len).sum();
+    assert_eq!(
+        total,
+        acked.len() * clients.len(),
+        "received = acked × members"
+    );
+    // A member who joins later on any instance finds the same history.
+    for i in ALL {
+        let mut late = Client::connect(c.node(i), &format!("late{i}")).await;
+        late.ok(json!({"op": "join", "room": "across"})).await;
+        let history = late
+            .ok(json!({"op": "history", "room": "across", "limit": 100}))
+            .await;
+        let seqs: Vec<u64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "history on n{}", i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_sends_through_every_instance_are_sequenced_by_the_rooms_owner() {
+    let c = formed().await;
+    let clients = one_member_per_instance(&c, "owned", "s").await;
+    let mut tasks = Vec::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for n in 0..20 {
+                seqs.push(send_acked(&mut client, "owned", &format!("s{i}-{n}")).await);
+            }
+            (client, seqs)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (client, seqs) = task.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one sender's seqs increase: {seqs:?}"
+        );
+        all.extend(seqs);
+        clients.push(client);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=60).collect::<Vec<_>>(), "one sequence, no reuse");
+    // Exactly one instance sequenced the room: the owner in every view.
+    let sequenced: Vec<f64> = ALL
+        .iter()
+        .map(|&i| c.node(i).metric("sokdo_cluster_records_sequenced_total"))
+        .collect();
+    assert_eq!(
+        sequenced.iter().filter(|&&n| n == 60.0).count(),
+        1,
+        "{sequenced:?}"
+    );
+    assert_eq!(sequenced.iter().sum::<f64>(), 60.0, "{sequenced:?}");
+    // Every member, on every instance, receives the one sequence.
+    for client in &mut clients {
+        let mut seqs = Vec::new();
+        while seqs.len() < 60 {
+            seqs.push(client.event_of("msg").await["seq"].as_u64().unwrap());
+        }
+        assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    }
+}
