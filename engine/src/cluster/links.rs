@@ -160,6 +160,7 @@ impl Writer {
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.stats.out_up.store(true, Ordering::Relaxed);
                     tracing::info!(peer = %self.stats.node_id, addr = %self.addr, "cluster link up");
+                    self.changed();
                     let why = self.write_until_broken(stream);
                     self.stats.out_up.store(false, Ordering::Relaxed);
                     if !self.over() {
@@ -179,6 +180,16 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Tells the cluster thread (a full channel: it is busy, and the next change tells it).
+    fn changed(&self) {
+        let node = self.stats.node_id.clone();
+        let _ = self
+            .cluster
+            .port
+            .events
+            .try_send(Event::LinkChanged { node });
     }
 
     fn over(&self) -> bool {
@@ -276,6 +287,7 @@ fn read_link(cluster: &Cluster, mut stream: TcpStream, events: &Sender<Event>) {
     }
     if !cluster.stopping() {
         tracing::info!(peer = %node, "cluster link from the peer closed: {why}");
+        let _ = events.send(Event::LinkChanged { node });
     }
 }
 
@@ -310,7 +322,20 @@ fn read_hello(
 ) -> Result<String, String> {
     let (hello, _) = next_frame(stream, buf, chunk)?;
     let (node, boot) = frame::check_hello(&hello).map_err(|e| e.to_string())?;
-    let view = cluster.view();
+    // The dialler may have learnt of this instance before this instance learnt of it (or
+    // of its new boot): the membership catches up within a few probe periods.
+    let deadline = std::time::Instant::now() + HELLO_TIMEOUT;
+    let known = |view: &super::View| {
+        view.members
+            .iter()
+            .find(|m| m.identity.node_id == node && !m.is_self && m.state != MemberState::Down)
+            .map(|m| m.identity.boot)
+    };
+    let mut view = cluster.view();
+    while known(&view) != Some(boot) && std::time::Instant::now() < deadline {
+        let _ = crossbeam_channel::after(Duration::from_millis(20)).recv();
+        view = cluster.view();
+    }
     let member = view
         .members
         .iter()

@@ -56,6 +56,10 @@ pub enum Event {
     Shard(ToCluster),
     /// A shard queued a note (`Port::note`).
     Wake,
+    /// The outbound link to `node` connected (again), or the link `node` dialled to this
+    /// instance closed: frames may have been lost both ways, so the interests in rooms
+    /// `node` owns are registered again and caught up.
+    LinkChanged { node: String },
 }
 
 /// The data path's limits, from the configuration.
@@ -69,6 +73,17 @@ pub struct Limits {
     pub publish_timeout: Duration,
     /// `--cluster-tick-ms`.
     pub tick: Duration,
+}
+
+impl Limits {
+    fn of(cfg: &Config) -> Limits {
+        Limits {
+            link_queue_frames: cfg.cluster_link_queue_frames as usize,
+            link_backoff_max: Duration::from_millis(cfg.cluster_link_backoff_max_ms),
+            publish_timeout: Duration::from_millis(cfg.cluster_publish_timeout_ms),
+            tick: Duration::from_millis(cfg.cluster_tick_ms),
+        }
+    }
 }
 
 /// The data path's figures (`/cluster`'s `data`, `sokdo_cluster_*`).
@@ -328,12 +343,7 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
         rejected: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         shards,
-        limits: Limits {
-            link_queue_frames: cfg.cluster_link_queue_frames as usize,
-            link_backoff_max: Duration::from_millis(cfg.cluster_link_backoff_max_ms),
-            publish_timeout: Duration::from_millis(cfg.cluster_publish_timeout_ms),
-            tick: Duration::from_millis(cfg.cluster_tick_ms),
-        },
+        limits: Limits::of(cfg),
         port,
         stats: DataStats::default(),
         links: ArcSwap::from_pointee(Vec::new()),
@@ -491,6 +501,7 @@ fn on_event(
         Event::Frame { from, frame } => node.on_peer_frame(from, frame),
         Event::Shard(req) => node.on_shard(req),
         Event::Wake => {}
+        Event::LinkChanged { node: peer } => node.on_link_changed(&peer),
     }
 }
 
@@ -668,7 +679,8 @@ fn encode_links(c: &Cluster, encoder: &mut DescriptorEncoder<'_>) -> Result<(), 
             ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
         }
     }
-    let counters: [(&str, &str, fn(&LinkStats) -> [u64; 2]); 2] = [
+    type Figures = fn(&LinkStats) -> [u64; 2];
+    let counters: [(&str, &str, Figures); 2] = [
         (
             "cluster_link_frames",
             "Peer frames sent (out) and received (in)",

@@ -153,6 +153,20 @@ impl Node {
         }
     }
 
+    /// A link to or from `peer` connected or broke: what it carried may be lost.
+    pub(super) fn on_link_changed(&mut self, peer: &str) {
+        let rooms: Vec<String> = self
+            .interest
+            .keys()
+            .filter(|r| self.owner_of(r).as_deref() == Some(peer))
+            .cloned()
+            .collect();
+        for room in rooms {
+            self.register(&room);
+        }
+        self.run_local();
+    }
+
     /// Sends Interest to the room's owner and asks for a catch-up.
     fn register(&mut self, room: &str) {
         if let Some(owner) = self.owner_of(room) {

@@ -457,3 +457,112 @@ async fn concurrent_sends_through_every_instance_are_sequenced_by_the_rooms_owne
         assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
     }
 }
+
+/// The instance that sequences `room` now and its epoch, from the `/cluster` of each
+/// running instance of `among`.
+fn owner_of(c: &TestCluster, among: &[usize], room: &str) -> Option<(usize, u64)> {
+    among.iter().find_map(|&i| {
+        let view = c.view(i);
+        let owned = view["data"]["owned"].as_array()?.clone();
+        owned
+            .iter()
+            .find(|r| r["room"] == room)
+            .map(|r| (i, r["epoch"].as_u64().unwrap()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reusing_a_seq() {
+    let mut c = formed().await;
+    let mut clients = one_member_per_instance(&c, "fo", "f").await;
+    let first = send_acked(&mut clients[0], "fo", "first").await;
+    let mut seen = None;
+    eventually("one instance lists itself as the owner", || {
+        seen = owner_of(&c, &ALL, "fo");
+        seen.is_some()
+    })
+    .await;
+    let (owner, epoch) = seen.unwrap();
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    let (sender_at, reader_at) = (others[0], others[1]);
+    let mut slots: Vec<Option<Client>> = clients.into_iter().map(Some).collect();
+    let mut victim = slots[owner].take().unwrap();
+    let mut reader = slots[reader_at].take().unwrap();
+    let mut sender = slots[sender_at].take().unwrap();
+    assert_eq!(reader.hello["instance"], TestCluster::name(reader_at));
+    assert_eq!(sender.hello["instance"], TestCluster::name(sender_at));
+    // A steady sender on a surviving instance.
+    let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    let steady = tokio::spawn(async move {
+        for n in 0..60 {
+            let body = format!("steady-{n}");
+            let seq = send_acked(&mut sender, "fo", &body).await;
+            tx.send((seq, body)).unwrap();
+        }
+        sender
+    });
+    let mut acked = vec![(first, "first".to_owned())];
+    while acked.len() < 16 {
+        acked.push(acks.recv().await.unwrap());
+    }
+    // The victim's member has seen what was acknowledged so far; then its instance dies.
+    let before = msgs_until(&mut victim, &acked.last().unwrap().1).await;
+    let victim_last = before.last().unwrap().0;
+    c.kill(owner);
+    let sender = steady.await.unwrap();
+    while let Ok(a) = acks.try_recv() {
+        acked.push(a);
+    }
+    assert_eq!(acked.len(), 61);
+    let seqs: Vec<u64> = acked.iter().map(|a| a.0).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs never reused: {seqs:?}"
+    );
+    let mut moved = None;
+    eventually("a survivor sequences the room", || {
+        moved = owner_of(&c, &others, "fo");
+        moved.is_some()
+    })
+    .await;
+    let (new_owner, new_epoch) = moved.unwrap();
+    assert_ne!(new_owner, owner);
+    assert!(new_epoch > epoch, "epoch {epoch} → {new_epoch}");
+    // The surviving member received every acknowledged message, in order, each seq once.
+    let last_body = acked.last().unwrap().1.clone();
+    let stream = msgs_until(&mut reader, &last_body).await;
+    assert_complete(&stream, &acked);
+    // The victim's user reconnects through HAProxy and resumes from its last seq.
+    eventually("haproxy marks the dead owner down", || {
+        c.lb_state(owner) == "DOWN"
+    })
+    .await;
+    let mut back = c.haproxy.client(&format!("f{owner}")).await;
+    assert_ne!(back.hello["instance"], TestCluster::name(owner));
+    let joined = back
+        .ok(json!({"op": "join", "room": "fo", "after_seq": victim_last}))
+        .await;
+    assert_eq!(joined["recovered"], true, "{joined}");
+    let missed = msgs_until(&mut back, &last_body).await;
+    let expected: Vec<(u64, String)> = stream
+        .iter()
+        .filter(|(s, _)| *s > victim_last)
+        .cloned()
+        .collect();
+    assert_eq!(missed, expected, "exactly the missed messages, in order");
+    drop(sender);
+}
+
+/// `stream` has consecutive seqs, each once, and holds every acknowledged (seq, body).
+fn assert_complete(stream: &[(u64, String)], acked: &[(u64, String)]) {
+    let seqs: Vec<u64> = stream.iter().map(|m| m.0).collect();
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no repeat"
+    );
+    for a in acked {
+        assert!(stream.contains(a), "acknowledged {a:?} lost: {stream:?}");
+    }
+}

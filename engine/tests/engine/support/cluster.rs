@@ -263,8 +263,13 @@ impl TestCluster {
     }
 
     /// Starts node `i` (again) on its data directory and ports.
+    /// With `SOKDO_TEST_CLUSTER_LOG` set (e.g. `info`), the instances log at that level:
+    /// their lines are in the failing test's output.
     pub fn restart(&mut self, i: usize) {
-        self.restart_with_env(i, &[]);
+        match std::env::var("SOKDO_TEST_CLUSTER_LOG") {
+            Ok(level) => self.restart_with_env(i, &[("SOKDO_LOG", &level)]),
+            Err(_) => self.restart_with_env(i, &[]),
+        }
     }
 
     /// Like `restart`, with extra environment variables (`SOKDO_LOG`).
