@@ -113,7 +113,10 @@ impl Homes {
         for record in records {
             let last = self.room(&key).last_seq();
             if record.seq <= last {
-                continue; // delivered before (a replay, a new owner's resend)
+                // Delivered before (a replay, a new owner's resend) — or a seq the cluster
+                // gave out again after losing its log (docs/REPLICATION.md "Not built yet").
+                self.check_same(&key, &record);
+                continue;
             }
             if record.seq > last + 1 {
                 self.note(Note::Replay {
@@ -174,6 +177,25 @@ impl Homes {
         self.broadcast(out, key, event, Instant::now(), None);
         self.room_mut(key).sent_by(&payload.from, seq);
         true
+    }
+
+    /// Logs an ERROR when a record's seq is already held (in the ring) with another
+    /// message: the cluster reused a seq, and that message is not shown here.
+    fn check_same(&self, key: &Arc<str>, record: &Record) {
+        let Some(held) = self.room(key).in_ring(record.seq) else {
+            return;
+        };
+        let Some(p) = Payload::decode(&record.payload) else {
+            return;
+        };
+        if held.deleted || (held.from == p.from && held.body.as_deref() == Some(p.body.as_str())) {
+            return;
+        }
+        tracing::error!(
+            room = %key, seq = record.seq, epoch = record.epoch,
+            "seq {} reused by the cluster with another message (its log was lost): that message is not shown",
+            record.seq
+        );
     }
 
     fn note(&self, note: Note) {

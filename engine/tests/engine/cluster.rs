@@ -471,61 +471,85 @@ fn owner_of(c: &TestCluster, among: &[usize], room: &str) -> Option<(usize, u64)
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reusing_a_seq() {
-    let mut c = formed().await;
-    let mut clients = one_member_per_instance(&c, "fo", "f").await;
-    let first = send_acked(&mut clients[0], "fo", "first").await;
+/// Waits until one instance of `among` sequences `room`: that instance and its epoch.
+async fn sequenced_by(c: &TestCluster, among: &[usize], room: &str) -> (usize, u64) {
     let mut seen = None;
-    eventually("one instance lists itself as the owner", || {
-        seen = owner_of(&c, &ALL, "fo");
+    eventually("one instance lists itself as the room's owner", || {
+        seen = owner_of(c, among, room);
         seen.is_some()
     })
     .await;
-    let (owner, epoch) = seen.unwrap();
-    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
-    let (sender_at, reader_at) = (others[0], others[1]);
-    let mut slots: Vec<Option<Client>> = clients.into_iter().map(Some).collect();
-    let mut victim = slots[owner].take().unwrap();
-    let mut reader = slots[reader_at].take().unwrap();
-    let mut sender = slots[sender_at].take().unwrap();
-    assert_eq!(reader.hello["instance"], TestCluster::name(reader_at));
-    assert_eq!(sender.hello["instance"], TestCluster::name(sender_at));
-    // A steady sender on a surviving instance.
-    let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
-    let steady = tokio::spawn(async move {
-        for n in 0..60 {
-            let body = format!("steady-{n}");
-            let seq = send_acked(&mut sender, "fo", &body).await;
+    seen.unwrap()
+}
+
+type Acks = tokio::sync::mpsc::UnboundedReceiver<(u64, String)>;
+
+/// A steady sender: `n` sends of `steady-{i}` in turn, each acknowledged (retried on
+/// `unavailable`); the acks come on the channel, the client back at the end.
+fn steady(mut sender: Client, room: &'static str, n: usize) -> (JoinHandle<Client>, Acks) {
+    let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        for i in 0..n {
+            let body = format!("steady-{i}");
+            let seq = send_acked(&mut sender, room, &body).await;
             tx.send((seq, body)).unwrap();
         }
         sender
     });
-    let mut acked = vec![(first, "first".to_owned())];
-    while acked.len() < 16 {
-        acked.push(acks.recv().await.unwrap());
+    (task, acks)
+}
+
+type JoinHandle<T> = tokio::task::JoinHandle<T>;
+
+/// Takes acks from `acks` until `acked` holds `n`.
+async fn acked_until(acked: &mut Vec<(u64, String)>, acks: &mut Acks, n: usize) {
+    while acked.len() < n {
+        acked.push(acks.recv().await.expect("the sender is still sending"));
     }
-    // The victim's member has seen what was acknowledged so far; then its instance dies.
-    let before = msgs_until(&mut victim, &acked.last().unwrap().1).await;
-    let victim_last = before.last().unwrap().0;
-    c.kill(owner);
-    let sender = steady.await.unwrap();
-    while let Ok(a) = acks.try_recv() {
-        acked.push(a);
-    }
-    assert_eq!(acked.len(), 61);
+}
+
+/// Each instance's member of `room` (a client connected directly to it), the room's owner
+/// and its epoch after a first acknowledged send.
+async fn owned_room(
+    c: &TestCluster,
+    room: &str,
+    user: &str,
+) -> (Vec<Option<Client>>, (u64, String), (usize, u64)) {
+    let clients = one_member_per_instance(c, room, user).await;
+    let mut slots: Vec<Option<Client>> = clients.into_iter().map(Some).collect();
+    let first = send_acked(slots[0].as_mut().unwrap(), room, "first").await;
+    let owner = sequenced_by(c, &ALL, room).await;
+    (slots, (first, "first".to_owned()), owner)
+}
+
+/// Seqs strictly increase in the order acknowledged by one sender: none reused.
+fn assert_increasing(acked: &[(u64, String)]) {
     let seqs: Vec<u64> = acked.iter().map(|a| a.0).collect();
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "seqs never reused: {seqs:?}"
     );
-    let mut moved = None;
-    eventually("a survivor sequences the room", || {
-        moved = owner_of(&c, &others, "fo");
-        moved.is_some()
-    })
-    .await;
-    let (new_owner, new_epoch) = moved.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reusing_a_seq() {
+    let mut c = formed().await;
+    let (mut slots, first, (owner, epoch)) = owned_room(&c, "fo", "f").await;
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    let mut victim = slots[owner].take().unwrap();
+    let mut reader = slots[others[1]].take().unwrap();
+    // A steady sender on a surviving instance.
+    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "fo", 60);
+    let mut acked = vec![first];
+    acked_until(&mut acked, &mut acks, 16).await;
+    // The victim's member has seen what was acknowledged so far; then its instance dies.
+    let before = msgs_until(&mut victim, &acked.last().unwrap().1).await;
+    let victim_last = before.last().unwrap().0;
+    c.kill(owner);
+    acked_until(&mut acked, &mut acks, 61).await;
+    let _sender = sending.await.unwrap();
+    assert_increasing(&acked);
+    let (new_owner, new_epoch) = sequenced_by(&c, &others, "fo").await;
     assert_ne!(new_owner, owner);
     assert!(new_epoch > epoch, "epoch {epoch} → {new_epoch}");
     // The surviving member received every acknowledged message, in order, each seq once.
@@ -550,7 +574,6 @@ async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reu
         .cloned()
         .collect();
     assert_eq!(missed, expected, "exactly the missed messages, in order");
-    drop(sender);
 }
 
 /// `stream` has consecutive seqs, each once, and holds every acknowledged (seq, body).
@@ -565,4 +588,52 @@ fn assert_complete(stream: &[(u64, String)], acked: &[(u64, String)]) {
     for a in acked {
         assert!(stream.contains(a), "acknowledged {a:?} lost: {stream:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_owner_is_replaced_and_rejoins_without_reusing_a_seq() {
+    let c = formed().await;
+    let (mut slots, first, (owner, epoch)) = owned_room(&c, "pz", "p").await;
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    let mut stopped = slots[owner].take().unwrap();
+    let mut reader = slots[others[1]].take().unwrap();
+    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "pz", 40);
+    let mut acked = vec![first];
+    acked_until(&mut acked, &mut acks, 10).await;
+    c.node(owner).signal(libc::SIGSTOP);
+    eventually("the others see the stopped owner down", || {
+        c.all_see(&others, &[owner], "down")
+    })
+    .await;
+    let moved = sequenced_by(&c, &others, "pz").await;
+    assert!(moved.1 > epoch, "{moved:?} after epoch {epoch}");
+    // Sends go on while the owner is stopped; then it continues.
+    acked_until(&mut acked, &mut acks, 20).await;
+    c.node(owner).signal(libc::SIGCONT);
+    eventually("the stopped owner is back in every view", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    acked_until(&mut acked, &mut acks, 41).await;
+    let mut sender = sending.await.unwrap();
+    assert_increasing(&acked);
+    // After it rejoined, more sends, through every instance.
+    for (i, client) in [&mut sender, &mut reader, &mut stopped]
+        .into_iter()
+        .enumerate()
+    {
+        let body = format!("after-{i}");
+        let seq = send_acked(client, "pz", &body).await;
+        acked.push((seq, body));
+    }
+    assert_increasing(&acked);
+    let last = acked.last().unwrap().1.clone();
+    let read = msgs_until(&mut reader, &last).await;
+    assert_complete(&read, &acked);
+    // The member on the instance that was stopped has the same stream, without a gap.
+    let resumed = msgs_until(&mut stopped, &last).await;
+    assert_eq!(
+        resumed, read,
+        "the stopped instance's member caught up exactly"
+    );
 }
