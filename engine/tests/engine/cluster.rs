@@ -484,13 +484,18 @@ async fn sequenced_by(c: &TestCluster, among: &[usize], room: &str) -> (usize, u
 
 type Acks = tokio::sync::mpsc::UnboundedReceiver<(u64, String)>;
 
-/// A steady sender: `n` sends of `steady-{i}` in turn, each acknowledged (retried on
+/// A steady sender: `n` sends of `{tag}-{i}` in turn, each acknowledged (retried on
 /// `unavailable`); the acks come on the channel, the client back at the end.
-fn steady(mut sender: Client, room: &'static str, n: usize) -> (JoinHandle<Client>, Acks) {
+fn steady(
+    mut sender: Client,
+    room: &'static str,
+    tag: String,
+    n: usize,
+) -> (JoinHandle<Client>, Acks) {
     let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         for i in 0..n {
-            let body = format!("steady-{i}");
+            let body = format!("{tag}-{i}");
             let seq = send_acked(&mut sender, room, &body).await;
             tx.send((seq, body)).unwrap();
         }
@@ -539,7 +544,7 @@ async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reu
     let mut victim = slots[owner].take().unwrap();
     let mut reader = slots[others[1]].take().unwrap();
     // A steady sender on a surviving instance.
-    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "fo", 60);
+    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "fo", "steady".into(), 60);
     let mut acked = vec![first];
     acked_until(&mut acked, &mut acks, 16).await;
     // The victim's member has seen what was acknowledged so far; then its instance dies.
@@ -597,7 +602,7 @@ async fn a_stopped_owner_is_replaced_and_rejoins_without_reusing_a_seq() {
     let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
     let mut stopped = slots[owner].take().unwrap();
     let mut reader = slots[others[1]].take().unwrap();
-    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "pz", 40);
+    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "pz", "steady".into(), 40);
     let mut acked = vec![first];
     acked_until(&mut acked, &mut acks, 10).await;
     c.node(owner).signal(libc::SIGSTOP);
@@ -636,4 +641,44 @@ async fn a_stopped_owner_is_replaced_and_rejoins_without_reusing_a_seq() {
         resumed, read,
         "the stopped instance's member caught up exactly"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
+    let mut c = formed().await;
+    let (slots, first, _) = owned_room(&c, "roll", "r").await;
+    drop(slots);
+    let mut acked = vec![first];
+    for i in ALL {
+        // A steady sender on the next instance while instance i drains and restarts.
+        let at = (i + 1) % ALL.len();
+        let mut sender = Client::connect(c.node(at), &format!("roller{i}")).await;
+        sender.ok(json!({"op": "join", "room": "roll"})).await;
+        let (sending, mut acks) = steady(sender, "roll", format!("phase{i}"), 15);
+        let phase = acked.len();
+        acked_until(&mut acked, &mut acks, phase + 5).await;
+        let mut stopping = c.take(i);
+        stopping.signal(libc::SIGTERM);
+        assert!(stopping.wait_exit(crate::support::WAIT).success());
+        drop(stopping);
+        c.restart(i);
+        eventually("the restarted instance is back in every view", || {
+            c.all_see(&ALL, &ALL, "alive")
+        })
+        .await;
+        acked_until(&mut acked, &mut acks, phase + 15).await;
+        sending.await.unwrap();
+    }
+    assert_eq!(acked.len(), 46);
+    assert_increasing(&acked);
+    // On every instance, a member replaying from the start finds every acknowledged message.
+    let last = acked.last().unwrap().1.clone();
+    for i in ALL {
+        let mut late = Client::connect(c.node(i), &format!("after{i}")).await;
+        late.ok(json!({"op": "join", "room": "roll", "after_seq": 0}))
+            .await;
+        let stream = msgs_until(&mut late, &last).await;
+        assert_eq!(stream[0].0, 1, "from the first seq on n{}", i + 1);
+        assert_complete(&stream, &acked);
+    }
 }
