@@ -430,6 +430,12 @@ impl Node {
         }
         if more {
             self.catch_up(room, Instant::now());
+        } else if self.interest.contains_key(room) {
+            let shard = crate::placement::home_of(room, self.cluster.shards);
+            let msg = FromCluster::CaughtUp {
+                room: room.to_owned(),
+            };
+            self.cluster.port.deliver(shard, msg);
         }
     }
 

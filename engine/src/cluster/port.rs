@@ -56,6 +56,9 @@ pub enum FromCluster {
     },
     /// Acknowledged records of `room`, in seq order (a live delivery or a replay).
     Records { room: String, records: Vec<Record> },
+    /// A catch-up of `room` is complete: the home holds every record the owner had
+    /// acknowledged when it answered.
+    CaughtUp { room: String },
 }
 
 /// A message as a record carries it (JSON; the records of one room are opaque bytes to the

@@ -100,6 +100,9 @@ impl Homes {
                 reply_err(out, &p.origin, ProtoError::new(ErrorCode::Unavailable, why));
             }
             FromCluster::Records { room, records } => self.apply_records(&room, records, out),
+            FromCluster::CaughtUp { room } => {
+                self.catching_up.remove(room.as_str());
+            }
         }
     }
 
@@ -204,11 +207,34 @@ impl Homes {
         }
     }
 
+    /// A `join` asking for messages after `after_seq` while this instance's copy of the
+    /// room is behind it and still catching up from the owner: `unavailable`, retry (the
+    /// catch-up was asked when the room got its first member here). Past the copy with no
+    /// catch-up under way, the join goes on as on one instance.
+    pub(super) fn check_caught_up(
+        &self,
+        key: &Arc<str>,
+        after_seq: Option<u64>,
+    ) -> Result<(), ProtoError> {
+        let behind = after_seq.is_some_and(|a| a > self.room(key).last_seq());
+        if behind && self.catching_up.contains(key) {
+            return Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                "this instance is catching up on the room's messages from its owner: retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
     /// Tells the cluster thread when a room gets its first local member or loses its last
     /// (`had`: the members before the change).
-    pub(super) fn members_changed(&self, key: &Arc<str>, had: usize) {
+    pub(super) fn members_changed(&mut self, key: &Arc<str>, had: usize) {
         let r = self.room(key);
         let has = r.member_count();
+        if self.cluster.is_some() && had == 0 && has > 0 {
+            self.catching_up.insert(key.clone());
+        }
+        let r = self.room(key);
         if (had == 0) != (has == 0) {
             self.note(Note::Interest {
                 room: key.to_string(),
@@ -218,10 +244,14 @@ impl Homes {
         }
     }
 
-    /// At start: every restored room with members is of interest.
-    pub(super) fn register_restored(&self) {
+    /// At start: every restored room with members is of interest, and catching up.
+    pub(super) fn register_restored(&mut self) {
+        if self.cluster.is_none() {
+            return;
+        }
         for (key, r) in &self.rooms {
             if r.member_count() > 0 {
+                self.catching_up.insert(key.clone());
                 self.note(Note::Interest {
                     room: key.to_string(),
                     on: true,

@@ -190,6 +190,9 @@ pub struct Homes {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Sends handed to the cluster thread, by token, until the owner answers.
     publishing: HashMap<u64, clustered::Publishing>,
+    /// Clustered rooms whose local copy is catching up from the owner (first member, or
+    /// restored at start): a `join` with an `after_seq` beyond the copy waits for it.
+    catching_up: std::collections::HashSet<Arc<str>>,
 }
 
 impl Homes {
@@ -217,6 +220,7 @@ impl Homes {
             guard: guard::PasswordGuard::new(rules.passwords),
             cluster,
             publishing: HashMap::new(),
+            catching_up: std::collections::HashSet::new(),
         };
         for snapshot in snapshots {
             debug_assert_eq!(crate::placement::home_of(&snapshot.room, shards), shard);

@@ -189,6 +189,7 @@ impl Homes {
             }
         }
         self.add_member(&joining.room, &joining.user)?;
+        self.check_caught_up(&joining.room, joining.after_seq)?;
         self.replay_next(out, joining, now)
     }
 

@@ -682,3 +682,50 @@ async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
         assert_complete(&stream, &acked);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_with_after_seq_on_an_instance_without_the_room_gets_what_it_missed_from_the_owner()
+{
+    let c = formed().await;
+    // Members on two instances only: the third has never had the room.
+    let mut a = Client::connect(c.node(0), "ja").await;
+    a.ok(json!({"op": "join", "room": "cold"})).await;
+    let mut b = Client::connect(c.node(1), "jb").await;
+    b.ok(json!({"op": "join", "room": "cold"})).await;
+    let mut acked = Vec::new();
+    for n in 0..12 {
+        let body = format!("cold-{n}");
+        let seq = send_acked(if n % 2 == 0 { &mut a } else { &mut b }, "cold", &body).await;
+        acked.push((seq, body));
+    }
+    let after = acked[4].0;
+    // A client that had read up to the fifth message resumes on the third instance.
+    let mut resumed = Client::connect(c.node(2), "jc").await;
+    let started = std::time::Instant::now();
+    let joined = loop {
+        let reply = resumed
+            .request(json!({"op": "join", "room": "cold", "after_seq": after}))
+            .await;
+        if reply["op"] == "ok" {
+            break reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("catching up"),
+            "{reply}"
+        );
+        assert!(started.elapsed() < crate::support::WAIT, "{reply}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(joined["last_seq"], acked.last().unwrap().0, "{joined}");
+    assert_eq!(joined["recovered"], true, "{joined}");
+    // Then live: one more message after the join.
+    let seq = send_acked(&mut a, "cold", "live").await;
+    acked.push((seq, "live".to_owned()));
+    let got = msgs_until(&mut resumed, "live").await;
+    let expected: Vec<(u64, String)> = acked.into_iter().filter(|(s, _)| *s > after).collect();
+    assert_eq!(
+        got, expected,
+        "exactly the missed messages, in order, then live"
+    );
+}
