@@ -63,8 +63,9 @@ pub(super) struct Node {
     rooms: HashMap<String, RoomState>,
     links: HashMap<String, Link>,
     forwards: HashMap<u64, Forward>,
-    /// Replay requests in flight: req → room.
-    replays: HashMap<u64, String>,
+    /// Replay requests in flight: req → room, and when asked (an unanswered one is
+    /// forgotten after ten `REPLAY_RETRY`s; it is asked again after one).
+    replays: HashMap<u64, (String, Instant)>,
     interest: HashMap<String, Interest>,
     next_req: u64,
     /// Frames for this node (from itself, or held publishes released), handled before
@@ -195,7 +196,7 @@ impl Node {
             return;
         };
         let req = self.req();
-        self.replays.insert(req, room.to_owned());
+        self.replays.insert(req, (room.to_owned(), now));
         if let Some(i) = self.interest.get_mut(room) {
             i.asked = Some(now);
         }
@@ -230,6 +231,8 @@ impl Node {
             let why = format!("the room's owner did not answer within {ms} ms: retry");
             self.answer_refused(req, RefusalCode::Unavailable, why);
         }
+        self.replays
+            .retain(|_, (_, asked)| now < *asked + REPLAY_RETRY * 10);
         let rooms: Vec<String> = self.interest.keys().cloned().collect();
         for room in rooms {
             self.catch_up(&room, now);
