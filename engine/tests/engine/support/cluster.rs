@@ -187,10 +187,16 @@ pub fn free_tcp() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// A free loopback UDP port.
+/// A free loopback UDP port whose TCP port is free too (the peer links listen on TCP on
+/// the cluster port).
 pub fn free_udp() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
+    loop {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// N sokdo instances configured as one cluster (`--peers`), with short membership timings,
