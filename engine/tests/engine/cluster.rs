@@ -741,3 +741,52 @@ async fn a_join_with_after_seq_on_an_instance_without_the_room_gets_what_it_miss
         "exactly the missed messages, in order, then live"
     );
 }
+
+/// Opens a peer link to node 0 and sends `bytes`; true when the instance closed it.
+fn link_closed_after(c: &TestCluster, bytes: &[u8]) -> bool {
+    use std::io::{Read as _, Write as _};
+    let mut link = std::net::TcpStream::connect(c.cluster_addr(0)).unwrap();
+    link.set_read_timeout(Some(crate::support::WAIT)).unwrap();
+    link.write_all(bytes).unwrap();
+    let mut buf = [0u8; 16];
+    // The instance never writes on a link it accepted: a read ends only when it closes.
+    matches!(link.read(&mut buf), Ok(0) | Err(_)) && link.read(&mut buf).map_or(true, |n| n == 0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_link_with_a_bad_hello_is_refused_and_logged() {
+    use sokdo_replication::frame::{encode, Frame, PROTOCOL_VERSION};
+    let c = formed().await;
+    let hello = |version: u32, node_id: &str, boot_id: u64| {
+        encode(&Frame::Hello {
+            version,
+            node_id: node_id.to_owned(),
+            boot_id,
+        })
+        .unwrap()
+    };
+    let cases: [(Vec<u8>, &str); 4] = [
+        (hello(PROTOCOL_VERSION + 1, "n2", 1), "protocol version"),
+        (
+            hello(PROTOCOL_VERSION, "intruder", 1),
+            "not an active member",
+        ),
+        (hello(PROTOCOL_VERSION, "n2", 1), "boot"),
+        (b"\x05\x00\x00\x00garbage".to_vec(), "cluster link refused"),
+    ];
+    for (bytes, why) in cases {
+        assert!(link_closed_after(&c, &bytes), "{why}: the link stays open");
+        eventually(&format!("the refusal logged: {why}"), || {
+            let refused = c.node(0).log_lines("cluster link refused");
+            refused.iter().any(|l| l.contains(why))
+        })
+        .await;
+    }
+    // The instance still serves its real peers.
+    assert!(c.all_see(&ALL, &ALL, "alive"));
+    let mut clients = one_member_per_instance(&c, "after-refusals", "h").await;
+    send_acked(&mut clients[1], "after-refusals", "still linked").await;
+    for client in &mut clients {
+        msgs_until(client, "still linked").await;
+    }
+}

@@ -273,8 +273,10 @@ impl TestCluster {
     /// their lines are in the failing test's output.
     pub fn restart(&mut self, i: usize) {
         match std::env::var("SOKDO_TEST_CLUSTER_LOG") {
-            Ok(level) => self.restart_with_env(i, &[("SOKDO_LOG", &level)]),
-            Err(_) => self.restart_with_env(i, &[]),
+            Ok(level) if !level.is_empty() => {
+                self.restart_with_env(i, &[("SOKDO_LOG", &level)]);
+            }
+            _ => self.restart_with_env(i, &[]),
         }
     }
 
@@ -283,6 +285,11 @@ impl TestCluster {
         let args = self.args(i);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.nodes[i] = Some(Server::start_with_env(&self.data[i], &args, env));
+    }
+
+    /// Node `i`'s cluster address (UDP membership, TCP peer links).
+    pub fn cluster_addr(&self, i: usize) -> SocketAddr {
+        self.udp[i]
     }
 
     pub fn node(&self, i: usize) -> &Server {
