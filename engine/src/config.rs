@@ -393,6 +393,33 @@ pub struct Config {
     /// How long a suspect member has to refute the suspicion before it is declared down.
     #[arg(long, env = "SOKDO_CLUSTER_SUSPECT_TO_DOWN_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub cluster_suspect_to_down_ms: u64,
+
+    /// Frames queued for one peer's outbound link (TCP on the cluster port). A link whose
+    /// queue is full is dropped and dialled again; the peer is then resynchronised from the
+    /// room owners' logs (appends resent, deliveries replayed), so memory stays bounded.
+    #[arg(long, env = "SOKDO_CLUSTER_LINK_QUEUE_FRAMES", default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub cluster_link_queue_frames: u32,
+
+    /// Longest wait between two dials of a peer that cannot be reached (the first is 50 ms,
+    /// doubled after each failure).
+    #[arg(long, env = "SOKDO_CLUSTER_LINK_BACKOFF_MAX_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub cluster_link_backoff_max_ms: u64,
+
+    /// Events (datagrams, peer frames, sends from the shards) the cluster thread's channel
+    /// holds; a send that finds it full is answered `overloaded`.
+    #[arg(long, env = "SOKDO_CLUSTER_QUEUE_EVENTS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
+    pub cluster_queue_events: u32,
+
+    /// How long a `send` waits for the room's owner to acknowledge it before the client is
+    /// answered `unavailable` (the message may still be acknowledged: retry with the same
+    /// `client_msg_id`).
+    #[arg(long, env = "SOKDO_CLUSTER_PUBLISH_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub cluster_publish_timeout_ms: u64,
+
+    /// How often the room machines resend what is unanswered (claims, appends) and catch-up
+    /// replays are retried.
+    #[arg(long, env = "SOKDO_CLUSTER_TICK_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub cluster_tick_ms: u64,
     // === end of Cluster ===
 }
 

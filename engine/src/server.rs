@@ -67,13 +67,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("listener has an IP address")?;
     eprintln!("sokdo configuration:\n{}", cfg.summary(shards));
 
-    let cluster = crate::cluster::start(&cfg)?;
-    let (persistence, instance, rooms_by_shard) = open_instance(
-        cfg,
-        auth,
-        shards,
-        cluster.as_ref().map(|c| c.cluster.clone()),
-    )?;
+    let (persistence, instance, rooms_by_shard, cluster) = open_instance(cfg, auth, shards)?;
     watch_signals(instance.clone())?;
     let mut handles = Vec::new();
     for ((id, listener), rooms) in listeners.into_iter().enumerate().zip(rooms_by_shard) {
@@ -118,16 +112,21 @@ fn auth_of(cfg: &Config) -> anyhow::Result<Auth> {
     ))
 }
 
-fn open_instance(
-    cfg: Config,
-    auth: Auth,
-    shards: u16,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
-) -> anyhow::Result<(Persistence, Arc<Instance>, Vec<Vec<RoomSnapshot>>)> {
+/// What `open_instance` opened.
+type Opened = (
+    Persistence,
+    Arc<Instance>,
+    Vec<Vec<RoomSnapshot>>,
+    Option<crate::cluster::Running>,
+);
+
+fn open_instance(cfg: Config, auth: Auth, shards: u16) -> anyhow::Result<Opened> {
     let mesh = Arc::new(Mesh::new(
         shards as usize,
         cfg.shard_channel_messages_max as usize,
     ));
+    let running = crate::cluster::start(&cfg, mesh.doorbells())?;
+    let cluster = running.as_ref().map(|c| c.cluster.clone());
     let completions = Completions::new(mesh.doorbells());
     let (persistence, snapshots) = Persistence::open(cfg.persistence(), completions.sinks())
         .with_context(|| {
@@ -179,7 +178,7 @@ fn open_instance(
         cluster,
         cfg,
     });
-    Ok((persistence, instance, rooms_by_shard))
+    Ok((persistence, instance, rooms_by_shard, running))
 }
 
 /// Starts shard `id`'s executor thread, pinned to its CPU unless `--pin false`.

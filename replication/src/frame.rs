@@ -6,8 +6,9 @@
 //! network — give an [`Error`], never a panic or undefined behaviour. A length above
 //! [`FRAME_BYTES_MAX`] is refused before anything is buffered for it.
 //!
-//! A link opens with [`Frame::Hello`] both ways; [`check_hello`] refuses another protocol
-//! version. What each frame means is in `room.rs` (ownership, records) and
+//! A link opens with [`Frame::Hello`] from the dialler (the engine's links carry frames
+//! one way: each instance sends on the connection it dialled); [`check_hello`] refuses
+//! another protocol version. What each frame means is in `room.rs` (ownership, records) and
 //! docs/REPLICATION.md.
 
 use rkyv::rancor;
@@ -50,7 +51,7 @@ pub enum RefusalCode {
 /// A frame on a peer link.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Frame {
-    /// First frame on a link, both ways: the sender's identity and protocol version.
+    /// First frame on a link, from the dialler: its identity and protocol version.
     Hello {
         version: u32,
         node_id: String,

@@ -13,6 +13,7 @@
 //! (an argon2 check) goes back out as an [`Offload`]. So tests drive it directly (`tests.rs`).
 #![forbid(unsafe_code)]
 
+mod clustered;
 mod completions;
 mod guard;
 mod requests;
@@ -185,6 +186,13 @@ pub struct Homes {
     counters: HomeCounters,
     /// Wrong room passwords and the checks in flight.
     guard: guard::PasswordGuard,
+    /// With `--peers`: sends are sequenced by the room's owner (`clustered.rs`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Sends handed to the cluster thread, by token, until the owner answers.
+    publishing: HashMap<u64, clustered::Publishing>,
+    /// Clustered rooms whose local copy is catching up from the owner (first member, or
+    /// restored at start): a `join` with an `after_seq` beyond the copy waits for it.
+    catching_up: std::collections::HashSet<Arc<str>>,
 }
 
 impl Homes {
@@ -195,6 +203,7 @@ impl Homes {
         journal: Box<dyn Journal>,
         counters: HomeCounters,
         snapshots: Vec<RoomSnapshot>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Homes {
         let mut homes = Homes {
             shard,
@@ -209,6 +218,9 @@ impl Homes {
             journal,
             counters,
             guard: guard::PasswordGuard::new(rules.passwords),
+            cluster,
+            publishing: HashMap::new(),
+            catching_up: std::collections::HashSet::new(),
         };
         for snapshot in snapshots {
             debug_assert_eq!(crate::placement::home_of(&snapshot.room, shards), shard);
@@ -220,6 +232,7 @@ impl Homes {
             homes.ids.insert(key.clone());
             homes.rooms.insert(key, room);
         }
+        homes.register_restored();
         homes
     }
 
@@ -246,7 +259,7 @@ impl Homes {
     /// Requests waiting for the persistence threads or for a connection to take a replay
     /// page (a gauge).
     pub fn waiting(&self) -> usize {
-        self.waiting.len() + self.paused.len()
+        self.waiting.len() + self.paused.len() + self.publishing.len()
     }
 
     /// The shards a request to `room` may send events to: those with its subscribers.

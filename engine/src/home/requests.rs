@@ -51,13 +51,13 @@ struct JoinOk<'a> {
 }
 
 #[derive(Serialize)]
-struct SendOk<'a> {
-    room: &'a str,
-    seq: u64,
-    msg_id: &'a str,
-    ts: u64,
+pub(super) struct SendOk<'a> {
+    pub(super) room: &'a str,
+    pub(super) seq: u64,
+    pub(super) msg_id: &'a str,
+    pub(super) ts: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    duplicate: bool,
+    pub(super) duplicate: bool,
 }
 
 #[derive(Serialize)]
@@ -189,6 +189,7 @@ impl Homes {
             }
         }
         self.add_member(&joining.room, &joining.user)?;
+        self.check_caught_up(&joining.room, joining.after_seq)?;
         self.replay_next(out, joining, now)
     }
 
@@ -456,8 +457,10 @@ impl Homes {
             joined: true,
         };
         self.log(record, None)?;
+        let had = self.room(key).member_count();
         self.room_mut(key).add_member(user);
         self.index_member(key, user, true);
+        self.members_changed(key, had);
         Ok(())
     }
 
@@ -704,8 +707,10 @@ impl Homes {
                 joined: false,
             };
             self.log(record, None)?;
+            let had = self.room(&key).member_count();
             self.room_mut(&key).remove_member(user);
             self.index_member(&key, user, false);
+            self.members_changed(&key, had);
             call.ok(RoomOk { room });
         }
         Ok(())
@@ -733,6 +738,9 @@ impl Homes {
                 duplicate: true,
             });
             return Ok(());
+        }
+        if self.cluster.is_some() {
+            return self.publish_clustered(call, key, send);
         }
         let (seq, ts) = (r.next_seq(), call.now.ms);
         let ticket = self.rules.durable_acks.then(|| self.ticket());

@@ -78,6 +78,7 @@ fn fixture(durable_acks: bool, ring: usize) -> Fixture {
         Box::new(log.clone()),
         super::HomeCounters::default(),
         Vec::new(),
+        None,
     );
     let now = Now {
         ms: 1_700_000_000_000,

@@ -303,6 +303,23 @@ impl Room {
         }
     }
 
+    /// A message sequenced elsewhere (a clustered room's owner, docs/REPLICATION.md): it
+    /// takes the next seq, `seq == last_seq() + 1`, as if reserved here; its retry key is
+    /// remembered so that a client's retry through this instance is answered as a duplicate.
+    pub fn apply_external(
+        &mut self,
+        seq: u64,
+        msg: (&str, Option<&str>, String, u64),
+        client_msg_id: Option<&str>,
+    ) -> &Msg {
+        let (from, name, body, ts) = msg;
+        self.reserved_seq = self.reserved_seq.max(seq);
+        if let Some(key) = client_msg_id {
+            self.remember_retry_key((from.to_owned(), key.to_owned()), seq, ts);
+        }
+        self.publish(seq, from, name, body, ts)
+    }
+
     /// Makes a reserved message visible: the ring, search, `last_seq`. Reserved messages are
     /// published in seq order. The sender's read pointer is the caller's next step
     /// ([`Room::sent_by`]).

@@ -120,7 +120,14 @@ impl Shard {
             room_password_failures: metrics.room_password_failures.clone(),
             room_password_refusals: metrics.room_password_refusals.clone(),
         };
-        let homes = Homes::new(shards, rules, journal, counters, rooms);
+        let homes = Homes::new(
+            shards,
+            rules,
+            journal,
+            counters,
+            rooms,
+            instance.cluster.clone(),
+        );
         Shard {
             id,
             conns: Slab::new(),
@@ -292,6 +299,13 @@ impl Shard {
         if let Some(offload) = offload {
             self.offload(offload);
         }
+    }
+
+    /// An answer or a delivery from the cluster thread, for a room homed here.
+    fn on_cluster(&mut self, msg: crate::cluster::port::FromCluster) {
+        let mut out = Outgoing::default();
+        self.homes.on_cluster(msg, &mut out);
+        self.apply_outgoing(out);
     }
 
     /// A completion from the persistence threads, for a room homed here.

@@ -133,6 +133,15 @@ async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
             s.on_completion(completion);
             popped += 1;
         }
+        if let Some(cluster) = &instance.cluster {
+            while popped < INBOX_BATCH_MAX {
+                let Some(msg) = cluster.port.pop(id) else {
+                    break;
+                };
+                s.on_cluster(msg);
+                popped += 1;
+            }
+        }
         let popped = popped
             + instance
                 .mesh

@@ -108,7 +108,12 @@ impl Shard {
 
     fn set_gauges(&self) {
         let (m, instance) = (&self.metrics, &self.instance);
-        let inbound = instance.mesh.depth(self.id) + instance.completions.depth(self.id);
+        let clustered = instance
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.port.depth(self.id));
+        let inbound =
+            instance.mesh.depth(self.id) + instance.completions.depth(self.id) + clustered;
         m.inbox_depth.set(inbound as i64);
         m.shard_outbox_messages.set(self.outbox.len() as i64);
         m.home_requests_waiting.set(self.homes.waiting() as i64);

@@ -237,7 +237,10 @@ fn bad_cluster_flags_stop_the_start_naming_the_flag() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let own = crate::support::cluster::free_udp().to_string();
-    let cases: [(&[&str], &str); 4] = [
+    // The peer links listen on TCP on the cluster port: a taken TCP port stops the start.
+    let tcp_taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_taken_addr = tcp_taken.local_addr().unwrap().to_string();
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--peers", "no-such-host.invalid:7946"],
             "--peers no-such-host.invalid:7946",
@@ -247,6 +250,15 @@ fn bad_cluster_flags_stop_the_start_naming_the_flag() {
         (
             &["--peers", "127.0.0.1:9", "--cluster-listen", &taken],
             "cannot bind",
+        ),
+        (
+            &[
+                "--peers",
+                "127.0.0.1:9",
+                "--cluster-listen",
+                &tcp_taken_addr,
+            ],
+            "cannot bind (TCP",
         ),
     ];
     for (args, needle) in cases {
@@ -268,7 +280,7 @@ fn bad_cluster_flags_stop_the_start_naming_the_flag() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
-        if needle == "cannot bind" {
+        if needle.starts_with("cannot bind") {
             assert!(stderr.contains("--cluster-listen"), "{stderr}");
         }
     }
@@ -295,5 +307,486 @@ fn the_shipped_haproxy_config_is_the_generated_one() {
             "docs/haproxy.cfg differs from what the tests run: the generated one is in {}",
             out.display()
         );
+    }
+}
+
+// === the data path (docs/REPLICATION.md "Send and deliver") ===
+
+/// One client per instance, connected directly, each a member of `room`.
+async fn one_member_per_instance(c: &TestCluster, room: &str, user: &str) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for i in ALL {
+        let mut client = Client::connect(c.node(i), &format!("{user}{i}")).await;
+        assert_eq!(client.hello["instance"], TestCluster::name(i));
+        client.ok(json!({"op": "join", "room": room})).await;
+        clients.push(client);
+    }
+    clients
+}
+
+/// `msg` events until the one with body `last` (included), as (seq, body).
+async fn msgs_until(client: &mut Client, last: &str) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    loop {
+        let m = client.event_of("msg").await;
+        let body = m["body"].as_str().unwrap_or_default().to_owned();
+        got.push((m["seq"].as_u64().expect("a msg has a seq"), body.clone()));
+        if body == last {
+            return got;
+        }
+    }
+}
+
+/// Sends `body` through `client` and returns the `ok`'s seq; `unavailable` (a failover
+/// under way) is retried, anything else fails the test.
+async fn send_acked(client: &mut Client, room: &str, body: &str) -> u64 {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = client
+            .request(json!({"op": "send", "room": room, "body": body}))
+            .await;
+        if reply["op"] == "ok" {
+            assert_eq!(reply["room"], room, "{reply}");
+            let seq = reply["seq"].as_u64().expect("ok has a seq");
+            assert_eq!(reply["msg_id"], format!("{room}:{seq}"), "{reply}");
+            return seq;
+        }
+        assert_eq!(reply["code"], "unavailable", "{body}: {reply}");
+        assert!(
+            started.elapsed() < crate::support::WAIT,
+            "{body} not accepted within the wait: {reply}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Every client received exactly `expected` (seq, body), in seq order, no gap, no repeat.
+fn assert_same_stream(received: &[Vec<(u64, String)>], expected: &[(u64, String)]) {
+    for (i, got) in received.iter().enumerate() {
+        assert_eq!(
+            got,
+            expected,
+            "client on n{} received another stream",
+            i + 1
+        );
+    }
+    let seqs: Vec<u64> = expected.iter().map(|(s, _)| *s).collect();
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+        "seqs consecutive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_on_three_instances_receive_every_message_once_in_order() {
+    let c = formed().await;
+    let mut clients = one_member_per_instance(&c, "across", "a").await;
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    for round in 0..10 {
+        for (i, client) in clients.iter_mut().enumerate() {
+            let body = format!("m{i}-{round}");
+            let seq = send_acked(client, "across", &body).await;
+            acked.push((seq, body));
+        }
+    }
+    acked.sort();
+    let last = acked.last().unwrap().1.clone();
+    let mut received = Vec::new();
+    for client in &mut clients {
+        received.push(msgs_until(client, &last).await);
+    }
+    assert_eq!(acked.len(), 30);
+    assert_same_stream(&received, &acked);
+    let total: usize = received.iter().map(Vec::len).sum();
+    assert_eq!(
+        total,
+        acked.len() * clients.len(),
+        "received = acked × members"
+    );
+    // A member who joins later on any instance finds the same history.
+    for i in ALL {
+        let mut late = Client::connect(c.node(i), &format!("late{i}")).await;
+        late.ok(json!({"op": "join", "room": "across"})).await;
+        let history = late
+            .ok(json!({"op": "history", "room": "across", "limit": 100}))
+            .await;
+        let seqs: Vec<u64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "history on n{}", i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_sends_through_every_instance_are_sequenced_by_the_rooms_owner() {
+    let c = formed().await;
+    let clients = one_member_per_instance(&c, "owned", "s").await;
+    let mut tasks = Vec::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for n in 0..20 {
+                seqs.push(send_acked(&mut client, "owned", &format!("s{i}-{n}")).await);
+            }
+            (client, seqs)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (client, seqs) = task.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one sender's seqs increase: {seqs:?}"
+        );
+        all.extend(seqs);
+        clients.push(client);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=60).collect::<Vec<_>>(), "one sequence, no reuse");
+    // Exactly one instance sequenced the room: the owner in every view.
+    let sequenced: Vec<f64> = ALL
+        .iter()
+        .map(|&i| c.node(i).metric("sokdo_cluster_records_sequenced_total"))
+        .collect();
+    assert_eq!(
+        sequenced.iter().filter(|&&n| n == 60.0).count(),
+        1,
+        "{sequenced:?}"
+    );
+    assert_eq!(sequenced.iter().sum::<f64>(), 60.0, "{sequenced:?}");
+    // Every member, on every instance, receives the one sequence.
+    for client in &mut clients {
+        let mut seqs = Vec::new();
+        while seqs.len() < 60 {
+            seqs.push(client.event_of("msg").await["seq"].as_u64().unwrap());
+        }
+        assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    }
+}
+
+/// The instance that sequences `room` now and its epoch, from the `/cluster` of each
+/// running instance of `among`.
+fn owner_of(c: &TestCluster, among: &[usize], room: &str) -> Option<(usize, u64)> {
+    among.iter().find_map(|&i| {
+        let view = c.view(i);
+        let owned = view["data"]["owned"].as_array()?.clone();
+        owned
+            .iter()
+            .find(|r| r["room"] == room)
+            .map(|r| (i, r["epoch"].as_u64().unwrap()))
+    })
+}
+
+/// Waits until one instance of `among` sequences `room`: that instance and its epoch.
+async fn sequenced_by(c: &TestCluster, among: &[usize], room: &str) -> (usize, u64) {
+    let mut seen = None;
+    eventually("one instance lists itself as the room's owner", || {
+        seen = owner_of(c, among, room);
+        seen.is_some()
+    })
+    .await;
+    seen.unwrap()
+}
+
+type Acks = tokio::sync::mpsc::UnboundedReceiver<(u64, String)>;
+
+/// A steady sender: `n` sends of `{tag}-{i}` in turn, each acknowledged (retried on
+/// `unavailable`); the acks come on the channel, the client back at the end.
+fn steady(
+    mut sender: Client,
+    room: &'static str,
+    tag: String,
+    n: usize,
+) -> (JoinHandle<Client>, Acks) {
+    let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        for i in 0..n {
+            let body = format!("{tag}-{i}");
+            let seq = send_acked(&mut sender, room, &body).await;
+            tx.send((seq, body)).unwrap();
+        }
+        sender
+    });
+    (task, acks)
+}
+
+type JoinHandle<T> = tokio::task::JoinHandle<T>;
+
+/// Takes acks from `acks` until `acked` holds `n`.
+async fn acked_until(acked: &mut Vec<(u64, String)>, acks: &mut Acks, n: usize) {
+    while acked.len() < n {
+        acked.push(acks.recv().await.expect("the sender is still sending"));
+    }
+}
+
+/// Each instance's member of `room` (a client connected directly to it), the room's owner
+/// and its epoch after a first acknowledged send.
+async fn owned_room(
+    c: &TestCluster,
+    room: &str,
+    user: &str,
+) -> (Vec<Option<Client>>, (u64, String), (usize, u64)) {
+    let clients = one_member_per_instance(c, room, user).await;
+    let mut slots: Vec<Option<Client>> = clients.into_iter().map(Some).collect();
+    let first = send_acked(slots[0].as_mut().unwrap(), room, "first").await;
+    let owner = sequenced_by(c, &ALL, room).await;
+    (slots, (first, "first".to_owned()), owner)
+}
+
+/// Seqs strictly increase in the order acknowledged by one sender: none reused.
+fn assert_increasing(acked: &[(u64, String)]) {
+    let seqs: Vec<u64> = acked.iter().map(|a| a.0).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs never reused: {seqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reusing_a_seq() {
+    let mut c = formed().await;
+    let (mut slots, first, (owner, epoch)) = owned_room(&c, "fo", "f").await;
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    let mut victim = slots[owner].take().unwrap();
+    let mut reader = slots[others[1]].take().unwrap();
+    // A steady sender on a surviving instance.
+    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "fo", "steady".into(), 60);
+    let mut acked = vec![first];
+    acked_until(&mut acked, &mut acks, 16).await;
+    // The victim's member has seen what was acknowledged so far; then its instance dies.
+    let before = msgs_until(&mut victim, &acked.last().unwrap().1).await;
+    let victim_last = before.last().unwrap().0;
+    c.kill(owner);
+    acked_until(&mut acked, &mut acks, 61).await;
+    let _sender = sending.await.unwrap();
+    assert_increasing(&acked);
+    let (new_owner, new_epoch) = sequenced_by(&c, &others, "fo").await;
+    assert_ne!(new_owner, owner);
+    assert!(new_epoch > epoch, "epoch {epoch} → {new_epoch}");
+    // The surviving member received every acknowledged message, in order, each seq once.
+    let last_body = acked.last().unwrap().1.clone();
+    let stream = msgs_until(&mut reader, &last_body).await;
+    assert_complete(&stream, &acked);
+    // The victim's user reconnects through HAProxy and resumes from its last seq.
+    eventually("haproxy marks the dead owner down", || {
+        c.lb_state(owner) == "DOWN"
+    })
+    .await;
+    let mut back = c.haproxy.client(&format!("f{owner}")).await;
+    assert_ne!(back.hello["instance"], TestCluster::name(owner));
+    let joined = back
+        .ok(json!({"op": "join", "room": "fo", "after_seq": victim_last}))
+        .await;
+    assert_eq!(joined["recovered"], true, "{joined}");
+    let missed = msgs_until(&mut back, &last_body).await;
+    let expected: Vec<(u64, String)> = stream
+        .iter()
+        .filter(|(s, _)| *s > victim_last)
+        .cloned()
+        .collect();
+    assert_eq!(missed, expected, "exactly the missed messages, in order");
+}
+
+/// `stream` has consecutive seqs, each once, and holds every acknowledged (seq, body).
+fn assert_complete(stream: &[(u64, String)], acked: &[(u64, String)]) {
+    let seqs: Vec<u64> = stream.iter().map(|m| m.0).collect();
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no repeat"
+    );
+    for a in acked {
+        assert!(stream.contains(a), "acknowledged {a:?} lost: {stream:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_owner_is_replaced_and_rejoins_without_reusing_a_seq() {
+    let c = formed().await;
+    let (mut slots, first, (owner, epoch)) = owned_room(&c, "pz", "p").await;
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    let mut stopped = slots[owner].take().unwrap();
+    let mut reader = slots[others[1]].take().unwrap();
+    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "pz", "steady".into(), 40);
+    let mut acked = vec![first];
+    acked_until(&mut acked, &mut acks, 10).await;
+    c.node(owner).signal(libc::SIGSTOP);
+    eventually("the others see the stopped owner down", || {
+        c.all_see(&others, &[owner], "down")
+    })
+    .await;
+    let moved = sequenced_by(&c, &others, "pz").await;
+    assert!(moved.1 > epoch, "{moved:?} after epoch {epoch}");
+    // Sends go on while the owner is stopped; then it continues.
+    acked_until(&mut acked, &mut acks, 20).await;
+    c.node(owner).signal(libc::SIGCONT);
+    eventually("the stopped owner is back in every view", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    acked_until(&mut acked, &mut acks, 41).await;
+    let mut sender = sending.await.unwrap();
+    assert_increasing(&acked);
+    // After it rejoined, more sends, through every instance.
+    for (i, client) in [&mut sender, &mut reader, &mut stopped]
+        .into_iter()
+        .enumerate()
+    {
+        let body = format!("after-{i}");
+        let seq = send_acked(client, "pz", &body).await;
+        acked.push((seq, body));
+    }
+    assert_increasing(&acked);
+    let last = acked.last().unwrap().1.clone();
+    let read = msgs_until(&mut reader, &last).await;
+    assert_complete(&read, &acked);
+    // The member on the instance that was stopped has the same stream, without a gap.
+    let resumed = msgs_until(&mut stopped, &last).await;
+    assert_eq!(
+        resumed, read,
+        "the stopped instance's member caught up exactly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
+    let mut c = formed().await;
+    let (slots, first, _) = owned_room(&c, "roll", "r").await;
+    drop(slots);
+    let mut acked = vec![first];
+    for i in ALL {
+        // A steady sender on the next instance while instance i drains and restarts.
+        let at = (i + 1) % ALL.len();
+        let mut sender = Client::connect(c.node(at), &format!("roller{i}")).await;
+        sender.ok(json!({"op": "join", "room": "roll"})).await;
+        let (sending, mut acks) = steady(sender, "roll", format!("phase{i}"), 15);
+        let phase = acked.len();
+        acked_until(&mut acked, &mut acks, phase + 5).await;
+        let mut stopping = c.take(i);
+        stopping.signal(libc::SIGTERM);
+        assert!(stopping.wait_exit(crate::support::WAIT).success());
+        drop(stopping);
+        c.restart(i);
+        eventually("the restarted instance is back in every view", || {
+            c.all_see(&ALL, &ALL, "alive")
+        })
+        .await;
+        acked_until(&mut acked, &mut acks, phase + 15).await;
+        sending.await.unwrap();
+    }
+    assert_eq!(acked.len(), 46);
+    assert_increasing(&acked);
+    // On every instance, a member replaying from the start finds every acknowledged message.
+    let last = acked.last().unwrap().1.clone();
+    for i in ALL {
+        let mut late = Client::connect(c.node(i), &format!("after{i}")).await;
+        late.ok(json!({"op": "join", "room": "roll", "after_seq": 0}))
+            .await;
+        let stream = msgs_until(&mut late, &last).await;
+        assert_eq!(stream[0].0, 1, "from the first seq on n{}", i + 1);
+        assert_complete(&stream, &acked);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_with_after_seq_on_an_instance_without_the_room_gets_what_it_missed_from_the_owner()
+{
+    let c = formed().await;
+    // Members on two instances only: the third has never had the room.
+    let mut a = Client::connect(c.node(0), "ja").await;
+    a.ok(json!({"op": "join", "room": "cold"})).await;
+    let mut b = Client::connect(c.node(1), "jb").await;
+    b.ok(json!({"op": "join", "room": "cold"})).await;
+    let mut acked = Vec::new();
+    for n in 0..12 {
+        let body = format!("cold-{n}");
+        let seq = send_acked(if n % 2 == 0 { &mut a } else { &mut b }, "cold", &body).await;
+        acked.push((seq, body));
+    }
+    let after = acked[4].0;
+    // A client that had read up to the fifth message resumes on the third instance.
+    let mut resumed = Client::connect(c.node(2), "jc").await;
+    let started = std::time::Instant::now();
+    let joined = loop {
+        let reply = resumed
+            .request(json!({"op": "join", "room": "cold", "after_seq": after}))
+            .await;
+        if reply["op"] == "ok" {
+            break reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("catching up"),
+            "{reply}"
+        );
+        assert!(started.elapsed() < crate::support::WAIT, "{reply}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(joined["last_seq"], acked.last().unwrap().0, "{joined}");
+    assert_eq!(joined["recovered"], true, "{joined}");
+    // Then live: one more message after the join.
+    let seq = send_acked(&mut a, "cold", "live").await;
+    acked.push((seq, "live".to_owned()));
+    let got = msgs_until(&mut resumed, "live").await;
+    let expected: Vec<(u64, String)> = acked.into_iter().filter(|(s, _)| *s > after).collect();
+    assert_eq!(
+        got, expected,
+        "exactly the missed messages, in order, then live"
+    );
+}
+
+/// Opens a peer link to node 0 and sends `bytes`; true when the instance closed it.
+fn link_closed_after(c: &TestCluster, bytes: &[u8]) -> bool {
+    use std::io::{Read as _, Write as _};
+    let mut link = std::net::TcpStream::connect(c.cluster_addr(0)).unwrap();
+    link.set_read_timeout(Some(crate::support::WAIT)).unwrap();
+    link.write_all(bytes).unwrap();
+    let mut buf = [0u8; 16];
+    // The instance never writes on a link it accepted: a read ends only when it closes.
+    matches!(link.read(&mut buf), Ok(0) | Err(_)) && link.read(&mut buf).map_or(true, |n| n == 0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_link_with_a_bad_hello_is_refused_and_logged() {
+    use sokdo_replication::frame::{encode, Frame, PROTOCOL_VERSION};
+    let c = formed().await;
+    let hello = |version: u32, node_id: &str, boot_id: u64| {
+        encode(&Frame::Hello {
+            version,
+            node_id: node_id.to_owned(),
+            boot_id,
+        })
+        .unwrap()
+    };
+    let cases: [(Vec<u8>, &str); 4] = [
+        (hello(PROTOCOL_VERSION + 1, "n2", 1), "protocol version"),
+        (
+            hello(PROTOCOL_VERSION, "intruder", 1),
+            "not an active member",
+        ),
+        (hello(PROTOCOL_VERSION, "n2", 1), "boot"),
+        (b"\x05\x00\x00\x00garbage".to_vec(), "cluster link refused"),
+    ];
+    for (bytes, why) in cases {
+        assert!(link_closed_after(&c, &bytes), "{why}: the link stays open");
+        eventually(&format!("the refusal logged: {why}"), || {
+            let refused = c.node(0).log_lines("cluster link refused");
+            refused.iter().any(|l| l.contains(why))
+        })
+        .await;
+    }
+    // The instance still serves its real peers.
+    assert!(c.all_see(&ALL, &ALL, "alive"));
+    let mut clients = one_member_per_instance(&c, "after-refusals", "h").await;
+    send_acked(&mut clients[1], "after-refusals", "still linked").await;
+    for client in &mut clients {
+        msgs_until(client, "still linked").await;
     }
 }

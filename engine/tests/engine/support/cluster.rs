@@ -187,10 +187,16 @@ pub fn free_tcp() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// A free loopback UDP port.
+/// A free loopback UDP port whose TCP port is free too (the peer links listen on TCP on
+/// the cluster port).
 pub fn free_udp() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
+    loop {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// N sokdo instances configured as one cluster (`--peers`), with short membership timings,
@@ -263,8 +269,15 @@ impl TestCluster {
     }
 
     /// Starts node `i` (again) on its data directory and ports.
+    /// With `SOKDO_TEST_CLUSTER_LOG` set (e.g. `info`), the instances log at that level:
+    /// their lines are in the failing test's output.
     pub fn restart(&mut self, i: usize) {
-        self.restart_with_env(i, &[]);
+        match std::env::var("SOKDO_TEST_CLUSTER_LOG") {
+            Ok(level) if !level.is_empty() => {
+                self.restart_with_env(i, &[("SOKDO_LOG", &level)]);
+            }
+            _ => self.restart_with_env(i, &[]),
+        }
     }
 
     /// Like `restart`, with extra environment variables (`SOKDO_LOG`).
@@ -272,6 +285,11 @@ impl TestCluster {
         let args = self.args(i);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.nodes[i] = Some(Server::start_with_env(&self.data[i], &args, env));
+    }
+
+    /// Node `i`'s cluster address (UDP membership, TCP peer links).
+    pub fn cluster_addr(&self, i: usize) -> SocketAddr {
+        self.udp[i]
     }
 
     pub fn node(&self, i: usize) -> &Server {

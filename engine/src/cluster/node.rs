@@ -1,0 +1,613 @@
+//! The data path on the cluster thread: one `replication::room::Room` per room touched
+//! (created lazily, fed the view on every membership change and ticked), the sends the
+//! home shards hand over, the frames of the peer links, and the rooms this instance has
+//! local members in (interest). docs/REPLICATION.md "Send and deliver".
+//!
+//! The room machine decides everything about ownership, epochs and the ack rule; this
+//! layer routes: a publish to the owner of this node's view (itself: the room machine),
+//! answers back to the home shard that asked, deliveries and replays to the room's home
+//! shard, frames to a peer's link or, addressed to this node, back into itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sokdo_replication::frame::{self, Frame, Record, RefusalCode};
+use sokdo_replication::membership::{MemberState, MemberView};
+use sokdo_replication::room::{
+    Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
+};
+
+use super::links::{Link, LinkStats};
+use super::port::{FromCluster, Note, ToCluster};
+use super::Cluster;
+use crate::mesh::ShardId;
+
+/// A catch-up replay not answered within this is asked again.
+const REPLAY_RETRY: Duration = Duration::from_secs(1);
+
+/// A publish sent to the room's owner (possibly this node), waiting for its answer.
+struct Forward {
+    shard: ShardId,
+    token: u64,
+    deadline: Instant,
+}
+
+/// A publish that reached this node as the room's owner in its view while it is still
+/// claiming the room: fed to the room machine once it sequences.
+struct Held {
+    from: String,
+    req: u64,
+    payload: Vec<u8>,
+    deadline: Instant,
+}
+
+struct RoomState {
+    machine: Room,
+    held: VecDeque<Held>,
+}
+
+/// A room with local members: its records come here.
+struct Interest {
+    /// The highest seq handed to the home (a catch-up asks for what follows).
+    delivered: u64,
+    /// A catch-up replay is wanted (after a view change, a gap, the first member).
+    catch_up: bool,
+    asked: Option<Instant>,
+}
+
+pub(super) struct Node {
+    cluster: Arc<Cluster>,
+    view: View,
+    rooms: HashMap<String, RoomState>,
+    links: HashMap<String, Link>,
+    forwards: HashMap<u64, Forward>,
+    /// Replay requests in flight: req → room, and when asked (an unanswered one is
+    /// forgotten after ten `REPLAY_RETRY`s; it is asked again after one).
+    replays: HashMap<u64, (String, Instant)>,
+    interest: HashMap<String, Interest>,
+    next_req: u64,
+    /// Frames for this node (from itself, or held publishes released), handled before
+    /// the next event.
+    local: VecDeque<(String, Frame)>,
+}
+
+impl Node {
+    pub(super) fn new(cluster: Arc<Cluster>) -> Node {
+        let view = View {
+            members: vec![cluster.node_id.clone()],
+            configured: cluster.configured,
+        };
+        Node {
+            cluster,
+            view,
+            rooms: HashMap::new(),
+            links: HashMap::new(),
+            forwards: HashMap::new(),
+            replays: HashMap::new(),
+            interest: HashMap::new(),
+            next_req: 0,
+            local: VecDeque::new(),
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.cluster.node_id
+    }
+
+    fn req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    fn owner_of(&self, room: &str) -> Option<String> {
+        if !self.view.has_quorum() {
+            return None;
+        }
+        sokdo_replication::placement::owner(room, &self.view.members).cloned()
+    }
+
+    /// The membership changed: links follow the active members, every room machine gets
+    /// the new view, every interest is registered again with the owner of the new view.
+    pub(super) fn on_members(&mut self, members: &[MemberView]) {
+        self.update_links(members);
+        let mut active: Vec<String> = members
+            .iter()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| m.identity.node_id.clone())
+            .collect();
+        active.sort();
+        let view = View {
+            members: active,
+            configured: self.cluster.configured,
+        };
+        self.view = view.clone();
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            self.feed(&name, Input::View(view.clone()));
+        }
+        let rooms: Vec<String> = self.interest.keys().cloned().collect();
+        for room in rooms {
+            self.register(&room);
+        }
+        self.run_local();
+    }
+
+    fn update_links(&mut self, members: &[MemberView]) {
+        let active: HashMap<&str, &MemberView> = members
+            .iter()
+            .filter(|m| !m.is_self && m.state != MemberState::Down)
+            .map(|m| (m.identity.node_id.as_str(), m))
+            .collect();
+        self.links.retain(|node, link| {
+            active
+                .get(node.as_str())
+                .is_some_and(|m| m.identity.boot == link.boot && m.identity.addr == link.addr)
+        });
+        for (node, m) in active {
+            if !self.links.contains_key(node) {
+                let stats = self.cluster.stats_of(node);
+                let link = Link::open(&self.cluster, m.identity.addr, m.identity.boot, stats);
+                self.links.insert(node.to_owned(), link);
+            }
+        }
+    }
+
+    /// A link to or from `peer` connected or broke: what it carried may be lost.
+    pub(super) fn on_link_changed(&mut self, peer: &str) {
+        let rooms: Vec<String> = self
+            .interest
+            .keys()
+            .filter(|r| self.owner_of(r).as_deref() == Some(peer))
+            .cloned()
+            .collect();
+        for room in rooms {
+            self.register(&room);
+        }
+        self.run_local();
+    }
+
+    /// Sends Interest to the room's owner and asks for a catch-up.
+    fn register(&mut self, room: &str) {
+        if let Some(owner) = self.owner_of(room) {
+            let frame = Frame::Interest {
+                room: room.to_owned(),
+            };
+            self.send_to(&owner, frame);
+        }
+        if let Some(i) = self.interest.get_mut(room) {
+            i.catch_up = true;
+            i.asked = None;
+        }
+        self.catch_up(room, Instant::now());
+    }
+
+    /// Asks the owner for the records after those delivered, unless a request is in flight.
+    fn catch_up(&mut self, room: &str, now: Instant) {
+        let Some(i) = self.interest.get(room) else {
+            return;
+        };
+        if !i.catch_up || i.asked.is_some_and(|t| now < t + REPLAY_RETRY) {
+            return;
+        }
+        let after_seq = i.delivered;
+        let Some(owner) = self.owner_of(room) else {
+            return;
+        };
+        let req = self.req();
+        self.replays.insert(req, (room.to_owned(), now));
+        if let Some(i) = self.interest.get_mut(room) {
+            i.asked = Some(now);
+        }
+        let frame = Frame::ReplayRequest {
+            req,
+            room: room.to_owned(),
+            after_seq,
+            max: REPLAY_RECORDS_MAX,
+        };
+        self.cluster
+            .stats
+            .replays_asked
+            .fetch_add(1, Ordering::Relaxed);
+        self.send_to(&owner, frame);
+    }
+
+    /// Time passed: room machines resend, late answers are refused, catch-ups retried.
+    pub(super) fn tick(&mut self, now: Instant) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            self.feed(&name, Input::Tick);
+            self.expire_held(&name, now);
+        }
+        let late: Vec<u64> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(req, _)| *req)
+            .collect();
+        let ms = self.cluster.limits.publish_timeout.as_millis();
+        for req in late {
+            let why = format!("the room's owner did not answer within {ms} ms: retry");
+            self.answer_refused(req, RefusalCode::Unavailable, why);
+        }
+        self.replays
+            .retain(|_, (_, asked)| now < *asked + REPLAY_RETRY * 10);
+        let rooms: Vec<String> = self.interest.keys().cloned().collect();
+        for room in rooms {
+            self.catch_up(&room, now);
+        }
+        self.run_local();
+        self.publish_stats();
+    }
+
+    fn expire_held(&mut self, name: &str, now: Instant) {
+        let Some(state) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let mut late = Vec::new();
+        while state.held.front().is_some_and(|h| h.deadline <= now) {
+            late.extend(state.held.pop_front());
+        }
+        for h in late {
+            self.refuse(&h.from, h.req, name, RefusalCode::Unavailable);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let owned = self
+            .rooms
+            .values()
+            .filter(|r| r.machine.owner_epoch().is_some())
+            .count();
+        let s = &self.cluster.stats;
+        s.rooms_owned.store(owned as u64, Ordering::Relaxed);
+        s.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+        s.forwards_waiting
+            .store(self.forwards.len() as u64, Ordering::Relaxed);
+    }
+
+    /// `/cluster`'s `rooms`: what this node sequences (at most `max`, by name).
+    pub(super) fn owned(&self, max: usize) -> Vec<serde_json::Value> {
+        let mut owned: Vec<(&String, u64, u64)> = self
+            .rooms
+            .iter()
+            .filter_map(|(n, r)| Some((n, r.machine.owner_epoch()?, r.machine.committed()?)))
+            .collect();
+        owned.sort();
+        owned
+            .into_iter()
+            .take(max)
+            .map(|(room, epoch, committed)| {
+                serde_json::json!({"room": room, "epoch": epoch, "committed": committed})
+            })
+            .collect()
+    }
+
+    pub(super) fn on_shard(&mut self, req: ToCluster) {
+        let ToCluster::Publish {
+            shard,
+            token,
+            room,
+            payload,
+        } = req;
+        let req = self.req();
+        let deadline = Instant::now() + self.cluster.limits.publish_timeout;
+        self.forwards.insert(
+            req,
+            Forward {
+                shard,
+                token,
+                deadline,
+            },
+        );
+        let Some(owner) = self.owner_of(&room) else {
+            let why = "this instance sees no owner for the room (no quorum): retry".to_owned();
+            self.answer_refused(req, RefusalCode::Unavailable, why);
+            return;
+        };
+        if owner != self.me() {
+            self.cluster.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        self.send_to(&owner, Frame::Publish { req, room, payload });
+        self.run_local();
+    }
+
+    pub(super) fn on_note(&mut self, note: Note) {
+        match note {
+            Note::Interest { room, on, last_seq } => {
+                if on {
+                    self.interest.insert(
+                        room.clone(),
+                        Interest {
+                            delivered: last_seq,
+                            catch_up: true,
+                            asked: None,
+                        },
+                    );
+                    self.register(&room);
+                } else {
+                    self.interest.remove(&room);
+                    if let Some(owner) = self.owner_of(&room) {
+                        self.send_to(&owner, Frame::Uninterest { room });
+                    }
+                }
+            }
+            Note::Replay { room, after_seq } => {
+                if let Some(i) = self.interest.get_mut(&room) {
+                    i.delivered = after_seq;
+                    i.catch_up = true;
+                    i.asked = None;
+                }
+                self.catch_up(&room, Instant::now());
+            }
+        }
+        self.run_local();
+    }
+
+    /// A frame from a peer's link.
+    pub(super) fn on_peer_frame(&mut self, from: String, frame: Frame) {
+        self.on_frame(from, frame);
+        self.run_local();
+    }
+
+    fn run_local(&mut self) {
+        while let Some((from, frame)) = self.local.pop_front() {
+            self.on_frame(from, frame);
+        }
+    }
+
+    fn on_frame(&mut self, from: String, frame: Frame) {
+        match frame {
+            Frame::Hello { .. } => {}
+            Frame::Published { req, seq, .. } => {
+                if let Some(f) = self.forwards.remove(&req) {
+                    let msg = FromCluster::Published {
+                        token: f.token,
+                        seq,
+                    };
+                    self.cluster.port.deliver(f.shard, msg);
+                }
+            }
+            Frame::Refused { req, code, .. } if req != 0 => {
+                if self.replays.remove(&req).is_some() {
+                    return; // the catch-up is asked again on a tick
+                }
+                let why = refusal_text(code, &from);
+                self.answer_refused(req, code, why);
+            }
+            Frame::Deliver { room, record } => self.deliver(&room, vec![record]),
+            Frame::ReplayRecords {
+                req,
+                room,
+                records,
+                more,
+            } => self.on_replay_records(req, &room, records, more),
+            Frame::Publish { req, room, payload } => {
+                self.on_publish(from, req, &room, payload);
+            }
+            other => {
+                let Some(room) = room_of(&other) else { return };
+                let room = room.to_owned();
+                self.feed(&room, Input::Frame { from, frame: other });
+            }
+        }
+    }
+
+    fn on_publish(&mut self, from: String, req: u64, room: &str, payload: Vec<u8>) {
+        let me = self.me().to_owned();
+        let deadline = Instant::now() + self.cluster.limits.publish_timeout;
+        let state = self.room_state(room);
+        let claiming =
+            state.machine.owner_epoch().is_none() && state.machine.owner_in_view() == Some(&me);
+        if claiming {
+            if state.held.len() >= PENDING_SENDS_MAX {
+                self.refuse(&from, req, room, RefusalCode::Overloaded);
+                return;
+            }
+            state.held.push_back(Held {
+                from,
+                req,
+                payload,
+                deadline,
+            });
+            return;
+        }
+        let frame = Frame::Publish {
+            req,
+            room: room.to_owned(),
+            payload,
+        };
+        self.feed(room, Input::Frame { from, frame });
+    }
+
+    fn on_replay_records(&mut self, req: u64, room: &str, records: Vec<Record>, more: bool) {
+        if self.replays.remove(&req).is_none() {
+            return;
+        }
+        let last = records.last().map(|r| r.seq);
+        self.deliver(room, records);
+        if let Some(i) = self.interest.get_mut(room) {
+            i.asked = None;
+            i.catch_up = more && last.is_some();
+        }
+        if more {
+            self.catch_up(room, Instant::now());
+        } else if self.interest.contains_key(room) {
+            let shard = crate::placement::home_of(room, self.cluster.shards);
+            let msg = FromCluster::CaughtUp {
+                room: room.to_owned(),
+            };
+            self.cluster.port.deliver(shard, msg);
+        }
+    }
+
+    /// Acknowledged records for the room's home shard.
+    fn deliver(&mut self, room: &str, records: Vec<Record>) {
+        let Some(i) = self.interest.get_mut(room) else {
+            return;
+        };
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return;
+        };
+        i.delivered = i.delivered.max(last);
+        let s = &self.cluster.stats;
+        s.records_delivered
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let shard = crate::placement::home_of(room, self.cluster.shards);
+        let msg = FromCluster::Records {
+            room: room.to_owned(),
+            records,
+        };
+        self.cluster.port.deliver(shard, msg);
+    }
+
+    fn answer_refused(&mut self, req: u64, code: RefusalCode, why: String) {
+        if let Some(f) = self.forwards.remove(&req) {
+            self.cluster.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let msg = FromCluster::Refused {
+                token: f.token,
+                code,
+                why,
+            };
+            self.cluster.port.deliver(f.shard, msg);
+        }
+    }
+
+    fn refuse(&mut self, to: &str, req: u64, room: &str, code: RefusalCode) {
+        let frame = Frame::Refused {
+            req,
+            room: room.to_owned(),
+            epoch: 0,
+            code,
+        };
+        self.send_to(to, frame);
+    }
+
+    fn room_state(&mut self, room: &str) -> &mut RoomState {
+        if !self.rooms.contains_key(room) {
+            let me = self.me().to_owned();
+            let machine = Room::new(
+                room,
+                &me,
+                self.cluster.configured,
+                Durable::default(),
+                Rules::default(),
+            );
+            let state = RoomState {
+                machine,
+                held: VecDeque::new(),
+            };
+            self.rooms.insert(room.to_owned(), state);
+            self.feed(room, Input::View(self.view.clone()));
+        }
+        self.rooms.get_mut(room).expect("just inserted")
+    }
+
+    /// One input to a room's machine, and what it asks for.
+    fn feed(&mut self, room: &str, input: Input) {
+        let outputs = self.room_state(room).machine.handle(input);
+        for output in outputs {
+            match output {
+                Output::Send { to, frame } => {
+                    if matches!(frame, Frame::Published { .. }) {
+                        let s = &self.cluster.stats;
+                        s.records_sequenced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.send_to(&to, frame);
+                }
+                Output::Sequencing { epoch, next_seq } => {
+                    tracing::info!(room, epoch, next_seq, "sequencing the room as its owner");
+                    self.release_held(room);
+                }
+                Output::SteppedDown { epoch } => {
+                    tracing::info!(room, epoch, "no longer the room's owner");
+                }
+            }
+        }
+        let me = self.me().to_owned();
+        let state = self.room_state(room);
+        if state.machine.owner_in_view() != Some(&me) && !state.held.is_empty() {
+            let held: Vec<Held> = state.held.drain(..).collect();
+            for h in held {
+                self.refuse(&h.from, h.req, room, RefusalCode::NotOwner);
+            }
+        }
+    }
+
+    /// The room sequences now: the publishes held meanwhile go in, in arrival order.
+    fn release_held(&mut self, room: &str) {
+        let held: Vec<Held> = self.room_state(room).held.drain(..).collect();
+        for h in held {
+            let frame = Frame::Publish {
+                req: h.req,
+                room: room.to_owned(),
+                payload: h.payload,
+            };
+            // Handled after this feed's outputs: `feed` is not re-entered.
+            self.local.push_back((h.from, frame));
+        }
+    }
+
+    /// Sends `frame` to `to`: this node's own frames loop back.
+    fn send_to(&mut self, to: &str, frame: Frame) {
+        if to == self.me() {
+            let me = self.me().to_owned();
+            self.local.push_back((me, frame));
+            return;
+        }
+        let Some(link) = self.links.get(to) else {
+            return; // not in this node's view: the protocol resends or times out
+        };
+        let bytes = match frame::encode(&frame) {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::warn!(peer = to, "cluster frame not sent: {e}");
+                return;
+            }
+        };
+        if !link.send(bytes) {
+            tracing::warn!(
+                peer = to,
+                "cluster link queue full: the link is dropped and dialled again"
+            );
+            let (addr, boot) = (link.addr, link.boot);
+            let stats: Arc<LinkStats> = self.cluster.stats_of(to);
+            let link = Link::open(&self.cluster, addr, boot, stats);
+            self.links.insert(to.to_owned(), link);
+        }
+    }
+}
+
+/// The room a frame is about (every frame but `Hello`).
+fn room_of(frame: &Frame) -> Option<&str> {
+    match frame {
+        Frame::Hello { .. } => None,
+        Frame::Publish { room, .. }
+        | Frame::Published { room, .. }
+        | Frame::Refused { room, .. }
+        | Frame::Append { room, .. }
+        | Frame::Appended { room, .. }
+        | Frame::Deliver { room, .. }
+        | Frame::Interest { room }
+        | Frame::Uninterest { room }
+        | Frame::ReplayRequest { room, .. }
+        | Frame::ReplayRecords { room, .. }
+        | Frame::Claim { room, .. }
+        | Frame::Handoff { room, .. } => Some(room),
+    }
+}
+
+fn refusal_text(code: RefusalCode, owner: &str) -> String {
+    match code {
+        RefusalCode::Overloaded => {
+            format!("the room's owner ({owner}) has too many sends waiting: retry later")
+        }
+        RefusalCode::Unavailable => format!(
+            "the room's owner ({owner}) cannot sequence it now (no quorum, or a failover under way): retry"
+        ),
+        RefusalCode::NotOwner | RefusalCode::StaleEpoch | RefusalCode::NotReplica => {
+            format!("the room's ownership is moving ({owner} does not own it now): retry")
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! What the home shards and the cluster thread tell each other.
+//!
+//! Shard → cluster thread: a `send` to sequence goes on the cluster thread's bounded
+//! channel (`try_send`: a full channel is `overloaded` for the client); interest and replay
+//! notes go on a lock-free queue the thread drains on every turn (each follows from a
+//! request a shard already admitted, and a lost note would leave an instance without its
+//! room's messages). Cluster thread → shard: one lock-free queue per shard and the shard's
+//! doorbell, like the persistence completions (`persist.rs`).
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_queue::SegQueue;
+use sokdo_replication::frame::{Record, RefusalCode};
+
+use super::Event;
+use crate::mesh::{Doorbell, ShardId};
+
+/// A home shard's request of the cluster thread.
+#[derive(Debug)]
+pub enum ToCluster {
+    /// Sequence this message (the engine's encoding, [`Payload`]) in `room`; the answer comes
+    /// back to `shard` under `token`.
+    Publish {
+        shard: ShardId,
+        token: u64,
+        room: String,
+        payload: Vec<u8>,
+    },
+}
+
+/// A home shard's note to the cluster thread.
+#[derive(Debug)]
+pub enum Note {
+    /// The room got its first local member (`on`) or lost its last; `last_seq` is what the
+    /// home holds.
+    Interest {
+        room: String,
+        on: bool,
+        last_seq: u64,
+    },
+    /// The home received a record after a gap: it wants every record after `after_seq`.
+    Replay { room: String, after_seq: u64 },
+}
+
+/// The cluster thread's answer or delivery to a home shard.
+#[derive(Debug)]
+pub enum FromCluster {
+    /// The owner acknowledged the publish `token` at `seq`.
+    Published { token: u64, seq: u64 },
+    /// The publish `token` was not sequenced.
+    Refused {
+        token: u64,
+        code: RefusalCode,
+        why: String,
+    },
+    /// Acknowledged records of `room`, in seq order (a live delivery or a replay).
+    Records { room: String, records: Vec<Record> },
+    /// A catch-up of `room` is complete: the home holds every record the owner had
+    /// acknowledged when it answered.
+    CaughtUp { room: String },
+}
+
+/// A message as a record carries it (JSON; the records of one room are opaque bytes to the
+/// replication crate).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Payload {
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub body: String,
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+impl Payload {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a payload serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Payload> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The shards' side of the cluster thread: cloned into every home.
+pub struct Port {
+    pub(super) events: Sender<Event>,
+    pub(super) notes: SegQueue<Note>,
+    pub(super) inbox: Vec<SegQueue<FromCluster>>,
+    pub(super) doorbells: Arc<[Doorbell]>,
+}
+
+impl Port {
+    /// Queues a publish; `false` when the cluster thread's channel is full.
+    pub fn publish(&self, req: ToCluster) -> bool {
+        match self.events.try_send(Event::Shard(req)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            // The cluster thread ended (shutting down): nothing will answer.
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Queues a note and wakes the thread (a full channel: it is awake anyway).
+    pub fn note(&self, note: Note) {
+        self.notes.push(note);
+        let _ = self.events.try_send(Event::Wake);
+    }
+
+    /// What the cluster thread sent `shard`, one at a time.
+    pub fn pop(&self, shard: ShardId) -> Option<FromCluster> {
+        self.inbox.get(shard as usize)?.pop()
+    }
+
+    /// Waiting for `shard` (a gauge).
+    pub fn depth(&self, shard: ShardId) -> usize {
+        self.inbox.get(shard as usize).map_or(0, SegQueue::len)
+    }
+
+    pub(super) fn deliver(&self, shard: ShardId, msg: FromCluster) {
+        if let Some(queue) = self.inbox.get(shard as usize) {
+            queue.push(msg);
+            self.doorbells[shard as usize].ring();
+        }
+    }
+}
