@@ -20,6 +20,7 @@ mod delivery;
 mod durability;
 mod features;
 mod lifecycle;
+mod memory;
 mod limits;
 mod messaging;
 mod mongo;
