@@ -19,6 +19,13 @@ use sokdo_persistence::{Persistence, RoomSnapshot};
 /// Pending connections the kernel holds per listener (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// glommio's registered I/O memory per shard, in bytes: its floor. glommio reads *files*
+/// through it (DMA buffers); sokdo's shards read and write only sockets (the log and the
+/// store are the persistence threads', on their own rings), so nothing ever uses it. Its
+/// default, 10 MiB, was written through at start (registering pins the pages) in every
+/// shard, and counted three times against RLIMIT_MEMLOCK (issue 14).
+const SHARD_IO_MEMORY_BYTES: usize = 64 * 1024;
+
 /// The binaries' `main`: logging from `SOKDO_LOG`, the flags, the server; exit code 2 with
 /// the reason when it cannot start or run.
 pub fn main() -> std::process::ExitCode {
@@ -198,6 +205,7 @@ fn start_shard(
     let fd = listener.into_raw_fd();
     let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("sokdo-shard-{id}"))
+        .io_memory(SHARD_IO_MEMORY_BYTES)
         // argon2 and account-store calls run on this pool: not pinned to the shard's core,
         // so the kernel may run them on a quieter one.
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1));

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crate::queue::{bounded, Sender, TrySendError};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::contract::{
@@ -38,7 +38,8 @@ pub const READ_QUEUE_REQUESTS_MAX: usize = 4_096;
 /// stalls all of them, and a lock shared with a persistence thread would let a slow disk or a
 /// slow sink reach into the shard through that lock. So every method here touches only
 /// relaxed atomics, the immutable part of the shared `Pipeline` (`state.rs`), and the non-blocking `try_send` of a
-/// bounded crossbeam channel, whose refusal is an answer (`Full`), never a wait:
+/// bounded channel (`queue.rs`: crossbeam's, allocated by use), whose refusal is an answer
+/// (`Full`), never a wait:
 /// - [`append`](Handle::append): one `fetch_add` reserves log space, then `try_send`;
 /// - [`read`](Handle::read): `try_send`;
 /// - [`stats`](Handle::stats): atomic loads only — the backlog's length included, which its

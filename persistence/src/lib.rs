@@ -96,6 +96,7 @@ mod read_thread;
 mod sink_thread;
 // Layer 6: what the engine holds.
 mod handle;
+mod queue;
 // The fuzz targets' entry points (`fuzz/`), with the feature `fuzzing` (and in the unit
 // tests, which run them on their corpus).
 #[cfg(any(test, feature = "fuzzing"))]

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use crate::queue::Receiver;
 
 use crate::contract::{Completion, Error, ReadRequest, Record, StoredMessage, Ticket};
 use crate::sink::SinkReader;

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crate::queue::Sender;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::sink::Sink;

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crate::queue::{Receiver, RecvTimeoutError};
 
 use crate::contract::{Completion, Durability, Error, Record, Ticket, WAL_RETRY_BACKOFF_MIN_MS};
 use crate::record::encode_frame;

@@ -156,6 +156,17 @@ impl<T> Order<T> {
     }
 
     /// Requests are waiting: the connection must not read more.
+    /// Gives the queues' memory back once nothing is out or held (the shard's ticker: see
+    /// `Outbound::release_if_drained`).
+    pub fn release_if_idle(&mut self) {
+        if self.owed.is_empty() && self.owed.capacity() > 0 {
+            self.owed = VecDeque::new();
+        }
+        if self.held.is_empty() && self.held.capacity() > 0 {
+            self.held = VecDeque::new();
+        }
+    }
+
     pub fn is_holding(&self) -> bool {
         !self.held.is_empty()
     }
@@ -182,6 +193,23 @@ mod tests {
         shard: 0,
         barrier: true,
     };
+
+    #[test]
+    fn an_idle_order_gives_its_memory_back_and_a_busy_one_keeps_its_state() {
+        let mut order = Order::<Dest>::default();
+        assert_eq!(order.sent(SEND_0), 0);
+        order.hold(Dest::Here);
+        order.release_if_idle();
+        assert!(order.is_holding(), "a held request is kept");
+        assert!(!order.may_start(SEND_1), "and so is the one owed");
+        assert_eq!(order.arrive(0), Arrival::InTurn);
+        assert_eq!(order.next_ready(|d| *d), Some(Dest::Here));
+        assert!(order.owed.capacity() > 0 && order.held.capacity() > 0);
+        order.release_if_idle();
+        assert_eq!((order.owed.capacity(), order.held.capacity()), (0, 0));
+        assert!(order.may_start(SEND_1), "nothing out: anything may start");
+        assert_eq!(order.sent(SEND_1), 1, "turns go on counting");
+    }
 
     #[test]
     fn a_run_for_one_home_pipelines_and_anything_else_waits() {

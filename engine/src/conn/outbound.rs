@@ -41,6 +41,15 @@ impl Outbound {
         self.frames.is_empty()
     }
 
+    /// Gives the queue's memory back once it is drained (an idle connection then holds no
+    /// queue). The shard's ticker calls it, not the writer: a busy connection keeps its
+    /// queue between turns, so a delivery does not allocate.
+    pub fn release_if_drained(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
+    }
+
     pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
@@ -191,6 +200,24 @@ mod tests {
             !has_unread(b.as_raw_fd()),
             "end of stream is not unread bytes"
         );
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_memory_back_and_a_busy_one_keeps_its_frames() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut out = Outbound::default();
+        out.push(Bytes::from_static(b"one"));
+        out.push(Bytes::from_static(b"two"));
+        out.release_if_drained();
+        assert_eq!(out.frames.len(), 2, "queued frames are never dropped");
+        assert_eq!(out.write_to(a.as_raw_fd()).unwrap(), 6);
+        assert!(out.is_empty());
+        assert!(out.frames.capacity() > 0, "the writer keeps the queue");
+        out.release_if_drained();
+        assert_eq!(out.frames.capacity(), 0);
+        out.push(Bytes::from_static(b"three"));
+        assert_eq!(out.bytes(), 5);
+        drop(b);
     }
 
     #[test]

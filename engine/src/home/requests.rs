@@ -2,7 +2,6 @@
 //! search · leave · send · history, and the `rooms` part a home contributes.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
@@ -650,14 +649,21 @@ impl Homes {
         };
         let mut part = RoomsPart::default();
         let wanted = q.limit as usize + 1;
-        static NONE: BTreeSet<Arc<str>> = BTreeSet::new();
-        let index = if q.joined {
-            self.joined.get(&q.user).unwrap_or(&NONE)
+        let index: Box<dyn Iterator<Item = &Arc<str>>> = if q.joined {
+            let rooms = self
+                .joined
+                .get(q.user.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let start = match q.cursor.as_deref() {
+                Some(c) => rooms.partition_point(|r| &**r <= c),
+                None => 0,
+            };
+            Box::new(rooms[start..].iter())
         } else {
-            &self.ids
+            Box::new(self.ids.range::<str, _>((from, Bound::Unbounded)))
         };
         let mut last: Option<&Arc<str>> = None;
-        for (looked, id) in index.range::<str, _>((from, Bound::Unbounded)).enumerate() {
+        for (looked, id) in index.enumerate() {
             if looked == q.scan_rooms_max as usize {
                 part.scanned_to = last.map(|l| l.to_string());
                 break;

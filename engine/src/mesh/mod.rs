@@ -1,5 +1,5 @@
 //! The lock-free mesh between shards: one bounded single-producer queue for every ordered
-//! pair of shards, and one [`Doorbell`] per shard.
+//! pair of shards (memory by use: see [`Queue`]), and one [`Doorbell`] per shard.
 //!
 //! A shard that sends pushes onto the queue `(from, to)` and rings `to`'s doorbell; `to`'s
 //! inbox task drains every queue addressed to it, a bounded batch at a time. Nothing spins:
@@ -19,18 +19,18 @@ pub mod msg;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 
 pub use crate::placement::ShardId;
 
 pub struct Mesh<T> {
     shards: usize,
-    queues: Vec<ArrayQueue<T>>,
+    queues: Vec<Queue<T>>,
     doorbells: Arc<[Doorbell]>,
     stalled: Vec<AtomicBool>,
     drain_requested: AtomicBool,
@@ -42,7 +42,7 @@ impl<T> Mesh<T> {
         Mesh {
             shards,
             queues: (0..shards * shards)
-                .map(|_| ArrayQueue::new(queue_messages_max))
+                .map(|_| Queue::new(queue_messages_max))
                 .collect(),
             doorbells: (0..shards).map(|_| Doorbell::default()).collect(),
             stalled: (0..shards * shards)
@@ -131,6 +131,49 @@ impl<T> Mesh<T> {
 
     pub fn drain_requested(&self) -> bool {
         self.drain_requested.load(Ordering::Acquire)
+    }
+}
+
+/// One pair's queue: bounded in messages, but holding memory only for what it holds.
+///
+/// An `ArrayQueue` allocates and writes its whole capacity at once: 65,536 slots of a
+/// `ShardMsg` are ≈ 12 MB, and a process of N shards has N² queues, which made most of an
+/// idle process's memory (issue 14). A `SegQueue` allocates blocks of 31 slots as messages
+/// come and frees them as they are taken; the bound is a count beside it. Each queue has
+/// one producer (its `from` shard), so the count never lets a push past the bound.
+struct Queue<T> {
+    messages: SegQueue<T>,
+    len: AtomicUsize,
+    max: usize,
+}
+
+impl<T> Queue<T> {
+    fn new(max: usize) -> Queue<T> {
+        Queue {
+            messages: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn push(&self, msg: T) -> Result<(), T> {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(msg);
+        }
+        self.messages.push(msg);
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<T> {
+        let msg = self.messages.pop()?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        Some(msg)
+    }
+
+    /// Messages pushed and not yet taken (one being pushed may count already).
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
     }
 }
 

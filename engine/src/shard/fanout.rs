@@ -94,7 +94,13 @@ impl Shard {
             let list = self.subs.entry(room.clone()).or_default();
             list.push(key as u32);
             let idx = (list.len() - 1) as u32;
-            self.conns[key].rooms.push((room, idx));
+            let rooms = &mut self.conns[key].rooms;
+            // Most connections are in a room or two: grow one at a time up to 4, not to 4
+            // at once (Vec's first growth), which is 72 bytes an idle connection never uses.
+            if rooms.len() < 4 {
+                rooms.reserve_exact(1);
+            }
+            rooms.push((room, idx));
         }
         // The replay's last page (at most `replay_page_messages`, a quarter of the bound in
         // messages of `body_bytes_max`; earlier pages came as `ReplayPage`, each asked for

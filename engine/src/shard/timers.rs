@@ -64,6 +64,9 @@ impl Shard {
                 entry.last_recv = (entry.last_recv + late).min(now);
             }
             queued += entry.out.bytes();
+            // An idle connection holds no queue memory (issue 14).
+            entry.out.release_if_drained();
+            entry.order.release_if_idle();
             let stalled = entry.out.stalled_for(now, late) >= write_stall;
             match entry.phase {
                 Phase::Open | Phase::Queued if stalled => stalled_keys.push(key),

@@ -21,6 +21,7 @@ mod durability;
 mod features;
 mod lifecycle;
 mod limits;
+mod memory;
 mod messaging;
 mod mongo;
 mod ordering;
