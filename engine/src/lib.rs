@@ -37,6 +37,9 @@
 //! [`server`] are public: the binary needs nothing else.
 
 // Leaves: no other module of the crate.
+// Test only: the unit tests' allocator, which counts allocations per thread.
+#[cfg(test)]
+mod alloc_count;
 mod clock;
 pub mod config;
 mod ip_counts;

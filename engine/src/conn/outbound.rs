@@ -12,7 +12,10 @@ use bytes::Bytes;
 /// burst room to go out in one call.
 const IOVECS_PER_WRITE_MAX: usize = 64;
 /// Queue storage an idle connection may keep: a `VecDeque` that grew past this for a burst
-/// is freed once drained, so ten thousand idle connections hold no burst-sized buffers.
+/// is freed once it has stayed empty for a whole tick of the shard (`trim_idle`), so ten
+/// thousand idle connections hold no burst-sized buffers — and a busy one does not free and
+/// grow its queue again for every burst (that was three allocations per subscriber per
+/// burst of 16: `shard::fanout`'s allocation test).
 const IDLE_QUEUE_CAPACITY_MAX: usize = 8;
 
 /// A connection's queue of encoded frames.
@@ -30,6 +33,8 @@ pub struct Outbound {
     /// the socket has refused the queue without accepting a byte.
     seen_written: u64,
     stalled_since: Option<Instant>,
+    /// A frame was queued since the last [`Outbound::trim_idle`].
+    used: bool,
 }
 
 impl Outbound {
@@ -43,7 +48,21 @@ impl Outbound {
 
     pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
+        self.used = true;
         self.frames.push_back(frame);
+    }
+
+    /// Frees burst-sized queue storage of a queue that took no frame since the previous call
+    /// and is empty: called once per tick by the shard, so a connection that receives
+    /// something every tick keeps its storage, and one that went quiet holds at most
+    /// `IDLE_QUEUE_CAPACITY_MAX` slots after two ticks. Returns true when it freed.
+    pub fn trim_idle(&mut self) -> bool {
+        let used = std::mem::take(&mut self.used);
+        if used || !self.frames.is_empty() || self.frames.capacity() <= IDLE_QUEUE_CAPACITY_MAX {
+            return false;
+        }
+        self.frames = VecDeque::new();
+        true
     }
 
     /// The writer found the socket full (`EAGAIN`): from now until a byte goes out, the
@@ -82,7 +101,7 @@ impl Outbound {
 
     /// Writes as much as the socket takes in one `sendmsg`. Returns the bytes written;
     /// `WouldBlock` when the socket took nothing.
-    pub(super) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -120,10 +139,6 @@ impl Outbound {
             written -= front_left;
             self.frames.pop_front();
             self.front_written = 0;
-        }
-        if self.frames.is_empty() && self.frames.capacity() > IDLE_QUEUE_CAPACITY_MAX {
-            // An idle connection keeps no queue storage.
-            self.frames = VecDeque::new();
         }
     }
 }
@@ -200,6 +215,31 @@ mod tests {
         let mut got = [0u8; 4];
         io::Read::read_exact(&mut &b, &mut got).unwrap();
         assert_eq!(&got, b"lo !");
+    }
+
+    #[test]
+    fn a_drained_queue_keeps_its_storage_until_a_tick_passes_without_frames() {
+        let mut out = Outbound::default();
+        let burst = |out: &mut Outbound| {
+            for _ in 0..4 * IDLE_QUEUE_CAPACITY_MAX {
+                out.push(Bytes::from_static(b"x"));
+            }
+            let bytes = out.bytes();
+            out.advance(bytes);
+        };
+        burst(&mut out);
+        let grown = out.frames.capacity();
+        assert!(grown > IDLE_QUEUE_CAPACITY_MAX);
+        assert!(!out.trim_idle(), "frames came since the last tick");
+        assert_eq!(out.frames.capacity(), grown);
+        burst(&mut out);
+        assert_eq!(out.frames.capacity(), grown, "the next burst reuses it");
+        assert!(!out.trim_idle());
+        assert!(out.trim_idle(), "a whole tick without frames: freed");
+        assert_eq!(out.frames.capacity(), 0);
+        out.push(Bytes::from_static(b"y"));
+        assert!(!out.trim_idle(), "a queue with frames is never trimmed");
+        assert!(!out.trim_idle(), "nor a small one");
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl Shard {
                 entry.last_recv = (entry.last_recv + late).min(now);
             }
             queued += entry.out.bytes();
+            entry.out.trim_idle();
             let stalled = entry.out.stalled_for(now) >= write_stall;
             match entry.phase {
                 Phase::Open | Phase::Queued if stalled => stalled_keys.push(key),
