@@ -751,6 +751,29 @@ mod tests {
     }
 
     #[test]
+    fn write_coalesce_us_is_range_checked_and_read_from_the_environment() {
+        assert_eq!(parse(&[]).unwrap().write_coalesce_us, 0);
+        assert_eq!(
+            parse(&["--write-coalesce-us", "500"])
+                .unwrap()
+                .write_coalesce_us,
+            500
+        );
+        let err = parse(&["--write-coalesce-us", "1000001"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--write-coalesce-us"), "{err}");
+        let env = Config::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "write_coalesce_us")
+            .and_then(|a| a.get_env().map(|e| e.to_owned()));
+        assert_eq!(
+            env.as_deref(),
+            Some(std::ffi::OsStr::new("SOKDO_WRITE_COALESCE_US"))
+        );
+    }
+
+    #[test]
     fn dev_mode_refuses_public_address() {
         let cfg = parse(&["--listen", "0.0.0.0:9000"]).unwrap();
         let err = cfg.validate().unwrap_err().to_string();
