@@ -139,6 +139,14 @@ pub struct Config {
     #[arg(long, env = "SOKDO_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
     pub outbound_queue_bytes_max: u32,
 
+    /// How long a delivery that reaches a connection's empty queue waits before the
+    /// connection writes, so that deliveries arriving meanwhile go out in one `sendmsg`:
+    /// fewer syscalls per delivery, for up to this much latency. 0 writes at once. Replies to
+    /// the connection's own requests and close frames are never delayed, and take the waiting
+    /// deliveries with them.
+    #[arg(long, env = "SOKDO_WRITE_COALESCE_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub write_coalesce_us: u64,
+
     /// A connection whose socket is full (a write was refused) and accepts none of its
     /// queued bytes for this long is closed 1013 `slow consumer` (a stall, not a burst).
     /// Checked every tick.
@@ -767,6 +775,29 @@ mod tests {
         let cfg = parse(&base).unwrap();
         assert_eq!(cfg.peers, ["127.0.0.1:7002", "127.0.0.1:7003"]);
         assert!(cfg.clustered() && !parse(&[]).unwrap().clustered());
+    }
+
+    #[test]
+    fn write_coalesce_us_is_range_checked_and_read_from_the_environment() {
+        assert_eq!(parse(&[]).unwrap().write_coalesce_us, 0);
+        assert_eq!(
+            parse(&["--write-coalesce-us", "500"])
+                .unwrap()
+                .write_coalesce_us,
+            500
+        );
+        let err = parse(&["--write-coalesce-us", "1000001"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--write-coalesce-us"), "{err}");
+        let env = Config::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "write_coalesce_us")
+            .and_then(|a| a.get_env().map(|e| e.to_owned()));
+        assert_eq!(
+            env.as_deref(),
+            Some(std::ffi::OsStr::new("SOKDO_WRITE_COALESCE_US"))
+        );
     }
 
     #[test]

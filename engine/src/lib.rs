@@ -24,7 +24,9 @@
 //! 5. Each of those shards frames it **once** (`ws::text`) and queues the same `Bytes` to
 //!    every local subscriber, within `outbound_queue_bytes_max` (`shard::fanout`; overflow
 //!    closes 1013).
-//! 6. Each subscriber's task writes everything queued in one `sendmsg` (`conn::outbound`).
+//! 6. Each subscriber's task writes everything queued in one `sendmsg` (`conn::outbound`)
+//!    — woken at once, or `--write-coalesce-us` later so that more deliveries share the
+//!    call (`shard::coalesce`).
 //!
 //! Around that path: `config` (every limit a flag with its unit), `metrics` (Prometheus,
 //! per shard, lock-free), admission past capacity and draining on SIGTERM (`shard`), room
@@ -37,6 +39,9 @@
 //! [`server`] are public: the binary needs nothing else.
 
 // Leaves: no other module of the crate.
+// Test only: the unit tests' allocator, which counts allocations per thread.
+#[cfg(test)]
+mod alloc_count;
 mod clock;
 pub mod config;
 mod ip_counts;

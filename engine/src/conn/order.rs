@@ -157,7 +157,7 @@ impl<T> Order<T> {
 
     /// Requests are waiting: the connection must not read more.
     /// Gives the queues' memory back once nothing is out or held (the shard's ticker: see
-    /// `Outbound::release_if_drained`).
+    /// `Outbound::trim_idle`).
     pub fn release_if_idle(&mut self) {
         if self.owed.is_empty() && self.owed.capacity() > 0 {
             self.owed = VecDeque::new();

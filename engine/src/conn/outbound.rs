@@ -11,9 +11,6 @@ use bytes::Bytes;
 /// (8 per write: 1.6 M deliveries/s; 32: 6.4 M); 64 iovecs (1 KiB, on the stack) leave a
 /// burst room to go out in one call.
 const IOVECS_PER_WRITE_MAX: usize = 64;
-/// Queue storage an idle connection may keep: a `VecDeque` that grew past this for a burst
-/// is freed once drained, so ten thousand idle connections hold no burst-sized buffers.
-const IDLE_QUEUE_CAPACITY_MAX: usize = 8;
 
 /// A connection's queue of encoded frames.
 #[derive(Default)]
@@ -30,6 +27,8 @@ pub struct Outbound {
     /// the socket has refused the queue without accepting a byte.
     seen_written: u64,
     stalled_since: Option<Instant>,
+    /// A frame was queued since the last [`Outbound::trim_idle`].
+    used: bool,
 }
 
 impl Outbound {
@@ -41,18 +40,25 @@ impl Outbound {
         self.frames.is_empty()
     }
 
-    /// Gives the queue's memory back once it is drained (an idle connection then holds no
-    /// queue). The shard's ticker calls it, not the writer: a busy connection keeps its
-    /// queue between turns, so a delivery does not allocate.
-    pub fn release_if_drained(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 {
-            self.frames = VecDeque::new();
-        }
-    }
-
     pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
+        self.used = true;
         self.frames.push_back(frame);
+    }
+
+    /// Frees the storage of a queue that is empty and took no frame since the previous
+    /// call: called once per tick by the shard (never by the writer), so an idle connection
+    /// holds no queue after two ticks (issue 14's idle-connection budget), and a busy one,
+    /// which receives something every tick, does not free and grow its queue again for every
+    /// burst (that was three allocations per subscriber per burst of 16: `shard::fanout`'s
+    /// allocation test). Returns true when it freed.
+    pub fn trim_idle(&mut self) -> bool {
+        let used = std::mem::take(&mut self.used);
+        if used || !self.frames.is_empty() || self.frames.capacity() == 0 {
+            return false;
+        }
+        self.frames = VecDeque::new();
+        true
     }
 
     /// The writer found the socket full (`EAGAIN`): from now until a byte goes out, the
@@ -99,7 +105,7 @@ impl Outbound {
 
     /// Writes as much as the socket takes in one `sendmsg`. Returns the bytes written;
     /// `WouldBlock` when the socket took nothing.
-    pub(super) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -137,10 +143,6 @@ impl Outbound {
             written -= front_left;
             self.frames.pop_front();
             self.front_written = 0;
-        }
-        if self.frames.is_empty() && self.frames.capacity() > IDLE_QUEUE_CAPACITY_MAX {
-            // An idle connection keeps no queue storage.
-            self.frames = VecDeque::new();
         }
     }
 }
@@ -208,12 +210,15 @@ mod tests {
         let mut out = Outbound::default();
         out.push(Bytes::from_static(b"one"));
         out.push(Bytes::from_static(b"two"));
-        out.release_if_drained();
+        assert!(!out.trim_idle());
         assert_eq!(out.frames.len(), 2, "queued frames are never dropped");
         assert_eq!(out.write_to(a.as_raw_fd()).unwrap(), 6);
         assert!(out.is_empty());
         assert!(out.frames.capacity() > 0, "the writer keeps the queue");
-        out.release_if_drained();
+        assert!(
+            out.trim_idle(),
+            "drained, and nothing came since the last tick"
+        );
         assert_eq!(out.frames.capacity(), 0);
         out.push(Bytes::from_static(b"three"));
         assert_eq!(out.bytes(), 5);
@@ -235,6 +240,31 @@ mod tests {
         let mut got = [0u8; 4];
         io::Read::read_exact(&mut &b, &mut got).unwrap();
         assert_eq!(&got, b"lo !");
+    }
+
+    #[test]
+    fn a_drained_queue_keeps_its_storage_until_a_tick_passes_without_frames() {
+        let mut out = Outbound::default();
+        let burst = |out: &mut Outbound| {
+            for _ in 0..32 {
+                out.push(Bytes::from_static(b"x"));
+            }
+            let bytes = out.bytes();
+            out.advance(bytes);
+        };
+        burst(&mut out);
+        let grown = out.frames.capacity();
+        assert!(grown >= 32);
+        assert!(!out.trim_idle(), "frames came since the last tick");
+        assert_eq!(out.frames.capacity(), grown);
+        burst(&mut out);
+        assert_eq!(out.frames.capacity(), grown, "the next burst reuses it");
+        assert!(!out.trim_idle());
+        assert!(out.trim_idle(), "a whole tick without frames: freed");
+        assert_eq!(out.frames.capacity(), 0);
+        out.push(Bytes::from_static(b"y"));
+        assert!(!out.trim_idle(), "a queue with frames is never trimmed");
+        assert!(!out.trim_idle(), "however long it waits");
     }
 
     #[test]

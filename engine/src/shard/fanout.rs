@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use slab::Slab;
 
+use super::coalesce::Coalesce;
 use super::Shard;
-use crate::conn::{ConnRef, Phase};
+use crate::conn::{ConnEntry, ConnRef, Phase};
 use crate::mesh::msg::{Reply, Subscribe};
 use crate::wire::protocol::{self, ErrorCode, ProtoError, RequestId};
 use crate::wire::ws::{self, close};
@@ -151,29 +153,19 @@ impl Shard {
             conns,
             metrics,
             instance,
+            coalesce,
             ..
         } = self;
         let Some(keys) = subs.get(room) else { return };
         let frame = ws::text(payload);
-        let max = instance.cfg.outbound_queue_bytes_max as usize;
+        let fan = Fan {
+            frame: &frame,
+            max: instance.cfg.outbound_queue_bytes_max as usize,
+            except,
+            now: Instant::now(),
+        };
         let mut slow = Vec::new();
-        let mut delivered = 0;
-        for &key in keys {
-            let entry = &mut conns[key as usize];
-            if entry.phase != Phase::Open || except.is_some_and(|u| *entry.user == *u) {
-                continue;
-            }
-            if entry.out.bytes() + frame.len() > max {
-                slow.push(key as usize);
-                continue;
-            }
-            let was_idle = entry.out.is_empty();
-            entry.out.push(frame.clone());
-            if was_idle {
-                entry.wake();
-            }
-            delivered += 1;
-        }
+        let delivered = queue_to_subscribers(conns, keys, &fan, coalesce, &mut slow);
         metrics.deliveries.inc_by(delivered);
         metrics.fanout_latency.observe(received_at.elapsed());
         for key in slow {
@@ -239,6 +231,49 @@ impl Shard {
     }
 }
 
+/// One delivery, as the fan-out loop sees it.
+struct Fan<'a> {
+    /// The frame, encoded once: every subscriber's queue holds the same buffer.
+    frame: &'a Bytes,
+    /// `outbound_queue_bytes_max`.
+    max: usize,
+    /// The user whose connections do not get it.
+    except: Option<&'a str>,
+    now: Instant,
+}
+
+/// The fan-out loop: queues the frame to every open subscriber in `keys` but `except`'s
+/// connections, and wakes those whose queue was empty (at once, or after
+/// `--write-coalesce-us`: `coalesce`). A subscriber the frame would take past `max` queued
+/// bytes goes to `slow` instead. Returns the deliveries. Allocates nothing per subscriber
+/// (the test below: a queue keeps its storage while in use, `Outbound::trim_idle`).
+fn queue_to_subscribers(
+    conns: &mut Slab<ConnEntry>,
+    keys: &[u32],
+    fan: &Fan<'_>,
+    coalesce: &mut Coalesce,
+    slow: &mut Vec<usize>,
+) -> u64 {
+    let mut delivered = 0;
+    for &key in keys {
+        let entry = &mut conns[key as usize];
+        if entry.phase != Phase::Open || fan.except.is_some_and(|u| *entry.user == *u) {
+            continue;
+        }
+        if entry.out.bytes() + fan.frame.len() > fan.max {
+            slow.push(key as usize);
+            continue;
+        }
+        let was_idle = entry.out.is_empty();
+        entry.out.push(fan.frame.clone());
+        if was_idle {
+            coalesce.wake_or_defer(entry, key, fan.now);
+        }
+        delivered += 1;
+    }
+    delivered
+}
+
 /// Why a connection is a slow consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Slow {
@@ -255,4 +290,100 @@ pub(super) enum Unsent {
     Send,
     /// They are dropped (a slow consumer, a binary message: the client would not read them).
     Drop,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::alloc_count::allocations_in;
+
+    /// Messages per round: more than a queue keeps for an idle connection, so each round's
+    /// burst grows every subscriber's queue past it, as a busy room does.
+    const BURST_MESSAGES: usize = 16;
+
+    /// `subscribers` open connections, the keys of the room's subscriber list.
+    fn subscribers(count: usize) -> (Slab<ConnEntry>, Vec<u32>) {
+        let mut conns = Slab::new();
+        let now = Instant::now();
+        let keys = (0..count)
+            .map(|i| {
+                let mut entry = ConnEntry::new(i as u64, now);
+                entry.phase = Phase::Open;
+                entry.user = Rc::from(format!("user{i}").as_str());
+                conns.insert(entry) as u32
+            })
+            .collect();
+        (conns, keys)
+    }
+
+    /// One round as the shard does it: a burst fanned out, then every queue written to a
+    /// socket (the peer reads it all, so nothing backs up). Returns the deliveries.
+    fn round(
+        conns: &mut Slab<ConnEntry>,
+        keys: &[u32],
+        coalesce: &mut Coalesce,
+        (out, peer): (&UnixStream, &mut UnixStream),
+    ) -> u64 {
+        let mut delivered = 0;
+        let mut slow = Vec::new();
+        for i in 0..BURST_MESSAGES {
+            let frame = ws::text(format!("{{\"op\":\"msg\",\"seq\":{i}}}").as_bytes());
+            let fan = Fan {
+                frame: &frame,
+                max: 1 << 20,
+                except: None,
+                now: Instant::now(),
+            };
+            delivered += queue_to_subscribers(conns, keys, &fan, coalesce, &mut slow);
+        }
+        assert!(slow.is_empty());
+        // The coalescer's turn, far enough ahead that every delayed wake is due.
+        coalesce.wake_due(conns, Instant::now() + Duration::from_secs(1));
+        let mut sink = [0u8; 64 * 1024];
+        for &key in keys {
+            let queue = &mut conns[key as usize].out;
+            while !queue.is_empty() {
+                queue
+                    .write_to(out.as_raw_fd())
+                    .expect("the peer reads everything");
+                while let Ok(n) = peer.read(&mut sink) {
+                    if n < sink.len() {
+                        break;
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Allocations of one round, after a first round has warmed the queues up.
+    fn allocations_per_round(count: usize, coalesce_us: u64) -> u64 {
+        let (mut conns, keys) = subscribers(count);
+        let mut coalesce = Coalesce::new(Duration::from_micros(coalesce_us));
+        let (out, mut peer) = UnixStream::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        round(&mut conns, &keys, &mut coalesce, (&out, &mut peer));
+        let (delivered, allocations) =
+            allocations_in(|| round(&mut conns, &keys, &mut coalesce, (&out, &mut peer)));
+        assert_eq!(delivered, (count * BURST_MESSAGES) as u64);
+        allocations
+    }
+
+    #[test]
+    fn fan_out_allocates_the_same_for_10_and_1000_subscribers() {
+        for coalesce_us in [0, 500] {
+            let few = allocations_per_round(10, coalesce_us);
+            let many = allocations_per_round(1_000, coalesce_us);
+            assert_eq!(
+                few, many,
+                "{BURST_MESSAGES} messages to 10 subscribers: {few} allocations; to 1,000: \
+                 {many} (--write-coalesce-us {coalesce_us})"
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! - [`api_calls`]: the HTTP API and account calls;
 //! - `Homes` (`crate::home`): the room side, which returns what to send;
 //! - [`fanout`]: the local subscribers of each room, delivery, replies, closing;
+//!   [`coalesce`]: the delayed wakes of `--write-coalesce-us`;
 //! - [`outbox`]: messages for other shards whose channel was full, bounded;
 //! - [`rooms_query`]: `rooms`, asked of every shard;
 //! - [`admission`]: the instance's places and its one waiting queue (on the desk shard);
@@ -20,6 +21,7 @@
 
 mod admission;
 mod api_calls;
+mod coalesce;
 #[cfg(feature = "autobahn")]
 mod echo;
 mod fanout;
@@ -67,6 +69,8 @@ pub struct Shard {
     subs: HashMap<Arc<str>, Vec<u32>>,
     /// The rooms this shard homes.
     homes: Homes,
+    /// Deliveries' delayed wakes (`--write-coalesce-us`).
+    coalesce: coalesce::Coalesce,
     outbox: outbox::Outbox,
     /// The instance's admission queue, kept on shard `admission::DESK` (empty elsewhere).
     desk: admission::Desk,
@@ -134,6 +138,7 @@ impl Shard {
             next_generation: 0,
             subs: HashMap::new(),
             homes,
+            coalesce: coalesce::Coalesce::new(Duration::from_micros(cfg.write_coalesce_us)),
             outbox: outbox::Outbox::new(
                 id,
                 instance.shards(),

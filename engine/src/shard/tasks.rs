@@ -2,7 +2,7 @@
 //!
 //! | queue          | tasks                                   | shares |
 //! |----------------|-----------------------------------------|--------|
-//! | `sokdo-timers` | the ticker (heartbeats, timeouts, drain) | 1000   |
+//! | `sokdo-timers` | the ticker (heartbeats, timeouts, drain); the coalescer (`--write-coalesce-us`) | 1000   |
 //! | `sokdo-inbox`  | the inbox: other shards, completions     | 1000   |
 //! | `sokdo-conns`  | the accept loop, every connection task, helper continuations | 1000 |
 //!
@@ -62,8 +62,14 @@ pub async fn run(
         .expect("the task queue was just created");
     let accept = glommio::spawn_local_into(accept_loop(shard.clone(), listener), conns)
         .expect("the task queue was just created");
-    let ticker = glommio::spawn_local_into(ticker(shard), queue("sokdo-timers"))
-        .expect("the task queue was just created");
+    let timers = queue("sokdo-timers");
+    // Only with a delay: without one, deliveries wake their connections at once.
+    let _coalescer = shard.borrow().coalesce.is_on().then(|| {
+        glommio::spawn_local_into(coalescer(shard.clone()), timers)
+            .expect("the task queue was just created")
+    });
+    let ticker =
+        glommio::spawn_local_into(ticker(shard), timers).expect("the task queue was just created");
     // When the ticker ends the drain, dropping the other tasks' handles cancels them: the
     // listener leaves the SO_REUSEPORT group, the inbox stops.
     futures_lite::future::or(accept, ticker).await;
@@ -149,6 +155,24 @@ async fn inbox_loop(shard: Rc<RefCell<Shard>>) {
         Some(popped)
     });
     serving.await;
+}
+
+/// Wakes the connections whose delayed deliveries are due (`coalesce`): sleeps until the
+/// oldest deadline, or until a delivery makes one.
+async fn coalescer(shard: Rc<RefCell<Shard>>) {
+    loop {
+        let at =
+            futures_lite::future::poll_fn(|cx| shard.borrow_mut().coalesce.poll_next_due(cx)).await;
+        let now = Instant::now();
+        if at > now {
+            glommio::timer::sleep(at - now).await;
+        }
+        let mut s = shard.borrow_mut();
+        let Shard {
+            coalesce, conns, ..
+        } = &mut *s;
+        coalesce.wake_due(conns, Instant::now());
+    }
 }
 
 /// A tick this much later than asked counts as a stall of the shard (`sokdo_stalls_total`):

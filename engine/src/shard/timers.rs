@@ -64,8 +64,9 @@ impl Shard {
                 entry.last_recv = (entry.last_recv + late).min(now);
             }
             queued += entry.out.bytes();
-            // An idle connection holds no queue memory (issue 14).
-            entry.out.release_if_drained();
+            // An idle connection holds no queue memory, a busy one keeps its storage
+            // (issue 14: `Outbound::trim_idle`).
+            entry.out.trim_idle();
             entry.order.release_if_idle();
             let stalled = entry.out.stalled_for(now, late) >= write_stall;
             match entry.phase {

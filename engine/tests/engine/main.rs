@@ -15,6 +15,7 @@ mod admission;
 mod api;
 mod auth;
 mod cluster;
+mod coalescing;
 mod conformance;
 mod delivery;
 mod durability;
