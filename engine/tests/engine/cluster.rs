@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::json;
 
 use crate::support::cluster::{haproxy_cfg, HaproxyParams, TestCluster, API_KEY};
-use crate::support::{eventually, Client};
+use crate::support::{eventually, seqs_of, Client};
 
 const ALL: [usize; 3] = [0, 1, 2];
 
@@ -412,13 +412,12 @@ async fn members_on_three_instances_receive_every_message_once_in_order() {
         let history = late
             .ok(json!({"op": "history", "room": "across", "limit": 100}))
             .await;
-        let seqs: Vec<u64> = history["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "history on n{}", i + 1);
+        assert_eq!(
+            seqs_of(&history),
+            (1..=30).collect::<Vec<_>>(),
+            "history on n{}",
+            i + 1
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{Client, Server};
+use crate::support::{seqs_of, Client, Server};
 
 /// Two clients on different shards (the kernel spreads connections; keep connecting).
 async fn pair_on_two_shards(server: &Server, a: &str, b: &str) -> (Client, Client) {
@@ -244,14 +244,7 @@ async fn korean_search_finds_substrings_without_spaces() {
     ] {
         c.ok(json!({"op": "send", "room": "k", "body": body})).await;
     }
-    let found = |v: &Value| -> Vec<u64> {
-        v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect()
-    };
+    let found = seqs_of;
     assert_eq!(
         found(
             &c.ok(json!({"op": "search", "room": "k", "query": "회의"}))

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use crate::support::{clients_on_both_shards, Client, Server};
+use crate::support::{clients_on_both_shards, seqs_of, Client, Server};
 
 #[tokio::test]
 async fn every_subscriber_on_every_shard_gets_every_message_in_order() {
@@ -83,14 +83,8 @@ async fn join_after_seq_replays_missed_messages_before_live_ones() {
     let history = b
         .ok(json!({"op": "history", "room": "r", "before_seq": 5, "limit": 2}))
         .await;
-    let seqs: Vec<u64> = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
     assert_eq!(
-        seqs,
+        seqs_of(&history),
         [3, 4],
         "history before_seq is exclusive, newest `limit`, ascending"
     );

@@ -465,6 +465,16 @@ pub async fn small_buffer_client(server: &Server, user: &str) -> Client {
     Client::from_ws(ws).await
 }
 
+/// The seqs of a reply's `messages` (`history`, `search`), in the reply's order.
+pub fn seqs_of(reply: &Value) -> Vec<u64> {
+    reply["messages"]
+        .as_array()
+        .expect("a messages array")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("a seq"))
+        .collect()
+}
+
 /// Connects clients until at least one lands on each of the two shards.
 pub async fn clients_on_both_shards(server: &Server, n: usize) -> Vec<Client> {
     let mut clients = Vec::new();
