@@ -251,9 +251,9 @@ pub fn dropin_text(unit: &str, connections: u64) -> String {
          # One fd per connection, plus {FDS_RESERVED} for listeners, rings, log and store\n\
          # (needs fs.nr_open at least this: the sysctl.d file sees to it).\n\
          LimitNOFILE={fds}\n\
-         # glommio registers its io_uring buffers, {} MiB per shard, as locked memory.\n\
+         # glommio registers its io_uring buffers, {} per shard, as locked memory.\n\
          LimitMEMLOCK=infinity\n",
-        caps::GLOMMIO_MEMLOCK_PER_SHARD_BYTES >> 20
+        caps::kib(caps::GLOMMIO_MEMLOCK_PER_SHARD_BYTES)
     )
 }
 

@@ -12,19 +12,23 @@ use serde::Serialize;
 /// docs/BENCHMARKS.md (issue 11's idle run, 5,000 connections). A chatting user costs more
 /// (its rooms' history rings grow with messages): that is the capacity model's job (`fit`).
 pub const USER_BYTES_PER_CONNECTION: u64 = 2_598;
-/// sokdo's RSS before its first connection (docs/BENCHMARKS.md "Engine first look": 57 MB,
-/// mostly glommio's I/O memory, the store's cache and allocator arenas).
-pub const SOKDO_BASELINE_BYTES: u64 = 57_000_000;
+/// sokdo's RSS before its first connection: 11.7 MB with `--shards 1`, 12.6 MB with
+/// `--shards 2` since issue 14's cut (docs/BENCHMARKS.md "Issue 14: memory by budget", from 57–62 MB:
+/// the mesh and append queues allocate by use, glommio's I/O memory is its floor, mimalloc
+/// without transparent huge pages). Rounded up to 13 MB.
+pub const SOKDO_BASELINE_BYTES: u64 = 13_000_000;
 /// File descriptors a sokdo process holds besides its sockets: stdio, one listener and three
 /// io_uring rings plus an eventfd per shard, the write-ahead log's segments, the store.
 pub const FDS_RESERVED: u64 = 100;
 /// glommio 0.9 refuses to start a shard when RLIMIT_MEMLOCK is below 512 KiB
 /// (`sys/uring.rs`, `MIN_MEMLOCK_LIMIT`).
 pub const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
-/// glommio registers its 10 MiB of I/O memory (`DEFAULT_IO_MEMORY`) with each of a shard's
-/// three rings; without CAP_IPC_LOCK the kernel counts each registration against
-/// RLIMIT_MEMLOCK, and below it glommio logs a warning and uses unregistered buffers.
-pub const GLOMMIO_MEMLOCK_PER_SHARD_BYTES: u64 = 3 * (10 << 20);
+/// glommio registers a shard's I/O memory with each of its three rings; without
+/// CAP_IPC_LOCK the kernel counts each registration against RLIMIT_MEMLOCK, and below it
+/// glommio logs a warning and uses unregistered buffers. sokdo sets the I/O memory to
+/// glommio's 64 KiB floor (`SHARD_IO_MEMORY_BYTES` in engine/src/server.rs, issue 14; it was
+/// glommio's 10 MiB `DEFAULT_IO_MEMORY` before): 3 × 64 KiB.
+pub const GLOMMIO_MEMLOCK_PER_SHARD_BYTES: u64 = 3 * (64 << 10);
 /// Open files `fs.file-max` leaves to the rest of the host besides sokdo's. A constant, not
 /// the files open now, so that `apply`'s text does not change from run to run.
 pub const FILES_OTHERS: u64 = 65_536;
@@ -179,6 +183,11 @@ fn show_opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Bytes as KiB, for the sizes below a MiB.
+pub fn kib(bytes: u64) -> String {
+    format!("{} KiB", bytes >> 10)
 }
 
 /// Whether a `sysctl -w` can be run here, and the fix to print.
@@ -430,7 +439,8 @@ fn io_uring(host: &Host) -> Cap {
 }
 
 fn memlock(host: &Host, shards: u64) -> Cap {
-    let needed = GLOMMIO_MEMLOCK_PER_SHARD_BYTES * shards;
+    // glommio refuses to start below its minimum whatever it registers.
+    let needed = (GLOMMIO_MEMLOCK_PER_SHARD_BYTES * shards).max(GLOMMIO_MEMLOCK_MIN_BYTES);
     let at_least = |l: Limit<u64>, n: u64| match l {
         Limit::Unlimited => true,
         Limit::Value(v) => v >= n,
@@ -466,8 +476,8 @@ fn memlock(host: &Host, shards: u64) -> Cap {
         .note(format!(
             "glommio refuses to start below 512 KiB; it registers {} per shard ({} for \
              {shards} shards) as locked memory unless CAP_IPC_LOCK (then no limit applies)",
-            mib(GLOMMIO_MEMLOCK_PER_SHARD_BYTES),
-            mib(needed)
+            kib(GLOMMIO_MEMLOCK_PER_SHARD_BYTES),
+            kib(GLOMMIO_MEMLOCK_PER_SHARD_BYTES * shards)
         ))
 }
 
@@ -587,6 +597,8 @@ mod tests {
             io_uring_error: Some("Operation not permitted (os error 1)".into()),
             io_uring_disabled: Some(2),
             memlock_soft: Limit::Value(64 << 10),
+            // Below glommio's 512 KiB minimum: the soft limit cannot be raised to it.
+            memlock_hard: Limit::Value(256 << 10),
             cap_ipc_lock: Some(false),
             ..sample()
         };
