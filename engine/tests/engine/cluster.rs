@@ -654,6 +654,80 @@ async fn a_stopped_owner_is_replaced_and_rejoins_without_reusing_a_seq() {
     );
 }
 
+/// A send through `client` that is never acknowledged: its answer is `unavailable`.
+async fn send_refused(client: &mut Client, room: &str, body: &str) {
+    let reply = client
+        .request(json!({"op": "send", "room": room, "body": body}))
+        .await;
+    assert_eq!(reply["op"], "error", "{body} acknowledged: {reply}");
+    assert_eq!(reply["code"], "unavailable", "{body}: {reply}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_owner_refuses_sends_the_majority_takes_over_and_it_rejoins_without_reusing_a_seq(
+) {
+    let c = formed().await;
+    let (mut slots, first, (owner, epoch)) = owned_room(&c, "cut", "c").await;
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    let mut cut_off = slots[owner].take().unwrap();
+    let mut reader = slots[others[1]].take().unwrap();
+    let (sending, mut acks) = steady(slots[others[0]].take().unwrap(), "cut", "steady".into(), 40);
+    let mut acked = vec![first];
+    acked_until(&mut acked, &mut acks, 10).await;
+    // The owner's cluster link goes down; its own clients still reach it.
+    c.cut(owner);
+    // Sent before it can know it is alone: its replica never gets the record, so no `ok`.
+    send_refused(&mut cut_off, "cut", "cut-early").await;
+    eventually("the majority sees the cut-off owner down", || {
+        c.all_see(&others, &[owner], "down")
+    })
+    .await;
+    eventually("the cut-off owner, without quorum, is not ready", || {
+        c.node(owner).get("/readyz").0 == 503
+    })
+    .await;
+    eventually("haproxy takes it out", || c.lb_state(owner) == "DOWN").await;
+    let moved = sequenced_by(&c, &others, "cut").await;
+    assert!(moved.1 > epoch, "{moved:?} after epoch {epoch}");
+    assert!(
+        owner_of(&c, &[owner], "cut").is_none(),
+        "the cut-off owner stopped sequencing"
+    );
+    send_refused(&mut cut_off, "cut", "cut-late").await;
+    // The majority side goes on acknowledging meanwhile.
+    acked_until(&mut acked, &mut acks, 25).await;
+    c.heal(owner);
+    eventually("the cut-off owner is back in every view", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    acked_until(&mut acked, &mut acks, 41).await;
+    let mut sender = sending.await.unwrap();
+    for (i, client) in [&mut sender, &mut reader, &mut cut_off]
+        .into_iter()
+        .enumerate()
+    {
+        let body = format!("after-{i}");
+        let seq = send_acked(client, "cut", &body).await;
+        acked.push((seq, body));
+    }
+    assert_increasing(&acked);
+    let last = acked.last().unwrap().1.clone();
+    let read = msgs_until(&mut reader, &last).await;
+    assert_complete(&read, &acked);
+    assert_eq!(
+        read.len(),
+        acked.len(),
+        "only acknowledged messages: {read:?}"
+    );
+    // The member on the cut-off instance caught up with exactly the same stream.
+    let resumed = msgs_until(&mut cut_off, &last).await;
+    assert_eq!(
+        resumed, read,
+        "the cut-off instance's member caught up exactly"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
     let mut c = formed().await;

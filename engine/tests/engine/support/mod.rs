@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod netns;
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,6 +29,20 @@ pub struct Server {
     log_reader: Option<std::thread::JoinHandle<()>>,
     /// Set by a test that makes the server panic on purpose.
     panic_expected: bool,
+    /// The server's `--jwt-secret`, when it has one: clients connect with a token then
+    /// (development mode's `?user=` works only on loopback).
+    jwt_secret: Option<String>,
+}
+
+/// A token for `user` signed with `secret` (HS256), valid for an hour.
+pub fn user_token(secret: &str, user: &str) -> String {
+    let claims = json!({"sub": user, "name": user, "exp": now_secs() + 3600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign a token")
 }
 
 /// The server binary: `SOKDO_BIN` when set (to run these tests against another build),
@@ -66,6 +81,17 @@ impl Server {
         env: &[(&str, &str)],
     ) -> Server {
         Server::spawn(Command::new(bin), data, args, env)
+    }
+
+    /// Starts `command` (which runs the server binary, e.g. `ip netns exec NS sokdo`) with
+    /// the harness's flags, then `args`, on `data`.
+    pub fn start_command(
+        command: Command,
+        data: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        Server::spawn(command, data, args, env)
     }
 
     /// Like `start`, with the server started through `sh -c 'PREFIX; exec sokdo …'` (e.g. to
@@ -148,6 +174,22 @@ impl Server {
             log,
             log_reader: Some(log_reader),
             panic_expected: false,
+            jwt_secret: None,
+        }
+    }
+
+    /// The server was started with `--jwt-secret secret`: clients connect with tokens.
+    pub fn with_jwt_secret(mut self, secret: &str) -> Server {
+        self.jwt_secret = Some(secret.to_owned());
+        self
+    }
+
+    /// The query that authenticates `user`: a token if the server takes tokens, else
+    /// development mode's `user=`.
+    pub fn auth_query(&self, user: &str) -> String {
+        match &self.jwt_secret {
+            Some(secret) => format!("token={}", user_token(secret, user)),
+            None => format!("user={user}"),
         }
     }
 
@@ -325,7 +367,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(server: &Server, user: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url(&format!("user={user}")))
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url(&server.auth_query(user)))
             .await
             .expect("upgrade");
         Client::from_ws(ws).await
@@ -339,7 +381,7 @@ impl Client {
             .expect("bind the local address");
         let stream = socket.connect(server.addr).await.expect("connect");
         let (ws, _) = tokio_tungstenite::client_async(
-            server.ws_url(&format!("user={user}")),
+            server.ws_url(&server.auth_query(user)),
             MaybeTlsStream::Plain(stream),
         )
         .await
