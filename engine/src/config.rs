@@ -428,6 +428,13 @@ pub struct Config {
     /// replays are retried.
     #[arg(long, env = "SOKDO_CLUSTER_TICK_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub cluster_tick_ms: u64,
+
+    /// Acknowledged records the cluster thread queues for one home shard. A shard that lags
+    /// (busy, stalled) is not sent more: its rooms' records beyond the bound are dropped
+    /// and the room is caught up from its owner's log once the queue has room again, so
+    /// memory stays bounded and nothing is missed.
+    #[arg(long, env = "SOKDO_CLUSTER_HOME_QUEUE_RECORDS", default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub cluster_home_queue_records: u32,
     // === end of Cluster ===
 }
 

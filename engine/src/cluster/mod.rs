@@ -17,7 +17,7 @@ mod node;
 pub mod port;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,8 @@ pub struct Limits {
     pub publish_timeout: Duration,
     /// `--cluster-tick-ms`.
     pub tick: Duration,
+    /// `--cluster-home-queue-records`.
+    pub home_queue_records: usize,
 }
 
 impl Limits {
@@ -82,6 +84,7 @@ impl Limits {
             link_backoff_max: Duration::from_millis(cfg.cluster_link_backoff_max_ms),
             publish_timeout: Duration::from_millis(cfg.cluster_publish_timeout_ms),
             tick: Duration::from_millis(cfg.cluster_tick_ms),
+            home_queue_records: cfg.cluster_home_queue_records as usize,
         }
     }
 }
@@ -91,6 +94,7 @@ impl Limits {
 pub struct DataStats {
     pub records_sequenced: AtomicU64,
     pub records_delivered: AtomicU64,
+    pub records_shed: AtomicU64,
     pub forwarded: AtomicU64,
     pub refused: AtomicU64,
     pub replays_asked: AtomicU64,
@@ -239,6 +243,7 @@ impl Cluster {
             "owned": self.owned.load().as_ref(),
             "records_sequenced": n(&s.records_sequenced),
             "records_delivered": n(&s.records_delivered),
+            "records_shed": n(&s.records_shed),
             "sends_forwarded": n(&s.forwarded),
             "sends_refused": n(&s.refused),
             "sends_waiting": n(&s.forwards_waiting),
@@ -324,6 +329,7 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
         events: events.clone(),
         notes: SegQueue::new(),
         inbox: (0..shards).map(|_| SegQueue::new()).collect(),
+        queued: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
         doorbells,
     };
     let cluster = Arc::new(Cluster {
@@ -629,6 +635,7 @@ fn encode_data(c: &Cluster, encoder: &mut DescriptorEncoder<'_>) -> Result<(), s
     let counters = [
         ("cluster_records_sequenced", "Records this instance sequenced as a room's owner and acknowledged (owner log + replicas)", &s.records_sequenced),
         ("cluster_records_delivered", "Acknowledged records handed to this instance's home shards (deliveries and replays)", &s.records_delivered),
+        ("cluster_records_shed", "Acknowledged records not queued for a lagging home shard (--cluster-home-queue-records full): the room is caught up from its owner instead", &s.records_shed),
         ("cluster_sends_forwarded", "Sends forwarded to a room's owner on another instance", &s.forwarded),
         ("cluster_sends_refused", "Sends the cluster refused (no owner, ownership moving, owner overloaded, no answer in time)", &s.refused),
         ("cluster_replays_asked", "Replay requests sent to room owners (catch-ups and gaps)", &s.replays_asked),

@@ -55,6 +55,9 @@ struct Interest {
     /// A catch-up replay is wanted (after a view change, a gap, the first member).
     catch_up: bool,
     asked: Option<Instant>,
+    /// The home shard's queue was full (`--cluster-home-queue-records`): live records are
+    /// dropped until a catch-up from `delivered` has handed the home what it missed.
+    lagging: bool,
 }
 
 pub(super) struct Node {
@@ -191,6 +194,13 @@ impl Node {
         if !i.catch_up || i.asked.is_some_and(|t| now < t + REPLAY_RETRY) {
             return;
         }
+        // A lagging home is caught up once its queue is half empty, not before: asking
+        // sooner would only have the answer dropped again.
+        let shard = crate::placement::home_of(room, self.cluster.shards);
+        if i.lagging && self.cluster.port.queued(shard) > self.cluster.limits.home_queue_records / 2
+        {
+            return;
+        }
         let after_seq = i.delivered;
         let Some(owner) = self.owner_of(room) else {
             return;
@@ -323,6 +333,7 @@ impl Node {
                             delivered: last_seq,
                             catch_up: true,
                             asked: None,
+                            lagging: false,
                         },
                     );
                     self.register(&room);
@@ -376,7 +387,9 @@ impl Node {
                 let why = refusal_text(code, &from);
                 self.answer_refused(req, code, why);
             }
-            Frame::Deliver { room, record } => self.deliver(&room, vec![record]),
+            Frame::Deliver { room, record } => {
+                self.deliver(&room, vec![record], false);
+            }
             Frame::ReplayRecords {
                 req,
                 room,
@@ -426,10 +439,17 @@ impl Node {
             return;
         }
         let last = records.last().map(|r| r.seq);
-        self.deliver(room, records);
+        if !self.deliver(room, records, true) {
+            // The home's queue is full: asked again once it has room (`catch_up`).
+            if let Some(i) = self.interest.get_mut(room) {
+                i.asked = None;
+            }
+            return;
+        }
         if let Some(i) = self.interest.get_mut(room) {
             i.asked = None;
             i.catch_up = more && last.is_some();
+            i.lagging &= i.catch_up;
         }
         if more {
             self.catch_up(room, Instant::now());
@@ -442,24 +462,35 @@ impl Node {
         }
     }
 
-    /// Acknowledged records for the room's home shard.
-    fn deliver(&mut self, room: &str, records: Vec<Record>) {
+    /// Acknowledged records for the room's home shard (`replay`: a catch-up's answer).
+    /// `false` when they were dropped because the home lags: the room is then caught up
+    /// from `delivered` once the home's queue has room again.
+    fn deliver(&mut self, room: &str, records: Vec<Record>, replay: bool) -> bool {
         let Some(i) = self.interest.get_mut(room) else {
-            return;
+            return true;
         };
         let Some(last) = records.last().map(|r| r.seq) else {
-            return;
+            return true;
         };
-        i.delivered = i.delivered.max(last);
         let s = &self.cluster.stats;
-        s.records_delivered
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let count = records.len() as u64;
         let shard = crate::placement::home_of(room, self.cluster.shards);
-        let msg = FromCluster::Records {
-            room: room.to_owned(),
-            records,
-        };
-        self.cluster.port.deliver(shard, msg);
+        let max = self.cluster.limits.home_queue_records;
+        let queued = !(i.lagging && !replay)
+            && self
+                .cluster
+                .port
+                .deliver_records(shard, room.to_owned(), records, max)
+                .is_ok();
+        if !queued {
+            s.records_shed.fetch_add(count, Ordering::Relaxed);
+            i.lagging = true;
+            i.catch_up = true;
+            return false;
+        }
+        i.delivered = i.delivered.max(last);
+        s.records_delivered.fetch_add(count, Ordering::Relaxed);
+        true
     }
 
     fn answer_refused(&mut self, req: u64, code: RefusalCode, why: String) {

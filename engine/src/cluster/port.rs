@@ -7,6 +7,7 @@
 //! room's messages). Cluster thread → shard: one lock-free queue per shard and the shard's
 //! doorbell, like the persistence completions (`persist.rs`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -89,6 +90,9 @@ pub struct Port {
     pub(super) events: Sender<Event>,
     pub(super) notes: SegQueue<Note>,
     pub(super) inbox: Vec<SegQueue<FromCluster>>,
+    /// Per shard, the records queued in its inbox (`--cluster-home-queue-records` bounds
+    /// what [`Port::deliver_records`] adds).
+    pub(super) queued: Vec<AtomicUsize>,
     pub(super) doorbells: Arc<[Doorbell]>,
 }
 
@@ -111,12 +115,47 @@ impl Port {
 
     /// What the cluster thread sent `shard`, one at a time.
     pub fn pop(&self, shard: ShardId) -> Option<FromCluster> {
-        self.inbox.get(shard as usize)?.pop()
+        let msg = self.inbox.get(shard as usize)?.pop()?;
+        if let FromCluster::Records { records, .. } = &msg {
+            self.queued[shard as usize].fetch_sub(records.len(), Ordering::Relaxed);
+        }
+        Some(msg)
+    }
+
+    /// Records queued for `shard`.
+    pub(super) fn queued(&self, shard: ShardId) -> usize {
+        self.queued
+            .get(shard as usize)
+            .map_or(0, |q| q.load(Ordering::Relaxed))
     }
 
     /// Waiting for `shard` (a gauge).
     pub fn depth(&self, shard: ShardId) -> usize {
         self.inbox.get(shard as usize).map_or(0, SegQueue::len)
+    }
+
+    /// Queues records for `shard` unless that would take its queue past `max` records;
+    /// gives them back if not queued (the caller catches the room up later instead).
+    pub(super) fn deliver_records(
+        &self,
+        shard: ShardId,
+        room: String,
+        records: Vec<Record>,
+        max: usize,
+    ) -> Result<(), Vec<Record>> {
+        let Some(queued) = self.queued.get(shard as usize) else {
+            return Err(records);
+        };
+        // Only the cluster thread adds: a load then an add cannot overshoot. An empty queue
+        // takes any batch (a replay answer holds up to `REPLAY_RECORDS_MAX`), so a home
+        // always makes progress: at most `max + REPLAY_RECORDS_MAX` records are queued.
+        let now = queued.load(Ordering::Relaxed);
+        if now > 0 && now + records.len() > max {
+            return Err(records);
+        }
+        queued.fetch_add(records.len(), Ordering::Relaxed);
+        self.deliver(shard, FromCluster::Records { room, records });
+        Ok(())
     }
 
     pub(super) fn deliver(&self, shard: ShardId, msg: FromCluster) {

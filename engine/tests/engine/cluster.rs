@@ -873,3 +873,77 @@ async fn a_peer_link_with_a_bad_hello_is_refused_and_logged() {
         msgs_until(client, "still linked").await;
     }
 }
+
+/// Sends `n` messages through `client` without waiting between them (pipelined, within the
+/// request burst) and returns the acknowledged ones as (seq, body).
+async fn burst(client: &mut Client, room: &str, tag: String, n: usize) -> Vec<(u64, String)> {
+    let bodies: HashMap<u64, String> = (0..n as u64)
+        .map(|i| (1_000_000 + i, format!("{tag}-{i}")))
+        .collect();
+    for (id, body) in &bodies {
+        let req = json!({"op": "send", "id": id, "room": room, "body": body});
+        client.send_raw(&req.to_string()).await;
+    }
+    let mut acked = Vec::new();
+    let mut answered = 0;
+    while answered < n {
+        let v = client.recv().await;
+        let Some(body) = v["id"].as_u64().and_then(|id| bodies.get(&id)) else {
+            continue; // an event (this sender is a member too)
+        };
+        answered += 1;
+        if v["op"] == "ok" {
+            acked.push((v["seq"].as_u64().expect("ok has a seq"), body.clone()));
+        } else {
+            assert_eq!(v["code"], "unavailable", "{v}");
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lagging_home_shard_is_caught_up_with_every_record_and_its_queue_stays_bounded() {
+    let mut c = formed().await;
+    // n3 queues at most one record for its home shard: a burst of deliveries outruns it.
+    let mut old = c.take(2);
+    old.signal(libc::SIGTERM);
+    assert!(old.wait_exit(crate::support::WAIT).success());
+    drop(old);
+    c.restart_with_env(2, &[("SOKDO_CLUSTER_HOME_QUEUE_RECORDS", "1")]);
+    eventually("n3 is back in every view", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    let mut watcher = Client::connect(c.node(2), "watcher").await;
+    watcher.ok(json!({"op": "join", "room": "lag"})).await;
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let mut sender = Client::connect(c.node(s % 2), &format!("lagger{s}")).await;
+        sender.ok(json!({"op": "join", "room": "lag"})).await;
+        senders.push(sender);
+    }
+    // Bursts until n3 has shed records at least once (bounded: each burst is 160 sends).
+    let mut acked = Vec::new();
+    for round in 0..10 {
+        let bursts = senders
+            .iter_mut()
+            .enumerate()
+            .map(|(s, sender)| burst(sender, "lag", format!("b{round}-{s}"), 40));
+        for got in futures_util::future::join_all(bursts).await {
+            acked.extend(got);
+        }
+        if c.node(2).metric("sokdo_cluster_records_shed_total") > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        c.node(2).metric("sokdo_cluster_records_shed_total") > 0.0,
+        "n3's home shard never lagged behind 1,600 deliveries"
+    );
+    let last = send_acked(&mut senders[0], "lag", "end").await;
+    acked.push((last, "end".to_owned()));
+    acked.sort();
+    let received = msgs_until(&mut watcher, "end").await;
+    assert_same_stream(&[received], &acked);
+    assert!(c.node(2).metric("sokdo_cluster_replays_asked_total") > 0.0);
+}
