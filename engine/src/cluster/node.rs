@@ -476,7 +476,7 @@ impl Node {
         let count = records.len() as u64;
         let shard = crate::placement::home_of(room, self.cluster.shards);
         let max = self.cluster.limits.home_queue_records;
-        let queued = !(i.lagging && !replay)
+        let queued = (replay || !i.lagging)
             && self
                 .cluster
                 .port
