@@ -12,7 +12,11 @@ use crate::support::{eventually, seqs_of, Client};
 const ALL: [usize; 3] = [0, 1, 2];
 
 async fn formed() -> TestCluster {
-    let c = TestCluster::start(3);
+    formed_with_env(&[]).await
+}
+
+async fn formed_with_env(env: &[(&str, &str)]) -> TestCluster {
+    let c = TestCluster::start_with_env(3, env);
     eventually("3 instances see each other alive", || {
         c.all_see(&ALL, &ALL, "alive")
     })
@@ -549,7 +553,19 @@ fn assert_increasing(acked: &[(u64, String)]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reusing_a_seq() {
-    let mut c = formed().await;
+    owner_killed_under_a_steady_sender(formed().await).await;
+}
+
+/// With `--durability async` the homes' logs are not fsynced before `ok`; what a client's
+/// `ok` promises in a cluster — a majority of instances hold the record — is the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_async_durability_the_owner_killed_under_a_steady_sender_loses_no_acknowledged_message(
+) {
+    let c = formed_with_env(&[("SOKDO_DURABILITY", "async")]).await;
+    owner_killed_under_a_steady_sender(c).await;
+}
+
+async fn owner_killed_under_a_steady_sender(mut c: TestCluster) {
     let (mut slots, first, (owner, epoch)) = owned_room(&c, "fo", "f").await;
     let others: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
     let mut victim = slots[owner].take().unwrap();

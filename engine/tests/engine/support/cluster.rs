@@ -216,12 +216,20 @@ pub struct TestCluster {
     udp: Vec<SocketAddr>,
     data: Vec<PathBuf>,
     pub haproxy: Haproxy,
+    /// Environment every instance starts with (`start_with_env`), before `restart_with_env`'s.
+    env: Vec<(String, String)>,
     /// The instances' namespaces and links (dropped last: after the instances stop).
     net: Option<Network>,
 }
 
 impl TestCluster {
     pub fn start(n: usize) -> TestCluster {
+        Self::start_with_env(n, &[])
+    }
+
+    /// Like `start`, every instance (and every restart) with these environment variables
+    /// (e.g. `SOKDO_DURABILITY`).
+    pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> TestCluster {
         let net = netns::available().then(|| Network::create(n));
         let (http, udp): (Vec<SocketAddr>, Vec<SocketAddr>) = match &net {
             Some(net) => (0..n).map(|i| (net.http(i), net.cluster(i))).unzip(),
@@ -237,6 +245,10 @@ impl TestCluster {
             udp,
             data,
             haproxy: Haproxy::start(&servers),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             net,
         };
         for i in 0..n {
@@ -299,6 +311,13 @@ impl TestCluster {
 
     /// Like `restart`, with extra environment variables (`SOKDO_LOG`).
     pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        let mut all: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.extend_from_slice(env);
+        let env = &all[..];
         let args = self.args(i);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.nodes[i] = Some(
