@@ -55,9 +55,31 @@ pub struct Handle {
     appends: Sender<WalCmd>,
     reads: Sender<ReadCmd>,
     pipeline: Arc<Pipeline>,
+    /// Set by [`Handle::for_shard`]: this handle's appends are counted in that shard's
+    /// [`settled`](Handle::settled).
+    shard: Option<u16>,
 }
 
 impl Handle {
+    /// A handle whose appends are counted for `shard` (one thread's appends: the count is
+    /// in the order they were accepted). `None` when `shard` is not one of the shards.
+    pub fn for_shard(&self, shard: u16) -> Option<Handle> {
+        (usize::from(shard) < self.pipeline.settled.len()).then(|| Handle {
+            shard: Some(shard),
+            ..self.clone()
+        })
+    }
+
+    /// How many of this handle's appends (a [`for_shard`](Handle::for_shard) handle; 0 for
+    /// another) are written and readable by [`read`](Handle::read), in the order accepted:
+    /// the first `settled()` appends are. A record refused with `Failed` counts once the
+    /// log can be written again (records written after it then are too). One atomic load.
+    pub fn settled(&self) -> u64 {
+        self.shard
+            .and_then(|s| self.pipeline.settled.get(usize::from(s)))
+            .map_or(0, |a| a.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     fn check_shard(&self, ticket: Option<Ticket>) -> Result<(), SubmitError> {
         match ticket {
             Some(t) if usize::from(t.shard) >= self.pipeline.sinks.len() => {
@@ -94,6 +116,7 @@ impl Handle {
             rec,
             ticket,
             reserved_bytes,
+            shard: self.shard,
         }) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -284,6 +307,7 @@ impl Persistence {
             appends: append_tx,
             reads: read_tx,
             pipeline,
+            shard: None,
         };
         Ok(Persistence {
             handle,

@@ -43,6 +43,9 @@ pub(crate) struct Pipeline {
     /// Written by the WAL thread, like every counter down to `last_group_records`.
     pub wal_segments: AtomicU64,
     pub written_lsn: AtomicU64,
+    /// Per shard, its counted handle's records written and readable (in the backlog), in
+    /// append order ([`Handle::settled`](crate::Handle::settled)).
+    pub settled: Vec<AtomicU64>,
     pub records_appended: AtomicU64,
     pub group_commits: AtomicU64,
     pub fdatasyncs: AtomicU64,
@@ -87,6 +90,7 @@ impl Pipeline {
         let backlog = Backlog::default();
         backlog.push(replayed.into_iter().map(|(lsn, r)| (lsn, Arc::new(r))));
         Pipeline {
+            settled: (0..sinks.len()).map(|_| AtomicU64::new(0)).collect(),
             sinks,
             durability: cfg.durability,
             batch_messages_max: cfg.batch_messages_max,

@@ -23,7 +23,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ pub(crate) enum WalCmd {
         rec: Record,
         ticket: Option<Ticket>,
         reserved_bytes: u64,
+        /// The shard whose handle appended it ([`Handle::for_shard`](crate::Handle::for_shard)):
+        /// counted in its `settled` once written.
+        shard: Option<u16>,
     },
     /// The sink confirmed more: trim now rather than at the next idle tick.
     Trim,
@@ -61,9 +64,11 @@ pub(crate) enum WalCmd {
 struct Group {
     buf: Vec<u8>,
     records: Vec<(u64, Arc<Record>)>,
-    /// Per record: its reservation, and whether a ticket waits for it.
-    kinds: Vec<(u64, bool)>,
+    /// Per record: its reservation, whether a ticket waits for it, and its counted shard.
+    kinds: Vec<(u64, bool, Option<u16>)>,
     tickets: Vec<Vec<Ticket>>,
+    /// Per shard, the group's records appended through its counted handle.
+    counted: Vec<u64>,
     reserved_bytes: u64,
     /// [`GROUP_BYTES_MAX`], or `wal_segment_bytes` if smaller.
     bytes_max: usize,
@@ -81,6 +86,7 @@ impl Group {
         rec: Arc<Record>,
         reserved_bytes: u64,
         ticket: Option<Ticket>,
+        shard: Option<u16>,
     ) -> Result<(), Error> {
         let lsn = first_lsn + self.records.len() as u64;
         let size = encode_frame(&rec, lsn, &mut self.buf)?;
@@ -90,9 +96,12 @@ impl Group {
         );
         self.reserved_bytes += reserved_bytes;
         self.records.push((lsn, rec));
-        self.kinds.push((reserved_bytes, ticket.is_some()));
+        self.kinds.push((reserved_bytes, ticket.is_some(), shard));
         if let Some(t) = ticket {
             self.tickets[usize::from(t.shard)].push(t);
+        }
+        if let Some(c) = shard.and_then(|s| self.counted.get_mut(usize::from(s))) {
+            *c += 1;
         }
         Ok(())
     }
@@ -101,6 +110,7 @@ impl Group {
         self.buf.clear();
         self.records.clear();
         self.kinds.clear();
+        self.counted.iter_mut().for_each(|c| *c = 0);
         self.reserved_bytes = 0;
         debug_assert!(self.tickets.iter().all(Vec::is_empty));
     }
@@ -125,7 +135,11 @@ struct Log {
     /// members, read pointers; sends under `Durability::Async`), so they are not dropped:
     /// they are written first once the log can be written again. Bounded by what the append
     /// channel held when the log failed, since handles refuse appends while it fails.
-    held: VecDeque<(Arc<Record>, u64)>,
+    held: VecDeque<(Arc<Record>, u64, Option<u16>)>,
+    /// Per shard, the counted records of refused groups that had a ticket (answered
+    /// `Failed`, never written): they join `settled` once the held records are written, so
+    /// `settled` never covers a held record before it is written.
+    refused_counted: Vec<u64>,
 }
 
 pub(crate) fn run(wal: Wal, rx: Receiver<WalCmd>, pipeline: Arc<Pipeline>) -> Result<(), Error> {
@@ -138,9 +152,11 @@ pub(crate) fn run(wal: Wal, rx: Receiver<WalCmd>, pipeline: Arc<Pipeline>) -> Re
             records: Vec::new(),
             kinds: Vec::new(),
             tickets: vec![Vec::new(); pipeline.sinks.len()],
+            counted: vec![0; pipeline.sinks.len()],
             reserved_bytes: 0,
             bytes_max,
         },
+        refused_counted: vec![0; pipeline.sinks.len()],
         pipeline,
         last_sync: Instant::now(),
         failing: None,
@@ -215,11 +231,14 @@ impl Log {
             .write_failure()
             .expect("groups are refused only while failing");
         let records = self.group.records.drain(..).map(|(_, r)| r);
-        for (rec, (reserved_bytes, ticketed)) in records.zip(self.group.kinds.drain(..)) {
+        for (rec, (reserved_bytes, ticketed, shard)) in records.zip(self.group.kinds.drain(..)) {
             if ticketed {
                 p.wal_bytes.fetch_sub(reserved_bytes, Relaxed);
+                if let Some(c) = shard.and_then(|s| self.refused_counted.get_mut(usize::from(s))) {
+                    *c += 1;
+                }
             } else {
-                self.held.push_back((rec, reserved_bytes));
+                self.held.push_back((rec, reserved_bytes, shard));
             }
         }
         for (shard, tickets) in self.group.tickets.iter_mut().enumerate() {
@@ -266,6 +285,9 @@ impl Log {
         }
         self.failing = None;
         self.pipeline.wal_write_error.store(0, Relaxed);
+        for (settled, refused) in self.pipeline.settled.iter().zip(&mut self.refused_counted) {
+            settled.fetch_add(std::mem::take(refused), Release);
+        }
         let failed_ms = since.elapsed().as_millis() as u64;
         tracing::info!(failed_ms, "the write-ahead log is written again");
     }
@@ -275,13 +297,13 @@ impl Log {
         while !self.held.is_empty() {
             let first_lsn = self.wal.next_lsn();
             let mut n = 0;
-            for (rec, reserved_bytes) in &self.held {
+            for (rec, reserved_bytes, shard) in &self.held {
                 if self.group.full() {
                     break;
                 }
-                if let Err(e) = self
-                    .group
-                    .push(first_lsn, rec.clone(), *reserved_bytes, None)
+                if let Err(e) =
+                    self.group
+                        .push(first_lsn, rec.clone(), *reserved_bytes, None, *shard)
                 {
                     self.group.clear();
                     return Err(e);
@@ -345,7 +367,8 @@ fn collect(
                 rec,
                 ticket,
                 reserved_bytes,
-            } => group.push(wal.next_lsn(), Arc::new(rec), reserved_bytes, ticket)?,
+                shard,
+            } => group.push(wal.next_lsn(), Arc::new(rec), reserved_bytes, ticket, shard)?,
         }
         if !group.full() {
             next = rx.try_recv().ok();
@@ -376,12 +399,19 @@ fn commit(
     pipeline.group_commits.fetch_add(1, Relaxed);
     pipeline.fdatasyncs.store(wal.fdatasyncs(), Relaxed);
     pipeline.last_group_records.store(n, Relaxed);
+    // Readable (the read thread merges the backlog) before anyone hears it is written: a
+    // shard may drop a message from its cache as soon as either says so.
+    pipeline.backlog.push(group.records.drain(..));
+    for (settled, counted) in pipeline.settled.iter().zip(&group.counted) {
+        if *counted > 0 {
+            settled.fetch_add(*counted, Release);
+        }
+    }
     for (shard, tickets) in group.tickets.iter_mut().enumerate() {
         if !tickets.is_empty() {
             pipeline.sinks[shard].complete(Completion::Durable(std::mem::take(tickets)));
         }
     }
-    pipeline.backlog.push(group.records.drain(..));
     group.clear();
     Ok(())
 }

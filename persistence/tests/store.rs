@@ -194,3 +194,38 @@ fn a_log_the_sink_never_saw_is_replayed_into_the_snapshot_and_reads() {
     });
     p.shutdown().unwrap();
 }
+
+/// `settled` counts a shard's appends once they are readable, in order, with and without
+/// tickets: a shard may drop a message from its cache once `settled` covers it.
+#[test]
+fn settled_counts_a_shards_appends_once_a_read_finds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Arc::new(Collector::default());
+    let mut cfg = config(dir.path());
+    cfg.durability = sokdo_persistence::Durability::Async;
+    // Batches wait long: the reads below are answered from the log's backlog.
+    cfg.batch_age_ms = 60_000;
+    let (p, _) = Persistence::open(cfg, sinks(&collector, 2)).unwrap();
+    let shard1 = p.handle().for_shard(1).expect("shard 1 of 2");
+    assert!(p.handle().for_shard(2).is_none());
+    assert_eq!(shard1.settled(), 0);
+    for seq in 1..=50 {
+        shard1.append(message("cache", seq), None).unwrap();
+    }
+    // Appends through a handle without a shard are not counted.
+    p.handle().append(message("other", 1), None).unwrap();
+    wait_for("50 settled", Duration::from_secs(20), || {
+        shard1.settled() == 50
+    });
+    assert_eq!(p.handle().settled(), 0);
+    let read = ReadRequest::After {
+        room: "cache".into(),
+        after_seq: 0,
+        limit: 100,
+    };
+    assert_eq!(
+        history(&collector, &p, 1, read),
+        (1..=50).collect::<Vec<_>>()
+    );
+    p.shutdown().unwrap();
+}
