@@ -169,6 +169,13 @@ pub struct Config {
     #[arg(long, env = "SOKDO_HISTORY_RING_MESSAGES_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub history_ring_messages_max: u32,
 
+    /// Estimated bytes each shard keeps of its rooms' recent messages (rings) and search
+    /// indexes. Past it, the rooms whose last message is oldest lose theirs: their history
+    /// and replays are read from the store, and search finds only their messages sent
+    /// after that. `sokdo_room_cache_*` in /metrics.
+    #[arg(long, env = "SOKDO_ROOM_CACHE_BYTES_PER_SHARD", default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 40)))]
+    pub room_cache_bytes_per_shard: u64,
+
     /// Shortest interval between two `typing` notices of one connection.
     #[arg(long, env = "SOKDO_TYPING_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub typing_interval_ms: u64,

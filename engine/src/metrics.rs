@@ -165,6 +165,9 @@ shard_metrics! {
     token_expired_closes: Counter = "token_expired_closes", "Connections closed 4001 `token expired`: their token's exp (+ --jwt-leeway-s) passed without a refresh";
     protocol_errors: Counter = "protocol_errors", "Requests answered with an error";
     rooms_homed: Gauge = "rooms_homed", "Rooms whose home is this shard";
+    room_cache_bytes: Gauge = "room_cache_bytes", "Estimated bytes of the recent messages (rings) and search indexes of the rooms homed here, bounded by --room-cache-bytes-per-shard";
+    room_cache_evictions: Counter = "room_cache_evictions", "Rooms whose ring and search index were dropped to keep the shard under --room-cache-bytes-per-shard (their history is read from the store)";
+    room_cache_evicted_messages: Counter = "room_cache_evicted_messages", "Messages dropped from rooms' rings by those evictions";
     stalls: Counter = "stalls", "Ticks of this shard's timer that fired over 50 ms late: a task held the core (see --detect-stalls for its backtrace)";
     debug_profiles: Counter = "debug_profiles", "CPU profiles started by GET /debug/pprof/profile (counted on the shard that took the request)";
     debug_profile_running: Gauge = "debug_profile_running", "1 on the shard whose /debug/pprof/profile is sampling or rendering (one per process at a time)";

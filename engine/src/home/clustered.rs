@@ -166,7 +166,7 @@ impl Homes {
             });
             return false;
         }
-        let msg = self.room_mut(key).apply_external(
+        self.room_mut(key).apply_external(
             seq,
             (
                 &payload.from,
@@ -176,6 +176,8 @@ impl Homes {
             ),
             payload.client_msg_id.as_deref(),
         );
+        self.cache_changed(key, true);
+        let msg = self.room(key).in_ring(seq).expect("just applied");
         let event = protocol::event("msg", msg);
         self.broadcast(out, key, event, Instant::now(), None);
         self.room_mut(key).sent_by(&payload.from, seq);

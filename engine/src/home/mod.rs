@@ -13,6 +13,7 @@
 //! (an argon2 check) goes back out as an [`Offload`]. So tests drive it directly (`tests.rs`).
 #![forbid(unsafe_code)]
 
+mod cache;
 mod clustered;
 mod completions;
 mod guard;
@@ -41,6 +42,8 @@ pub trait Journal {
     fn append(&self, record: Record, ticket: Option<Ticket>) -> Result<(), AppendError>;
     /// Queues a store read; false when the read queue is full.
     fn read(&self, request: ReadRequest, ticket: Ticket) -> bool;
+    /// How many of the appends are written and readable, in order (`Handle::settled`).
+    fn settled(&self) -> u64;
 }
 
 impl Journal for sokdo_persistence::Handle {
@@ -50,6 +53,10 @@ impl Journal for sokdo_persistence::Handle {
 
     fn read(&self, request: ReadRequest, ticket: Ticket) -> bool {
         sokdo_persistence::Handle::read(self, request, ticket).is_ok()
+    }
+
+    fn settled(&self) -> u64 {
+        sokdo_persistence::Handle::settled(self)
     }
 }
 
@@ -77,6 +84,8 @@ pub struct HomeRules {
     pub replay_page_messages: usize,
     /// Room password guessing (`guard`).
     pub passwords: PasswordRules,
+    /// `--room-cache-bytes-per-shard`: the rooms' rings and search indexes (`cache.rs`).
+    pub cache_bytes_max: usize,
 }
 
 /// The counters a home keeps (its shard's metrics).
@@ -86,6 +95,9 @@ pub struct HomeCounters {
     pub messages_in: Counter,
     pub room_password_failures: Counter,
     pub room_password_refusals: Counter,
+    /// `sokdo_room_cache_evictions_total`, `sokdo_room_cache_evicted_messages_total`.
+    pub room_cache_evictions: Counter,
+    pub room_cache_evicted_messages: Counter,
 }
 
 /// Messages per page of a replay from the store: a quarter of a connection's queue cap
@@ -195,6 +207,10 @@ pub struct Homes {
     /// Clustered rooms whose local copy is catching up from the owner (first member, or
     /// restored at start): a `join` with an `after_seq` beyond the copy waits for it.
     catching_up: std::collections::HashSet<Arc<str>>,
+    /// Records appended to the journal (each room remembers its last: `Room::logged`).
+    appended: u64,
+    /// The rooms' rings and search indexes under `--room-cache-bytes-per-shard`.
+    cache: cache::Cache,
 }
 
 impl Homes {
@@ -223,6 +239,8 @@ impl Homes {
             cluster,
             publishing: HashMap::new(),
             catching_up: std::collections::HashSet::new(),
+            appended: 0,
+            cache: cache::Cache::new(rules.cache_bytes_max),
         };
         for snapshot in snapshots {
             debug_assert_eq!(crate::placement::home_of(&snapshot.room, shards), shard);
@@ -372,8 +390,60 @@ impl Homes {
     }
 
     /// Hands a record to the write-ahead log; a full log refuses the request.
-    fn log(&self, record: Record, ticket: Option<Ticket>) -> Result<(), ProtoError> {
-        self.journal.append(record, ticket).map_err(refusal)
+    /// A message's or a deletion's record marks its room: its cache is dropped only once
+    /// the log's `settled` count covers it (`cache.rs`).
+    fn log(&mut self, record: Record, ticket: Option<Ticket>) -> Result<(), ProtoError> {
+        let room = match &record {
+            Record::Message { room, .. } | Record::Deleted { room, .. } => self
+                .rooms
+                .get_key_value(room.as_str())
+                .map(|(k, _)| k.clone()),
+            _ => None,
+        };
+        self.journal.append(record, ticket).map_err(refusal)?;
+        self.appended += 1;
+        if let Some(r) = room.and_then(|k| self.rooms.get_mut(&k)) {
+            r.logged = self.appended;
+        }
+        Ok(())
+    }
+
+    /// After a room's cache changed (`fresh`: a new message): its bytes are counted, and past
+    /// the shard's budget the oldest rooms whose records are all readable lose theirs.
+    fn cache_changed(&mut self, key: &Arc<str>, fresh: bool) {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        let delta = room.take_cache_delta();
+        if !self.cache.changed(key, delta, fresh) {
+            return;
+        }
+        let settled = self.journal.settled();
+        for cold in self.cache.candidates(key) {
+            if self.cache.satisfied() {
+                break;
+            }
+            let Some(room) = self.rooms.get_mut(&cold) else {
+                self.cache.forget(&cold);
+                continue;
+            };
+            if room.logged > settled {
+                continue; // a record of it is not readable from the store yet
+            }
+            let dropped = room.evict_cache();
+            let delta = room.take_cache_delta();
+            self.cache.changed(&cold, delta, false);
+            self.cache.forget(&cold);
+            self.counters.room_cache_evictions.inc();
+            self.counters
+                .room_cache_evicted_messages
+                .inc_by(dropped as u64);
+        }
+    }
+
+    /// The estimated bytes of this shard's rooms' rings and search indexes.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 
     /// Asks the store for a read; the request waits under a ticket for the completion.

@@ -558,7 +558,9 @@ impl Homes {
             ts_ms: now.ms,
         };
         self.log(record, None)?;
-        if self.room_mut(key).delete(seq) {
+        let deleted = self.room_mut(key).delete(seq);
+        self.cache_changed(key, false);
+        if deleted {
             let event = DeletedEvent {
                 room: key,
                 seq,
@@ -799,9 +801,10 @@ impl Homes {
             received_at,
             client_msg_id: _,
         } = send;
-        let msg = self
-            .room_mut(&room)
+        self.room_mut(&room)
             .publish(seq, &from, name.as_deref(), body, ts);
+        self.cache_changed(&room, true);
+        let msg = self.room(&room).in_ring(seq).expect("just published");
         let ok = SendOk {
             room: &room,
             seq,

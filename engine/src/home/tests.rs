@@ -24,6 +24,8 @@ struct Log {
     appended: Vec<(Record, Option<Ticket>)>,
     reads: Vec<(ReadRequest, Ticket)>,
     full: bool,
+    /// What `settled` answers; `None`: every append.
+    settled: Option<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -43,6 +45,11 @@ impl Journal for FakeJournal {
         self.0.borrow_mut().reads.push((request, ticket));
         true
     }
+
+    fn settled(&self) -> u64 {
+        let log = self.0.borrow();
+        log.settled.unwrap_or(log.appended.len() as u64)
+    }
 }
 
 /// Home shard 0 of 2 (the rooms of these tests are homed there) and its journal.
@@ -53,6 +60,10 @@ struct Fixture {
 }
 
 fn fixture(durable_acks: bool, ring: usize) -> Fixture {
+    fixture_with_cache(durable_acks, ring, 1 << 30)
+}
+
+fn fixture_with_cache(durable_acks: bool, ring: usize, cache_bytes_max: usize) -> Fixture {
     let log = FakeJournal::default();
     let rules = HomeRules {
         limits: RoomLimits {
@@ -71,6 +82,7 @@ fn fixture(durable_acks: bool, ring: usize) -> Fixture {
             window: std::time::Duration::from_secs(60),
             checks_in_flight_max: 4,
         },
+        cache_bytes_max,
     };
     let homes = Homes::new(
         (0, 2),
@@ -541,6 +553,61 @@ fn delete_rules() {
         .filter(|(r, _)| matches!(r, Record::Deleted { .. }))
         .count();
     assert_eq!(deletes, 2, "only the allowed deletes were logged");
+}
+
+/// Goal: past the cache budget the rooms with the oldest last message lose their ring — but
+/// only once the log has settled every record of theirs (a store read must find them) — and
+/// their history is then read from the store.
+#[test]
+fn past_the_cache_budget_the_oldest_settled_rooms_lose_their_rings() {
+    const BUDGET: usize = 64 * 1024;
+    let mut f = fixture_with_cache(false, 1000, BUDGET);
+    let body = "x".repeat(200);
+    // Four rooms homed on shard 0 of 2, as the fixture is.
+    let rooms: Vec<String> = (0..)
+        .map(|i| format!("r{i}"))
+        .filter(|r| crate::placement::home_of(r, 2) == 0)
+        .take(4)
+        .collect();
+    let (oldest, newest) = (rooms[0].as_str(), rooms[3].as_str());
+    for (i, room) in rooms.iter().enumerate() {
+        f.join(origin(0, i as u32 + 1), "ann", room, None);
+    }
+    // Nothing settled: nothing may be dropped, whatever the budget.
+    f.log.0.borrow_mut().settled = Some(0);
+    for room in &rooms {
+        for _ in 0..20 {
+            f.send(origin(0, 1), "ann", room, &body);
+        }
+    }
+    let unsettled = f.homes.cache_bytes();
+    assert!(unsettled > BUDGET, "{unsettled} bytes cached, all kept");
+    assert!(f.homes.rooms[oldest].in_ring(1).is_some());
+    // Settled: the next send brings the cache under the budget, oldest rooms first.
+    f.log.0.borrow_mut().settled = None;
+    f.send(origin(0, 1), "ann", newest, &body);
+    let cached = f.homes.cache_bytes();
+    assert!(cached <= BUDGET / 8 * 7, "{cached} bytes cached");
+    assert!(
+        f.homes.rooms[oldest].in_ring(20).is_none(),
+        "the oldest evicted"
+    );
+    assert_eq!(f.homes.rooms[oldest].cache_bytes(), 0);
+    assert!(
+        f.homes.rooms[newest].in_ring(21).is_some(),
+        "the room just sent to is kept"
+    );
+    let sum: usize = f.homes.rooms.values().map(|r| r.cache_bytes()).sum();
+    assert_eq!(sum, cached, "the shard's count is the rooms' sum");
+    // The oldest room's history now comes from the store.
+    let reads = f.log.0.borrow().reads.len();
+    let history = HomeOp::History {
+        before_seq: None,
+        limit: 5,
+    };
+    let out = f.call(origin(0, 1), "ann", oldest, history);
+    assert!(out.msgs().is_empty(), "history waits for the store");
+    assert_eq!(f.log.0.borrow().reads.len(), reads + 1);
 }
 
 /// Goal: a connection going away stops receiving the room but stays a member; `leave`

@@ -66,6 +66,31 @@ pub struct Room {
     retry_order: VecDeque<(String, String)>,
     subscribers_per_shard: Vec<u32>,
     search: SearchIndex,
+    /// The ring's and search index's estimated heap bytes ([`cache_cost`]): what the
+    /// shard's `--room-cache-bytes-per-shard` budget counts.
+    cache_bytes: usize,
+    /// `cache_bytes` added since the shard last took it ([`Room::take_cache_delta`]).
+    cache_delta: isize,
+    /// The shard's journal count of the room's last message or deletion record: the
+    /// cache may be dropped once the log has settled it (`home/cache.rs`).
+    pub logged: u64,
+}
+
+/// A ring message's estimated heap bytes with its search entry: the struct and its four
+/// strings' allocations, the body's lower-cased copy in the index and about one 8-byte
+/// posting per body byte (bigrams), each posting list's and map entry's share.
+pub fn cache_cost(m: &Msg) -> usize {
+    /// Per allocation: the allocator's rounding and header, on average.
+    const ALLOC_BYTES: usize = 16;
+    /// Per body byte in the search index: its lower-cased copy (1) and a bigram posting (8),
+    /// with the posting list's and the map entry's share (1).
+    const SEARCH_BYTES_PER_BODY_BYTE: usize = 10;
+    let strings = m.room.len() + m.msg_id.len() + m.from.len();
+    let name = m.name.as_ref().map_or(0, |n| n.len() + ALLOC_BYTES);
+    let body = m.body.as_ref().map_or(0, |b| {
+        b.len() * (1 + SEARCH_BYTES_PER_BODY_BYTE) + 2 * ALLOC_BYTES
+    });
+    std::mem::size_of::<Msg>() + 3 * ALLOC_BYTES + strings + name + body
 }
 
 /// What a room knows of one user. One map of these replaced three (members, read
@@ -173,7 +198,38 @@ impl Room {
             subscribers_per_shard: vec![0; shards],
             // Search covers the ring's messages: both evict one message per new one.
             search: SearchIndex::new(limits.history_ring_messages_max),
+            cache_bytes: 0,
+            cache_delta: 0,
+            logged: 0,
         }
+    }
+
+    /// The ring's and the search index's estimated bytes ([`cache_cost`]).
+    #[cfg(test)]
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
+    }
+
+    /// The change of [`Room::cache_bytes`] since the last call.
+    pub fn take_cache_delta(&mut self) -> isize {
+        std::mem::take(&mut self.cache_delta)
+    }
+
+    fn cache_changed(&mut self, added: usize, removed: usize) {
+        self.cache_bytes = self.cache_bytes + added - removed;
+        self.cache_delta += added as isize - removed as isize;
+    }
+
+    /// Drops the ring and the search index (the shard's cache budget, docs/PROTOCOL.md
+    /// `history`): history and replays then read the store, search finds nothing older
+    /// than the next message. The caller checks the store holds every message first.
+    /// Returns the messages dropped.
+    pub fn evict_cache(&mut self) -> usize {
+        let dropped = self.ring.len();
+        self.ring = VecDeque::new();
+        self.search = SearchIndex::new(self.limits.history_ring_messages_max);
+        self.cache_changed(0, self.cache_bytes);
+        dropped
     }
 
     /// A room as persisted: sequence numbers continue after `last_seq`, retries of the
@@ -235,8 +291,11 @@ impl Room {
         {
             Some(m) if m.deleted => false,
             Some(m) => {
+                let before = cache_cost(m);
                 m.deleted = true;
                 m.body = None;
+                let after = cache_cost(m);
+                self.cache_changed(after, before);
                 true
             }
             None => true,
@@ -413,9 +472,11 @@ impl Room {
     }
 
     fn push_to_ring(&mut self, msg: Msg) {
+        let mut removed = 0;
         if self.ring.len() == self.limits.history_ring_messages_max {
-            self.ring.pop_front();
+            removed = self.ring.pop_front().as_ref().map_or(0, cache_cost);
         }
+        self.cache_changed(cache_cost(&msg), removed);
         self.ring.push_back(msg);
         debug_assert!(self.ring.len() <= self.limits.history_ring_messages_max);
     }

@@ -96,33 +96,20 @@ impl Shard {
     fn new(id: ShardId, instance: Arc<Instance>, rooms: Vec<RoomSnapshot>) -> Shard {
         let cfg = &instance.cfg;
         let metrics = instance.metrics.for_shard(id);
-        let rules = HomeRules {
-            limits: RoomLimits {
-                history_ring_messages_max: cfg.history_ring_messages_max as usize,
-                idempotency_keys_max: cfg.idempotency_keys_max as usize,
-                own_messages_after_read_max: cfg.own_messages_after_read_max as usize,
-            },
-            rooms_max: cfg.rooms_per_shard_max as usize,
-            auto_create_rooms: cfg.auto_create_rooms,
-            durable_acks: instance.durable_acks(),
-            replay_messages_max: cfg.replay_messages_max,
-            replay_page_messages: crate::home::replay_page_messages(
-                cfg.outbound_queue_bytes_max,
-                cfg.body_bytes_max,
-            ),
-            passwords: crate::home::PasswordRules {
-                failures_max: cfg.room_password_failures_max,
-                failures_per_ip_max: cfg.room_password_failures_per_ip_max,
-                window: std::time::Duration::from_millis(cfg.auth_failure_window_ms),
-                checks_in_flight_max: cfg.password_checks_in_flight_max,
-            },
-        };
-        let journal = Box::new(instance.persist.clone());
+        let rules = home_rules(&instance);
+        let journal = Box::new(
+            instance
+                .persist
+                .for_shard(id)
+                .expect("the persistence has a completion sink per shard"),
+        );
         let shards = (id, instance.shards());
         let counters = crate::home::HomeCounters {
             messages_in: metrics.messages_in.clone(),
             room_password_failures: metrics.room_password_failures.clone(),
             room_password_refusals: metrics.room_password_refusals.clone(),
+            room_cache_evictions: metrics.room_cache_evictions.clone(),
+            room_cache_evicted_messages: metrics.room_cache_evicted_messages.clone(),
         };
         let homes = Homes::new(
             shards,
@@ -380,5 +367,32 @@ impl ConnHost for Shard {
         } else if entry.queued {
             self.left_queue(conn);
         }
+    }
+}
+
+/// What a shard's homes apply, from the configuration.
+fn home_rules(instance: &Instance) -> HomeRules {
+    let cfg = &instance.cfg;
+    HomeRules {
+        limits: RoomLimits {
+            history_ring_messages_max: cfg.history_ring_messages_max as usize,
+            idempotency_keys_max: cfg.idempotency_keys_max as usize,
+            own_messages_after_read_max: cfg.own_messages_after_read_max as usize,
+        },
+        rooms_max: cfg.rooms_per_shard_max as usize,
+        auto_create_rooms: cfg.auto_create_rooms,
+        durable_acks: instance.durable_acks(),
+        replay_messages_max: cfg.replay_messages_max,
+        replay_page_messages: crate::home::replay_page_messages(
+            cfg.outbound_queue_bytes_max,
+            cfg.body_bytes_max,
+        ),
+        passwords: crate::home::PasswordRules {
+            failures_max: cfg.room_password_failures_max,
+            failures_per_ip_max: cfg.room_password_failures_per_ip_max,
+            window: std::time::Duration::from_millis(cfg.auth_failure_window_ms),
+            checks_in_flight_max: cfg.password_checks_in_flight_max,
+        },
+        cache_bytes_max: cfg.room_cache_bytes_per_shard as usize,
     }
 }

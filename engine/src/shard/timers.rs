@@ -122,6 +122,7 @@ impl Shard {
         m.shard_outbox_messages.set(self.outbox.len() as i64);
         m.home_requests_waiting.set(self.homes.waiting() as i64);
         m.rooms_homed.set(self.homes.len() as i64);
+        m.room_cache_bytes.set(self.homes.cache_bytes() as i64);
     }
 
     fn begin_drain(&mut self, now: Instant) {
