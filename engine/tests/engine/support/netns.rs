@@ -75,6 +75,11 @@ impl Network {
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             let cl = self.cluster_veth(i);
+            let ac = format!("ska{k}n{i}");
+            // Links of those names left by a test that was killed: ours now (this index's
+            // bridge was free, so no running test uses them).
+            let _ = ip(&["link", "del", &cl]);
+            let _ = ip(&["link", "del", &ac]);
             ip(&[
                 "link", "add", &cl, "type", "veth", "peer", "name", "cl", "netns", &ns,
             ])?;
@@ -82,7 +87,6 @@ impl Network {
             let addr = format!("10.201.{k}.{}/24", i + 1);
             ip(&["-n", &ns, "addr", "add", &addr, "dev", "cl"])?;
             ip(&["-n", &ns, "link", "set", "cl", "up"])?;
-            let ac = format!("ska{k}n{i}");
             ip(&[
                 "link", "add", &ac, "type", "veth", "peer", "name", "ac", "netns", &ns,
             ])?;
