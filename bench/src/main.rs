@@ -7,9 +7,12 @@
 //!   reports.
 //! - `scenario.rs` / `steady.rs` drive a scenario one tick (1 s) at a time; `compare.rs` runs
 //!   scenarios against each target with the server pinned, memory-limited and, when asked,
-//!   held to a CPU quota. `profile.rs` runs one of them under `perf record` and renders
-//!   flamegraphs (and differential ones) with inferno; `layers.rs` reads per-layer CPU
-//!   shares out of folded stacks.
+//!   held to a CPU quota; `cluster.rs` is its target `sokdo-cluster` (instances forming one
+//!   cluster behind a real HAProxy, configured by `haproxy.rs`: the engine tests' own
+//!   generator, included by path so that the tests, the bench and docs/haproxy.cfg share
+//!   it). `profile.rs` runs one of them under `perf record` and renders flamegraphs (and
+//!   differential ones) with inferno; `layers.rs` reads per-layer CPU shares out of folded
+//!   stacks.
 //! - `fleet.rs` starts worker processes (this binary, `worker`), sends them commands and
 //!   merges their stats and hdrhistograms.
 //! - `worker.rs` holds the connections: a single-threaded runtime per process, ≤ 18,000
@@ -23,8 +26,11 @@
 //!   and `report.rs`: the modules form a DAG, from these up to `compare.rs` and this file.
 
 mod clock;
+mod cluster;
 mod compare;
 mod fleet;
+#[path = "../../engine/tests/engine/support/haproxy.rs"]
+mod haproxy;
 mod html;
 mod kernel;
 mod layers;

@@ -31,6 +31,12 @@ pub struct Host {
     /// one CPU (all of a target's processes together).
     #[serde(default)]
     pub server_cpu_quota_percent: Option<f64>,
+    /// `compare` with target `sokdo-cluster`: its instances, and HAProxy's `maxconn` in front
+    /// of them (bounded by the open-file limit: two files per connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_instances: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy_maxconn: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -218,6 +224,50 @@ pub struct Summary {
     pub server_logs: Vec<String>,
     #[serde(default)]
     pub server_log_panics: Option<u64>,
+    /// A target of several instances behind a load balancer (`--cluster-http`; `compare`'s
+    /// `sokdo-cluster`): what the instances sent each other over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// What the instances of a cluster sent each other over a scenario's window — from before
+/// the first connect to the end, the connections still open —, summed over the instances'
+/// `/metrics`, and how the load balancer spread the users.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterFigures {
+    pub instances: u64,
+    /// Σ `sokdo_cluster_link_bytes_total{direction="out"}`: peer-link bytes written (frames
+    /// with their length prefixes; TCP/IP headers and the membership datagrams not
+    /// included). What one instance writes another reads, so this is the traffic between
+    /// instances, counted once.
+    pub link_bytes_out: u64,
+    /// Σ `sokdo_cluster_link_frames_total{direction="out"}`.
+    pub link_frames_out: u64,
+    /// Σ `sokdo_cluster_datagrams_sent_total`: membership (SWIM) datagrams, at most 1,400
+    /// bytes each; counted, their bytes are not.
+    pub datagrams_sent: u64,
+    /// Σ `sokdo_cluster_link_drops_total`: links dropped because their queue was full.
+    pub link_drops: u64,
+    /// `link_bytes_out` ÷ the deliveries the bench counted (`received`).
+    pub link_bytes_per_delivery: Option<f64>,
+    /// `link_bytes_out` ÷ the sends acknowledged (`acked`).
+    pub link_bytes_per_ack: Option<f64>,
+    /// `sokdo_connections` of each instance at the window's end (the users through the
+    /// load balancer, and its health checks).
+    pub connections_by_instance: Vec<u64>,
+    /// The load balancer's CPU seconds over the window and its RSS at the end
+    /// (`--balancer-pid`); the server's CPU and RSS figures are the instances' only.
+    pub balancer_cpu_s: Option<f64>,
+    pub balancer_rss_bytes: Option<u64>,
+}
+
+impl ClusterFigures {
+    /// The bytes between instances per delivery and per acknowledged send.
+    pub fn per_message(&mut self, received: u64, acked: u64) {
+        let per = |n: u64| (n > 0).then(|| self.link_bytes_out as f64 / n as f64);
+        self.link_bytes_per_delivery = per(received);
+        self.link_bytes_per_ack = per(acked);
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
