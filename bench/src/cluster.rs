@@ -11,12 +11,12 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::haproxy;
+use crate::metrics;
 use crate::report::ClusterFigures;
 
 /// HAProxy holds two open files per proxied connection: the client's socket and the
@@ -32,12 +32,6 @@ pub const HAPROXY_CHECK_INTER_MS: u64 = 1000;
 /// membership converges within a few probe periods (1 s by default), HAProxy needs `rise 2`
 /// checks.
 pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
-/// A metrics or `/cluster` read gives up after this long (the instance is then counted as
-/// unreadable, never waited for).
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest answer read from an instance's HTTP endpoint: `/metrics` of a few shards is
-/// tens of KiB.
-const HTTP_BODY_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// The ports of one cluster run, from a base port: HAProxy's frontend on the base, then
 /// each instance's HTTP port, then each instance's cluster port (UDP membership and TCP
@@ -155,38 +149,6 @@ pub fn haproxy_maxconn(asked: Option<u32>, files_max: u64) -> anyhow::Result<u32
     }
 }
 
-/// `GET path` on `addr` (HTTP/1.1, `Connection: close`): the status and the body.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(HTTP_TIMEOUT)).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    s.take(HTTP_BODY_BYTES_MAX).read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    // sokdo answers with a Content-Length and closes: the body is what follows the head.
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
-/// Σ of the samples of `name` (every label set) whose labels include `label` (empty: all
-/// of them), in Prometheus text.
-pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None,
-            };
-            labels.contains(label).then_some(value)
-        })
-        .filter_map(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// What one reading of every instance's `/metrics` gives: Σ link bytes and frames sent,
 /// Σ membership datagrams sent, Σ links dropped, and each instance's open connections.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -204,11 +166,7 @@ impl Mark {
     pub fn read(instances: &[SocketAddr]) -> Option<Mark> {
         let mut mark = Mark::default();
         for addr in instances {
-            let (status, text) = http_get(*addr, "/metrics")?;
-            if status != 200 {
-                return None;
-            }
-            mark.add(&text);
+            mark.add(&metrics::scrape(*addr)?);
         }
         Some(mark)
     }
@@ -216,12 +174,12 @@ impl Mark {
     /// Adds one instance's `/metrics`.
     fn add(&mut self, text: &str) {
         let out = "direction=\"out\"";
-        self.link_bytes_out += metric_sum(text, "sokdo_cluster_link_bytes_total", out);
-        self.link_frames_out += metric_sum(text, "sokdo_cluster_link_frames_total", out);
-        self.datagrams_sent += metric_sum(text, "sokdo_cluster_datagrams_sent_total", "");
-        self.link_drops += metric_sum(text, "sokdo_cluster_link_drops_total", "");
+        self.link_bytes_out += metrics::sum(text, "sokdo_cluster_link_bytes_total", out);
+        self.link_frames_out += metrics::sum(text, "sokdo_cluster_link_frames_total", out);
+        self.datagrams_sent += metrics::sum(text, "sokdo_cluster_datagrams_sent_total", "");
+        self.link_drops += metrics::sum(text, "sokdo_cluster_link_drops_total", "");
         self.connections
-            .push(metric_sum(text, "sokdo_connections", ""));
+            .push(metrics::sum(text, "sokdo_connections", ""));
     }
 
     /// The figures of the window from `before` to this mark; the per-delivery ratios are
@@ -247,7 +205,7 @@ pub fn wait_formed(http: &[SocketAddr], within: Duration) -> anyhow::Result<()> 
     loop {
         let views: Vec<Option<String>> = http
             .iter()
-            .map(|a| http_get(*a, "/cluster").map(|(_, body)| body))
+            .map(|a| metrics::get(*a, "/cluster").map(|(_, body)| body))
             .collect();
         if views
             .iter()
@@ -385,25 +343,6 @@ sokdo_cluster_link_bytes_total{peer=\"n3\",direction=\"out\"} 500
 sokdo_cluster_link_drops_total{peer=\"n2\"} 1
 # EOF
 ";
-
-    #[test]
-    fn metric_sums_take_the_named_series_and_label_only() {
-        let out = "direction=\"out\"";
-        assert_eq!(
-            metric_sum(METRICS, "sokdo_cluster_link_bytes_total", out),
-            1500
-        );
-        assert_eq!(
-            metric_sum(METRICS, "sokdo_cluster_link_bytes_total", ""),
-            3500
-        );
-        assert_eq!(metric_sum(METRICS, "sokdo_connections", ""), 12);
-        assert_eq!(
-            metric_sum(METRICS, "sokdo_cluster_datagrams_sent_total", ""),
-            40
-        );
-        assert_eq!(metric_sum(METRICS, "sokdo_nothing", ""), 0);
-    }
 
     #[test]
     fn a_window_is_the_difference_of_two_marks_summed_over_instances() {

@@ -1018,7 +1018,92 @@ fn print_comparison(c: &Comparison) {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_quota_us, parse_quota_percent};
+    use super::{comparison, cpu_quota_us, parse_quota_percent, ports_per_start, CompareArgs};
+    use crate::report::{ClusterFigures, Run, Summary};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        inner: CompareArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<CompareArgs, clap::Error> {
+        Wrap::try_parse_from(std::iter::once("compare").chain(args.iter().copied()))
+            .map(|w| w.inner)
+    }
+
+    #[test]
+    fn a_cluster_target_takes_its_block_of_ports_per_start() {
+        let a = parse(&["--targets", "sokdo,sokdo-cluster"]).unwrap();
+        assert_eq!(a.cluster_instances, 3);
+        assert_eq!(a.haproxy_bin.to_str(), Some("haproxy"));
+        assert_eq!(a.haproxy_maxconn, None);
+        // HAProxy, then three HTTP and three cluster ports.
+        assert_eq!(ports_per_start(&a), 7);
+        let a = parse(&["--targets", "sokdo-cluster", "--cluster-instances", "5"]).unwrap();
+        assert_eq!(ports_per_start(&a), 11);
+        // Without the cluster target, a start takes one port per process.
+        let a = parse(&["--targets", "sokdo", "--server-processes", "4"]).unwrap();
+        assert_eq!(ports_per_start(&a), 4);
+        let a = parse(&["--steady-args", "--preset ktb", "--haproxy-maxconn", "5000"]).unwrap();
+        assert_eq!(a.haproxy_maxconn, Some(5000));
+    }
+
+    #[test]
+    fn a_cluster_needs_two_instances_and_at_most_sixteen() {
+        for bad in ["1", "17", "x"] {
+            let err = parse(&["--cluster-instances", bad])
+                .err()
+                .expect(bad)
+                .to_string();
+            assert!(err.contains("--cluster-instances"), "{bad}: {err}");
+        }
+        assert!(parse(&["--cluster-instances", "16"]).is_ok());
+    }
+
+    fn run(scenario: &str, target: &str, deliveries_per_s: f64, link: Option<f64>) -> Run {
+        Run {
+            scenario: scenario.into(),
+            target: target.into(),
+            duration_s: 10.0,
+            summary: Summary {
+                deliveries_per_s,
+                server_cpu_s: Some(2.0),
+                cluster: link.map(|b| ClusterFigures {
+                    link_bytes_per_delivery: Some(b),
+                    ..ClusterFigures::default()
+                }),
+                ..Summary::default()
+            },
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn steady_runs_compare_per_preset_and_a_cluster_adds_its_bytes_per_delivery() {
+        let runs = [
+            run("steady:ktb", "sokdo", 900.0, None),
+            run("steady:ktb", "sokdo-cluster", 450.0, Some(30.0)),
+        ];
+        let c = comparison(&runs, "sokdo");
+        let row = |metric: &str| {
+            c.rows
+                .iter()
+                .find(|r| r.scenario == "steady:ktb" && r.metric == metric)
+                .unwrap_or_else(|| panic!("no row {metric}: {:?}", c.rows))
+        };
+        assert_eq!(row("deliveries/s").ratios["sokdo-cluster"], 0.5);
+        assert_eq!(row("server CPU % of one CPU").values["sokdo"], 20.0);
+        let bytes = row("bytes between instances per delivery");
+        assert_eq!(bytes.values.len(), 1, "{bytes:?}");
+        assert_eq!(bytes.values["sokdo-cluster"], 30.0);
+        assert!(
+            c.rows.iter().all(|r| r.scenario == "steady:ktb"),
+            "{:?}",
+            c.rows
+        );
+    }
 
     #[test]
     fn quota_percent_is_of_one_cpu_per_period() {

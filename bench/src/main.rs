@@ -19,6 +19,7 @@
 //!   users, each worker on its own source address (127.0.0.2, .3, …).
 //! - `wire.rs` is WebSocket framing with a frame *scanner* that counts frames by their
 //!   headers; `proto.rs` tells sokdo's and Socket.IO's frames apart from a few bytes.
+//! - `metrics.rs` reads a server's HTTP endpoints (`/metrics`, `/cluster`) from outside.
 //! - `report.rs` is the JSON report, `html.rs` the HTML report with SVG plots.
 //! - `kernel.rs` reads (and where it may, raises) the host's limits, its CPUs, a process's
 //!   RSS, CPU time and CPU cgroup, the CPUs' busy time and the kernel's TCP memory;
@@ -34,6 +35,7 @@ mod haproxy;
 mod html;
 mod kernel;
 mod layers;
+mod metrics;
 mod output;
 mod profile;
 mod proto;

@@ -386,7 +386,39 @@ pub struct ComparisonRow {
 
 #[cfg(test)]
 mod tests {
-    use super::{Report, Run, Sample};
+    use super::{ClusterFigures, Report, Run, Sample};
+
+    #[test]
+    fn bytes_between_instances_are_per_delivery_and_per_ack() {
+        let mut c = ClusterFigures {
+            link_bytes_out: 9_000,
+            ..ClusterFigures::default()
+        };
+        c.per_message(300, 10);
+        assert_eq!(c.link_bytes_per_delivery, Some(30.0));
+        assert_eq!(c.link_bytes_per_ack, Some(900.0));
+        c.per_message(0, 0);
+        assert_eq!(
+            (c.link_bytes_per_delivery, c.link_bytes_per_ack),
+            (None, None)
+        );
+    }
+
+    /// A report of a cluster run keeps its figures; one of another target has none.
+    #[test]
+    fn cluster_figures_are_in_the_report_only_for_a_cluster() {
+        let mut run = Run::default();
+        let v = serde_json::to_value(&run).unwrap();
+        assert!(v["summary"].get("cluster").is_none(), "{v}");
+        run.summary.cluster = Some(ClusterFigures {
+            instances: 3,
+            connections_by_instance: vec![1, 2, 3],
+            ..ClusterFigures::default()
+        });
+        let back: Run = serde_json::from_value(serde_json::to_value(&run).unwrap()).unwrap();
+        let c = back.summary.cluster.expect("kept");
+        assert_eq!((c.instances, c.connections_by_instance), (3, vec![1, 2, 3]));
+    }
 
     /// A report written before the server-CPU fields existed still parses: every field added
     /// to schema 1 since is optional.
