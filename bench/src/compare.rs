@@ -882,13 +882,15 @@ impl Drop for TempDir {
     }
 }
 
-/// The headline metrics, per scenario, with ratios to `baseline`. A metric of `steady`
-/// gives one row per preset run (`steady:ktb`, …).
-pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
-    type Metric = (&'static str, &'static str, bool, fn(&Run) -> Option<f64>);
+/// A headline metric: its scenario, its name, whether higher is better, and its value in a
+/// run.
+type Metric = (&'static str, &'static str, bool, fn(&Run) -> Option<f64>);
+
+/// The metrics `compare` puts side by side.
+fn headline_metrics() -> [Metric; 15] {
     let link_bytes = |r: &Run| r.summary.cluster.as_ref()?.link_bytes_per_delivery;
     let cpu_percent = |r: &Run| Some(r.summary.server_cpu_s? / r.duration_s.max(1e-3) * 100.0);
-    let metrics: [Metric; 15] = [
+    [
         ("ramp", "users held", true, |r| {
             Some(r.summary.users_held as f64)
         }),
@@ -940,9 +942,14 @@ pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
             false,
             link_bytes,
         ),
-    ];
+    ]
+}
+
+/// The headline metrics, per scenario, with ratios to `baseline`. A metric of `steady`
+/// gives one row per preset run (`steady:ktb`, …).
+pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
     let mut rows = Vec::new();
-    for (scenario, metric, higher_is_better, value) in metrics {
+    for (scenario, metric, higher_is_better, value) in headline_metrics() {
         for name in scenario_names(runs, scenario) {
             let mut row = ComparisonRow {
                 scenario: name.clone(),
@@ -1054,8 +1061,7 @@ mod tests {
     fn a_cluster_needs_two_instances_and_at_most_sixteen() {
         for bad in ["1", "17", "x"] {
             let err = parse(&["--cluster-instances", bad])
-                .err()
-                .expect(bad)
+                .expect_err(bad)
                 .to_string();
             assert!(err.contains("--cluster-instances"), "{bad}: {err}");
         }

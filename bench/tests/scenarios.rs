@@ -976,6 +976,25 @@ fn compare_refuses_a_cpu_quota_out_of_range() {
     );
 }
 
+/// A cluster run's figures: three instances, each holding some of the users, bytes and
+/// frames between them, the bytes per delivery being theirs over the `deliveries`.
+fn assert_cluster_figures(c: &Value, deliveries: u64) {
+    assert_eq!(c["instances"], 3, "{c}");
+    let conns: Vec<u64> = c["connections_by_instance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u)
+        .collect();
+    // leastconn: about ten users each (and the bench's own /metrics read).
+    assert!(conns.len() == 3 && conns.iter().all(|n| *n >= 5), "{c}");
+    let bytes = u(&c["link_bytes_out"]);
+    assert!(bytes > 0 && u(&c["link_frames_out"]) > 0, "{c}");
+    let per = c["link_bytes_per_delivery"].as_f64().unwrap();
+    assert!((per - bytes as f64 / deliveries as f64).abs() < 1e-6, "{c}");
+    assert!(c["balancer_cpu_s"].as_f64().is_some(), "{c}");
+}
+
 /// `compare --targets sokdo-cluster`: three instances form one cluster behind a real
 /// HAProxy before the load; `steady` through HAProxy alone delivers every acknowledged
 /// message to every member of its room, members being on every instance (the balancer
@@ -1031,24 +1050,7 @@ fn compare_runs_steady_through_haproxy_over_a_cluster_of_three() {
     // Three rooms of ten: every acknowledged message reached its ten members.
     assert_eq!(u(&s["expected_deliveries"]), acked * 10, "{s}");
     assert_eq!(u(&s["received"]), acked * 10, "{s}");
-    let c = &s["cluster"];
-    assert_eq!(c["instances"], 3, "{c}");
-    let conns: Vec<u64> = c["connections_by_instance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(u)
-        .collect();
-    // leastconn: about ten users each (and the bench's own /metrics read).
-    assert!(conns.len() == 3 && conns.iter().all(|n| *n >= 5), "{c}");
-    let bytes = u(&c["link_bytes_out"]);
-    assert!(bytes > 0 && u(&c["link_frames_out"]) > 0, "{c}");
-    let per = c["link_bytes_per_delivery"].as_f64().unwrap();
-    assert!(
-        (per - bytes as f64 / (acked * 10) as f64).abs() < 1e-6,
-        "{c}"
-    );
-    assert!(c["balancer_cpu_s"].as_f64().is_some(), "{c}");
+    assert_cluster_figures(&s["cluster"], acked * 10);
     assert_eq!(s["server_log_panics"], 0, "{s}");
     let logs = s["server_logs"].as_array().expect("server logs");
     assert_eq!(logs.len(), 3, "{s}");
