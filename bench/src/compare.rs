@@ -2,7 +2,9 @@
 //! each server started fresh, pinned to the same CPUs (`taskset`) and held to the same memory
 //! limit (a cgroup: v1's memory controller when mounted, else v2) and, when asked, the same
 //! CPU quota (v1's cpu controller, else v2's `cpu.max`), the bench itself pinned to the other
-//! CPUs. Prints and records the ratios to the first target.
+//! CPUs. Prints and records the ratios to the first target. Target `sokdo-cluster` is
+//! several instances forming one cluster behind HAProxy, started here too (`cluster.rs`
+//! holds its layout, flags and waits).
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};

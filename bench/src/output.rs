@@ -152,33 +152,9 @@ fn print_server(r: &Run) {
     print_cluster(r);
 }
 
-/// A cluster's lines: how the balancer spread the users, the bytes between instances per
-/// delivery, the balancer's own CPU and memory.
+/// A cluster's lines ([`Run::cluster_lines`]).
 fn print_cluster(r: &Run) {
-    let Some(c) = &r.summary.cluster else {
-        return;
-    };
-    let per = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-    println!(
-        "   cluster: {} instances, connections per instance at the end {:?}",
-        c.instances, c.connections_by_instance
-    );
-    println!(
-        "   between instances: {} bytes in {} frames ({} B per delivery, {} B per acked send), \
-         {} membership datagrams, {} links dropped",
-        c.link_bytes_out,
-        c.link_frames_out,
-        per(c.link_bytes_per_delivery),
-        per(c.link_bytes_per_ack),
-        c.datagrams_sent,
-        c.link_drops
-    );
-    if let (Some(cpu), Some(rss)) = (c.balancer_cpu_s, c.balancer_rss_bytes) {
-        println!(
-            "   load balancer: {cpu:.2} s CPU ({:.0}% of one CPU), RSS {:.1} MiB (not in the \
-             server's figures)",
-            cpu / r.duration_s.max(1e-3) * 100.0,
-            rss as f64 / 1048576.0
-        );
+    for line in r.cluster_lines() {
+        println!("   {line}");
     }
 }

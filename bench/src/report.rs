@@ -155,6 +155,40 @@ impl Run {
         }
         Some(line)
     }
+
+    /// A cluster's figures in words (stdout, the HTML notes): how the balancer spread the
+    /// users, the bytes between instances per delivery, the balancer's own CPU and memory.
+    pub fn cluster_lines(&self) -> Vec<String> {
+        let Some(c) = &self.summary.cluster else {
+            return Vec::new();
+        };
+        let per = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        let mut lines = vec![
+            format!(
+                "cluster: {} instances, connections per instance at the end {:?}",
+                c.instances, c.connections_by_instance
+            ),
+            format!(
+                "between instances: {} bytes in {} frames ({} B per delivery, {} B per acked \
+                 send), {} membership datagrams, {} links dropped",
+                c.link_bytes_out,
+                c.link_frames_out,
+                per(c.link_bytes_per_delivery),
+                per(c.link_bytes_per_ack),
+                c.datagrams_sent,
+                c.link_drops
+            ),
+        ];
+        if let (Some(cpu), Some(rss)) = (c.balancer_cpu_s, c.balancer_rss_bytes) {
+            lines.push(format!(
+                "load balancer: {cpu:.2} s CPU ({:.0}% of one CPU), RSS {:.1} MiB (not in the \
+                 server's figures)",
+                cpu / self.duration_s.max(1e-3) * 100.0,
+                rss as f64 / 1048576.0
+            ));
+        }
+        lines
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
