@@ -2,7 +2,9 @@
 //! each server started fresh, pinned to the same CPUs (`taskset`) and held to the same memory
 //! limit (a cgroup: v1's memory controller when mounted, else v2) and, when asked, the same
 //! CPU quota (v1's cpu controller, else v2's `cpu.max`), the bench itself pinned to the other
-//! CPUs. Prints and records the ratios to the first target.
+//! CPUs. Prints and records the ratios to the first target. Target `sokdo-cluster` is
+//! several instances forming one cluster behind HAProxy, started here too (`cluster.rs`
+//! holds its layout, flags and waits).
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -15,11 +17,13 @@ use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, ValueEnum};
 
+use crate::cluster;
 use crate::kernel::{self, CpuList};
 use crate::output;
 use crate::proto::Protocol;
 use crate::report::{Comparison, ComparisonRow, Host, Run, Summary};
 use crate::scenario::{self, FanoutArgs, IdleArgs, RampArgs};
+use crate::steady::{self, SteadyArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TargetKind {
@@ -34,6 +38,12 @@ pub enum TargetKind {
     Ws,
     /// `sokdo-peer-tokio`, the conventional tokio server.
     Tokio,
+    /// `--cluster-instances` sokdo instances (`--sokdo-bin`, each with `--sokdo-args` and
+    /// `--sokdo-shards`) forming one cluster on loopback, behind a real HAProxy
+    /// (`--haproxy-bin`, `balance leastconn`, health checks on `/readyz`): the users connect
+    /// to HAProxy only and are spread by it, not by room. All of them share the target's
+    /// CPUs and memory limit.
+    SokdoCluster,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -41,6 +51,8 @@ pub enum ScenarioKind {
     Ramp,
     Fanout,
     Idle,
+    /// A seed's workload: `--steady-args` names the preset (`--preset ktb`).
+    Steady,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -70,6 +82,9 @@ pub struct CompareArgs {
     /// Flags for `idle`.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     idle_args: String,
+    /// Flags for `steady`, its preset included (e.g. "--preset ktb --scale 0.5").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    steady_args: String,
     /// CPUs the server runs on (taskset list: "0", "0-3", "0,2"; each below 1024 and online).
     #[arg(long, default_value = "0")]
     server_cpus: CpuList,
@@ -90,8 +105,21 @@ pub struct CompareArgs {
     /// Server processes per target, on consecutive ports, all in the target's one cgroup and
     /// CPU set (one instance whose processes sit behind a local load balancer); users go to
     /// the process of their room (room r → process r mod N).
+    /// Does not apply to `sokdo-cluster` (`--cluster-instances`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     server_processes: u64,
+    /// Instances of target `sokdo-cluster` (node ids n1, n2, …; quorum is a majority).
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(2..=CLUSTER_INSTANCES_MAX))]
+    cluster_instances: u64,
+    /// The HAProxy of target `sokdo-cluster` (scripts/install-deps.sh installs it).
+    #[arg(long, default_value = "haproxy")]
+    haproxy_bin: PathBuf,
+    /// HAProxy's `maxconn` (connections it holds at once; more wait for a place). It needs
+    /// two open files per connection plus 200 within this process's open-file limit, which
+    /// it inherits: at most 9,900 under a limit of 20,000, the default (the largest that fits).
+    #[arg(long)]
+    haproxy_maxconn: Option<u32>,
     /// More flags for every sokdo process (e.g. "--durability async").
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     sokdo_args: String,
@@ -119,6 +147,10 @@ pub struct CompareArgs {
     #[arg(long)]
     html: Option<PathBuf>,
 }
+
+/// The most instances of target `sokdo-cluster`: they share the target's CPUs, so beyond a
+/// few a run measures their contention, and each takes two ports of the run's block.
+const CLUSTER_INSTANCES_MAX: u64 = 16;
 
 /// The lower bound of `--server-cpu-quota-percent`: the kernel's smallest quota, 1 ms, per
 /// the longest period the bench uses, 1 s.
@@ -200,36 +232,51 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         let (quota, period) = cpu_quota_us(p);
         eprintln!("server CPU quota: {p}% of one CPU ({quota} µs per {period} µs) per target");
     }
+    let clustered = args.targets.contains(&TargetKind::SokdoCluster);
+    let maxconn = clustered.then(|| haproxy_maxconn(args)).transpose()?;
+    if let Some(m) = maxconn {
+        eprintln!(
+            "sokdo-cluster: {} instances behind HAProxy, maxconn {m}",
+            args.cluster_instances
+        );
+    }
     let mut runs = Vec::new();
     let mut limit_applied = None;
-    for scenario in &args.scenarios {
-        for target in &args.targets {
-            eprintln!("== {scenario:?} against {}", name(*target));
-            // Fresh ports per run: a stopped server's port may linger a moment.
-            let port = args.port + (runs.len() as u64 * args.server_processes.max(1)) as u16;
-            let run = match Server::start(args, *target, port) {
-                Ok(server) => {
-                    limit_applied = limit_applied.or(server.memory_limit_bytes);
-                    let result = run_scenario(args, *scenario, *target, &server);
-                    let (peak, oom_kills) = server.memory_report();
-                    let bin = server.bin.clone();
-                    let logs = server.logs.clone();
-                    server.stop();
-                    let mut run = result?;
-                    run.server_bin = Some(bin);
-                    // Read again once stopped: a panic while draining counts too.
-                    run.summary.server_log_panics = scenario::server_log_panics(&logs);
+    for (start, (scenario, target)) in (args.scenarios.iter())
+        .flat_map(|s| args.targets.iter().map(move |t| (s, t)))
+        .enumerate()
+    {
+        eprintln!("== {scenario:?} against {}", name(*target));
+        // Fresh ports per start: a stopped server's port may linger a moment.
+        let port = u64::from(args.port) + start as u64 * ports_per_start(args);
+        let started = u16::try_from(port)
+            .map_err(|_| anyhow::anyhow!("--port {}: run {start} needs port {port}", args.port))
+            .and_then(|port| Server::start(args, *target, port));
+        let new_runs = match started {
+            Ok(server) => {
+                limit_applied = limit_applied.or(server.memory_limit_bytes);
+                let result = run_scenario(args, *scenario, *target, &server);
+                let (peak, oom_kills) = server.memory_report();
+                let bin = server.bin.clone();
+                let logs = server.logs.clone();
+                server.stop();
+                // Read again once stopped: a panic while draining counts too.
+                let panics = scenario::server_log_panics(&logs);
+                let mut new_runs = result?;
+                for run in &mut new_runs {
+                    run.server_bin = Some(bin.clone());
+                    run.summary.server_log_panics = panics;
                     run.summary.server_logs =
                         logs.iter().map(|p| p.display().to_string()).collect();
                     run.summary.server_cgroup_memory_peak_bytes = peak;
                     run.summary.server_oom_kills = oom_kills;
-                    run
                 }
-                Err(e) => not_started(*scenario, *target, &e),
-            };
-            output::print_runs(std::slice::from_ref(&run));
-            runs.push(run);
-        }
+                new_runs
+            }
+            Err(e) => vec![not_started(*scenario, *target, &e)],
+        };
+        output::print_runs(&new_runs);
+        runs.extend(new_runs);
     }
     let host = Host {
         bench_cpus: Some(args.bench_cpus.to_string()),
@@ -237,6 +284,8 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         server_memory_limit_bytes: limit_applied,
         server_processes: Some(args.server_processes.max(1)),
         server_cpu_quota_percent: args.server_cpu_quota_percent,
+        cluster_instances: clustered.then_some(args.cluster_instances),
+        haproxy_maxconn: maxconn,
         ..Host::default()
     };
     let mut report = output::new_report("compare", runs, host);
@@ -259,9 +308,29 @@ pub(crate) fn check_online(flag: &str, cpus: &CpuList) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ports one target's start takes from its base: one per server process, or a cluster's
+/// block (HAProxy, then each instance's HTTP and cluster port).
+fn ports_per_start(args: &CompareArgs) -> u64 {
+    let cluster = args.targets.contains(&TargetKind::SokdoCluster);
+    let block = if cluster {
+        cluster::Layout::ports(args.cluster_instances)
+    } else {
+        1
+    };
+    args.server_processes.max(block)
+}
+
+/// `--haproxy-maxconn`, or the largest the open-file limit allows HAProxy.
+fn haproxy_maxconn(args: &CompareArgs) -> anyhow::Result<u32> {
+    let files = kernel::open_files_max()
+        .context("reading this process's open-file limit (/proc/self/limits)")?;
+    cluster::haproxy_maxconn(args.haproxy_maxconn, files)
+}
+
 fn name(t: TargetKind) -> &'static str {
     match t {
         TargetKind::Sokdo => "sokdo",
+        TargetKind::SokdoCluster => "sokdo-cluster",
         TargetKind::SokdoBase => "sokdo-base",
         TargetKind::Socketio => "socketio",
         TargetKind::Ws => "ws",
@@ -303,36 +372,51 @@ fn parse_flags<T: Args>(
     argv.extend(["--server-cpus".into(), server.cpus.to_string()]);
     let logs: Vec<String> = server.logs.iter().map(|p| path_str(p)).collect();
     argv.extend(["--server-log".into(), logs.join(",")]);
+    if let Some(b) = &server.balancer {
+        argv.extend([
+            "--cluster-http".into(),
+            scenario::servers_label(&b.instances),
+        ]);
+        argv.extend(["--balancer-pid".into(), b.child.id().to_string()]);
+    }
     argv.extend(extra.split_whitespace().map(String::from));
     Ok(Flags::<T>::try_parse_from(argv)
         .with_context(|| format!("--{scenario}-args {extra:?}"))?
         .inner)
 }
 
+/// Runs `scenario` against `server`: one run, or a `steady` preset's runs (`webchat` has
+/// two).
 pub(crate) fn run_scenario(
     args: &CompareArgs,
     scenario: ScenarioKind,
     target: TargetKind,
     server: &Server,
-) -> anyhow::Result<Run> {
-    match scenario {
+) -> anyhow::Result<Vec<Run>> {
+    let run = match scenario {
         ScenarioKind::Ramp => scenario::ramp(&parse_flags::<RampArgs>(
             "ramp",
             &args.ramp_args,
             target,
             server,
-        )?),
+        )?)?,
         ScenarioKind::Fanout => {
             let a = parse_flags::<FanoutArgs>("fanout", &args.fanout_args, target, server)?;
-            scenario::run_load(&a.common, "fanout", &a.load())
+            scenario::run_load(&a.common, "fanout", &a.load())?
         }
         ScenarioKind::Idle => scenario::idle(&parse_flags::<IdleArgs>(
             "idle",
             &args.idle_args,
             target,
             server,
-        )?),
-    }
+        )?)?,
+        ScenarioKind::Steady => {
+            let a = parse_flags::<SteadyArgs>("steady", &args.steady_args, target, server)?;
+            a.check().context("--steady-args")?;
+            return steady::steady(&a);
+        }
+    };
+    Ok(vec![run])
 }
 
 fn not_started(scenario: ScenarioKind, target: TargetKind, e: &anyhow::Error) -> Run {
@@ -368,6 +452,17 @@ pub(crate) struct Server {
     _data_dirs: Vec<TempDir>,
     /// Each process's stderr (its log), kept beside the report (`log_path`).
     logs: Vec<PathBuf>,
+    /// Target `sokdo-cluster`: HAProxy in front of the instances (`children`, `logs`).
+    balancer: Option<Balancer>,
+}
+
+/// Target `sokdo-cluster`'s HAProxy: its process, the instances it balances, and the
+/// directory of its configuration and admin socket.
+struct Balancer {
+    child: Child,
+    /// The instances' HTTP addresses (their `/metrics`).
+    instances: Vec<SocketAddr>,
+    _dir: TempDir,
 }
 
 impl Server {
@@ -391,6 +486,7 @@ impl Server {
             cgroup: cgroup.map(|(d, _)| d),
             _data_dirs: Vec::new(),
             logs: Vec::new(),
+            balancer: None,
         };
         // Asked for, a quota is part of what is measured: no cgroup for it, no run.
         if let Some(percent) = args.server_cpu_quota_percent {
@@ -403,7 +499,11 @@ impl Server {
                 }
             }
         }
-        if let Err(e) = server.start_processes(args, target, port, processes) {
+        let started = match target {
+            TargetKind::SokdoCluster => server.start_cluster(args, port),
+            _ => server.start_processes(args, target, port, processes),
+        };
+        if let Err(e) = started {
             server.stop();
             return Err(e);
         }
@@ -419,86 +519,136 @@ impl Server {
         port: u16,
         processes: u64,
     ) -> anyhow::Result<()> {
-        let server = self;
         for i in 0..processes {
             let addr: SocketAddr = format!("127.0.0.1:{}", port + i as u16).parse()?;
             let (program, data_dir) = program(args, target, addr)?;
             let script = usize::from(program[0] == "node");
-            server.bin.clone_from(&program[script]);
+            self.bin.clone_from(&program[script]);
             anyhow::ensure!(
                 !scenario::reachable(addr),
                 "port {} is already in use",
                 addr.port()
             );
-            // `sh` puts itself in the cgroup, then becomes taskset, which becomes the server:
-            // one pid throughout, limited and pinned from its first allocation.
-            let enter: String = server
-                .cgroups
-                .iter()
-                .map(|dir| format!("echo $$ > '{}/cgroup.procs' && ", dir.display()))
-                .collect();
-            let script = format!("{enter}exec taskset -c {} \"$@\"", args.server_cpus);
-            let mut command = Command::new("sh");
-            // sokdo reports a task that holds a shard past its slice (glommio's stall
-            // detector) in bench runs too, unless the caller chose otherwise; other servers
-            // ignore the variable.
-            if std::env::var_os("SOKDO_DETECT_STALLS").is_none() {
-                command.env("SOKDO_DETECT_STALLS", "true");
-            }
-            // The generator's few source addresses (127.0.0.2, .3, …) stand for thousands of
-            // clients each, so sokdo's per-address connection rate limit would refuse the
-            // ramp: it is off in bench runs unless the caller sets it. An environment
-            // variable, not a flag, so a build from before the limit starts too.
-            // Likewise the per-address connection and handshake caps, and the per-connection message rate
-            // limit: the fan-out scenario sends thousands per second from few connections.
-            for var in [
-                "SOKDO_CONNECTIONS_PER_IP_PER_S",
-                "SOKDO_CONNECTIONS_PER_IP_MAX",
-                "SOKDO_HANDSHAKES_PER_IP_MAX",
-                "SOKDO_MESSAGES_PER_CONNECTION_PER_S",
-            ] {
-                if std::env::var_os(var).is_none() {
-                    command.env(var, "0");
-                }
-            }
-            let log = log_path(args, target, addr.port());
-            let stderr = std::fs::File::create(&log)
-                .with_context(|| format!("creating the server's log {}", log.display()))?;
-            let child = command
-                .arg("-c")
-                .arg(script)
-                .arg("sh")
-                .args(&program)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .context("starting the server")?;
-            server.logs.push(log);
-            server.children.push(child);
-            server.addrs.push(addr);
-            server._data_dirs.extend(data_dir);
+            let log = log_path(args, name(target), addr.port());
+            let child = self.spawn_entered(args, &program, &log)?;
+            self.logs.push(log);
+            self.children.push(child);
+            self.addrs.push(addr);
+            self._data_dirs.extend(data_dir);
         }
-        server.wait_ready(Duration::from_secs(30))
+        wait_ready(&self.addrs, Duration::from_secs(30))
+    }
+
+    /// Target `sokdo-cluster`: `--cluster-instances` sokdo instances on the ports of
+    /// [`cluster::Layout`] from `port`, each told the others' cluster addresses; once every
+    /// one sees the others alive with quorum, HAProxy in front of them, until it has them
+    /// all UP. The scenario's users connect to HAProxy only.
+    fn start_cluster(&mut self, args: &CompareArgs, port: u16) -> anyhow::Result<()> {
+        let layout = cluster::Layout::new(port, args.cluster_instances)?;
+        layout.check_free()?;
+        for (i, addr) in layout.http.iter().enumerate() {
+            let (mut program, data_dir) = program(args, TargetKind::Sokdo, *addr)?;
+            program.extend(layout.instance_args(i));
+            self.bin.clone_from(&program[0]);
+            let log = log_path(args, name(TargetKind::SokdoCluster), addr.port());
+            let child = self.spawn_entered(args, &program, &log)?;
+            self.logs.push(log);
+            self.children.push(child);
+            self._data_dirs.extend(data_dir);
+        }
+        wait_ready(&layout.http, Duration::from_secs(30))?;
+        cluster::wait_formed(&layout.http, cluster::FORM_TIMEOUT)?;
+        let dir = TempDir::new("sokdo-bench-haproxy")?;
+        let stats = dir.0.join("admin.sock");
+        let cfg = dir.0.join("haproxy.cfg");
+        let maxconn = haproxy_maxconn(args)?;
+        std::fs::write(&cfg, layout.haproxy_cfg(maxconn, &path_str(&stats)))
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        let program = [
+            path_str(&args.haproxy_bin),
+            "-db".into(),
+            "-f".into(),
+            path_str(&cfg),
+        ];
+        let log = log_path(args, "sokdo-cluster-haproxy", layout.balancer.port());
+        let child = self
+            .spawn_entered(args, &program, &log)
+            .context("--haproxy-bin (scripts/install-deps.sh installs HAProxy)")?;
+        self.balancer = Some(Balancer {
+            child,
+            instances: layout.http.clone(),
+            _dir: dir,
+        });
+        let names: Vec<String> = (0..layout.http.len())
+            .map(cluster::Layout::node_id)
+            .collect();
+        cluster::wait_up(&stats, &names, cluster::FORM_TIMEOUT).with_context(|| {
+            format!(
+                "HAProxy {} (its log: {})",
+                args.haproxy_bin.display(),
+                log.display()
+            )
+        })?;
+        self.addrs.push(layout.balancer);
+        Ok(())
+    }
+
+    /// Spawns `program` so that it runs in the target's cgroups and on its CPUs, its stderr
+    /// to `log`.
+    fn spawn_entered(
+        &self,
+        args: &CompareArgs,
+        program: &[String],
+        log: &Path,
+    ) -> anyhow::Result<Child> {
+        // `sh` puts itself in the cgroup, then becomes taskset, which becomes the server:
+        // one pid throughout, limited and pinned from its first allocation.
+        let enter: String = self
+            .cgroups
+            .iter()
+            .map(|dir| format!("echo $$ > '{}/cgroup.procs' && ", dir.display()))
+            .collect();
+        let script = format!("{enter}exec taskset -c {} \"$@\"", args.server_cpus);
+        let mut command = Command::new("sh");
+        // sokdo reports a task that holds a shard past its slice (glommio's stall
+        // detector) in bench runs too, unless the caller chose otherwise; other servers
+        // ignore the variable.
+        if std::env::var_os("SOKDO_DETECT_STALLS").is_none() {
+            command.env("SOKDO_DETECT_STALLS", "true");
+        }
+        // The generator's few source addresses (127.0.0.2, .3, …) stand for thousands of
+        // clients each, so sokdo's per-address connection rate limit would refuse the
+        // ramp: it is off in bench runs unless the caller sets it. An environment
+        // variable, not a flag, so a build from before the limit starts too.
+        // Likewise the per-address connection and handshake caps, and the per-connection message rate
+        // limit: the fan-out scenario sends thousands per second from few connections.
+        // (Behind HAProxy every connection comes from 127.0.0.1.)
+        for var in [
+            "SOKDO_CONNECTIONS_PER_IP_PER_S",
+            "SOKDO_CONNECTIONS_PER_IP_MAX",
+            "SOKDO_HANDSHAKES_PER_IP_MAX",
+            "SOKDO_MESSAGES_PER_CONNECTION_PER_S",
+        ] {
+            if std::env::var_os(var).is_none() {
+                command.env(var, "0");
+            }
+        }
+        let stderr = std::fs::File::create(log)
+            .with_context(|| format!("creating the server's log {}", log.display()))?;
+        command
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .args(program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", program[0]))
     }
 
     pub(crate) fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|c| c.id()).collect()
-    }
-
-    /// Polls every process's `/healthz` until it answers 200 (bounded).
-    fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        for addr in &self.addrs {
-            while !healthz(*addr) {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "{addr} did not answer /healthz within {within:?}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
     }
 
     /// The cgroup's peak memory and the OOM kills in it, when it has them.
@@ -521,6 +671,8 @@ impl Server {
     }
 
     pub(crate) fn stop(mut self) {
+        let balancer = self.balancer.take().map(|b| b.child);
+        self.children.extend(balancer);
         for child in &self.children {
             // Our own child, not yet reaped: its pid cannot have been reused.
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -543,22 +695,37 @@ impl Server {
     }
 }
 
-/// The command line of one server process of `target` on `addr`, and its data directory.
+/// Polls every address's `/healthz` until it answers 200 (bounded).
+fn wait_ready(addrs: &[SocketAddr], within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    for addr in addrs {
+        while !healthz(*addr) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{addr} did not answer /healthz within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
 /// Where a server process's stderr goes: beside the JSON report (else the HTML one, else
 /// the current directory), named after the target and the port,
 /// `<report>.<target>-<port>.log`.
-fn log_path(args: &CompareArgs, target: TargetKind, port: u16) -> PathBuf {
+fn log_path(args: &CompareArgs, target: &str, port: u16) -> PathBuf {
     let report = args.json.as_ref().or(args.html.as_ref());
     let stem = report
         .and_then(|p| p.file_stem())
         .map_or("sokdo-bench".into(), |s| s.to_string_lossy().into_owned());
-    let file = format!("{stem}.{}-{port}.log", name(target));
+    let file = format!("{stem}.{target}-{port}.log");
     match report.and_then(|p| p.parent()) {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(file),
         _ => PathBuf::from(file),
     }
 }
 
+/// The command line of one server process of `target` on `addr`, and its data directory.
 fn program(
     args: &CompareArgs,
     target: TargetKind,
@@ -568,7 +735,7 @@ fn program(
         |bin: &str| -> anyhow::Result<PathBuf> { Ok(std::env::current_exe()?.with_file_name(bin)) };
     let mut data_dir = None;
     let program: Vec<String> = match target {
-        TargetKind::Sokdo | TargetKind::SokdoBase => {
+        TargetKind::Sokdo | TargetKind::SokdoBase | TargetKind::SokdoCluster => {
             let bin = match (target, &args.sokdo_bin, &args.sokdo_base_bin) {
                 (TargetKind::SokdoBase, _, Some(b)) => b.clone(),
                 (TargetKind::SokdoBase, _, None) => {
@@ -717,10 +884,15 @@ impl Drop for TempDir {
     }
 }
 
-/// The headline metrics, per scenario, with ratios to `baseline`.
-pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
-    type Metric = (&'static str, &'static str, bool, fn(&Run) -> Option<f64>);
-    let metrics: [Metric; 8] = [
+/// A headline metric: its scenario, its name, whether higher is better, and its value in a
+/// run.
+type Metric = (&'static str, &'static str, bool, fn(&Run) -> Option<f64>);
+
+/// The metrics `compare` puts side by side.
+fn headline_metrics() -> [Metric; 15] {
+    let link_bytes = |r: &Run| r.summary.cluster.as_ref()?.link_bytes_per_delivery;
+    let cpu_percent = |r: &Run| Some(r.summary.server_cpu_s? / r.duration_s.max(1e-3) * 100.0);
+    [
         ("ramp", "users held", true, |r| {
             Some(r.summary.users_held as f64)
         }),
@@ -737,6 +909,13 @@ pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
         ("ramp", "RSS bytes per user held", false, |r| {
             r.summary.server_rss_per_connection_bytes
         }),
+        ("ramp", "server CPU % of one CPU", false, cpu_percent),
+        (
+            "ramp",
+            "bytes between instances per delivery",
+            false,
+            link_bytes,
+        ),
         ("fanout", "deliveries/s", true, |r| {
             Some(r.summary.deliveries_per_s)
         }),
@@ -749,38 +928,76 @@ pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
         ("idle", "RSS bytes per connection", false, |r| {
             r.summary.server_rss_per_connection_bytes
         }),
-    ];
+        ("steady", "deliveries/s", true, |r| {
+            Some(r.summary.deliveries_per_s)
+        }),
+        ("steady", "latency p99 ms", false, |r| {
+            (r.summary.latency_ms.samples > 0).then_some(r.summary.latency_ms.p99)
+        }),
+        ("steady", "latency mean ms", false, |r| {
+            (r.summary.latency_ms.samples > 0).then_some(r.summary.latency_ms.mean)
+        }),
+        ("steady", "server CPU % of one CPU", false, cpu_percent),
+        (
+            "steady",
+            "bytes between instances per delivery",
+            false,
+            link_bytes,
+        ),
+    ]
+}
+
+/// The headline metrics, per scenario, with ratios to `baseline`. A metric of `steady`
+/// gives one row per preset run (`steady:ktb`, …).
+pub fn comparison(runs: &[Run], baseline: &str) -> Comparison {
     let mut rows = Vec::new();
-    for (scenario, metric, higher_is_better, value) in metrics {
-        let mut row = ComparisonRow {
-            scenario: scenario.into(),
-            metric: metric.into(),
-            higher_is_better,
-            ..ComparisonRow::default()
-        };
-        for run in runs.iter().filter(|r| {
-            r.scenario == scenario && !r.summary.stop_reason.starts_with("server not started")
-        }) {
-            if let Some(v) = value(run) {
-                row.values.insert(run.target.clone(), v);
+    for (scenario, metric, higher_is_better, value) in headline_metrics() {
+        for name in scenario_names(runs, scenario) {
+            let mut row = ComparisonRow {
+                scenario: name.clone(),
+                metric: metric.into(),
+                higher_is_better,
+                ..ComparisonRow::default()
+            };
+            for run in runs.iter().filter(|r| {
+                r.scenario == name && !r.summary.stop_reason.starts_with("server not started")
+            }) {
+                if let Some(v) = value(run) {
+                    row.values.insert(run.target.clone(), v);
+                }
             }
+            if row.values.is_empty() {
+                continue;
+            }
+            if let Some(base) = row.values.get(baseline).copied().filter(|b| *b != 0.0) {
+                row.ratios = row
+                    .values
+                    .iter()
+                    .map(|(t, v)| (t.clone(), v / base))
+                    .collect();
+            }
+            rows.push(row);
         }
-        if row.values.is_empty() {
-            continue;
-        }
-        if let Some(base) = row.values.get(baseline).copied().filter(|b| *b != 0.0) {
-            row.ratios = row
-                .values
-                .iter()
-                .map(|(t, v)| (t.clone(), v / base))
-                .collect();
-        }
-        rows.push(row);
     }
     Comparison {
         baseline: baseline.into(),
         rows,
     }
+}
+
+/// The runs' scenario names that `scenario` stands for: itself, or for `steady` each
+/// preset's (`steady:ktb`, `steady:webchat-1000x100`, …) in order of appearance.
+fn scenario_names(runs: &[Run], scenario: &str) -> Vec<String> {
+    if scenario != "steady" {
+        return vec![scenario.to_owned()];
+    }
+    let mut names: Vec<String> = Vec::new();
+    for r in runs.iter().filter(|r| r.scenario.starts_with("steady:")) {
+        if !names.contains(&r.scenario) {
+            names.push(r.scenario.clone());
+        }
+    }
+    names
 }
 
 /// The last step of a ramp that stayed healthy.
@@ -800,7 +1017,7 @@ fn print_comparison(c: &Comparison) {
             })
             .collect();
         println!(
-            "   {:<7} {:<30} {}",
+            "   {:<14} {:<37} {}",
             row.scenario,
             row.metric,
             cells.join("  ")
@@ -810,7 +1027,91 @@ fn print_comparison(c: &Comparison) {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_quota_us, parse_quota_percent};
+    use super::{comparison, cpu_quota_us, parse_quota_percent, ports_per_start, CompareArgs};
+    use crate::report::{ClusterFigures, Run, Summary};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        inner: CompareArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<CompareArgs, clap::Error> {
+        Wrap::try_parse_from(std::iter::once("compare").chain(args.iter().copied()))
+            .map(|w| w.inner)
+    }
+
+    #[test]
+    fn a_cluster_target_takes_its_block_of_ports_per_start() {
+        let a = parse(&["--targets", "sokdo,sokdo-cluster"]).unwrap();
+        assert_eq!(a.cluster_instances, 3);
+        assert_eq!(a.haproxy_bin.to_str(), Some("haproxy"));
+        assert_eq!(a.haproxy_maxconn, None);
+        // HAProxy, then three HTTP and three cluster ports.
+        assert_eq!(ports_per_start(&a), 7);
+        let a = parse(&["--targets", "sokdo-cluster", "--cluster-instances", "5"]).unwrap();
+        assert_eq!(ports_per_start(&a), 11);
+        // Without the cluster target, a start takes one port per process.
+        let a = parse(&["--targets", "sokdo", "--server-processes", "4"]).unwrap();
+        assert_eq!(ports_per_start(&a), 4);
+        let a = parse(&["--steady-args", "--preset ktb", "--haproxy-maxconn", "5000"]).unwrap();
+        assert_eq!(a.haproxy_maxconn, Some(5000));
+    }
+
+    #[test]
+    fn a_cluster_needs_two_instances_and_at_most_sixteen() {
+        for bad in ["1", "17", "x"] {
+            let err = parse(&["--cluster-instances", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("--cluster-instances"), "{bad}: {err}");
+        }
+        assert!(parse(&["--cluster-instances", "16"]).is_ok());
+    }
+
+    fn run(scenario: &str, target: &str, deliveries_per_s: f64, link: Option<f64>) -> Run {
+        Run {
+            scenario: scenario.into(),
+            target: target.into(),
+            duration_s: 10.0,
+            summary: Summary {
+                deliveries_per_s,
+                server_cpu_s: Some(2.0),
+                cluster: link.map(|b| ClusterFigures {
+                    link_bytes_per_delivery: Some(b),
+                    ..ClusterFigures::default()
+                }),
+                ..Summary::default()
+            },
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn steady_runs_compare_per_preset_and_a_cluster_adds_its_bytes_per_delivery() {
+        let runs = [
+            run("steady:ktb", "sokdo", 900.0, None),
+            run("steady:ktb", "sokdo-cluster", 450.0, Some(30.0)),
+        ];
+        let c = comparison(&runs, "sokdo");
+        let row = |metric: &str| {
+            c.rows
+                .iter()
+                .find(|r| r.scenario == "steady:ktb" && r.metric == metric)
+                .unwrap_or_else(|| panic!("no row {metric}: {:?}", c.rows))
+        };
+        assert_eq!(row("deliveries/s").ratios["sokdo-cluster"], 0.5);
+        assert_eq!(row("server CPU % of one CPU").values["sokdo"], 20.0);
+        let bytes = row("bytes between instances per delivery");
+        assert_eq!(bytes.values.len(), 1, "{bytes:?}");
+        assert_eq!(bytes.values["sokdo-cluster"], 30.0);
+        assert!(
+            c.rows.iter().all(|r| r.scenario == "steady:ktb"),
+            "{:?}",
+            c.rows
+        );
+    }
 
     #[test]
     fn quota_percent_is_of_one_cpu_per_period() {

@@ -183,6 +183,9 @@ fn run_notes(h: &mut String, runs: &[&Run]) {
         if let Some(line) = r.server_cpu_line() {
             let _ = write!(h, "<p>{}: {}</p>", r.target, html_escape(line.trim()));
         }
+        for line in r.cluster_lines() {
+            let _ = write!(h, "<p>{}: {}</p>", r.target, html_escape(&line));
+        }
         if !r.summary.errors.is_empty() {
             let _ = write!(
                 h,

@@ -185,6 +185,22 @@ pub fn servers_fds(pids: &[u32]) -> Option<u64> {
         .fold(None, |acc, n| Some(acc.unwrap_or(0) + n))
 }
 
+/// The hard open-file limit (RLIMIT_NOFILE) of this process, which its children inherit:
+/// what a child may raise its own limit to.
+pub fn open_files_max() -> Option<u64> {
+    parse_open_files_hard(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+/// The hard limit on the `Max open files` line of `/proc/PID/limits` (`unlimited`: u64::MAX).
+pub fn parse_open_files_hard(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let hard = line["Max open files".len()..].split_whitespace().nth(1)?;
+    match hard {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
 /// VmRSS of a local process, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -384,6 +400,17 @@ pub fn cgroup_cpu_of(pid: u32) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_the_hard_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max processes             15620                15620                processes\n\
+                      Max open files            1024                 20000                files\n";
+        assert_eq!(parse_open_files_hard(limits), Some(20_000));
+        let unlimited = limits.replace("20000 ", "unlimited");
+        assert_eq!(parse_open_files_hard(&unlimited), Some(u64::MAX));
+        assert_eq!(parse_open_files_hard("Max processes 1 1 processes\n"), None);
+    }
 
     #[test]
     fn cpu_lists_parse_as_taskset_writes_them() {

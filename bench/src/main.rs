@@ -7,15 +7,19 @@
 //!   reports.
 //! - `scenario.rs` / `steady.rs` drive a scenario one tick (1 s) at a time; `compare.rs` runs
 //!   scenarios against each target with the server pinned, memory-limited and, when asked,
-//!   held to a CPU quota. `profile.rs` runs one of them under `perf record` and renders
-//!   flamegraphs (and differential ones) with inferno; `layers.rs` reads per-layer CPU
-//!   shares out of folded stacks.
+//!   held to a CPU quota; `cluster.rs` is its target `sokdo-cluster` (instances forming one
+//!   cluster behind a real HAProxy, configured by `haproxy.rs`: the engine tests' own
+//!   generator, included by path so that the tests, the bench and docs/haproxy.cfg share
+//!   it). `profile.rs` runs one of them under `perf record` and renders flamegraphs (and
+//!   differential ones) with inferno; `layers.rs` reads per-layer CPU shares out of folded
+//!   stacks.
 //! - `fleet.rs` starts worker processes (this binary, `worker`), sends them commands and
 //!   merges their stats and hdrhistograms.
 //! - `worker.rs` holds the connections: a single-threaded runtime per process, ≤ 18,000
 //!   users, each worker on its own source address (127.0.0.2, .3, …).
 //! - `wire.rs` is WebSocket framing with a frame *scanner* that counts frames by their
 //!   headers; `proto.rs` tells sokdo's and Socket.IO's frames apart from a few bytes.
+//! - `metrics.rs` reads a server's HTTP endpoints (`/metrics`, `/cluster`) from outside.
 //! - `report.rs` is the JSON report, `html.rs` the HTML report with SVG plots.
 //! - `kernel.rs` reads (and where it may, raises) the host's limits, its CPUs, a process's
 //!   RSS, CPU time and CPU cgroup, the CPUs' busy time and the kernel's TCP memory;
@@ -23,11 +27,15 @@
 //!   and `report.rs`: the modules form a DAG, from these up to `compare.rs` and this file.
 
 mod clock;
+mod cluster;
 mod compare;
 mod fleet;
+#[path = "../../engine/tests/engine/support/haproxy.rs"]
+mod haproxy;
 mod html;
 mod kernel;
 mod layers;
+mod metrics;
 mod output;
 mod profile;
 mod proto;

@@ -149,4 +149,12 @@ fn print_server(r: &Run) {
     if let Some(n) = s.server_oom_kills.filter(|n| *n > 0) {
         println!("   server processes OOM-killed: {n}");
     }
+    print_cluster(r);
+}
+
+/// A cluster's lines ([`Run::cluster_lines`]).
+fn print_cluster(r: &Run) {
+    for line in r.cluster_lines() {
+        println!("   {line}");
+    }
 }

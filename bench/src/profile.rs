@@ -171,10 +171,12 @@ fn profile_one(
     let stopped = stop_perf(perf);
     let bin_used = server.bin.clone();
     server.stop();
-    let mut run = result?;
+    let mut runs = result?;
     stopped?;
-    run.server_bin = Some(bin_used);
-    output::print_runs(std::slice::from_ref(&run));
+    for run in &mut runs {
+        run.server_bin = Some(bin_used.clone());
+    }
+    output::print_runs(&runs);
     let folded = args.out_dir.join(format!("{label}.folded"));
     collapse(&data, &folded)?;
     let title = format!(

@@ -31,6 +31,12 @@ pub struct Host {
     /// one CPU (all of a target's processes together).
     #[serde(default)]
     pub server_cpu_quota_percent: Option<f64>,
+    /// `compare` with target `sokdo-cluster`: its instances, and HAProxy's `maxconn` in front
+    /// of them (bounded by the open-file limit: two files per connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_instances: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy_maxconn: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -149,6 +155,40 @@ impl Run {
         }
         Some(line)
     }
+
+    /// A cluster's figures in words (stdout, the HTML notes): how the balancer spread the
+    /// users, the bytes between instances per delivery, the balancer's own CPU and memory.
+    pub fn cluster_lines(&self) -> Vec<String> {
+        let Some(c) = &self.summary.cluster else {
+            return Vec::new();
+        };
+        let per = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        let mut lines = vec![
+            format!(
+                "cluster: {} instances, connections per instance at the end {:?}",
+                c.instances, c.connections_by_instance
+            ),
+            format!(
+                "between instances: {} bytes in {} frames ({} B per delivery, {} B per acked \
+                 send), {} membership datagrams, {} links dropped",
+                c.link_bytes_out,
+                c.link_frames_out,
+                per(c.link_bytes_per_delivery),
+                per(c.link_bytes_per_ack),
+                c.datagrams_sent,
+                c.link_drops
+            ),
+        ];
+        if let (Some(cpu), Some(rss)) = (c.balancer_cpu_s, c.balancer_rss_bytes) {
+            lines.push(format!(
+                "load balancer: {cpu:.2} s CPU ({:.0}% of one CPU), RSS {:.1} MiB (not in the \
+                 server's figures)",
+                cpu / self.duration_s.max(1e-3) * 100.0,
+                rss as f64 / 1048576.0
+            ));
+        }
+        lines
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -218,6 +258,50 @@ pub struct Summary {
     pub server_logs: Vec<String>,
     #[serde(default)]
     pub server_log_panics: Option<u64>,
+    /// A target of several instances behind a load balancer (`--cluster-http`; `compare`'s
+    /// `sokdo-cluster`): what the instances sent each other over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// What the instances of a cluster sent each other over a scenario's window — from before
+/// the first connect to the end, the connections still open —, summed over the instances'
+/// `/metrics`, and how the load balancer spread the users.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterFigures {
+    pub instances: u64,
+    /// Σ `sokdo_cluster_link_bytes_total{direction="out"}`: peer-link bytes written (frames
+    /// with their length prefixes; TCP/IP headers and the membership datagrams not
+    /// included). What one instance writes another reads, so this is the traffic between
+    /// instances, counted once.
+    pub link_bytes_out: u64,
+    /// Σ `sokdo_cluster_link_frames_total{direction="out"}`.
+    pub link_frames_out: u64,
+    /// Σ `sokdo_cluster_datagrams_sent_total`: membership (SWIM) datagrams, at most 1,400
+    /// bytes each; counted, their bytes are not.
+    pub datagrams_sent: u64,
+    /// Σ `sokdo_cluster_link_drops_total`: links dropped because their queue was full.
+    pub link_drops: u64,
+    /// `link_bytes_out` ÷ the deliveries the bench counted (`received`).
+    pub link_bytes_per_delivery: Option<f64>,
+    /// `link_bytes_out` ÷ the sends acknowledged (`acked`).
+    pub link_bytes_per_ack: Option<f64>,
+    /// `sokdo_connections` of each instance at the window's end (the users through the
+    /// load balancer, and its health checks).
+    pub connections_by_instance: Vec<u64>,
+    /// The load balancer's CPU seconds over the window and its RSS at the end
+    /// (`--balancer-pid`); the server's CPU and RSS figures are the instances' only.
+    pub balancer_cpu_s: Option<f64>,
+    pub balancer_rss_bytes: Option<u64>,
+}
+
+impl ClusterFigures {
+    /// The bytes between instances per delivery and per acknowledged send.
+    pub fn per_message(&mut self, received: u64, acked: u64) {
+        let per = |n: u64| (n > 0).then(|| self.link_bytes_out as f64 / n as f64);
+        self.link_bytes_per_delivery = per(received);
+        self.link_bytes_per_ack = per(acked);
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -336,7 +420,39 @@ pub struct ComparisonRow {
 
 #[cfg(test)]
 mod tests {
-    use super::{Report, Run, Sample};
+    use super::{ClusterFigures, Report, Run, Sample};
+
+    #[test]
+    fn bytes_between_instances_are_per_delivery_and_per_ack() {
+        let mut c = ClusterFigures {
+            link_bytes_out: 9_000,
+            ..ClusterFigures::default()
+        };
+        c.per_message(300, 10);
+        assert_eq!(c.link_bytes_per_delivery, Some(30.0));
+        assert_eq!(c.link_bytes_per_ack, Some(900.0));
+        c.per_message(0, 0);
+        assert_eq!(
+            (c.link_bytes_per_delivery, c.link_bytes_per_ack),
+            (None, None)
+        );
+    }
+
+    /// A report of a cluster run keeps its figures; one of another target has none.
+    #[test]
+    fn cluster_figures_are_in_the_report_only_for_a_cluster() {
+        let mut run = Run::default();
+        let v = serde_json::to_value(&run).unwrap();
+        assert!(v["summary"].get("cluster").is_none(), "{v}");
+        run.summary.cluster = Some(ClusterFigures {
+            instances: 3,
+            connections_by_instance: vec![1, 2, 3],
+            ..ClusterFigures::default()
+        });
+        let back: Run = serde_json::from_value(serde_json::to_value(&run).unwrap()).unwrap();
+        let c = back.summary.cluster.expect("kept");
+        assert_eq!((c.instances, c.connections_by_instance), (3, vec![1, 2, 3]));
+    }
 
     /// A report written before the server-CPU fields existed still parses: every field added
     /// to schema 1 since is optional.

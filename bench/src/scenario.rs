@@ -11,10 +11,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::clock;
+use crate::cluster;
 use crate::fleet::{Fleet, FleetConfig, Target, View};
 use crate::kernel::{self, servers_rss, CpuList};
 use crate::proto::Protocol;
-use crate::report::{Generator, Latency, Run, Sample, Step, Summary};
+use crate::report::{ClusterFigures, Generator, Latency, Run, Sample, Step, Summary};
 use crate::worker::{Command, Rooms};
 
 /// Flags every scenario shares.
@@ -70,6 +71,16 @@ pub struct Common {
     /// (`server_log_panics`). `compare` passes the logs of the servers it starts.
     #[arg(long, value_delimiter = ',')]
     pub server_log: Vec<std::path::PathBuf>,
+    /// With `--server` a load balancer in front of a sokdo cluster: the instances' HTTP
+    /// addresses (comma-separated). Their `/metrics` are read before the first connect and
+    /// at the end, the connections still open: the bytes they sent each other, per delivery
+    /// (`summary.cluster`), and the connections each held. `compare` passes its own.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_http: Vec<SocketAddr>,
+    /// The load balancer's pid, to report its CPU and RSS apart from the server's (with
+    /// `--cluster-http`).
+    #[arg(long)]
+    pub balancer_pid: Option<u32>,
 }
 
 /// A fixed load: the shape shared by `fanout` and the `steady` presets.
@@ -106,6 +117,9 @@ pub(crate) struct Session {
     cpu_prev: CpuMark,
     rss_before: Option<u64>,
     tcp_mem_before_bytes: Option<u64>,
+    /// `--cluster-http`: the instances' counters and the balancer's CPU at the start.
+    cluster_before: Option<cluster::Mark>,
+    balancer_cpu_before_s: Option<f64>,
 }
 
 /// The CPU time the server (its pids, and its CPUs when known) had used at one moment.
@@ -167,6 +181,8 @@ impl Session {
         let cpu_start = CpuMark::now(common);
         let rss_before = servers_rss(&common.server_pid);
         let tcp_mem_before_bytes = kernel::tcp_mem_bytes();
+        let cluster_before = cluster_mark(common);
+        let balancer_cpu_before_s = balancer_cpu_s(common);
         let cfg = FleetConfig {
             users_max,
             workers_min: common.workers,
@@ -209,6 +225,8 @@ impl Session {
             cpu_prev: cpu_start,
             rss_before,
             tcp_mem_before_bytes,
+            cluster_before,
+            balancer_cpu_before_s,
         })
     }
 
@@ -318,6 +336,21 @@ impl Session {
         let (rooms, members) = room_shape(self.rooms, summary.users_held);
         summary.rooms = Some(rooms);
         summary.room_members_max = Some(members);
+        summary.cluster = self.cluster_figures();
+    }
+
+    /// `--cluster-http`: the instances' figures since the start and the balancer's CPU and
+    /// RSS (the ratios per message come once the totals are known, in `finish`).
+    fn cluster_figures(&self) -> Option<ClusterFigures> {
+        let before = self.cluster_before.as_ref()?;
+        let after = cluster_mark(&self.common)?;
+        let mut figures = after.since(before);
+        let pid = self.common.balancer_pid;
+        figures.balancer_cpu_s = balancer_cpu_s(&self.common)
+            .zip(self.balancer_cpu_before_s)
+            .map(|(a, b)| (a - b).max(0.0));
+        figures.balancer_rss_bytes = pid.and_then(kernel::rss_bytes);
+        Some(figures)
     }
 
     pub(crate) fn finish(
@@ -355,6 +388,9 @@ impl Session {
         summary.errors = t.errors.clone();
         summary.latency_ms = Latency::from_us(&total_latency);
         summary.session_length_s_mean = last.session_length_s_mean();
+        if let Some(c) = &mut summary.cluster {
+            c.per_message(summary.received, summary.acked);
+        }
         let mut generator = generator_report(workers, t.cpu_ns, duration_s, &cpu_busiest);
         generator.rss_bytes_max = bench_rss_max;
         if let Some(w) = &generator.warning {
@@ -373,6 +409,23 @@ impl Session {
             ..Run::default()
         }
     }
+}
+
+/// The cluster instances' counters (`--cluster-http`), `None` without instances or when
+/// one does not answer (said on stderr).
+fn cluster_mark(common: &Common) -> Option<cluster::Mark> {
+    if common.cluster_http.is_empty() {
+        return None;
+    }
+    let mark = cluster::Mark::read(&common.cluster_http);
+    if mark.is_none() {
+        eprintln!("warning: a cluster instance's /metrics did not answer: no link bytes");
+    }
+    mark
+}
+
+fn balancer_cpu_s(common: &Common) -> Option<f64> {
+    kernel::processes_cpu_s(&[common.balancer_pid?])
 }
 
 fn generator_report(workers: u64, cpu_ns: u64, duration_s: f64, busiest: &[f64]) -> Generator {

@@ -6,14 +6,13 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use crate::fleet::View;
 use crate::kernel::{servers_fds, servers_rss};
+use crate::metrics;
 use crate::report::{Soak, SoakSample, Summary};
 use crate::scenario::{unreachable, Common, Session};
 use crate::worker::{Command, Rooms, Stats};
@@ -258,7 +257,7 @@ fn sample(common: &Common, t_s: f64, totals: &Stats, prev: Option<&Stats>) -> So
     let mut gauges = BTreeMap::new();
     let mut counters = BTreeMap::new();
     for server in &common.server {
-        if let Some(text) = scrape(*server) {
+        if let Some(text) = metrics::scrape(*server) {
             for (name, v) in parse_gauges(&text, &GAUGES) {
                 *gauges.entry(name).or_insert(0.0) += v;
             }
@@ -286,34 +285,12 @@ fn sample(common: &Common, t_s: f64, totals: &Stats, prev: Option<&Stats>) -> So
     }
 }
 
-/// `GET /metrics` (bounded: 2 s to connect, 5 s to read, 4 MiB); `None` on any failure.
-fn scrape(server: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut body = Vec::new();
-    stream.take(4 << 20).read_to_end(&mut body).ok()?;
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| rest.to_string())
-}
-
 /// The values of the metrics named in `names` in a Prometheus text exposition, summed over
 /// their label sets.
 pub fn parse_gauges(text: &str, names: &[&str]) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let name = series.split('{').next().unwrap_or(series);
-        if !names.contains(&name) {
-            continue;
-        }
-        if let Ok(v) = value.parse::<f64>() {
-            *out.entry(name.to_string()).or_insert(0.0) += v;
-        }
+    for (name, _, v) in metrics::samples(text).filter(|(n, _, _)| names.contains(n)) {
+        *out.entry(name.to_string()).or_insert(0.0) += v;
     }
     out
 }

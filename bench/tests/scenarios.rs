@@ -976,6 +976,95 @@ fn compare_refuses_a_cpu_quota_out_of_range() {
     );
 }
 
+/// A cluster run's figures: three instances, each holding some of the users, bytes and
+/// frames between them, the bytes per delivery being theirs over the `deliveries`.
+fn assert_cluster_figures(c: &Value, deliveries: u64) {
+    assert_eq!(c["instances"], 3, "{c}");
+    let conns: Vec<u64> = c["connections_by_instance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u)
+        .collect();
+    // leastconn: about ten users each (and the bench's own /metrics read).
+    assert!(conns.len() == 3 && conns.iter().all(|n| *n >= 5), "{c}");
+    let bytes = u(&c["link_bytes_out"]);
+    assert!(bytes > 0 && u(&c["link_frames_out"]) > 0, "{c}");
+    let per = c["link_bytes_per_delivery"].as_f64().unwrap();
+    assert!((per - bytes as f64 / deliveries as f64).abs() < 1e-6, "{c}");
+    assert!(c["balancer_cpu_s"].as_f64().is_some(), "{c}");
+}
+
+/// `compare --targets sokdo-cluster`: three instances form one cluster behind a real
+/// HAProxy before the load; `steady` through HAProxy alone delivers every acknowledged
+/// message to every member of its room, members being on every instance (the balancer
+/// spreads the users, not the rooms); the report's bytes between instances are the
+/// instances' link counters over the window, per delivery the bench counted; every
+/// instance's log is kept and scanned.
+#[test]
+fn compare_runs_steady_through_haproxy_over_a_cluster_of_three() {
+    let bin = sokdo_bin();
+    let (online, first) = cpus_online();
+    let report = run_bench(
+        &[
+            "compare",
+            "--targets",
+            "sokdo-cluster",
+            "--sokdo-bin",
+            bin.to_str().unwrap(),
+            "--scenarios",
+            "steady",
+            "--steady-args",
+            "--preset ktb --scale 0.01 --room-size 10 --duration-s 2 --drain-s 10",
+            // The test harness's membership timings: the cluster forms in about a second.
+            "--sokdo-args",
+            "--cluster-probe-period-ms 200 --cluster-probe-rtt-ms 80 \
+             --cluster-suspect-to-down-ms 1000",
+            "--server-cpus",
+            &first,
+            "--bench-cpus",
+            &online,
+            // HAProxy, three HTTP and three cluster ports from here.
+            "--port",
+            "19450",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(report["host"]["cluster_instances"], 3, "{}", report["host"]);
+    assert!(u(&report["host"]["haproxy_maxconn"]) > 0);
+    let run = &report["runs"][0];
+    assert_eq!(
+        (&run["scenario"], &run["target"], &run["server"]),
+        (
+            &Value::from("steady:ktb"),
+            &Value::from("sokdo-cluster"),
+            &Value::from("127.0.0.1:19450")
+        ),
+        "{run}"
+    );
+    let s = &run["summary"];
+    assert_eq!(u(&s["connect_ok"]), 30, "{s}");
+    assert_eq!(u(&s["connect_fail"]), 0, "{s}");
+    let acked = u(&s["acked"]);
+    assert!(acked > 0 && acked == u(&s["sent"]), "{s}");
+    // Three rooms of ten: every acknowledged message reached its ten members.
+    assert_eq!(u(&s["expected_deliveries"]), acked * 10, "{s}");
+    assert_eq!(u(&s["received"]), acked * 10, "{s}");
+    assert_cluster_figures(&s["cluster"], acked * 10);
+    assert_eq!(s["server_log_panics"], 0, "{s}");
+    let logs = s["server_logs"].as_array().expect("server logs");
+    assert_eq!(logs.len(), 3, "{s}");
+    for (i, path) in logs.iter().enumerate() {
+        let path = path.as_str().unwrap();
+        let log = std::fs::read_to_string(path).expect("an instance's log beside the report");
+        assert!(
+            log.contains(&format!("node_id = n{}", i + 1)),
+            "{path}: {log}"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 #[test]
 fn compare_refuses_sokdo_base_without_its_binary() {
     let mut cmd = bench(&["compare", "--targets", "sokdo,sokdo-base"]);

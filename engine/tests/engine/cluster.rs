@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::support::cluster::{haproxy_cfg, HaproxyParams, TestCluster, API_KEY};
+use crate::support::cluster::{TestCluster, API_KEY};
+use crate::support::haproxy::{haproxy_cfg, HaproxyParams};
 use crate::support::{eventually, seqs_of, Client};
 
 const ALL: [usize; 3] = [0, 1, 2];

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod haproxy;
 pub mod netns;
 
 use std::collections::{HashSet, VecDeque};
