@@ -12,6 +12,7 @@
 //! event. Shards read the view with one atomic load: a `send` without quorum is refused,
 //! `/readyz` says why, `/cluster` and `/metrics` show it.
 
+mod disk;
 mod links;
 mod node;
 pub mod port;
@@ -44,6 +45,10 @@ use port::{Port, ToCluster};
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Rooms listed in `/cluster`'s `owned` (by name; the count is complete).
 const OWNED_LISTED_MAX: usize = 100;
+/// Events handled in one turn at most, before its changes are written and its frames sent:
+/// under load one commit (one fsync with `--durability sync`) covers this many, and the
+/// first of them waits for the others at most this many events' handling.
+const TURN_EVENTS_MAX: usize = 256;
 
 /// What the cluster thread waits for, on one bounded channel.
 #[derive(Debug)]
@@ -306,6 +311,17 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     let listener = TcpListener::bind(listen).with_context(|| {
         format!("--cluster-listen {listen}: cannot bind (TCP, the peer links use the same port)")
     })?;
+    let disk = disk::Disk::open(&cfg.data_dir, cfg.durability)?;
+    let opened = Instant::now();
+    let loaded = disk.load()?;
+    let records: usize = loaded.values().map(|d| d.log.len()).sum();
+    tracing::info!(
+        rooms = loaded.len(),
+        records,
+        ms = opened.elapsed().as_millis() as u64,
+        "cluster log loaded from {}",
+        cfg.data_dir.join(disk::FILE_NAME).display()
+    );
     let boot = random_u64();
     let started_ms = crate::clock::now_ms();
     let me = NodeIdentity::new(node_id.clone(), advertised, boot, started_ms);
@@ -359,7 +375,10 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     let shared = cluster.clone();
     let thread = std::thread::Builder::new()
         .name("cluster".into())
-        .spawn(move || run(&shared, membership, &socket, &rx))
+        .spawn(move || {
+            let node = node::Node::new(shared.clone(), disk, loaded);
+            run(&shared, membership, node, &socket, &rx);
+        })
         .context("starting the cluster thread")?;
     Ok(Some(Running { cluster, thread }))
 }
@@ -437,11 +456,11 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 fn run(
     cluster: &Arc<Cluster>,
     mut membership: Membership,
+    mut node: node::Node,
     socket: &UdpSocket,
     rx: &Receiver<Event>,
 ) {
     let mut log = Throttled::default();
-    let mut node = node::Node::new(cluster.clone());
     let mut next_tick = Instant::now();
     let mut next_listing = Instant::now();
     loop {
@@ -455,6 +474,7 @@ fn run(
                 log.warn(now, &e.to_string());
             }
             flush(cluster, &mut membership, socket, &mut log, now, &mut node);
+            node.commit(Instant::now());
             tracing::info!("left the cluster");
             return;
         }
@@ -470,16 +490,27 @@ fn run(
             cluster.owned.store(Arc::new(node.owned(OWNED_LISTED_MAX)));
             next_listing = at + Duration::from_secs(1);
         }
+        // The turn's changes on disk, then its frames out.
+        node.commit(Instant::now());
+        let at = Instant::now();
         let wait = membership
             .next_deadline()
             .map_or(IDLE_WAIT, |due| due.saturating_sub(now))
             .min(next_tick.saturating_duration_since(at))
+            .min(
+                node.sync_due()
+                    .map_or(IDLE_WAIT, |due| due.saturating_duration_since(at)),
+            )
             .clamp(Duration::from_millis(1), IDLE_WAIT);
         match rx.recv_timeout(wait) {
             Ok(event) => on_event(cluster, &mut membership, &mut node, event, &mut log),
             Err(RecvTimeoutError::Timeout) => {}
             // Every sender gone: only at the end (the reader threads hold senders).
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // What else is waiting joins this turn (one commit for all of it).
+        for event in rx.try_iter().take(TURN_EVENTS_MAX - 1) {
+            on_event(cluster, &mut membership, &mut node, event, &mut log);
         }
     }
 }

@@ -7,8 +7,15 @@
 //! layer routes: a publish to the owner of this node's view (itself: the room machine),
 //! answers back to the home shard that asked, deliveries and replays to the room's home
 //! shard, frames to a peer's link or, addressed to this node, back into itself.
+//!
+//! **Write before send.** Nothing this layer sends — a frame to a peer, an answer or a
+//! record to a home shard — leaves during the turn that caused it: it waits in `outbox`
+//! until [`Node::commit`] has written what the turn changed in the room machines' logs
+//! and promises to `cluster.redb` (`disk`), one transaction per turn. So a peer never
+//! holds an `Appended`, `Handoff`, `Published` or `Deliver` whose record or promise this
+//! node could lose in a crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +23,10 @@ use std::time::{Duration, Instant};
 use sokdo_replication::frame::{self, Frame, Record, RefusalCode};
 use sokdo_replication::membership::{MemberState, MemberView};
 use sokdo_replication::room::{
-    Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
+    Changes, Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
 };
 
+use super::disk::Disk;
 use super::links::{Link, LinkStats};
 use super::port::{FromCluster, Note, ToCluster};
 use super::Cluster;
@@ -48,6 +56,12 @@ struct RoomState {
     held: VecDeque<Held>,
 }
 
+/// Something to send once the turn's changes are written.
+enum Out {
+    Peer { to: String, frame: Frame },
+    Shard { shard: ShardId, msg: FromCluster },
+}
+
 /// A room with local members: its records come here.
 struct Interest {
     /// The highest seq handed to the home (a catch-up asks for what follows).
@@ -71,10 +85,21 @@ pub(super) struct Node {
     /// Frames for this node (from itself, or held publishes released), handled before
     /// the next event.
     local: VecDeque<(String, Frame)>,
+    /// `cluster.redb`.
+    disk: Disk,
+    /// What the disk held at start, per room: given to the room's machine when it is
+    /// first touched.
+    loaded: HashMap<String, Durable>,
+    /// Rooms whose machine had an input since the last commit.
+    touched: HashSet<String>,
+    /// Changes whose write failed: written (first) with the next commit.
+    unwritten: Vec<(String, Changes)>,
+    /// What the turn sends, after the commit.
+    outbox: Vec<Out>,
 }
 
 impl Node {
-    pub(super) fn new(cluster: Arc<Cluster>) -> Node {
+    pub(super) fn new(cluster: Arc<Cluster>, disk: Disk, loaded: HashMap<String, Durable>) -> Node {
         let view = View {
             members: vec![cluster.node_id.clone()],
             configured: cluster.configured,
@@ -89,7 +114,58 @@ impl Node {
             interest: HashMap::new(),
             next_req: 0,
             local: VecDeque::new(),
+            disk,
+            loaded,
+            touched: HashSet::new(),
+            unwritten: Vec::new(),
+            outbox: Vec::new(),
         }
+    }
+
+    /// The end of a turn: what the room machines changed is written in one transaction
+    /// (fsynced with `--durability sync`), then what the turn produced is sent. If the
+    /// write fails, nothing is sent (the peers resend, the senders time out) and the
+    /// changes are written with the next commit.
+    pub(super) fn commit(&mut self, now: Instant) {
+        let mut changes = std::mem::take(&mut self.unwritten);
+        for room in self.touched.drain() {
+            let Some(state) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            let c = state.machine.take_changes();
+            if !c.is_empty() {
+                changes.push((room, c));
+            }
+        }
+        if !changes.is_empty() {
+            if let Err(e) = self.disk.write(&changes) {
+                tracing::error!("cluster log not written, nothing sent this turn: {e}");
+                self.unwritten = changes;
+                self.outbox.clear();
+                return;
+            }
+        }
+        if self.disk.sync_due().is_some_and(|due| due <= now) {
+            if let Err(e) = self.disk.sync() {
+                tracing::error!("cluster log not fsynced: {e}");
+            }
+        }
+        for out in std::mem::take(&mut self.outbox) {
+            match out {
+                Out::Peer { to, frame } => self.transmit(&to, frame),
+                Out::Shard { shard, msg } => self.cluster.port.deliver(shard, msg),
+            }
+        }
+    }
+
+    /// `--durability async`: when the disk wants its next fsync.
+    pub(super) fn sync_due(&self) -> Option<Instant> {
+        self.disk.sync_due()
+    }
+
+    /// A message for a home shard, sent after the turn's commit.
+    fn to_shard(&mut self, shard: ShardId, msg: FromCluster) {
+        self.outbox.push(Out::Shard { shard, msg });
     }
 
     fn me(&self) -> &str {
@@ -366,7 +442,7 @@ impl Node {
                         token: f.token,
                         seq,
                     };
-                    self.cluster.port.deliver(f.shard, msg);
+                    self.to_shard(f.shard, msg);
                 }
             }
             Frame::Refused { req, code, .. } if req != 0 => {
@@ -438,7 +514,7 @@ impl Node {
             let msg = FromCluster::CaughtUp {
                 room: room.to_owned(),
             };
-            self.cluster.port.deliver(shard, msg);
+            self.to_shard(shard, msg);
         }
     }
 
@@ -459,7 +535,7 @@ impl Node {
             room: room.to_owned(),
             records,
         };
-        self.cluster.port.deliver(shard, msg);
+        self.to_shard(shard, msg);
     }
 
     fn answer_refused(&mut self, req: u64, code: RefusalCode, why: String) {
@@ -470,7 +546,7 @@ impl Node {
                 code,
                 why,
             };
-            self.cluster.port.deliver(f.shard, msg);
+            self.to_shard(f.shard, msg);
         }
     }
 
@@ -487,11 +563,12 @@ impl Node {
     fn room_state(&mut self, room: &str) -> &mut RoomState {
         if !self.rooms.contains_key(room) {
             let me = self.me().to_owned();
+            let durable = self.loaded.remove(room).unwrap_or_default();
             let machine = Room::new(
                 room,
                 &me,
                 self.cluster.configured,
-                Durable::default(),
+                durable,
                 Rules::default(),
             );
             let state = RoomState {
@@ -507,6 +584,9 @@ impl Node {
     /// One input to a room's machine, and what it asks for.
     fn feed(&mut self, room: &str, input: Input) {
         let outputs = self.room_state(room).machine.handle(input);
+        if !self.touched.contains(room) {
+            self.touched.insert(room.to_owned());
+        }
         for output in outputs {
             match output {
                 Output::Send { to, frame } => {
@@ -549,13 +629,20 @@ impl Node {
         }
     }
 
-    /// Sends `frame` to `to`: this node's own frames loop back.
+    /// Sends `frame` to `to`: this node's own frames loop back now, a peer's go out after
+    /// the turn's commit.
     fn send_to(&mut self, to: &str, frame: Frame) {
         if to == self.me() {
             let me = self.me().to_owned();
             self.local.push_back((me, frame));
             return;
         }
+        let to = to.to_owned();
+        self.outbox.push(Out::Peer { to, frame });
+    }
+
+    /// `frame` onto `to`'s link.
+    fn transmit(&mut self, to: &str, frame: Frame) {
         let Some(link) = self.links.get(to) else {
             return; // not in this node's view: the protocol resends or times out
         };
