@@ -17,6 +17,7 @@ mod links;
 mod node;
 pub mod port;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use sokdo_replication::membership::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crossbeam_queue::SegQueue;
 use sokdo_replication::frame::Frame;
+use sokdo_replication::room::Durable;
 
 use crate::config::Config;
 use crate::mesh::Doorbell;
@@ -311,27 +313,11 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     let listener = TcpListener::bind(listen).with_context(|| {
         format!("--cluster-listen {listen}: cannot bind (TCP, the peer links use the same port)")
     })?;
-    let disk = disk::Disk::open(&cfg.data_dir, cfg.durability)?;
-    let opened = Instant::now();
-    let loaded = disk.load()?;
-    let records: usize = loaded.values().map(|d| d.log.len()).sum();
-    tracing::info!(
-        rooms = loaded.len(),
-        records,
-        ms = opened.elapsed().as_millis() as u64,
-        "cluster log loaded from {}",
-        cfg.data_dir.join(disk::FILE_NAME).display()
-    );
+    let (disk, loaded) = open_disk(cfg)?;
     let boot = random_u64();
     let started_ms = crate::clock::now_ms();
     let me = NodeIdentity::new(node_id.clone(), advertised, boot, started_ms);
-    let config = MembershipConfig {
-        probe_period: Duration::from_millis(cfg.cluster_probe_period_ms),
-        probe_rtt: Duration::from_millis(cfg.cluster_probe_rtt_ms),
-        suspect_to_down: Duration::from_millis(cfg.cluster_suspect_to_down_ms),
-        seeds: peers.clone(),
-    };
-    let membership = Membership::new(me, config, random_u64())
+    let membership = Membership::new(me, membership_config(cfg, &peers), random_u64())
         .map_err(|e| anyhow::anyhow!("cluster configuration: {e}"))?;
     let configured = peers.len() + 1;
     let (events, rx) = crossbeam_channel::bounded(cfg.cluster_queue_events as usize);
@@ -373,14 +359,38 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     read_datagrams(cluster.clone(), socket.clone(), events.clone())?;
     links::accept(cluster.clone(), listener, events);
     let shared = cluster.clone();
+    let node = node::Node::new(cluster.clone(), disk, loaded);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
-        .spawn(move || {
-            let node = node::Node::new(shared.clone(), disk, loaded);
-            run(&shared, membership, node, &socket, &rx);
-        })
+        .spawn(move || run(&shared, membership, node, &socket, &rx))
         .context("starting the cluster thread")?;
     Ok(Some(Running { cluster, thread }))
+}
+
+/// The membership's timings (`--cluster-*-ms`), seeded with the peers.
+fn membership_config(cfg: &Config, peers: &[SocketAddr]) -> MembershipConfig {
+    MembershipConfig {
+        probe_period: Duration::from_millis(cfg.cluster_probe_period_ms),
+        probe_rtt: Duration::from_millis(cfg.cluster_probe_rtt_ms),
+        suspect_to_down: Duration::from_millis(cfg.cluster_suspect_to_down_ms),
+        seeds: peers.to_vec(),
+    }
+}
+
+/// `cluster.redb` and every room's log and promise in it; an error names the file.
+fn open_disk(cfg: &Config) -> anyhow::Result<(disk::Disk, HashMap<String, Durable>)> {
+    let started = Instant::now();
+    let disk = disk::Disk::open(&cfg.data_dir, cfg.durability)?;
+    let loaded = disk.load()?;
+    let records: usize = loaded.values().map(|d| d.log.len()).sum();
+    tracing::info!(
+        rooms = loaded.len(),
+        records,
+        ms = started.elapsed().as_millis() as u64,
+        "cluster log loaded from {}",
+        cfg.data_dir.join(disk::FILE_NAME).display()
+    );
+    Ok((disk, loaded))
 }
 
 /// The UDP reader thread: every datagram to the cluster thread's channel.

@@ -164,7 +164,7 @@ impl Node {
     }
 
     /// A message for a home shard, sent after the turn's commit.
-    fn to_shard(&mut self, shard: ShardId, msg: FromCluster) {
+    fn for_shard(&mut self, shard: ShardId, msg: FromCluster) {
         self.outbox.push(Out::Shard { shard, msg });
     }
 
@@ -442,7 +442,7 @@ impl Node {
                         token: f.token,
                         seq,
                     };
-                    self.to_shard(f.shard, msg);
+                    self.for_shard(f.shard, msg);
                 }
             }
             Frame::Refused { req, code, .. } if req != 0 => {
@@ -514,7 +514,7 @@ impl Node {
             let msg = FromCluster::CaughtUp {
                 room: room.to_owned(),
             };
-            self.to_shard(shard, msg);
+            self.for_shard(shard, msg);
         }
     }
 
@@ -535,7 +535,7 @@ impl Node {
             room: room.to_owned(),
             records,
         };
-        self.to_shard(shard, msg);
+        self.for_shard(shard, msg);
     }
 
     fn answer_refused(&mut self, req: u64, code: RefusalCode, why: String) {
@@ -546,7 +546,7 @@ impl Node {
                 code,
                 why,
             };
-            self.to_shard(f.shard, msg);
+            self.for_shard(f.shard, msg);
         }
     }
 

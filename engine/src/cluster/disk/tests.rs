@@ -143,9 +143,9 @@ fn a_record_that_does_not_decode_or_is_out_of_place_is_an_error_naming_room_and_
             .insert(("general", seq), bytes.as_slice())
             .unwrap();
         txn.commit().unwrap();
-        let err = disk.load().err().expect(case).to_string();
+        let err = disk.load().expect_err(case).to_string();
         assert!(err.contains(FILE_NAME), "{case}: {err}");
-        assert!(err.contains(&format!("room \"general\"")), "{case}: {err}");
+        assert!(err.contains("room \"general\""), "{case}: {err}");
         assert!(err.contains(&format!("seq {seq}")), "{case}: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
