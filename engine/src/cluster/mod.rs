@@ -484,7 +484,7 @@ fn run(
                 log.warn(now, &e.to_string());
             }
             flush(cluster, &mut membership, socket, &mut log, now, &mut node);
-            node.commit(Instant::now());
+            node.close();
             tracing::info!("left the cluster");
             return;
         }

@@ -158,6 +158,15 @@ impl Node {
         }
     }
 
+    /// The last commit before the thread ends: with `async` too, fsynced now, so a clean
+    /// stop keeps everything.
+    pub(super) fn close(&mut self) {
+        self.commit(Instant::now());
+        if let Err(e) = self.disk.sync() {
+            tracing::error!("cluster log not fsynced at stop: {e}");
+        }
+    }
+
     /// `--durability async`: when the disk wants its next fsync.
     pub(super) fn sync_due(&self) -> Option<Instant> {
         self.disk.sync_due()

@@ -875,9 +875,14 @@ async fn a_peer_link_with_a_bad_hello_is_refused_and_logged() {
 }
 
 /// Stops the instances `which` at once (`SIGTERM`: each drains and exits; `SIGKILL`: dead
-/// on the spot), then starts them again on their data directories, until every instance
-/// sees every other alive.
-async fn stop_all_then_restart(c: &mut TestCluster, which: &[usize], signal: i32) {
+/// on the spot), then starts them again on their data directories (with `env`), until
+/// every instance sees every other alive.
+async fn stop_all_then_restart(
+    c: &mut TestCluster,
+    which: &[usize],
+    signal: i32,
+    env: &[(&str, &str)],
+) {
     let mut stopping: Vec<_> = which.iter().map(|&i| c.take(i)).collect();
     for s in &stopping {
         s.signal(signal);
@@ -890,7 +895,7 @@ async fn stop_all_then_restart(c: &mut TestCluster, which: &[usize], signal: i32
     }
     drop(stopping);
     for &i in which {
-        c.restart(i);
+        c.restart_with_env(i, env);
     }
     eventually("every instance is back in every view", || {
         c.all_see(&ALL, &ALL, "alive")
@@ -932,7 +937,7 @@ async fn a_whole_cluster_restart_loses_no_acknowledged_message_and_reuses_no_seq
         }
         drop(clients);
         let before = acked.last().unwrap().0;
-        stop_all_then_restart(&mut c, &ALL, signal).await;
+        stop_all_then_restart(&mut c, &ALL, signal, &[]).await;
         // Sends after the restart continue the seqs, and every member is shown them.
         let mut clients = one_member_per_instance(&c, "whole", &format!("v{round}-")).await;
         for (i, client) in clients.iter_mut().enumerate() {
@@ -1056,4 +1061,37 @@ fn an_unreadable_cluster_log_stops_the_start_naming_the_file() {
         vec![0x5a; 64 * 1024],
         "the file is left for inspection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_async_durability_a_whole_cluster_drained_at_once_loses_nothing() {
+    let mut c = formed().await;
+    let asynchronous = [("SOKDO_DURABILITY", "async")];
+    stop_all_then_restart(&mut c, &ALL, libc::SIGTERM, &asynchronous).await;
+    for i in ALL {
+        assert!(!c.node(i).log_lines("durability = async").is_empty());
+    }
+    let (slots, first, _) = owned_room(&c, "lazy", "l").await;
+    drop(slots);
+    let mut acked = vec![first];
+    let mut clients = one_member_per_instance(&c, "lazy", "m").await;
+    for n in 0..9 {
+        let body = format!("lazy-{n}");
+        acked.push((send_acked(&mut clients[n % 3], "lazy", &body).await, body));
+    }
+    drop(clients);
+    // A clean stop fsyncs what the 50 ms window still held.
+    stop_all_then_restart(&mut c, &ALL, libc::SIGTERM, &asynchronous).await;
+    let mut clients = one_member_per_instance(&c, "lazy", "n").await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let body = format!("lazy-after-{i}");
+        acked.push((send_acked(client, "lazy", &body).await, body));
+    }
+    assert_increasing(&acked);
+    let last = acked.last().unwrap().1.clone();
+    for stream in every_member_from_the_start(&c, "lazy", "o", &last).await {
+        assert_eq!(stream[0].0, 1, "from the first seq");
+        assert_complete(&stream, &acked);
+        assert_eq!(stream.len(), acked.len(), "each acknowledged message once");
+    }
 }
