@@ -2,9 +2,12 @@
 //! by the cluster thread only (docs/REPLICATION.md "The log on disk").
 //!
 //! What a room machine keeps across a crash (`replication::room::Durable`) is written here
-//! once per cluster-thread turn, in one transaction, before any frame of that turn leaves
-//! the node: a record is on disk before its `Append`, `Appended`, `Published` or `Deliver`
-//! is sent, a promise before its `Handoff`. `--durability sync` fsyncs every such commit;
+//! before any frame that depends on it leaves the node: a record is on disk before its
+//! `Append`, `Appended`, `Published` or `Deliver` is sent, a promise before its `Handoff`.
+//! The cluster thread hands each turn's changes to [`Writer`], a thread of its own
+//! (`cluster-disk`), and holds the turn's frames until the writer says that turn is
+//! written; meanwhile it goes on with the next events. The writer takes every turn waiting
+//! into one transaction (the group commit). `--durability sync` fsyncs every commit;
 //! `async` commits without fsync and fsyncs at most [`ASYNC_SYNC_INTERVAL`] later.
 //!
 //! Tables (keys sort as tuples, so one room's records are contiguous and ordered by seq):
@@ -17,7 +20,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sokdo_persistence::Durability;
@@ -37,6 +44,13 @@ pub const ASYNC_SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Bytes of redb page cache: the file is read at start and written after.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Turns whose changes may wait for the writer; beyond, the cluster thread waits for it
+/// (a disk that slow or failing stalls the node, and its peers see it unresponsive).
+pub const TURNS_QUEUED_MAX: usize = 4096;
+
+/// A failed write is tried again after this long (every turn after it waits).
+const WRITE_RETRY: Duration = Duration::from_millis(100);
 
 /// The file's name in `--data-dir`.
 pub const FILE_NAME: &str = "cluster.redb";
@@ -195,6 +209,119 @@ impl Disk {
         txn.commit().map_err(|e| self.fail(e))?;
         self.unsynced_since = None;
         Ok(())
+    }
+}
+
+/// One turn's changes, numbered.
+struct Turn {
+    id: u64,
+    changes: Vec<(String, Changes)>,
+}
+
+/// The `cluster-disk` thread: writes the turns it is handed, in order, and publishes the
+/// last turn written.
+pub struct Writer {
+    turns: Option<Sender<Turn>>,
+    written: Arc<AtomicU64>,
+    /// Set by `close`: a write still failing then is given up.
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread on `disk`; `wake` is called (never blocking) after each write.
+    pub fn start(disk: Disk, wake: impl Fn() + Send + 'static) -> std::io::Result<Writer> {
+        let (turns, rx) = crossbeam_channel::bounded(TURNS_QUEUED_MAX);
+        let written = Arc::new(AtomicU64::new(0));
+        let closing = Arc::new(AtomicBool::new(false));
+        let (shared, stop) = (written.clone(), closing.clone());
+        let thread = std::thread::Builder::new()
+            .name("cluster-disk".into())
+            .spawn(move || write_turns(disk, &rx, &shared, &stop, &wake))?;
+        Ok(Writer {
+            turns: Some(turns),
+            written,
+            closing,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands turn `id`'s changes to the thread (ids increase); waits only if
+    /// [`TURNS_QUEUED_MAX`] turns are already waiting.
+    pub fn submit(&self, id: u64, changes: Vec<(String, Changes)>) {
+        if let Some(turns) = &self.turns {
+            // Only fails once the thread is gone (after `close`).
+            let _ = turns.send(Turn { id, changes });
+        }
+    }
+
+    /// Every turn up to this one is written (and, with `sync`, fsynced).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Writes what is queued, fsyncs (with `async` too) and ends the thread.
+    pub fn close(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        drop(self.turns.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the cluster-disk thread ended by a panic");
+            }
+        }
+    }
+}
+
+fn write_turns(
+    mut disk: Disk,
+    rx: &Receiver<Turn>,
+    written: &AtomicU64,
+    closing: &AtomicBool,
+    wake: &dyn Fn(),
+) {
+    loop {
+        let first = match disk.sync_due() {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        let first = match first {
+            Ok(turn) => turn,
+            Err(RecvTimeoutError::Timeout) => {
+                sync_logged(&mut disk);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut upto = first.id;
+        let mut changes = first.changes;
+        for turn in rx.try_iter() {
+            upto = turn.id;
+            changes.extend(turn.changes);
+        }
+        while let Err(e) = disk.write(&changes) {
+            if closing.load(Ordering::Acquire) {
+                tracing::error!("cluster log not written at stop, given up: {e}");
+                return;
+            }
+            tracing::error!("cluster log not written, its frames wait: {e}");
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the cluster-disk thread is not a shard: waiting is its job"
+            )]
+            std::thread::sleep(WRITE_RETRY);
+        }
+        written.store(upto, Ordering::Release);
+        wake();
+        if disk.sync_due().is_some_and(|due| due <= Instant::now()) {
+            sync_logged(&mut disk);
+        }
+    }
+    sync_logged(&mut disk);
+}
+
+fn sync_logged(disk: &mut Disk) {
+    if let Err(e) = disk.sync() {
+        tracing::error!("cluster log not fsynced: {e}");
     }
 }
 

@@ -357,14 +357,24 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     );
     let socket = Arc::new(socket);
     read_datagrams(cluster.clone(), socket.clone(), events.clone())?;
+    let writer = start_writer(disk, events.clone())?;
     links::accept(cluster.clone(), listener, events);
     let shared = cluster.clone();
-    let node = node::Node::new(cluster.clone(), disk, loaded);
+    let node = node::Node::new(cluster.clone(), writer, loaded);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || run(&shared, membership, node, &socket, &rx))
         .context("starting the cluster thread")?;
     Ok(Some(Running { cluster, thread }))
+}
+
+/// The `cluster-disk` thread; each write wakes the cluster thread (which then sends what
+/// the write released).
+fn start_writer(disk: disk::Disk, events: Sender<Event>) -> anyhow::Result<disk::Writer> {
+    let wake = move || {
+        let _ = events.try_send(Event::Wake);
+    };
+    disk::Writer::start(disk, wake).context("starting the cluster-disk thread")
 }
 
 /// The membership's timings (`--cluster-*-ms`), seeded with the peers.
@@ -500,17 +510,13 @@ fn run(
             cluster.owned.store(Arc::new(node.owned(OWNED_LISTED_MAX)));
             next_listing = at + Duration::from_secs(1);
         }
-        // The turn's changes on disk, then its frames out.
-        node.commit(Instant::now());
+        // The turn's changes to the writer; what earlier turns' writes released goes out.
+        node.commit();
         let at = Instant::now();
         let wait = membership
             .next_deadline()
             .map_or(IDLE_WAIT, |due| due.saturating_sub(now))
             .min(next_tick.saturating_duration_since(at))
-            .min(
-                node.sync_due()
-                    .map_or(IDLE_WAIT, |due| due.saturating_duration_since(at)),
-            )
             .clamp(Duration::from_millis(1), IDLE_WAIT);
         match rx.recv_timeout(wait) {
             Ok(event) => on_event(cluster, &mut membership, &mut node, event, &mut log),

@@ -9,11 +9,13 @@
 //! shard, frames to a peer's link or, addressed to this node, back into itself.
 //!
 //! **Write before send.** Nothing this layer sends — a frame to a peer, an answer or a
-//! record to a home shard — leaves during the turn that caused it: it waits in `outbox`
-//! until [`Node::commit`] has written what the turn changed in the room machines' logs
-//! and promises to `cluster.redb` (`disk`), one transaction per turn. So a peer never
-//! holds an `Appended`, `Handoff`, `Published` or `Deliver` whose record or promise this
-//! node could lose in a crash.
+//! record to a home shard — leaves during the turn that caused it: at the end of the turn
+//! ([`Node::commit`]) what the room machines changed in their logs and promises goes to
+//! the `cluster-disk` writer (`disk::Writer`), and the turn's sends wait, in turn order,
+//! until the writer has written that turn and every one before (a send of a turn without
+//! changes may depend on an earlier turn's). So a peer never holds an `Appended`,
+//! `Handoff`, `Published` or `Deliver` whose record or promise this node could lose in a
+//! crash, and the thread handles events while the disk writes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,10 +25,10 @@ use std::time::{Duration, Instant};
 use sokdo_replication::frame::{self, Frame, Record, RefusalCode};
 use sokdo_replication::membership::{MemberState, MemberView};
 use sokdo_replication::room::{
-    Changes, Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
+    Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
 };
 
-use super::disk::Disk;
+use super::disk::Writer;
 use super::links::{Link, LinkStats};
 use super::port::{FromCluster, Note, ToCluster};
 use super::Cluster;
@@ -85,21 +87,27 @@ pub(super) struct Node {
     /// Frames for this node (from itself, or held publishes released), handled before
     /// the next event.
     local: VecDeque<(String, Frame)>,
-    /// `cluster.redb`.
-    disk: Disk,
+    /// The `cluster-disk` thread, writing `cluster.redb`.
+    writer: Writer,
     /// What the disk held at start, per room: given to the room's machine when it is
     /// first touched.
     loaded: HashMap<String, Durable>,
     /// Rooms whose machine had an input since the last commit.
     touched: HashSet<String>,
-    /// Changes whose write failed: written (first) with the next commit.
-    unwritten: Vec<(String, Changes)>,
-    /// What the turn sends, after the commit.
+    /// The last turn whose changes went to the writer.
+    submitted: u64,
+    /// What the current turn sends.
     outbox: Vec<Out>,
+    /// Earlier turns' sends, each waiting for the writer to reach the turn it names.
+    waiting: VecDeque<(u64, Vec<Out>)>,
 }
 
 impl Node {
-    pub(super) fn new(cluster: Arc<Cluster>, disk: Disk, loaded: HashMap<String, Durable>) -> Node {
+    pub(super) fn new(
+        cluster: Arc<Cluster>,
+        writer: Writer,
+        loaded: HashMap<String, Durable>,
+    ) -> Node {
         let view = View {
             members: vec![cluster.node_id.clone()],
             configured: cluster.configured,
@@ -114,20 +122,19 @@ impl Node {
             interest: HashMap::new(),
             next_req: 0,
             local: VecDeque::new(),
-            disk,
+            writer,
             loaded,
             touched: HashSet::new(),
-            unwritten: Vec::new(),
+            submitted: 0,
             outbox: Vec::new(),
+            waiting: VecDeque::new(),
         }
     }
 
-    /// The end of a turn: what the room machines changed is written in one transaction
-    /// (fsynced with `--durability sync`), then what the turn produced is sent. If the
-    /// write fails, nothing is sent (the peers resend, the senders time out) and the
-    /// changes are written with the next commit.
-    pub(super) fn commit(&mut self, now: Instant) {
-        let mut changes = std::mem::take(&mut self.unwritten);
+    /// The end of a turn: what the room machines changed goes to the writer, the turn's
+    /// sends wait for it, and the sends of every turn written by now go out.
+    pub(super) fn commit(&mut self) {
+        let mut changes = Vec::new();
         for room in self.touched.drain() {
             let Some(state) = self.rooms.get_mut(&room) else {
                 continue;
@@ -138,38 +145,45 @@ impl Node {
             }
         }
         if !changes.is_empty() {
-            if let Err(e) = self.disk.write(&changes) {
-                tracing::error!("cluster log not written, nothing sent this turn: {e}");
-                self.unwritten = changes;
-                self.outbox.clear();
-                return;
-            }
+            self.submitted += 1;
+            self.writer.submit(self.submitted, changes);
         }
-        if self.disk.sync_due().is_some_and(|due| due <= now) {
-            if let Err(e) = self.disk.sync() {
-                tracing::error!("cluster log not fsynced: {e}");
-            }
+        let outbox = std::mem::take(&mut self.outbox);
+        match self.waiting.back_mut() {
+            _ if outbox.is_empty() => {}
+            // Waiting for the same turn as the last: one entry (at most one per turn queued).
+            Some((turn, sends)) if *turn == self.submitted => sends.extend(outbox),
+            _ => self.waiting.push_back((self.submitted, outbox)),
         }
-        for out in std::mem::take(&mut self.outbox) {
-            match out {
-                Out::Peer { to, frame } => self.transmit(&to, frame),
-                Out::Shard { shard, msg } => self.cluster.port.deliver(shard, msg),
+        self.release();
+    }
+
+    /// Sends what waited for turns the writer has written.
+    pub(super) fn release(&mut self) {
+        let written = self.writer.written();
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(turn, _)| *turn <= written)
+        {
+            let Some((_, outbox)) = self.waiting.pop_front() else {
+                break;
+            };
+            for out in outbox {
+                match out {
+                    Out::Peer { to, frame } => self.transmit(&to, frame),
+                    Out::Shard { shard, msg } => self.cluster.port.deliver(shard, msg),
+                }
             }
         }
     }
 
-    /// The last commit before the thread ends: with `async` too, fsynced now, so a clean
-    /// stop keeps everything.
+    /// The last commit before the thread ends: the writer writes everything queued and
+    /// fsyncs (with `async` too, so a clean stop keeps everything), then the rest is sent.
     pub(super) fn close(&mut self) {
-        self.commit(Instant::now());
-        if let Err(e) = self.disk.sync() {
-            tracing::error!("cluster log not fsynced at stop: {e}");
-        }
-    }
-
-    /// `--durability async`: when the disk wants its next fsync.
-    pub(super) fn sync_due(&self) -> Option<Instant> {
-        self.disk.sync_due()
+        self.commit();
+        self.writer.close();
+        self.release();
     }
 
     /// A message for a home shard, sent after the turn's commit.

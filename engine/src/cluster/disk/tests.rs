@@ -150,3 +150,36 @@ fn a_record_that_does_not_decode_or_is_out_of_place_is_an_error_naming_room_and_
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_writer_writes_turns_in_order_and_a_close_fsyncs_them() {
+    let dir = dir("writer");
+    let disk = Disk::open(&dir, Durability::Async).unwrap();
+    let wakes = Arc::new(AtomicU64::new(0));
+    let counted = wakes.clone();
+    let mut writer = Writer::start(disk, move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(writer.written(), 0);
+    for seq in 1..=20 {
+        let c = Changes {
+            promise: promise(1, "n1", 1, seq),
+            records: vec![record(1, seq, &format!("m{seq}"))],
+            truncated_after: None,
+        };
+        writer.submit(seq, vec![("general".to_owned(), c)]);
+    }
+    writer.close();
+    assert_eq!(
+        writer.written(),
+        20,
+        "every turn written before close returns"
+    );
+    assert!(wakes.load(Ordering::Relaxed) >= 1);
+    let loaded = Disk::open(&dir, Durability::Sync).unwrap().load().unwrap();
+    let seqs: Vec<u64> = loaded["general"].log.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    assert_eq!(loaded["general"].held, 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}
