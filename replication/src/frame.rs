@@ -164,6 +164,21 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, Error> {
     rkyv::from_bytes::<Frame, rancor::Error>(&aligned).map_err(Error::Invalid)
 }
 
+/// One record as it is kept on disk (the engine's `cluster.redb`): the rkyv archive of the
+/// whole [`Record`], so a field added to it is stored with it.
+pub fn encode_record(record: &Record) -> Result<Vec<u8>, Error> {
+    let bytes = rkyv::to_bytes::<rancor::Error>(record).map_err(Error::Encode)?;
+    Ok(bytes.to_vec())
+}
+
+/// A record from [`encode_record`]'s bytes, validated like a frame body: bytes that are
+/// not a record give an error, never a panic.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, Error> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<Record, rancor::Error>(&aligned).map_err(Error::Invalid)
+}
+
 /// The first frame of a link must be a [`Frame::Hello`] of this protocol version.
 pub fn check_hello(frame: &Frame) -> Result<(&str, u64), Error> {
     match frame {

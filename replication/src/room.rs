@@ -134,9 +134,9 @@ struct Owner {
     pending: BTreeMap<u64, (NodeId, u64)>,
 }
 
-/// What survives a crash: the room's log and the epoch promise (a real node writes them
-/// to its log before answering).
-#[derive(Debug, Clone, Default)]
+/// What survives a crash: the room's log and the epoch promise. A node writes what changed
+/// ([`Room::take_changes`]) to its disk before any frame of the same turn leaves it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Durable {
     /// Highest epoch seen (promised): lower ones are refused.
     pub promised: u64,
@@ -149,6 +149,83 @@ pub struct Durable {
     pub held: u64,
 }
 
+/// [`Durable`] without its log: what a room's row on disk holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Promise {
+    pub promised: u64,
+    pub promised_to: Option<NodeId>,
+    pub held_epoch: u64,
+    pub held: u64,
+}
+
+/// What changed in a room's [`Durable`] since the last [`Room::take_changes`]: what its node
+/// must write (and, with `--durability sync`, fsync) before the turn's frames leave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The promise, if any part of it changed.
+    pub promise: Option<Promise>,
+    /// Records written or overwritten, consecutive seqs in order.
+    pub records: Vec<Record>,
+    /// The log got shorter: records after this seq are gone.
+    pub truncated_after: Option<u64>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.promise.is_none() && self.records.is_empty() && self.truncated_after.is_none()
+    }
+}
+
+impl Durable {
+    /// Everything but the log.
+    pub fn promise(&self) -> Promise {
+        Promise {
+            promised: self.promised,
+            promised_to: self.promised_to.clone(),
+            held_epoch: self.held_epoch,
+            held: self.held,
+        }
+    }
+
+    /// `changes` applied, as a disk applies them: what a crash after the write keeps.
+    pub fn apply(&mut self, changes: &Changes) {
+        if let Some(after) = changes.truncated_after {
+            self.log.truncate(after as usize);
+        }
+        for record in &changes.records {
+            let at = (record.seq - 1) as usize;
+            assert!(at <= self.log.len(), "changes leave no hole in a log");
+            if at < self.log.len() {
+                self.log[at] = record.clone();
+            } else {
+                self.log.push(record.clone());
+            }
+        }
+        if let Some(p) = &changes.promise {
+            self.promised = p.promised;
+            self.promised_to = p.promised_to.clone();
+            self.held_epoch = p.held_epoch;
+            self.held = p.held;
+        }
+    }
+}
+
+/// What [`Room::take_changes`] last handed out, to tell what changed since.
+#[derive(Debug, Clone)]
+struct Written {
+    promise: Promise,
+    log_len: usize,
+    /// The lowest log index written since (every record from it on is handed out).
+    dirty_from: Option<usize>,
+}
+
+impl Written {
+    /// The log from index `at` on was written (pushed, overwritten or replaced).
+    fn wrote_from(&mut self, at: usize) {
+        self.dirty_from = Some(self.dirty_from.map_or(at, |f| f.min(at)));
+    }
+}
+
 /// One room on one node.
 #[derive(Debug, Clone)]
 pub struct Room {
@@ -158,6 +235,7 @@ pub struct Room {
     view: View,
     role: Role,
     durable: Durable,
+    written: Written,
     /// Nodes with subscribers in the room (registered with this node as owner).
     interest: Vec<NodeId>,
 }
@@ -174,14 +252,41 @@ impl Room {
                 configured,
             },
             role: Role::Follower,
+            written: Written {
+                promise: durable.promise(),
+                log_len: durable.log.len(),
+                dirty_from: None,
+            },
             durable,
             interest: Vec::new(),
         }
     }
 
-    /// What a crash keeps.
+    /// The room's log and promise as they are in memory (what a crash keeps once written).
     pub fn durable(&self) -> &Durable {
         &self.durable
+    }
+
+    /// What changed in [`Room::durable`] since the last call: the node writes it before
+    /// sending anything its outputs since then asked for.
+    pub fn take_changes(&mut self) -> Changes {
+        let promise = self.durable.promise();
+        let promise = (promise != self.written.promise).then(|| {
+            self.written.promise = promise.clone();
+            promise
+        });
+        let len = self.durable.log.len();
+        let truncated_after = (len < self.written.log_len).then_some(len as u64);
+        let records = match self.written.dirty_from.take() {
+            Some(from) if from < len => self.durable.log[from..].to_vec(),
+            _ => Vec::new(),
+        };
+        self.written.log_len = len;
+        Changes {
+            promise,
+            records,
+            truncated_after,
+        }
     }
 
     /// The epoch this node sequences the room at, if it does.
@@ -392,6 +497,7 @@ impl Room {
         let epoch = *epoch;
         let merged = merge(answers.values());
         self.durable.log = merged.into_iter().map(|r| Record { epoch, ..r }).collect();
+        self.written.wrote_from(0);
         self.durable.held_epoch = epoch;
         self.durable.held = self.durable.log.len() as u64;
         let replicas = self.replicas_in_view();
@@ -519,6 +625,7 @@ impl Room {
             payload,
         });
         self.durable.held = seq;
+        self.written.wrote_from((seq - 1) as usize);
         o.pending.insert(seq, (from, req));
         self.pump(out);
         self.advance(out);
@@ -542,10 +649,14 @@ impl Room {
             self.durable.promised_to = Some(from.clone());
         }
         let epoch = record.epoch;
-        let d = &mut self.durable;
-        let held = if d.held_epoch == epoch { d.held } else { 0 };
+        let held = if self.durable.held_epoch == epoch {
+            self.durable.held
+        } else {
+            0
+        };
         if record.seq == held + 1 {
             let at = (record.seq - 1) as usize;
+            let d = &mut self.durable;
             if at < d.log.len() {
                 d.log[at] = record;
             } else {
@@ -553,8 +664,10 @@ impl Room {
             }
             d.held_epoch = epoch;
             d.held = held + 1;
+            self.written.wrote_from(at);
         }
         // A gap or a repeat: say what is held, the owner sends the rest in order.
+        let d = &self.durable;
         let upto = if d.held_epoch == epoch { d.held } else { 0 };
         self.send(
             out,

@@ -307,8 +307,9 @@ struct Node {
     membership: Option<Membership>,
     live: Vec<String>,
     rooms: BTreeMap<String, Room>,
-    /// The rooms' logs while the node is down.
-    saved: BTreeMap<String, Durable>,
+    /// The rooms' logs and promises as written to the node's disk: every input's
+    /// `take_changes`, applied before its frames leave. A crash keeps exactly this.
+    disk: BTreeMap<String, Durable>,
     next_req: u64,
     forwarded: BTreeMap<u64, (u64, Forwarded)>,
     /// Rooms → subscribers attached here.
@@ -368,7 +369,7 @@ impl Sim {
                 membership: None,
                 live: Vec::new(),
                 rooms: BTreeMap::new(),
-                saved: BTreeMap::new(),
+                disk: BTreeMap::new(),
                 next_req: 1,
                 forwarded: BTreeMap::new(),
                 subs: BTreeMap::new(),
@@ -502,7 +503,7 @@ impl Sim {
         node.mem_timer = None;
         for r in 0..self.cfg.rooms {
             let room = room_name(r);
-            let durable = node.saved.remove(&room).unwrap_or_default();
+            let durable = node.disk.get(&room).cloned().unwrap_or_default();
             let state = Room::new(&room, &name(i), self.cfg.nodes, durable, self.cfg.rules);
             node.rooms.insert(room, state);
         }
@@ -521,10 +522,8 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.up = false;
         node.membership = None;
-        node.saved = std::mem::take(&mut node.rooms)
-            .into_iter()
-            .map(|(room, state)| (room, state.durable().clone()))
-            .collect();
+        // What was in memory and not written is lost with the process.
+        node.rooms.clear();
         node.forwarded.clear();
         node.subs.clear();
         self.log(|| format!("n{i} crashes"));
@@ -645,6 +644,11 @@ impl Sim {
             return;
         };
         let outputs = state.handle(input);
+        let changes = state.take_changes();
+        if !changes.is_empty() {
+            let disk = self.nodes[i].disk.entry(room.to_owned()).or_default();
+            disk.apply(&changes);
+        }
         for out in outputs {
             self.route(i, room, out);
         }

@@ -12,10 +12,12 @@
 //! event. Shards read the view with one atomic load: a `send` without quorum is refused,
 //! `/readyz` says why, `/cluster` and `/metrics` show it.
 
+mod disk;
 mod links;
 mod node;
 pub mod port;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use sokdo_replication::membership::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crossbeam_queue::SegQueue;
 use sokdo_replication::frame::Frame;
+use sokdo_replication::room::Durable;
 
 use crate::config::Config;
 use crate::mesh::Doorbell;
@@ -44,6 +47,10 @@ use port::{Port, ToCluster};
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Rooms listed in `/cluster`'s `owned` (by name; the count is complete).
 const OWNED_LISTED_MAX: usize = 100;
+/// Events handled in one turn at most, before its changes are written and its frames sent:
+/// under load one commit (one fsync with `--durability sync`) covers this many, and the
+/// first of them waits for the others at most this many events' handling.
+const TURN_EVENTS_MAX: usize = 256;
 
 /// What the cluster thread waits for, on one bounded channel.
 #[derive(Debug)]
@@ -311,16 +318,11 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     let listener = TcpListener::bind(listen).with_context(|| {
         format!("--cluster-listen {listen}: cannot bind (TCP, the peer links use the same port)")
     })?;
+    let (disk, loaded) = open_disk(cfg)?;
     let boot = random_u64();
     let started_ms = crate::clock::now_ms();
     let me = NodeIdentity::new(node_id.clone(), advertised, boot, started_ms);
-    let config = MembershipConfig {
-        probe_period: Duration::from_millis(cfg.cluster_probe_period_ms),
-        probe_rtt: Duration::from_millis(cfg.cluster_probe_rtt_ms),
-        suspect_to_down: Duration::from_millis(cfg.cluster_suspect_to_down_ms),
-        seeds: peers.clone(),
-    };
-    let membership = Membership::new(me, config, random_u64())
+    let membership = Membership::new(me, membership_config(cfg, &peers), random_u64())
         .map_err(|e| anyhow::anyhow!("cluster configuration: {e}"))?;
     let configured = peers.len() + 1;
     let (events, rx) = crossbeam_channel::bounded(cfg.cluster_queue_events as usize);
@@ -361,13 +363,50 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     );
     let socket = Arc::new(socket);
     read_datagrams(cluster.clone(), socket.clone(), events.clone())?;
+    let writer = start_writer(disk, events.clone())?;
     links::accept(cluster.clone(), listener, events);
     let shared = cluster.clone();
+    let node = node::Node::new(cluster.clone(), writer, loaded);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
-        .spawn(move || run(&shared, membership, &socket, &rx))
+        .spawn(move || run(&shared, membership, node, &socket, &rx))
         .context("starting the cluster thread")?;
     Ok(Some(Running { cluster, thread }))
+}
+
+/// The `cluster-disk` thread; each write wakes the cluster thread (which then sends what
+/// the write released).
+fn start_writer(disk: disk::Disk, events: Sender<Event>) -> anyhow::Result<disk::Writer> {
+    let wake = move || {
+        let _ = events.try_send(Event::Wake);
+    };
+    disk::Writer::start(disk, wake).context("starting the cluster-disk thread")
+}
+
+/// The membership's timings (`--cluster-*-ms`), seeded with the peers.
+fn membership_config(cfg: &Config, peers: &[SocketAddr]) -> MembershipConfig {
+    MembershipConfig {
+        probe_period: Duration::from_millis(cfg.cluster_probe_period_ms),
+        probe_rtt: Duration::from_millis(cfg.cluster_probe_rtt_ms),
+        suspect_to_down: Duration::from_millis(cfg.cluster_suspect_to_down_ms),
+        seeds: peers.to_vec(),
+    }
+}
+
+/// `cluster.redb` and every room's log and promise in it; an error names the file.
+fn open_disk(cfg: &Config) -> anyhow::Result<(disk::Disk, HashMap<String, Durable>)> {
+    let started = Instant::now();
+    let disk = disk::Disk::open(&cfg.data_dir, cfg.durability)?;
+    let loaded = disk.load()?;
+    let records: usize = loaded.values().map(|d| d.log.len()).sum();
+    tracing::info!(
+        rooms = loaded.len(),
+        records,
+        ms = started.elapsed().as_millis() as u64,
+        "cluster log loaded from {}",
+        cfg.data_dir.join(disk::FILE_NAME).display()
+    );
+    Ok((disk, loaded))
 }
 
 /// The UDP reader thread: every datagram to the cluster thread's channel.
@@ -443,11 +482,11 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 fn run(
     cluster: &Arc<Cluster>,
     mut membership: Membership,
+    mut node: node::Node,
     socket: &UdpSocket,
     rx: &Receiver<Event>,
 ) {
     let mut log = Throttled::default();
-    let mut node = node::Node::new(cluster.clone());
     let mut next_tick = Instant::now();
     let mut next_listing = Instant::now();
     loop {
@@ -461,6 +500,7 @@ fn run(
                 log.warn(now, &e.to_string());
             }
             flush(cluster, &mut membership, socket, &mut log, now, &mut node);
+            node.close();
             tracing::info!("left the cluster");
             return;
         }
@@ -476,6 +516,9 @@ fn run(
             cluster.owned.store(Arc::new(node.owned(OWNED_LISTED_MAX)));
             next_listing = at + Duration::from_secs(1);
         }
+        // The turn's changes to the writer; what earlier turns' writes released goes out.
+        node.commit();
+        let at = Instant::now();
         let wait = membership
             .next_deadline()
             .map_or(IDLE_WAIT, |due| due.saturating_sub(now))
@@ -486,6 +529,10 @@ fn run(
             Err(RecvTimeoutError::Timeout) => {}
             // Every sender gone: only at the end (the reader threads hold senders).
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // What else is waiting joins this turn (one commit for all of it).
+        for event in rx.try_iter().take(TURN_EVENTS_MAX - 1) {
+            on_event(cluster, &mut membership, &mut node, event, &mut log);
         }
     }
 }

@@ -7,8 +7,17 @@
 //! layer routes: a publish to the owner of this node's view (itself: the room machine),
 //! answers back to the home shard that asked, deliveries and replays to the room's home
 //! shard, frames to a peer's link or, addressed to this node, back into itself.
+//!
+//! **Write before send.** Nothing this layer sends — a frame to a peer, an answer or a
+//! record to a home shard — leaves during the turn that caused it: at the end of the turn
+//! ([`Node::commit`]) what the room machines changed in their logs and promises goes to
+//! the `cluster-disk` writer (`disk::Writer`), and the turn's sends wait, in turn order,
+//! until the writer has written that turn and every one before (a send of a turn without
+//! changes may depend on an earlier turn's). So a peer never holds an `Appended`,
+//! `Handoff`, `Published` or `Deliver` whose record or promise this node could lose in a
+//! crash, and the thread handles events while the disk writes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +28,7 @@ use sokdo_replication::room::{
     Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
 };
 
+use super::disk::Writer;
 use super::links::{Link, LinkStats};
 use super::port::{FromCluster, Note, ToCluster};
 use super::Cluster;
@@ -48,6 +58,12 @@ struct RoomState {
     held: VecDeque<Held>,
 }
 
+/// Something to send once the turn's changes are written.
+enum Out {
+    Peer { to: String, frame: Frame },
+    Shard { shard: ShardId, msg: FromCluster },
+}
+
 /// A room with local members: its records come here.
 struct Interest {
     /// The highest seq handed to the home (a catch-up asks for what follows).
@@ -74,10 +90,27 @@ pub(super) struct Node {
     /// Frames for this node (from itself, or held publishes released), handled before
     /// the next event.
     local: VecDeque<(String, Frame)>,
+    /// The `cluster-disk` thread, writing `cluster.redb`.
+    writer: Writer,
+    /// What the disk held at start, per room: given to the room's machine when it is
+    /// first touched.
+    loaded: HashMap<String, Durable>,
+    /// Rooms whose machine had an input since the last commit.
+    touched: HashSet<String>,
+    /// The last turn whose changes went to the writer.
+    submitted: u64,
+    /// What the current turn sends.
+    outbox: Vec<Out>,
+    /// Earlier turns' sends, each waiting for the writer to reach the turn it names.
+    waiting: VecDeque<(u64, Vec<Out>)>,
 }
 
 impl Node {
-    pub(super) fn new(cluster: Arc<Cluster>) -> Node {
+    pub(super) fn new(
+        cluster: Arc<Cluster>,
+        writer: Writer,
+        loaded: HashMap<String, Durable>,
+    ) -> Node {
         let view = View {
             members: vec![cluster.node_id.clone()],
             configured: cluster.configured,
@@ -92,7 +125,73 @@ impl Node {
             interest: HashMap::new(),
             next_req: 0,
             local: VecDeque::new(),
+            writer,
+            loaded,
+            touched: HashSet::new(),
+            submitted: 0,
+            outbox: Vec::new(),
+            waiting: VecDeque::new(),
         }
+    }
+
+    /// The end of a turn: what the room machines changed goes to the writer, the turn's
+    /// sends wait for it, and the sends of every turn written by now go out.
+    pub(super) fn commit(&mut self) {
+        let mut changes = Vec::new();
+        for room in self.touched.drain() {
+            let Some(state) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            let c = state.machine.take_changes();
+            if !c.is_empty() {
+                changes.push((room, c));
+            }
+        }
+        if !changes.is_empty() {
+            self.submitted += 1;
+            self.writer.submit(self.submitted, changes);
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        match self.waiting.back_mut() {
+            _ if outbox.is_empty() => {}
+            // Waiting for the same turn as the last: one entry (at most one per turn queued).
+            Some((turn, sends)) if *turn == self.submitted => sends.extend(outbox),
+            _ => self.waiting.push_back((self.submitted, outbox)),
+        }
+        self.release();
+    }
+
+    /// Sends what waited for turns the writer has written.
+    pub(super) fn release(&mut self) {
+        let written = self.writer.written();
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(turn, _)| *turn <= written)
+        {
+            let Some((_, outbox)) = self.waiting.pop_front() else {
+                break;
+            };
+            for out in outbox {
+                match out {
+                    Out::Peer { to, frame } => self.transmit(&to, frame),
+                    Out::Shard { shard, msg } => self.cluster.port.deliver(shard, msg),
+                }
+            }
+        }
+    }
+
+    /// The last commit before the thread ends: the writer writes everything queued and
+    /// fsyncs (with `async` too, so a clean stop keeps everything), then the rest is sent.
+    pub(super) fn close(&mut self) {
+        self.commit();
+        self.writer.close();
+        self.release();
+    }
+
+    /// A message for a home shard, sent after the turn's commit.
+    fn for_shard(&mut self, shard: ShardId, msg: FromCluster) {
+        self.outbox.push(Out::Shard { shard, msg });
     }
 
     fn me(&self) -> &str {
@@ -377,7 +476,7 @@ impl Node {
                         token: f.token,
                         seq,
                     };
-                    self.cluster.port.deliver(f.shard, msg);
+                    self.for_shard(f.shard, msg);
                 }
             }
             Frame::Refused { req, code, .. } if req != 0 => {
@@ -458,7 +557,7 @@ impl Node {
             let msg = FromCluster::CaughtUp {
                 room: room.to_owned(),
             };
-            self.cluster.port.deliver(shard, msg);
+            self.for_shard(shard, msg);
         }
     }
 
@@ -476,12 +575,7 @@ impl Node {
         let count = records.len() as u64;
         let shard = crate::placement::home_of(room, self.cluster.shards);
         let max = self.cluster.limits.home_queue_records;
-        let queued = (replay || !i.lagging)
-            && self
-                .cluster
-                .port
-                .deliver_records(shard, room.to_owned(), records, max)
-                .is_ok();
+        let queued = (replay || !i.lagging) && self.cluster.port.reserve(shard, records.len(), max);
         if !queued {
             s.records_shed.fetch_add(count, Ordering::Relaxed);
             i.lagging = true;
@@ -490,6 +584,11 @@ impl Node {
         }
         i.delivered = i.delivered.max(last);
         s.records_delivered.fetch_add(count, Ordering::Relaxed);
+        let msg = FromCluster::Records {
+            room: room.to_owned(),
+            records,
+        };
+        self.for_shard(shard, msg);
         true
     }
 
@@ -501,7 +600,7 @@ impl Node {
                 code,
                 why,
             };
-            self.cluster.port.deliver(f.shard, msg);
+            self.for_shard(f.shard, msg);
         }
     }
 
@@ -518,11 +617,12 @@ impl Node {
     fn room_state(&mut self, room: &str) -> &mut RoomState {
         if !self.rooms.contains_key(room) {
             let me = self.me().to_owned();
+            let durable = self.loaded.remove(room).unwrap_or_default();
             let machine = Room::new(
                 room,
                 &me,
                 self.cluster.configured,
-                Durable::default(),
+                durable,
                 Rules::default(),
             );
             let state = RoomState {
@@ -538,6 +638,9 @@ impl Node {
     /// One input to a room's machine, and what it asks for.
     fn feed(&mut self, room: &str, input: Input) {
         let outputs = self.room_state(room).machine.handle(input);
+        if !self.touched.contains(room) {
+            self.touched.insert(room.to_owned());
+        }
         for output in outputs {
             match output {
                 Output::Send { to, frame } => {
@@ -580,13 +683,20 @@ impl Node {
         }
     }
 
-    /// Sends `frame` to `to`: this node's own frames loop back.
+    /// Sends `frame` to `to`: this node's own frames loop back now, a peer's go out after
+    /// the turn's commit.
     fn send_to(&mut self, to: &str, frame: Frame) {
         if to == self.me() {
             let me = self.me().to_owned();
             self.local.push_back((me, frame));
             return;
         }
+        let to = to.to_owned();
+        self.outbox.push(Out::Peer { to, frame });
+    }
+
+    /// `frame` onto `to`'s link.
+    fn transmit(&mut self, to: &str, frame: Frame) {
         let Some(link) = self.links.get(to) else {
             return; // not in this node's view: the protocol resends or times out
         };

@@ -134,28 +134,23 @@ impl Port {
         self.inbox.get(shard as usize).map_or(0, SegQueue::len)
     }
 
-    /// Queues records for `shard` unless that would take its queue past `max` records;
-    /// gives them back if not queued (the caller catches the room up later instead).
-    pub(super) fn deliver_records(
-        &self,
-        shard: ShardId,
-        room: String,
-        records: Vec<Record>,
-        max: usize,
-    ) -> Result<(), Vec<Record>> {
+    /// Counts `n` records about to be queued for `shard` ([`FromCluster::Records`], sent
+    /// after the turn's commit), unless that would take its queue past `max` records: then
+    /// `false`, and the caller catches the room up later instead. Counted from here until the
+    /// shard pops them, so records waiting for the commit count too.
+    pub(super) fn reserve(&self, shard: ShardId, n: usize, max: usize) -> bool {
         let Some(queued) = self.queued.get(shard as usize) else {
-            return Err(records);
+            return false;
         };
         // Only the cluster thread adds: a load then an add cannot overshoot. An empty queue
         // takes any batch (a replay answer holds up to `REPLAY_RECORDS_MAX`), so a home
         // always makes progress: at most `max + REPLAY_RECORDS_MAX` records are queued.
         let now = queued.load(Ordering::Relaxed);
-        if now > 0 && now + records.len() > max {
-            return Err(records);
+        if now > 0 && now + n > max {
+            return false;
         }
-        queued.fetch_add(records.len(), Ordering::Relaxed);
-        self.deliver(shard, FromCluster::Records { room, records });
-        Ok(())
+        queued.fetch_add(n, Ordering::Relaxed);
+        true
     }
 
     pub(super) fn deliver(&self, shard: ShardId, msg: FromCluster) {

@@ -963,4 +963,225 @@ async fn a_lagging_home_shard_is_caught_up_with_every_record_and_its_queue_stays
     let received = msgs_until(&mut watcher, "end").await;
     assert_same_stream(&[received], &acked);
     assert!(c.node(2).metric("sokdo_cluster_replays_asked_total") > 0.0);
+
+/// Stops the instances `which` at once (`SIGTERM`: each drains and exits; `SIGKILL`: dead
+/// on the spot), then starts them again on their data directories (with `env`), until
+/// every instance sees every other alive.
+async fn stop_all_then_restart(
+    c: &mut TestCluster,
+    which: &[usize],
+    signal: i32,
+    env: &[(&str, &str)],
+) {
+    let mut stopping: Vec<_> = which.iter().map(|&i| c.take(i)).collect();
+    for s in &stopping {
+        s.signal(signal);
+    }
+    for s in &mut stopping {
+        let status = s.wait_exit(crate::support::WAIT);
+        if signal == libc::SIGTERM {
+            assert!(status.success(), "{status:?}");
+        }
+    }
+    drop(stopping);
+    for &i in which {
+        c.restart_with_env(i, env);
+    }
+    eventually("every instance is back in every view", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+}
+
+/// A member on each instance (reconnected after a restart) that joins `room` with
+/// `after_seq: 0`: what each received up to the message `last`.
+async fn every_member_from_the_start(
+    c: &TestCluster,
+    room: &str,
+    user: &str,
+    last: &str,
+) -> Vec<Vec<(u64, String)>> {
+    let mut streams = Vec::new();
+    for i in ALL {
+        let mut member = Client::connect(c.node(i), &format!("{user}{i}")).await;
+        member
+            .ok(json!({"op": "join", "room": room, "after_seq": 0}))
+            .await;
+        streams.push(msgs_until(&mut member, last).await);
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_cluster_restart_loses_no_acknowledged_message_and_reuses_no_seq() {
+    let mut c = formed().await;
+    let (slots, first, _) = owned_room(&c, "whole", "w").await;
+    drop(slots);
+    let mut acked = vec![first];
+    // Twice: every instance killed at once, then every instance drained at once.
+    for (round, signal) in [(0, libc::SIGKILL), (1, libc::SIGTERM)] {
+        let mut clients = one_member_per_instance(&c, "whole", &format!("w{round}-")).await;
+        for n in 0..9 {
+            let body = format!("r{round}-{n}");
+            acked.push((send_acked(&mut clients[n % 3], "whole", &body).await, body));
+        }
+        drop(clients);
+        let before = acked.last().unwrap().0;
+        stop_all_then_restart(&mut c, &ALL, signal, &[]).await;
+        // Sends after the restart continue the seqs, and every member is shown them.
+        let mut clients = one_member_per_instance(&c, "whole", &format!("v{round}-")).await;
+        for (i, client) in clients.iter_mut().enumerate() {
+            let body = format!("r{round}-after-{i}");
+            acked.push((send_acked(client, "whole", &body).await, body));
+        }
+        let last = acked.last().unwrap().1.clone();
+        let after = acked[acked.len() - 3].0;
+        assert!(
+            after > before,
+            "round {round}: seq {after} after {before}: reused"
+        );
+        for (i, member) in clients.iter_mut().enumerate() {
+            let live = msgs_until(member, &last).await;
+            assert_eq!(
+                live,
+                acked[acked.len() - 3..],
+                "round {round}: the member on n{}",
+                i + 1
+            );
+        }
+        let last = acked.last().unwrap().1.clone();
+        let streams = every_member_from_the_start(&c, "whole", &format!("h{round}-"), &last).await;
+        for stream in &streams {
+            assert_eq!(stream[0].0, 1, "from the first seq");
+            assert_complete(stream, &acked);
+            assert_eq!(stream.len(), acked.len(), "each acknowledged message once");
+        }
+    }
+    assert_eq!(acked.len(), 1 + 2 * (9 + 3));
+    assert_increasing(&acked);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_and_its_successor_killed_together_lose_no_acknowledged_message() {
+    let mut c = formed().await;
+    let (mut slots, first, (owner, _)) = owned_room(&c, "pair", "p").await;
+    let names: Vec<String> = ALL.iter().map(|&i| TestCluster::name(i)).collect();
+    let order = sokdo_replication::placement::order("pair", &names);
+    let index = |name: &String| ALL.into_iter().find(|&i| TestCluster::name(i) == *name);
+    assert_eq!(
+        index(order[0]),
+        Some(owner),
+        "the owner is first in rendezvous order"
+    );
+    let successor = index(order[1]).unwrap();
+    let third = index(order[2]).unwrap();
+    let mut sender = slots[third].take().unwrap();
+    let mut acked = vec![first];
+    for n in 0..12 {
+        let body = format!("pair-{n}");
+        acked.push((send_acked(&mut sender, "pair", &body).await, body));
+    }
+    // The two holders of every acknowledged record die together; the third alone has no
+    // quorum and refuses, so nothing is sequenced meanwhile.
+    kill_owner_and_successor_then_restart(&mut c, owner, successor, &mut sender).await;
+    let mut clients = one_member_per_instance(&c, "pair", "q").await;
+    let [a, b, d] = &mut clients[..] else {
+        unreachable!("three instances")
+    };
+    let last = one_send_through_each([a, b, d], "pair", &mut acked).await;
+    assert_increasing(&acked);
+    let streams = every_member_from_the_start(&c, "pair", "z", &last).await;
+    for stream in &streams {
+        assert_eq!(stream[0].0, 1, "from the first seq");
+        assert_complete(stream, &acked);
+        assert_eq!(stream.len(), acked.len(), "each acknowledged message once");
+    }
+}
+
+/// `kill -9` of `owner` and `successor` together; while they are down, a send through the
+/// survivor is refused (no quorum); then both start again on their data directories.
+async fn kill_owner_and_successor_then_restart(
+    c: &mut TestCluster,
+    owner: usize,
+    successor: usize,
+    survivor_client: &mut Client,
+) {
+    let (o, s) = (c.take(owner), c.take(successor));
+    o.signal(libc::SIGKILL);
+    s.signal(libc::SIGKILL);
+    drop((o, s));
+    let survivor = ALL
+        .into_iter()
+        .find(|&i| i != owner && i != successor)
+        .unwrap();
+    eventually("the survivor has no quorum", || {
+        c.node(survivor).get("/readyz").0 == 503
+    })
+    .await;
+    send_refused(survivor_client, "pair", "while-two-are-down").await;
+    c.restart(owner);
+    c.restart(successor);
+    eventually("every instance is back in every view", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+}
+
+#[test]
+fn an_unreadable_cluster_log_stops_the_start_naming_the_file() {
+    let data = crate::support::temp_dir("cluster-redb");
+    let file = data.join("cluster.redb");
+    std::fs::write(&file, vec![0x5a; 64 * 1024]).unwrap();
+    let own = crate::support::cluster::free_udp().to_string();
+    let out = std::process::Command::new(crate::support::sokdo_bin())
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--node-id", "a"])
+        .args(["--cluster-listen", &own, "--peers", "127.0.0.1:9"])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run sokdo");
+    let kept = std::fs::read(&file).unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        kept,
+        vec![0x5a; 64 * 1024],
+        "the file is left for inspection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_async_durability_a_whole_cluster_drained_at_once_loses_nothing() {
+    let mut c = formed().await;
+    let asynchronous = [("SOKDO_DURABILITY", "async")];
+    stop_all_then_restart(&mut c, &ALL, libc::SIGTERM, &asynchronous).await;
+    for i in ALL {
+        assert!(!c.node(i).log_lines("durability = async").is_empty());
+    }
+    let (slots, first, _) = owned_room(&c, "lazy", "l").await;
+    drop(slots);
+    let mut acked = vec![first];
+    let mut clients = one_member_per_instance(&c, "lazy", "m").await;
+    for n in 0..9 {
+        let body = format!("lazy-{n}");
+        acked.push((send_acked(&mut clients[n % 3], "lazy", &body).await, body));
+    }
+    drop(clients);
+    // A clean stop fsyncs what the 50 ms window still held.
+    stop_all_then_restart(&mut c, &ALL, libc::SIGTERM, &asynchronous).await;
+    let mut clients = one_member_per_instance(&c, "lazy", "n").await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let body = format!("lazy-after-{i}");
+        acked.push((send_acked(client, "lazy", &body).await, body));
+    }
+    assert_increasing(&acked);
+    let last = acked.last().unwrap().1.clone();
+    for stream in every_member_from_the_start(&c, "lazy", "o", &last).await {
+        assert_eq!(stream[0].0, 1, "from the first seq");
+        assert_complete(&stream, &acked);
+        assert_eq!(stream.len(), acked.len(), "each acknowledged message once");
+    }
 }

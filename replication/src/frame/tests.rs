@@ -109,6 +109,17 @@ proptest! {
     }
 
     #[test]
+    fn records_survive_their_disk_encoding(r in record(), at in any::<prop::sample::Index>(), x in 1u8..) {
+        let bytes = encode_record(&r).unwrap();
+        prop_assert_eq!(decode_record(&bytes).unwrap(), r);
+        // A damaged record is an error or some record, never a panic.
+        let mut damaged = bytes.clone();
+        damaged[at.index(bytes.len())] ^= x;
+        let _ = decode_record(&damaged);
+        let _ = decode_record(&bytes[..at.index(bytes.len())]);
+    }
+
+    #[test]
     fn a_truncated_frame_asks_for_more_bytes(f in frame(), cut in any::<prop::sample::Index>()) {
         let bytes = encode(&f).unwrap();
         let cut = cut.index(bytes.len());

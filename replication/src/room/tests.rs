@@ -9,6 +9,8 @@ const ROOM: &str = "general";
 /// Rooms of one name on several nodes, and the frames between them.
 struct Net {
     rooms: BTreeMap<NodeId, Room>,
+    /// Per node, what `take_changes` handed out, applied: its disk.
+    disks: BTreeMap<NodeId, Durable>,
     queue: VecDeque<(NodeId, NodeId, Frame)>,
     events: Vec<(NodeId, Output)>,
     /// Frames to the forwarding instance outside the net.
@@ -29,6 +31,10 @@ impl Net {
             .collect();
         Self {
             rooms,
+            disks: nodes
+                .iter()
+                .map(|n| (n.to_string(), Durable::default()))
+                .collect(),
             queue: VecDeque::new(),
             events: Vec::new(),
             outside: Vec::new(),
@@ -37,7 +43,16 @@ impl Net {
     }
 
     fn input(&mut self, node: &str, input: Input) {
-        let out = self.rooms.get_mut(node).unwrap().handle(input);
+        let room = self.rooms.get_mut(node).unwrap();
+        let out = room.handle(input);
+        // Every input's changes, written before its frames leave: the disk is the memory.
+        let disk = self.disks.get_mut(node).unwrap();
+        disk.apply(&room.take_changes());
+        assert_eq!(disk, room.durable(), "{node}: take_changes missed a change");
+        assert!(
+            room.take_changes().is_empty(),
+            "{node}: changes handed out twice"
+        );
         for o in out {
             match o {
                 Output::Send { to, frame } => self.queue.push_back((node.into(), to, frame)),
@@ -493,4 +508,37 @@ fn a_promise_of_the_last_epoch_leaves_the_room_unavailable_not_panicking() {
     assert!(out.is_empty(), "{out:?}");
     assert!(room.handle(Input::Tick).is_empty());
     assert_eq!(room.owner_epoch(), None);
+}
+
+#[test]
+fn take_changes_hands_out_each_change_once() {
+    let nodes = ["a", "b", "c"];
+    let mut room = Room::new(
+        ROOM,
+        &order(&nodes)[0],
+        3,
+        Durable::default(),
+        Rules::default(),
+    );
+    assert!(
+        room.take_changes().is_empty(),
+        "a new room has nothing to write"
+    );
+    // The view makes it claim: its promise to itself, no record.
+    let members = nodes.iter().map(|m| m.to_string()).collect();
+    room.handle(Input::View(View {
+        members,
+        configured: 3,
+    }));
+    let claimed = room.take_changes();
+    let promise = claimed.promise.clone().expect("the claim is a promise");
+    assert_eq!((promise.promised, claimed.records.len()), (1, 0));
+    assert_eq!(claimed.truncated_after, None);
+    assert!(room.take_changes().is_empty());
+    // A room restarted from what was written carries on from there: nothing to write yet.
+    let mut disk = Durable::default();
+    disk.apply(&claimed);
+    let mut restarted = Room::new(ROOM, &order(&nodes)[0], 3, disk.clone(), Rules::default());
+    assert!(restarted.take_changes().is_empty());
+    assert_eq!(restarted.durable(), &disk);
 }

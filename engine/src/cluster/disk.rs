@@ -1,0 +1,329 @@
+//! The cluster's room logs and epoch promises on disk: `<data-dir>/cluster.redb`, written
+//! by the cluster thread only (docs/REPLICATION.md "The log on disk").
+//!
+//! What a room machine keeps across a crash (`replication::room::Durable`) is written here
+//! before any frame that depends on it leaves the node: a record is on disk before its
+//! `Append`, `Appended`, `Published` or `Deliver` is sent, a promise before its `Handoff`.
+//! The cluster thread hands each turn's changes to [`Writer`], a thread of its own
+//! (`cluster-disk`), and holds the turn's frames until the writer says that turn is
+//! written; meanwhile it goes on with the next events. The writer takes every turn waiting
+//! into one transaction (the group commit). `--durability sync` fsyncs every commit;
+//! `async` commits without fsync and fsyncs at most [`ASYNC_SYNC_INTERVAL`] later.
+//!
+//! Tables (keys sort as tuples, so one room's records are contiguous and ordered by seq):
+//! - `records`: `(room, seq)` → the rkyv archive of the whole `frame::Record`
+//!   (`frame::encode_record`), so a field added to `Record` is kept with it;
+//! - `rooms`: `room` → `(promised, promised_to, held_epoch, held)`.
+//!
+//! This module never decides anything about ownership: it stores what the machines hand
+//! out ([`Changes`]) and gives it back at start. A file it cannot read stops the start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sokdo_persistence::Durability;
+use sokdo_replication::frame;
+use sokdo_replication::room::{Changes, Durable};
+
+/// `(room, seq)` → `frame::encode_record` of the record.
+const RECORDS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new("records");
+/// `room` → `(promised, promised_to, held_epoch, held)`.
+const ROOMS: TableDefinition<'static, &str, (u64, Option<&str>, u64, u64)> =
+    TableDefinition::new("rooms");
+
+/// `--durability async`: the longest an acknowledged record stays written but not fsynced.
+/// An instance's loss inside the window loses what it alone held; with a majority holding
+/// every acknowledged record, only a loss of a majority at once inside it loses data.
+pub const ASYNC_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Bytes of redb page cache: the file is read at start and written after.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Turns whose changes may wait for the writer; beyond, the cluster thread waits for it
+/// (a disk that slow or failing stalls the node, and its peers see it unresponsive).
+pub const TURNS_QUEUED_MAX: usize = 4096;
+
+/// A failed write is tried again after this long (every turn after it waits).
+const WRITE_RETRY: Duration = Duration::from_millis(100);
+
+/// The file's name in `--data-dir`.
+pub const FILE_NAME: &str = "cluster.redb";
+
+/// Why the cluster's log could not be read or written; it names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {what}", path.display())]
+pub struct DiskError {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+/// The open `cluster.redb`.
+pub struct Disk {
+    path: PathBuf,
+    db: Database,
+    durability: Durability,
+    /// `async`: the first commit not yet fsynced.
+    unsynced_since: Option<Instant>,
+}
+
+impl Disk {
+    /// Opens (or creates) `<data_dir>/cluster.redb`; a file that is not a readable redb
+    /// database is an error naming it.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Disk, DiskError> {
+        let path = data_dir.join(FILE_NAME);
+        let fail = |what: String| DiskError {
+            path: path.clone(),
+            what,
+        };
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| fail(format!("cannot create the data directory: {e}")))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| fail(format!("cannot open the cluster's log: {e}")))?;
+        let mut disk = Disk {
+            path: path.clone(),
+            db,
+            durability,
+            unsynced_since: None,
+        };
+        // Creating the tables up front lets `load` open them on a new file.
+        disk.write(&[])?;
+        Ok(disk)
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> DiskError {
+        DiskError {
+            path: self.path.clone(),
+            what: what.to_string(),
+        }
+    }
+
+    /// Every room's log and promise, checked: each room's records are seqs 1, 2, … with
+    /// no hole, each decodes, and `held` is within the log.
+    pub fn load(&self) -> Result<HashMap<String, Durable>, DiskError> {
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let rooms = txn.open_table(ROOMS).map_err(|e| self.fail(e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        let mut out = HashMap::new();
+        for row in rooms.iter().map_err(|e| self.fail(e))? {
+            let (room, promise) = row.map_err(|e| self.fail(e))?;
+            let room = room.value().to_owned();
+            let (promised, promised_to, held_epoch, held) = promise.value();
+            let mut durable = Durable {
+                promised,
+                promised_to: promised_to.map(str::to_owned),
+                held_epoch,
+                held,
+                log: Vec::new(),
+            };
+            let range = records
+                .range((room.as_str(), 0)..=(room.as_str(), u64::MAX))
+                .map_err(|e| self.fail(e))?;
+            for entry in range {
+                let (key, bytes) = entry.map_err(|e| self.fail(e))?;
+                let seq = key.value().1;
+                let record = frame::decode_record(bytes.value())
+                    .map_err(|e| self.fail(format!("room {room:?} seq {seq}: {e}")))?;
+                let expected = durable.log.len() as u64 + 1;
+                if record.seq != seq || seq != expected {
+                    return Err(self.fail(format!(
+                        "room {room:?}: record at seq {seq} holds seq {} where seq {expected} was due",
+                        record.seq
+                    )));
+                }
+                durable.log.push(record);
+            }
+            if durable.held > durable.log.len() as u64 {
+                return Err(self.fail(format!(
+                    "room {room:?}: {} records, but {} are marked held",
+                    durable.log.len(),
+                    durable.held
+                )));
+            }
+            out.insert(room, durable);
+        }
+        Ok(out)
+    }
+
+    /// Writes every room's changes in one transaction (the group commit of a turn): with
+    /// `sync`, durable when this returns.
+    pub fn write(&mut self, changes: &[(String, Changes)]) -> Result<(), DiskError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let sync = self.durability == Durability::Sync;
+        let level = if sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(level).map_err(|e| self.fail(e))?;
+        {
+            let mut rooms = txn.open_table(ROOMS).map_err(|e| self.fail(e))?;
+            let mut records = txn.open_table(RECORDS).map_err(|e| self.fail(e))?;
+            for (room, c) in changes {
+                if let Some(after) = c.truncated_after {
+                    let gone = (room.as_str(), after + 1)..=(room.as_str(), u64::MAX);
+                    records
+                        .retain_in(gone, |_, _| false)
+                        .map_err(|e| self.fail(e))?;
+                }
+                for r in &c.records {
+                    let bytes = frame::encode_record(r).map_err(|e| self.fail(e))?;
+                    records
+                        .insert((room.as_str(), r.seq), bytes.as_slice())
+                        .map_err(|e| self.fail(e))?;
+                }
+                if let Some(p) = &c.promise {
+                    let row = (p.promised, p.promised_to.as_deref(), p.held_epoch, p.held);
+                    rooms.insert(room.as_str(), row).map_err(|e| self.fail(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.fail(e))?;
+        if !sync && !changes.is_empty() {
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    /// `async`: when the commits not yet fsynced must be (`None`: nothing waits).
+    pub fn sync_due(&self) -> Option<Instant> {
+        self.unsynced_since.map(|t| t + ASYNC_SYNC_INTERVAL)
+    }
+
+    /// `async`: fsyncs the commits so far (an empty durable commit makes every earlier
+    /// non-durable one durable).
+    pub fn sync(&mut self) -> Result<(), DiskError> {
+        if self.unsynced_since.is_none() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(|e| self.fail(e))?;
+        txn.commit().map_err(|e| self.fail(e))?;
+        self.unsynced_since = None;
+        Ok(())
+    }
+}
+
+/// One turn's changes, numbered.
+struct Turn {
+    id: u64,
+    changes: Vec<(String, Changes)>,
+}
+
+/// The `cluster-disk` thread: writes the turns it is handed, in order, and publishes the
+/// last turn written.
+pub struct Writer {
+    turns: Option<Sender<Turn>>,
+    written: Arc<AtomicU64>,
+    /// Set by `close`: a write still failing then is given up.
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread on `disk`; `wake` is called (never blocking) after each write.
+    pub fn start(disk: Disk, wake: impl Fn() + Send + 'static) -> std::io::Result<Writer> {
+        let (turns, rx) = crossbeam_channel::bounded(TURNS_QUEUED_MAX);
+        let written = Arc::new(AtomicU64::new(0));
+        let closing = Arc::new(AtomicBool::new(false));
+        let (shared, stop) = (written.clone(), closing.clone());
+        let thread = std::thread::Builder::new()
+            .name("cluster-disk".into())
+            .spawn(move || write_turns(disk, &rx, &shared, &stop, &wake))?;
+        Ok(Writer {
+            turns: Some(turns),
+            written,
+            closing,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands turn `id`'s changes to the thread (ids increase); waits only if
+    /// [`TURNS_QUEUED_MAX`] turns are already waiting.
+    pub fn submit(&self, id: u64, changes: Vec<(String, Changes)>) {
+        if let Some(turns) = &self.turns {
+            // Only fails once the thread is gone (after `close`).
+            let _ = turns.send(Turn { id, changes });
+        }
+    }
+
+    /// Every turn up to this one is written (and, with `sync`, fsynced).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Writes what is queued, fsyncs (with `async` too) and ends the thread.
+    pub fn close(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        drop(self.turns.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the cluster-disk thread ended by a panic");
+            }
+        }
+    }
+}
+
+fn write_turns(
+    mut disk: Disk,
+    rx: &Receiver<Turn>,
+    written: &AtomicU64,
+    closing: &AtomicBool,
+    wake: &dyn Fn(),
+) {
+    loop {
+        let first = match disk.sync_due() {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        let first = match first {
+            Ok(turn) => turn,
+            Err(RecvTimeoutError::Timeout) => {
+                sync_logged(&mut disk);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut upto = first.id;
+        let mut changes = first.changes;
+        for turn in rx.try_iter() {
+            upto = turn.id;
+            changes.extend(turn.changes);
+        }
+        while let Err(e) = disk.write(&changes) {
+            if closing.load(Ordering::Acquire) {
+                tracing::error!("cluster log not written at stop, given up: {e}");
+                return;
+            }
+            tracing::error!("cluster log not written, its frames wait: {e}");
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the cluster-disk thread is not a shard: waiting is its job"
+            )]
+            std::thread::sleep(WRITE_RETRY);
+        }
+        written.store(upto, Ordering::Release);
+        wake();
+        if disk.sync_due().is_some_and(|due| due <= Instant::now()) {
+            sync_logged(&mut disk);
+        }
+    }
+    sync_logged(&mut disk);
+}
+
+fn sync_logged(disk: &mut Disk) {
+    if let Err(e) = disk.sync() {
+        tracing::error!("cluster log not fsynced: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+use super::*;
+use sokdo_replication::frame::Record;
+use sokdo_replication::room::Promise;
+
+/// A fresh data directory for one test.
+fn dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("sokdo-cluster-disk-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn record(epoch: u64, seq: u64, body: &str) -> Record {
+    Record {
+        epoch,
+        seq,
+        payload: body.as_bytes().to_vec(),
+    }
+}
+
+fn promise(promised: u64, to: &str, held_epoch: u64, held: u64) -> Option<Promise> {
+    Some(Promise {
+        promised,
+        promised_to: Some(to.to_owned()),
+        held_epoch,
+        held,
+    })
+}
+
+#[test]
+fn what_was_written_is_loaded_after_a_reopen() {
+    let dir = dir("reopen");
+    let turns = [
+        // A claim, then three records, then a new owner's overwrite of seqs 2–3 and a
+        // shorter log (a log that got shorter loses its tail on disk too).
+        Changes {
+            promise: promise(1, "n1", 0, 0),
+            ..Changes::default()
+        },
+        Changes {
+            promise: promise(1, "n1", 1, 3),
+            records: (1..=3).map(|s| record(1, s, &format!("m{s}"))).collect(),
+            truncated_after: None,
+        },
+        Changes {
+            promise: promise(2, "n2", 2, 2),
+            records: vec![record(2, 2, "m2 again")],
+            truncated_after: Some(2),
+        },
+    ];
+    let mut expected = Durable::default();
+    {
+        let mut disk = Disk::open(&dir, Durability::Sync).unwrap();
+        for c in &turns {
+            disk.write(&[("general".to_owned(), c.clone())]).unwrap();
+            expected.apply(c);
+        }
+        let other = Changes {
+            promise: promise(5, "n3", 0, 0),
+            ..Changes::default()
+        };
+        disk.write(&[("other".to_owned(), other)]).unwrap();
+        assert_eq!(disk.load().unwrap()["general"], expected);
+    }
+    let disk = Disk::open(&dir, Durability::Sync).unwrap();
+    let loaded = disk.load().unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded["general"], expected);
+    assert_eq!(loaded["general"].log.len(), 2);
+    assert_eq!(loaded["general"].log[1].payload, b"m2 again");
+    assert_eq!(loaded["other"].promised, 5);
+    assert!(loaded["other"].log.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn async_commits_are_fsynced_within_the_interval() {
+    let dir = dir("async");
+    let mut disk = Disk::open(&dir, Durability::Async).unwrap();
+    assert_eq!(disk.sync_due(), None, "nothing written, nothing to fsync");
+    let before = Instant::now();
+    let c = Changes {
+        promise: promise(1, "n1", 1, 1),
+        records: vec![record(1, 1, "m1")],
+        truncated_after: None,
+    };
+    disk.write(&[("general".to_owned(), c)]).unwrap();
+    let due = disk
+        .sync_due()
+        .expect("an unsynced commit waits for its fsync");
+    assert!(due >= before + ASYNC_SYNC_INTERVAL && due <= Instant::now() + ASYNC_SYNC_INTERVAL);
+    disk.sync().unwrap();
+    assert_eq!(disk.sync_due(), None);
+    drop(disk);
+    let loaded = Disk::open(&dir, Durability::Async).unwrap().load().unwrap();
+    assert_eq!(loaded["general"].log, [record(1, 1, "m1")]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error_naming_it() {
+    let dir = dir("garbage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(FILE_NAME);
+    std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+    let err = Disk::open(&dir, Durability::Sync)
+        .err()
+        .expect("garbage is refused");
+    assert_eq!(err.path, path);
+    assert!(
+        err.to_string().starts_with(&path.display().to_string()),
+        "{err}"
+    );
+    // The file is left as it was, for whoever investigates.
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 64 * 1024]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_record_that_does_not_decode_or_is_out_of_place_is_an_error_naming_room_and_seq() {
+    let dir = dir("corrupt");
+    let cases: [(&str, (u64, &[u8])); 2] = [
+        ("does not decode", (2, b"not a record")),
+        ("a hole", (4, &[])),
+    ];
+    for (case, (seq, bytes)) in cases {
+        let mut disk = Disk::open(&dir, Durability::Sync).unwrap();
+        let c = Changes {
+            promise: promise(1, "n1", 1, 2),
+            records: vec![record(1, 1, "m1"), record(1, 2, "m2")],
+            truncated_after: Some(2),
+        };
+        disk.write(&[("general".to_owned(), c)]).unwrap();
+        // Bytes written behind the machines' back, as a damaged or foreign file would hold.
+        let bytes = if bytes.is_empty() {
+            frame::encode_record(&record(1, seq, "m4")).unwrap()
+        } else {
+            bytes.to_vec()
+        };
+        let txn = disk.db.begin_write().unwrap();
+        txn.open_table(RECORDS)
+            .unwrap()
+            .insert(("general", seq), bytes.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let err = disk.load().expect_err(case).to_string();
+        assert!(err.contains(FILE_NAME), "{case}: {err}");
+        assert!(err.contains("room \"general\""), "{case}: {err}");
+        assert!(err.contains(&format!("seq {seq}")), "{case}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_writer_writes_turns_in_order_and_a_close_fsyncs_them() {
+    let dir = dir("writer");
+    let disk = Disk::open(&dir, Durability::Async).unwrap();
+    let wakes = Arc::new(AtomicU64::new(0));
+    let counted = wakes.clone();
+    let mut writer = Writer::start(disk, move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(writer.written(), 0);
+    for seq in 1..=20 {
+        let c = Changes {
+            promise: promise(1, "n1", 1, seq),
+            records: vec![record(1, seq, &format!("m{seq}"))],
+            truncated_after: None,
+        };
+        writer.submit(seq, vec![("general".to_owned(), c)]);
+    }
+    writer.close();
+    assert_eq!(
+        writer.written(),
+        20,
+        "every turn written before close returns"
+    );
+    assert!(wakes.load(Ordering::Relaxed) >= 1);
+    let loaded = Disk::open(&dir, Durability::Sync).unwrap().load().unwrap();
+    let seqs: Vec<u64> = loaded["general"].log.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    assert_eq!(loaded["general"].held, 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}
