@@ -73,6 +73,9 @@ pub struct Limits {
     pub publish_timeout: Duration,
     /// `--cluster-tick-ms`.
     pub tick: Duration,
+    /// `--idempotency-keys-max`: the window of retry keys a room's owner keeps. The claim
+    /// merge replays it, so it must be the same on every instance.
+    pub dedup_keys_max: usize,
 }
 
 impl Limits {
@@ -82,6 +85,7 @@ impl Limits {
             link_backoff_max: Duration::from_millis(cfg.cluster_link_backoff_max_ms),
             publish_timeout: Duration::from_millis(cfg.cluster_publish_timeout_ms),
             tick: Duration::from_millis(cfg.cluster_tick_ms),
+            dedup_keys_max: cfg.idempotency_keys_max as usize,
         }
     }
 }
@@ -90,6 +94,8 @@ impl Limits {
 #[derive(Debug, Default)]
 pub struct DataStats {
     pub records_sequenced: AtomicU64,
+    /// Retries this instance, as a room's owner, answered with the original's seq.
+    pub sends_deduplicated: AtomicU64,
     pub records_delivered: AtomicU64,
     pub forwarded: AtomicU64,
     pub refused: AtomicU64,
@@ -238,6 +244,7 @@ impl Cluster {
             "rooms_owned": n(&s.rooms_owned),
             "owned": self.owned.load().as_ref(),
             "records_sequenced": n(&s.records_sequenced),
+            "sends_deduplicated": n(&s.sends_deduplicated),
             "records_delivered": n(&s.records_delivered),
             "sends_forwarded": n(&s.forwarded),
             "sends_refused": n(&s.refused),
@@ -628,6 +635,7 @@ fn encode_data(c: &Cluster, encoder: &mut DescriptorEncoder<'_>) -> Result<(), s
     let s = &c.stats;
     let counters = [
         ("cluster_records_sequenced", "Records this instance sequenced as a room's owner and acknowledged (owner log + replicas)", &s.records_sequenced),
+        ("cluster_sends_deduplicated", "Retried sends (a retry key already sequenced) this instance, as a room's owner, answered with the original's seq instead of storing them again", &s.sends_deduplicated),
         ("cluster_records_delivered", "Acknowledged records handed to this instance's home shards (deliveries and replays)", &s.records_delivered),
         ("cluster_sends_forwarded", "Sends forwarded to a room's owner on another instance", &s.forwarded),
         ("cluster_sends_refused", "Sends the cluster refused (no owner, ownership moving, owner overloaded, no answer in time)", &s.refused),

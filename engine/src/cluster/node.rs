@@ -39,6 +39,7 @@ struct Forward {
 struct Held {
     from: String,
     req: u64,
+    key: Option<Vec<u8>>,
     payload: Vec<u8>,
     deadline: Instant,
 }
@@ -289,6 +290,7 @@ impl Node {
             shard,
             token,
             room,
+            key,
             payload,
         } = req;
         let req = self.req();
@@ -309,7 +311,13 @@ impl Node {
         if owner != self.me() {
             self.cluster.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         }
-        self.send_to(&owner, Frame::Publish { req, room, payload });
+        let frame = Frame::Publish {
+            req,
+            room,
+            key,
+            payload,
+        };
+        self.send_to(&owner, frame);
         self.run_local();
     }
 
@@ -360,11 +368,17 @@ impl Node {
     fn on_frame(&mut self, from: String, frame: Frame) {
         match frame {
             Frame::Hello { .. } => {}
-            Frame::Published { req, seq, .. } => {
+            Frame::Published {
+                req,
+                seq,
+                duplicate,
+                ..
+            } => {
                 if let Some(f) = self.forwards.remove(&req) {
                     let msg = FromCluster::Published {
                         token: f.token,
                         seq,
+                        duplicate,
                     };
                     self.cluster.port.deliver(f.shard, msg);
                 }
@@ -383,9 +397,12 @@ impl Node {
                 records,
                 more,
             } => self.on_replay_records(req, &room, records, more),
-            Frame::Publish { req, room, payload } => {
-                self.on_publish(from, req, &room, payload);
-            }
+            Frame::Publish {
+                req,
+                room,
+                key,
+                payload,
+            } => self.on_publish(from, req, &room, key, payload),
             other => {
                 let Some(room) = room_of(&other) else { return };
                 let room = room.to_owned();
@@ -394,7 +411,14 @@ impl Node {
         }
     }
 
-    fn on_publish(&mut self, from: String, req: u64, room: &str, payload: Vec<u8>) {
+    fn on_publish(
+        &mut self,
+        from: String,
+        req: u64,
+        room: &str,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    ) {
         let me = self.me().to_owned();
         let deadline = Instant::now() + self.cluster.limits.publish_timeout;
         let state = self.room_state(room);
@@ -408,6 +432,7 @@ impl Node {
             state.held.push_back(Held {
                 from,
                 req,
+                key,
                 payload,
                 deadline,
             });
@@ -416,6 +441,7 @@ impl Node {
         let frame = Frame::Publish {
             req,
             room: room.to_owned(),
+            key,
             payload,
         };
         self.feed(room, Input::Frame { from, frame });
@@ -492,6 +518,7 @@ impl Node {
                 &me,
                 self.cluster.configured,
                 Durable::default(),
+                self.cluster.limits.dedup_keys_max,
                 Rules::default(),
             );
             let state = RoomState {
@@ -510,9 +537,13 @@ impl Node {
         for output in outputs {
             match output {
                 Output::Send { to, frame } => {
-                    if matches!(frame, Frame::Published { .. }) {
+                    if let Frame::Published { duplicate, .. } = frame {
                         let s = &self.cluster.stats;
-                        s.records_sequenced.fetch_add(1, Ordering::Relaxed);
+                        let counter = match duplicate {
+                            true => &s.sends_deduplicated,
+                            false => &s.records_sequenced,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                     self.send_to(&to, frame);
                 }
@@ -542,6 +573,7 @@ impl Node {
             let frame = Frame::Publish {
                 req: h.req,
                 room: room.to_owned(),
+                key: h.key,
                 payload: h.payload,
             };
             // Handled after this feed's outputs: `feed` is not re-entered.

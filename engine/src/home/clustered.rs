@@ -51,6 +51,7 @@ impl Homes {
             shard: self.shard,
             token,
             room: key.to_string(),
+            key: payload.retry_key(),
             payload: payload.encode(),
         };
         if !cluster.port.publish(req) {
@@ -73,17 +74,26 @@ impl Homes {
     /// An answer or a delivery from the cluster thread.
     pub fn on_cluster(&mut self, msg: FromCluster, out: &mut Outgoing) {
         match msg {
-            FromCluster::Published { token, seq } => {
+            FromCluster::Published {
+                token,
+                seq,
+                duplicate,
+            } => {
                 let Some(p) = self.publishing.remove(&token) else {
                     return;
                 };
                 let msg_id = crate::room::Room::msg_id(&p.room, seq);
+                // A retry's `ok` has the original's `ts` when this instance holds the
+                // original already (the owner answers with its seq only).
+                let held_ts = duplicate
+                    .then(|| self.room(&p.room).in_ring(seq).map(|m| m.ts))
+                    .flatten();
                 let ok = SendOk {
                     room: &p.room,
                     seq,
                     msg_id: &msg_id,
-                    ts: p.ts,
-                    duplicate: false,
+                    ts: held_ts.unwrap_or(p.ts),
+                    duplicate,
                 };
                 reply_ok(out, &p.origin, ok);
             }

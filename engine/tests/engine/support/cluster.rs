@@ -215,6 +215,8 @@ pub struct TestCluster {
     http: Vec<SocketAddr>,
     udp: Vec<SocketAddr>,
     data: Vec<PathBuf>,
+    /// Flags every instance gets after the harness's own.
+    extra: Vec<String>,
     pub haproxy: Haproxy,
     /// The instances' namespaces and links (dropped last: after the instances stop).
     net: Option<Network>,
@@ -222,6 +224,11 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(n: usize) -> TestCluster {
+        Self::start_with(n, &[])
+    }
+
+    /// `n` instances, each started with `extra` flags too.
+    pub fn start_with(n: usize, extra: &[&str]) -> TestCluster {
         let net = netns::available().then(|| Network::create(n));
         let (http, udp): (Vec<SocketAddr>, Vec<SocketAddr>) = match &net {
             Some(net) => (0..n).map(|i| (net.http(i), net.cluster(i))).unzip(),
@@ -236,6 +243,7 @@ impl TestCluster {
             http,
             udp,
             data,
+            extra: extra.iter().map(|&a| a.to_owned()).collect(),
             haproxy: Haproxy::start(&servers),
             net,
         };
@@ -282,7 +290,9 @@ impl TestCluster {
             JWT_SECRET,
         ]
         .map(str::to_owned)
-        .to_vec()
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect()
     }
 
     /// Starts node `i` (again) on its data directory and ports.
