@@ -72,6 +72,11 @@ pub struct Rules {
     /// merged log before a copy of a key. Off, a retry after a lost answer is stored
     /// again: the simulation finds messages at two seqs.
     pub dedup: bool,
+    /// With `dedup`: end a claim's merged log before a copy of a key still in the window.
+    /// Off (the window kept), a stale owner's unacknowledged copy of a send whose retry
+    /// another owner sequenced survives a later claim: the simulation finds it delivered at
+    /// a second seq.
+    pub merge_drops_copies: bool,
 }
 
 impl Default for Rules {
@@ -80,6 +85,7 @@ impl Default for Rules {
             fencing: true,
             successor_only: false,
             dedup: true,
+            merge_drops_copies: true,
         }
     }
 }
@@ -435,7 +441,7 @@ impl Room {
         }
         let epoch = *epoch;
         let mut merged = merge(answers.values());
-        if self.rules.dedup {
+        if self.rules.dedup && self.rules.merge_drops_copies {
             // A copy of a key still in the window was never acknowledged, nor was anything
             // after it (docs/REPLICATION.md "Exactly once"): its send's retry is the one
             // that counts, at its earlier seq.

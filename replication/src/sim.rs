@@ -113,17 +113,21 @@ fn rules_env(rules: &Rules) -> String {
     if !rules.dedup {
         env.push_str("SIM_DEDUP=off ");
     }
+    if !rules.merge_drops_copies {
+        env.push_str("SIM_MERGE_DROPS_COPIES=off ");
+    }
     env
 }
 
 /// The rules `one_seed` runs with: the defaults, or those `SIM_FENCING=off`,
-/// `SIM_SUCCESSOR_ONLY=on` and `SIM_DEDUP=off` break.
+/// `SIM_SUCCESSOR_ONLY=on`, `SIM_DEDUP=off` and `SIM_MERGE_DROPS_COPIES=off` break.
 pub fn rules_from_env() -> Rules {
     let on = |name: &str, value: &str| std::env::var(name).is_ok_and(|v| v == value);
     Rules {
         fencing: !on("SIM_FENCING", "off"),
         successor_only: on("SIM_SUCCESSOR_ONLY", "on"),
         dedup: !on("SIM_DEDUP", "off"),
+        merge_drops_copies: !on("SIM_MERGE_DROPS_COPIES", "off"),
     }
 }
 

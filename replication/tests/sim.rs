@@ -162,3 +162,20 @@ fn the_checker_catches_retries_stored_twice_without_dedup() {
     assert!(first.what.contains("stored twice"), "{first}");
     eprintln!("caught, as it must be: {first}");
 }
+
+/// Why a claim's merge ends before a copy of a key: with the owners' windows kept but that
+/// rule off, a stale owner's unacknowledged copy of a send whose retry another owner
+/// sequenced survives a later claim and is delivered at a second seq on some seed.
+#[test]
+fn the_window_alone_is_not_enough_a_claim_merge_must_drop_stale_copies() {
+    let broken = Rules {
+        merge_drops_copies: false,
+        ..Rules::default()
+    };
+    let found = run_seeds(0..1_000, broken, true);
+    let first = found
+        .first()
+        .expect("no seed of 1,000 kept a stale copy without the merge rule");
+    assert!(first.what.contains("stored twice"), "{first}");
+    eprintln!("caught, as it must be: {first}");
+}

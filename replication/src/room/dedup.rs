@@ -48,12 +48,16 @@ impl Window {
     }
 
     /// Adds `record`'s key (if it has one) as the newest, evicting the oldest beyond the
-    /// bound. The caller checked [`Window::seq_of`] first: a key is in the window once.
+    /// bound. A key already in the window keeps its earlier seq (the owner sequences a key
+    /// once, and a claim's merged log ends before a copy: only a log built without that
+    /// rule has one).
     pub fn insert(&mut self, record: &Record) {
         let Some(key) = &record.key else {
             return;
         };
-        debug_assert!(!self.seqs.contains_key(key), "a key is sequenced once");
+        if self.seqs.contains_key(key) {
+            return;
+        }
         if self.order.len() == self.keys_max {
             if let Some(old) = self.order.pop_front() {
                 self.seqs.remove(&old);

@@ -652,7 +652,7 @@ fn a_claim_merge_ends_before_a_stale_copy_of_a_key() {
     );
     // With the rule off, the stale copy stays: m3 at seqs 2 and 3.
     let broken = Rules {
-        dedup: false,
+        merge_drops_copies: false,
         ..Rules::default()
     };
     let (claimant, _) = a_merge_with_a_stale_copy(broken);
