@@ -20,7 +20,7 @@ use sokdo_replication::room::{
 };
 
 use super::links::{Link, LinkStats};
-use super::port::{FromCluster, Note, ToCluster};
+use super::port::{FromCluster, Note, Payload, ToCluster};
 use super::Cluster;
 use crate::mesh::ShardId;
 
@@ -369,16 +369,15 @@ impl Node {
         match frame {
             Frame::Hello { .. } => {}
             Frame::Published {
-                req,
-                seq,
-                duplicate,
-                ..
+                req, seq, original, ..
             } => {
                 if let Some(f) = self.forwards.remove(&req) {
+                    let original_ts = original.as_deref().and_then(Payload::decode);
                     let msg = FromCluster::Published {
                         token: f.token,
                         seq,
-                        duplicate,
+                        duplicate: original.is_some(),
+                        original_ts: original_ts.map(|p| p.ts),
                     };
                     self.cluster.port.deliver(f.shard, msg);
                 }
@@ -537,11 +536,11 @@ impl Node {
         for output in outputs {
             match output {
                 Output::Send { to, frame } => {
-                    if let Frame::Published { duplicate, .. } = frame {
+                    if let Frame::Published { original, .. } = &frame {
                         let s = &self.cluster.stats;
-                        let counter = match duplicate {
-                            true => &s.sends_deduplicated,
-                            false => &s.records_sequenced,
+                        let counter = match original {
+                            Some(_) => &s.sends_deduplicated,
+                            None => &s.records_sequenced,
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
                     }

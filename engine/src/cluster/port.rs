@@ -48,11 +48,12 @@ pub enum Note {
 #[derive(Debug)]
 pub enum FromCluster {
     /// The owner acknowledged the publish `token` at `seq`; `duplicate`: a retry, `seq` is
-    /// the original's.
+    /// the original's, and `original_ts` its `ts` (when its payload decodes).
     Published {
         token: u64,
         seq: u64,
         duplicate: bool,
+        original_ts: Option<u64>,
     },
     /// The publish `token` was not sequenced.
     Refused {

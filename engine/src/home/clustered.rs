@@ -78,21 +78,18 @@ impl Homes {
                 token,
                 seq,
                 duplicate,
+                original_ts,
             } => {
                 let Some(p) = self.publishing.remove(&token) else {
                     return;
                 };
                 let msg_id = crate::room::Room::msg_id(&p.room, seq);
-                // A retry's `ok` has the original's `ts` when this instance holds the
-                // original already (the owner answers with its seq only).
-                let held_ts = duplicate
-                    .then(|| self.room(&p.room).in_ring(seq).map(|m| m.ts))
-                    .flatten();
+                // A retry's `ok` is the original's: its seq, `msg_id` and `ts`.
                 let ok = SendOk {
                     room: &p.room,
                     seq,
                     msg_id: &msg_id,
-                    ts: held_ts.unwrap_or(p.ts),
+                    ts: original_ts.unwrap_or(p.ts),
                     duplicate,
                 };
                 reply_ok(out, &p.origin, ok);

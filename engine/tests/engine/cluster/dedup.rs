@@ -30,18 +30,21 @@ async fn a_retry_through_another_instance_gets_the_original_seq_and_members_get_
     right.ok(join.clone()).await;
     const SENDS: usize = 8;
     let mut acked = Vec::new();
+    let mut first_ts = None;
     for k in 0..SENDS {
         let body = format!("twin-{k}");
         let send = json!({"op": "send", "room": "twice", "body": body, "client_msg_id": body});
         let (a, b) = tokio::join!(left.ok(send.clone()), right.ok(send));
+        let original = |r: &Value| (r["seq"].clone(), r["msg_id"].clone(), r["ts"].clone());
         assert_eq!(
-            (&a["seq"], &a["msg_id"]),
-            (&b["seq"], &b["msg_id"]),
-            "{a} {b}"
+            original(&a),
+            original(&b),
+            "one seq, msg_id and ts: {a} {b}"
         );
         let retries = [&a, &b].iter().filter(|r| r["duplicate"] == true).count();
         assert_eq!(retries, 1, "one original, one retry: {a} {b}");
         acked.push((a["seq"].as_u64().unwrap(), body));
+        first_ts.get_or_insert(a["ts"].clone());
     }
     // A later retry through the third instance: the original seq too.
     let mut third = Client::connect(c.node(0), "twin").await;
@@ -50,6 +53,11 @@ async fn a_retry_through_another_instance_gets_the_original_seq_and_members_get_
     let again = third.ok(send).await;
     assert_eq!(again["seq"], acked[0].0, "{again}");
     assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(
+        Some(&again["ts"]),
+        first_ts.as_ref(),
+        "the original's ts: {again}"
+    );
     let last = acked.last().unwrap().1.clone();
     for (i, member) in members.iter_mut().enumerate() {
         let stream = msgs_until(member, &last).await;
@@ -108,6 +116,7 @@ async fn a_retry_after_the_owner_was_killed_gets_the_original_seq_from_the_new_o
     };
     assert_eq!(retry["seq"], seq, "the original seq: {retry}");
     assert_eq!(retry["duplicate"], true, "{retry}");
+    assert_eq!(retry["ts"], first["ts"], "the original's ts: {retry}");
     let deduplicated = total(&c, &others, "sokdo_cluster_sends_deduplicated_total");
     assert_eq!(
         deduplicated - deduplicated_before,
@@ -126,23 +135,21 @@ async fn a_retry_after_the_owner_was_killed_gets_the_original_seq_from_the_new_o
     assert_eq!((stream[1].0, stream[2].0), (seq, next));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sends_under_dropped_links_are_each_stored_once() {
-    // Sixteen frames per link queue: a burst of concurrent sends fills it, the link is
-    // dropped and dialled again, and sends whose answers it carried time out and are retried.
-    let c = formed_with(&["--cluster-link-queue-frames", "16"]).await;
-    let mut members = one_member_per_instance(&c, "burst", "b").await;
-    const SENDERS_PER_INSTANCE: usize = 6;
+/// `SENDERS` senders on each instance of `on`, each sending `SENDS` messages `{tag}…` at
+/// once with `send_acked` (retried with their `client_msg_id`): what they acknowledged.
+async fn burst(c: &TestCluster, on: &[usize], tag: &str) -> Vec<(u64, String)> {
+    const SENDERS: usize = 6;
     const SENDS: usize = 8;
     let mut tasks = Vec::new();
-    for i in ALL {
-        for s in 0..SENDERS_PER_INSTANCE {
-            let mut sender = Client::connect(c.node(i), &format!("burst{i}-{s}")).await;
+    for &i in on {
+        for s in 0..SENDERS {
+            let mut sender = Client::connect(c.node(i), &format!("{tag}{i}-{s}")).await;
             sender.ok(json!({"op": "join", "room": "burst"})).await;
+            let tag = tag.to_owned();
             tasks.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
                 for n in 0..SENDS {
-                    let body = format!("b{i}-{s}-{n}");
+                    let body = format!("{tag}{i}-{s}-{n}");
                     acked.push((send_acked(&mut sender, "burst", &body).await, body));
                 }
                 acked
@@ -153,16 +160,62 @@ async fn sends_under_dropped_links_are_each_stored_once() {
     for task in tasks {
         acked.extend(task.await.unwrap());
     }
+    assert_eq!(acked.len(), on.len() * SENDERS * SENDS);
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_under_dropped_links_are_each_stored_once() {
+    // Sixteen frames per link queue. A burst of concurrent sends may fill one; the room's
+    // successor killed after it makes the owner send the new replica up to 64 records at
+    // once: its link's queue fills, the link is dropped and dialled again, and the sends
+    // waiting on it time out (200 ms) and are retried with their client_msg_id.
+    let mut c = formed_with(&[
+        "--cluster-link-queue-frames",
+        "16",
+        "--cluster-publish-timeout-ms",
+        "200",
+    ])
+    .await;
+    let mut members: Vec<Option<Client>> = one_member_per_instance(&c, "burst", "b")
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut acked = burst(&c, &ALL, "a").await;
+    let (owner, _) = sequenced_by(&c, &ALL, "burst").await;
+    let names: Vec<String> = ALL.iter().map(|&i| TestCluster::name(i)).collect();
+    let order = sokdo_replication::placement::order("burst", &names);
+    assert_eq!(
+        *order[0],
+        TestCluster::name(owner),
+        "the owner is first in order"
+    );
+    let successor = ALL
+        .into_iter()
+        .find(|&i| *order[1] == TestCluster::name(i))
+        .unwrap();
+    c.kill(successor);
+    members[successor] = None;
+    let alive: Vec<usize> = ALL.into_iter().filter(|&i| i != successor).collect();
+    acked.extend(burst(&c, &alive, "k").await);
     acked.sort();
-    let count = ALL.len() * SENDERS_PER_INSTANCE * SENDS;
     let seqs: Vec<u64> = acked.iter().map(|a| a.0).collect();
-    assert_eq!(seqs, (1..=count as u64).collect::<Vec<_>>(), "one seq each");
+    let count = acked.len() as u64;
+    assert_eq!(seqs, (1..=count).collect::<Vec<_>>(), "one seq each");
     let last = acked.last().unwrap().1.clone();
     for (i, member) in members.iter_mut().enumerate() {
-        let stream = msgs_until(member, &last).await;
-        assert_eq!(stream, acked, "the member on n{} got each once", i + 1);
+        if let Some(member) = member {
+            let stream = msgs_until(member, &last).await;
+            assert_eq!(stream, acked, "the member on n{} got each once", i + 1);
+        }
     }
-    let drops = total(&c, &ALL, "sokdo_cluster_link_drops_total");
-    eprintln!("{count} sends, {drops} link drops");
-    assert!(drops >= 1.0, "the burst never filled a link's queue");
+    let drops = total(&c, &alive, "sokdo_cluster_link_drops_total");
+    let deduplicated = total(&c, &alive, "sokdo_cluster_sends_deduplicated_total");
+    eprintln!(
+        "{count} sends, owner n{}, {drops} link drops, {deduplicated} retries answered by an owner's window",
+        owner + 1
+    );
+    assert!(drops >= 1.0, "no link's queue was ever full");
+    assert!(deduplicated >= 1.0, "no send timed out and was retried");
 }
