@@ -15,7 +15,8 @@ use rkyv::rancor;
 
 /// The peer protocol's version, sent in [`Frame::Hello`]; a peer with another one is
 /// refused (no mixed-version cluster during a rolling upgrade without a compatible range).
-/// 2: records and publishes carry a retry key, `Published` says whether it was a retry.
+/// 2: records and publishes carry a retry key; `Published` carries the original's payload
+/// when it answers a retry.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame body accepted on a link, bytes: a replay batch of records (each at
@@ -70,14 +71,15 @@ pub enum Frame {
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
     },
-    /// The owner sequenced and acknowledged (own log + replicas) the publish `req`;
-    /// `duplicate`: its key was sequenced before, `seq` is that original's.
+    /// The owner sequenced and acknowledged (own log + replicas) the publish `req`. For a
+    /// retry (its key was sequenced before), `seq` is the original's and `original` the
+    /// original record's payload, so the forwarder can answer exactly as for the original.
     Published {
         req: u64,
         room: String,
         epoch: u64,
         seq: u64,
-        duplicate: bool,
+        original: Option<Vec<u8>>,
     },
     /// The owner refused the publish `req` (or a replica the record at `epoch`).
     Refused {

@@ -31,7 +31,7 @@
 //!   sends (`Unavailable`).
 //! - **Exactly once.** A publish may carry a retry key. The owner keeps a window of the
 //!   last `keys_max` keys of the log (`dedup`) and answers a publish whose key it holds
-//!   with the original's seq (`Published { duplicate: true }`) — at once if it is
+//!   with the original's seq (`Published { original: Some(payload) }`) — at once if it is
 //!   acknowledged, with the original's ack if it is still pending — without sequencing it
 //!   again. Records carry their key, so a new owner rebuilds the window from the log it
 //!   takes over. A claim's merged log may hold a key twice (a stale owner sequenced the
@@ -593,12 +593,13 @@ impl Room {
         };
         debug_assert!(seq <= self.durable.held, "the window holds keys of the log");
         if seq <= o.committed {
+            let original = self.durable.log[(seq - 1) as usize].payload.clone();
             let frame = Frame::Published {
                 req,
                 room: self.room.clone(),
                 epoch: o.epoch,
                 seq,
-                duplicate: true,
+                original: Some(original),
             };
             return self.send(out, &from, frame);
         }
@@ -733,7 +734,7 @@ impl Room {
                     room: self.room.clone(),
                     epoch: o.epoch,
                     seq,
-                    duplicate: w.duplicate,
+                    original: w.duplicate.then(|| record.payload.clone()),
                 };
                 out.push(Output::Send { to: w.from, frame });
             }

@@ -72,7 +72,7 @@ impl Config {
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub acked: usize,
-    /// Retries the owner answered with the original's seq (`Published { duplicate }`).
+    /// Retries the owner answered with the original's seq (`Published { original }`).
     pub deduplicated: usize,
     pub failovers: usize,
     pub events: u64,
@@ -724,12 +724,9 @@ impl Sim {
         };
         match frame {
             Frame::Published {
-                req,
-                seq,
-                duplicate,
-                ..
+                req, seq, original, ..
             } => {
-                self.deduplicated += usize::from(duplicate);
+                self.deduplicated += usize::from(original.is_some());
                 self.answer(to, req, Ok(seq));
             }
             Frame::Refused {

@@ -38,19 +38,20 @@ fn publish() -> impl Strategy<Value = Frame> {
 }
 
 fn published() -> impl Strategy<Value = Frame> {
+    let original = proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64));
     let fields = (
         any::<u64>(),
         "\\PC{0,12}",
         any::<u64>(),
         any::<u64>(),
-        any::<bool>(),
+        original,
     );
-    fields.prop_map(|(req, room, epoch, seq, duplicate)| Frame::Published {
+    fields.prop_map(|(req, room, epoch, seq, original)| Frame::Published {
         req,
         room,
         epoch,
         seq,
-        duplicate,
+        original,
     })
 }
 

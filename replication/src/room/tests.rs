@@ -144,11 +144,8 @@ fn answered(frames: &[Frame]) -> Vec<(u64, u64, bool)> {
         .iter()
         .filter_map(|f| match f {
             Frame::Published {
-                req,
-                seq,
-                duplicate,
-                ..
-            } => Some((*req, *seq, *duplicate)),
+                req, seq, original, ..
+            } => Some((*req, *seq, original.is_some())),
             _ => None,
         })
         .collect()
