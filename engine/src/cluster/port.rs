@@ -150,3 +150,26 @@ impl Port {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_keys_of_two_authors_never_collide() {
+        assert_ne!(retry_key("ab", "c"), retry_key("a", "bc"));
+        assert_eq!(retry_key("a", "bc"), b"\x01\x00\x00\x00abc");
+        let payload = |id: Option<&str>| Payload {
+            from: "ann".into(),
+            name: None,
+            body: "hi".into(),
+            ts: 1,
+            client_msg_id: id.map(str::to_owned),
+        };
+        assert_eq!(payload(None).retry_key(), None, "no client_msg_id, no key");
+        assert_eq!(
+            payload(Some("k1")).retry_key(),
+            Some(retry_key("ann", "k1"))
+        );
+    }
+}
