@@ -15,7 +15,9 @@ use rkyv::rancor;
 
 /// The peer protocol's version, sent in [`Frame::Hello`]; a peer with another one is
 /// refused (no mixed-version cluster during a rolling upgrade without a compatible range).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: records and publishes carry a retry key; `Published` carries the original's payload
+/// when it answers a retry.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame body accepted on a link, bytes: a replay batch of records (each at
 /// most the engine's message limit) stays far below it.
@@ -24,12 +26,15 @@ pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// The bytes before each frame body: its length, `u32` little-endian.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
-/// One record of a room: its position (`epoch`, `seq`) and the message's bytes (the
-/// engine's encoding; opaque here).
+/// One record of a room: its position (`epoch`, `seq`), its retry key if the send had one
+/// (the engine's author + `client_msg_id`; opaque here: every replica and any later owner
+/// rebuilds the owner's window of keys from the log, `room::dedup`), and the message's
+/// bytes (the engine's encoding; opaque here).
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Record {
     pub epoch: u64,
     pub seq: u64,
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
 }
 
@@ -57,18 +62,24 @@ pub enum Frame {
         node_id: String,
         boot_id: u64,
     },
-    /// A send forwarded to the room's owner; `req` is the forwarder's id for the answer.
+    /// A send forwarded to the room's owner; `req` is the forwarder's id for the answer,
+    /// `key` the send's retry key (a publish whose key the owner holds is not sequenced
+    /// again).
     Publish {
         req: u64,
         room: String,
+        key: Option<Vec<u8>>,
         payload: Vec<u8>,
     },
-    /// The owner sequenced and acknowledged (own log + replicas) the publish `req`.
+    /// The owner sequenced and acknowledged (own log + replicas) the publish `req`. For a
+    /// retry (its key was sequenced before), `seq` is the original's and `original` the
+    /// original record's payload, so the forwarder can answer exactly as for the original.
     Published {
         req: u64,
         room: String,
         epoch: u64,
         seq: u64,
+        original: Option<Vec<u8>>,
     },
     /// The owner refused the publish `req` (or a replica the record at `epoch`).
     Refused {

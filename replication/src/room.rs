@@ -29,11 +29,22 @@
 //!   sequencing; the node layer forwards sends to the owner of its view.
 //! - **No quorum.** Without a majority in its view a node does not sequence and refuses
 //!   sends (`Unavailable`).
+//! - **Exactly once.** A publish may carry a retry key. The owner keeps a window of the
+//!   last `keys_max` keys of the log (`dedup`) and answers a publish whose key it holds
+//!   with the original's seq (`Published { original: Some(payload) }`) — at once if it is
+//!   acknowledged, with the original's ack if it is still pending — without sequencing it
+//!   again. Records carry their key, so a new owner rebuilds the window from the log it
+//!   takes over. A claim's merged log may hold a key twice (a stale owner sequenced the
+//!   send and could not acknowledge it, another owner sequenced the retry): from the first
+//!   copy that no owner would have sequenced (its key still in the window of the records
+//!   before it) nothing was acknowledged, and the merged log ends before it.
 
 use std::collections::BTreeMap;
 
 use crate::frame::{Frame, Record, RefusalCode};
 use crate::placement;
+
+pub mod dedup;
 
 /// A node's id (`--node-id`).
 pub type NodeId = String;
@@ -57,6 +68,15 @@ pub struct Rules {
     /// nodes, not a majority, and a claimant's majority can miss it: the simulation finds
     /// seqs reused. The default replicates to `quorum − 1` successors (one with three).
     pub successor_only: bool,
+    /// Answer a publish whose key the owner holds with the original seq, and end a claim's
+    /// merged log before a copy of a key. Off, a retry after a lost answer is stored
+    /// again: the simulation finds messages at two seqs.
+    pub dedup: bool,
+    /// With `dedup`: end a claim's merged log before a copy of a key still in the window.
+    /// Off (the window kept), a stale owner's unacknowledged copy of a send whose retry
+    /// another owner sequenced survives a later claim: the simulation finds it delivered at
+    /// a second seq.
+    pub merge_drops_copies: bool,
 }
 
 impl Default for Rules {
@@ -64,6 +84,8 @@ impl Default for Rules {
         Self {
             fencing: true,
             successor_only: false,
+            dedup: true,
+            merge_drops_copies: true,
         }
     }
 }
@@ -130,8 +152,22 @@ struct Owner {
     sent: BTreeMap<NodeId, u64>,
     /// The highest acknowledged seq at `epoch`; never decreases.
     committed: u64,
-    /// seq → (forwarder, its request id), waiting for the ack.
-    pending: BTreeMap<u64, (NodeId, u64)>,
+    /// seq → the publishes waiting for its ack: the one that sequenced it and the retries
+    /// of its key that came meanwhile.
+    pending: BTreeMap<u64, Vec<Waiter>>,
+    /// Publishes in `pending`, at most [`PENDING_SENDS_MAX`].
+    waiting: usize,
+    /// The log's recent retry keys → their seqs.
+    window: dedup::Window,
+}
+
+/// A publish waiting for the ack of its seq: its forwarder, the forwarder's request id,
+/// and whether it is a retry of a key sequenced before.
+#[derive(Debug, Clone)]
+struct Waiter {
+    from: NodeId,
+    req: u64,
+    duplicate: bool,
 }
 
 /// What survives a crash: the room's log and the epoch promise. A node writes what changed
@@ -232,6 +268,9 @@ pub struct Room {
     room: String,
     me: NodeId,
     rules: Rules,
+    /// The window of retry keys an owner keeps (the same on every node: the claim merge
+    /// replays it).
+    keys_max: usize,
     view: View,
     role: Role,
     durable: Durable,
@@ -241,12 +280,21 @@ pub struct Room {
 }
 
 impl Room {
-    /// A room on node `me`, from what its log held (`Durable::default()` for a new one).
-    pub fn new(room: &str, me: &str, configured: usize, durable: Durable, rules: Rules) -> Self {
+    /// A room on node `me`, from what its log held (`Durable::default()` for a new one); an
+    /// owner remembers the last `keys_max` retry keys of the log.
+    pub fn new(
+        room: &str,
+        me: &str,
+        configured: usize,
+        durable: Durable,
+        keys_max: usize,
+        rules: Rules,
+    ) -> Self {
         Self {
             room: room.to_owned(),
             me: me.to_owned(),
             rules,
+            keys_max,
             view: View {
                 members: vec![me.to_owned()],
                 configured,
@@ -384,7 +432,9 @@ impl Room {
 
     fn on_frame(&mut self, from: NodeId, frame: Frame, out: &mut Vec<Output>) {
         match frame {
-            Frame::Publish { req, payload, .. } => self.on_publish(from, req, payload, out),
+            Frame::Publish {
+                req, key, payload, ..
+            } => self.on_publish(from, req, key, payload, out),
             Frame::Append { record, .. } => self.on_append(from, record, out),
             Frame::Appended { epoch, upto, .. } => self.on_appended(from, epoch, upto, out),
             Frame::Claim { epoch, .. } => self.on_claim(from, epoch, out),
@@ -495,11 +545,24 @@ impl Room {
             return;
         }
         let epoch = *epoch;
-        let merged = merge(answers.values());
+        let mut merged = merge(answers.values());
+        if self.rules.dedup && self.rules.merge_drops_copies {
+            // A copy of a key still in the window was never acknowledged, nor was anything
+            // after it (docs/REPLICATION.md "Exactly once"): its send's retry is the one
+            // that counts, at its earlier seq.
+            if let Some(at) = dedup::Window::first_copy(self.keys_max, &merged) {
+                merged.truncate(at);
+            }
+        }
         self.durable.log = merged.into_iter().map(|r| Record { epoch, ..r }).collect();
         self.written.wrote_from(0);
         self.durable.held_epoch = epoch;
         self.durable.held = self.durable.log.len() as u64;
+        let window = if self.rules.dedup {
+            dedup::Window::of_log(self.keys_max, &self.durable.log)
+        } else {
+            dedup::Window::new(self.keys_max)
+        };
         let replicas = self.replicas_in_view();
         let upto: BTreeMap<NodeId, u64> = replicas.iter().map(|r| (r.clone(), 0)).collect();
         self.role = Role::Owner(Owner {
@@ -509,6 +572,8 @@ impl Room {
             upto,
             committed: 0,
             pending: BTreeMap::new(),
+            waiting: 0,
+            window,
         });
         out.push(Output::Sequencing {
             epoch,
@@ -578,8 +643,8 @@ impl Room {
             Role::Follower => {}
             Role::Claiming { .. } => {}
             Role::Owner(o) => {
-                for (_, (to, req)) in o.pending {
-                    self.refuse(out, &to, req, o.epoch, RefusalCode::Unavailable);
+                for w in o.pending.into_values().flatten() {
+                    self.refuse(out, &w.from, w.req, o.epoch, RefusalCode::Unavailable);
                 }
                 out.push(Output::SteppedDown { epoch: o.epoch });
             }
@@ -596,11 +661,26 @@ impl Room {
         self.send(out, to, frame);
     }
 
-    fn on_publish(&mut self, from: NodeId, req: u64, payload: Vec<u8>, out: &mut Vec<Output>) {
+    fn on_publish(
+        &mut self,
+        from: NodeId,
+        req: u64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        out: &mut Vec<Output>,
+    ) {
         let code = match &self.role {
-            Role::Owner(o) if o.pending.len() >= PENDING_SENDS_MAX => RefusalCode::Overloaded,
-            Role::Owner(_) => {
-                self.sequence(from, req, payload, out);
+            Role::Owner(o) => {
+                let original = key.as_deref().and_then(|k| o.window.seq_of(k));
+                let full = o.waiting >= PENDING_SENDS_MAX;
+                match original {
+                    Some(seq) if self.rules.dedup => self.answer_retry(from, req, seq, out),
+                    _ if full => {
+                        let epoch = self.durable.promised;
+                        self.refuse(out, &from, req, epoch, RefusalCode::Overloaded);
+                    }
+                    _ => self.sequence(from, req, key, payload, out),
+                }
                 return;
             }
             Role::Claiming { .. } => RefusalCode::Unavailable,
@@ -611,22 +691,71 @@ impl Room {
         self.refuse(out, &from, req, epoch, code);
     }
 
+    /// A publish whose key was sequenced at `seq`: answered with that seq, now if it is
+    /// acknowledged, else with its ack (the bound on waiting publishes applies).
+    fn answer_retry(&mut self, from: NodeId, req: u64, seq: u64, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        debug_assert!(seq <= self.durable.held, "the window holds keys of the log");
+        if seq <= o.committed {
+            let original = self.durable.log[(seq - 1) as usize].payload.clone();
+            let frame = Frame::Published {
+                req,
+                room: self.room.clone(),
+                epoch: o.epoch,
+                seq,
+                original: Some(original),
+            };
+            return self.send(out, &from, frame);
+        }
+        if o.waiting >= PENDING_SENDS_MAX {
+            let epoch = o.epoch;
+            return self.refuse(out, &from, req, epoch, RefusalCode::Overloaded);
+        }
+        o.waiting += 1;
+        let waiter = Waiter {
+            from,
+            req,
+            duplicate: true,
+        };
+        o.pending.entry(seq).or_default().push(waiter);
+    }
+
     /// The owner's own log commit, then the record to every replica.
-    fn sequence(&mut self, from: NodeId, req: u64, payload: Vec<u8>, out: &mut Vec<Output>) {
+    fn sequence(
+        &mut self,
+        from: NodeId,
+        req: u64,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        out: &mut Vec<Output>,
+    ) {
         let Role::Owner(o) = &mut self.role else {
             return;
         };
         let seq = self.durable.log.len() as u64 + 1;
         debug_assert_eq!(self.durable.held, seq - 1);
         debug_assert_eq!(self.durable.held_epoch, o.epoch);
-        self.durable.log.push(Record {
+        let record = Record {
             epoch: o.epoch,
             seq,
+            key,
             payload,
-        });
+        };
+        if self.rules.dedup {
+            o.window.insert(&record);
+        }
+        self.durable.log.push(record);
         self.durable.held = seq;
         self.written.wrote_from((seq - 1) as usize);
-        o.pending.insert(seq, (from, req));
+        o.waiting += 1;
+        let waiter = Waiter {
+            from,
+            req,
+            duplicate: false,
+        };
+        o.pending.entry(seq).or_default().push(waiter);
         self.pump(out);
         self.advance(out);
     }
@@ -711,14 +840,16 @@ impl Room {
         for seq in from + 1..=acked {
             let record = &self.durable.log[(seq - 1) as usize];
             debug_assert_eq!(record.seq, seq);
-            if let Some((to, req)) = o.pending.remove(&seq) {
+            for w in o.pending.remove(&seq).unwrap_or_default() {
+                o.waiting -= 1;
                 let frame = Frame::Published {
-                    req,
+                    req: w.req,
                     room: self.room.clone(),
                     epoch: o.epoch,
                     seq,
+                    original: w.duplicate.then(|| record.payload.clone()),
                 };
-                out.push(Output::Send { to, frame });
+                out.push(Output::Send { to: w.from, frame });
             }
             for node in &self.interest {
                 let frame = Frame::Deliver {

@@ -11,7 +11,8 @@
 //! whenever they see a gap, time out or lose their node.
 //!
 //! Checked on every event: no two different messages acknowledged or delivered with one
-//! `(room, seq)`; no two nodes (or two boots of one node) sequencing one room in one epoch;
+//! `(room, seq)`, and no message (its retry key) acknowledged or delivered at two seqs
+//! (exactly once); no two nodes (or two boots of one node) sequencing one room in one epoch;
 //! a replay answer starts right after the asked position and has no gap. Checked at the
 //! end, after healing everything and restarting every node: every room has one owner,
 //! whose acknowledged log holds every message ever acknowledged at its seq, and every
@@ -19,7 +20,7 @@
 //! eventually acknowledged.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,8 +72,8 @@ impl Config {
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub acked: usize,
-    /// Messages acknowledged at two seqs (a retry after a lost answer): allowed, counted.
-    pub duplicates: usize,
+    /// Retries the owner answered with the original's seq (`Published { original }`).
+    pub deduplicated: usize,
     pub failovers: usize,
     pub events: u64,
     pub end_ms: u64,
@@ -109,16 +110,24 @@ fn rules_env(rules: &Rules) -> String {
     if rules.successor_only {
         env.push_str("SIM_SUCCESSOR_ONLY=on ");
     }
+    if !rules.dedup {
+        env.push_str("SIM_DEDUP=off ");
+    }
+    if !rules.merge_drops_copies {
+        env.push_str("SIM_MERGE_DROPS_COPIES=off ");
+    }
     env
 }
 
-/// The rules `one_seed` runs with: the defaults, or those `SIM_FENCING=off` and
-/// `SIM_SUCCESSOR_ONLY=on` break.
+/// The rules `one_seed` runs with: the defaults, or those `SIM_FENCING=off`,
+/// `SIM_SUCCESSOR_ONLY=on`, `SIM_DEDUP=off` and `SIM_MERGE_DROPS_COPIES=off` break.
 pub fn rules_from_env() -> Rules {
     let on = |name: &str, value: &str| std::env::var(name).is_ok_and(|v| v == value);
     Rules {
         fencing: !on("SIM_FENCING", "off"),
         successor_only: on("SIM_SUCCESSOR_ONLY", "on"),
+        dedup: !on("SIM_DEDUP", "off"),
+        merge_drops_copies: !on("SIM_MERGE_DROPS_COPIES", "off"),
     }
 }
 
@@ -160,7 +169,7 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Outcome, Violation> {
         }),
         None => Ok(Outcome {
             acked: sim.acked.len(),
-            duplicates: sim.duplicates(),
+            deduplicated: sim.deduplicated,
             failovers: sim.failovers,
             events: sim.events,
             end_ms: sim.now,
@@ -181,6 +190,9 @@ const INTEREST_EVERY_TICKS: u64 = 10;
 const FORWARD_TTL_MS: u64 = 1_000;
 /// A run that takes more events than this is stuck.
 const EVENTS_MAX: u64 = 3_000_000;
+/// The owners' window of retry keys per room: above the most messages one room gets (four
+/// publishers × nine), so every retry is within it.
+const KEYS_MAX: usize = 64;
 
 fn name(i: usize) -> String {
     format!("n{i}")
@@ -348,8 +360,12 @@ struct Sim {
     subscribers: Vec<Subscriber>,
     /// Every (room, seq) ever acknowledged or delivered, with its message.
     positions: BTreeMap<(String, u64), Vec<u8>>,
-    /// Every acknowledged message → its positions.
-    acked: BTreeMap<Vec<u8>, Vec<(String, u64)>>,
+    /// Every (room, message) ever acknowledged or delivered → its seq: one only.
+    seqs: BTreeMap<(String, Vec<u8>), u64>,
+    /// Retries answered with the original's seq.
+    deduplicated: usize,
+    /// Every acknowledged message (its seq is in `seqs`).
+    acked: BTreeSet<Vec<u8>>,
     /// (room, epoch) → (node, boot) that sequenced it.
     epochs: BTreeMap<(String, u64), (usize, u64)>,
     failovers: usize,
@@ -406,7 +422,9 @@ impl Sim {
             publishers,
             subscribers,
             positions: BTreeMap::new(),
-            acked: BTreeMap::new(),
+            seqs: BTreeMap::new(),
+            deduplicated: 0,
+            acked: BTreeSet::new(),
             epochs: BTreeMap::new(),
             failovers: 0,
             events: 0,
@@ -504,7 +522,8 @@ impl Sim {
         for r in 0..self.cfg.rooms {
             let room = room_name(r);
             let durable = node.disk.get(&room).cloned().unwrap_or_default();
-            let state = Room::new(&room, &name(i), self.cfg.nodes, durable, self.cfg.rules);
+            let (nodes, rules) = (self.cfg.nodes, self.cfg.rules);
+            let state = Room::new(&room, &name(i), nodes, durable, KEYS_MAX, rules);
             node.rooms.insert(room, state);
         }
         let boot = node.boot;
@@ -708,7 +727,12 @@ impl Sim {
             }
         };
         match frame {
-            Frame::Published { req, seq, .. } => self.answer(to, req, Ok(seq)),
+            Frame::Published {
+                req, seq, original, ..
+            } => {
+                self.deduplicated += usize::from(original.is_some());
+                self.answer(to, req, Ok(seq));
+            }
             Frame::Refused {
                 req,
                 ref room,
@@ -808,9 +832,11 @@ impl Sim {
                 payload,
             } => {
                 let r = room.clone();
+                // A message's retry key is its identity: every attempt carries the same.
                 let f = Box::new(move |req| Frame::Publish {
                     req,
                     room: r,
+                    key: Some(payload.clone()),
                     payload,
                 });
                 (room, Forwarded::Publish { p, attempt }, f)
@@ -914,8 +940,21 @@ impl Sim {
     }
 
     /// A (room, seq) with its message, acknowledged or delivered: it must never name
-    /// another message.
+    /// another message, and the message must never be at another seq.
     fn position(&mut self, room: &str, seq: u64, payload: &[u8], how: &str) {
+        let at = (room.to_owned(), payload.to_vec());
+        match self.seqs.get(&at) {
+            Some(&first) if first != seq => {
+                let what = String::from_utf8_lossy(payload);
+                return self.fail(format!(
+                    "{room}: {what} is at seq {first} and seq {seq} ({how}): a retry was stored twice"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.seqs.insert(at, seq);
+            }
+        }
         let key = (room.to_owned(), seq);
         match self.positions.get(&key) {
             Some(have) if have != payload => {
@@ -978,10 +1017,7 @@ impl Sim {
                 let payload = Self::payload(p, k);
                 self.log(|| format!("p{p} ok {room} seq {seq} = p{p}-m{k}"));
                 self.position(&room, seq, &payload, "acknowledged");
-                let at = self.acked.entry(payload).or_default();
-                if !at.contains(&(room.clone(), seq)) {
-                    at.push((room, seq));
-                }
+                self.acked.insert(payload);
                 let publisher = &mut self.publishers[p];
                 if k == publisher.next && !publisher.done {
                     publisher.next += 1;
@@ -1220,14 +1256,10 @@ impl Sim {
         }
         for p in 0..self.publishers.len() {
             for k in 0..self.cfg.messages_per_publisher {
-                if !self.acked.contains_key(&Self::payload(p, k)) {
+                if !self.acked.contains(&Self::payload(p, k)) {
                     return self.fail(format!("p{p}-m{k} was never acknowledged"));
                 }
             }
         }
-    }
-
-    fn duplicates(&self) -> usize {
-        self.acked.values().filter(|at| at.len() > 1).count()
     }
 }

@@ -62,16 +62,16 @@ fn run_seeds(seeds: std::ops::Range<u64>, rules: Rules, stop_at_first: bool) -> 
                             t.1 += o.events;
                             t.2 += o.failovers as u64;
                             t.3 += o.acked as u64;
-                            t.4 += o.duplicates as u64;
+                            t.4 += o.deduplicated as u64;
                         }
                     }
                 }
             });
         }
     });
-    let (runs, events, failovers, acked, duplicates) = totals.into_inner().unwrap();
+    let (runs, events, failovers, acked, deduplicated) = totals.into_inner().unwrap();
     eprintln!(
-        "{runs} runs kept every invariant: {events} events, {failovers} failovers, {acked} messages acknowledged ({duplicates} at two seqs after a retry)"
+        "{runs} runs kept every invariant: {events} events, {failovers} failovers, {acked} messages acknowledged, each at one seq ({deduplicated} retries answered with the original's seq)"
     );
     let mut found = found.into_inner().unwrap();
     found.sort_by_key(|v| v.seed);
@@ -105,8 +105,8 @@ fn one_seed() {
         Ok(outcome) => {
             eprintln!("{}", outcome.trace);
             eprintln!(
-                "seed {seed} kept every invariant: {} messages acknowledged ({} twice after a retry), {} failovers, {} events, ended at {} ms",
-                outcome.acked, outcome.duplicates, outcome.failovers, outcome.events, outcome.end_ms
+                "seed {seed} kept every invariant: {} messages acknowledged, each at one seq ({} retries answered with the original's seq), {} failovers, {} events, ended at {} ms",
+                outcome.acked, outcome.deduplicated, outcome.failovers, outcome.events, outcome.end_ms
             );
             assert!(outcome.acked > 0);
         }
@@ -144,5 +144,38 @@ fn the_successor_alone_is_not_enough_with_five_members() {
     let first = found
         .first()
         .expect("successor-only replication survived every five-node seed");
+    eprintln!("caught, as it must be: {first}");
+}
+
+/// The checker catches duplicates: with the owners' retry keys ignored (no window, no
+/// merge rule), a retry after a lost answer is stored at a second seq on some seed.
+#[test]
+fn the_checker_catches_retries_stored_twice_without_dedup() {
+    let broken = Rules {
+        dedup: false,
+        ..Rules::default()
+    };
+    let found = run_seeds(0..500, broken, true);
+    let first = found
+        .first()
+        .expect("no seed of 500 stored a retry twice without dedup");
+    assert!(first.what.contains("stored twice"), "{first}");
+    eprintln!("caught, as it must be: {first}");
+}
+
+/// Why a claim's merge ends before a copy of a key: with the owners' windows kept but that
+/// rule off, a stale owner's unacknowledged copy of a send whose retry another owner
+/// sequenced survives a later claim and is delivered at a second seq on some seed.
+#[test]
+fn the_window_alone_is_not_enough_a_claim_merge_must_drop_stale_copies() {
+    let broken = Rules {
+        merge_drops_copies: false,
+        ..Rules::default()
+    };
+    let found = run_seeds(0..1_000, broken, true);
+    let first = found
+        .first()
+        .expect("no seed of 1,000 kept a stale copy without the merge rule");
+    assert!(first.what.contains("stored twice"), "{first}");
     eprintln!("caught, as it must be: {first}");
 }

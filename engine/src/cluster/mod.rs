@@ -82,6 +82,9 @@ pub struct Limits {
     pub tick: Duration,
     /// `--cluster-home-queue-records`.
     pub home_queue_records: usize,
+    /// `--idempotency-keys-max`: the window of retry keys a room's owner keeps. The claim
+    /// merge replays it, so it must be the same on every instance.
+    pub dedup_keys_max: usize,
 }
 
 impl Limits {
@@ -92,6 +95,7 @@ impl Limits {
             publish_timeout: Duration::from_millis(cfg.cluster_publish_timeout_ms),
             tick: Duration::from_millis(cfg.cluster_tick_ms),
             home_queue_records: cfg.cluster_home_queue_records as usize,
+            dedup_keys_max: cfg.idempotency_keys_max as usize,
         }
     }
 }
@@ -100,6 +104,8 @@ impl Limits {
 #[derive(Debug, Default)]
 pub struct DataStats {
     pub records_sequenced: AtomicU64,
+    /// Retries this instance, as a room's owner, answered with the original's seq.
+    pub sends_deduplicated: AtomicU64,
     pub records_delivered: AtomicU64,
     pub records_shed: AtomicU64,
     pub forwarded: AtomicU64,
@@ -249,6 +255,7 @@ impl Cluster {
             "rooms_owned": n(&s.rooms_owned),
             "owned": self.owned.load().as_ref(),
             "records_sequenced": n(&s.records_sequenced),
+            "sends_deduplicated": n(&s.sends_deduplicated),
             "records_delivered": n(&s.records_delivered),
             "records_shed": n(&s.records_shed),
             "sends_forwarded": n(&s.forwarded),
@@ -681,6 +688,7 @@ fn encode_data(c: &Cluster, encoder: &mut DescriptorEncoder<'_>) -> Result<(), s
     let s = &c.stats;
     let counters = [
         ("cluster_records_sequenced", "Records this instance sequenced as a room's owner and acknowledged (owner log + replicas)", &s.records_sequenced),
+        ("cluster_sends_deduplicated", "Retried sends (a retry key already sequenced) this instance, as a room's owner, answered with the original's seq instead of storing them again", &s.sends_deduplicated),
         ("cluster_records_delivered", "Acknowledged records handed to this instance's home shards (deliveries and replays)", &s.records_delivered),
         ("cluster_records_shed", "Acknowledged records not queued for a lagging home shard (--cluster-home-queue-records full): the room is caught up from its owner instead", &s.records_shed),
         ("cluster_sends_forwarded", "Sends forwarded to a room's owner on another instance", &s.forwarded),

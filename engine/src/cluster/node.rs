@@ -30,7 +30,7 @@ use sokdo_replication::room::{
 
 use super::disk::Writer;
 use super::links::{Link, LinkStats};
-use super::port::{FromCluster, Note, ToCluster};
+use super::port::{FromCluster, Note, Payload, ToCluster};
 use super::Cluster;
 use crate::mesh::ShardId;
 
@@ -49,6 +49,7 @@ struct Forward {
 struct Held {
     from: String,
     req: u64,
+    key: Option<Vec<u8>>,
     payload: Vec<u8>,
     deadline: Instant,
 }
@@ -398,6 +399,7 @@ impl Node {
             shard,
             token,
             room,
+            key,
             payload,
         } = req;
         let req = self.req();
@@ -418,7 +420,13 @@ impl Node {
         if owner != self.me() {
             self.cluster.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         }
-        self.send_to(&owner, Frame::Publish { req, room, payload });
+        let frame = Frame::Publish {
+            req,
+            room,
+            key,
+            payload,
+        };
+        self.send_to(&owner, frame);
         self.run_local();
     }
 
@@ -470,11 +478,16 @@ impl Node {
     fn on_frame(&mut self, from: String, frame: Frame) {
         match frame {
             Frame::Hello { .. } => {}
-            Frame::Published { req, seq, .. } => {
+            Frame::Published {
+                req, seq, original, ..
+            } => {
                 if let Some(f) = self.forwards.remove(&req) {
+                    let original_ts = original.as_deref().and_then(Payload::decode);
                     let msg = FromCluster::Published {
                         token: f.token,
                         seq,
+                        duplicate: original.is_some(),
+                        original_ts: original_ts.map(|p| p.ts),
                     };
                     self.for_shard(f.shard, msg);
                 }
@@ -495,9 +508,12 @@ impl Node {
                 records,
                 more,
             } => self.on_replay_records(req, &room, records, more),
-            Frame::Publish { req, room, payload } => {
-                self.on_publish(from, req, &room, payload);
-            }
+            Frame::Publish {
+                req,
+                room,
+                key,
+                payload,
+            } => self.on_publish(from, req, &room, key, payload),
             other => {
                 let Some(room) = room_of(&other) else { return };
                 let room = room.to_owned();
@@ -506,7 +522,14 @@ impl Node {
         }
     }
 
-    fn on_publish(&mut self, from: String, req: u64, room: &str, payload: Vec<u8>) {
+    fn on_publish(
+        &mut self,
+        from: String,
+        req: u64,
+        room: &str,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    ) {
         let me = self.me().to_owned();
         let deadline = Instant::now() + self.cluster.limits.publish_timeout;
         let state = self.room_state(room);
@@ -520,6 +543,7 @@ impl Node {
             state.held.push_back(Held {
                 from,
                 req,
+                key,
                 payload,
                 deadline,
             });
@@ -528,6 +552,7 @@ impl Node {
         let frame = Frame::Publish {
             req,
             room: room.to_owned(),
+            key,
             payload,
         };
         self.feed(room, Input::Frame { from, frame });
@@ -623,6 +648,7 @@ impl Node {
                 &me,
                 self.cluster.configured,
                 durable,
+                self.cluster.limits.dedup_keys_max,
                 Rules::default(),
             );
             let state = RoomState {
@@ -644,9 +670,13 @@ impl Node {
         for output in outputs {
             match output {
                 Output::Send { to, frame } => {
-                    if matches!(frame, Frame::Published { .. }) {
+                    if let Frame::Published { original, .. } = &frame {
                         let s = &self.cluster.stats;
-                        s.records_sequenced.fetch_add(1, Ordering::Relaxed);
+                        let counter = match original {
+                            Some(_) => &s.sends_deduplicated,
+                            None => &s.records_sequenced,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                     self.send_to(&to, frame);
                 }
@@ -676,6 +706,7 @@ impl Node {
             let frame = Frame::Publish {
                 req: h.req,
                 room: room.to_owned(),
+                key: h.key,
                 payload: h.payload,
             };
             // Handled after this feed's outputs: `feed` is not re-entered.

@@ -20,12 +20,13 @@ use crate::mesh::{Doorbell, ShardId};
 /// A home shard's request of the cluster thread.
 #[derive(Debug)]
 pub enum ToCluster {
-    /// Sequence this message (the engine's encoding, [`Payload`]) in `room`; the answer comes
-    /// back to `shard` under `token`.
+    /// Sequence this message (the engine's encoding, [`Payload`]) in `room`, once per
+    /// retry key ([`retry_key`]); the answer comes back to `shard` under `token`.
     Publish {
         shard: ShardId,
         token: u64,
         room: String,
+        key: Option<Vec<u8>>,
         payload: Vec<u8>,
     },
 }
@@ -47,8 +48,14 @@ pub enum Note {
 /// The cluster thread's answer or delivery to a home shard.
 #[derive(Debug)]
 pub enum FromCluster {
-    /// The owner acknowledged the publish `token` at `seq`.
-    Published { token: u64, seq: u64 },
+    /// The owner acknowledged the publish `token` at `seq`; `duplicate`: a retry, `seq` is
+    /// the original's, and `original_ts` its `ts` (when its payload decodes).
+    Published {
+        token: u64,
+        seq: u64,
+        duplicate: bool,
+        original_ts: Option<u64>,
+    },
     /// The publish `token` was not sequenced.
     Refused {
         token: u64,
@@ -80,9 +87,26 @@ impl Payload {
         serde_json::to_vec(self).expect("a payload serialises")
     }
 
+    /// The retry key of this message, if it has a `client_msg_id`.
+    pub fn retry_key(&self) -> Option<Vec<u8>> {
+        Some(retry_key(&self.from, self.client_msg_id.as_deref()?))
+    }
+
     pub fn decode(bytes: &[u8]) -> Option<Payload> {
         serde_json::from_slice(bytes).ok()
     }
+}
+
+/// A send's retry key as the room's owner keeps it (opaque bytes to the replication
+/// crate): the author's length (`u32` little-endian), the author, the `client_msg_id` — so
+/// no two (author, id) pairs share a key, whatever bytes they hold.
+pub fn retry_key(from: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + from.len() + client_msg_id.len());
+    // An author is a user id (far below 4 GiB).
+    key.extend_from_slice(&(from.len() as u32).to_le_bytes());
+    key.extend_from_slice(from.as_bytes());
+    key.extend_from_slice(client_msg_id.as_bytes());
+    key
 }
 
 /// The shards' side of the cluster thread: cloned into every home.
@@ -158,5 +182,28 @@ impl Port {
             queue.push(msg);
             self.doorbells[shard as usize].ring();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_keys_of_two_authors_never_collide() {
+        assert_ne!(retry_key("ab", "c"), retry_key("a", "bc"));
+        assert_eq!(retry_key("a", "bc"), b"\x01\x00\x00\x00abc");
+        let payload = |id: Option<&str>| Payload {
+            from: "ann".into(),
+            name: None,
+            body: "hi".into(),
+            ts: 1,
+            client_msg_id: id.map(str::to_owned),
+        };
+        assert_eq!(payload(None).retry_key(), None, "no client_msg_id, no key");
+        assert_eq!(
+            payload(Some("k1")).retry_key(),
+            Some(retry_key("ann", "k1"))
+        );
     }
 }

@@ -51,6 +51,7 @@ impl Homes {
             shard: self.shard,
             token,
             room: key.to_string(),
+            key: payload.retry_key(),
             payload: payload.encode(),
         };
         if !cluster.port.publish(req) {
@@ -73,17 +74,23 @@ impl Homes {
     /// An answer or a delivery from the cluster thread.
     pub fn on_cluster(&mut self, msg: FromCluster, out: &mut Outgoing) {
         match msg {
-            FromCluster::Published { token, seq } => {
+            FromCluster::Published {
+                token,
+                seq,
+                duplicate,
+                original_ts,
+            } => {
                 let Some(p) = self.publishing.remove(&token) else {
                     return;
                 };
                 let msg_id = crate::room::Room::msg_id(&p.room, seq);
+                // A retry's `ok` is the original's: its seq, `msg_id` and `ts`.
                 let ok = SendOk {
                     room: &p.room,
                     seq,
                     msg_id: &msg_id,
-                    ts: p.ts,
-                    duplicate: false,
+                    ts: original_ts.unwrap_or(p.ts),
+                    duplicate,
                 };
                 reply_ok(out, &p.origin, ok);
             }

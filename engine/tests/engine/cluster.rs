@@ -13,11 +13,20 @@ use crate::support::{eventually, seqs_of, Client};
 const ALL: [usize; 3] = [0, 1, 2];
 
 async fn formed() -> TestCluster {
-    formed_with_env(&[]).await
+    formed_from(TestCluster::start(3)).await
 }
 
+/// Three instances started with these environment variables (`TestCluster::start_with_env`).
 async fn formed_with_env(env: &[(&str, &str)]) -> TestCluster {
-    let c = TestCluster::start_with_env(3, env);
+    formed_from(TestCluster::start_with_env(3, env)).await
+}
+
+/// Three instances started with `extra` flags, seeing each other, all up in HAProxy.
+async fn formed_with(extra: &[&str]) -> TestCluster {
+    formed_from(TestCluster::start_with(3, extra)).await
+}
+
+async fn formed_from(c: TestCluster) -> TestCluster {
     eventually("3 instances see each other alive", || {
         c.all_see(&ALL, &ALL, "alive")
     })
@@ -343,12 +352,14 @@ async fn msgs_until(client: &mut Client, last: &str) -> Vec<(u64, String)> {
 }
 
 /// Sends `body` through `client` and returns the `ok`'s seq; `unavailable` (a failover
-/// under way) is retried, anything else fails the test.
+/// under way, an answer lost) is retried, anything else fails the test. Every attempt
+/// carries the body as its `client_msg_id` (bodies are unique in a test), so a retry whose
+/// original was stored gets the original's seq instead of a second copy.
 async fn send_acked(client: &mut Client, room: &str, body: &str) -> u64 {
     let started = std::time::Instant::now();
     loop {
         let reply = client
-            .request(json!({"op": "send", "room": room, "body": body}))
+            .request(json!({"op": "send", "room": room, "body": body, "client_msg_id": body}))
             .await;
         if reply["op"] == "ok" {
             assert_eq!(reply["room"], room, "{reply}");
@@ -364,6 +375,8 @@ async fn send_acked(client: &mut Client, room: &str, body: &str) -> u64 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+mod dedup;
 
 /// Every client received exactly `expected` (seq, body), in seq order, no gap, no repeat.
 fn assert_same_stream(received: &[Vec<(u64, String)>], expected: &[(u64, String)]) {
@@ -609,7 +622,8 @@ async fn owner_killed_under_a_steady_sender(mut c: TestCluster) {
     assert_eq!(missed, expected, "exactly the missed messages, in order");
 }
 
-/// `stream` has consecutive seqs, each once, and holds every acknowledged (seq, body).
+/// `stream` has consecutive seqs, each once, holds every acknowledged (seq, body), and no
+/// body twice (exactly once: every send carries a `client_msg_id`).
 fn assert_complete(stream: &[(u64, String)], acked: &[(u64, String)]) {
     let seqs: Vec<u64> = stream.iter().map(|m| m.0).collect();
     let first = seqs[0];
@@ -620,6 +634,17 @@ fn assert_complete(stream: &[(u64, String)], acked: &[(u64, String)]) {
     );
     for a in acked {
         assert!(stream.contains(a), "acknowledged {a:?} lost: {stream:?}");
+    }
+    assert_each_body_once(stream);
+}
+
+/// No body is in `stream` twice.
+fn assert_each_body_once(stream: &[(u64, String)]) {
+    let mut seen = HashMap::new();
+    for (seq, body) in stream {
+        if let Some(first) = seen.insert(body, seq) {
+            panic!("{body} stored twice, at seqs {first} and {seq}: {stream:?}");
+        }
     }
 }
 
@@ -732,21 +757,15 @@ async fn a_partitioned_owner_refuses_sends_the_majority_takes_over_and_it_rejoin
         one_send_through_each([&mut sender, &mut reader, &mut cut_off], "cut", &mut acked).await;
     let read = msgs_until(&mut reader, &last).await;
     assert_complete(&read, &acked);
-    // Nothing the cut-off owner was sent is in the stream. A message not acknowledged at its
-    // seq can only be a steady send whose `ok` was lost in the cut and that was retried
-    // (without a `client_msg_id`, stored twice: docs/REPLICATION.md "What `ok` means").
-    for (seq, body) in &read {
-        assert!(
-            !body.starts_with("cut-"),
-            "a refused send was kept: {read:?}"
-        );
-        if !acked.contains(&(*seq, body.clone())) {
-            assert!(
-                acked.iter().any(|(_, b)| b == body),
-                "seq {seq} ({body}) was never sent: {read:?}"
-            );
-        }
-    }
+    // Exactly once: the stream is the acknowledged messages, each at the seq its `ok` named
+    // (a steady send whose `ok` was lost in the cut was retried with its `client_msg_id`:
+    // the retry got the original's seq). Nothing the cut-off owner was sent is there.
+    let mut expected = acked.clone();
+    expected.sort();
+    assert_eq!(
+        read, expected,
+        "the stream is the acknowledged messages, each once"
+    );
     // The member on the cut-off instance caught up with exactly the same stream.
     let resumed = msgs_until(&mut cut_off, &last).await;
     assert_eq!(
@@ -963,6 +982,7 @@ async fn a_lagging_home_shard_is_caught_up_with_every_record_and_its_queue_stays
     let received = msgs_until(&mut watcher, "end").await;
     assert_same_stream(&[received], &acked);
     assert!(c.node(2).metric("sokdo_cluster_replays_asked_total") > 0.0);
+}
 
 /// Stops the instances `which` at once (`SIGTERM`: each drains and exits; `SIGKILL`: dead
 /// on the spot), then starts them again on their data directories (with `env`), until

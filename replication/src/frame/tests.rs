@@ -5,11 +5,13 @@ fn record() -> impl Strategy<Value = Record> + Clone {
     (
         any::<u64>(),
         any::<u64>(),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
         proptest::collection::vec(any::<u8>(), 0..64),
     )
-        .prop_map(|(epoch, seq, payload)| Record {
+        .prop_map(|(epoch, seq, key, payload)| Record {
             epoch,
             seq,
+            key,
             payload,
         })
 }
@@ -24,9 +26,37 @@ fn code() -> impl Strategy<Value = RefusalCode> {
     ]
 }
 
+fn publish() -> impl Strategy<Value = Frame> {
+    let bytes = proptest::collection::vec(any::<u8>(), 0..64);
+    let key = proptest::option::of(bytes.clone());
+    (any::<u64>(), "\\PC{0,12}", key, bytes).prop_map(|(req, room, key, payload)| Frame::Publish {
+        req,
+        room,
+        key,
+        payload,
+    })
+}
+
+fn published() -> impl Strategy<Value = Frame> {
+    let original = proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64));
+    let fields = (
+        any::<u64>(),
+        "\\PC{0,12}",
+        any::<u64>(),
+        any::<u64>(),
+        original,
+    );
+    fields.prop_map(|(req, room, epoch, seq, original)| Frame::Published {
+        req,
+        room,
+        epoch,
+        seq,
+        original,
+    })
+}
+
 fn frame() -> impl Strategy<Value = Frame> {
     let room = "\\PC{0,12}";
-    let bytes = proptest::collection::vec(any::<u8>(), 0..64);
     let records = proptest::collection::vec(record(), 0..4);
     prop_oneof![
         (any::<u32>(), "[a-z0-9-]{1,64}", any::<u64>()).prop_map(|(version, node_id, boot_id)| {
@@ -36,19 +66,8 @@ fn frame() -> impl Strategy<Value = Frame> {
                 boot_id,
             }
         }),
-        (any::<u64>(), room, bytes.clone()).prop_map(|(req, room, payload)| Frame::Publish {
-            req,
-            room,
-            payload
-        }),
-        (any::<u64>(), room, any::<u64>(), any::<u64>()).prop_map(|(req, room, epoch, seq)| {
-            Frame::Published {
-                req,
-                room,
-                epoch,
-                seq,
-            }
-        }),
+        publish(),
+        published(),
         (any::<u64>(), room, any::<u64>(), code()).prop_map(|(req, room, epoch, code)| {
             Frame::Refused {
                 req,

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use super::*;
 
 const ROOM: &str = "general";
+/// The window of retry keys in these tests.
+const KEYS_MAX: usize = 16;
 
 /// Rooms of one name on several nodes, and the frames between them.
 struct Net {
@@ -25,7 +27,7 @@ impl Net {
             .map(|n| {
                 (
                     n.to_string(),
-                    Room::new(ROOM, n, nodes.len(), Durable::default(), rules),
+                    Room::new(ROOM, n, nodes.len(), Durable::default(), KEYS_MAX, rules),
                 )
             })
             .collect();
@@ -97,9 +99,15 @@ impl Net {
     }
 
     fn publish(&mut self, at: &str, req: u64, body: &str) {
+        self.publish_keyed(at, req, None, body);
+    }
+
+    /// A publish with a retry key (`None`: without).
+    fn publish_keyed(&mut self, at: &str, req: u64, key: Option<&str>, body: &str) {
         let frame = Frame::Publish {
             req,
             room: ROOM.into(),
+            key: key.map(|k| k.as_bytes().to_vec()),
             payload: body.as_bytes().to_vec(),
         };
         self.input(
@@ -143,6 +151,26 @@ fn three() -> (Net, Vec<String>) {
     }
     net.run(none);
     (net, order(&nodes))
+}
+
+/// (req, seq, duplicate) of every `Published`.
+fn answered(frames: &[Frame]) -> Vec<(u64, u64, bool)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Published {
+                req, seq, original, ..
+            } => Some((*req, *seq, original.is_some())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn payloads(room: &Room) -> Vec<String> {
+    let log = &room.durable().log;
+    log.iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect()
 }
 
 fn published(frames: &[Frame]) -> Vec<(u64, u64, u64)> {
@@ -203,7 +231,7 @@ fn a_stale_epoch_is_refused() {
     let succ = &o[1];
     let mut d = net.rooms[succ].durable().clone();
     d.promised = 5;
-    let mut r = Room::new(ROOM, succ, 3, d, Rules::default());
+    let mut r = Room::new(ROOM, succ, 3, d, KEYS_MAX, Rules::default());
     let members: Vec<String> = o.clone();
     r.handle(Input::View(View {
         members,
@@ -212,6 +240,7 @@ fn a_stale_epoch_is_refused() {
     let record = Record {
         epoch: 3,
         seq: 1,
+        key: None,
         payload: b"x".to_vec(),
     };
     let out = r.handle(Input::Frame {
@@ -244,6 +273,7 @@ fn records_from_a_non_owner_or_to_a_non_successor_are_refused() {
     let record = Record {
         epoch: 9,
         seq: 1,
+        key: None,
         payload: b"x".to_vec(),
     };
     // From the third node (not the owner) to the successor.
@@ -499,7 +529,7 @@ fn a_promise_of_the_last_epoch_leaves_the_room_unavailable_not_panicking() {
         promised: u64::MAX,
         ..Durable::default()
     };
-    let mut room = Room::new(ROOM, &o[0], 3, durable, Rules::default());
+    let mut room = Room::new(ROOM, &o[0], 3, durable, KEYS_MAX, Rules::default());
     let members = o.clone();
     let out = room.handle(Input::View(View {
         members,
@@ -518,6 +548,7 @@ fn take_changes_hands_out_each_change_once() {
         &order(&nodes)[0],
         3,
         Durable::default(),
+        KEYS_MAX,
         Rules::default(),
     );
     assert!(
@@ -538,7 +569,145 @@ fn take_changes_hands_out_each_change_once() {
     // A room restarted from what was written carries on from there: nothing to write yet.
     let mut disk = Durable::default();
     disk.apply(&claimed);
-    let mut restarted = Room::new(ROOM, &order(&nodes)[0], 3, disk.clone(), Rules::default());
+    let mut restarted = Room::new(
+        ROOM,
+        &order(&nodes)[0],
+        3,
+        disk.clone(),
+        KEYS_MAX,
+        Rules::default(),
+    );
     assert!(restarted.take_changes().is_empty());
     assert_eq!(restarted.durable(), &disk);
+}
+
+// --- exactly once: retry keys ---------------------------------------------------------
+
+#[test]
+fn a_retry_of_an_acknowledged_key_gets_the_original_seq_and_is_not_sequenced_again() {
+    let (mut net, o) = three();
+    net.publish_keyed(&o[0], 1, Some("alice/k1"), "m1");
+    net.publish_keyed(&o[0], 2, Some("alice/k2"), "m2");
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [(1, 1, false), (2, 2, false)]);
+    net.publish_keyed(&o[0], 3, Some("alice/k1"), "m1");
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [(3, 1, true)]);
+    assert_eq!(payloads(&net.rooms[&o[0]]), ["m1", "m2"]);
+    assert_eq!(
+        payloads(&net.rooms[&o[1]]),
+        ["m1", "m2"],
+        "nothing more replicated"
+    );
+    // Without a key, the same body is a new message.
+    net.publish_keyed(&o[0], 4, None, "m1");
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [(4, 3, false)]);
+}
+
+#[test]
+fn a_retry_while_the_original_waits_for_its_ack_gets_the_same_seq_with_it() {
+    let (mut net, o) = three();
+    let succ = o[1].clone();
+    net.publish_keyed(&o[0], 1, Some("alice/k1"), "m1");
+    net.run(|_, to, f| to == succ && matches!(f, Frame::Append { .. }));
+    net.publish_keyed(&o[0], 2, Some("alice/k1"), "m1");
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [], "nothing acknowledged yet");
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [(1, 1, false), (2, 1, true)]);
+    assert_eq!(payloads(&net.rooms[&o[0]]), ["m1"]);
+}
+
+#[test]
+fn a_new_owner_rebuilds_the_window_from_the_log_it_takes_over() {
+    let (mut net, o) = three();
+    net.publish_keyed(&o[0], 1, Some("alice/k1"), "m1");
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [(1, 1, false)]);
+    net.rooms.remove(&o[0]);
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[2].clone(), &rest);
+    net.view(&o[1].clone(), &rest);
+    net.run(none);
+    assert_eq!(net.rooms[&o[1]].owner_epoch(), Some(2));
+    net.publish_keyed(&o[1], 2, Some("alice/k1"), "m1");
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [(2, 1, true)]);
+    assert_eq!(payloads(&net.rooms[&o[1]]), ["m1"]);
+}
+
+/// A stale owner (epoch 1) sequenced k2 and k3 without acknowledging them; the next owner
+/// (epoch 2, from a majority without them) sequenced the retry of k3 at seq 2. A claim
+/// merging both logs gets k3 at seq 2 (epoch 2) and again at seq 3 (the stale copy): the
+/// merged log ends before the copy, and the claimant continues at seq 3.
+fn a_merge_with_a_stale_copy(rules: Rules) -> (Room, Vec<Output>) {
+    let nodes = ["a", "b", "c"];
+    let o = order(&nodes);
+    let rec = |epoch, seq, key: &str, body: &str| Record {
+        epoch,
+        seq,
+        key: Some(key.as_bytes().to_vec()),
+        payload: body.as_bytes().to_vec(),
+    };
+    let newer = Durable {
+        promised: 2,
+        promised_to: Some(o[0].clone()),
+        log: vec![rec(2, 1, "k1", "m1"), rec(2, 2, "k3", "m3")],
+        held_epoch: 2,
+        held: 2,
+    };
+    let stale = Durable {
+        promised: 1,
+        promised_to: Some(o[1].clone()),
+        log: vec![
+            rec(1, 1, "k1", "m1"),
+            rec(1, 2, "k2", "m2"),
+            rec(1, 3, "k3", "m3"),
+        ],
+        held_epoch: 1,
+        held: 3,
+    };
+    let mut claimant = Room::new(ROOM, &o[0], 3, newer, KEYS_MAX, rules);
+    let mut member = Room::new(ROOM, &o[1], 3, stale, KEYS_MAX, rules);
+    let view = View {
+        members: vec![o[0].clone(), o[1].clone()],
+        configured: 3,
+    };
+    member.handle(Input::View(view.clone()));
+    let claims = claimant.handle(Input::View(view));
+    let mut events = Vec::new();
+    for c in claims {
+        let Output::Send { frame, .. } = c else {
+            continue;
+        };
+        let from = o[0].clone();
+        for answer in member.handle(Input::Frame { from, frame }) {
+            if let Output::Send { frame, .. } = answer {
+                let from = o[1].clone();
+                events.extend(claimant.handle(Input::Frame { from, frame }));
+            }
+        }
+    }
+    (claimant, events)
+}
+
+#[test]
+fn a_claim_merge_ends_before_a_stale_copy_of_a_key() {
+    let (claimant, events) = a_merge_with_a_stale_copy(Rules::default());
+    assert_eq!(claimant.owner_epoch(), Some(3));
+    assert_eq!(payloads(&claimant), ["m1", "m3"]);
+    let next_seq = 3;
+    assert!(
+        events.contains(&Output::Sequencing { epoch: 3, next_seq }),
+        "{events:?}"
+    );
+    // With the rule off, the stale copy stays: m3 at seqs 2 and 3.
+    let broken = Rules {
+        merge_drops_copies: false,
+        ..Rules::default()
+    };
+    let (claimant, _) = a_merge_with_a_stale_copy(broken);
+    assert_eq!(payloads(&claimant), ["m1", "m3", "m3"]);
 }

@@ -10,10 +10,14 @@ fn dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Even seqs carry a retry key, so a reload shows the key is written with the record.
 fn record(epoch: u64, seq: u64, body: &str) -> Record {
     Record {
         epoch,
         seq,
+        key: seq
+            .is_multiple_of(2)
+            .then(|| format!("alice/{body}").into_bytes()),
         payload: body.as_bytes().to_vec(),
     }
 }

@@ -136,6 +136,8 @@ pub struct TestCluster {
     http: Vec<SocketAddr>,
     udp: Vec<SocketAddr>,
     data: Vec<PathBuf>,
+    /// Flags every instance gets after the harness's own.
+    extra: Vec<String>,
     pub haproxy: Haproxy,
     /// Environment every instance starts with (`start_with_env`), before `restart_with_env`'s.
     env: Vec<(String, String)>,
@@ -145,12 +147,21 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(n: usize) -> TestCluster {
-        Self::start_with_env(n, &[])
+        Self::start_with_options(n, &[], &[])
+    }
+
+    /// `n` instances, each started with `extra` flags too.
+    pub fn start_with(n: usize, extra: &[&str]) -> TestCluster {
+        Self::start_with_options(n, extra, &[])
     }
 
     /// Like `start`, every instance (and every restart) with these environment variables
     /// (e.g. `SOKDO_DURABILITY`).
     pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> TestCluster {
+        Self::start_with_options(n, &[], env)
+    }
+
+    fn start_with_options(n: usize, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
         let net = netns::available().then(|| Network::create(n));
         let (http, udp): (Vec<SocketAddr>, Vec<SocketAddr>) = match &net {
             Some(net) => (0..n).map(|i| (net.http(i), net.cluster(i))).unzip(),
@@ -165,6 +176,7 @@ impl TestCluster {
             http,
             udp,
             data,
+            extra: extra.iter().map(|&a| a.to_owned()).collect(),
             haproxy: Haproxy::start(&servers),
             env: env
                 .iter()
@@ -215,7 +227,9 @@ impl TestCluster {
             JWT_SECRET,
         ]
         .map(str::to_owned)
-        .to_vec()
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect()
     }
 
     /// Starts node `i` (again) on its data directory and ports.
