@@ -179,8 +179,9 @@ pub fn cpu_quota_us(percent: f64) -> (u64, u64) {
 }
 
 impl CompareArgs {
-    /// What clap's attributes cannot say: the CPU quota is bounded by the server's CPUs, and
-    /// target `sokdo-base` needs its binary.
+    /// What clap's attributes cannot say: the CPU quota is bounded by the server's CPUs,
+    /// `--steady-args` must parse (a preset included) when `steady` is asked for, and target
+    /// `sokdo-base` needs its binary.
     pub fn check(&self) -> Result<(), clap::Error> {
         let mut cmd = CompareArgs::augment_args(clap::Command::new("sokdo-bench compare"));
         if let Some(p) = self.server_cpu_quota_percent {
@@ -198,6 +199,7 @@ impl CompareArgs {
                 ));
             }
         }
+        self.check_steady_args(&mut cmd)?;
         if !self.targets.contains(&TargetKind::SokdoBase) {
             return Ok(());
         }
@@ -216,6 +218,38 @@ impl CompareArgs {
             )),
             Some(_) => Ok(()),
         }
+    }
+}
+
+impl CompareArgs {
+    /// With scenario `steady`, `--steady-args` parsed as `steady` parses them (the server's
+    /// flags are compare's own), before any server starts.
+    fn check_steady_args(&self, cmd: &mut clap::Command) -> Result<(), clap::Error> {
+        if !self.scenarios.contains(&ScenarioKind::Steady) {
+            return Ok(());
+        }
+        // The server is compare's to give: a placeholder stands for it here.
+        let argv = ["steady", "--server", "127.0.0.1:1"]
+            .into_iter()
+            .chain(self.steady_args.split_whitespace());
+        let parsed = Flags::<SteadyArgs>::try_parse_from(argv).and_then(|f| f.inner.check());
+        parsed.map_err(|e| {
+            // clap's message up to its usage line, on one line.
+            let text = e.to_string();
+            let why: Vec<&str> = (text.lines())
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(|l| l.trim().trim_start_matches("error: "))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let why = why.join(" ");
+            cmd.error(
+                ErrorKind::InvalidValue,
+                format!(
+                    "invalid value {:?} for '--steady-args <STEADY_ARGS>': {why}",
+                    self.steady_args
+                ),
+            )
+        })
     }
 }
 
@@ -1057,6 +1091,27 @@ mod tests {
         assert_eq!(ports_per_start(&a), 4);
         let a = parse(&["--steady-args", "--preset ktb", "--haproxy-maxconn", "5000"]).unwrap();
         assert_eq!(a.haproxy_maxconn, Some(5000));
+    }
+
+    #[test]
+    fn steady_args_are_checked_before_any_server_starts() {
+        let check = |steady: &str| {
+            parse(&["--scenarios", "steady", "--steady-args", steady])
+                .unwrap()
+                .check()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(check("--preset ktb --scale 0.1"), Ok(()));
+        let err = check("").unwrap_err();
+        assert!(
+            err.contains("--steady-args") && err.contains("--preset"),
+            "{err}"
+        );
+        let err = check("--preset webchat --room-size 5").unwrap_err();
+        assert!(err.contains("--room-size"), "{err}");
+        // Not asked for, not checked.
+        let a = parse(&["--scenarios", "idle"]).unwrap();
+        assert!(a.check().is_ok());
     }
 
     #[test]
