@@ -289,23 +289,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         let new_runs = match started {
             Ok(server) => {
                 limit_applied = limit_applied.or(server.memory_limit_bytes);
-                let result = run_scenario(args, *scenario, *target, &server);
-                let (peak, oom_kills) = server.memory_report();
-                let bin = server.bin.clone();
-                let logs = server.logs.clone();
-                server.stop();
-                // Read again once stopped: a panic while draining counts too.
-                let panics = scenario::server_log_panics(&logs);
-                let mut new_runs = result?;
-                for run in &mut new_runs {
-                    run.server_bin = Some(bin.clone());
-                    run.summary.server_log_panics = panics;
-                    run.summary.server_logs =
-                        logs.iter().map(|p| p.display().to_string()).collect();
-                    run.summary.server_cgroup_memory_peak_bytes = peak;
-                    run.summary.server_oom_kills = oom_kills;
-                }
-                new_runs
+                run_on(args, *scenario, *target, server)?
             }
             Err(e) => vec![not_started(*scenario, *target, &e)],
         };
@@ -326,6 +310,37 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     report.comparison = Some(comparison(&report.runs, name(args.targets[0])));
     print_comparison(report.comparison.as_ref().expect("just set"));
     output::write_reports(&report, args.json.as_deref(), args.html.as_deref())
+}
+
+/// Runs `scenario` against the started `server`, stops it, and completes the runs with what
+/// is read once it stopped: its logs scanned for panics, its cgroup's peak memory and OOM
+/// kills, the binary it ran.
+fn run_on(
+    args: &CompareArgs,
+    scenario: ScenarioKind,
+    target: TargetKind,
+    server: Server,
+) -> anyhow::Result<Vec<Run>> {
+    let result = run_scenario(args, scenario, target, &server);
+    let (peak, oom_kills) = server.memory_report();
+    let bin = server.bin.clone();
+    let logs = server.logs.clone();
+    let balancer_log = server.balancer.as_ref().map(|b| path_str(&b.log));
+    server.stop();
+    // Read again once stopped: a panic while draining counts too.
+    let panics = scenario::server_log_panics(&logs);
+    let mut runs = result?;
+    for run in &mut runs {
+        run.server_bin = Some(bin.clone());
+        run.summary.server_log_panics = panics;
+        run.summary.server_logs = logs.iter().map(|p| p.display().to_string()).collect();
+        run.summary.server_cgroup_memory_peak_bytes = peak;
+        run.summary.server_oom_kills = oom_kills;
+        if let Some(c) = &mut run.summary.cluster {
+            c.balancer_log.clone_from(&balancer_log);
+        }
+    }
+    Ok(runs)
 }
 
 /// Fails, naming `flag`, when `cpus` names a CPU this machine does not have online (taskset
@@ -496,6 +511,8 @@ struct Balancer {
     child: Child,
     /// The instances' HTTP addresses (their `/metrics`).
     instances: Vec<SocketAddr>,
+    /// HAProxy's stderr, beside the report.
+    log: PathBuf,
     _dir: TempDir,
 }
 
@@ -611,6 +628,7 @@ impl Server {
         self.balancer = Some(Balancer {
             child,
             instances: layout.http.clone(),
+            log: log.clone(),
             _dir: dir,
         });
         let names: Vec<String> = (0..layout.http.len())
