@@ -179,8 +179,9 @@ pub fn cpu_quota_us(percent: f64) -> (u64, u64) {
 }
 
 impl CompareArgs {
-    /// What clap's attributes cannot say: the CPU quota is bounded by the server's CPUs, and
-    /// target `sokdo-base` needs its binary.
+    /// What clap's attributes cannot say: the CPU quota is bounded by the server's CPUs,
+    /// `--steady-args` must parse (a preset included) when `steady` is asked for, and target
+    /// `sokdo-base` needs its binary.
     pub fn check(&self) -> Result<(), clap::Error> {
         let mut cmd = CompareArgs::augment_args(clap::Command::new("sokdo-bench compare"));
         if let Some(p) = self.server_cpu_quota_percent {
@@ -198,6 +199,7 @@ impl CompareArgs {
                 ));
             }
         }
+        self.check_steady_args(&mut cmd)?;
         if !self.targets.contains(&TargetKind::SokdoBase) {
             return Ok(());
         }
@@ -216,6 +218,38 @@ impl CompareArgs {
             )),
             Some(_) => Ok(()),
         }
+    }
+}
+
+impl CompareArgs {
+    /// With scenario `steady`, `--steady-args` parsed as `steady` parses them (the server's
+    /// flags are compare's own), before any server starts.
+    fn check_steady_args(&self, cmd: &mut clap::Command) -> Result<(), clap::Error> {
+        if !self.scenarios.contains(&ScenarioKind::Steady) {
+            return Ok(());
+        }
+        // The server is compare's to give: a placeholder stands for it here.
+        let argv = ["steady", "--server", "127.0.0.1:1"]
+            .into_iter()
+            .chain(self.steady_args.split_whitespace());
+        let parsed = Flags::<SteadyArgs>::try_parse_from(argv).and_then(|f| f.inner.check());
+        parsed.map_err(|e| {
+            // clap's message up to its usage line, on one line.
+            let text = e.to_string();
+            let why: Vec<&str> = (text.lines())
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(|l| l.trim().trim_start_matches("error: "))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let why = why.join(" ");
+            cmd.error(
+                ErrorKind::InvalidValue,
+                format!(
+                    "invalid value {:?} for '--steady-args <STEADY_ARGS>': {why}",
+                    self.steady_args
+                ),
+            )
+        })
     }
 }
 
@@ -255,23 +289,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         let new_runs = match started {
             Ok(server) => {
                 limit_applied = limit_applied.or(server.memory_limit_bytes);
-                let result = run_scenario(args, *scenario, *target, &server);
-                let (peak, oom_kills) = server.memory_report();
-                let bin = server.bin.clone();
-                let logs = server.logs.clone();
-                server.stop();
-                // Read again once stopped: a panic while draining counts too.
-                let panics = scenario::server_log_panics(&logs);
-                let mut new_runs = result?;
-                for run in &mut new_runs {
-                    run.server_bin = Some(bin.clone());
-                    run.summary.server_log_panics = panics;
-                    run.summary.server_logs =
-                        logs.iter().map(|p| p.display().to_string()).collect();
-                    run.summary.server_cgroup_memory_peak_bytes = peak;
-                    run.summary.server_oom_kills = oom_kills;
-                }
-                new_runs
+                run_on(args, *scenario, *target, server)?
             }
             Err(e) => vec![not_started(*scenario, *target, &e)],
         };
@@ -292,6 +310,37 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     report.comparison = Some(comparison(&report.runs, name(args.targets[0])));
     print_comparison(report.comparison.as_ref().expect("just set"));
     output::write_reports(&report, args.json.as_deref(), args.html.as_deref())
+}
+
+/// Runs `scenario` against the started `server`, stops it, and completes the runs with what
+/// is read once it stopped: its logs scanned for panics, its cgroup's peak memory and OOM
+/// kills, the binary it ran.
+fn run_on(
+    args: &CompareArgs,
+    scenario: ScenarioKind,
+    target: TargetKind,
+    server: Server,
+) -> anyhow::Result<Vec<Run>> {
+    let result = run_scenario(args, scenario, target, &server);
+    let (peak, oom_kills) = server.memory_report();
+    let bin = server.bin.clone();
+    let logs = server.logs.clone();
+    let balancer_log = server.balancer.as_ref().map(|b| path_str(&b.log));
+    server.stop();
+    // Read again once stopped: a panic while draining counts too.
+    let panics = scenario::server_log_panics(&logs);
+    let mut runs = result?;
+    for run in &mut runs {
+        run.server_bin = Some(bin.clone());
+        run.summary.server_log_panics = panics;
+        run.summary.server_logs = logs.iter().map(|p| p.display().to_string()).collect();
+        run.summary.server_cgroup_memory_peak_bytes = peak;
+        run.summary.server_oom_kills = oom_kills;
+        if let Some(c) = &mut run.summary.cluster {
+            c.balancer_log.clone_from(&balancer_log);
+        }
+    }
+    Ok(runs)
 }
 
 /// Fails, naming `flag`, when `cpus` names a CPU this machine does not have online (taskset
@@ -462,6 +511,8 @@ struct Balancer {
     child: Child,
     /// The instances' HTTP addresses (their `/metrics`).
     instances: Vec<SocketAddr>,
+    /// HAProxy's stderr, beside the report.
+    log: PathBuf,
     _dir: TempDir,
 }
 
@@ -577,6 +628,7 @@ impl Server {
         self.balancer = Some(Balancer {
             child,
             instances: layout.http.clone(),
+            log: log.clone(),
             _dir: dir,
         });
         let names: Vec<String> = (0..layout.http.len())
@@ -1057,6 +1109,27 @@ mod tests {
         assert_eq!(ports_per_start(&a), 4);
         let a = parse(&["--steady-args", "--preset ktb", "--haproxy-maxconn", "5000"]).unwrap();
         assert_eq!(a.haproxy_maxconn, Some(5000));
+    }
+
+    #[test]
+    fn steady_args_are_checked_before_any_server_starts() {
+        let check = |steady: &str| {
+            parse(&["--scenarios", "steady", "--steady-args", steady])
+                .unwrap()
+                .check()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(check("--preset ktb --scale 0.1"), Ok(()));
+        let err = check("").unwrap_err();
+        assert!(
+            err.contains("--steady-args") && err.contains("--preset"),
+            "{err}"
+        );
+        let err = check("--preset webchat --room-size 5").unwrap_err();
+        assert!(err.contains("--room-size"), "{err}");
+        // Not asked for, not checked.
+        let a = parse(&["--scenarios", "idle"]).unwrap();
+        assert!(a.check().is_ok());
     }
 
     #[test]

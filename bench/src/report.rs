@@ -293,6 +293,9 @@ pub struct ClusterFigures {
     /// (`--balancer-pid`); the server's CPU and RSS figures are the instances' only.
     pub balancer_cpu_s: Option<f64>,
     pub balancer_rss_bytes: Option<u64>,
+    /// `compare`: the load balancer's stderr, kept beside the report like the servers' logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer_log: Option<String>,
 }
 
 impl ClusterFigures {

@@ -993,6 +993,10 @@ fn assert_cluster_figures(c: &Value, deliveries: u64) {
     let per = c["link_bytes_per_delivery"].as_f64().unwrap();
     assert!((per - bytes as f64 / deliveries as f64).abs() < 1e-6, "{c}");
     assert!(c["balancer_cpu_s"].as_f64().is_some(), "{c}");
+    let log = c["balancer_log"]
+        .as_str()
+        .expect("HAProxy's log beside the report");
+    std::fs::remove_file(log).expect("HAProxy's log exists");
 }
 
 /// `compare --targets sokdo-cluster`: three instances form one cluster behind a real
