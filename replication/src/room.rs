@@ -29,10 +29,16 @@
 //!   sequencing; the node layer forwards sends to the owner of its view.
 //! - **No quorum.** Without a majority in its view a node does not sequence and refuses
 //!   sends (`Unavailable`).
+//! - **Metadata.** Beside the log, one [`Meta`] per room (the engine's room metadata:
+//!   creator, password hash, deleted seqs), written only by the owner ([`Input::Meta`],
+//!   after the engine decided the change), held by the same replicas under the same
+//!   fencing ([`Frame::MetaAppend`]) and the same ack rule: [`Frame::MetaDone`] only once
+//!   every replica holds the owner's current version. A claim's answers carry it; the
+//!   claimant keeps the one at the highest (epoch, version) and stamps it with its epoch.
 
 use std::collections::BTreeMap;
 
-use crate::frame::{Frame, Record, RefusalCode};
+use crate::frame::{Frame, Meta, Record, RefusalCode};
 use crate::placement;
 
 /// A node's id (`--node-id`).
@@ -42,6 +48,8 @@ pub type NodeId = String;
 pub const PENDING_SENDS_MAX: usize = 1024;
 /// Records sent to a replica per tick or per answer while it catches up.
 pub const CATCH_UP_RECORDS_MAX: usize = 64;
+/// Metadata requests waiting for the replicas' ack, per room: beyond, `Overloaded`.
+pub const PENDING_META_MAX: usize = 256;
 /// Records per replay answer, at most.
 pub const REPLAY_RECORDS_MAX: u32 = 256;
 
@@ -96,6 +104,14 @@ pub enum Input {
     Frame { from: NodeId, frame: Frame },
     /// Time passed: resend what is unanswered.
     Tick,
+    /// A metadata request of `from`'s `req` at this node, which the engine decided:
+    /// `change` is the room's new metadata (`None`: unchanged). Answered
+    /// [`Frame::MetaDone`] once every replica holds the metadata, or refused.
+    Meta {
+        from: NodeId,
+        req: u64,
+        change: Option<Vec<u8>>,
+    },
 }
 
 /// What the state machine asks its node to do.
@@ -115,7 +131,7 @@ enum Role {
     Follower,
     Claiming {
         epoch: u64,
-        answers: BTreeMap<NodeId, Vec<Record>>,
+        answers: BTreeMap<NodeId, (Vec<Record>, Option<Meta>)>,
     },
     Owner(Owner),
 }
@@ -132,6 +148,15 @@ struct Owner {
     committed: u64,
     /// seq → (forwarder, its request id), waiting for the ack.
     pending: BTreeMap<u64, (NodeId, u64)>,
+    /// Per replica, the metadata version it holds at `epoch` (0: none).
+    meta_upto: BTreeMap<NodeId, u64>,
+    /// Per replica, the version last sent to it (resent on a tick).
+    meta_sent: BTreeMap<NodeId, u64>,
+    /// Metadata requests waiting for every replica to hold the current version: (the
+    /// version they wait for, forwarder, its request id).
+    meta_pending: Vec<(u64, NodeId, u64)>,
+    /// The highest metadata version every replica held at `epoch`.
+    meta_acked: u64,
 }
 
 /// What survives a crash: the room's log and the epoch promise (a real node writes them
@@ -147,6 +172,8 @@ pub struct Durable {
     /// `log[..held]` all carry epoch `held_epoch`: what `Appended` reports.
     pub held_epoch: u64,
     pub held: u64,
+    /// The room's metadata, the highest (epoch, version) received or written.
+    pub meta: Option<Meta>,
 }
 
 /// One room on one node.
@@ -192,6 +219,41 @@ impl Room {
         }
     }
 
+    /// The acknowledged record at `seq`, if this node sequences the room and holds it.
+    pub fn committed_record(&self, seq: u64) -> Option<&Record> {
+        let committed = self.committed()?;
+        if seq == 0 || seq > committed {
+            return None;
+        }
+        self.durable.log.get((seq - 1) as usize)
+    }
+
+    /// The room's metadata as this node holds it (as the owner: its latest, which a
+    /// request builds on).
+    pub fn meta(&self) -> Option<&Meta> {
+        self.durable.meta.as_ref()
+    }
+
+    /// Why a metadata request at this node is refused now, if it is: it is not the
+    /// sequencing owner, or too many wait.
+    pub fn meta_refusal(&self) -> Option<RefusalCode> {
+        match &self.role {
+            Role::Owner(o) if o.meta_pending.len() >= PENDING_META_MAX => {
+                Some(RefusalCode::Overloaded)
+            }
+            _ => self.role_refusal(),
+        }
+    }
+
+    fn role_refusal(&self) -> Option<RefusalCode> {
+        match &self.role {
+            Role::Owner(_) => None,
+            Role::Claiming { .. } => Some(RefusalCode::Unavailable),
+            Role::Follower if !self.view.has_quorum() => Some(RefusalCode::Unavailable),
+            Role::Follower => Some(RefusalCode::NotOwner),
+        }
+    }
+
     /// The highest acknowledged seq, if this node sequences the room.
     pub fn committed(&self) -> Option<u64> {
         match &self.role {
@@ -231,6 +293,7 @@ impl Room {
             Input::View(view) => self.on_view(view, &mut out),
             Input::Tick => self.on_tick(&mut out),
             Input::Frame { from, frame } => self.on_frame(from, frame, &mut out),
+            Input::Meta { from, req, change } => self.on_meta(from, req, change, &mut out),
         }
         out
     }
@@ -283,7 +346,16 @@ impl Room {
             Frame::Append { record, .. } => self.on_append(from, record, out),
             Frame::Appended { epoch, upto, .. } => self.on_appended(from, epoch, upto, out),
             Frame::Claim { epoch, .. } => self.on_claim(from, epoch, out),
-            Frame::Handoff { epoch, records, .. } => self.on_handoff(from, epoch, records, out),
+            Frame::Handoff {
+                epoch,
+                records,
+                meta,
+                ..
+            } => self.on_handoff(from, epoch, (records, meta), out),
+            Frame::MetaAppend { meta, .. } => self.on_meta_append(from, meta, out),
+            Frame::MetaAppended { epoch, version, .. } => {
+                self.on_meta_appended(from, epoch, version, out);
+            }
             Frame::Refused { epoch, code, .. } => self.on_refused(epoch, code, out),
             Frame::ReplayRequest {
                 req,
@@ -292,6 +364,7 @@ impl Room {
                 ..
             } => self.on_replay(from, req, after_seq, max, out),
             Frame::Interest { .. } => {
+                self.deliver_meta(out, &from);
                 if !self.interest.contains(&from) {
                     self.interest.push(from);
                 }
@@ -301,7 +374,11 @@ impl Room {
             Frame::Hello { .. }
             | Frame::Published { .. }
             | Frame::Deliver { .. }
-            | Frame::ReplayRecords { .. } => {}
+            | Frame::ReplayRecords { .. }
+            | Frame::MetaRequest { .. }
+            | Frame::MetaDone { .. }
+            | Frame::MetaRefused { .. }
+            | Frame::MetaDeliver { .. } => {}
         }
     }
 
@@ -315,7 +392,8 @@ impl Room {
         self.durable.promised = epoch;
         self.durable.promised_to = Some(self.me.clone());
         let mut answers = BTreeMap::new();
-        answers.insert(self.me.clone(), self.durable.log.clone());
+        let mine = (self.durable.log.clone(), self.durable.meta.clone());
+        answers.insert(self.me.clone(), mine);
         self.role = Role::Claiming { epoch, answers };
         let claim = Frame::Claim {
             room: self.room.clone(),
@@ -353,6 +431,7 @@ impl Room {
                 room: self.room.clone(),
                 epoch,
                 records,
+                meta: self.durable.meta.clone(),
             },
         );
     }
@@ -361,7 +440,7 @@ impl Room {
         &mut self,
         from: NodeId,
         epoch: u64,
-        records: Vec<Record>,
+        (records, meta): (Vec<Record>, Option<Meta>),
         out: &mut Vec<Output>,
     ) {
         // A log with a hole or a seq out of place is not a log: ignore the answer.
@@ -375,7 +454,7 @@ impl Room {
         } = &mut self.role
         {
             if *mine == epoch && valid {
-                answers.insert(from, records);
+                answers.insert(from, (records, meta));
             }
         }
         self.maybe_take_over(out);
@@ -390,19 +469,29 @@ impl Room {
             return;
         }
         let epoch = *epoch;
-        let merged = merge(answers.values());
+        let merged = merge(answers.values().map(|(log, _)| log));
+        let meta = answers
+            .values()
+            .filter_map(|(_, meta)| meta.as_ref())
+            .max_by_key(|m| m.position())
+            .map(|m| Meta { epoch, ..m.clone() });
         self.durable.log = merged.into_iter().map(|r| Record { epoch, ..r }).collect();
         self.durable.held_epoch = epoch;
         self.durable.held = self.durable.log.len() as u64;
+        self.durable.meta = meta;
         let replicas = self.replicas_in_view();
         let upto: BTreeMap<NodeId, u64> = replicas.iter().map(|r| (r.clone(), 0)).collect();
         self.role = Role::Owner(Owner {
             epoch,
             replicas,
             sent: upto.clone(),
+            meta_upto: upto.clone(),
+            meta_sent: upto.clone(),
             upto,
             committed: 0,
             pending: BTreeMap::new(),
+            meta_pending: Vec::new(),
+            meta_acked: 0,
         });
         out.push(Output::Sequencing {
             epoch,
@@ -410,6 +499,7 @@ impl Room {
         });
         self.pump(out);
         self.advance(out);
+        self.advance_meta(out);
     }
 
     fn replicas_changed(&mut self, out: &mut Vec<Output>) {
@@ -427,9 +517,15 @@ impl Room {
             .map(|r| (r.clone(), o.upto.get(r).copied().unwrap_or(0)))
             .collect();
         o.sent = o.upto.clone();
+        o.meta_upto = replicas
+            .iter()
+            .map(|r| (r.clone(), o.meta_upto.get(r).copied().unwrap_or(0)))
+            .collect();
+        o.meta_sent = o.meta_upto.clone();
         o.replicas = replicas;
         self.pump(out);
         self.advance(out);
+        self.advance_meta(out);
     }
 
     /// Send every replica the records after those sent to it, at most
@@ -457,12 +553,30 @@ impl Room {
                 });
             }
         }
+        let Some(meta) = &self.durable.meta else {
+            return;
+        };
+        for r in &o.replicas {
+            let sent = o.meta_sent.entry(r.clone()).or_insert(0);
+            if *sent < meta.version {
+                *sent = meta.version;
+                let frame = Frame::MetaAppend {
+                    room: self.room.clone(),
+                    meta: meta.clone(),
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
+        }
     }
 
     /// A tick: what was sent and not confirmed may be lost; send it again.
     fn resend(&mut self, out: &mut Vec<Output>) {
         if let Role::Owner(o) = &mut self.role {
             o.sent = o.upto.clone();
+            o.meta_sent = o.meta_upto.clone();
         }
         self.pump(out);
     }
@@ -473,6 +587,9 @@ impl Room {
             Role::Claiming { .. } => {}
             Role::Owner(o) => {
                 for (_, (to, req)) in o.pending {
+                    self.refuse(out, &to, req, o.epoch, RefusalCode::Unavailable);
+                }
+                for (_, to, req) in o.meta_pending {
                     self.refuse(out, &to, req, o.epoch, RefusalCode::Unavailable);
                 }
                 out.push(Output::SteppedDown { epoch: o.epoch });
@@ -492,14 +609,12 @@ impl Room {
 
     fn on_publish(&mut self, from: NodeId, req: u64, payload: Vec<u8>, out: &mut Vec<Output>) {
         let code = match &self.role {
-            Role::Owner(o) if o.pending.len() >= PENDING_SENDS_MAX => RefusalCode::Overloaded,
-            Role::Owner(_) => {
-                self.sequence(from, req, payload, out);
-                return;
-            }
-            Role::Claiming { .. } => RefusalCode::Unavailable,
-            Role::Follower if !self.view.has_quorum() => RefusalCode::Unavailable,
-            Role::Follower => RefusalCode::NotOwner,
+            Role::Owner(o) if o.pending.len() >= PENDING_SENDS_MAX => Some(RefusalCode::Overloaded),
+            _ => self.role_refusal(),
+        };
+        let Some(code) = code else {
+            self.sequence(from, req, payload, out);
+            return;
         };
         let epoch = self.durable.promised;
         self.refuse(out, &from, req, epoch, code);
@@ -617,6 +732,145 @@ impl Room {
                     frame,
                 });
             }
+        }
+    }
+
+    /// The owner writes the engine's decision (if it changed anything) and answers once
+    /// every replica holds the current version.
+    fn on_meta(&mut self, from: NodeId, req: u64, change: Option<Vec<u8>>, out: &mut Vec<Output>) {
+        if let Some(code) = self.meta_refusal() {
+            let epoch = self.durable.promised;
+            self.refuse(out, &from, req, epoch, code);
+            return;
+        }
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        let version = self.durable.meta.as_ref().map_or(0, |m| m.version);
+        let version = match change {
+            Some(bytes) => {
+                let meta = Meta {
+                    epoch: o.epoch,
+                    version: version + 1,
+                    bytes,
+                };
+                self.durable.meta = Some(meta);
+                version + 1
+            }
+            None => version,
+        };
+        o.meta_pending.push((version, from, req));
+        self.pump(out);
+        self.advance_meta(out);
+    }
+
+    fn on_meta_append(&mut self, from: NodeId, meta: Meta, out: &mut Vec<Output>) {
+        if meta.epoch < self.durable.promised && self.rules.fencing {
+            let promised = self.durable.promised;
+            self.refuse(out, &from, 0, promised, RefusalCode::StaleEpoch);
+            return;
+        }
+        let replica = self.replicas_in_view().contains(&self.me);
+        if self.owner_in_view() != Some(&from) || !replica {
+            self.refuse(out, &from, 0, meta.epoch, RefusalCode::NotReplica);
+            return;
+        }
+        if meta.epoch > self.durable.promised {
+            self.step_down(out);
+            self.durable.promised = meta.epoch;
+            self.durable.promised_to = Some(from.clone());
+        }
+        let epoch = meta.epoch;
+        let d = &mut self.durable;
+        if d.meta
+            .as_ref()
+            .is_none_or(|m| m.position() < meta.position())
+        {
+            d.meta = Some(meta);
+        }
+        let held = d.meta.as_ref().filter(|m| m.epoch == epoch);
+        let version = held.map_or(0, |m| m.version);
+        let frame = Frame::MetaAppended {
+            room: self.room.clone(),
+            epoch,
+            version,
+        };
+        self.send(out, &from, frame);
+    }
+
+    fn on_meta_appended(&mut self, from: NodeId, epoch: u64, version: u64, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        if o.epoch != epoch {
+            return;
+        }
+        let current = self.durable.meta.as_ref().map_or(0, |m| m.version);
+        let Some(held) = o.meta_upto.get_mut(&from) else {
+            return;
+        };
+        // Never above what this owner holds: a confused peer cannot ack the unwritten.
+        *held = (*held).max(version.min(current));
+        self.advance_meta(out);
+    }
+
+    /// Once every replica holds the current version: answer what waited for it, and give
+    /// it to every interested node. (An older version is not kept: a request waits for the
+    /// current one.)
+    fn advance_meta(&mut self, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        let current = self.durable.meta.as_ref().map_or(0, |m| m.version);
+        let held = o.meta_upto.values().copied().min().unwrap_or(u64::MAX);
+        if held.min(current) < current {
+            return;
+        }
+        let delivered = o.meta_acked == current;
+        o.meta_acked = current;
+        let waiting = std::mem::take(&mut o.meta_pending);
+        let Some(meta) = self.durable.meta.clone() else {
+            // Nothing written yet: nothing to answer with; the engine always writes
+            // before it reads (a request on a room without metadata creates it or fails).
+            for (_, to, req) in waiting {
+                self.refuse(out, &to, req, 0, RefusalCode::Unavailable);
+            }
+            return;
+        };
+        for (version, to, req) in waiting {
+            debug_assert!(version <= current);
+            let frame = Frame::MetaDone {
+                req,
+                room: self.room.clone(),
+                meta: meta.clone(),
+            };
+            self.send(out, &to, frame);
+        }
+        if !delivered {
+            for node in &self.interest {
+                let frame = Frame::MetaDeliver {
+                    room: self.room.clone(),
+                    meta: meta.clone(),
+                };
+                self.send(out, node, frame);
+            }
+        }
+    }
+
+    /// A newly interested node gets the room's acknowledged metadata.
+    fn deliver_meta(&self, out: &mut Vec<Output>, to: &str) {
+        let Role::Owner(o) = &self.role else {
+            return;
+        };
+        let Some(meta) = &self.durable.meta else {
+            return;
+        };
+        if o.meta_acked == meta.version {
+            let frame = Frame::MetaDeliver {
+                room: self.room.clone(),
+                meta: meta.clone(),
+            };
+            self.send(out, to, frame);
         }
     }
 

@@ -494,3 +494,89 @@ fn a_promise_of_the_last_epoch_leaves_the_room_unavailable_not_panicking() {
     assert!(room.handle(Input::Tick).is_empty());
     assert_eq!(room.owner_epoch(), None);
 }
+
+fn meta_done(frames: &[Frame]) -> Vec<(u64, Meta)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::MetaDone { req, meta, .. } => Some((*req, meta.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn metadata_is_acknowledged_once_the_successor_holds_it_and_survives_failover() {
+    let (mut net, o) = three();
+    let change = |bytes: &str| Input::Meta {
+        from: "client-node".into(),
+        req: 1,
+        change: Some(bytes.as_bytes().to_vec()),
+    };
+    net.input(&o[0].clone(), change("private"));
+    let succ = o[1].clone();
+    net.run(|_, to, f| to == succ && matches!(f, Frame::MetaAppend { .. }));
+    assert_eq!(meta_done(&net.answers()), [], "acked without the successor");
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    let held = Meta {
+        epoch: 1,
+        version: 1,
+        bytes: b"private".to_vec(),
+    };
+    assert_eq!(meta_done(&net.answers()), [(1, held.clone())]);
+    assert_eq!(net.rooms[&o[1]].meta(), Some(&held));
+    // A request that changes nothing is answered with what a majority holds.
+    let read = Input::Meta {
+        from: "client-node".into(),
+        req: 2,
+        change: None,
+    };
+    net.input(&o[0].clone(), read);
+    net.run(none);
+    assert_eq!(meta_done(&net.answers()), [(2, held)]);
+    // A non-owner refuses instead of deciding.
+    assert_eq!(net.rooms[&o[1]].meta_refusal(), Some(RefusalCode::NotOwner));
+    // The owner dies: the successor claims, keeps the metadata, stamps its epoch, and the
+    // new replica holds it before the next change is acknowledged.
+    net.rooms.remove(&o[0]);
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[2].clone(), &rest);
+    net.view(&o[1].clone(), &rest);
+    net.run(none);
+    assert_eq!(net.rooms[&o[1]].owner_epoch(), Some(2));
+    let kept = net.rooms[&o[1]].meta().cloned().expect("kept");
+    assert_eq!(
+        (kept.epoch, kept.version, kept.bytes),
+        (2, 1, b"private".to_vec())
+    );
+    net.input(&o[1].clone(), change("private,titled"));
+    net.run(none);
+    let done = meta_done(&net.answers());
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.position(), (2, 2));
+    assert_eq!(net.rooms[&o[2]].meta().map(Meta::position), Some((2, 2)));
+    // A replica refuses metadata from a stale epoch.
+    let stale = Frame::MetaAppend {
+        room: ROOM.into(),
+        meta: Meta {
+            epoch: 1,
+            version: 9,
+            bytes: b"old".to_vec(),
+        },
+    };
+    let from = o[1].clone();
+    net.input(&o[2].clone(), Input::Frame { from, frame: stale });
+    assert!(matches!(
+        net.queue.back(),
+        Some((
+            _,
+            _,
+            Frame::Refused {
+                code: RefusalCode::StaleEpoch,
+                ..
+            }
+        ))
+    ));
+    assert_eq!(net.rooms[&o[2]].meta().map(Meta::position), Some((2, 2)));
+}
