@@ -13,6 +13,7 @@
 //! `/readyz` says why, `/cluster` and `/metrics` show it.
 
 mod links;
+pub mod meta;
 mod node;
 pub mod port;
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::cluster::{haproxy_cfg, HaproxyParams, TestCluster, API_KEY};
 use crate::support::{eventually, seqs_of, Client};
@@ -871,5 +871,145 @@ async fn a_peer_link_with_a_bad_hello_is_refused_and_logged() {
     send_acked(&mut clients[1], "after-refusals", "still linked").await;
     for client in &mut clients {
         msgs_until(client, "still linked").await;
+    }
+}
+
+// === room metadata (docs/REPLICATION.md "Room metadata") ===
+
+/// `req` through `client` until it is not `unavailable` (a failover under way): the reply.
+async fn settled(client: &mut Client, req: Value) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = client.request(req.clone()).await;
+        if reply["code"] != "unavailable" {
+            return reply;
+        }
+        assert!(
+            started.elapsed() < crate::support::WAIT,
+            "{req} still unavailable: {reply}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The instance that owns `room` (from `/cluster`) and its metadata's version.
+fn meta_version(c: &TestCluster, among: &[usize], room: &str) -> Option<(usize, u64)> {
+    among.iter().find_map(|&i| {
+        let view = c.view(i);
+        let owned = view["data"]["owned"].as_array()?.clone();
+        let r = owned.iter().find(|r| r["room"] == room)?;
+        Some((i, r["meta_version"].as_u64()?))
+    })
+}
+
+/// A private room is checked by its owner whatever instance a join reaches: without or
+/// with a wrong password it is refused on every instance, with the right one admitted;
+/// its creation elsewhere is `room_exists`; a password change through another instance
+/// holds everywhere; a delete through one instance reaches the subscribers of all and
+/// every instance's history; and all of it holds on the new owner after the old is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_room_and_its_deletes_are_one_per_cluster_and_survive_the_owners_loss() {
+    let mut c = formed().await;
+    let mut ann = Client::connect(c.node(0), "ann").await;
+    let create = json!({"op": "create", "room": "vault", "private": true, "password": "sesame"});
+    ann.ok(create.clone()).await;
+    ann.ok(json!({"op": "join", "room": "vault"})).await;
+    let join = |password: Option<&str>| match password {
+        Some(p) => json!({"op": "join", "room": "vault", "password": p}),
+        None => json!({"op": "join", "room": "vault"}),
+    };
+    let mut members = Vec::new();
+    for i in [1, 2] {
+        let mut eve = Client::connect(c.node(i), &format!("eve{i}")).await;
+        assert_eq!(eve.hello["instance"], TestCluster::name(i));
+        for password in [None, Some("wrong")] {
+            let reply = eve.request(join(password)).await;
+            assert_eq!(
+                reply["code"],
+                "forbidden",
+                "n{} {password:?}: {reply}",
+                i + 1
+            );
+        }
+        let reply = eve.request(create.clone()).await;
+        assert_eq!(reply["code"], "room_exists", "n{}: {reply}", i + 1);
+        let mut bob = Client::connect(c.node(i), &format!("bob{i}")).await;
+        bob.ok(join(Some("sesame"))).await;
+        members.push(bob);
+    }
+    // The creator changes the password through another instance: the old one is refused
+    // everywhere, the new one admitted.
+    let mut ann2 = Client::connect(c.node(2), "ann").await;
+    ann2.ok(json!({"op": "update_room", "room": "vault", "title": "V", "password": "new-pass"}))
+        .await;
+    for i in ALL {
+        let mut late = Client::connect(c.node(i), &format!("late{i}")).await;
+        let reply = late.request(join(Some("sesame"))).await;
+        assert_eq!(reply["code"], "forbidden", "n{}: {reply}", i + 1);
+        late.ok(join(Some("new-pass"))).await;
+    }
+    // A message from bob1 (on n2), deleted through n2: `deleted` on every instance.
+    let seq = send_acked(&mut members[0], "vault", "oops").await;
+    let reply = members[1]
+        .request(json!({"op": "delete", "room": "vault", "seq": seq}))
+        .await;
+    assert_eq!(
+        reply["code"], "forbidden",
+        "not the author nor the creator: {reply}"
+    );
+    members[0]
+        .ok(json!({"op": "delete", "room": "vault", "seq": seq}))
+        .await;
+    let mut readers = vec![ann];
+    readers.append(&mut members);
+    for r in &mut readers {
+        let d = r.event_of("deleted").await;
+        assert_eq!(
+            (d["seq"].as_u64(), d["by"].as_str()),
+            (Some(seq), Some("bob1")),
+            "{d}"
+        );
+        let h = r.ok(json!({"op": "history", "room": "vault"})).await;
+        let m = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["seq"] == seq)
+            .cloned();
+        let m = m.expect("the tombstone is in the history");
+        assert!(m["deleted"] == true && m.get("body").is_none(), "{h}");
+    }
+    // Created, updated, deleted: three versions of the metadata. The owner is killed; a
+    // survivor takes the room over with the same metadata, not an adopted copy.
+    // (`/cluster` lists what an instance owns once a second.)
+    let mut owner = None;
+    eventually("the owner lists the room's metadata at version 3", || {
+        owner = meta_version(&c, &ALL, "vault").filter(|(_, v)| *v == 3);
+        owner.is_some()
+    })
+    .await;
+    let (owner, _) = owner.unwrap();
+    c.kill(owner);
+    let survivors: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    eventually("a survivor owns the room with its metadata", || {
+        meta_version(&c, &survivors, "vault").is_some_and(|(_, v)| v == 3)
+    })
+    .await;
+    for &i in &survivors {
+        let mut after = Client::connect(c.node(i), &format!("after{i}")).await;
+        let reply = settled(&mut after, join(Some("sesame"))).await;
+        assert_eq!(reply["code"], "forbidden", "n{}: {reply}", i + 1);
+        let reply = settled(&mut after, create.clone()).await;
+        assert_eq!(reply["code"], "room_exists", "n{}: {reply}", i + 1);
+        let reply = settled(&mut after, join(Some("new-pass"))).await;
+        assert_eq!(reply["op"], "ok", "n{}: {reply}", i + 1);
+        let h = after.ok(json!({"op": "history", "room": "vault"})).await;
+        let m = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["seq"] == seq)
+            .cloned();
+        assert!(m.is_some_and(|m| m["deleted"] == true), "n{}: {h}", i + 1);
     }
 }
