@@ -902,6 +902,62 @@ fn meta_version(c: &TestCluster, among: &[usize], room: &str) -> Option<(usize, 
     })
 }
 
+fn vault_join(password: Option<&str>) -> Value {
+    match password {
+        Some(p) => json!({"op": "join", "room": "vault", "password": p}),
+        None => json!({"op": "join", "room": "vault"}),
+    }
+}
+
+fn vault_create() -> Value {
+    json!({"op": "create", "room": "vault", "private": true, "password": "sesame"})
+}
+
+/// `vault`'s message `seq` in `client`'s `history`: a tombstone.
+async fn assert_tombstone(client: &mut Client, seq: u64) {
+    let h = client.ok(json!({"op": "history", "room": "vault"})).await;
+    let m = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["seq"] == seq)
+        .cloned();
+    let m = m.unwrap_or_else(|| panic!("no seq {seq} in the history: {h}"));
+    assert!(m["deleted"] == true && m.get("body").is_none(), "{h}");
+}
+
+/// Through instance `i`: a join without or with a wrong password is `forbidden`, a create
+/// `room_exists`; a member admitted with `password`, returned.
+async fn refused_then_admitted(c: &TestCluster, i: usize, password: &str) -> Client {
+    let mut eve = Client::connect(c.node(i), &format!("eve{i}-{password}")).await;
+    assert_eq!(eve.hello["instance"], TestCluster::name(i));
+    for wrong in [None, Some("wrong"), Some("sesame")]
+        .into_iter()
+        .filter(|p| *p != Some(password))
+    {
+        let reply = settled(&mut eve, vault_join(wrong)).await;
+        assert_eq!(reply["code"], "forbidden", "n{} {wrong:?}: {reply}", i + 1);
+    }
+    let reply = settled(&mut eve, vault_create()).await;
+    assert_eq!(reply["code"], "room_exists", "n{}: {reply}", i + 1);
+    let mut member = Client::connect(c.node(i), &format!("bob{i}-{password}")).await;
+    let reply = settled(&mut member, vault_join(Some(password))).await;
+    assert_eq!(reply["op"], "ok", "n{}: {reply}", i + 1);
+    member
+}
+
+/// Waits until one instance of `among` owns `vault` with its metadata at `version`.
+async fn vault_owner_at(c: &TestCluster, among: &[usize], version: u64) -> usize {
+    // `/cluster` lists what an instance owns once a second.
+    let mut owner = None;
+    eventually("an owner lists the room's metadata at the version", || {
+        owner = meta_version(c, among, "vault").filter(|(_, v)| *v == version);
+        owner.is_some()
+    })
+    .await;
+    owner.unwrap().0
+}
+
 /// A private room is checked by its owner whatever instance a join reaches: without or
 /// with a wrong password it is refused on every instance, with the right one admitted;
 /// its creation elsewhere is `room_exists`; a password change through another instance
@@ -911,105 +967,50 @@ fn meta_version(c: &TestCluster, among: &[usize], room: &str) -> Option<(usize, 
 async fn a_private_room_and_its_deletes_are_one_per_cluster_and_survive_the_owners_loss() {
     let mut c = formed().await;
     let mut ann = Client::connect(c.node(0), "ann").await;
-    let create = json!({"op": "create", "room": "vault", "private": true, "password": "sesame"});
-    ann.ok(create.clone()).await;
-    ann.ok(json!({"op": "join", "room": "vault"})).await;
-    let join = |password: Option<&str>| match password {
-        Some(p) => json!({"op": "join", "room": "vault", "password": p}),
-        None => json!({"op": "join", "room": "vault"}),
-    };
-    let mut members = Vec::new();
+    ann.ok(vault_create()).await;
+    ann.ok(vault_join(None)).await;
+    let mut members = vec![ann];
     for i in [1, 2] {
-        let mut eve = Client::connect(c.node(i), &format!("eve{i}")).await;
-        assert_eq!(eve.hello["instance"], TestCluster::name(i));
-        for password in [None, Some("wrong")] {
-            let reply = eve.request(join(password)).await;
-            assert_eq!(
-                reply["code"],
-                "forbidden",
-                "n{} {password:?}: {reply}",
-                i + 1
-            );
-        }
-        let reply = eve.request(create.clone()).await;
-        assert_eq!(reply["code"], "room_exists", "n{}: {reply}", i + 1);
-        let mut bob = Client::connect(c.node(i), &format!("bob{i}")).await;
-        bob.ok(join(Some("sesame"))).await;
-        members.push(bob);
+        members.push(refused_then_admitted(&c, i, "sesame").await);
     }
-    // The creator changes the password through another instance: the old one is refused
-    // everywhere, the new one admitted.
+    // The creator changes the title and password through another instance: the old
+    // password is refused everywhere, the new one admitted; every copy has the title.
     let mut ann2 = Client::connect(c.node(2), "ann").await;
-    ann2.ok(json!({"op": "update_room", "room": "vault", "title": "V", "password": "new-pass"}))
-        .await;
+    let update =
+        json!({"op": "update_room", "room": "vault", "title": "V", "password": "new-pass"});
+    ann2.ok(update).await;
     for i in ALL {
-        let mut late = Client::connect(c.node(i), &format!("late{i}")).await;
-        let reply = late.request(join(Some("sesame"))).await;
-        assert_eq!(reply["code"], "forbidden", "n{}: {reply}", i + 1);
-        late.ok(join(Some("new-pass"))).await;
+        refused_then_admitted(&c, i, "new-pass").await;
+        let rooms = members[i]
+            .ok(json!({"op": "rooms", "query": "vault"}))
+            .await;
+        assert_eq!(rooms["rooms"][0]["title"], "V", "n{}: {rooms}", i + 1);
     }
-    // A message from bob1 (on n2), deleted through n2: `deleted` on every instance.
-    let seq = send_acked(&mut members[0], "vault", "oops").await;
-    let reply = members[1]
-        .request(json!({"op": "delete", "room": "vault", "seq": seq}))
-        .await;
-    assert_eq!(
-        reply["code"], "forbidden",
-        "not the author nor the creator: {reply}"
-    );
-    members[0]
-        .ok(json!({"op": "delete", "room": "vault", "seq": seq}))
-        .await;
-    let mut readers = vec![ann];
-    readers.append(&mut members);
-    for r in &mut readers {
-        let d = r.event_of("deleted").await;
+    // A message from the member on n2, deleted through n2: `deleted` on every instance;
+    // the member on n3 (neither its author nor the room's creator) may not.
+    let seq = send_acked(&mut members[1], "vault", "oops").await;
+    let delete = json!({"op": "delete", "room": "vault", "seq": seq});
+    let reply = members[2].request(delete.clone()).await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    members[1].ok(delete).await;
+    for m in &mut members {
+        let d = m.event_of("deleted").await;
         assert_eq!(
             (d["seq"].as_u64(), d["by"].as_str()),
-            (Some(seq), Some("bob1")),
+            (Some(seq), Some("bob1-sesame")),
             "{d}"
         );
-        let h = r.ok(json!({"op": "history", "room": "vault"})).await;
-        let m = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["seq"] == seq)
-            .cloned();
-        let m = m.expect("the tombstone is in the history");
-        assert!(m["deleted"] == true && m.get("body").is_none(), "{h}");
+        assert_tombstone(m, seq).await;
     }
     // Created, updated, deleted: three versions of the metadata. The owner is killed; a
-    // survivor takes the room over with the same metadata, not an adopted copy.
-    // (`/cluster` lists what an instance owns once a second.)
-    let mut owner = None;
-    eventually("the owner lists the room's metadata at version 3", || {
-        owner = meta_version(&c, &ALL, "vault").filter(|(_, v)| *v == 3);
-        owner.is_some()
-    })
-    .await;
-    let (owner, _) = owner.unwrap();
+    // survivor takes the room over with the same metadata (not a copy adopted from an
+    // instance, which would be version 1).
+    let owner = vault_owner_at(&c, &ALL, 3).await;
     c.kill(owner);
     let survivors: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
-    eventually("a survivor owns the room with its metadata", || {
-        meta_version(&c, &survivors, "vault").is_some_and(|(_, v)| v == 3)
-    })
-    .await;
+    vault_owner_at(&c, &survivors, 3).await;
     for &i in &survivors {
-        let mut after = Client::connect(c.node(i), &format!("after{i}")).await;
-        let reply = settled(&mut after, join(Some("sesame"))).await;
-        assert_eq!(reply["code"], "forbidden", "n{}: {reply}", i + 1);
-        let reply = settled(&mut after, create.clone()).await;
-        assert_eq!(reply["code"], "room_exists", "n{}: {reply}", i + 1);
-        let reply = settled(&mut after, join(Some("new-pass"))).await;
-        assert_eq!(reply["op"], "ok", "n{}: {reply}", i + 1);
-        let h = after.ok(json!({"op": "history", "room": "vault"})).await;
-        let m = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["seq"] == seq)
-            .cloned();
-        assert!(m.is_some_and(|m| m["deleted"] == true), "n{}: {h}", i + 1);
+        let mut member = refused_then_admitted(&c, i, "new-pass").await;
+        assert_tombstone(&mut member, seq).await;
     }
 }
