@@ -76,6 +76,8 @@ impl Config {
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub acked: usize,
+    /// Of `acked`, the metadata changes.
+    pub meta_changes: usize,
     /// Messages acknowledged at two seqs (a retry after a lost answer): allowed, counted.
     pub duplicates: usize,
     pub failovers: usize,
@@ -165,6 +167,7 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Outcome, Violation> {
         }),
         None => Ok(Outcome {
             acked: sim.acked.len(),
+            meta_changes: sim.meta_acked.values().map(Vec::len).sum(),
             duplicates: sim.duplicates(),
             failovers: sim.failovers,
             events: sim.events,
@@ -1053,7 +1056,10 @@ impl Sim {
             Ok(version) if is_meta(k) => {
                 let tag = Self::payload(p, k);
                 self.log(|| format!("p{p} ok {room} meta version {version} with p{p}-m{k}"));
-                self.meta_acked.entry(room).or_default().push(tag.clone());
+                let tags = self.meta_acked.entry(room).or_default();
+                if !tags.contains(&tag) {
+                    tags.push(tag.clone());
+                }
                 self.acked.entry(tag).or_default();
                 self.next_message(p, k);
             }
