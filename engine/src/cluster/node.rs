@@ -495,8 +495,8 @@ impl Node {
     }
 
     /// As the room's owner: decide a metadata request and hand the decision to the room
-    /// machine, which replicates it and answers once a majority holds it. Not the owner
-    /// (or still claiming): the machine refuses, as it refuses a send.
+    /// machine, which replicates it and answers once a majority holds it. Still claiming:
+    /// it waits with the sends. Not the owner: the machine refuses, as it refuses a send.
     fn on_meta_request(&mut self, from: String, req: u64, room: &str, request: Vec<u8>) {
         let frame = Frame::MetaRequest {
             req,

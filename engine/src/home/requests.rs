@@ -103,7 +103,14 @@ impl Homes {
         after_seq: Option<u64>,
         subscribe: Subscribe,
     ) -> Result<Option<Offload>, ProtoError> {
-        if self.cluster.is_some() {
+        // Without quorum no owner can decide: a room known here is joined on its copy (kept
+        // current by the owner while this instance had members), as reads are served; an
+        // unknown one is not created.
+        let alone = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.no_quorum().is_some());
+        if self.cluster.is_some() && !(alone && self.rooms.contains_key(room)) {
             let op = MetaOp::Join {
                 user: call.user.to_owned(),
                 created_ms: call.now.ms,

@@ -217,6 +217,14 @@ async fn a_survivor_without_quorum_is_not_ready_and_refuses_sends_until_the_othe
         .ok(json!({"op": "history", "room": "q", "limit": 10}))
         .await;
     assert!(history.to_string().contains("with quorum"), "{history}");
+    // A join of a room this instance knows is served from its copy; an unknown room is
+    // not created without an owner to decide it.
+    let mut other = Client::connect(c.node(0), "other").await;
+    other.ok(json!({"op": "join", "room": "q"})).await;
+    let unknown = other
+        .request(json!({"op": "join", "room": "nowhere"}))
+        .await;
+    assert_eq!(unknown["code"], "unavailable", "{unknown}");
     eventually("haproxy takes the survivor out too", || {
         c.lb_state(0) == "DOWN"
     })
