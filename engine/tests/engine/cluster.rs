@@ -587,9 +587,12 @@ async fn the_owner_killed_under_a_steady_sender_fails_over_without_losing_or_reu
     .await;
     let mut back = c.haproxy.client(&format!("f{owner}")).await;
     assert_ne!(back.hello["instance"], TestCluster::name(owner));
-    let joined = back
-        .ok(json!({"op": "join", "room": "fo", "after_seq": victim_last}))
-        .await;
+    // A join is decided by the room's owner: `unavailable` while ownership moves.
+    let joined = settled(
+        &mut back,
+        json!({"op": "join", "room": "fo", "after_seq": victim_last}),
+    )
+    .await;
     assert_eq!(joined["recovered"], true, "{joined}");
     let missed = msgs_until(&mut back, &last_body).await;
     let expected: Vec<(u64, String)> = stream
@@ -756,7 +759,9 @@ async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
         // A steady sender on the next instance while instance i drains and restarts.
         let at = (i + 1) % ALL.len();
         let mut sender = Client::connect(c.node(at), &format!("roller{i}")).await;
-        sender.ok(json!({"op": "join", "room": "roll"})).await;
+        // The last restarted instance may be taking the room over: a join waits for it.
+        let joined = settled(&mut sender, json!({"op": "join", "room": "roll"})).await;
+        assert_eq!(joined["op"], "ok", "{joined}");
         let (sending, mut acks) = steady(sender, "roll", format!("phase{i}"), 15);
         let phase = acked.len();
         acked_until(&mut acked, &mut acks, phase + 5).await;
@@ -778,8 +783,12 @@ async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
     let last = acked.last().unwrap().1.clone();
     for i in ALL {
         let mut late = Client::connect(c.node(i), &format!("after{i}")).await;
-        late.ok(json!({"op": "join", "room": "roll", "after_seq": 0}))
-            .await;
+        let joined = settled(
+            &mut late,
+            json!({"op": "join", "room": "roll", "after_seq": 0}),
+        )
+        .await;
+        assert_eq!(joined["op"], "ok", "{joined}");
         let stream = msgs_until(&mut late, &last).await;
         assert_eq!(stream[0].0, 1, "from the first seq on n{}", i + 1);
         assert_complete(&stream, &acked);
