@@ -133,7 +133,8 @@ enum Role {
         epoch: u64,
         answers: BTreeMap<NodeId, (Vec<Record>, Option<Meta>)>,
     },
-    Owner(Owner),
+    /// Boxed: an owner's state is far larger than the other roles'.
+    Owner(Box<Owner>),
 }
 
 #[derive(Debug, Clone)]
@@ -152,11 +153,15 @@ struct Owner {
     meta_upto: BTreeMap<NodeId, u64>,
     /// Per replica, the version last sent to it (resent on a tick).
     meta_sent: BTreeMap<NodeId, u64>,
-    /// Metadata requests waiting for every replica to hold the current version: (the
-    /// version they wait for, forwarder, its request id).
+    /// Metadata requests waiting for every replica to hold their version or a later one:
+    /// (that version, forwarder, its request id).
     meta_pending: Vec<(u64, NodeId, u64)>,
-    /// The highest metadata version every replica held at `epoch`.
-    meta_acked: u64,
+    /// The versions written at `epoch` that not every replica holds yet, oldest first (at
+    /// most one per waiting request: `PENDING_META_MAX`).
+    meta_unacked: std::collections::VecDeque<Meta>,
+    /// The newest metadata every replica holds (a later version includes every earlier
+    /// change): what requests are answered with and interested nodes are given.
+    meta_acked: Option<Meta>,
 }
 
 /// What survives a crash: the room's log and the epoch promise (a real node writes them
@@ -478,10 +483,10 @@ impl Room {
         self.durable.log = merged.into_iter().map(|r| Record { epoch, ..r }).collect();
         self.durable.held_epoch = epoch;
         self.durable.held = self.durable.log.len() as u64;
-        self.durable.meta = meta;
+        self.durable.meta = meta.clone();
         let replicas = self.replicas_in_view();
         let upto: BTreeMap<NodeId, u64> = replicas.iter().map(|r| (r.clone(), 0)).collect();
-        self.role = Role::Owner(Owner {
+        self.role = Role::Owner(Box::new(Owner {
             epoch,
             replicas,
             sent: upto.clone(),
@@ -491,8 +496,9 @@ impl Room {
             committed: 0,
             pending: BTreeMap::new(),
             meta_pending: Vec::new(),
-            meta_acked: 0,
-        });
+            meta_unacked: meta.into_iter().collect(),
+            meta_acked: None,
+        }));
         out.push(Output::Sequencing {
             epoch,
             next_seq: self.durable.held + 1,
@@ -736,7 +742,7 @@ impl Room {
     }
 
     /// The owner writes the engine's decision (if it changed anything) and answers once
-    /// every replica holds the current version.
+    /// every replica holds that version (or a later one).
     fn on_meta(&mut self, from: NodeId, req: u64, change: Option<Vec<u8>>, out: &mut Vec<Output>) {
         if let Some(code) = self.meta_refusal() {
             let epoch = self.durable.promised;
@@ -754,6 +760,7 @@ impl Room {
                     version: version + 1,
                     bytes,
                 };
+                o.meta_unacked.push_back(meta.clone());
                 self.durable.meta = Some(meta);
                 version + 1
             }
@@ -814,46 +821,56 @@ impl Room {
         self.advance_meta(out);
     }
 
-    /// Once every replica holds the current version: answer what waited for it, and give
-    /// it to every interested node. (An older version is not kept: a request waits for the
-    /// current one.)
+    /// The newest version every replica holds becomes the acknowledged one: it goes to
+    /// every interested node, and answers every request that waited for it or an earlier
+    /// version.
     fn advance_meta(&mut self, out: &mut Vec<Output>) {
         let Role::Owner(o) = &mut self.role else {
             return;
         };
         let current = self.durable.meta.as_ref().map_or(0, |m| m.version);
         let held = o.meta_upto.values().copied().min().unwrap_or(u64::MAX);
-        if held.min(current) < current {
-            return;
+        let held = held.min(current);
+        let acked = o.meta_acked.as_ref().map_or(0, |m| m.version);
+        if held > acked {
+            // Every version a replica reports was sent, so it is among the unacked ones.
+            if let Some(at) = o.meta_unacked.iter().position(|m| m.version == held) {
+                let meta = o.meta_unacked[at].clone();
+                o.meta_unacked.drain(..=at);
+                o.meta_acked = Some(meta.clone());
+                for node in &self.interest {
+                    let frame = Frame::MetaDeliver {
+                        room: self.room.clone(),
+                        meta: meta.clone(),
+                    };
+                    out.push(Output::Send {
+                        to: node.clone(),
+                        frame,
+                    });
+                }
+            }
         }
-        let delivered = o.meta_acked == current;
-        o.meta_acked = current;
-        let waiting = std::mem::take(&mut o.meta_pending);
-        let Some(meta) = self.durable.meta.clone() else {
-            // Nothing written yet: nothing to answer with; the engine always writes
-            // before it reads (a request on a room without metadata creates it or fails).
-            for (_, to, req) in waiting {
-                self.refuse(out, &to, req, 0, RefusalCode::Unavailable);
+        let Some(meta) = o.meta_acked.clone() else {
+            if self.durable.meta.is_none() {
+                // Nothing written: nothing to answer with. The engine always writes before
+                // it reads (a request on a room without metadata creates it or fails).
+                for (_, to, req) in std::mem::take(&mut o.meta_pending) {
+                    self.refuse(out, &to, req, 0, RefusalCode::Unavailable);
+                }
             }
             return;
         };
-        for (version, to, req) in waiting {
-            debug_assert!(version <= current);
+        let (answer, wait) = std::mem::take(&mut o.meta_pending)
+            .into_iter()
+            .partition(|(version, _, _)| *version <= meta.version);
+        o.meta_pending = wait;
+        for (_, to, req) in answer {
             let frame = Frame::MetaDone {
                 req,
                 room: self.room.clone(),
                 meta: meta.clone(),
             };
             self.send(out, &to, frame);
-        }
-        if !delivered {
-            for node in &self.interest {
-                let frame = Frame::MetaDeliver {
-                    room: self.room.clone(),
-                    meta: meta.clone(),
-                };
-                self.send(out, node, frame);
-            }
         }
     }
 
@@ -862,10 +879,7 @@ impl Room {
         let Role::Owner(o) = &self.role else {
             return;
         };
-        let Some(meta) = &self.durable.meta else {
-            return;
-        };
-        if o.meta_acked == meta.version {
+        if let Some(meta) = &o.meta_acked {
             let frame = Frame::MetaDeliver {
                 room: self.room.clone(),
                 meta: meta.clone(),

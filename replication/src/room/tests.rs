@@ -580,3 +580,33 @@ fn metadata_is_acknowledged_once_the_successor_holds_it_and_survives_failover() 
     ));
     assert_eq!(net.rooms[&o[2]].meta().map(Meta::position), Some((2, 2)));
 }
+
+#[test]
+fn a_metadata_request_is_answered_with_its_version_while_a_later_one_waits() {
+    let (mut net, o) = three();
+    let change = |req, bytes: &str| Input::Meta {
+        from: "client-node".into(),
+        req,
+        change: Some(bytes.as_bytes().to_vec()),
+    };
+    net.input(&o[0].clone(), change(1, "v1"));
+    net.input(&o[0].clone(), change(2, "v2"));
+    // The successor gets version 1 only.
+    let succ = o[1].clone();
+    let v2 = |f: &Frame| matches!(f, Frame::MetaAppend { meta, .. } if meta.version == 2);
+    net.run(|_, to, f| to == succ && v2(f));
+    let done = meta_done(&net.answers());
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0].0, done[0].1.bytes.as_slice()),
+        (1, b"v1".as_slice())
+    );
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    let done = meta_done(&net.answers());
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0].0, done[0].1.bytes.as_slice()),
+        (2, b"v2".as_slice())
+    );
+}
