@@ -319,7 +319,60 @@ impl Room {
         match &self.role {
             Role::Follower => self.claim(out),
             Role::Claiming { .. } => {}
-            Role::Owner(_) => self.replicas_changed(out),
+            Role::Owner(_) => {
+                self.replicas_changed(out);
+                self.confirm(out);
+            }
+        }
+    }
+
+    /// After a view change, an owner checks it still is one. Its view may have kept a
+    /// majority while others, not seeing it, claimed a later epoch it never heard of (a
+    /// one-way partition; simulation seed 12408 of 20,000): with nothing new to send it
+    /// would never learn, and would answer replays without what the later owner
+    /// acknowledged. Each replica is sent again the last record it holds and the metadata
+    /// (a claim of its own epoch when it has neither): one that promised a later epoch
+    /// refuses (`StaleEpoch`), this owner steps down and claims above it; the others answer
+    /// what they hold, unchanged.
+    fn confirm(&mut self, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        if self.durable.log.is_empty() && self.durable.meta.is_none() {
+            let claim = Frame::Claim {
+                room: self.room.clone(),
+                epoch: o.epoch,
+            };
+            for r in &o.replicas {
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame: claim.clone(),
+                });
+            }
+            return;
+        }
+        for r in &o.replicas {
+            let upto = o.upto.get(r).copied().unwrap_or(0) as usize;
+            if let Some(record) = upto.checked_sub(1).and_then(|i| self.durable.log.get(i)) {
+                let frame = Frame::Append {
+                    room: self.room.clone(),
+                    record: record.clone(),
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
+            if let Some(meta) = &self.durable.meta {
+                let frame = Frame::MetaAppend {
+                    room: self.room.clone(),
+                    meta: meta.clone(),
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
         }
     }
 

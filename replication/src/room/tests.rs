@@ -610,3 +610,29 @@ fn a_metadata_request_is_answered_with_its_version_while_a_later_one_waits() {
         (2, b"v2".as_slice())
     );
 }
+
+#[test]
+fn an_owner_learns_of_a_later_epoch_on_a_view_change_with_nothing_to_send() {
+    let (mut net, o) = three();
+    net.publish(&o[0], 1, "m1");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(1, 1, 1)]);
+    // Its successor promised a later epoch elsewhere (a claim this owner never saw).
+    net.rooms.get_mut(&o[1]).unwrap().durable.promised = 5;
+    let all: Vec<&str> = o.iter().map(String::as_str).collect();
+    net.view(&o[0].clone(), &all);
+    net.run(none);
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), None, "stepped down");
+    // The next tick claims above the promise and takes the room over with its record.
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(6));
+    assert_eq!(
+        net.rooms[&o[0]].committed_record(1).map(|r| r.epoch),
+        Some(6),
+        "kept, re-stamped"
+    );
+    net.publish(&o[0], 2, "m2");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(2, 6, 2)]);
+}
