@@ -34,6 +34,8 @@ struct Forward {
     shard: ShardId,
     token: u64,
     deadline: Instant,
+    /// A send (counted in `sends_forwarded` / `sends_refused`), not a metadata request.
+    send: bool,
 }
 
 /// A publish or a metadata request that reached this node as the room's owner in its view
@@ -300,6 +302,7 @@ impl Node {
     }
 
     pub(super) fn on_shard(&mut self, req: ToCluster) {
+        let send = matches!(req, ToCluster::Publish { .. });
         let (shard, token, room, frame_of): (_, _, _, Box<dyn FnOnce(u64, String) -> Frame>) =
             match req {
                 ToCluster::Publish {
@@ -337,6 +340,7 @@ impl Node {
                 shard,
                 token,
                 deadline,
+                send,
             },
         );
         let Some(owner) = self.owner_of(&room) else {
@@ -344,7 +348,7 @@ impl Node {
             self.answer_refused(req, RefusalCode::Unavailable, why);
             return;
         };
-        if owner != self.me() {
+        if owner != self.me() && send {
             self.cluster.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         }
         self.send_to(&owner, frame_of(req, room));
@@ -591,7 +595,9 @@ impl Node {
 
     fn answer_refused(&mut self, req: u64, code: RefusalCode, why: String) {
         if let Some(f) = self.forwards.remove(&req) {
-            self.cluster.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if f.send {
+                self.cluster.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
             let msg = FromCluster::Refused {
                 token: f.token,
                 code,
