@@ -16,7 +16,7 @@ use rkyv::rancor;
 /// The peer protocol's version, sent in [`Frame::Hello`]; a peer with another one is
 /// refused (no mixed-version cluster during a rolling upgrade without a compatible range).
 /// 2: records and publishes carry a retry key; `Published` carries the original's payload
-/// when it answers a retry.
+/// when it answers a retry; a room's metadata travels beside its log (`Meta*` frames).
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame body accepted on a link, bytes: a replay batch of records (each at
@@ -36,6 +36,23 @@ pub struct Record {
     pub seq: u64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+}
+
+/// A room's metadata (the engine's encoding, opaque here: creator, title, password hash,
+/// deleted seqs), at its position: the epoch of the owner that last wrote it and its
+/// version (one more per change). A later position replaces an earlier one whole.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Meta {
+    pub epoch: u64,
+    pub version: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl Meta {
+    /// The order of two metadata: the higher epoch, then the higher version.
+    pub fn position(&self) -> (u64, u64) {
+        (self.epoch, self.version)
+    }
 }
 
 /// Why an owner (or a replica) refused.
@@ -120,7 +137,31 @@ pub enum Frame {
         room: String,
         epoch: u64,
         records: Vec<Record>,
+        meta: Option<Meta>,
     },
+    /// A request about the room's metadata (create, join, update, delete: the engine's
+    /// encoding) forwarded to the room's owner; `req` is the forwarder's id for the answer.
+    MetaRequest { req: u64, room: String, op: Vec<u8> },
+    /// The owner's answer to `req`: the room's metadata once a majority holds it (changed
+    /// by the request or not).
+    MetaDone { req: u64, room: String, meta: Meta },
+    /// The owner turned the request `req` down (the engine's encoding of the reason: the
+    /// room exists, a wrong creator, no such message).
+    MetaRefused {
+        req: u64,
+        room: String,
+        why: Vec<u8>,
+    },
+    /// Owner → replica: hold this metadata of the room.
+    MetaAppend { room: String, meta: Meta },
+    /// Replica → owner: it holds the room's metadata up to `version` at `epoch`.
+    MetaAppended {
+        room: String,
+        epoch: u64,
+        version: u64,
+    },
+    /// Owner → an instance with members: the room's metadata, once a majority holds it.
+    MetaDeliver { room: String, meta: Meta },
 }
 
 /// Why bytes are not a frame.

@@ -38,10 +38,16 @@
 //!   send and could not acknowledge it, another owner sequenced the retry): from the first
 //!   copy that no owner would have sequenced (its key still in the window of the records
 //!   before it) nothing was acknowledged, and the merged log ends before it.
+//! - **Metadata.** Beside the log, one [`Meta`] per room (the engine's room metadata:
+//!   creator, password hash, deleted seqs), written only by the owner ([`Input::Meta`],
+//!   after the engine decided the change), held by the same replicas under the same
+//!   fencing ([`Frame::MetaAppend`]) and the same ack rule: [`Frame::MetaDone`] only once
+//!   every replica holds the owner's current version. A claim's answers carry it; the
+//!   claimant keeps the one at the highest (epoch, version) and stamps it with its epoch.
 
 use std::collections::BTreeMap;
 
-use crate::frame::{Frame, Record, RefusalCode};
+use crate::frame::{Frame, Meta, Record, RefusalCode};
 use crate::placement;
 
 pub mod dedup;
@@ -53,6 +59,8 @@ pub type NodeId = String;
 pub const PENDING_SENDS_MAX: usize = 1024;
 /// Records sent to a replica per tick or per answer while it catches up.
 pub const CATCH_UP_RECORDS_MAX: usize = 64;
+/// Metadata requests waiting for the replicas' ack, per room: beyond, `Overloaded`.
+pub const PENDING_META_MAX: usize = 256;
 /// Records per replay answer, at most.
 pub const REPLAY_RECORDS_MAX: u32 = 256;
 
@@ -118,6 +126,14 @@ pub enum Input {
     Frame { from: NodeId, frame: Frame },
     /// Time passed: resend what is unanswered.
     Tick,
+    /// A metadata request of `from`'s `req` at this node, which the engine decided:
+    /// `change` is the room's new metadata (`None`: unchanged). Answered
+    /// [`Frame::MetaDone`] once every replica holds the metadata, or refused.
+    Meta {
+        from: NodeId,
+        req: u64,
+        change: Option<Vec<u8>>,
+    },
 }
 
 /// What the state machine asks its node to do.
@@ -137,9 +153,10 @@ enum Role {
     Follower,
     Claiming {
         epoch: u64,
-        answers: BTreeMap<NodeId, Vec<Record>>,
+        answers: BTreeMap<NodeId, (Vec<Record>, Option<Meta>)>,
     },
-    Owner(Owner),
+    /// Boxed: an owner's state is far larger than the other roles'.
+    Owner(Box<Owner>),
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +176,19 @@ struct Owner {
     waiting: usize,
     /// The log's recent retry keys → their seqs.
     window: dedup::Window,
+    /// Per replica, the metadata version it holds at `epoch` (0: none).
+    meta_upto: BTreeMap<NodeId, u64>,
+    /// Per replica, the version last sent to it (resent on a tick).
+    meta_sent: BTreeMap<NodeId, u64>,
+    /// Metadata requests waiting for every replica to hold their version or a later one:
+    /// (that version, forwarder, its request id).
+    meta_pending: Vec<(u64, NodeId, u64)>,
+    /// The versions written at `epoch` that not every replica holds yet, oldest first (at
+    /// most one per waiting request: `PENDING_META_MAX`).
+    meta_unacked: std::collections::VecDeque<Meta>,
+    /// The newest metadata every replica holds (a later version includes every earlier
+    /// change): what requests are answered with and interested nodes are given.
+    meta_acked: Option<Meta>,
 }
 
 /// A publish waiting for the ack of its seq: its forwarder, the forwarder's request id,
@@ -183,6 +213,8 @@ pub struct Durable {
     /// `log[..held]` all carry epoch `held_epoch`: what `Appended` reports.
     pub held_epoch: u64,
     pub held: u64,
+    /// The room's metadata, the highest (epoch, version) received or written.
+    pub meta: Option<Meta>,
 }
 
 /// [`Durable`] without its log: what a room's row on disk holds.
@@ -204,11 +236,16 @@ pub struct Changes {
     pub records: Vec<Record>,
     /// The log got shorter: records after this seq are gone.
     pub truncated_after: Option<u64>,
+    /// The room's metadata, if it changed (written whole).
+    pub meta: Option<Meta>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.promise.is_none() && self.records.is_empty() && self.truncated_after.is_none()
+        self.promise.is_none()
+            && self.records.is_empty()
+            && self.truncated_after.is_none()
+            && self.meta.is_none()
     }
 }
 
@@ -243,6 +280,9 @@ impl Durable {
             self.held_epoch = p.held_epoch;
             self.held = p.held;
         }
+        if let Some(m) = &changes.meta {
+            self.meta = Some(m.clone());
+        }
     }
 }
 
@@ -250,6 +290,7 @@ impl Durable {
 #[derive(Debug, Clone)]
 struct Written {
     promise: Promise,
+    meta: Option<Meta>,
     log_len: usize,
     /// The lowest log index written since (every record from it on is handed out).
     dirty_from: Option<usize>,
@@ -302,6 +343,7 @@ impl Room {
             role: Role::Follower,
             written: Written {
                 promise: durable.promise(),
+                meta: durable.meta.clone(),
                 log_len: durable.log.len(),
                 dirty_from: None,
             },
@@ -330,10 +372,18 @@ impl Room {
             _ => Vec::new(),
         };
         self.written.log_len = len;
+        let meta = match &self.durable.meta {
+            Some(m) if self.written.meta.as_ref() != Some(m) => {
+                self.written.meta = Some(m.clone());
+                Some(m.clone())
+            }
+            _ => None,
+        };
         Changes {
             promise,
             records,
             truncated_after,
+            meta,
         }
     }
 
@@ -342,6 +392,41 @@ impl Room {
         match &self.role {
             Role::Owner(o) => Some(o.epoch),
             _ => None,
+        }
+    }
+
+    /// The acknowledged record at `seq`, if this node sequences the room and holds it.
+    pub fn committed_record(&self, seq: u64) -> Option<&Record> {
+        let committed = self.committed()?;
+        if seq == 0 || seq > committed {
+            return None;
+        }
+        self.durable.log.get((seq - 1) as usize)
+    }
+
+    /// The room's metadata as this node holds it (as the owner: its latest, which a
+    /// request builds on).
+    pub fn meta(&self) -> Option<&Meta> {
+        self.durable.meta.as_ref()
+    }
+
+    /// Why a metadata request at this node is refused now, if it is: it is not the
+    /// sequencing owner, or too many wait.
+    pub fn meta_refusal(&self) -> Option<RefusalCode> {
+        match &self.role {
+            Role::Owner(o) if o.meta_pending.len() >= PENDING_META_MAX => {
+                Some(RefusalCode::Overloaded)
+            }
+            _ => self.role_refusal(),
+        }
+    }
+
+    fn role_refusal(&self) -> Option<RefusalCode> {
+        match &self.role {
+            Role::Owner(_) => None,
+            Role::Claiming { .. } => Some(RefusalCode::Unavailable),
+            Role::Follower if !self.view.has_quorum() => Some(RefusalCode::Unavailable),
+            Role::Follower => Some(RefusalCode::NotOwner),
         }
     }
 
@@ -384,6 +469,7 @@ impl Room {
             Input::View(view) => self.on_view(view, &mut out),
             Input::Tick => self.on_tick(&mut out),
             Input::Frame { from, frame } => self.on_frame(from, frame, &mut out),
+            Input::Meta { from, req, change } => self.on_meta(from, req, change, &mut out),
         }
         out
     }
@@ -404,7 +490,60 @@ impl Room {
         match &self.role {
             Role::Follower => self.claim(out),
             Role::Claiming { .. } => {}
-            Role::Owner(_) => self.replicas_changed(out),
+            Role::Owner(_) => {
+                self.replicas_changed(out);
+                self.confirm(out);
+            }
+        }
+    }
+
+    /// After a view change, an owner checks it still is one. Its view may have kept a
+    /// majority while others, not seeing it, claimed a later epoch it never heard of (a
+    /// one-way partition; simulation seed 12408 of 20,000): with nothing new to send it
+    /// would never learn, and would answer replays without what the later owner
+    /// acknowledged. Each replica is sent again the last record it holds and the metadata
+    /// (a claim of its own epoch when it has neither): one that promised a later epoch
+    /// refuses (`StaleEpoch`), this owner steps down and claims above it; the others answer
+    /// what they hold, unchanged.
+    fn confirm(&mut self, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        if self.durable.log.is_empty() && self.durable.meta.is_none() {
+            let claim = Frame::Claim {
+                room: self.room.clone(),
+                epoch: o.epoch,
+            };
+            for r in &o.replicas {
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame: claim.clone(),
+                });
+            }
+            return;
+        }
+        for r in &o.replicas {
+            let upto = o.upto.get(r).copied().unwrap_or(0) as usize;
+            if let Some(record) = upto.checked_sub(1).and_then(|i| self.durable.log.get(i)) {
+                let frame = Frame::Append {
+                    room: self.room.clone(),
+                    record: record.clone(),
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
+            if let Some(meta) = &self.durable.meta {
+                let frame = Frame::MetaAppend {
+                    room: self.room.clone(),
+                    meta: meta.clone(),
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
         }
     }
 
@@ -438,7 +577,16 @@ impl Room {
             Frame::Append { record, .. } => self.on_append(from, record, out),
             Frame::Appended { epoch, upto, .. } => self.on_appended(from, epoch, upto, out),
             Frame::Claim { epoch, .. } => self.on_claim(from, epoch, out),
-            Frame::Handoff { epoch, records, .. } => self.on_handoff(from, epoch, records, out),
+            Frame::Handoff {
+                epoch,
+                records,
+                meta,
+                ..
+            } => self.on_handoff(from, epoch, (records, meta), out),
+            Frame::MetaAppend { meta, .. } => self.on_meta_append(from, meta, out),
+            Frame::MetaAppended { epoch, version, .. } => {
+                self.on_meta_appended(from, epoch, version, out);
+            }
             Frame::Refused { epoch, code, .. } => self.on_refused(epoch, code, out),
             Frame::ReplayRequest {
                 req,
@@ -447,6 +595,7 @@ impl Room {
                 ..
             } => self.on_replay(from, req, after_seq, max, out),
             Frame::Interest { .. } => {
+                self.deliver_meta(out, &from);
                 if !self.interest.contains(&from) {
                     self.interest.push(from);
                 }
@@ -456,7 +605,11 @@ impl Room {
             Frame::Hello { .. }
             | Frame::Published { .. }
             | Frame::Deliver { .. }
-            | Frame::ReplayRecords { .. } => {}
+            | Frame::ReplayRecords { .. }
+            | Frame::MetaRequest { .. }
+            | Frame::MetaDone { .. }
+            | Frame::MetaRefused { .. }
+            | Frame::MetaDeliver { .. } => {}
         }
     }
 
@@ -470,7 +623,8 @@ impl Room {
         self.durable.promised = epoch;
         self.durable.promised_to = Some(self.me.clone());
         let mut answers = BTreeMap::new();
-        answers.insert(self.me.clone(), self.durable.log.clone());
+        let mine = (self.durable.log.clone(), self.durable.meta.clone());
+        answers.insert(self.me.clone(), mine);
         self.role = Role::Claiming { epoch, answers };
         let claim = Frame::Claim {
             room: self.room.clone(),
@@ -508,6 +662,7 @@ impl Room {
                 room: self.room.clone(),
                 epoch,
                 records,
+                meta: self.durable.meta.clone(),
             },
         );
     }
@@ -516,7 +671,7 @@ impl Room {
         &mut self,
         from: NodeId,
         epoch: u64,
-        records: Vec<Record>,
+        (records, meta): (Vec<Record>, Option<Meta>),
         out: &mut Vec<Output>,
     ) {
         // A log with a hole or a seq out of place is not a log: ignore the answer.
@@ -530,7 +685,7 @@ impl Room {
         } = &mut self.role
         {
             if *mine == epoch && valid {
-                answers.insert(from, records);
+                answers.insert(from, (records, meta));
             }
         }
         self.maybe_take_over(out);
@@ -545,7 +700,7 @@ impl Room {
             return;
         }
         let epoch = *epoch;
-        let mut merged = merge(answers.values());
+        let mut merged = merge(answers.values().map(|(log, _)| log));
         if self.rules.dedup && self.rules.merge_drops_copies {
             // A copy of a key still in the window was never acknowledged, nor was anything
             // after it (docs/REPLICATION.md "Exactly once"): its send's retry is the one
@@ -554,6 +709,11 @@ impl Room {
                 merged.truncate(at);
             }
         }
+        let meta = answers
+            .values()
+            .filter_map(|(_, meta)| meta.as_ref())
+            .max_by_key(|m| m.position())
+            .map(|m| Meta { epoch, ..m.clone() });
         self.durable.log = merged.into_iter().map(|r| Record { epoch, ..r }).collect();
         self.written.wrote_from(0);
         self.durable.held_epoch = epoch;
@@ -563,24 +723,31 @@ impl Room {
         } else {
             dedup::Window::new(self.keys_max)
         };
+        self.durable.meta = meta.clone();
         let replicas = self.replicas_in_view();
         let upto: BTreeMap<NodeId, u64> = replicas.iter().map(|r| (r.clone(), 0)).collect();
-        self.role = Role::Owner(Owner {
+        self.role = Role::Owner(Box::new(Owner {
             epoch,
             replicas,
             sent: upto.clone(),
+            meta_upto: upto.clone(),
+            meta_sent: upto.clone(),
             upto,
             committed: 0,
             pending: BTreeMap::new(),
             waiting: 0,
             window,
-        });
+            meta_pending: Vec::new(),
+            meta_unacked: meta.into_iter().collect(),
+            meta_acked: None,
+        }));
         out.push(Output::Sequencing {
             epoch,
             next_seq: self.durable.held + 1,
         });
         self.pump(out);
         self.advance(out);
+        self.advance_meta(out);
     }
 
     fn replicas_changed(&mut self, out: &mut Vec<Output>) {
@@ -598,9 +765,15 @@ impl Room {
             .map(|r| (r.clone(), o.upto.get(r).copied().unwrap_or(0)))
             .collect();
         o.sent = o.upto.clone();
+        o.meta_upto = replicas
+            .iter()
+            .map(|r| (r.clone(), o.meta_upto.get(r).copied().unwrap_or(0)))
+            .collect();
+        o.meta_sent = o.meta_upto.clone();
         o.replicas = replicas;
         self.pump(out);
         self.advance(out);
+        self.advance_meta(out);
     }
 
     /// Send every replica the records after those sent to it, at most
@@ -628,12 +801,30 @@ impl Room {
                 });
             }
         }
+        let Some(meta) = &self.durable.meta else {
+            return;
+        };
+        for r in &o.replicas {
+            let sent = o.meta_sent.entry(r.clone()).or_insert(0);
+            if *sent < meta.version {
+                *sent = meta.version;
+                let frame = Frame::MetaAppend {
+                    room: self.room.clone(),
+                    meta: meta.clone(),
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
+        }
     }
 
     /// A tick: what was sent and not confirmed may be lost; send it again.
     fn resend(&mut self, out: &mut Vec<Output>) {
         if let Role::Owner(o) = &mut self.role {
             o.sent = o.upto.clone();
+            o.meta_sent = o.meta_upto.clone();
         }
         self.pump(out);
     }
@@ -645,6 +836,9 @@ impl Room {
             Role::Owner(o) => {
                 for w in o.pending.into_values().flatten() {
                     self.refuse(out, &w.from, w.req, o.epoch, RefusalCode::Unavailable);
+                }
+                for (_, to, req) in o.meta_pending {
+                    self.refuse(out, &to, req, o.epoch, RefusalCode::Unavailable);
                 }
                 out.push(Output::SteppedDown { epoch: o.epoch });
             }
@@ -861,6 +1055,153 @@ impl Room {
                     frame,
                 });
             }
+        }
+    }
+
+    /// The owner writes the engine's decision (if it changed anything) and answers once
+    /// every replica holds that version (or a later one).
+    fn on_meta(&mut self, from: NodeId, req: u64, change: Option<Vec<u8>>, out: &mut Vec<Output>) {
+        if let Some(code) = self.meta_refusal() {
+            let epoch = self.durable.promised;
+            self.refuse(out, &from, req, epoch, code);
+            return;
+        }
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        let version = self.durable.meta.as_ref().map_or(0, |m| m.version);
+        let version = match change {
+            Some(bytes) => {
+                let meta = Meta {
+                    epoch: o.epoch,
+                    version: version + 1,
+                    bytes,
+                };
+                o.meta_unacked.push_back(meta.clone());
+                self.durable.meta = Some(meta);
+                version + 1
+            }
+            None => version,
+        };
+        o.meta_pending.push((version, from, req));
+        self.pump(out);
+        self.advance_meta(out);
+    }
+
+    fn on_meta_append(&mut self, from: NodeId, meta: Meta, out: &mut Vec<Output>) {
+        if meta.epoch < self.durable.promised && self.rules.fencing {
+            let promised = self.durable.promised;
+            self.refuse(out, &from, 0, promised, RefusalCode::StaleEpoch);
+            return;
+        }
+        let replica = self.replicas_in_view().contains(&self.me);
+        if self.owner_in_view() != Some(&from) || !replica {
+            self.refuse(out, &from, 0, meta.epoch, RefusalCode::NotReplica);
+            return;
+        }
+        if meta.epoch > self.durable.promised {
+            self.step_down(out);
+            self.durable.promised = meta.epoch;
+            self.durable.promised_to = Some(from.clone());
+        }
+        let epoch = meta.epoch;
+        let d = &mut self.durable;
+        if d.meta
+            .as_ref()
+            .is_none_or(|m| m.position() < meta.position())
+        {
+            d.meta = Some(meta);
+        }
+        let held = d.meta.as_ref().filter(|m| m.epoch == epoch);
+        let version = held.map_or(0, |m| m.version);
+        let frame = Frame::MetaAppended {
+            room: self.room.clone(),
+            epoch,
+            version,
+        };
+        self.send(out, &from, frame);
+    }
+
+    fn on_meta_appended(&mut self, from: NodeId, epoch: u64, version: u64, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        if o.epoch != epoch {
+            return;
+        }
+        let current = self.durable.meta.as_ref().map_or(0, |m| m.version);
+        let Some(held) = o.meta_upto.get_mut(&from) else {
+            return;
+        };
+        // Never above what this owner holds: a confused peer cannot ack the unwritten.
+        *held = (*held).max(version.min(current));
+        self.advance_meta(out);
+    }
+
+    /// The newest version every replica holds becomes the acknowledged one: it goes to
+    /// every interested node, and answers every request that waited for it or an earlier
+    /// version.
+    fn advance_meta(&mut self, out: &mut Vec<Output>) {
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
+        let current = self.durable.meta.as_ref().map_or(0, |m| m.version);
+        let held = o.meta_upto.values().copied().min().unwrap_or(u64::MAX);
+        let held = held.min(current);
+        let acked = o.meta_acked.as_ref().map_or(0, |m| m.version);
+        if held > acked {
+            // Every version a replica reports was sent, so it is among the unacked ones.
+            if let Some(at) = o.meta_unacked.iter().position(|m| m.version == held) {
+                let meta = o.meta_unacked[at].clone();
+                o.meta_unacked.drain(..=at);
+                o.meta_acked = Some(meta.clone());
+                for node in &self.interest {
+                    let frame = Frame::MetaDeliver {
+                        room: self.room.clone(),
+                        meta: meta.clone(),
+                    };
+                    out.push(Output::Send {
+                        to: node.clone(),
+                        frame,
+                    });
+                }
+            }
+        }
+        let Some(meta) = o.meta_acked.clone() else {
+            if self.durable.meta.is_none() {
+                // Nothing written: nothing to answer with. The engine always writes before
+                // it reads (a request on a room without metadata creates it or fails).
+                for (_, to, req) in std::mem::take(&mut o.meta_pending) {
+                    self.refuse(out, &to, req, 0, RefusalCode::Unavailable);
+                }
+            }
+            return;
+        };
+        let (answer, wait) = std::mem::take(&mut o.meta_pending)
+            .into_iter()
+            .partition(|(version, _, _)| *version <= meta.version);
+        o.meta_pending = wait;
+        for (_, to, req) in answer {
+            let frame = Frame::MetaDone {
+                req,
+                room: self.room.clone(),
+                meta: meta.clone(),
+            };
+            self.send(out, &to, frame);
+        }
+    }
+
+    /// A newly interested node gets the room's acknowledged metadata.
+    fn deliver_meta(&self, out: &mut Vec<Output>, to: &str) {
+        let Role::Owner(o) = &self.role else {
+            return;
+        };
+        if let Some(meta) = &o.meta_acked {
+            let frame = Frame::MetaDeliver {
+                room: self.room.clone(),
+                meta: meta.clone(),
+            };
+            self.send(out, to, frame);
         }
     }
 

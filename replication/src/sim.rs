@@ -18,6 +18,11 @@
 //! whose acknowledged log holds every message ever acknowledged at its seq, and every
 //! subscriber received exactly that log, each seq once, in order; every message was
 //! eventually acknowledged.
+//!
+//! Every third message of a publisher is a metadata change instead (a tag added to the
+//! room's [`Meta`], decided at the owner as the engine decides a room's metadata): its
+//! acknowledgement must carry the tag, and at the end the owner's metadata holds every
+//! acknowledged tag — an acknowledged change survives every failover.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -25,7 +30,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::frame::{self, Frame, Record, RefusalCode};
+use crate::frame::{self, Frame, Meta, Record, RefusalCode};
 use crate::membership::{MemberState, Membership, MembershipConfig, NodeIdentity};
 use crate::room::{Durable, Input, Output, Room, Rules, View};
 
@@ -74,6 +79,8 @@ pub struct Outcome {
     pub acked: usize,
     /// Retries the owner answered with the original's seq (`Published { original }`).
     pub deduplicated: usize,
+    /// Of `acked`, the metadata changes.
+    pub meta_changes: usize,
     pub failovers: usize,
     pub events: u64,
     pub end_ms: u64,
@@ -170,6 +177,7 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Outcome, Violation> {
         None => Ok(Outcome {
             acked: sim.acked.len(),
             deduplicated: sim.deduplicated,
+            meta_changes: sim.meta_acked.values().map(Vec::len).sum(),
             failovers: sim.failovers,
             events: sim.events,
             end_ms: sim.now,
@@ -213,6 +221,16 @@ fn membership_config(n: usize, me: usize) -> MembershipConfig {
         suspect_to_down: Duration::from_millis(300),
         seeds: (0..n).filter(|&j| j != me).map(addr).collect(),
     }
+}
+
+/// Whether a publisher's message `k` is a metadata change (every third).
+fn is_meta(k: usize) -> bool {
+    k % 3 == 2
+}
+
+/// The tags a simulated room's metadata holds (one a line).
+fn tags(meta: &Meta) -> impl Iterator<Item = &[u8]> {
+    meta.bytes.split(|b| *b == b'\n').filter(|t| !t.is_empty())
 }
 
 fn room_name(r: usize) -> String {
@@ -366,6 +384,8 @@ struct Sim {
     deduplicated: usize,
     /// Every acknowledged message (its seq is in `seqs`).
     acked: BTreeSet<Vec<u8>>,
+    /// Per room, the metadata tags acknowledged.
+    meta_acked: BTreeMap<String, Vec<Vec<u8>>>,
     /// (room, epoch) → (node, boot) that sequenced it.
     epochs: BTreeMap<(String, u64), (usize, u64)>,
     failovers: usize,
@@ -425,6 +445,7 @@ impl Sim {
             seqs: BTreeMap::new(),
             deduplicated: 0,
             acked: BTreeSet::new(),
+            meta_acked: BTreeMap::new(),
             epochs: BTreeMap::new(),
             failovers: 0,
             events: 0,
@@ -696,7 +717,18 @@ impl Sim {
                     .range((room.to_owned(), 0)..=(room.to_owned(), u64::MAX))
                     .next_back()
                     .map_or(0, |((_, seq), _)| *seq);
-                if next_seq <= highest {
+                // A claimant whose majority answered before a later epoch was promised
+                // may still take over at its lower epoch (seed 18707: n2 at epoch 3 after
+                // n0 sequenced at 4): that owner is fenced — any replica set of it holds a
+                // member of the later epoch's majority, which refuses its appends — so it
+                // never acknowledges (a reused seq would fail `position`). Only the newest
+                // epoch must start past every acknowledged seq.
+                let newest = self
+                    .epochs
+                    .range((room.to_owned(), 0)..=(room.to_owned(), u64::MAX))
+                    .next_back()
+                    .is_none_or(|((_, e), _)| epoch > *e);
+                if newest && next_seq <= highest {
                     self.fail(format!(
                         "n{i} sequences {room} at epoch {epoch} from seq {next_seq}, but seq {highest} was already acknowledged or delivered"
                     ));
@@ -733,6 +765,12 @@ impl Sim {
                 self.deduplicated += usize::from(original.is_some());
                 self.answer(to, req, Ok(seq));
             }
+            Frame::MetaDone { req, meta, .. } => self.meta_answer(to, req, &meta),
+            Frame::MetaRequest { req, room, op } => {
+                self.decide_meta(to, from, req, &room, op);
+            }
+            Frame::MetaDeliver { .. } => {}
+            Frame::MetaRefused { req, .. } => self.answer(to, req, Err(RefusalCode::Unavailable)),
             Frame::Refused {
                 req,
                 ref room,
@@ -757,7 +795,9 @@ impl Sim {
             | Frame::Uninterest { ref room }
             | Frame::ReplayRequest { ref room, .. }
             | Frame::Claim { ref room, .. }
-            | Frame::Handoff { ref room, .. } => {
+            | Frame::Handoff { ref room, .. }
+            | Frame::MetaAppend { ref room, .. }
+            | Frame::MetaAppended { ref room, .. } => {
                 let room = room.clone();
                 self.feed_frame(to, from, &room, frame);
             }
@@ -780,6 +820,42 @@ impl Sim {
             more,
         };
         self.at(delay, ev);
+    }
+
+    /// The owner's part of a metadata change, as the engine's node layer does it: the tag
+    /// added to the room's tags (none if it is there), then the room machine replicates.
+    fn decide_meta(&mut self, node: usize, from: usize, req: u64, room: &str, tag: Vec<u8>) {
+        let Some(state) = self.nodes[node].rooms.get(room) else {
+            return;
+        };
+        let change = match (state.meta_refusal(), state.meta()) {
+            (Some(_), _) => None,
+            (None, Some(meta)) if tags(meta).any(|t| t == tag.as_slice()) => None,
+            (None, meta) => {
+                let mut bytes = meta.map(|m| m.bytes.clone()).unwrap_or_default();
+                bytes.extend_from_slice(&tag);
+                bytes.push(b'\n');
+                Some(bytes)
+            }
+        };
+        let from = name(from);
+        self.feed_room(node, room, Input::Meta { from, req, change });
+    }
+
+    /// A metadata change acknowledged: the answer must hold its tag.
+    fn meta_answer(&mut self, node: usize, req: u64, meta: &Meta) {
+        if let Some((_, Forwarded::Publish { p, attempt })) = self.nodes[node].forwarded.get(&req) {
+            if let Some(&k) = self.publishers[*p].attempts.get(attempt) {
+                let tag = Self::payload(*p, k);
+                if !tags(meta).any(|t| t == tag.as_slice()) {
+                    let what = String::from_utf8_lossy(&tag).into_owned();
+                    return self.fail(format!(
+                        "the metadata change {what} acknowledged without it"
+                    ));
+                }
+            }
+        }
+        self.answer(node, req, Ok(meta.version));
     }
 
     fn client_delay(&mut self) -> u64 {
@@ -820,6 +896,35 @@ impl Sim {
         index_of(owner)
     }
 
+    /// A publisher's attempt as a frame to the owner: a send, or a metadata change.
+    fn send_frame(
+        &self,
+        p: usize,
+        attempt: u64,
+        room: String,
+        payload: Vec<u8>,
+    ) -> Box<dyn FnOnce(u64) -> Frame> {
+        let meta = self.publishers[p]
+            .attempts
+            .get(&attempt)
+            .is_some_and(|&k| is_meta(k));
+        if meta {
+            Box::new(move |req| Frame::MetaRequest {
+                req,
+                room,
+                op: payload,
+            })
+        } else {
+            // A message's retry key is its identity: every attempt carries the same.
+            Box::new(move |req| Frame::Publish {
+                req,
+                room,
+                key: Some(payload.clone()),
+                payload,
+            })
+        }
+    }
+
     fn on_client_msg(&mut self, node: usize, msg: ClientMsg) {
         if !self.nodes[node].up {
             return;
@@ -831,14 +936,7 @@ impl Sim {
                 room,
                 payload,
             } => {
-                let r = room.clone();
-                // A message's retry key is its identity: every attempt carries the same.
-                let f = Box::new(move |req| Frame::Publish {
-                    req,
-                    room: r,
-                    key: Some(payload.clone()),
-                    payload,
-                });
+                let f = self.send_frame(p, attempt, room.clone(), payload);
                 (room, Forwarded::Publish { p, attempt }, f)
             }
             ClientMsg::Replay {
@@ -1013,19 +1111,22 @@ impl Sim {
         };
         let room = self.publishers[p].room.clone();
         match result {
+            Ok(version) if is_meta(k) => {
+                let tag = Self::payload(p, k);
+                self.log(|| format!("p{p} ok {room} meta version {version} with p{p}-m{k}"));
+                let tags = self.meta_acked.entry(room).or_default();
+                if !tags.contains(&tag) {
+                    tags.push(tag.clone());
+                }
+                self.acked.insert(tag);
+                self.next_message(p, k);
+            }
             Ok(seq) => {
                 let payload = Self::payload(p, k);
                 self.log(|| format!("p{p} ok {room} seq {seq} = p{p}-m{k}"));
                 self.position(&room, seq, &payload, "acknowledged");
                 self.acked.insert(payload);
-                let publisher = &mut self.publishers[p];
-                if k == publisher.next && !publisher.done {
-                    publisher.next += 1;
-                    publisher.done = publisher.next == self.cfg.messages_per_publisher;
-                    if !publisher.done {
-                        self.send_attempt(p);
-                    }
-                }
+                self.next_message(p, k);
             }
             Err(code) => {
                 self.log(|| format!("p{p} attempt {attempt} refused: {code:?}"));
@@ -1037,6 +1138,18 @@ impl Sim {
                     self.publishers[p].attempts.insert(next, k);
                     self.at(backoff, Ev::PubWake { p, attempt: next });
                 }
+            }
+        }
+    }
+
+    /// Message `k` of publisher `p` is acknowledged: on to the next.
+    fn next_message(&mut self, p: usize, k: usize) {
+        let publisher = &mut self.publishers[p];
+        if k == publisher.next && !publisher.done {
+            publisher.next += 1;
+            publisher.done = publisher.next == self.cfg.messages_per_publisher;
+            if !publisher.done {
+                self.send_attempt(p);
             }
         }
     }
@@ -1242,6 +1355,16 @@ impl Sim {
                 if log.get(seq as usize - 1) != Some(&payload) {
                     let what = String::from_utf8_lossy(&payload).into_owned();
                     return self.fail(format!("{room} seq {seq} ({what}) was acknowledged or delivered, the owner n{owner} does not hold it"));
+                }
+            }
+            let meta = self.nodes[owner].rooms[room].meta().cloned();
+            for tag in self.meta_acked.get(room).into_iter().flatten() {
+                if !meta
+                    .as_ref()
+                    .is_some_and(|m| tags(m).any(|t| t == tag.as_slice()))
+                {
+                    let what = String::from_utf8_lossy(tag).into_owned();
+                    return self.fail(format!("{room}: the metadata change {what} was acknowledged, the owner n{owner}'s metadata lacks it"));
                 }
             }
             for (s, sub) in self.subscribers.iter().enumerate() {

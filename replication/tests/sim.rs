@@ -41,7 +41,7 @@ fn run_seeds(seeds: std::ops::Range<u64>, rules: Rules, stop_at_first: bool) -> 
         .map_or(1, |n| n.get())
         .min(2) as u64;
     let found = std::sync::Mutex::new(Vec::new());
-    let totals = std::sync::Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64));
+    let totals = std::sync::Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, 0u64));
     std::thread::scope(|scope| {
         for t in 0..threads {
             let (seeds, found, totals) = (seeds.clone(), &found, &totals);
@@ -63,15 +63,16 @@ fn run_seeds(seeds: std::ops::Range<u64>, rules: Rules, stop_at_first: bool) -> 
                             t.2 += o.failovers as u64;
                             t.3 += o.acked as u64;
                             t.4 += o.deduplicated as u64;
+                            t.5 += o.meta_changes as u64;
                         }
                     }
                 }
             });
         }
     });
-    let (runs, events, failovers, acked, deduplicated) = totals.into_inner().unwrap();
+    let (runs, events, failovers, acked, deduplicated, meta) = totals.into_inner().unwrap();
     eprintln!(
-        "{runs} runs kept every invariant: {events} events, {failovers} failovers, {acked} messages acknowledged, each at one seq ({deduplicated} retries answered with the original's seq)"
+        "{runs} runs kept every invariant: {events} events, {failovers} failovers, {acked} messages acknowledged, each at one seq ({deduplicated} retries answered with the original's seq, {meta} of them metadata changes)"
     );
     let mut found = found.into_inner().unwrap();
     found.sort_by_key(|v| v.seed);

@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sokdo_persistence::Durability;
-use sokdo_replication::frame;
+use sokdo_replication::frame::{self, Meta};
 use sokdo_replication::room::{Changes, Durable};
 
 /// `(room, seq)` → `frame::encode_record` of the record.
@@ -36,6 +36,8 @@ const RECORDS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::n
 /// `room` → `(promised, promised_to, held_epoch, held)`.
 const ROOMS: TableDefinition<'static, &str, (u64, Option<&str>, u64, u64)> =
     TableDefinition::new("rooms");
+/// room → its metadata `(epoch, version, bytes)` (`replication::frame::Meta`), whole.
+const METAS: TableDefinition<'static, &str, (u64, u64, &[u8])> = TableDefinition::new("metas");
 
 /// `--durability async`: the longest an acknowledged record stays written but not fsynced.
 /// An instance's loss inside the window loses what it alone held; with a majority holding
@@ -122,6 +124,7 @@ impl Disk {
                 held_epoch,
                 held,
                 log: Vec::new(),
+                meta: None,
             };
             let range = records
                 .range((room.as_str(), 0)..=(room.as_str(), u64::MAX))
@@ -149,6 +152,17 @@ impl Disk {
             }
             out.insert(room, durable);
         }
+        let metas = txn.open_table(METAS).map_err(|e| self.fail(e))?;
+        for row in metas.iter().map_err(|e| self.fail(e))? {
+            let (room, meta) = row.map_err(|e| self.fail(e))?;
+            let (epoch, version, bytes) = meta.value();
+            let meta = Meta {
+                epoch,
+                version,
+                bytes: bytes.to_vec(),
+            };
+            out.entry(room.value().to_owned()).or_default().meta = Some(meta);
+        }
         Ok(out)
     }
 
@@ -166,6 +180,7 @@ impl Disk {
         {
             let mut rooms = txn.open_table(ROOMS).map_err(|e| self.fail(e))?;
             let mut records = txn.open_table(RECORDS).map_err(|e| self.fail(e))?;
+            let mut metas = txn.open_table(METAS).map_err(|e| self.fail(e))?;
             for (room, c) in changes {
                 if let Some(after) = c.truncated_after {
                     let gone = (room.as_str(), after + 1)..=(room.as_str(), u64::MAX);
@@ -182,6 +197,10 @@ impl Disk {
                 if let Some(p) = &c.promise {
                     let row = (p.promised, p.promised_to.as_deref(), p.held_epoch, p.held);
                     rooms.insert(room.as_str(), row).map_err(|e| self.fail(e))?;
+                }
+                if let Some(m) = &c.meta {
+                    let row = (m.epoch, m.version, m.bytes.as_slice());
+                    metas.insert(room.as_str(), row).map_err(|e| self.fail(e))?;
                 }
             }
         }

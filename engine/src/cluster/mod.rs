@@ -14,6 +14,7 @@
 
 mod disk;
 mod links;
+pub mod meta;
 mod node;
 pub mod port;
 

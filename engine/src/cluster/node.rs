@@ -3,8 +3,9 @@
 //! home shards hand over, the frames of the peer links, and the rooms this instance has
 //! local members in (interest). docs/REPLICATION.md "Send and deliver".
 //!
-//! The room machine decides everything about ownership, epochs and the ack rule; this
-//! layer routes: a publish to the owner of this node's view (itself: the room machine),
+//! The room machine decides everything about ownership, epochs and the ack rule, and this
+//! layer, as the owner, decides requests about a room's metadata (`meta::decide`); it
+//! routes: a publish to the owner of this node's view (itself: the room machine),
 //! answers back to the home shard that asked, deliveries and replays to the room's home
 //! shard, frames to a peer's link or, addressed to this node, back into itself.
 //!
@@ -22,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sokdo_replication::frame::{self, Frame, Record, RefusalCode};
+use sokdo_replication::frame::{self, Frame, Meta, Record, RefusalCode};
 use sokdo_replication::membership::{MemberState, MemberView};
 use sokdo_replication::room::{
     Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
@@ -30,6 +31,7 @@ use sokdo_replication::room::{
 
 use super::disk::Writer;
 use super::links::{Link, LinkStats};
+use super::meta;
 use super::port::{FromCluster, Note, Payload, ToCluster};
 use super::Cluster;
 use crate::mesh::ShardId;
@@ -42,15 +44,17 @@ struct Forward {
     shard: ShardId,
     token: u64,
     deadline: Instant,
+    /// A send (counted in `sends_forwarded` / `sends_refused`), not a metadata request.
+    send: bool,
 }
 
-/// A publish that reached this node as the room's owner in its view while it is still
-/// claiming the room: fed to the room machine once it sequences.
+/// A publish or a metadata request that reached this node as the room's owner in its view
+/// while it is still claiming the room: handled once it sequences.
 struct Held {
     from: String,
     req: u64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    /// `Frame::Publish` or `Frame::MetaRequest`.
+    frame: Frame,
     deadline: Instant,
 }
 
@@ -377,31 +381,72 @@ impl Node {
             .store(self.forwards.len() as u64, Ordering::Relaxed);
     }
 
-    /// `/cluster`'s `rooms`: what this node sequences (at most `max`, by name).
+    /// `/cluster`'s `rooms`: what this node sequences (at most `max`, by name), with its
+    /// metadata's version (0: none).
     pub(super) fn owned(&self, max: usize) -> Vec<serde_json::Value> {
-        let mut owned: Vec<(&String, u64, u64)> = self
+        let mut owned: Vec<(&String, u64, u64, u64)> = self
             .rooms
             .iter()
-            .filter_map(|(n, r)| Some((n, r.machine.owner_epoch()?, r.machine.committed()?)))
+            .filter_map(|(n, r)| {
+                let meta_version = r.machine.meta().map_or(0, |m| m.version);
+                Some((
+                    n,
+                    r.machine.owner_epoch()?,
+                    r.machine.committed()?,
+                    meta_version,
+                ))
+            })
             .collect();
         owned.sort();
         owned
             .into_iter()
             .take(max)
-            .map(|(room, epoch, committed)| {
-                serde_json::json!({"room": room, "epoch": epoch, "committed": committed})
+            .map(|(room, epoch, committed, meta_version)| {
+                serde_json::json!({
+                    "room": room, "epoch": epoch, "committed": committed,
+                    "meta_version": meta_version,
+                })
             })
             .collect()
     }
 
     pub(super) fn on_shard(&mut self, req: ToCluster) {
-        let ToCluster::Publish {
-            shard,
-            token,
-            room,
-            key,
-            payload,
-        } = req;
+        let send = matches!(req, ToCluster::Publish { .. });
+        let (shard, token, room, frame_of): (_, _, _, Box<dyn FnOnce(u64, String) -> Frame>) =
+            match req {
+                ToCluster::Publish {
+                    shard,
+                    token,
+                    room,
+                    key,
+                    payload,
+                } => (
+                    shard,
+                    token,
+                    room,
+                    Box::new(|req, room| Frame::Publish {
+                        req,
+                        room,
+                        key,
+                        payload,
+                    }),
+                ),
+                ToCluster::Meta {
+                    shard,
+                    token,
+                    room,
+                    request,
+                } => (
+                    shard,
+                    token,
+                    room,
+                    Box::new(|req, room| Frame::MetaRequest {
+                        req,
+                        room,
+                        op: request,
+                    }),
+                ),
+            };
         let req = self.req();
         let deadline = Instant::now() + self.cluster.limits.publish_timeout;
         self.forwards.insert(
@@ -410,6 +455,7 @@ impl Node {
                 shard,
                 token,
                 deadline,
+                send,
             },
         );
         let Some(owner) = self.owner_of(&room) else {
@@ -417,16 +463,10 @@ impl Node {
             self.answer_refused(req, RefusalCode::Unavailable, why);
             return;
         };
-        if owner != self.me() {
+        if owner != self.me() && send {
             self.cluster.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         }
-        let frame = Frame::Publish {
-            req,
-            room,
-            key,
-            payload,
-        };
-        self.send_to(&owner, frame);
+        self.send_to(&owner, frame_of(req, room));
         self.run_local();
     }
 
@@ -514,6 +554,27 @@ impl Node {
                 key,
                 payload,
             } => self.on_publish(from, req, &room, key, payload),
+            Frame::MetaRequest { req, room, op } => self.on_meta_request(from, req, &room, op),
+            Frame::MetaDone { req, meta, .. } => {
+                if let Some(f) = self.forwards.remove(&req) {
+                    let msg = FromCluster::MetaDone {
+                        token: f.token,
+                        meta,
+                    };
+                    self.for_shard(f.shard, msg);
+                }
+            }
+            Frame::MetaRefused { req, why, .. } => {
+                if let Some(f) = self.forwards.remove(&req) {
+                    let error = meta::decode_refusal(&why);
+                    let msg = FromCluster::MetaRefused {
+                        token: f.token,
+                        error,
+                    };
+                    self.for_shard(f.shard, msg);
+                }
+            }
+            Frame::MetaDeliver { room, meta } => self.deliver_meta(room, meta),
             other => {
                 let Some(room) = room_of(&other) else { return };
                 let room = room.to_owned();
@@ -530,32 +591,99 @@ impl Node {
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
     ) {
-        let me = self.me().to_owned();
-        let deadline = Instant::now() + self.cluster.limits.publish_timeout;
-        let state = self.room_state(room);
-        let claiming =
-            state.machine.owner_epoch().is_none() && state.machine.owner_in_view() == Some(&me);
-        if claiming {
-            if state.held.len() >= PENDING_SENDS_MAX {
-                self.refuse(&from, req, room, RefusalCode::Overloaded);
-                return;
-            }
-            state.held.push_back(Held {
-                from,
-                req,
-                key,
-                payload,
-                deadline,
-            });
-            return;
-        }
         let frame = Frame::Publish {
             req,
             room: room.to_owned(),
             key,
             payload,
         };
-        self.feed(room, Input::Frame { from, frame });
+        if let Some((from, frame)) = self.hold_if_claiming(from, req, room, frame) {
+            self.feed(room, Input::Frame { from, frame });
+        }
+    }
+
+    /// While this node claims the room as its owner in view, `frame` waits (at most
+    /// `PENDING_SENDS_MAX`, beyond: `Overloaded`); otherwise it comes back to be handled.
+    fn hold_if_claiming(
+        &mut self,
+        from: String,
+        req: u64,
+        room: &str,
+        frame: Frame,
+    ) -> Option<(String, Frame)> {
+        let me = self.me().to_owned();
+        let deadline = Instant::now() + self.cluster.limits.publish_timeout;
+        let state = self.room_state(room);
+        let claiming =
+            state.machine.owner_epoch().is_none() && state.machine.owner_in_view() == Some(&me);
+        if !claiming {
+            return Some((from, frame));
+        }
+        if state.held.len() >= PENDING_SENDS_MAX {
+            self.refuse(&from, req, room, RefusalCode::Overloaded);
+            return None;
+        }
+        state.held.push_back(Held {
+            from,
+            req,
+            frame,
+            deadline,
+        });
+        None
+    }
+
+    /// As the room's owner: decide a metadata request and hand the decision to the room
+    /// machine, which replicates it and answers once a majority holds it. Still claiming:
+    /// it waits with the sends. Not the owner: the machine refuses, as it refuses a send.
+    fn on_meta_request(&mut self, from: String, req: u64, room: &str, request: Vec<u8>) {
+        let frame = Frame::MetaRequest {
+            req,
+            room: room.to_owned(),
+            op: request,
+        };
+        let Some((from, Frame::MetaRequest { op: request, .. })) =
+            self.hold_if_claiming(from, req, room, frame)
+        else {
+            return;
+        };
+        let machine = &self.room_state(room).machine;
+        let change = if machine.meta_refusal().is_some() {
+            None
+        } else {
+            let author_of = |seq: u64| {
+                let record = machine.committed_record(seq)?;
+                Payload::decode(&record.payload).map(|p| p.from)
+            };
+            let held = meta::Held {
+                meta: machine.meta().map(|m| m.bytes.as_slice()),
+                committed: machine.committed().unwrap_or(0),
+                author_of: &author_of,
+            };
+            match meta::decide(&held, &request) {
+                Ok(change) => change.map(|m| m.encode()),
+                Err(e) => {
+                    let why = meta::encode_refusal(&e);
+                    let room = room.to_owned();
+                    self.send_to(&from, Frame::MetaRefused { req, room, why });
+                    return;
+                }
+            }
+        };
+        self.feed(
+            room,
+            sokdo_replication::room::Input::Meta { from, req, change },
+        );
+    }
+
+    /// The room's metadata, for its home, if this instance has members there.
+    fn deliver_meta(&mut self, room: String, meta: Meta) {
+        if !self.interest.contains_key(&room) {
+            return;
+        }
+        let shard = crate::placement::home_of(&room, self.cluster.shards);
+        self.cluster
+            .port
+            .deliver(shard, FromCluster::Meta { room, meta });
     }
 
     fn on_replay_records(&mut self, req: u64, room: &str, records: Vec<Record>, more: bool) {
@@ -619,7 +747,9 @@ impl Node {
 
     fn answer_refused(&mut self, req: u64, code: RefusalCode, why: String) {
         if let Some(f) = self.forwards.remove(&req) {
-            self.cluster.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if f.send {
+                self.cluster.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
             let msg = FromCluster::Refused {
                 token: f.token,
                 code,
@@ -699,18 +829,12 @@ impl Node {
         }
     }
 
-    /// The room sequences now: the publishes held meanwhile go in, in arrival order.
+    /// The room sequences now: what was held meanwhile goes in, in arrival order.
     fn release_held(&mut self, room: &str) {
         let held: Vec<Held> = self.room_state(room).held.drain(..).collect();
         for h in held {
-            let frame = Frame::Publish {
-                req: h.req,
-                room: room.to_owned(),
-                key: h.key,
-                payload: h.payload,
-            };
             // Handled after this feed's outputs: `feed` is not re-entered.
-            self.local.push_back((h.from, frame));
+            self.local.push_back((h.from, h.frame));
         }
     }
 
@@ -766,7 +890,13 @@ fn room_of(frame: &Frame) -> Option<&str> {
         | Frame::ReplayRequest { room, .. }
         | Frame::ReplayRecords { room, .. }
         | Frame::Claim { room, .. }
-        | Frame::Handoff { room, .. } => Some(room),
+        | Frame::Handoff { room, .. }
+        | Frame::MetaRequest { room, .. }
+        | Frame::MetaDone { room, .. }
+        | Frame::MetaRefused { room, .. }
+        | Frame::MetaAppend { room, .. }
+        | Frame::MetaAppended { room, .. }
+        | Frame::MetaDeliver { room, .. } => Some(room),
     }
 }
 

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 use crossbeam_queue::SegQueue;
-use sokdo_replication::frame::{Record, RefusalCode};
+use sokdo_replication::frame::{Meta, Record, RefusalCode};
 
 use super::Event;
 use crate::mesh::{Doorbell, ShardId};
+use crate::wire::protocol::ProtoError;
 
 /// A home shard's request of the cluster thread.
 #[derive(Debug)]
@@ -28,6 +29,14 @@ pub enum ToCluster {
         room: String,
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
+    },
+    /// A request about the room's metadata ([`super::meta::MetaRequest`], encoded) for the
+    /// room's owner to decide; the answer comes back to `shard` under `token`.
+    Meta {
+        shard: ShardId,
+        token: u64,
+        room: String,
+        request: Vec<u8>,
     },
 }
 
@@ -64,6 +73,12 @@ pub enum FromCluster {
     },
     /// Acknowledged records of `room`, in seq order (a live delivery or a replay).
     Records { room: String, records: Vec<Record> },
+    /// The metadata request `token` is decided: the room's metadata a majority holds.
+    MetaDone { token: u64, meta: Meta },
+    /// The room's owner turned the metadata request `token` down.
+    MetaRefused { token: u64, error: ProtoError },
+    /// The room's metadata changed (or this instance registered interest): apply it.
+    Meta { room: String, meta: Meta },
     /// A catch-up of `room` is complete: the home holds every record the owner had
     /// acknowledged when it answered.
     CaughtUp { room: String },
@@ -121,7 +136,8 @@ pub struct Port {
 }
 
 impl Port {
-    /// Queues a publish; `false` when the cluster thread's channel is full.
+    /// Queues a publish or a metadata request; `false` when the cluster thread's channel is
+    /// full.
     pub fn publish(&self, req: ToCluster) -> bool {
         match self.events.try_send(Event::Shard(req)) {
             Ok(()) => true,

@@ -204,6 +204,11 @@ pub struct Homes {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Sends handed to the cluster thread, by token, until the owner answers.
     publishing: HashMap<u64, clustered::Publishing>,
+    /// Requests about a clustered room's metadata, by token, until the owner decides.
+    deciding: HashMap<u64, clustered::Deciding>,
+    /// The owner's metadata of each clustered room as last applied here (one per room
+    /// homed here, each at most `cluster::meta::DELETED_MAX` deletes).
+    metas: HashMap<Arc<str>, clustered::Applied>,
     /// Clustered rooms whose local copy is catching up from the owner (first member, or
     /// restored at start): a `join` with an `after_seq` beyond the copy waits for it.
     catching_up: std::collections::HashSet<Arc<str>>,
@@ -238,6 +243,8 @@ impl Homes {
             guard: guard::PasswordGuard::new(rules.passwords),
             cluster,
             publishing: HashMap::new(),
+            deciding: HashMap::new(),
+            metas: HashMap::new(),
             catching_up: std::collections::HashSet::new(),
             appended: 0,
             cache: cache::Cache::new(rules.cache_bytes_max),
@@ -288,7 +295,7 @@ impl Homes {
     /// Requests waiting for the persistence threads or for a connection to take a replay
     /// page (a gauge).
     pub fn waiting(&self) -> usize {
-        self.waiting.len() + self.paused.len() + self.publishing.len()
+        self.waiting.len() + self.paused.len() + self.publishing.len() + self.deciding.len()
     }
 
     /// The shards a request to `room` may send events to: those with its subscribers.
@@ -463,7 +470,7 @@ impl Homes {
         self.rooms
             .get_key_value(room)
             .map(|(k, _)| k.clone())
-            .ok_or_else(|| ProtoError::new(ErrorCode::NotFound, format!("no room `{room}`")))
+            .ok_or_else(|| crate::room::refusals::no_room(room))
     }
 
     /// The room `key` names; only called with a key `room_key` returned in the same call.

@@ -9,11 +9,13 @@ use std::time::Instant;
 use serde::Serialize;
 use sokdo_persistence::{ReadRequest, Record};
 
+use super::clustered::Then;
 use super::{not_member, AcceptedSend, Call, Homes, Joining, Now, Offload, PasswordCheck, Waiting};
+use crate::cluster::meta::MetaOp;
 use crate::mesh::msg::{
     Leaving, Origin, Outgoing, RoomEntry, RoomsPart, RoomsQuery, ShardMsg, Subscribe,
 };
-use crate::room::{Room, RoomInfo};
+use crate::room::{refusals, Room, RoomInfo};
 use crate::wire::protocol::{self, ErrorCode, Msg, ProtoError};
 
 #[derive(Serialize)]
@@ -94,6 +96,40 @@ impl Homes {
     // === join ===
 
     pub(super) fn join(
+        &mut self,
+        call: &mut Call<'_>,
+        room: &str,
+        (password, peer): (Option<String>, Option<std::net::IpAddr>),
+        after_seq: Option<u64>,
+        subscribe: Subscribe,
+    ) -> Result<Option<Offload>, ProtoError> {
+        // Without quorum no owner can decide: a room known here is joined on its copy (kept
+        // current by the owner while this instance had members), as reads are served; an
+        // unknown one is not created.
+        let alone = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.no_quorum().is_some());
+        if self.cluster.is_some() && !(alone && self.rooms.contains_key(room)) {
+            let op = MetaOp::Join {
+                user: call.user.to_owned(),
+                created_ms: call.now.ms,
+                auto_create: self.rules.auto_create_rooms,
+            };
+            let then = Then::Join {
+                password,
+                peer,
+                after_seq,
+                subscribe,
+            };
+            return self.ask_owner(call, room, op, then).map(|()| None);
+        }
+        self.join_local(call, room, (password, peer), after_seq, subscribe)
+    }
+
+    /// A `join` as this instance decides it (with `--peers`: once the owner's metadata of
+    /// the room is applied here, so the password checked is the owner's).
+    pub(super) fn join_local(
         &mut self,
         call: &mut Call<'_>,
         room: &str,
@@ -355,10 +391,17 @@ impl Homes {
         password_hash: Option<String>,
     ) -> Result<(), ProtoError> {
         if self.rooms.contains_key(room.as_str()) {
-            return Err(ProtoError::new(
-                ErrorCode::RoomExists,
-                format!("room `{room}` exists"),
-            ));
+            return Err(refusals::room_exists(&room));
+        }
+        if self.cluster.is_some() {
+            let op = MetaOp::Create {
+                user: call.user.to_owned(),
+                created_ms: call.now.ms,
+                title,
+                private,
+                password_hash,
+            };
+            return self.ask_owner(call, &room, op, Then::Create);
         }
         let info = RoomInfo {
             title,
@@ -380,20 +423,23 @@ impl Homes {
         private: Option<bool>,
         password_hash: Option<String>,
     ) -> Result<(), ProtoError> {
+        if self.cluster.is_some() {
+            let op = MetaOp::Update {
+                user: call.user.to_owned(),
+                title,
+                private,
+                password_hash,
+            };
+            return self.ask_owner(call, room, op, Then::Answer);
+        }
         let key = self.room_key(room)?;
         let r = self.room(&key);
         if r.info().creator != call.user {
-            return Err(ProtoError::new(
-                ErrorCode::Forbidden,
-                "only the room's creator may change it",
-            ));
+            return Err(refusals::not_creator());
         }
         let password_hash = password_hash.or_else(|| r.password_hash.clone());
         if private == Some(true) && password_hash.is_none() {
-            return Err(ProtoError::new(
-                ErrorCode::BadRequest,
-                "a private room needs a `password`",
-            ));
+            return Err(refusals::private_needs_password());
         }
         let info = r.info();
         self.log(
@@ -414,7 +460,7 @@ impl Homes {
         Ok(())
     }
 
-    fn new_room(
+    pub(super) fn new_room(
         &mut self,
         room: String,
         info: RoomInfo,
@@ -446,7 +492,7 @@ impl Homes {
         Ok(key)
     }
 
-    fn add_member(&mut self, key: &Arc<str>, user: &str) -> Result<(), ProtoError> {
+    pub(super) fn add_member(&mut self, key: &Arc<str>, user: &str) -> Result<(), ProtoError> {
         if self.room(key).is_member(user) {
             return Ok(());
         }
@@ -511,6 +557,13 @@ impl Homes {
         room: &str,
         seq: u64,
     ) -> Result<(), ProtoError> {
+        if self.cluster.is_some() {
+            let op = MetaOp::Delete {
+                user: call.user.to_owned(),
+                seq,
+            };
+            return self.ask_owner(call, room, op, Then::Answer);
+        }
         let key = self.room_key(room)?;
         let r = self.room(&key);
         if seq == 0 || seq > r.last_seq() {
@@ -546,29 +599,34 @@ impl Homes {
         now: Now,
     ) -> Result<(), ProtoError> {
         if author != user && self.room(key).info().creator != user {
-            return Err(ProtoError::new(
-                ErrorCode::Forbidden,
-                "only the author or the room's creator may delete a message",
-            ));
+            return Err(refusals::not_author_or_creator());
         }
+        self.tombstone(out, (key, seq), user, now)?;
+        super::reply_ok(out, origin, RoomOk { room: key });
+        Ok(())
+    }
+
+    /// Logs a message's deletion and turns it into a tombstone; `deleted` to the room.
+    pub(super) fn tombstone(
+        &mut self,
+        out: &mut Outgoing,
+        (key, seq): (&Arc<str>, u64),
+        by: &str,
+        now: Now,
+    ) -> Result<(), ProtoError> {
         let record = Record::Deleted {
             room: key.to_string(),
             seq,
-            by: user.to_owned(),
+            by: by.to_owned(),
             ts_ms: now.ms,
         };
         self.log(record, None)?;
         let deleted = self.room_mut(key).delete(seq);
         self.cache_changed(key, false);
         if deleted {
-            let event = DeletedEvent {
-                room: key,
-                seq,
-                by: user,
-            };
+            let event = DeletedEvent { room: key, seq, by };
             self.broadcast(out, key, protocol::event("deleted", event), now.at, None);
         }
-        super::reply_ok(out, origin, RoomOk { room: key });
         Ok(())
     }
 
@@ -895,9 +953,7 @@ fn pointer_record(room: &str, user: &str, seq: u64) -> Record {
     }
 }
 
-pub(super) fn no_message(room: &str, seq: u64) -> ProtoError {
-    ProtoError::new(ErrorCode::NotFound, format!("no message {seq} in `{room}`"))
-}
+pub(super) use refusals::no_message;
 
 /// Whether `text` holds `needle` (already lower-cased), ignoring case; without allocating
 /// when both are ASCII (the common case, on the `rooms` scan's path).

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod refusals;
 mod search;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -305,6 +306,11 @@ impl Room {
     /// Seqs of messages matching `query`, newest first (docs: `search.rs`).
     pub fn search(&self, query: &str, limit: usize) -> Vec<u64> {
         self.search.search(query, limit)
+    }
+
+    /// The room's info as its cluster owner says it is (creator included).
+    pub fn replace_info(&mut self, info: RoomInfo) {
+        self.info = info;
     }
 
     pub fn set_info(&mut self, title: Option<String>, private: Option<bool>) {

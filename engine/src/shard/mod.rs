@@ -296,8 +296,11 @@ impl Shard {
     /// An answer or a delivery from the cluster thread, for a room homed here.
     fn on_cluster(&mut self, msg: crate::cluster::port::FromCluster) {
         let mut out = Outgoing::default();
-        self.homes.on_cluster(msg, &mut out);
+        let offload = self.homes.on_cluster(msg, Self::now(), &mut out);
         self.apply_outgoing(out);
+        if let Some(offload) = offload {
+            self.offload(offload);
+        }
     }
 
     /// A completion from the persistence threads, for a room homed here.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::cluster::{TestCluster, API_KEY};
 use crate::support::haproxy::{haproxy_cfg, HaproxyParams};
@@ -231,6 +231,14 @@ async fn a_survivor_without_quorum_is_not_ready_and_refuses_sends_until_the_othe
         .ok(json!({"op": "history", "room": "q", "limit": 10}))
         .await;
     assert!(history.to_string().contains("with quorum"), "{history}");
+    // A join of a room this instance knows is served from its copy; an unknown room is
+    // not created without an owner to decide it.
+    let mut other = Client::connect(c.node(0), "other").await;
+    other.ok(json!({"op": "join", "room": "q"})).await;
+    let unknown = other
+        .request(json!({"op": "join", "room": "nowhere"}))
+        .await;
+    assert_eq!(unknown["code"], "unavailable", "{unknown}");
     eventually("haproxy takes the survivor out too", || {
         c.lb_state(0) == "DOWN"
     })
@@ -609,9 +617,12 @@ async fn owner_killed_under_a_steady_sender(mut c: TestCluster) {
     .await;
     let mut back = c.haproxy.client(&format!("f{owner}")).await;
     assert_ne!(back.hello["instance"], TestCluster::name(owner));
-    let joined = back
-        .ok(json!({"op": "join", "room": "fo", "after_seq": victim_last}))
-        .await;
+    // A join is decided by the room's owner: `unavailable` while ownership moves.
+    let joined = settled(
+        &mut back,
+        json!({"op": "join", "room": "fo", "after_seq": victim_last}),
+    )
+    .await;
     assert_eq!(joined["recovered"], true, "{joined}");
     let missed = msgs_until(&mut back, &last_body).await;
     let expected: Vec<(u64, String)> = stream
@@ -784,7 +795,9 @@ async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
         // A steady sender on the next instance while instance i drains and restarts.
         let at = (i + 1) % ALL.len();
         let mut sender = Client::connect(c.node(at), &format!("roller{i}")).await;
-        sender.ok(json!({"op": "join", "room": "roll"})).await;
+        // The last restarted instance may be taking the room over: a join waits for it.
+        let joined = settled(&mut sender, json!({"op": "join", "room": "roll"})).await;
+        assert_eq!(joined["op"], "ok", "{joined}");
         let (sending, mut acks) = steady(sender, "roll", format!("phase{i}"), 15);
         let phase = acked.len();
         acked_until(&mut acked, &mut acks, phase + 5).await;
@@ -806,8 +819,12 @@ async fn a_rolling_restart_with_sigterm_loses_no_acknowledged_message() {
     let last = acked.last().unwrap().1.clone();
     for i in ALL {
         let mut late = Client::connect(c.node(i), &format!("after{i}")).await;
-        late.ok(json!({"op": "join", "room": "roll", "after_seq": 0}))
-            .await;
+        let joined = settled(
+            &mut late,
+            json!({"op": "join", "room": "roll", "after_seq": 0}),
+        )
+        .await;
+        assert_eq!(joined["op"], "ok", "{joined}");
         let stream = msgs_until(&mut late, &last).await;
         assert_eq!(stream[0].0, 1, "from the first seq on n{}", i + 1);
         assert_complete(&stream, &acked);
@@ -1203,5 +1220,178 @@ async fn with_async_durability_a_whole_cluster_drained_at_once_loses_nothing() {
         assert_eq!(stream[0].0, 1, "from the first seq");
         assert_complete(&stream, &acked);
         assert_eq!(stream.len(), acked.len(), "each acknowledged message once");
+    }
+}
+
+// === room metadata (docs/REPLICATION.md "Room metadata") ===
+
+/// `req` through `client` until it is not `unavailable` (a failover under way): the reply.
+async fn settled(client: &mut Client, req: Value) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = client.request(req.clone()).await;
+        if reply["code"] != "unavailable" {
+            return reply;
+        }
+        assert!(
+            started.elapsed() < crate::support::WAIT,
+            "{req} still unavailable: {reply}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The instance that owns `room` (from `/cluster`) and its metadata's version.
+fn meta_version(c: &TestCluster, among: &[usize], room: &str) -> Option<(usize, u64)> {
+    among.iter().find_map(|&i| {
+        let view = c.view(i);
+        let owned = view["data"]["owned"].as_array()?.clone();
+        let r = owned.iter().find(|r| r["room"] == room)?;
+        Some((i, r["meta_version"].as_u64()?))
+    })
+}
+
+fn vault_join(password: Option<&str>) -> Value {
+    match password {
+        Some(p) => json!({"op": "join", "room": "vault", "password": p}),
+        None => json!({"op": "join", "room": "vault"}),
+    }
+}
+
+fn vault_create() -> Value {
+    json!({"op": "create", "room": "vault", "private": true, "password": "sesame"})
+}
+
+/// `vault`'s message `seq` in `client`'s `history`: a tombstone.
+async fn assert_tombstone(client: &mut Client, seq: u64) {
+    let h = client.ok(json!({"op": "history", "room": "vault"})).await;
+    let m = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["seq"] == seq)
+        .cloned();
+    let m = m.unwrap_or_else(|| panic!("no seq {seq} in the history: {h}"));
+    assert!(m["deleted"] == true && m.get("body").is_none(), "{h}");
+}
+
+/// Through instance `i`: a join without or with a wrong password is `forbidden`, a create
+/// `room_exists`; a member admitted with `password`, returned.
+async fn refused_then_admitted(c: &TestCluster, i: usize, password: &str) -> Client {
+    let mut eve = Client::connect(c.node(i), &format!("eve{i}-{password}")).await;
+    assert_eq!(eve.hello["instance"], TestCluster::name(i));
+    for wrong in [None, Some("wrong"), Some("sesame")]
+        .into_iter()
+        .filter(|p| *p != Some(password))
+    {
+        let reply = settled(&mut eve, vault_join(wrong)).await;
+        assert_eq!(reply["code"], "forbidden", "n{} {wrong:?}: {reply}", i + 1);
+    }
+    let reply = settled(&mut eve, vault_create()).await;
+    assert_eq!(reply["code"], "room_exists", "n{}: {reply}", i + 1);
+    let mut member = Client::connect(c.node(i), &format!("bob{i}-{password}")).await;
+    let reply = settled(&mut member, vault_join(Some(password))).await;
+    assert_eq!(reply["op"], "ok", "n{}: {reply}", i + 1);
+    member
+}
+
+/// Waits until one instance of `among` owns `vault` with its metadata at `version`.
+async fn vault_owner_at(c: &TestCluster, among: &[usize], version: u64) -> usize {
+    // `/cluster` lists what an instance owns once a second.
+    let mut owner = None;
+    eventually("an owner lists the room's metadata at the version", || {
+        owner = meta_version(c, among, "vault").filter(|(_, v)| *v == version);
+        owner.is_some()
+    })
+    .await;
+    owner.unwrap().0
+}
+
+/// A private room is checked by its owner whatever instance a join reaches: without or
+/// with a wrong password it is refused on every instance, with the right one admitted;
+/// its creation elsewhere is `room_exists`; a password change through another instance
+/// holds everywhere; a delete through one instance reaches the subscribers of all and
+/// every instance's history; and all of it holds on the new owner after the old is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_room_and_its_deletes_are_one_per_cluster_and_survive_the_owners_loss() {
+    let mut c = formed().await;
+    let mut ann = Client::connect(c.node(0), "ann").await;
+    ann.ok(vault_create()).await;
+    ann.ok(vault_join(None)).await;
+    let mut members = vec![ann];
+    for i in [1, 2] {
+        members.push(refused_then_admitted(&c, i, "sesame").await);
+    }
+    // The creator changes the title and password through another instance: the old
+    // password is refused everywhere, the new one admitted; every copy has the title.
+    let mut ann2 = Client::connect(c.node(2), "ann").await;
+    let update =
+        json!({"op": "update_room", "room": "vault", "title": "V", "password": "new-pass"});
+    ann2.ok(update).await;
+    for i in ALL {
+        refused_then_admitted(&c, i, "new-pass").await;
+        let rooms = members[i]
+            .ok(json!({"op": "rooms", "query": "vault"}))
+            .await;
+        assert_eq!(rooms["rooms"][0]["title"], "V", "n{}: {rooms}", i + 1);
+    }
+    // A message from the member on n2, deleted through n2: `deleted` on every instance;
+    // the member on n3 (neither its author nor the room's creator) may not.
+    let seq = send_acked(&mut members[1], "vault", "oops").await;
+    let delete = json!({"op": "delete", "room": "vault", "seq": seq});
+    let reply = members[2].request(delete.clone()).await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    members[1].ok(delete).await;
+    for m in &mut members {
+        let d = m.event_of("deleted").await;
+        assert_eq!(
+            (d["seq"].as_u64(), d["by"].as_str()),
+            (Some(seq), Some("bob1-sesame")),
+            "{d}"
+        );
+        assert_tombstone(m, seq).await;
+    }
+    // Created, updated, deleted: three versions of the metadata. The owner is killed; a
+    // survivor takes the room over with the same metadata (not a copy adopted from an
+    // instance, which would be version 1).
+    let owner = vault_owner_at(&c, &ALL, 3).await;
+    c.kill(owner);
+    let survivors: Vec<usize> = ALL.into_iter().filter(|&i| i != owner).collect();
+    vault_owner_at(&c, &survivors, 3).await;
+    for &i in &survivors {
+        let mut member = refused_then_admitted(&c, i, "new-pass").await;
+        assert_tombstone(&mut member, seq).await;
+    }
+}
+
+/// After a whole-cluster restart the owner has lost the room's metadata (it is held in
+/// memory): a join through an instance whose store knows the room is decided on that
+/// copy (the seed), so the private room stays private.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_room_stays_private_across_a_whole_cluster_restart() {
+    let mut c = formed().await;
+    let mut ann = Client::connect(c.node(0), "ann").await;
+    ann.ok(vault_create()).await;
+    for i in [1, 2] {
+        refused_then_admitted(&c, i, "sesame").await;
+    }
+    for i in ALL {
+        c.kill(i);
+    }
+    for i in ALL {
+        c.restart(i);
+    }
+    eventually("3 instances see each other alive again", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    vault_owner_at(&c, &ALL, 0).await;
+    let mut eve = Client::connect(c.node(1), "eve-after").await;
+    let reply = settled(&mut eve, vault_join(None)).await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    // Adopted: version 1 at the new owner; every instance refuses, then admits.
+    vault_owner_at(&c, &ALL, 1).await;
+    for i in ALL {
+        refused_then_admitted(&c, i, "sesame").await;
     }
 }

@@ -16,6 +16,19 @@ fn record() -> impl Strategy<Value = Record> + Clone {
         })
 }
 
+fn meta() -> impl Strategy<Value = Meta> + Clone {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(epoch, version, bytes)| Meta {
+            epoch,
+            version,
+            bytes,
+        })
+}
+
 fn code() -> impl Strategy<Value = RefusalCode> {
     prop_oneof![
         Just(RefusalCode::Unavailable),
@@ -56,6 +69,41 @@ fn published() -> impl Strategy<Value = Frame> {
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![data_frame(), meta_frame()]
+}
+
+fn meta_frame() -> impl Strategy<Value = Frame> {
+    let room = "\\PC{0,12}";
+    let bytes = proptest::collection::vec(any::<u8>(), 0..64);
+    prop_oneof![
+        (any::<u64>(), room, bytes.clone()).prop_map(|(req, room, op)| Frame::MetaRequest {
+            req,
+            room,
+            op
+        }),
+        (any::<u64>(), room, meta()).prop_map(|(req, room, meta)| Frame::MetaDone {
+            req,
+            room,
+            meta
+        }),
+        (any::<u64>(), room, bytes.clone()).prop_map(|(req, room, why)| Frame::MetaRefused {
+            req,
+            room,
+            why
+        }),
+        (room, meta()).prop_map(|(room, meta)| Frame::MetaAppend { room, meta }),
+        (room, any::<u64>(), any::<u64>()).prop_map(|(room, epoch, version)| {
+            Frame::MetaAppended {
+                room,
+                epoch,
+                version,
+            }
+        }),
+        (room, meta()).prop_map(|(room, meta)| Frame::MetaDeliver { room, meta }),
+    ]
+}
+
+fn data_frame() -> impl Strategy<Value = Frame> {
     let room = "\\PC{0,12}";
     let records = proptest::collection::vec(record(), 0..4);
     prop_oneof![
@@ -102,11 +150,14 @@ fn frame() -> impl Strategy<Value = Frame> {
             }
         ),
         (room, any::<u64>()).prop_map(|(room, epoch)| Frame::Claim { room, epoch }),
-        (room, any::<u64>(), records).prop_map(|(room, epoch, records)| Frame::Handoff {
-            room,
-            epoch,
-            records
-        }),
+        (room, any::<u64>(), records, proptest::option::of(meta())).prop_map(
+            |(room, epoch, records, meta)| Frame::Handoff {
+                room,
+                epoch,
+                records,
+                meta,
+            }
+        ),
     ]
 }
 

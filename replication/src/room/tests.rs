@@ -657,6 +657,7 @@ fn a_merge_with_a_stale_copy(rules: Rules) -> (Room, Vec<Output>) {
         log: vec![rec(2, 1, "k1", "m1"), rec(2, 2, "k3", "m3")],
         held_epoch: 2,
         held: 2,
+        meta: None,
     };
     let stale = Durable {
         promised: 1,
@@ -668,6 +669,7 @@ fn a_merge_with_a_stale_copy(rules: Rules) -> (Room, Vec<Output>) {
         ],
         held_epoch: 1,
         held: 3,
+        meta: None,
     };
     let mut claimant = Room::new(ROOM, &o[0], 3, newer, KEYS_MAX, rules);
     let mut member = Room::new(ROOM, &o[1], 3, stale, KEYS_MAX, rules);
@@ -710,4 +712,146 @@ fn a_claim_merge_ends_before_a_stale_copy_of_a_key() {
     };
     let (claimant, _) = a_merge_with_a_stale_copy(broken);
     assert_eq!(payloads(&claimant), ["m1", "m3", "m3"]);
+}
+
+fn meta_done(frames: &[Frame]) -> Vec<(u64, Meta)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::MetaDone { req, meta, .. } => Some((*req, meta.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn metadata_is_acknowledged_once_the_successor_holds_it_and_survives_failover() {
+    let (mut net, o) = three();
+    let change = |bytes: &str| Input::Meta {
+        from: "client-node".into(),
+        req: 1,
+        change: Some(bytes.as_bytes().to_vec()),
+    };
+    net.input(&o[0].clone(), change("private"));
+    let succ = o[1].clone();
+    net.run(|_, to, f| to == succ && matches!(f, Frame::MetaAppend { .. }));
+    assert_eq!(meta_done(&net.answers()), [], "acked without the successor");
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    let held = Meta {
+        epoch: 1,
+        version: 1,
+        bytes: b"private".to_vec(),
+    };
+    assert_eq!(meta_done(&net.answers()), [(1, held.clone())]);
+    assert_eq!(net.rooms[&o[1]].meta(), Some(&held));
+    // A request that changes nothing is answered with what a majority holds.
+    let read = Input::Meta {
+        from: "client-node".into(),
+        req: 2,
+        change: None,
+    };
+    net.input(&o[0].clone(), read);
+    net.run(none);
+    assert_eq!(meta_done(&net.answers()), [(2, held)]);
+    // A non-owner refuses instead of deciding.
+    assert_eq!(net.rooms[&o[1]].meta_refusal(), Some(RefusalCode::NotOwner));
+    // The owner dies: the successor claims, keeps the metadata, stamps its epoch, and the
+    // new replica holds it before the next change is acknowledged.
+    net.rooms.remove(&o[0]);
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[2].clone(), &rest);
+    net.view(&o[1].clone(), &rest);
+    net.run(none);
+    assert_eq!(net.rooms[&o[1]].owner_epoch(), Some(2));
+    let kept = net.rooms[&o[1]].meta().cloned().expect("kept");
+    assert_eq!(
+        (kept.epoch, kept.version, kept.bytes),
+        (2, 1, b"private".to_vec())
+    );
+    net.input(&o[1].clone(), change("private,titled"));
+    net.run(none);
+    let done = meta_done(&net.answers());
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.position(), (2, 2));
+    assert_eq!(net.rooms[&o[2]].meta().map(Meta::position), Some((2, 2)));
+    // A replica refuses metadata from a stale epoch.
+    let stale = Frame::MetaAppend {
+        room: ROOM.into(),
+        meta: Meta {
+            epoch: 1,
+            version: 9,
+            bytes: b"old".to_vec(),
+        },
+    };
+    let from = o[1].clone();
+    net.input(&o[2].clone(), Input::Frame { from, frame: stale });
+    assert!(matches!(
+        net.queue.back(),
+        Some((
+            _,
+            _,
+            Frame::Refused {
+                code: RefusalCode::StaleEpoch,
+                ..
+            }
+        ))
+    ));
+    assert_eq!(net.rooms[&o[2]].meta().map(Meta::position), Some((2, 2)));
+}
+
+#[test]
+fn a_metadata_request_is_answered_with_its_version_while_a_later_one_waits() {
+    let (mut net, o) = three();
+    let change = |req, bytes: &str| Input::Meta {
+        from: "client-node".into(),
+        req,
+        change: Some(bytes.as_bytes().to_vec()),
+    };
+    net.input(&o[0].clone(), change(1, "v1"));
+    net.input(&o[0].clone(), change(2, "v2"));
+    // The successor gets version 1 only.
+    let succ = o[1].clone();
+    let v2 = |f: &Frame| matches!(f, Frame::MetaAppend { meta, .. } if meta.version == 2);
+    net.run(|_, to, f| to == succ && v2(f));
+    let done = meta_done(&net.answers());
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0].0, done[0].1.bytes.as_slice()),
+        (1, b"v1".as_slice())
+    );
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    let done = meta_done(&net.answers());
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0].0, done[0].1.bytes.as_slice()),
+        (2, b"v2".as_slice())
+    );
+}
+
+#[test]
+fn an_owner_learns_of_a_later_epoch_on_a_view_change_with_nothing_to_send() {
+    let (mut net, o) = three();
+    net.publish(&o[0], 1, "m1");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(1, 1, 1)]);
+    // Its successor promised a later epoch elsewhere (a claim this owner never saw).
+    net.rooms.get_mut(&o[1]).unwrap().durable.promised = 5;
+    let all: Vec<&str> = o.iter().map(String::as_str).collect();
+    net.view(&o[0].clone(), &all);
+    net.run(none);
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), None, "stepped down");
+    // The next tick claims above the promise and takes the room over with its record.
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(6));
+    assert_eq!(
+        net.rooms[&o[0]].committed_record(1).map(|r| r.epoch),
+        Some(6),
+        "kept, re-stamped"
+    );
+    net.publish(&o[0], 2, "m2");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(2, 6, 2)]);
 }

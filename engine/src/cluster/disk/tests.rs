@@ -45,11 +45,17 @@ fn what_was_written_is_loaded_after_a_reopen() {
             promise: promise(1, "n1", 1, 3),
             records: (1..=3).map(|s| record(1, s, &format!("m{s}"))).collect(),
             truncated_after: None,
+            meta: None,
         },
         Changes {
             promise: promise(2, "n2", 2, 2),
             records: vec![record(2, 2, "m2 again")],
             truncated_after: Some(2),
+            meta: Some(Meta {
+                epoch: 2,
+                version: 3,
+                bytes: b"the room's metadata".to_vec(),
+            }),
         },
     ];
     let mut expected = Durable::default();
@@ -72,6 +78,12 @@ fn what_was_written_is_loaded_after_a_reopen() {
     assert_eq!(loaded["general"], expected);
     assert_eq!(loaded["general"].log.len(), 2);
     assert_eq!(loaded["general"].log[1].payload, b"m2 again");
+    let meta = loaded["general"]
+        .meta
+        .as_ref()
+        .expect("the metadata is written");
+    assert_eq!((meta.epoch, meta.version), (2, 3));
+    assert_eq!(loaded["other"].meta, None);
     assert_eq!(loaded["other"].promised, 5);
     assert!(loaded["other"].log.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
@@ -87,6 +99,7 @@ fn async_commits_are_fsynced_within_the_interval() {
         promise: promise(1, "n1", 1, 1),
         records: vec![record(1, 1, "m1")],
         truncated_after: None,
+        meta: None,
     };
     disk.write(&[("general".to_owned(), c)]).unwrap();
     let due = disk
@@ -133,6 +146,7 @@ fn a_record_that_does_not_decode_or_is_out_of_place_is_an_error_naming_room_and_
             promise: promise(1, "n1", 1, 2),
             records: vec![record(1, 1, "m1"), record(1, 2, "m2")],
             truncated_after: Some(2),
+            meta: None,
         };
         disk.write(&[("general".to_owned(), c)]).unwrap();
         // Bytes written behind the machines' back, as a damaged or foreign file would hold.
@@ -171,6 +185,7 @@ fn the_writer_writes_turns_in_order_and_a_close_fsyncs_them() {
             promise: promise(1, "n1", 1, seq),
             records: vec![record(1, seq, &format!("m{seq}"))],
             truncated_after: None,
+            meta: None,
         };
         writer.submit(seq, vec![("general".to_owned(), c)]);
     }
