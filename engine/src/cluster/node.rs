@@ -167,7 +167,7 @@ impl Node {
     }
 
     /// Sends what waited for turns the writer has written.
-    pub(super) fn release(&mut self) {
+    fn release(&mut self) {
         let written = self.writer.written();
         while self
             .waiting
