@@ -49,6 +49,8 @@ pub struct Config {
     pub delay_ms_max: u64,
     /// Share of datagrams and frames lost, per mille.
     pub loss_per_mille: u64,
+    /// Every this-many-th message of a publisher is a metadata change (0: none).
+    pub meta_every: usize,
     pub rules: Rules,
     pub trace: bool,
 }
@@ -67,6 +69,7 @@ impl Config {
             settle_ms_max: 60_000,
             delay_ms_max: 2 + rng.below(20),
             loss_per_mille: rng.below(80),
+            meta_every: 3,
             rules: Rules::default(),
             trace: false,
         }
@@ -224,8 +227,8 @@ fn membership_config(n: usize, me: usize) -> MembershipConfig {
 }
 
 /// Whether a publisher's message `k` is a metadata change (every third).
-fn is_meta(k: usize) -> bool {
-    k % 3 == 2
+fn is_meta(k: usize, every: usize) -> bool {
+    every > 0 && k % every == every - 1
 }
 
 /// The tags a simulated room's metadata holds (one a line).
@@ -907,7 +910,7 @@ impl Sim {
         let meta = self.publishers[p]
             .attempts
             .get(&attempt)
-            .is_some_and(|&k| is_meta(k));
+            .is_some_and(|&k| is_meta(k, self.cfg.meta_every));
         if meta {
             Box::new(move |req| Frame::MetaRequest {
                 req,
@@ -1111,7 +1114,7 @@ impl Sim {
         };
         let room = self.publishers[p].room.clone();
         match result {
-            Ok(version) if is_meta(k) => {
+            Ok(version) if is_meta(k, self.cfg.meta_every) => {
                 let tag = Self::payload(p, k);
                 self.log(|| format!("p{p} ok {room} meta version {version} with p{p}-m{k}"));
                 let tags = self.meta_acked.entry(room).or_default();

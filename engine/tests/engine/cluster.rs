@@ -1375,6 +1375,8 @@ async fn a_private_room_stays_private_across_a_whole_cluster_restart() {
     for i in [1, 2] {
         refused_then_admitted(&c, i, "sesame").await;
     }
+    vault_owner_at(&c, &ALL, 1).await;
+    // The metadata is on disk with the log: a whole-cluster restart keeps it.
     for i in ALL {
         c.kill(i);
     }
@@ -1385,9 +1387,32 @@ async fn a_private_room_stays_private_across_a_whole_cluster_restart() {
         c.all_see(&ALL, &ALL, "alive")
     })
     .await;
-    vault_owner_at(&c, &ALL, 0).await;
+    // Before any request could bring a seed: the owner loaded version 1 from its disk.
+    vault_owner_at(&c, &ALL, 1).await;
     let mut eve = Client::connect(c.node(1), "eve-after").await;
     let reply = settled(&mut eve, vault_join(None)).await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    vault_owner_at(&c, &ALL, 1).await;
+    for i in ALL {
+        refused_then_admitted(&c, i, "sesame").await;
+    }
+    // Every cluster log lost at once (instances from before the metadata was on disk, or
+    // all started on copies of their stores only): the owner holds no metadata, and the
+    // first join's seed — the asking instance's copy of the room — keeps it private.
+    for i in ALL {
+        c.kill(i);
+        std::fs::remove_file(c.data_dir(i).join("cluster.redb")).expect("a cluster log");
+    }
+    for i in ALL {
+        c.restart(i);
+    }
+    eventually("3 instances see each other alive once more", || {
+        c.all_see(&ALL, &ALL, "alive")
+    })
+    .await;
+    vault_owner_at(&c, &ALL, 0).await;
+    let mut mallory = Client::connect(c.node(1), "mallory").await;
+    let reply = settled(&mut mallory, vault_join(None)).await;
     assert_eq!(reply["code"], "forbidden", "{reply}");
     // Adopted: version 1 at the new owner; every instance refuses, then admits.
     vault_owner_at(&c, &ALL, 1).await;

@@ -190,6 +190,11 @@ impl TestCluster {
         cluster
     }
 
+    /// Node `i`'s `--data-dir`.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.data[i]
+    }
+
     /// Node `i`'s `--node-id` (and `--instance-id`, shown in `hello`).
     pub fn name(i: usize) -> String {
         format!("n{}", i + 1)
