@@ -954,22 +954,31 @@ impl Room {
         self.advance(out);
     }
 
-    fn on_append(&mut self, from: NodeId, record: Record, out: &mut Vec<Output>) {
-        let d = &self.durable;
-        if record.epoch < d.promised && self.rules.fencing {
-            let promised = d.promised;
-            self.refuse(out, &from, 0, promised, RefusalCode::StaleEpoch);
-            return;
+    /// Fencing of what an owner sends its replicas (a record, the metadata) at `epoch`:
+    /// refused below the promise, or from a node that is not the owner to one that is not
+    /// a replica in this view; a higher epoch is promised (this node stops owning).
+    fn admit_from_owner(&mut self, from: &NodeId, epoch: u64, out: &mut Vec<Output>) -> bool {
+        if epoch < self.durable.promised && self.rules.fencing {
+            let promised = self.durable.promised;
+            self.refuse(out, from, 0, promised, RefusalCode::StaleEpoch);
+            return false;
         }
         let replica = self.replicas_in_view().contains(&self.me);
-        if self.owner_in_view() != Some(&from) || !replica {
-            self.refuse(out, &from, 0, record.epoch, RefusalCode::NotReplica);
-            return;
+        if self.owner_in_view() != Some(from) || !replica {
+            self.refuse(out, from, 0, epoch, RefusalCode::NotReplica);
+            return false;
         }
-        if record.epoch > self.durable.promised {
+        if epoch > self.durable.promised {
             self.step_down(out);
-            self.durable.promised = record.epoch;
+            self.durable.promised = epoch;
             self.durable.promised_to = Some(from.clone());
+        }
+        true
+    }
+
+    fn on_append(&mut self, from: NodeId, record: Record, out: &mut Vec<Output>) {
+        if !self.admit_from_owner(&from, record.epoch, out) {
+            return;
         }
         let epoch = record.epoch;
         let held = if self.durable.held_epoch == epoch {
@@ -1089,20 +1098,8 @@ impl Room {
     }
 
     fn on_meta_append(&mut self, from: NodeId, meta: Meta, out: &mut Vec<Output>) {
-        if meta.epoch < self.durable.promised && self.rules.fencing {
-            let promised = self.durable.promised;
-            self.refuse(out, &from, 0, promised, RefusalCode::StaleEpoch);
+        if !self.admit_from_owner(&from, meta.epoch, out) {
             return;
-        }
-        let replica = self.replicas_in_view().contains(&self.me);
-        if self.owner_in_view() != Some(&from) || !replica {
-            self.refuse(out, &from, 0, meta.epoch, RefusalCode::NotReplica);
-            return;
-        }
-        if meta.epoch > self.durable.promised {
-            self.step_down(out);
-            self.durable.promised = meta.epoch;
-            self.durable.promised_to = Some(from.clone());
         }
         let epoch = meta.epoch;
         let d = &mut self.durable;

@@ -967,12 +967,15 @@ async fn a_lagging_home_shard_is_caught_up_with_every_record_and_its_queue_stays
         c.all_see(&ALL, &ALL, "alive")
     })
     .await;
+    // A join is decided by the room's owner: `unavailable` while n3's return moves it.
     let mut watcher = Client::connect(c.node(2), "watcher").await;
-    watcher.ok(json!({"op": "join", "room": "lag"})).await;
+    let joined = settled(&mut watcher, json!({"op": "join", "room": "lag"})).await;
+    assert_eq!(joined["op"], "ok", "{joined}");
     let mut senders = Vec::new();
     for s in 0..4 {
         let mut sender = Client::connect(c.node(s % 2), &format!("lagger{s}")).await;
-        sender.ok(json!({"op": "join", "room": "lag"})).await;
+        let joined = settled(&mut sender, json!({"op": "join", "room": "lag"})).await;
+        assert_eq!(joined["op"], "ok", "{joined}");
         senders.push(sender);
     }
     // Bursts until n3 has shed records at least once (bounded: each burst is 160 sends).

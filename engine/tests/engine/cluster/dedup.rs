@@ -144,7 +144,9 @@ async fn burst(c: &TestCluster, on: &[usize], tag: &str) -> Vec<(u64, String)> {
     for &i in on {
         for s in 0..SENDERS {
             let mut sender = Client::connect(c.node(i), &format!("{tag}{i}-{s}")).await;
-            sender.ok(json!({"op": "join", "room": "burst"})).await;
+            // A join is decided by the room's owner: `unavailable` while links are dropped.
+            let joined = super::settled(&mut sender, json!({"op": "join", "room": "burst"})).await;
+            assert_eq!(joined["op"], "ok", "{joined}");
             let tag = tag.to_owned();
             tasks.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
