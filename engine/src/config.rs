@@ -319,6 +319,14 @@ pub struct Config {
     #[arg(long, env = "SOKDO_STALL_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub stall_timeout_ms: u64,
 
+    /// Run the persistence threads (`sokdo-wal`, `sokdo-sink`, `sokdo-read`) as
+    /// `SCHED_IDLE`: on a core they share with a shard they then never delay it, only take
+    /// what it leaves (docs/BENCHMARKS.md: seed 002's p99 3.9 → 1.9 ms on one core). Off by
+    /// default: a shard that keeps its core busy then starves them, and the log and the
+    /// store fall behind (sends are refused `unavailable` once the log is full).
+    #[arg(long, env = "SOKDO_PERSISTENCE_THREADS_IDLE", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub persistence_threads_idle: bool,
+
     /// Test only: serve `POST /debug/fault/…` to make a shard or the log thread panic or
     /// stall. Refused unless in development mode (no --jwt-secret).
     #[arg(long, env = "SOKDO_FAULT_INJECTION", hide = true, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]

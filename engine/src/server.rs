@@ -143,6 +143,11 @@ fn open_instance(cfg: Config, auth: Auth, shards: u16) -> anyhow::Result<Opened>
             )
         })?;
     tracing::info!(rooms = snapshots.len(), "recovered");
+    if cfg.persistence_threads_idle {
+        let n = idle_persistence_threads(&persistence)
+            .context("--persistence-threads-idle: setting SCHED_IDLE on the persistence threads")?;
+        tracing::info!(threads = n, "persistence threads run as SCHED_IDLE");
+    }
     let mut rooms_by_shard: Vec<Vec<RoomSnapshot>> = (0..shards).map(|_| Vec::new()).collect();
     for snapshot in snapshots {
         rooms_by_shard[crate::placement::home_of(&snapshot.room, shards) as usize].push(snapshot);
@@ -284,4 +289,20 @@ fn watch_signals(instance: Arc<Instance>) -> anyhow::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// Puts the persistence threads in `SCHED_IDLE` (`--persistence-threads-idle`); how many.
+fn idle_persistence_threads(persistence: &Persistence) -> anyhow::Result<usize> {
+    let threads = persistence.threads();
+    for (name, thread) in &threads {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `thread` is a live thread of this process (`Persistence` holds its join
+        // handle) and `param` is valid for the call's duration.
+        let err = unsafe { libc::pthread_setschedparam(*thread, libc::SCHED_IDLE, &param) };
+        if err != 0 {
+            let e = std::io::Error::from_raw_os_error(err);
+            anyhow::bail!("thread {name}: {e}");
+        }
+    }
+    Ok(threads.len())
 }

@@ -317,6 +317,23 @@ impl Persistence {
         })
     }
 
+    /// The persistence threads (`sokdo-wal`, `sokdo-sink`, `sokdo-read`) as pthreads, for
+    /// the process to set their scheduling (the engine's `--persistence-threads-idle`).
+    pub fn threads(&self) -> Vec<(&'static str, std::os::unix::thread::RawPthread)> {
+        use std::os::unix::thread::JoinHandleExt;
+        let mut out = Vec::new();
+        if let Some(t) = &self.wal {
+            out.push(("sokdo-wal", t.as_pthread_t()));
+        }
+        if let Some(t) = &self.sink {
+            out.push(("sokdo-sink", t.as_pthread_t()));
+        }
+        if let Some(t) = &self.read {
+            out.push(("sokdo-read", t.as_pthread_t()));
+        }
+        out
+    }
+
     pub fn handle(&self) -> Handle {
         self.handle.clone()
     }

@@ -230,3 +230,41 @@ fn fault_injection_is_refused_in_production_and_off_by_default() {
     assert_eq!((status, body.as_str()), (400, "no such shard\n"));
     assert_eq!(faulty.get("/healthz").0, 200);
 }
+
+/// The scheduling policy (`SCHED_*`, from `/proc/PID/task/TID/sched`) of each of the
+/// server's threads named `name`.
+fn policies_of(server: &Server, name: &str) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap();
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            (comm.trim() == name).then_some(())?;
+            let sched = std::fs::read_to_string(dir.join("sched")).ok()?;
+            let line = sched.lines().find(|l| l.starts_with("policy"))?;
+            line.rsplit(':').next()?.trim().parse().ok()
+        })
+        .collect()
+}
+
+/// `--persistence-threads-idle` puts the log, sink and read threads in `SCHED_IDLE` (5),
+/// and the server still stores and answers; without it they stay `SCHED_OTHER` (0).
+#[tokio::test]
+async fn persistence_threads_run_idle_on_request() {
+    let plain = Server::start(&["--shards", "1"]);
+    let idle = Server::start(&["--shards", "1", "--persistence-threads-idle"]);
+    for name in ["sokdo-wal", "sokdo-sink", "sokdo-read"] {
+        assert_eq!(policies_of(&plain, name), [0], "{name} by default");
+        assert_eq!(
+            policies_of(&idle, name),
+            [libc::SCHED_IDLE as u32],
+            "{name} idle"
+        );
+    }
+    let mut c = Client::connect(&idle, "idler").await;
+    c.ok(json!({"op": "join", "room": "r"})).await;
+    c.ok(json!({"op": "send", "room": "r", "body": "stored"}))
+        .await;
+    let history = c.ok(json!({"op": "history", "room": "r"})).await;
+    assert_eq!(history["messages"][0]["body"], "stored");
+}
