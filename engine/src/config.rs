@@ -321,7 +321,7 @@ pub struct Config {
 
     /// Run the persistence threads (`sokdo-wal`, `sokdo-sink`, `sokdo-read`) as
     /// `SCHED_IDLE`: on a core they share with a shard they then never delay it, only take
-    /// what it leaves (docs/BENCHMARKS.md: seed 002's p99 3.9 → 1.9 ms on one core). Off by
+    /// what it leaves (docs/BENCHMARKS.md: seed 002's p99 about 4 → 2 ms on one core). Off by
     /// default: a shard that keeps its core busy then starves them, and the log and the
     /// store fall behind (sends are refused `unavailable` once the log is full).
     #[arg(long, env = "SOKDO_PERSISTENCE_THREADS_IDLE", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
