@@ -1054,16 +1054,11 @@ impl Room {
                 };
                 out.push(Output::Send { to: w.from, frame });
             }
-            for node in &self.interest {
-                let frame = Frame::Deliver {
-                    room: self.room.clone(),
-                    record: record.clone(),
-                };
-                out.push(Output::Send {
-                    to: node.clone(),
-                    frame,
-                });
-            }
+            let frame = Frame::Deliver {
+                room: self.room.clone(),
+                record: record.clone(),
+            };
+            to_each(out, &self.interest, &frame);
         }
     }
 
@@ -1152,16 +1147,11 @@ impl Room {
                 let meta = o.meta_unacked[at].clone();
                 o.meta_unacked.drain(..=at);
                 o.meta_acked = Some(meta.clone());
-                for node in &self.interest {
-                    let frame = Frame::MetaDeliver {
-                        room: self.room.clone(),
-                        meta: meta.clone(),
-                    };
-                    out.push(Output::Send {
-                        to: node.clone(),
-                        frame,
-                    });
-                }
+                let frame = Frame::MetaDeliver {
+                    room: self.room.clone(),
+                    meta: meta.clone(),
+                };
+                to_each(out, &self.interest, &frame);
             }
         }
         let Some(meta) = o.meta_acked.clone() else {
@@ -1262,3 +1252,11 @@ fn merge<'a>(answers: impl Iterator<Item = &'a Vec<Record>>) -> Vec<Record> {
 
 #[cfg(test)]
 mod tests;
+
+/// `frame` to each of `nodes` (the interested instances: one copy per instance).
+fn to_each(out: &mut Vec<Output>, nodes: &[NodeId], frame: &Frame) {
+    out.extend(nodes.iter().map(|node| Output::Send {
+        to: node.clone(),
+        frame: frame.clone(),
+    }));
+}

@@ -317,12 +317,17 @@ fn write_turns(
             upto = turn.id;
             changes.extend(turn.changes);
         }
+        let mut failures = 0u64;
         while let Err(e) = disk.write(&changes) {
             if closing.load(Ordering::Acquire) {
                 tracing::error!("cluster log not written at stop, given up: {e}");
                 return;
             }
-            tracing::error!("cluster log not written, its frames wait: {e}");
+            // Once when it starts failing, then every 100 retries (10 s), not every retry.
+            if failures.is_multiple_of(100) {
+                tracing::error!(failures, "cluster log not written, its frames wait: {e}");
+            }
+            failures += 1;
             #[allow(
                 clippy::disallowed_methods,
                 reason = "the cluster-disk thread is not a shard: waiting is its job"
