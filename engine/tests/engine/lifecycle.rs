@@ -254,6 +254,14 @@ async fn persistence_threads_run_idle_on_request() {
     let plain = Server::start(&["--shards", "1"]);
     let idle = Server::start(&["--shards", "1", "--persistence-threads-idle"]);
     for name in ["sokdo-wal", "sokdo-sink", "sokdo-read"] {
+        // A thread names itself when it first runs; a starved SCHED_IDLE thread on a busy
+        // machine may not have run yet, so wait for the name before reading the policy.
+        for server in [&plain, &idle] {
+            eventually(&format!("a thread named {name}"), || {
+                policies_of(server, name).len() == 1
+            })
+            .await;
+        }
         assert_eq!(policies_of(&plain, name), [0], "{name} by default");
         assert_eq!(
             policies_of(&idle, name),
