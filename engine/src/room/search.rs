@@ -6,6 +6,13 @@
 //! or more characters is found through the postings of its bigrams and then confirmed with a
 //! plain substring test. A query of several whitespace-separated terms matches messages
 //! holding every term. Pure: the home shard owns one index per room.
+//!
+//! A body longer than [`INDEXED_CHARS_MAX`] gets no postings: it is kept as a candidate of
+//! every query and confirmed by the same substring test. Indexing costs a hash-map update
+//! per character on the home shard, in the request's path: a 64 KB body took ≈ 60 % of a
+//! debug shard's time in `limits::a_client_that_stops_reading_…` and held every other
+//! connection of that shard for its whole length. Long bodies are rare in chat; a query then
+//! scans at most a ring of them, and it is the query (rate-limited) that pays, not the send.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +20,9 @@ use std::collections::{HashMap, VecDeque};
 
 /// Two characters, packed.
 type Bigram = u64;
+
+/// Bodies up to this many characters are indexed by bigram; longer ones are scanned.
+pub const INDEXED_CHARS_MAX: usize = 2_048;
 
 #[derive(Debug)]
 pub struct SearchIndex {
@@ -22,6 +32,10 @@ pub struct SearchIndex {
     docs: VecDeque<(u64, String, bool)>,
     /// Seqs holding each bigram, ascending.
     postings: HashMap<Bigram, VecDeque<u64>>,
+    /// Seqs of the docs longer than `indexed_chars_max`, ascending: no postings.
+    scanned: VecDeque<u64>,
+    /// [`INDEXED_CHARS_MAX`]; smaller in tests.
+    indexed_chars_max: usize,
 }
 
 fn bigrams(text: &str) -> impl Iterator<Item = Bigram> + '_ {
@@ -36,13 +50,39 @@ fn bigrams(text: &str) -> impl Iterator<Item = Bigram> + '_ {
     })
 }
 
+/// Whether a (lower-cased) body has more than `max` chars: at most `max + 1` are counted.
+pub fn is_longer(text: &str, max: usize) -> bool {
+    text.len() > max && text.chars().nth(max).is_some()
+}
+
+/// Two ascending seq lists merged, newest first (a seq is in at most one).
+fn newest_first(a: &VecDeque<u64>, b: &VecDeque<u64>) -> Vec<u64> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.iter().rev().peekable(), b.iter().rev().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x > y => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => return out,
+        };
+        out.extend(next.copied());
+    }
+}
+
 impl SearchIndex {
     pub fn new(messages_max: usize) -> SearchIndex {
+        SearchIndex::with_indexed_chars_max(messages_max, INDEXED_CHARS_MAX)
+    }
+
+    fn with_indexed_chars_max(messages_max: usize, indexed_chars_max: usize) -> SearchIndex {
         assert!(messages_max > 0);
         SearchIndex {
             messages_max,
+            indexed_chars_max,
             docs: VecDeque::new(),
             postings: HashMap::new(),
+            scanned: VecDeque::new(),
         }
     }
 
@@ -56,6 +96,11 @@ impl SearchIndex {
             self.evict_oldest();
         }
         let text = body.to_lowercase();
+        if is_longer(&text, self.indexed_chars_max) {
+            self.scanned.push_back(seq);
+            self.docs.push_back((seq, text, false));
+            return;
+        }
         for gram in bigrams(&text) {
             let list = self.postings.entry(gram).or_default();
             if list.back() != Some(&seq) {
@@ -69,6 +114,10 @@ impl SearchIndex {
         let Some((seq, text, _)) = self.docs.pop_front() else {
             return;
         };
+        if self.scanned.front() == Some(&seq) {
+            self.scanned.pop_front();
+            return;
+        }
         for gram in bigrams(&text) {
             if let Some(list) = self.postings.get_mut(&gram) {
                 if list.front() == Some(&seq) {
@@ -97,7 +146,7 @@ impl SearchIndex {
         }
         let matches = |text: &str| terms.iter().all(|t| text.contains(t));
         let candidates: Vec<u64> = match self.rarest_posting(&terms) {
-            Some(list) => list.iter().rev().copied().collect(),
+            Some(list) => newest_first(list, &self.scanned),
             None => self.docs.iter().rev().map(|(seq, _, _)| *seq).collect(),
         };
         candidates
@@ -179,17 +228,60 @@ mod tests {
         assert!(ix.postings.values().all(|l| l.len() <= 2));
     }
 
+    /// Goal: a body too long to index is still found, in seq order among indexed ones, and
+    /// leaves nothing behind when evicted.
+    #[test]
+    fn long_bodies_are_scanned_found_in_order_and_evicted() {
+        let long = format!("{}회의 끝", "가".repeat(INDEXED_CHARS_MAX));
+        let mut ix = SearchIndex::new(3);
+        ix.add(1, "회의 하나");
+        ix.add(2, &long);
+        ix.add(3, "회의 셋");
+        assert_eq!(ix.scanned, [2]);
+        assert_eq!(ix.search("회의", 10), [3, 2, 1]);
+        assert_eq!(
+            ix.search("끝", 10),
+            [2],
+            "a single character scans every doc"
+        );
+        assert_eq!(ix.search("회의 끝", 10), [2]);
+        assert_eq!(ix.search("없는말", 10), Vec::<u64>::new());
+        assert!(
+            ix.postings
+                .keys()
+                .all(|g| *g >> 32 != u64::from(u32::from('가'))),
+            "the long body has no postings"
+        );
+        ix.add(4, "다음");
+        ix.add(5, "다음");
+        assert!(ix.scanned.is_empty(), "evicted with its doc");
+        assert_eq!(ix.search("회의", 10), [3]);
+    }
+
+    #[test]
+    fn the_length_bound_counts_characters_not_bytes() {
+        assert!(!is_longer(&"가".repeat(10), 10), "30 bytes, 10 chars");
+        assert!(is_longer(&"가".repeat(11), 10));
+        assert!(!is_longer("", 0));
+        assert!(is_longer("a", 0));
+    }
+
     proptest! {
+        /// Bodies past the (here tiny) index bound are scanned, and the oldest evicted: the
+        /// answer is the messages still held that contain the query.
         #[test]
         fn finds_exactly_the_messages_containing_the_query(
             bodies in proptest::collection::vec("[가나다 ab]{0,12}", 1..30),
             query in "[가나다ab]{1,3}",
+            indexed_chars_max in 0usize..14,
+            messages_max in 1usize..40,
         ) {
-            let mut ix = SearchIndex::new(1000);
+            let mut ix = SearchIndex::with_indexed_chars_max(messages_max, indexed_chars_max);
             for (i, b) in bodies.iter().enumerate() {
                 ix.add(i as u64 + 1, b);
             }
-            let expected: Vec<u64> = (1..=bodies.len() as u64)
+            let held = bodies.len().saturating_sub(messages_max) as u64;
+            let expected: Vec<u64> = (held + 1..=bodies.len() as u64)
                 .rev()
                 .filter(|s| bodies[*s as usize - 1].contains(query.as_str()))
                 .collect();
