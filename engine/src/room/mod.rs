@@ -79,7 +79,8 @@ pub struct Room {
 
 /// A ring message's estimated heap bytes with its search entry: the struct and its four
 /// strings' allocations, the body's lower-cased copy in the index and about one 8-byte
-/// posting per body byte (bigrams), each posting list's and map entry's share.
+/// posting per body byte (bigrams; none for a body too long to index), each posting list's
+/// and map entry's share.
 pub fn cache_cost(m: &Msg) -> usize {
     /// Per allocation: the allocator's rounding and header, on average.
     const ALLOC_BYTES: usize = 16;
@@ -89,7 +90,13 @@ pub fn cache_cost(m: &Msg) -> usize {
     let strings = m.room.len() + m.msg_id.len() + m.from.len();
     let name = m.name.as_ref().map_or(0, |n| n.len() + ALLOC_BYTES);
     let body = m.body.as_ref().map_or(0, |b| {
-        b.len() * (1 + SEARCH_BYTES_PER_BODY_BYTE) + 2 * ALLOC_BYTES
+        // A body too long to index keeps only its lower-cased copy in the index (search.rs).
+        let search = if search::is_longer(b, search::INDEXED_CHARS_MAX) {
+            1
+        } else {
+            SEARCH_BYTES_PER_BODY_BYTE
+        };
+        b.len() * (1 + search) + 2 * ALLOC_BYTES
     });
     std::mem::size_of::<Msg>() + 3 * ALLOC_BYTES + strings + name + body
 }
