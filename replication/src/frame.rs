@@ -17,7 +17,9 @@ use rkyv::rancor;
 /// refused (no mixed-version cluster during a rolling upgrade without a compatible range).
 /// 2: records and publishes carry a retry key; `Published` carries the original's payload
 /// when it answers a retry; a room's metadata travels beside its log (`Meta*` frames).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: a room's known-acknowledged prefix (`committed`) travels in `Append`, `Claim`
+/// (`since`) and `Handoff`, so a take-over exchanges only what follows it.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame body accepted on a link, bytes: a replay batch of records (each at
 /// most the engine's message limit) stays far below it.
@@ -105,8 +107,15 @@ pub enum Frame {
         epoch: u64,
         code: RefusalCode,
     },
-    /// Owner → replica: hold this record of the room.
-    Append { room: String, record: Record },
+    /// Owner → replica: hold this record of the room. `epoch` is the owner's (the record's
+    /// own may be older: an acknowledged prefix is not re-stamped); `committed`, the prefix
+    /// of the room the owner knows acknowledged (`room::Durable::committed`).
+    Append {
+        room: String,
+        epoch: u64,
+        committed: u64,
+        record: Record,
+    },
     /// Replica → owner: it holds every record of `room` up to `upto` at `epoch`.
     Appended { room: String, epoch: u64, upto: u64 },
     /// Owner → an instance with subscribers: an acknowledged record to fan out.
@@ -129,13 +138,20 @@ pub enum Frame {
         records: Vec<Record>,
         more: bool,
     },
-    /// A node taking ownership of `room` at `epoch` asks for the others' records.
-    Claim { room: String, epoch: u64 },
+    /// A node taking ownership of `room` at `epoch` asks for the others' records after
+    /// `since`, the prefix it holds and knows acknowledged.
+    Claim {
+        room: String,
+        epoch: u64,
+        since: u64,
+    },
     /// The answer to a claim (and a planned handoff): the sender promises to refuse any
-    /// lower epoch and hands over the room's records it holds.
+    /// lower epoch and hands over the room's records it holds after the claim's `since`,
+    /// and the prefix it knows acknowledged (`committed`).
     Handoff {
         room: String,
         epoch: u64,
+        committed: u64,
         records: Vec<Record>,
         meta: Option<Meta>,
     },

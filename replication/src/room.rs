@@ -153,7 +153,10 @@ enum Role {
     Follower,
     Claiming {
         epoch: u64,
-        answers: BTreeMap<NodeId, (Vec<Record>, Option<Meta>)>,
+        /// The prefix this node holds and knows acknowledged: answers hand over what
+        /// follows it.
+        since: u64,
+        answers: BTreeMap<NodeId, Answer>,
     },
     /// Boxed: an owner's state is far larger than the other roles'.
     Owner(Box<Owner>),
@@ -167,6 +170,9 @@ struct Owner {
     upto: BTreeMap<NodeId, u64>,
     /// Per replica, the highest seq sent to it (at most a window above `upto`).
     sent: BTreeMap<NodeId, u64>,
+    /// Per replica, the acknowledged prefix its last `Append` said: a tick tells it a
+    /// later one, so that a claim of its asks for little.
+    told: BTreeMap<NodeId, u64>,
     /// The highest acknowledged seq at `epoch`; never decreases.
     committed: u64,
     /// seq → the publishes waiting for its ack: the one that sequenced it and the retries
@@ -191,6 +197,15 @@ struct Owner {
     meta_acked: Option<Meta>,
 }
 
+/// A member's answer to a claim: its records after the claim's `since`, its metadata,
+/// and the prefix it knows acknowledged.
+#[derive(Debug, Clone)]
+struct Answer {
+    records: Vec<Record>,
+    meta: Option<Meta>,
+    committed: u64,
+}
+
 /// A publish waiting for the ack of its seq: its forwarder, the forwarder's request id,
 /// and whether it is a retry of a key sequenced before.
 #[derive(Debug, Clone)]
@@ -210,9 +225,15 @@ pub struct Durable {
     pub promised_to: Option<NodeId>,
     /// Records by seq, `log[i].seq == i + 1`: never a hole.
     pub log: Vec<Record>,
-    /// `log[..held]` all carry epoch `held_epoch`: what `Appended` reports.
+    /// `log[..held]` is the log of the owner of epoch `held_epoch` (what `Appended`
+    /// reports): written or taken over by it, or acknowledged before it.
     pub held_epoch: u64,
     pub held: u64,
+    /// `log[..committed]` are acknowledged records, as every node holding that prefix holds
+    /// them (learnt as the owner, or from the owner's `Append`): never rewritten, never
+    /// sent again in a take-over. At most the log's length (it may be above `held`: a new
+    /// owner that knows less starts its replicas at what it knows).
+    pub committed: u64,
     /// The room's metadata, the highest (epoch, version) received or written.
     pub meta: Option<Meta>,
 }
@@ -224,6 +245,7 @@ pub struct Promise {
     pub promised_to: Option<NodeId>,
     pub held_epoch: u64,
     pub held: u64,
+    pub committed: u64,
 }
 
 /// What changed in a room's [`Durable`] since the last [`Room::take_changes`]: what its node
@@ -257,6 +279,7 @@ impl Durable {
             promised_to: self.promised_to.clone(),
             held_epoch: self.held_epoch,
             held: self.held,
+            committed: self.committed,
         }
     }
 
@@ -279,6 +302,7 @@ impl Durable {
             self.promised_to = p.promised_to.clone();
             self.held_epoch = p.held_epoch;
             self.held = p.held;
+            self.committed = p.committed;
         }
         if let Some(m) = &changes.meta {
             self.meta = Some(m.clone());
@@ -513,6 +537,7 @@ impl Room {
             let claim = Frame::Claim {
                 room: self.room.clone(),
                 epoch: o.epoch,
+                since: self.durable.committed,
             };
             for r in &o.replicas {
                 out.push(Output::Send {
@@ -527,6 +552,8 @@ impl Room {
             if let Some(record) = upto.checked_sub(1).and_then(|i| self.durable.log.get(i)) {
                 let frame = Frame::Append {
                     room: self.room.clone(),
+                    epoch: o.epoch,
+                    committed: self.durable.committed,
                     record: record.clone(),
                 };
                 out.push(Output::Send {
@@ -554,10 +581,15 @@ impl Room {
         }
         match &self.role {
             Role::Follower => self.claim(out),
-            Role::Claiming { epoch, answers } => {
+            Role::Claiming {
+                epoch,
+                since,
+                answers,
+            } => {
                 let claim = Frame::Claim {
                     room: self.room.clone(),
                     epoch: *epoch,
+                    since: *since,
                 };
                 for m in &self.view.members {
                     if !answers.contains_key(m) {
@@ -574,15 +606,28 @@ impl Room {
             Frame::Publish {
                 req, key, payload, ..
             } => self.on_publish(from, req, key, payload, out),
-            Frame::Append { record, .. } => self.on_append(from, record, out),
+            Frame::Append {
+                epoch,
+                committed,
+                record,
+                ..
+            } => self.on_append(from, epoch, committed, record, out),
             Frame::Appended { epoch, upto, .. } => self.on_appended(from, epoch, upto, out),
-            Frame::Claim { epoch, .. } => self.on_claim(from, epoch, out),
+            Frame::Claim { epoch, since, .. } => self.on_claim(from, epoch, since, out),
             Frame::Handoff {
                 epoch,
+                committed,
                 records,
                 meta,
                 ..
-            } => self.on_handoff(from, epoch, (records, meta), out),
+            } => {
+                let answer = Answer {
+                    records,
+                    meta,
+                    committed,
+                };
+                self.on_handoff(from, epoch, answer, out);
+            }
             Frame::MetaAppend { meta, .. } => self.on_meta_append(from, meta, out),
             Frame::MetaAppended { epoch, version, .. } => {
                 self.on_meta_appended(from, epoch, version, out);
@@ -622,13 +667,18 @@ impl Room {
         };
         self.durable.promised = epoch;
         self.durable.promised_to = Some(self.me.clone());
+        let since = self.durable.committed;
         let mut answers = BTreeMap::new();
-        let mine = (self.durable.log.clone(), self.durable.meta.clone());
-        answers.insert(self.me.clone(), mine);
-        self.role = Role::Claiming { epoch, answers };
+        answers.insert(self.me.clone(), self.answer(since));
+        self.role = Role::Claiming {
+            epoch,
+            since,
+            answers,
+        };
         let claim = Frame::Claim {
             room: self.room.clone(),
             epoch,
+            since,
         };
         for m in self.view.members.iter().filter(|m| **m != self.me) {
             self.send(out, m, claim.clone());
@@ -636,7 +686,18 @@ impl Room {
         self.maybe_take_over(out);
     }
 
-    fn on_claim(&mut self, from: NodeId, epoch: u64, out: &mut Vec<Output>) {
+    /// What this node hands a claimant that holds the acknowledged prefix up to `since`:
+    /// the records after it (the prefix is the same everywhere it is held).
+    fn answer(&self, since: u64) -> Answer {
+        let from = (since as usize).min(self.durable.log.len());
+        Answer {
+            records: self.durable.log[from..].to_vec(),
+            meta: self.durable.meta.clone(),
+            committed: self.durable.committed,
+        }
+    }
+
+    fn on_claim(&mut self, from: NodeId, epoch: u64, since: u64, out: &mut Vec<Output>) {
         let repeated = epoch == self.durable.promised
             && self.durable.promised_to.as_deref() == Some(from.as_str());
         let stale = epoch <= self.durable.promised && !repeated;
@@ -654,86 +715,126 @@ impl Room {
         }
         self.durable.promised = self.durable.promised.max(epoch);
         self.durable.promised_to = Some(from.clone());
-        let records = self.durable.log.clone();
-        self.send(
-            out,
-            &from,
-            Frame::Handoff {
-                room: self.room.clone(),
-                epoch,
-                records,
-                meta: self.durable.meta.clone(),
-            },
-        );
+        let Answer {
+            records,
+            meta,
+            committed,
+        } = self.answer(since);
+        let handoff = Frame::Handoff {
+            room: self.room.clone(),
+            epoch,
+            committed,
+            records,
+            meta,
+        };
+        self.send(out, &from, handoff);
     }
 
-    fn on_handoff(
-        &mut self,
-        from: NodeId,
-        epoch: u64,
-        (records, meta): (Vec<Record>, Option<Meta>),
-        out: &mut Vec<Output>,
-    ) {
-        // A log with a hole or a seq out of place is not a log: ignore the answer.
-        let valid = records
-            .iter()
-            .enumerate()
-            .all(|(i, r)| r.seq == i as u64 + 1);
+    fn on_handoff(&mut self, from: NodeId, epoch: u64, answer: Answer, out: &mut Vec<Output>) {
         if let Role::Claiming {
             epoch: mine,
+            since,
             answers,
         } = &mut self.role
         {
+            // Records after `since` with a hole or a seq out of place are not a log, and a
+            // prefix said acknowledged beyond them is not one: ignore the answer.
+            let valid = answer
+                .records
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.seq == *since + i as u64 + 1)
+                && answer.committed <= *since + answer.records.len() as u64;
             if *mine == epoch && valid {
-                answers.insert(from, (records, meta));
+                answers.insert(from, answer);
             }
         }
         self.maybe_take_over(out);
     }
 
+    /// The answers' records after `since` merged, and the window of retry keys after them.
+    /// The prefix up to `since` is acknowledged: the same wherever it is held, kept as it
+    /// is; only what follows is merged (and then stamped).
+    fn merged_after(
+        &self,
+        since: u64,
+        answers: &BTreeMap<NodeId, Answer>,
+    ) -> (Vec<Record>, dedup::Window) {
+        let mut merged = merge(since, answers.values().map(|a| &a.records));
+        if !self.rules.dedup {
+            return (merged, dedup::Window::new(self.keys_max));
+        }
+        let prefix = &self.durable.log[..since as usize];
+        let mut window = dedup::Window::of_log(self.keys_max, prefix);
+        if self.rules.merge_drops_copies {
+            // A copy of a key still in the window was never acknowledged, nor was anything
+            // after it (docs/REPLICATION.md "Exactly once"): its send's retry is the one
+            // that counts, at its earlier seq.
+            if let Some(at) = window.first_copy(&merged) {
+                merged.truncate(at);
+            }
+        }
+        for record in &merged {
+            window.insert(record);
+        }
+        (merged, window)
+    }
+
     /// With a majority of answers: merge, stamp, sequence.
     fn maybe_take_over(&mut self, out: &mut Vec<Output>) {
-        let Role::Claiming { epoch, answers } = &self.role else {
+        let Role::Claiming {
+            epoch,
+            since,
+            answers,
+        } = &self.role
+        else {
             return;
         };
         if answers.len() < self.view.quorum() {
             return;
         }
-        let epoch = *epoch;
-        let mut merged = merge(answers.values().map(|(log, _)| log));
-        if self.rules.dedup && self.rules.merge_drops_copies {
-            // A copy of a key still in the window was never acknowledged, nor was anything
-            // after it (docs/REPLICATION.md "Exactly once"): its send's retry is the one
-            // that counts, at its earlier seq.
-            if let Some(at) = dedup::Window::first_copy(self.keys_max, &merged) {
-                merged.truncate(at);
-            }
-        }
+        let (epoch, since) = (*epoch, *since);
+        let (merged, window) = self.merged_after(since, answers);
+        let len = since + merged.len() as u64;
+        // What any answer knows acknowledged is, after the merge, the acknowledged records
+        // (their copies carry a higher epoch than any rival at their seq).
+        let committed = answers
+            .values()
+            .map(|a| a.committed)
+            .fold(since, u64::max)
+            .min(len);
         let meta = answers
             .values()
-            .filter_map(|(_, meta)| meta.as_ref())
+            .filter_map(|a| a.meta.as_ref())
             .max_by_key(|m| m.position())
             .map(|m| Meta { epoch, ..m.clone() });
-        self.durable.log = merged.into_iter().map(|r| Record { epoch, ..r }).collect();
-        self.written.wrote_from(0);
-        self.durable.held_epoch = epoch;
-        self.durable.held = self.durable.log.len() as u64;
-        let window = if self.rules.dedup {
-            dedup::Window::of_log(self.keys_max, &self.durable.log)
-        } else {
-            dedup::Window::new(self.keys_max)
-        };
-        self.durable.meta = meta.clone();
+        // A replica that answered holds the acknowledged prefix it said it knows.
         let replicas = self.replicas_in_view();
-        let upto: BTreeMap<NodeId, u64> = replicas.iter().map(|r| (r.clone(), 0)).collect();
+        let upto: BTreeMap<NodeId, u64> = replicas
+            .iter()
+            .map(|r| {
+                let known = answers.get(r).map_or(0, |a| a.committed);
+                (r.clone(), known.min(committed))
+            })
+            .collect();
+        self.durable.log.truncate(since as usize);
+        self.durable
+            .log
+            .extend(merged.into_iter().map(|r| Record { epoch, ..r }));
+        self.written.wrote_from(since as usize);
+        self.durable.held_epoch = epoch;
+        self.durable.held = len;
+        self.durable.committed = committed;
+        self.durable.meta = meta.clone();
         self.role = Role::Owner(Box::new(Owner {
             epoch,
             replicas,
+            told: upto.keys().map(|r| (r.clone(), 0)).collect(),
             sent: upto.clone(),
-            meta_upto: upto.clone(),
-            meta_sent: upto.clone(),
+            meta_upto: upto.keys().map(|r| (r.clone(), 0)).collect(),
+            meta_sent: upto.keys().map(|r| (r.clone(), 0)).collect(),
             upto,
-            committed: 0,
+            committed,
             pending: BTreeMap::new(),
             waiting: 0,
             window,
@@ -788,11 +889,16 @@ impl Room {
             let sent = o.sent.entry(r.clone()).or_insert(0);
             *sent = (*sent).max(upto);
             let window_end = (upto as usize + CATCH_UP_RECORDS_MAX).min(log.len());
+            if (*sent as usize) < window_end {
+                o.told.insert(r.clone(), self.durable.committed);
+            }
             while (*sent as usize) < window_end {
                 let record = log[*sent as usize].clone();
                 *sent += 1;
                 let frame = Frame::Append {
                     room: self.room.clone(),
+                    epoch: o.epoch,
+                    committed: self.durable.committed,
                     record,
                 };
                 out.push(Output::Send {
@@ -820,11 +926,38 @@ impl Room {
         }
     }
 
-    /// A tick: what was sent and not confirmed may be lost; send it again.
+    /// A tick: what was sent and not confirmed may be lost; send it again. A replica
+    /// that holds everything but was told an older acknowledged prefix gets the last
+    /// record again with the current one.
     fn resend(&mut self, out: &mut Vec<Output>) {
         if let Role::Owner(o) = &mut self.role {
             o.sent = o.upto.clone();
             o.meta_sent = o.meta_upto.clone();
+            let committed = self.durable.committed;
+            for r in &o.replicas {
+                let upto = o.upto.get(r).copied().unwrap_or(0);
+                let told = o.told.get(r).copied().unwrap_or(0);
+                if upto != self.durable.held || told >= committed {
+                    continue;
+                }
+                let Some(record) = upto
+                    .checked_sub(1)
+                    .and_then(|i| self.durable.log.get(i as usize))
+                else {
+                    continue;
+                };
+                o.told.insert(r.clone(), committed);
+                let frame = Frame::Append {
+                    room: self.room.clone(),
+                    epoch: o.epoch,
+                    committed,
+                    record: record.clone(),
+                };
+                out.push(Output::Send {
+                    to: r.clone(),
+                    frame,
+                });
+            }
         }
         self.pump(out);
     }
@@ -976,28 +1109,38 @@ impl Room {
         true
     }
 
-    fn on_append(&mut self, from: NodeId, record: Record, out: &mut Vec<Output>) {
-        if !self.admit_from_owner(&from, record.epoch, out) {
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        committed: u64,
+        record: Record,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.admit_from_owner(&from, epoch, out) {
             return;
         }
-        let epoch = record.epoch;
-        let held = if self.durable.held_epoch == epoch {
-            self.durable.held
-        } else {
-            0
-        };
-        if record.seq == held + 1 {
+        let d = &mut self.durable;
+        if d.held_epoch != epoch {
+            // The acknowledged prefix both this node and the owner know is the owner's
+            // log there: held at its epoch without being sent again.
+            d.held_epoch = epoch;
+            d.held = d.committed.min(committed);
+        }
+        // A record is never from a later epoch than its owner's (a broken peer's is not
+        // taken).
+        if record.seq == d.held + 1 && record.epoch <= epoch {
             let at = (record.seq - 1) as usize;
-            let d = &mut self.durable;
             if at < d.log.len() {
                 d.log[at] = record;
             } else {
                 d.log.push(record);
             }
-            d.held_epoch = epoch;
-            d.held = held + 1;
+            d.held += 1;
             self.written.wrote_from(at);
         }
+        // What the owner knows acknowledged, within what this node holds of its log.
+        d.committed = d.committed.max(committed.min(d.held));
         // A gap or a repeat: say what is held, the owner sends the rest in order.
         let d = &self.durable;
         let upto = if d.held_epoch == epoch { d.held } else { 0 };
@@ -1040,6 +1183,7 @@ impl Room {
         }
         let from = o.committed;
         o.committed = acked;
+        self.durable.committed = self.durable.committed.max(acked);
         for seq in from + 1..=acked {
             let record = &self.durable.log[(seq - 1) as usize];
             debug_assert_eq!(record.seq, seq);
@@ -1230,13 +1374,13 @@ impl Room {
     }
 }
 
-/// The longest log among `answers`, each seq taken from the answer with the highest epoch
-/// there. Every answer is hole-free, so the merge is too.
-fn merge<'a>(answers: impl Iterator<Item = &'a Vec<Record>>) -> Vec<Record> {
+/// The longest of `answers` (each the records after `since`), each seq taken from the
+/// answer with the highest epoch there. Every answer is hole-free, so the merge is too.
+fn merge<'a>(since: u64, answers: impl Iterator<Item = &'a Vec<Record>>) -> Vec<Record> {
     let mut merged: Vec<Record> = Vec::new();
     for log in answers {
         for record in log {
-            let at = (record.seq - 1) as usize;
+            let at = (record.seq - since - 1) as usize;
             match merged.get_mut(at) {
                 Some(have) if have.epoch >= record.epoch => {}
                 Some(have) => *have = record.clone(),

@@ -1360,6 +1360,21 @@ impl Sim {
                     return self.fail(format!("{room} seq {seq} ({what}) was acknowledged or delivered, the owner n{owner} does not hold it"));
                 }
             }
+            // Every node's acknowledged prefix, on its disk, is the owner's acknowledged log
+            // there: what a take-over keeps without asking for it again.
+            for (i, node) in self.nodes.iter().enumerate() {
+                let Some(d) = node.disk.get(room) else {
+                    continue;
+                };
+                let prefix = d.log.get(..d.committed as usize).map(|p| {
+                    p.iter()
+                        .map(|r| r.payload.clone())
+                        .collect::<Vec<Vec<u8>>>()
+                });
+                if prefix.as_deref() != log.get(..d.committed as usize) {
+                    return self.fail(format!("{room}: n{i} holds {} records as acknowledged, they are not the owner n{owner}'s acknowledged log", d.committed));
+                }
+            }
             let meta = self.nodes[owner].rooms[room].meta().cloned();
             for tag in self.meta_acked.get(room).into_iter().flatten() {
                 if !meta

@@ -13,7 +13,10 @@
 //! Tables (keys sort as tuples, so one room's records are contiguous and ordered by seq):
 //! - `records`: `(room, seq)` → the rkyv archive of the whole `frame::Record`
 //!   (`frame::encode_record`), so a field added to `Record` is kept with it;
-//! - `rooms`: `room` → `(promised, promised_to, held_epoch, held)`.
+//! - `rooms`: `room` → `(promised, promised_to, held_epoch, held)`;
+//! - `committed`: `room` → the prefix of its log the node knows acknowledged
+//!   (`Durable::committed`); a table of its own, so a file written before it existed opens
+//!   (`open` creates it; no row: 0, nothing known).
 //!
 //! This module never decides anything about ownership: it stores what the machines hand
 //! out ([`Changes`]) and gives it back at start. A file it cannot read stops the start.
@@ -36,6 +39,8 @@ const RECORDS: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::n
 /// `room` → `(promised, promised_to, held_epoch, held)`.
 const ROOMS: TableDefinition<'static, &str, (u64, Option<&str>, u64, u64)> =
     TableDefinition::new("rooms");
+/// `room` → `Durable::committed`.
+const COMMITTED: TableDefinition<'static, &str, u64> = TableDefinition::new("committed");
 /// room → its metadata `(epoch, version, bytes)` (`replication::frame::Meta`), whole.
 const METAS: TableDefinition<'static, &str, (u64, u64, &[u8])> = TableDefinition::new("metas");
 
@@ -123,6 +128,7 @@ impl Disk {
                 promised_to: promised_to.map(str::to_owned),
                 held_epoch,
                 held,
+                committed: 0,
                 log: Vec::new(),
                 meta: None,
             };
@@ -151,6 +157,22 @@ impl Disk {
                 )));
             }
             out.insert(room, durable);
+        }
+        // `open` creates the table in a file from before it: no row, nothing known.
+        let committed = txn.open_table(COMMITTED).map_err(|e| self.fail(e))?;
+        for row in committed.iter().map_err(|e| self.fail(e))? {
+            let (room, committed) = row.map_err(|e| self.fail(e))?;
+            let (room, committed) = (room.value(), committed.value());
+            let Some(durable) = out.get_mut(room) else {
+                continue;
+            };
+            if committed > durable.log.len() as u64 {
+                return Err(self.fail(format!(
+                    "room {room:?}: {} records, but {committed} are marked acknowledged",
+                    durable.log.len()
+                )));
+            }
+            durable.committed = committed;
         }
         let metas = txn.open_table(METAS).map_err(|e| self.fail(e))?;
         for row in metas.iter().map_err(|e| self.fail(e))? {
@@ -181,6 +203,7 @@ impl Disk {
             let mut rooms = txn.open_table(ROOMS).map_err(|e| self.fail(e))?;
             let mut records = txn.open_table(RECORDS).map_err(|e| self.fail(e))?;
             let mut metas = txn.open_table(METAS).map_err(|e| self.fail(e))?;
+            let mut committed = txn.open_table(COMMITTED).map_err(|e| self.fail(e))?;
             for (room, c) in changes {
                 if let Some(after) = c.truncated_after {
                     let gone = (room.as_str(), after + 1)..=(room.as_str(), u64::MAX);
@@ -197,6 +220,9 @@ impl Disk {
                 if let Some(p) = &c.promise {
                     let row = (p.promised, p.promised_to.as_deref(), p.held_epoch, p.held);
                     rooms.insert(room.as_str(), row).map_err(|e| self.fail(e))?;
+                    committed
+                        .insert(room.as_str(), p.committed)
+                        .map_err(|e| self.fail(e))?;
                 }
                 if let Some(m) = &c.meta {
                     let row = (m.epoch, m.version, m.bytes.as_slice());

@@ -69,7 +69,33 @@ fn published() -> impl Strategy<Value = Frame> {
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
-    prop_oneof![data_frame(), meta_frame()]
+    prop_oneof![data_frame(), ownership_frame(), meta_frame()]
+}
+
+fn ownership_frame() -> impl Strategy<Value = Frame> {
+    let room = "\\PC{0,12}";
+    let records = proptest::collection::vec(record(), 0..4);
+    prop_oneof![
+        (room, any::<u64>(), any::<u64>()).prop_map(|(room, epoch, since)| Frame::Claim {
+            room,
+            epoch,
+            since
+        }),
+        (
+            room,
+            any::<u64>(),
+            any::<u64>(),
+            records,
+            proptest::option::of(meta())
+        )
+            .prop_map(|(room, epoch, committed, records, meta)| Frame::Handoff {
+                room,
+                epoch,
+                committed,
+                records,
+                meta,
+            }),
+    ]
 }
 
 fn meta_frame() -> impl Strategy<Value = Frame> {
@@ -124,7 +150,14 @@ fn data_frame() -> impl Strategy<Value = Frame> {
                 code,
             }
         }),
-        (room, record()).prop_map(|(room, record)| Frame::Append { room, record }),
+        (room, any::<u64>(), any::<u64>(), record()).prop_map(
+            |(room, epoch, committed, record)| Frame::Append {
+                room,
+                epoch,
+                committed,
+                record
+            }
+        ),
         (room, any::<u64>(), any::<u64>()).prop_map(|(room, epoch, upto)| Frame::Appended {
             room,
             epoch,
@@ -147,15 +180,6 @@ fn data_frame() -> impl Strategy<Value = Frame> {
                 room,
                 records,
                 more
-            }
-        ),
-        (room, any::<u64>()).prop_map(|(room, epoch)| Frame::Claim { room, epoch }),
-        (room, any::<u64>(), records, proptest::option::of(meta())).prop_map(
-            |(room, epoch, records, meta)| Frame::Handoff {
-                room,
-                epoch,
-                records,
-                meta,
             }
         ),
     ]

@@ -78,13 +78,13 @@ impl Window {
         self.order.is_empty()
     }
 
-    /// Where `log` first holds a record whose key was still in the window of the records
-    /// before it — a copy that no owner would have sequenced (it finds the key and answers
-    /// the original seq instead). Such a copy comes from a stale owner that sequenced the
-    /// send without acknowledging it while another owner sequenced the retry; the index of
-    /// the first one, if any.
-    pub fn first_copy(keys_max: usize, log: &[Record]) -> Option<usize> {
-        let mut window = Self::new(keys_max);
+    /// Where `log`, following the records this window was built of, first holds a record
+    /// whose key was still in the window of the records before it — a copy that no owner
+    /// would have sequenced (it finds the key and answers the original seq instead). Such
+    /// a copy comes from a stale owner that sequenced the send without acknowledging it
+    /// while another owner sequenced the retry; the index of the first one, if any.
+    pub fn first_copy(&self, log: &[Record]) -> Option<usize> {
+        let mut window = self.clone();
         for (at, record) in log.iter().enumerate() {
             if record
                 .key
@@ -135,11 +135,15 @@ mod tests {
             record(3, Some("a")),
             record(4, Some("b")),
         ];
-        assert_eq!(Window::first_copy(8, &log), Some(2));
+        assert_eq!(Window::new(8).first_copy(&log), Some(2));
         // With a window of one, "a" was evicted by "b" before seq 3: a new send, not a copy.
-        assert_eq!(Window::first_copy(1, &log), None);
-        assert_eq!(Window::first_copy(8, &log[..2]), None);
+        assert_eq!(Window::new(1).first_copy(&log), None);
+        assert_eq!(Window::new(8).first_copy(&log[..2]), None);
         let unkeyed = [record(1, None), record(2, None)];
-        assert_eq!(Window::first_copy(8, &unkeyed), None);
+        assert_eq!(Window::new(8).first_copy(&unkeyed), None);
+        // After a prefix the window was built of: the suffix's copy is found at its index.
+        let prefix = Window::of_log(8, &log[..2]);
+        assert_eq!(prefix.first_copy(&log[2..]), Some(0));
+        assert_eq!(prefix.first_copy(&log[3..]), Some(0), "b is in the prefix");
     }
 }

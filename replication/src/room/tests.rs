@@ -68,6 +68,7 @@ impl Net {
         let frame = Frame::Claim {
             room: ROOM.into(),
             epoch,
+            since: 0,
         };
         let from = from.to_string();
         self.input(to, Input::Frame { from, frame });
@@ -247,6 +248,8 @@ fn a_stale_epoch_is_refused() {
         from: o[0].clone(),
         frame: Frame::Append {
             room: ROOM.into(),
+            epoch: 3,
+            committed: 0,
             record,
         },
     });
@@ -279,6 +282,8 @@ fn records_from_a_non_owner_or_to_a_non_successor_are_refused() {
     // From the third node (not the owner) to the successor.
     let f = Frame::Append {
         room: ROOM.into(),
+        epoch: 9,
+        committed: 0,
         record: record.clone(),
     };
     net.input(
@@ -657,6 +662,7 @@ fn a_merge_with_a_stale_copy(rules: Rules) -> (Room, Vec<Output>) {
         log: vec![rec(2, 1, "k1", "m1"), rec(2, 2, "k3", "m3")],
         held_epoch: 2,
         held: 2,
+        committed: 0,
         meta: None,
     };
     let stale = Durable {
@@ -669,6 +675,7 @@ fn a_merge_with_a_stale_copy(rules: Rules) -> (Room, Vec<Output>) {
         ],
         held_epoch: 1,
         held: 3,
+        committed: 0,
         meta: None,
     };
     let mut claimant = Room::new(ROOM, &o[0], 3, newer, KEYS_MAX, rules);
@@ -848,10 +855,99 @@ fn an_owner_learns_of_a_later_epoch_on_a_view_change_with_nothing_to_send() {
     assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(6));
     assert_eq!(
         net.rooms[&o[0]].committed_record(1).map(|r| r.epoch),
-        Some(6),
-        "kept, re-stamped"
+        Some(1),
+        "kept as it was: an acknowledged prefix is not re-stamped"
     );
     net.publish(&o[0], 2, "m2");
     net.run(none);
     assert_eq!(published(&net.answers()), [(2, 6, 2)]);
+}
+
+/// Runs the queued frames, none dropped; every frame delivered, (from, to, frame).
+fn run_watching(net: &mut Net) -> Vec<(String, String, Frame)> {
+    let seen = std::cell::RefCell::new(Vec::new());
+    net.run(|from, to, f| {
+        seen.borrow_mut()
+            .push((from.to_owned(), to.to_owned(), f.clone()));
+        false
+    });
+    seen.into_inner()
+}
+
+/// Goal: a take-over costs what the claimant lacks, not the room's history. The claim says
+/// the prefix the claimant knows acknowledged; answers hand over only what follows it; the
+/// prefix is neither re-stamped (so not rewritten on disk) nor sent again to a replica that
+/// knows it.
+#[test]
+fn a_take_over_exchanges_and_rewrites_only_what_follows_the_acknowledged_prefix() {
+    let (mut net, o) = three();
+    for i in 1..=100 {
+        net.publish(&o[0], i, &format!("m{i}"));
+    }
+    net.run(none);
+    assert_eq!(published(&net.answers()).len(), 100);
+    // A tick tells the successor the owner's acknowledged prefix: seq 100.
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(net.rooms[&o[1]].durable().committed, 100);
+    // The owner stops; its successor takes over at epoch 2.
+    assert_eq!(net.rooms.remove(&o[0]).unwrap().durable().committed, 100);
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[2].clone(), &rest);
+    net.view(&o[1].clone(), &rest);
+    let seen = run_watching(&mut net);
+    assert_eq!(net.rooms[&o[1]].owner_epoch(), Some(2));
+    let claims: Vec<u64> = seen
+        .iter()
+        .filter_map(|(_, _, f)| match f {
+            Frame::Claim { since, .. } => Some(*since),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claims, [100]);
+    let log = &net.rooms[&o[1]].durable().log;
+    assert!(log.iter().all(|r| r.epoch == 1), "prefix re-stamped");
+    net.publish(&o[1], 101, "m101");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(101, 2, 101)]);
+
+    // The old owner comes back from its disk and outranks: a handoff at epoch 3.
+    let disk = net.disks[&o[0]].clone();
+    let back = Room::new(ROOM, &o[0], 3, disk, KEYS_MAX, Rules::default());
+    net.rooms.insert(o[0].clone(), back);
+    let all: Vec<&str> = o.iter().map(String::as_str).collect();
+    for n in &o {
+        net.view(n, &all);
+    }
+    let mut seen = run_watching(&mut net);
+    // Its first claim (epoch 2, what its disk promised + 1) is refused; the tick claims 3.
+    net.input(&o[0].clone(), Input::Tick);
+    seen.extend(run_watching(&mut net));
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(3));
+    let handoffs: Vec<Vec<u64>> = seen
+        .iter()
+        .filter_map(|(_, _, f)| match f {
+            Frame::Handoff { records, .. } => Some(records.iter().map(|r| r.seq).collect()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handoffs, [[101], [101]], "only what follows seq 100");
+    net.publish(&o[0], 102, "m102");
+    let appends: Vec<u64> = run_watching(&mut net)
+        .iter()
+        .filter_map(|(from, _, f)| match f {
+            Frame::Append { record, .. } if *from == o[0] => Some(record.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published(&net.answers()), [(102, 3, 102)]);
+    assert_eq!(
+        appends,
+        [102],
+        "the replica knew seqs 1–101: not sent again"
+    );
+    assert_eq!(
+        payloads(&net.rooms[&o[1]]),
+        (1..=102).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
 }

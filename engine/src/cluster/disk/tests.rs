@@ -28,6 +28,7 @@ fn promise(promised: u64, to: &str, held_epoch: u64, held: u64) -> Option<Promis
         promised_to: Some(to.to_owned()),
         held_epoch,
         held,
+        committed: held.min(1),
     })
 }
 
@@ -166,6 +167,34 @@ fn a_record_that_does_not_decode_or_is_out_of_place_is_an_error_naming_room_and_
         assert!(err.contains("room \"general\""), "{case}: {err}");
         assert!(err.contains(&format!("seq {seq}")), "{case}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A prefix marked acknowledged beyond the records held is a damaged file: an error naming
+/// the room, not a machine that trusts records it does not have.
+#[test]
+fn an_acknowledged_prefix_beyond_the_log_is_an_error_naming_the_room() {
+    let dir = dir("committed");
+    let mut disk = Disk::open(&dir, Durability::Sync).unwrap();
+    let c = Changes {
+        promise: promise(1, "n1", 1, 2),
+        records: vec![record(1, 1, "m1"), record(1, 2, "m2")],
+        ..Changes::default()
+    };
+    disk.write(&[("general".to_owned(), c)]).unwrap();
+    assert_eq!(disk.load().unwrap()["general"].committed, 1);
+    let txn = disk.db.begin_write().unwrap();
+    txn.open_table(COMMITTED)
+        .unwrap()
+        .insert("general", 3)
+        .unwrap();
+    txn.commit().unwrap();
+    let err = disk.load().expect_err("beyond the log").to_string();
+    assert!(err.contains(FILE_NAME), "{err}");
+    assert!(
+        err.contains("room \"general\": 2 records, but 3 are marked acknowledged"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
