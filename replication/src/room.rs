@@ -46,11 +46,13 @@
 //!   claimant keeps the one at the highest (epoch, version) and stamps it with its epoch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::frame::{Frame, Meta, Record, RefusalCode};
 use crate::placement;
 
 pub mod dedup;
+pub mod log;
 
 /// A node's id (`--node-id`).
 pub type NodeId = String;
@@ -223,8 +225,11 @@ pub struct Durable {
     pub promised: u64,
     /// Who the promise at `promised` went to (a repeated claim gets the same answer).
     pub promised_to: Option<NodeId>,
-    /// Records by seq, `log[i].seq == i + 1`: never a hole.
+    /// Records by seq, `log[i].seq == base + i + 1`: never a hole.
     pub log: Vec<Record>,
+    /// Records up to this seq are not in `log`: acknowledged, on the node's disk only
+    /// ([`log::Source`]). 0 unless the room is bounded ([`Room::with_log_tail`]).
+    pub base: u64,
     /// `log[..held]` is the log of the owner of epoch `held_epoch` (what `Appended`
     /// reports): written or taken over by it, or acknowledged before it.
     pub held_epoch: u64,
@@ -283,13 +288,33 @@ impl Durable {
         }
     }
 
+    /// The log's length: its last seq.
+    pub fn len(&self) -> u64 {
+        self.base + self.log.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The record at `seq`, if it is in memory.
+    pub fn get(&self, seq: u64) -> Option<&Record> {
+        let at = seq.checked_sub(self.base + 1)?;
+        self.log.get(usize::try_from(at).ok()?)
+    }
+
     /// `changes` applied, as a disk applies them: what a crash after the write keeps.
     pub fn apply(&mut self, changes: &Changes) {
         if let Some(after) = changes.truncated_after {
-            self.log.truncate(after as usize);
+            assert!(after >= self.base, "an acknowledged prefix is never cut");
+            self.log.truncate((after - self.base) as usize);
         }
         for record in &changes.records {
-            let at = (record.seq - 1) as usize;
+            assert!(
+                record.seq > self.base,
+                "an acknowledged prefix is never rewritten"
+            );
+            let at = (record.seq - self.base - 1) as usize;
             assert!(at <= self.log.len(), "changes leave no hole in a log");
             if at < self.log.len() {
                 self.log[at] = record.clone();
@@ -315,14 +340,14 @@ impl Durable {
 struct Written {
     promise: Promise,
     meta: Option<Meta>,
-    log_len: usize,
-    /// The lowest log index written since (every record from it on is handed out).
-    dirty_from: Option<usize>,
+    log_len: u64,
+    /// The lowest seq − 1 written since (every record after it is handed out).
+    dirty_from: Option<u64>,
 }
 
 impl Written {
-    /// The log from index `at` on was written (pushed, overwritten or replaced).
-    fn wrote_from(&mut self, at: usize) {
+    /// The log after seq `at` was written (pushed, overwritten or replaced).
+    fn wrote_from(&mut self, at: u64) {
         self.dirty_from = Some(self.dirty_from.map_or(at, |f| f.min(at)));
     }
 }
@@ -342,6 +367,10 @@ pub struct Room {
     written: Written,
     /// Nodes with subscribers in the room (registered with this node as owner).
     interest: Vec<NodeId>,
+    /// Acknowledged records kept in memory below the acknowledged prefix's end (`None`:
+    /// every record); the others are read back from `source`.
+    tail: Option<u64>,
+    source: Arc<dyn log::Source>,
 }
 
 impl Room {
@@ -368,12 +397,89 @@ impl Room {
             written: Written {
                 promise: durable.promise(),
                 meta: durable.meta.clone(),
-                log_len: durable.log.len(),
+                log_len: durable.len(),
                 dirty_from: None,
             },
             durable,
             interest: Vec::new(),
+            tail: None,
+            source: Arc::new(log::NoSource),
         }
+    }
+
+    /// This room keeps in memory only the last `tail` acknowledged records and those after
+    /// them; the others are read from `source` (its node's disk) when needed. What the
+    /// disk holds must include every change handed out by [`Room::take_changes`].
+    #[must_use]
+    pub fn with_log_tail(mut self, source: Arc<dyn log::Source>, tail: u64) -> Self {
+        self.tail = Some(tail);
+        self.source = source;
+        self.forget_acknowledged();
+        self
+    }
+
+    /// Records in memory (the bound's measure).
+    pub fn records_in_memory(&self) -> usize {
+        self.durable.log.len()
+    }
+
+    /// Drops from memory the acknowledged records below the tail (they are on disk).
+    fn forget_acknowledged(&mut self) {
+        let Some(tail) = self.tail else {
+            return;
+        };
+        let floor = self.durable.committed.saturating_sub(tail);
+        // Never a record not yet handed out (it would not be on disk).
+        let floor = self
+            .written
+            .dirty_from
+            .map_or(floor, |d| floor.min(d))
+            .min(self.durable.len());
+        if floor > self.durable.base {
+            let gone = (floor - self.durable.base) as usize;
+            self.durable.log.drain(..gone);
+            self.durable.base = floor;
+        }
+    }
+
+    /// Records `from..=to`, from memory or the disk; fewer if the disk lacks some (the
+    /// ones returned are consecutive from `from`).
+    fn read(&self, from: u64, to: u64) -> Vec<Record> {
+        let mut out = Vec::new();
+        if from > to {
+            return out;
+        }
+        let base = self.durable.base;
+        if from <= base {
+            let want = (to.min(base) - from + 1) as usize;
+            out = self.source.read(&self.room, from, want);
+            let complete = out.len() == want && out.iter().zip(from..).all(|(r, seq)| r.seq == seq);
+            if !complete {
+                let good = out
+                    .iter()
+                    .zip(from..)
+                    .take_while(|(r, seq)| r.seq == *seq)
+                    .count();
+                out.truncate(good);
+                return out;
+            }
+        }
+        let first = from.max(base + 1);
+        if first <= to {
+            let (a, b) = ((first - base - 1) as usize, (to - base) as usize);
+            out.extend_from_slice(
+                &self.durable.log[a.min(self.durable.log.len())..b.min(self.durable.log.len())],
+            );
+        }
+        out
+    }
+
+    /// The record at `seq`, from memory or the disk.
+    fn record_at(&self, seq: u64) -> Option<Record> {
+        if let Some(r) = self.durable.get(seq) {
+            return Some(r.clone());
+        }
+        self.read(seq, seq).pop()
     }
 
     /// The room's log and promise as they are in memory (what a crash keeps once written).
@@ -389,10 +495,14 @@ impl Room {
             self.written.promise = promise.clone();
             promise
         });
-        let len = self.durable.log.len();
-        let truncated_after = (len < self.written.log_len).then_some(len as u64);
+        let len = self.durable.len();
+        let truncated_after = (len < self.written.log_len).then_some(len);
         let records = match self.written.dirty_from.take() {
-            Some(from) if from < len => self.durable.log[from..].to_vec(),
+            Some(from) if from < len => {
+                debug_assert!(from >= self.durable.base, "forgotten before handed out");
+                let at = from.saturating_sub(self.durable.base) as usize;
+                self.durable.log[at..].to_vec()
+            }
             _ => Vec::new(),
         };
         self.written.log_len = len;
@@ -403,6 +513,8 @@ impl Room {
             }
             _ => None,
         };
+        // Everything is handed out now: what is acknowledged below the tail may go.
+        self.forget_acknowledged();
         Changes {
             promise,
             records,
@@ -419,13 +531,14 @@ impl Room {
         }
     }
 
-    /// The acknowledged record at `seq`, if this node sequences the room and holds it.
-    pub fn committed_record(&self, seq: u64) -> Option<&Record> {
+    /// The acknowledged record at `seq`, if this node sequences the room and holds it
+    /// (in memory or on its disk).
+    pub fn committed_record(&self, seq: u64) -> Option<Record> {
         let committed = self.committed()?;
         if seq == 0 || seq > committed {
             return None;
         }
-        self.durable.log.get((seq - 1) as usize)
+        self.record_at(seq)
     }
 
     /// The room's metadata as this node holds it (as the owner: its latest, which a
@@ -533,7 +646,7 @@ impl Room {
         let Role::Owner(o) = &mut self.role else {
             return;
         };
-        if self.durable.log.is_empty() && self.durable.meta.is_none() {
+        if self.durable.is_empty() && self.durable.meta.is_none() {
             let claim = Frame::Claim {
                 room: self.room.clone(),
                 epoch: o.epoch,
@@ -548,8 +661,9 @@ impl Room {
             return;
         }
         for r in &o.replicas {
-            let upto = o.upto.get(r).copied().unwrap_or(0) as usize;
-            if let Some(record) = upto.checked_sub(1).and_then(|i| self.durable.log.get(i)) {
+            // A replica behind the records in memory gets appends from the disk anyway.
+            let upto = o.upto.get(r).copied().unwrap_or(0);
+            if let Some(record) = self.durable.get(upto) {
                 let frame = Frame::Append {
                     room: self.room.clone(),
                     epoch: o.epoch,
@@ -665,11 +779,15 @@ impl Room {
         let Some(epoch) = self.durable.promised.checked_add(1) else {
             return;
         };
+        let since = self.durable.committed;
+        // What follows its own acknowledged prefix is in memory (the tail is below it).
+        let Some(mine) = self.answer(since) else {
+            return;
+        };
         self.durable.promised = epoch;
         self.durable.promised_to = Some(self.me.clone());
-        let since = self.durable.committed;
         let mut answers = BTreeMap::new();
-        answers.insert(self.me.clone(), self.answer(since));
+        answers.insert(self.me.clone(), mine);
         self.role = Role::Claiming {
             epoch,
             since,
@@ -687,14 +805,19 @@ impl Room {
     }
 
     /// What this node hands a claimant that holds the acknowledged prefix up to `since`:
-    /// the records after it (the prefix is the same everywhere it is held).
-    fn answer(&self, since: u64) -> Answer {
-        let from = (since as usize).min(self.durable.log.len());
-        Answer {
-            records: self.durable.log[from..].to_vec(),
+    /// the records after it (the prefix is the same everywhere it is held). `None` if the
+    /// disk could not give them all: no answer is better than a short one.
+    fn answer(&self, since: u64) -> Option<Answer> {
+        let len = self.durable.len();
+        let records = self.read(since + 1, len);
+        if records.len() as u64 != len.saturating_sub(since) {
+            return None;
+        }
+        Some(Answer {
+            records,
             meta: self.durable.meta.clone(),
             committed: self.durable.committed,
-        }
+        })
     }
 
     fn on_claim(&mut self, from: NodeId, epoch: u64, since: u64, out: &mut Vec<Output>) {
@@ -710,16 +833,20 @@ impl Room {
             self.refuse(out, &from, 0, epoch, RefusalCode::NotOwner);
             return;
         }
+        // Records the disk cannot give now: no promise, no answer; the claim comes again.
+        let Some(Answer {
+            records,
+            meta,
+            committed,
+        }) = self.answer(since)
+        else {
+            return;
+        };
         if !repeated {
             self.step_down(out);
         }
         self.durable.promised = self.durable.promised.max(epoch);
         self.durable.promised_to = Some(from.clone());
-        let Answer {
-            records,
-            meta,
-            committed,
-        } = self.answer(since);
         let handoff = Frame::Handoff {
             room: self.room.clone(),
             epoch,
@@ -759,13 +886,12 @@ impl Room {
         &self,
         since: u64,
         answers: &BTreeMap<NodeId, Answer>,
-    ) -> (Vec<Record>, dedup::Window) {
+    ) -> Option<(Vec<Record>, dedup::Window)> {
         let mut merged = merge(since, answers.values().map(|a| &a.records));
         if !self.rules.dedup {
-            return (merged, dedup::Window::new(self.keys_max));
+            return Some((merged, dedup::Window::new(self.keys_max)));
         }
-        let prefix = &self.durable.log[..since as usize];
-        let mut window = dedup::Window::of_log(self.keys_max, prefix);
+        let mut window = self.window_through(since)?;
         if self.rules.merge_drops_copies {
             // A copy of a key still in the window was never acknowledged, nor was anything
             // after it (docs/REPLICATION.md "Exactly once"): its send's retry is the one
@@ -777,7 +903,41 @@ impl Room {
         for record in &merged {
             window.insert(record);
         }
-        (merged, window)
+        Some((merged, window))
+    }
+
+    /// The window of retry keys after the log's records up to `seq` (acknowledged, so the
+    /// same on every node): built from the records back to the `keys_max`-th keyed one, in
+    /// memory or on disk. `None` if the disk could not give them.
+    fn window_through(&self, seq: u64) -> Option<dedup::Window> {
+        const CHUNK: u64 = 256;
+        let mut records: Vec<Record> = Vec::new();
+        let mut keyed = 0;
+        let mut hi = seq;
+        while hi > 0 && keyed < self.keys_max {
+            let lo = hi.saturating_sub(CHUNK - 1).max(1);
+            let chunk = self.read(lo, hi);
+            if chunk.len() as u64 != hi - lo + 1 {
+                return None;
+            }
+            keyed += chunk.iter().filter(|r| r.key.is_some()).count();
+            records.splice(0..0, chunk);
+            hi = lo - 1;
+        }
+        // A log of the real machines holds no key twice within a window's reach, so the
+        // window after these records is the window after the whole prefix.
+        let skip = records
+            .iter()
+            .filter(|r| r.key.is_some())
+            .count()
+            .saturating_sub(self.keys_max);
+        let from = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.key.is_some())
+            .nth(skip)
+            .map_or(records.len(), |(i, _)| i);
+        Some(dedup::Window::of_log(self.keys_max, &records[from..]))
     }
 
     /// With a majority of answers: merge, stamp, sequence.
@@ -794,7 +954,10 @@ impl Room {
             return;
         }
         let (epoch, since) = (*epoch, *since);
-        let (merged, window) = self.merged_after(since, answers);
+        let Some((merged, window)) = self.merged_after(since, answers) else {
+            // The disk could not give the window's records: the next answer tries again.
+            return;
+        };
         let len = since + merged.len() as u64;
         // What any answer knows acknowledged is, after the merge, the acknowledged records
         // (their copies carry a higher epoch than any rival at their seq).
@@ -817,11 +980,13 @@ impl Room {
                 (r.clone(), known.min(committed))
             })
             .collect();
-        self.durable.log.truncate(since as usize);
+        debug_assert!(since >= self.durable.base, "the tail is below the prefix");
+        let keep = since.saturating_sub(self.durable.base) as usize;
+        self.durable.log.truncate(keep);
         self.durable
             .log
             .extend(merged.into_iter().map(|r| Record { epoch, ..r }));
-        self.written.wrote_from(since as usize);
+        self.written.wrote_from(since);
         self.durable.held_epoch = epoch;
         self.durable.held = len;
         self.durable.committed = committed;
@@ -880,25 +1045,37 @@ impl Room {
     /// Send every replica the records after those sent to it, at most
     /// [`CATCH_UP_RECORDS_MAX`] beyond what it holds.
     fn pump(&mut self, out: &mut Vec<Output>) {
-        let Role::Owner(o) = &mut self.role else {
+        let Role::Owner(o) = &self.role else {
             return;
         };
-        let log = &self.durable.log;
-        for r in &o.replicas {
-            let upto = o.upto.get(r).copied().unwrap_or(0);
-            let sent = o.sent.entry(r.clone()).or_insert(0);
-            *sent = (*sent).max(upto);
-            let window_end = (upto as usize + CATCH_UP_RECORDS_MAX).min(log.len());
-            if (*sent as usize) < window_end {
-                o.told.insert(r.clone(), self.durable.committed);
+        let len = self.durable.len();
+        // Per replica, the seqs to send now: after what was sent, within the window.
+        let due: Vec<(NodeId, u64, u64)> = o
+            .replicas
+            .iter()
+            .map(|r| {
+                let upto = o.upto.get(r).copied().unwrap_or(0);
+                let sent = o.sent.get(r).copied().unwrap_or(0).max(upto);
+                let end = (upto + CATCH_UP_RECORDS_MAX as u64).min(len);
+                (r.clone(), sent, end)
+            })
+            .collect();
+        let committed = self.durable.committed;
+        for (r, sent, end) in due {
+            // A lagging replica's records may come from the disk; it sends what it can.
+            let records = self.read(sent + 1, end);
+            let Role::Owner(o) = &mut self.role else {
+                return;
+            };
+            o.sent.insert(r.clone(), sent + records.len() as u64);
+            if !records.is_empty() {
+                o.told.insert(r.clone(), committed);
             }
-            while (*sent as usize) < window_end {
-                let record = log[*sent as usize].clone();
-                *sent += 1;
+            for record in records {
                 let frame = Frame::Append {
                     room: self.room.clone(),
                     epoch: o.epoch,
-                    committed: self.durable.committed,
+                    committed,
                     record,
                 };
                 out.push(Output::Send {
@@ -907,6 +1084,9 @@ impl Room {
                 });
             }
         }
+        let Role::Owner(o) = &mut self.role else {
+            return;
+        };
         let Some(meta) = &self.durable.meta else {
             return;
         };
@@ -940,10 +1120,7 @@ impl Room {
                 if upto != self.durable.held || told >= committed {
                     continue;
                 }
-                let Some(record) = upto
-                    .checked_sub(1)
-                    .and_then(|i| self.durable.log.get(i as usize))
-                else {
+                let Some(record) = self.durable.get(upto) else {
                     continue;
                 };
                 o.told.insert(r.clone(), committed);
@@ -1026,7 +1203,14 @@ impl Room {
         };
         debug_assert!(seq <= self.durable.held, "the window holds keys of the log");
         if seq <= o.committed {
-            let original = self.durable.log[(seq - 1) as usize].payload.clone();
+            let epoch = o.epoch;
+            let Some(original) = self.record_at(seq).map(|r| r.payload) else {
+                // The disk could not give it now: the client retries.
+                return self.refuse(out, &from, req, epoch, RefusalCode::Unavailable);
+            };
+            let Role::Owner(o) = &self.role else {
+                return;
+            };
             let frame = Frame::Published {
                 req,
                 room: self.room.clone(),
@@ -1061,7 +1245,7 @@ impl Room {
         let Role::Owner(o) = &mut self.role else {
             return;
         };
-        let seq = self.durable.log.len() as u64 + 1;
+        let seq = self.durable.len() + 1;
         debug_assert_eq!(self.durable.held, seq - 1);
         debug_assert_eq!(self.durable.held_epoch, o.epoch);
         let record = Record {
@@ -1075,7 +1259,7 @@ impl Room {
         }
         self.durable.log.push(record);
         self.durable.held = seq;
-        self.written.wrote_from((seq - 1) as usize);
+        self.written.wrote_from(seq - 1);
         o.waiting += 1;
         let waiter = Waiter {
             from,
@@ -1130,14 +1314,18 @@ impl Room {
         // A record is never from a later epoch than its owner's (a broken peer's is not
         // taken).
         if record.seq == d.held + 1 && record.epoch <= epoch {
-            let at = (record.seq - 1) as usize;
-            if at < d.log.len() {
-                d.log[at] = record;
-            } else {
-                d.log.push(record);
+            // At or below `base` the record is acknowledged, the one this node holds on
+            // disk: held, not written again.
+            if record.seq > d.base {
+                let at = (record.seq - d.base - 1) as usize;
+                if at < d.log.len() {
+                    d.log[at] = record;
+                } else {
+                    d.log.push(record);
+                }
+                self.written.wrote_from(d.held);
             }
             d.held += 1;
-            self.written.wrote_from(at);
         }
         // What the owner knows acknowledged, within what this node holds of its log.
         d.committed = d.committed.max(committed.min(d.held));
@@ -1185,7 +1373,11 @@ impl Room {
         o.committed = acked;
         self.durable.committed = self.durable.committed.max(acked);
         for seq in from + 1..=acked {
-            let record = &self.durable.log[(seq - 1) as usize];
+            // Above the acknowledged prefix: in memory.
+            let Some(record) = self.durable.get(seq) else {
+                debug_assert!(false, "seq {seq} above the prefix is not in memory");
+                break;
+            };
             debug_assert_eq!(record.seq, seq);
             for w in o.pending.remove(&seq).unwrap_or_default() {
                 o.waiting -= 1;
@@ -1358,12 +1550,12 @@ impl Room {
         };
         let max = u64::from(max.clamp(1, REPLAY_RECORDS_MAX));
         let end = o.committed.min(after.saturating_add(max));
-        let records = if after < end {
-            self.durable.log[after as usize..end as usize].to_vec()
-        } else {
-            Vec::new()
-        };
-        let more = end < o.committed;
+        let records = self.read(after + 1, end);
+        if records.is_empty() && after < end {
+            // The disk could not give them now: the requester asks again.
+            return;
+        }
+        let more = after + (records.len() as u64) < o.committed;
         let frame = Frame::ReplayRecords {
             req,
             room: self.room.clone(),

@@ -28,11 +28,12 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::frame::{self, Frame, Meta, Record, RefusalCode};
 use crate::membership::{MemberState, Membership, MembershipConfig, NodeIdentity};
-use crate::room::{Durable, Input, Output, Room, Rules, View};
+use crate::room::{log, Durable, Input, Output, Room, Rules, View};
 
 /// What one run simulates; [`Config::for_seed`] draws it from the seed.
 #[derive(Debug, Clone)]
@@ -53,6 +54,9 @@ pub struct Config {
     pub meta_every: usize,
     pub rules: Rules,
     pub trace: bool,
+    /// Acknowledged records a room keeps in memory (`Room::with_log_tail`, the others read
+    /// back from the node's disk); `None`: all.
+    pub log_tail: Option<u64>,
 }
 
 impl Config {
@@ -72,7 +76,31 @@ impl Config {
             meta_every: 3,
             rules: Rules::default(),
             trace: false,
+            // Not drawn from `rng`: each seed keeps the scenario it had before the bound.
+            // Tails of 0–2 records evict at almost every ack; a quarter of seeds keep all.
+            log_tail: (seed % 4 != 3).then_some(seed % 4),
         }
+    }
+}
+
+/// A node's disk: what `take_changes` handed out, applied; shared with its rooms, which
+/// read back the records they no longer hold in memory.
+type Disk = Arc<Mutex<BTreeMap<String, Durable>>>;
+
+#[derive(Debug)]
+struct DiskSource(Disk);
+
+impl log::Source for DiskSource {
+    fn read(&self, room: &str, from: u64, max: usize) -> Vec<Record> {
+        let disk = self
+            .0
+            .lock()
+            .expect("the simulation does not panic holding it");
+        let Some(d) = disk.get(room) else {
+            return Vec::new();
+        };
+        let from = from.saturating_sub(1) as usize;
+        d.log.iter().skip(from).take(max).cloned().collect()
     }
 }
 
@@ -342,7 +370,7 @@ struct Node {
     rooms: BTreeMap<String, Room>,
     /// The rooms' logs and promises as written to the node's disk: every input's
     /// `take_changes`, applied before its frames leave. A crash keeps exactly this.
-    disk: BTreeMap<String, Durable>,
+    disk: Disk,
     next_req: u64,
     forwarded: BTreeMap<u64, (u64, Forwarded)>,
     /// Rooms → subscribers attached here.
@@ -408,7 +436,7 @@ impl Sim {
                 membership: None,
                 live: Vec::new(),
                 rooms: BTreeMap::new(),
-                disk: BTreeMap::new(),
+                disk: Disk::default(),
                 next_req: 1,
                 forwarded: BTreeMap::new(),
                 subs: BTreeMap::new(),
@@ -545,9 +573,14 @@ impl Sim {
         node.mem_timer = None;
         for r in 0..self.cfg.rooms {
             let room = room_name(r);
-            let durable = node.disk.get(&room).cloned().unwrap_or_default();
+            let durable = node.disk.lock().unwrap().get(&room).cloned();
             let (nodes, rules) = (self.cfg.nodes, self.cfg.rules);
-            let state = Room::new(&room, &name(i), nodes, durable, KEYS_MAX, rules);
+            let durable = durable.unwrap_or_default();
+            let mut state = Room::new(&room, &name(i), nodes, durable, KEYS_MAX, rules);
+            if let Some(tail) = self.cfg.log_tail {
+                let source = Arc::new(DiskSource(node.disk.clone()));
+                state = state.with_log_tail(source, tail);
+            }
             node.rooms.insert(room, state);
         }
         let boot = node.boot;
@@ -634,8 +667,15 @@ impl Sim {
                 );
             }
         }
-        if changed && live != self.nodes[i].live {
-            self.log(|| format!("n{i} sees {live:?}"));
+        // Like the engine (`cluster::node::on_members`): every membership change feeds the
+        // view, also one that keeps the names (a member back with a new identity): an owner
+        // re-confirms its epoch with its replicas then. Fed only when the names changed, a
+        // stale owner whose replica rebooted between two of its views never learnt of the
+        // later epoch that replica promised (seed 1442 with `meta_every: 0`).
+        if changed {
+            if live != self.nodes[i].live {
+                self.log(|| format!("n{i} sees {live:?}"));
+            }
             self.nodes[i].live = live.clone();
             let view = View {
                 members: live,
@@ -689,8 +729,8 @@ impl Sim {
         let outputs = state.handle(input);
         let changes = state.take_changes();
         if !changes.is_empty() {
-            let disk = self.nodes[i].disk.entry(room.to_owned()).or_default();
-            disk.apply(&changes);
+            let mut disk = self.nodes[i].disk.lock().unwrap();
+            disk.entry(room.to_owned()).or_default().apply(&changes);
         }
         for out in outputs {
             self.route(i, room, out);
@@ -1301,7 +1341,7 @@ impl Sim {
         let [(owner, committed)] = owners[..] else {
             return None;
         };
-        let log_len = self.nodes[owner].rooms[room].durable().log.len() as u64;
+        let log_len = self.nodes[owner].rooms[room].durable().len();
         let all_see = (0..self.cfg.nodes).all(|i| self.nodes[i].live.len() == self.cfg.nodes);
         (committed == log_len && all_see).then_some((owner, committed))
     }
@@ -1343,7 +1383,8 @@ impl Sim {
             let Some((owner, committed)) = self.settled_owner(room) else {
                 return self.fail(format!("{room} has no single owner"));
             };
-            let log: Vec<Vec<u8>> = self.nodes[owner].rooms[room].durable().log
+            // From its disk: a bounded room holds only its tail in memory.
+            let log: Vec<Vec<u8>> = self.nodes[owner].disk.lock().unwrap()[room].log
                 [..committed as usize]
                 .iter()
                 .map(|r| r.payload.clone())
@@ -1362,18 +1403,18 @@ impl Sim {
             }
             // Every node's acknowledged prefix, on its disk, is the owner's acknowledged log
             // there: what a take-over keeps without asking for it again.
-            for (i, node) in self.nodes.iter().enumerate() {
-                let Some(d) = node.disk.get(room) else {
-                    continue;
-                };
+            let wrong = self.nodes.iter().enumerate().find_map(|(i, node)| {
+                let disk = node.disk.lock().unwrap();
+                let d = disk.get(room)?;
                 let prefix = d.log.get(..d.committed as usize).map(|p| {
                     p.iter()
                         .map(|r| r.payload.clone())
                         .collect::<Vec<Vec<u8>>>()
                 });
-                if prefix.as_deref() != log.get(..d.committed as usize) {
-                    return self.fail(format!("{room}: n{i} holds {} records as acknowledged, they are not the owner n{owner}'s acknowledged log", d.committed));
-                }
+                (prefix.as_deref() != log.get(..d.committed as usize)).then_some((i, d.committed))
+            });
+            if let Some((i, committed)) = wrong {
+                return self.fail(format!("{room}: n{i} holds {committed} records as acknowledged, they are not the owner n{owner}'s acknowledged log"));
             }
             let meta = self.nodes[owner].rooms[room].meta().cloned();
             for tag in self.meta_acked.get(room).into_iter().flatten() {

@@ -189,10 +189,10 @@ fn the_window_alone_is_not_enough_a_claim_merge_must_drop_stale_copies() {
         meta_every: 0,
         ..Config::for_seed(seed)
     };
-    let found = run_configs(0..2_000, sends_only, true);
+    let found = run_configs(0..5_000, sends_only, true);
     let first = found
         .first()
-        .expect("no seed of 2,000 kept a stale copy without the merge rule");
+        .expect("no seed of 5,000 kept a stale copy without the merge rule");
     assert!(first.what.contains("stored twice"), "{first}");
     eprintln!("caught, as it must be: {first}");
 }

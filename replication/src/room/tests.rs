@@ -663,6 +663,7 @@ fn a_merge_with_a_stale_copy(rules: Rules) -> (Room, Vec<Output>) {
         held_epoch: 2,
         held: 2,
         committed: 0,
+        base: 0,
         meta: None,
     };
     let stale = Durable {
@@ -676,6 +677,7 @@ fn a_merge_with_a_stale_copy(rules: Rules) -> (Room, Vec<Output>) {
         held_epoch: 1,
         held: 3,
         committed: 0,
+        base: 0,
         meta: None,
     };
     let mut claimant = Room::new(ROOM, &o[0], 3, newer, KEYS_MAX, rules);
