@@ -31,7 +31,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sokdo_persistence::Durability;
-use sokdo_replication::frame::{self, Meta};
+use sokdo_replication::frame::{self, Meta, Record};
+use sokdo_replication::room::log::Source;
 use sokdo_replication::room::{Changes, Durable};
 
 /// `(room, seq)` → `frame::encode_record` of the record.
@@ -70,10 +71,55 @@ pub struct DiskError {
     pub what: String,
 }
 
+/// Reads back the acknowledged records a room keeps on disk only
+/// (`replication::room::log::Source`): what the writer has committed.
+pub struct Reader {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("path", &self.path).finish()
+    }
+}
+
+impl Reader {
+    fn try_read(&self, room: &str, from: u64, max: usize) -> Result<Vec<Record>, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let records = txn.open_table(RECORDS).map_err(|e| e.to_string())?;
+        let end = from.saturating_add(max as u64);
+        let mut out = Vec::with_capacity(max.min(1024));
+        for entry in records
+            .range((room, from)..(room, end))
+            .map_err(|e| e.to_string())?
+        {
+            let (_, bytes) = entry.map_err(|e| e.to_string())?;
+            out.push(frame::decode_record(bytes.value()).map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+}
+
+impl Source for Reader {
+    fn read(&self, room: &str, from: u64, max: usize) -> Vec<Record> {
+        self.try_read(room, from, max).unwrap_or_else(|e| {
+            // The machine sends less (or nothing) and asks again later.
+            tracing::warn!(
+                room,
+                from,
+                "cluster log not read from {}: {e}",
+                self.path.display()
+            );
+            Vec::new()
+        })
+    }
+}
+
 /// The open `cluster.redb`.
 pub struct Disk {
     path: PathBuf,
-    db: Database,
+    db: Arc<Database>,
     durability: Durability,
     /// `async`: the first commit not yet fsynced.
     unsynced_since: Option<Instant>,
@@ -96,13 +142,22 @@ impl Disk {
             .map_err(|e| fail(format!("cannot open the cluster's log: {e}")))?;
         let mut disk = Disk {
             path: path.clone(),
-            db,
+            db: Arc::new(db),
             durability,
             unsynced_since: None,
         };
         // Creating the tables up front lets `load` open them on a new file.
         disk.write(&[])?;
         Ok(disk)
+    }
+
+    /// A reader of the records the rooms no longer hold in memory, for the cluster thread
+    /// (redb readers run beside the writer's transactions).
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: self.db.clone(),
+            path: self.path.clone(),
+        }
     }
 
     fn fail(&self, what: impl std::fmt::Display) -> DiskError {
@@ -112,35 +167,45 @@ impl Disk {
         }
     }
 
-    /// Every room's log and promise, checked: each room's records are seqs 1, 2, … with
-    /// no hole, each decodes, and `held` is within the log.
-    pub fn load(&self) -> Result<HashMap<String, Durable>, DiskError> {
+    /// Every room's promise and the records after its acknowledged prefix less `tail`
+    /// (the older ones are read back when needed, [`Reader`]), checked: those records are
+    /// consecutive seqs with no hole, each decodes, and `held` and the acknowledged prefix
+    /// are within the log.
+    pub fn load(&self, tail: u64) -> Result<HashMap<String, Durable>, DiskError> {
         let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
         let rooms = txn.open_table(ROOMS).map_err(|e| self.fail(e))?;
         let records = txn.open_table(RECORDS).map_err(|e| self.fail(e))?;
+        // `open` creates the table in a file from before it: no row, nothing known.
+        let committed_table = txn.open_table(COMMITTED).map_err(|e| self.fail(e))?;
         let mut out = HashMap::new();
         for row in rooms.iter().map_err(|e| self.fail(e))? {
             let (room, promise) = row.map_err(|e| self.fail(e))?;
             let room = room.value().to_owned();
             let (promised, promised_to, held_epoch, held) = promise.value();
+            let committed = committed_table
+                .get(room.as_str())
+                .map_err(|e| self.fail(e))?
+                .map_or(0, |c| c.value());
+            let base = committed.saturating_sub(tail);
             let mut durable = Durable {
                 promised,
                 promised_to: promised_to.map(str::to_owned),
                 held_epoch,
                 held,
-                committed: 0,
+                committed,
+                base,
                 log: Vec::new(),
                 meta: None,
             };
             let range = records
-                .range((room.as_str(), 0)..=(room.as_str(), u64::MAX))
+                .range((room.as_str(), base + 1)..=(room.as_str(), u64::MAX))
                 .map_err(|e| self.fail(e))?;
             for entry in range {
                 let (key, bytes) = entry.map_err(|e| self.fail(e))?;
                 let seq = key.value().1;
                 let record = frame::decode_record(bytes.value())
                     .map_err(|e| self.fail(format!("room {room:?} seq {seq}: {e}")))?;
-                let expected = durable.log.len() as u64 + 1;
+                let expected = durable.len() + 1;
                 if record.seq != seq || seq != expected {
                     return Err(self.fail(format!(
                         "room {room:?}: record at seq {seq} holds seq {} where seq {expected} was due",
@@ -149,30 +214,20 @@ impl Disk {
                 }
                 durable.log.push(record);
             }
-            if durable.held > durable.log.len() as u64 {
+            if durable.held > durable.len() {
                 return Err(self.fail(format!(
                     "room {room:?}: {} records, but {} are marked held",
-                    durable.log.len(),
+                    durable.len(),
                     durable.held
                 )));
             }
-            out.insert(room, durable);
-        }
-        // `open` creates the table in a file from before it: no row, nothing known.
-        let committed = txn.open_table(COMMITTED).map_err(|e| self.fail(e))?;
-        for row in committed.iter().map_err(|e| self.fail(e))? {
-            let (room, committed) = row.map_err(|e| self.fail(e))?;
-            let (room, committed) = (room.value(), committed.value());
-            let Some(durable) = out.get_mut(room) else {
-                continue;
-            };
-            if committed > durable.log.len() as u64 {
+            if committed > durable.len() {
                 return Err(self.fail(format!(
                     "room {room:?}: {} records, but {committed} are marked acknowledged",
-                    durable.log.len()
+                    durable.len()
                 )));
             }
-            durable.committed = committed;
+            out.insert(room, durable);
         }
         let metas = txn.open_table(METAS).map_err(|e| self.fail(e))?;
         for row in metas.iter().map_err(|e| self.fail(e))? {

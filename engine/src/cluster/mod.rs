@@ -115,6 +115,9 @@ pub struct DataStats {
     pub rooms: AtomicU64,
     pub rooms_owned: AtomicU64,
     pub forwards_waiting: AtomicU64,
+    /// Records the room machines hold in memory (each room: what follows its acknowledged
+    /// prefix, and `node::LOG_TAIL_RECORDS` before it).
+    pub log_records_in_memory: AtomicU64,
 }
 
 /// What the shards read: one snapshot of the membership.
@@ -262,6 +265,7 @@ impl Cluster {
             "sends_forwarded": n(&s.forwarded),
             "sends_refused": n(&s.refused),
             "sends_waiting": n(&s.forwards_waiting),
+            "log_records_in_memory": n(&s.log_records_in_memory),
             "replays_asked": n(&s.replays_asked),
         })
     }
@@ -371,10 +375,11 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     );
     let socket = Arc::new(socket);
     read_datagrams(cluster.clone(), socket.clone(), events.clone())?;
+    let reader = Arc::new(disk.reader());
     let writer = start_writer(disk, events.clone())?;
     links::accept(cluster.clone(), listener, events);
     let shared = cluster.clone();
-    let node = node::Node::new(cluster.clone(), writer, loaded);
+    let node = node::Node::new(cluster.clone(), writer, reader, loaded);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || run(&shared, membership, node, &socket, &rx))
@@ -405,7 +410,7 @@ fn membership_config(cfg: &Config, peers: &[SocketAddr]) -> MembershipConfig {
 fn open_disk(cfg: &Config) -> anyhow::Result<(disk::Disk, HashMap<String, Durable>)> {
     let started = Instant::now();
     let disk = disk::Disk::open(&cfg.data_dir, cfg.durability)?;
-    let loaded = disk.load()?;
+    let loaded = disk.load(node::LOG_TAIL_RECORDS)?;
     let records: usize = loaded.values().map(|d| d.log.len()).sum();
     tracing::info!(
         rooms = loaded.len(),
@@ -715,6 +720,11 @@ fn encode_data(c: &Cluster, encoder: &mut DescriptorEncoder<'_>) -> Result<(), s
             "cluster_sends_waiting",
             "Sends waiting for their owner's answer",
             &s.forwards_waiting,
+        ),
+        (
+            "cluster_log_records_in_memory",
+            "Records of the rooms' logs held in memory (the others are read back from cluster.redb)",
+            &s.log_records_in_memory,
         ),
     ];
     for (name, help, value) in gauges {

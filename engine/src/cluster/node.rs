@@ -29,7 +29,7 @@ use sokdo_replication::room::{
     Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
 };
 
-use super::disk::Writer;
+use super::disk::{Reader, Writer};
 use super::links::{Link, LinkStats};
 use super::meta;
 use super::port::{FromCluster, Note, Payload, ToCluster};
@@ -38,6 +38,13 @@ use crate::mesh::ShardId;
 
 /// A catch-up replay not answered within this is asked again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
+
+/// Acknowledged records each room machine keeps in memory below the end of its
+/// acknowledged prefix (with every record after it); older ones are read back from
+/// `cluster.redb` for a lagging replica, a replay, a claimant that knows less. Above
+/// `REPLAY_RECORDS_MAX` and `CATCH_UP_RECORDS_MAX`, so catching up a home or a replica that
+/// is a little behind reads nothing from the disk.
+pub(super) const LOG_TAIL_RECORDS: u64 = 512;
 
 /// A publish sent to the room's owner (possibly this node), waiting for its answer.
 struct Forward {
@@ -61,6 +68,8 @@ struct Held {
 struct RoomState {
     machine: Room,
     held: VecDeque<Held>,
+    /// Its records in memory as last counted in `log_records_in_memory`.
+    in_memory: u64,
 }
 
 /// Something to send once the turn's changes are written.
@@ -97,6 +106,8 @@ pub(super) struct Node {
     local: VecDeque<(String, Frame)>,
     /// The `cluster-disk` thread, writing `cluster.redb`.
     writer: Writer,
+    /// What the room machines read back from `cluster.redb`.
+    reader: Arc<Reader>,
     /// What the disk held at start, per room: given to the room's machine when it is
     /// first touched.
     loaded: HashMap<String, Durable>,
@@ -114,6 +125,7 @@ impl Node {
     pub(super) fn new(
         cluster: Arc<Cluster>,
         writer: Writer,
+        reader: Arc<Reader>,
         loaded: HashMap<String, Durable>,
     ) -> Node {
         let view = View {
@@ -131,6 +143,7 @@ impl Node {
             next_req: 0,
             local: VecDeque::new(),
             writer,
+            reader,
             loaded,
             touched: HashSet::new(),
             submitted: 0,
@@ -148,6 +161,12 @@ impl Node {
                 continue;
             };
             let c = state.machine.take_changes();
+            // The gauge follows each room's count as of its last turn.
+            let now = state.machine.records_in_memory() as u64;
+            let was = std::mem::replace(&mut state.in_memory, now);
+            let gauge = &self.cluster.stats.log_records_in_memory;
+            gauge.fetch_add(now, Ordering::Relaxed);
+            gauge.fetch_sub(was, Ordering::Relaxed);
             if !c.is_empty() {
                 changes.push((room, c));
             }
@@ -780,10 +799,12 @@ impl Node {
                 durable,
                 self.cluster.limits.dedup_keys_max,
                 Rules::default(),
-            );
+            )
+            .with_log_tail(self.reader.clone(), LOG_TAIL_RECORDS);
             let state = RoomState {
                 machine,
                 held: VecDeque::new(),
+                in_memory: 0,
             };
             self.rooms.insert(room.to_owned(), state);
             self.feed(room, Input::View(self.view.clone()));

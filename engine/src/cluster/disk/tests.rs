@@ -71,10 +71,10 @@ fn what_was_written_is_loaded_after_a_reopen() {
             ..Changes::default()
         };
         disk.write(&[("other".to_owned(), other)]).unwrap();
-        assert_eq!(disk.load().unwrap()["general"], expected);
+        assert_eq!(disk.load(u64::MAX).unwrap()["general"], expected);
     }
     let disk = Disk::open(&dir, Durability::Sync).unwrap();
-    let loaded = disk.load().unwrap();
+    let loaded = disk.load(u64::MAX).unwrap();
     assert_eq!(loaded.len(), 2);
     assert_eq!(loaded["general"], expected);
     assert_eq!(loaded["general"].log.len(), 2);
@@ -110,7 +110,10 @@ fn async_commits_are_fsynced_within_the_interval() {
     disk.sync().unwrap();
     assert_eq!(disk.sync_due(), None);
     drop(disk);
-    let loaded = Disk::open(&dir, Durability::Async).unwrap().load().unwrap();
+    let loaded = Disk::open(&dir, Durability::Async)
+        .unwrap()
+        .load(u64::MAX)
+        .unwrap();
     assert_eq!(loaded["general"].log, [record(1, 1, "m1")]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -162,7 +165,7 @@ fn a_record_that_does_not_decode_or_is_out_of_place_is_an_error_naming_room_and_
             .insert(("general", seq), bytes.as_slice())
             .unwrap();
         txn.commit().unwrap();
-        let err = disk.load().expect_err(case).to_string();
+        let err = disk.load(u64::MAX).expect_err(case).to_string();
         assert!(err.contains(FILE_NAME), "{case}: {err}");
         assert!(err.contains("room \"general\""), "{case}: {err}");
         assert!(err.contains(&format!("seq {seq}")), "{case}: {err}");
@@ -182,14 +185,14 @@ fn an_acknowledged_prefix_beyond_the_log_is_an_error_naming_the_room() {
         ..Changes::default()
     };
     disk.write(&[("general".to_owned(), c)]).unwrap();
-    assert_eq!(disk.load().unwrap()["general"].committed, 1);
+    assert_eq!(disk.load(u64::MAX).unwrap()["general"].committed, 1);
     let txn = disk.db.begin_write().unwrap();
     txn.open_table(COMMITTED)
         .unwrap()
         .insert("general", 3)
         .unwrap();
     txn.commit().unwrap();
-    let err = disk.load().expect_err("beyond the log").to_string();
+    let err = disk.load(u64::MAX).expect_err("beyond the log").to_string();
     assert!(err.contains(FILE_NAME), "{err}");
     assert!(
         err.contains("room \"general\": 2 records, but 3 are marked acknowledged"),
@@ -225,9 +228,49 @@ fn the_writer_writes_turns_in_order_and_a_close_fsyncs_them() {
         "every turn written before close returns"
     );
     assert!(wakes.load(Ordering::Relaxed) >= 1);
-    let loaded = Disk::open(&dir, Durability::Sync).unwrap().load().unwrap();
+    let loaded = Disk::open(&dir, Durability::Sync)
+        .unwrap()
+        .load(u64::MAX)
+        .unwrap();
     let seqs: Vec<u64> = loaded["general"].log.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     assert_eq!(loaded["general"].held, 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal: a restart holds in memory only the tail below the acknowledged prefix, and the
+/// records before it are read back from the file, in order, also while it is written to.
+#[test]
+fn a_load_keeps_the_tail_and_the_reader_gives_the_rest() {
+    let dir = dir("tail");
+    let mut disk = Disk::open(&dir, Durability::Async).unwrap();
+    let c = Changes {
+        promise: Some(Promise {
+            promised: 1,
+            promised_to: Some("n1".into()),
+            held_epoch: 1,
+            held: 10,
+            committed: 8,
+        }),
+        records: (1..=10).map(|s| record(1, s, &format!("m{s}"))).collect(),
+        ..Changes::default()
+    };
+    disk.write(&[("general".to_owned(), c)]).unwrap();
+    let loaded = disk.load(3).unwrap();
+    let d = &loaded["general"];
+    assert_eq!((d.base, d.len(), d.committed), (5, 10, 8));
+    let seqs: Vec<u64> = d.log.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        [6, 7, 8, 9, 10],
+        "three before the prefix's end, and what follows"
+    );
+    let reader = disk.reader();
+    let read: Vec<u64> = reader.read("general", 2, 3).iter().map(|r| r.seq).collect();
+    assert_eq!(read, [2, 3, 4]);
+    assert_eq!(reader.read("general", 9, 10).len(), 2, "what there is");
+    assert!(reader.read("other", 1, 10).is_empty());
+    // Everything, as before the bound.
+    assert_eq!(disk.load(u64::MAX).unwrap()["general"].log.len(), 10);
     let _ = std::fs::remove_dir_all(&dir);
 }
