@@ -450,6 +450,13 @@ pub struct Config {
     /// memory stays bounded and nothing is missed.
     #[arg(long, env = "SOKDO_CLUSTER_HOME_QUEUE_RECORDS", default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub cluster_home_queue_records: u32,
+
+    /// Acknowledged records each room's machine keeps in memory below the end of its
+    /// acknowledged prefix (with every record after it); older ones are read back from
+    /// `cluster.redb` when a replica, a home or a claimant is behind. A restart loads
+    /// only these tails.
+    #[arg(long, env = "SOKDO_CLUSTER_LOG_TAIL_RECORDS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub cluster_log_tail_records: u64,
     // === end of Cluster ===
 }
 
@@ -794,6 +801,9 @@ mod tests {
         );
         let range = err(&["--cluster-probe-period-ms", "5"]);
         assert!(range.contains("--cluster-probe-period-ms"), "{range}");
+        let tail = err(&["--cluster-log-tail-records", "2000000"]);
+        assert!(tail.contains("--cluster-log-tail-records"), "{tail}");
+        assert_eq!(parse(&base).unwrap().cluster_log_tail_records, 512);
         let cfg = parse(&base).unwrap();
         assert_eq!(cfg.peers, ["127.0.0.1:7002", "127.0.0.1:7003"]);
         assert!(cfg.clustered() && !parse(&[]).unwrap().clustered());

@@ -86,6 +86,8 @@ pub struct Limits {
     /// `--idempotency-keys-max`: the window of retry keys a room's owner keeps. The claim
     /// merge replays it, so it must be the same on every instance.
     pub dedup_keys_max: usize,
+    /// `--cluster-log-tail-records`.
+    pub log_tail_records: u64,
 }
 
 impl Limits {
@@ -97,6 +99,7 @@ impl Limits {
             tick: Duration::from_millis(cfg.cluster_tick_ms),
             home_queue_records: cfg.cluster_home_queue_records as usize,
             dedup_keys_max: cfg.idempotency_keys_max as usize,
+            log_tail_records: cfg.cluster_log_tail_records,
         }
     }
 }
@@ -116,7 +119,7 @@ pub struct DataStats {
     pub rooms_owned: AtomicU64,
     pub forwards_waiting: AtomicU64,
     /// Records the room machines hold in memory (each room: what follows its acknowledged
-    /// prefix, and `node::LOG_TAIL_RECORDS` before it).
+    /// prefix, and `--cluster-log-tail-records` before it).
     pub log_records_in_memory: AtomicU64,
 }
 
@@ -410,7 +413,7 @@ fn membership_config(cfg: &Config, peers: &[SocketAddr]) -> MembershipConfig {
 fn open_disk(cfg: &Config) -> anyhow::Result<(disk::Disk, HashMap<String, Durable>)> {
     let started = Instant::now();
     let disk = disk::Disk::open(&cfg.data_dir, cfg.durability)?;
-    let loaded = disk.load(node::LOG_TAIL_RECORDS)?;
+    let loaded = disk.load(cfg.cluster_log_tail_records)?;
     let records: usize = loaded.values().map(|d| d.log.len()).sum();
     tracing::info!(
         rooms = loaded.len(),

@@ -39,13 +39,6 @@ use crate::mesh::ShardId;
 /// A catch-up replay not answered within this is asked again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
 
-/// Acknowledged records each room machine keeps in memory below the end of its
-/// acknowledged prefix (with every record after it); older ones are read back from
-/// `cluster.redb` for a lagging replica, a replay, a claimant that knows less. Above
-/// `REPLAY_RECORDS_MAX` and `CATCH_UP_RECORDS_MAX`, so catching up a home or a replica that
-/// is a little behind reads nothing from the disk.
-pub(super) const LOG_TAIL_RECORDS: u64 = 512;
-
 /// A publish sent to the room's owner (possibly this node), waiting for its answer.
 struct Forward {
     shard: ShardId,
@@ -800,7 +793,7 @@ impl Node {
                 self.cluster.limits.dedup_keys_max,
                 Rules::default(),
             )
-            .with_log_tail(self.reader.clone(), LOG_TAIL_RECORDS);
+            .with_log_tail(self.reader.clone(), self.cluster.limits.log_tail_records);
             let state = RoomState {
                 machine,
                 held: VecDeque::new(),
