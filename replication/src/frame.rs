@@ -147,13 +147,16 @@ pub enum Frame {
     },
     /// The answer to a claim (and a planned handoff): the sender promises to refuse any
     /// lower epoch and hands over the room's records it holds after the claim's `since`,
-    /// and the prefix it knows acknowledged (`committed`).
+    /// and the prefix it knows acknowledged (`committed`). `partial`: no promise, no
+    /// metadata, only acknowledged records after `since` (as many as fit
+    /// `room::HANDOFF_BYTES_MAX`): the claimant adopts them and claims again from further on.
     Handoff {
         room: String,
         epoch: u64,
         committed: u64,
         records: Vec<Record>,
         meta: Option<Meta>,
+        partial: bool,
     },
     /// A request about the room's metadata (create, join, update, delete: the engine's
     /// encoding) forwarded to the room's owner; `req` is the forwarder's id for the answer.

@@ -48,7 +48,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::frame::{Frame, Meta, Record, RefusalCode};
+use crate::frame::{self, Frame, Meta, Record, RefusalCode};
 use crate::placement;
 
 pub mod dedup;
@@ -65,6 +65,10 @@ pub const CATCH_UP_RECORDS_MAX: usize = 64;
 pub const PENDING_META_MAX: usize = 256;
 /// Records per replay answer, at most.
 pub const REPLAY_RECORDS_MAX: u32 = 256;
+/// A claim answer whose records would take more bytes than this (half a frame's limit) is
+/// sent in parts: the acknowledged records the claimant lacks, a part at a time
+/// (`Handoff { partial }`), then the answer itself.
+pub const HANDOFF_BYTES_MAX: usize = frame::FRAME_BYTES_MAX / 2;
 
 /// Rules the simulation may break on purpose to show its checker catches it. Production
 /// code uses [`Rules::default`]; nothing else sets them.
@@ -206,6 +210,11 @@ struct Answer {
     records: Vec<Record>,
     meta: Option<Meta>,
     committed: u64,
+}
+
+/// What a record weighs in a frame, about: its bytes and its fields.
+fn frame_bytes(r: &Record) -> usize {
+    r.payload.len() + r.key.as_ref().map_or(0, Vec::len) + 32
 }
 
 /// A publish waiting for the ack of its seq: its forwarder, the forwarder's request id,
@@ -371,6 +380,8 @@ pub struct Room {
     /// every record); the others are read back from `source`.
     tail: Option<u64>,
     source: Arc<dyn log::Source>,
+    /// [`HANDOFF_BYTES_MAX`]; smaller in the simulation.
+    handoff_bytes_max: usize,
 }
 
 impl Room {
@@ -404,7 +415,15 @@ impl Room {
             interest: Vec::new(),
             tail: None,
             source: Arc::new(log::NoSource),
+            handoff_bytes_max: HANDOFF_BYTES_MAX,
         }
+    }
+
+    /// Claim answers above `bytes` go in parts (the simulation makes every one do).
+    #[must_use]
+    pub fn with_handoff_bytes_max(mut self, bytes: usize) -> Self {
+        self.handoff_bytes_max = bytes;
+        self
     }
 
     /// This room keeps in memory only the last `tail` acknowledged records and those after
@@ -732,7 +751,15 @@ impl Room {
                 epoch,
                 committed,
                 records,
+                partial: true,
+                ..
+            } => self.on_handoff_part(epoch, records, committed, out),
+            Frame::Handoff {
+                epoch,
+                committed,
+                records,
                 meta,
+                partial: false,
                 ..
             } => {
                 let answer = Answer {
@@ -820,6 +847,40 @@ impl Room {
         })
     }
 
+    /// When what follows `since` is too big for one answer and this node knows some of it
+    /// acknowledged: the first part of that, at most `handoff_bytes_max` (one record at
+    /// least). `None`: the whole answer fits, or there is nothing acknowledged to offer, or
+    /// the disk could not give the records now (then the whole answer is tried).
+    fn part_after(&self, since: u64) -> Option<Vec<Record>> {
+        let (len, committed) = (self.durable.len(), self.durable.committed);
+        if committed <= since {
+            return None;
+        }
+        let mut part = Vec::new();
+        let mut bytes = 0;
+        let mut next = since + 1;
+        while next <= len {
+            let chunk = self.read(next, (next + 255).min(len));
+            if chunk.is_empty() {
+                return None;
+            }
+            for r in chunk {
+                bytes += frame_bytes(&r);
+                if bytes > self.handoff_bytes_max {
+                    if part.is_empty() && r.seq <= committed {
+                        part.push(r);
+                    }
+                    return Some(part).filter(|p| !p.is_empty());
+                }
+                if r.seq <= committed {
+                    part.push(r);
+                }
+                next += 1;
+            }
+        }
+        None
+    }
+
     fn on_claim(&mut self, from: NodeId, epoch: u64, since: u64, out: &mut Vec<Output>) {
         let repeated = epoch == self.durable.promised
             && self.durable.promised_to.as_deref() == Some(from.as_str());
@@ -833,11 +894,24 @@ impl Room {
             self.refuse(out, &from, 0, epoch, RefusalCode::NotOwner);
             return;
         }
+        if let Some(records) = self.part_after(since) {
+            // Too much for one frame: the acknowledged records first, without a promise.
+            let part = Frame::Handoff {
+                room: self.room.clone(),
+                epoch,
+                committed: self.durable.committed,
+                records,
+                meta: None,
+                partial: true,
+            };
+            return self.send(out, &from, part);
+        }
         // Records the disk cannot give now: no promise, no answer; the claim comes again.
         let Some(Answer {
             records,
             meta,
             committed,
+            ..
         }) = self.answer(since)
         else {
             return;
@@ -853,8 +927,70 @@ impl Room {
             committed,
             records,
             meta,
+            partial: false,
         };
         self.send(out, &from, handoff);
+    }
+
+    /// A part of a claim answer: acknowledged records after this claimant's `since`, which
+    /// it takes as its own (they are the same wherever they are held) before it claims
+    /// again from the end of them.
+    fn on_handoff_part(
+        &mut self,
+        epoch: u64,
+        records: Vec<Record>,
+        committed: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Role::Claiming {
+            epoch: mine, since, ..
+        } = &self.role
+        else {
+            return;
+        };
+        let since = *since;
+        let valid = !records.is_empty()
+            && records.iter().zip(since + 1..).all(|(r, seq)| r.seq == seq)
+            && records.last().is_some_and(|r| r.seq <= committed);
+        if *mine != epoch || !valid {
+            return;
+        }
+        let d = &mut self.durable;
+        debug_assert!(since >= d.base && since <= d.len());
+        for record in records {
+            let at = (record.seq - d.base - 1) as usize;
+            if at < d.log.len() {
+                d.log[at] = record;
+            } else {
+                d.log.push(record);
+            }
+            d.committed = d.committed.max(d.base + at as u64 + 1);
+        }
+        // What `held` said of an older owner's log may no longer be true of what follows.
+        d.held = d.held.min(since);
+        self.written.wrote_from(since);
+        let since = self.durable.committed;
+        let Some(mine) = self.answer(since) else {
+            return;
+        };
+        let Role::Claiming {
+            since: at, answers, ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        *at = since;
+        answers.clear();
+        answers.insert(self.me.clone(), mine);
+        let claim = Frame::Claim {
+            room: self.room.clone(),
+            epoch,
+            since,
+        };
+        for m in self.view.members.iter().filter(|m| **m != self.me) {
+            self.send(out, m, claim.clone());
+        }
+        self.maybe_take_over(out);
     }
 
     fn on_handoff(&mut self, from: NodeId, epoch: u64, answer: Answer, out: &mut Vec<Output>) {

@@ -57,6 +57,9 @@ pub struct Config {
     /// Acknowledged records a room keeps in memory (`Room::with_log_tail`, the others read
     /// back from the node's disk); `None`: all.
     pub log_tail: Option<u64>,
+    /// Claim answers above this many bytes go in parts (`Room::with_handoff_bytes_max`);
+    /// `None`: the production bound, which the simulation never reaches.
+    pub handoff_bytes_max: Option<usize>,
 }
 
 impl Config {
@@ -79,6 +82,9 @@ impl Config {
             // Not drawn from `rng`: each seed keeps the scenario it had before the bound.
             // Tails of 0–2 records evict at almost every ack; a quarter of seeds keep all.
             log_tail: (seed % 4 != 3).then_some(seed % 4),
+            // One seed in three answers every claim that has acknowledged records to offer
+            // a record at a time.
+            handoff_bytes_max: seed.is_multiple_of(3).then_some(1),
         }
     }
 }
@@ -577,6 +583,9 @@ impl Sim {
             let (nodes, rules) = (self.cfg.nodes, self.cfg.rules);
             let durable = durable.unwrap_or_default();
             let mut state = Room::new(&room, &name(i), nodes, durable, KEYS_MAX, rules);
+            if let Some(bytes) = self.cfg.handoff_bytes_max {
+                state = state.with_handoff_bytes_max(bytes);
+            }
             if let Some(tail) = self.cfg.log_tail {
                 let source = Arc::new(DiskSource(node.disk.clone()));
                 state = state.with_log_tail(source, tail);

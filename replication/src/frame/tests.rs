@@ -86,15 +86,19 @@ fn ownership_frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             any::<u64>(),
             records,
-            proptest::option::of(meta())
+            proptest::option::of(meta()),
+            any::<bool>()
         )
-            .prop_map(|(room, epoch, committed, records, meta)| Frame::Handoff {
-                room,
-                epoch,
-                committed,
-                records,
-                meta,
-            }),
+            .prop_map(
+                |(room, epoch, committed, records, meta, partial)| Frame::Handoff {
+                    room,
+                    epoch,
+                    committed,
+                    records,
+                    meta,
+                    partial,
+                }
+            ),
     ]
 }
 

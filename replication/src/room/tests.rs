@@ -953,3 +953,76 @@ fn a_take_over_exchanges_and_rewrites_only_what_follows_the_acknowledged_prefix(
         (1..=102).map(|i| format!("m{i}")).collect::<Vec<_>>()
     );
 }
+
+/// Goal: a claimant far behind is not sent one answer too big for a frame: the members
+/// send the acknowledged records it lacks in parts, without a promise, and it claims again
+/// from further on each time, until the answers fit.
+#[test]
+fn a_claimant_far_behind_gets_the_acknowledged_records_in_parts_then_takes_over() {
+    let (mut net, o) = three();
+    for i in 1..=10 {
+        net.publish(&o[0], i, &format!("m{i}"));
+    }
+    net.run(none);
+    let gone = net.rooms.remove(&o[0]).unwrap();
+    assert_eq!(gone.durable().committed, 10);
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[2].clone(), &rest);
+    net.view(&o[1].clone(), &rest);
+    net.run(none);
+    for i in 11..=60 {
+        net.publish(&o[1], i, &format!("m{i}"));
+    }
+    net.run(none);
+    net.input(&o[1].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(published(&net.answers()).len(), 60);
+    // Answers above 200 bytes go in parts (about five of these records each).
+    for n in [&o[1], &o[2]] {
+        let room = net.rooms.remove(n).unwrap().with_handoff_bytes_max(200);
+        net.rooms.insert(n.clone(), room);
+    }
+    let disk = net.disks[&o[0]].clone();
+    let back = Room::new(ROOM, &o[0], 3, disk, KEYS_MAX, Rules::default());
+    net.rooms.insert(o[0].clone(), back);
+    let all: Vec<&str> = o.iter().map(String::as_str).collect();
+    for n in &o {
+        net.view(n, &all);
+    }
+    let mut seen = run_watching(&mut net);
+    net.input(&o[0].clone(), Input::Tick);
+    seen.extend(run_watching(&mut net));
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(3));
+    let parts: Vec<usize> = seen
+        .iter()
+        .filter_map(|(_, _, f)| match f {
+            Frame::Handoff {
+                records,
+                partial: true,
+                ..
+            } => Some(records.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(parts.len() >= 8, "50 records, about five a part: {parts:?}");
+    assert!(parts.iter().all(|&n| (1..=6).contains(&n)), "{parts:?}");
+    let claims: Vec<u64> = seen
+        .iter()
+        .filter_map(|(_, _, f)| match f {
+            Frame::Claim {
+                epoch: 3, since, ..
+            } => Some(*since),
+            _ => None,
+        })
+        .collect();
+    assert!(claims.windows(2).all(|w| w[0] <= w[1]), "{claims:?}");
+    // From seq 55 on, what follows (five records) fits one answer.
+    assert_eq!(claims.last(), Some(&55), "{claims:?}");
+    net.publish(&o[0], 61, "m61");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(61, 3, 61)]);
+    assert_eq!(
+        payloads(&net.rooms[&o[0]]),
+        (1..=61).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+}
