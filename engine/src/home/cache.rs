@@ -54,13 +54,18 @@ impl Cache {
 
     /// The oldest rooms to drop until the cache is back to 7/8 of its budget (some room of
     /// the budget, so that not every next send evicts), `keep` excluded.
-    pub(super) fn candidates(&self, keep: &Arc<str>) -> Vec<Arc<str>> {
+    pub(super) fn candidates(&self, keep: Option<&Arc<str>>) -> Vec<Arc<str>> {
         self.by_age
             .values()
-            .filter(|k| *k != keep)
+            .filter(|k| Some(*k) != keep)
             .take(EVICTION_SCAN_MAX)
             .cloned()
             .collect()
+    }
+
+    /// Over the budget.
+    pub(super) fn over(&self) -> bool {
+        self.bytes > self.budget
     }
 
     pub(super) fn satisfied(&self) -> bool {

@@ -27,6 +27,7 @@ impl Shard {
         self.pace_replays();
         self.desk_tick(now);
         self.ip_limiter.expire(now);
+        self.homes.tick_cache();
         self.set_gauges();
         if self.draining.is_none() && self.instance.mesh.drain_requested() {
             self.begin_drain(now);
