@@ -428,12 +428,13 @@ impl Room {
 
     /// This room keeps in memory only the last `tail` acknowledged records and those after
     /// them; the others are read from `source` (its node's disk) when needed. What the
-    /// disk holds must include every change handed out by [`Room::take_changes`].
+    /// durable state given to [`Room::new`] holds must be on that disk; the node calls
+    /// [`Room::forget_written`] once what `take_changes` handed out is too.
     #[must_use]
     pub fn with_log_tail(mut self, source: Arc<dyn log::Source>, tail: u64) -> Self {
         self.tail = Some(tail);
         self.source = source;
-        self.forget_acknowledged();
+        self.forget_written();
         self
     }
 
@@ -442,8 +443,11 @@ impl Room {
         self.durable.log.len()
     }
 
-    /// Drops from memory the acknowledged records below the tail (they are on disk).
-    fn forget_acknowledged(&mut self) {
+    /// Every change [`Room::take_changes`] handed out is on the disk `source` reads (written,
+    /// not only queued): the acknowledged records below the tail leave memory. Called
+    /// before that, a read could find an older record at a seq whose overwrite is still
+    /// queued, and take it for the acknowledged one.
+    pub fn forget_written(&mut self) {
         let Some(tail) = self.tail else {
             return;
         };
@@ -532,8 +536,6 @@ impl Room {
             }
             _ => None,
         };
-        // Everything is handed out now: what is acknowledged below the tail may go.
-        self.forget_acknowledged();
         Changes {
             promise,
             records,
@@ -662,7 +664,7 @@ impl Room {
     /// refuses (`StaleEpoch`), this owner steps down and claims above it; the others answer
     /// what they hold, unchanged.
     fn confirm(&mut self, out: &mut Vec<Output>) {
-        let Role::Owner(o) = &mut self.role else {
+        let Role::Owner(o) = &self.role else {
             return;
         };
         if self.durable.is_empty() && self.durable.meta.is_none() {
@@ -682,7 +684,7 @@ impl Room {
         for r in &o.replicas {
             // A replica behind the records in memory gets appends from the disk anyway.
             let upto = o.upto.get(r).copied().unwrap_or(0);
-            if let Some(record) = self.durable.get(upto) {
+            if let Some(record) = self.record_at(upto) {
                 let frame = Frame::Append {
                     room: self.room.clone(),
                     epoch: o.epoch,
@@ -729,6 +731,9 @@ impl Room {
                         self.send(out, m, claim.clone());
                     }
                 }
+                // A take-over postponed for a read the disk could not serve is tried again
+                // (every answer may be in: none would come to retry it).
+                self.maybe_take_over(out);
             }
             Role::Owner(_) => self.resend(out),
         }
@@ -1246,17 +1251,27 @@ impl Room {
     /// that holds everything but was told an older acknowledged prefix gets the last
     /// record again with the current one.
     fn resend(&mut self, out: &mut Vec<Output>) {
+        // The last record, which a replica holding everything is sent again (from the
+        // disk when the tail is short).
+        let (held, committed) = (self.durable.held, self.durable.committed);
+        let behind = |o: &Owner, r: &NodeId| {
+            o.upto.get(r).copied().unwrap_or(0) == held
+                && o.told.get(r).copied().unwrap_or(0) < committed
+        };
+        let wanted =
+            matches!(&self.role, Role::Owner(o) if o.replicas.iter().any(|r| behind(o, r)));
+        let last = if wanted { self.record_at(held) } else { None };
         if let Role::Owner(o) = &mut self.role {
             o.sent = o.upto.clone();
             o.meta_sent = o.meta_upto.clone();
-            let committed = self.durable.committed;
-            for r in &o.replicas {
-                let upto = o.upto.get(r).copied().unwrap_or(0);
-                let told = o.told.get(r).copied().unwrap_or(0);
-                if upto != self.durable.held || told >= committed {
-                    continue;
-                }
-                let Some(record) = self.durable.get(upto) else {
+            let behind: Vec<NodeId> = o
+                .replicas
+                .iter()
+                .filter(|r| behind(o, r))
+                .cloned()
+                .collect();
+            for r in &behind {
+                let Some(record) = &last else {
                     continue;
                 };
                 o.told.insert(r.clone(), committed);

@@ -741,6 +741,10 @@ impl Sim {
             let mut disk = self.nodes[i].disk.lock().unwrap();
             disk.entry(room.to_owned()).or_default().apply(&changes);
         }
+        // The simulated disk is written at once: what was handed out may leave memory.
+        if let Some(state) = self.nodes[i].rooms.get_mut(room) {
+            state.forget_written();
+        }
         for out in outputs {
             self.route(i, room, out);
         }

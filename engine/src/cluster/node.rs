@@ -63,6 +63,8 @@ struct RoomState {
     held: VecDeque<Held>,
     /// Its records in memory as last counted in `log_records_in_memory`.
     in_memory: u64,
+    /// The last turn its changes went to the writer in.
+    handed: u64,
 }
 
 /// Something to send once the turn's changes are written.
@@ -110,6 +112,9 @@ pub(super) struct Node {
     submitted: u64,
     /// What the current turn sends.
     outbox: Vec<Out>,
+    /// (turn, room) of every turn's changes: once the writer has written the turn, the
+    /// room may drop acknowledged records below its tail (`Room::forget_written`).
+    forgettable: VecDeque<(u64, String)>,
     /// Earlier turns' sends, each waiting for the writer to reach the turn it names.
     waiting: VecDeque<(u64, Vec<Out>)>,
 }
@@ -141,6 +146,7 @@ impl Node {
             touched: HashSet::new(),
             submitted: 0,
             outbox: Vec::new(),
+            forgettable: VecDeque::new(),
             waiting: VecDeque::new(),
         }
     }
@@ -154,13 +160,11 @@ impl Node {
                 continue;
             };
             let c = state.machine.take_changes();
-            // The gauge follows each room's count as of its last turn.
-            let now = state.machine.records_in_memory() as u64;
-            let was = std::mem::replace(&mut state.in_memory, now);
-            let gauge = &self.cluster.stats.log_records_in_memory;
-            gauge.fetch_add(now, Ordering::Relaxed);
-            gauge.fetch_sub(was, Ordering::Relaxed);
+            Self::count_in_memory(&self.cluster, state);
             if !c.is_empty() {
+                state.handed = self.submitted + 1;
+                self.forgettable
+                    .push_back((self.submitted + 1, room.clone()));
                 changes.push((room, c));
             }
         }
@@ -178,9 +182,35 @@ impl Node {
         self.release();
     }
 
-    /// Sends what waited for turns the writer has written.
+    /// The gauge follows each room's count as of its last turn.
+    fn count_in_memory(cluster: &Cluster, state: &mut RoomState) {
+        let now = state.machine.records_in_memory() as u64;
+        let was = std::mem::replace(&mut state.in_memory, now);
+        let gauge = &cluster.stats.log_records_in_memory;
+        gauge.fetch_add(now, Ordering::Relaxed);
+        gauge.fetch_sub(was, Ordering::Relaxed);
+    }
+
+    /// Sends what waited for turns the writer has written, and lets the rooms whose changes
+    /// are all written drop what their tail no longer needs (a read of `cluster.redb` then
+    /// finds what memory held).
     fn release(&mut self) {
         let written = self.writer.written();
+        while self
+            .forgettable
+            .front()
+            .is_some_and(|(turn, _)| *turn <= written)
+        {
+            let Some((_, room)) = self.forgettable.pop_front() else {
+                break;
+            };
+            if let Some(state) = self.rooms.get_mut(&room) {
+                if state.handed <= written {
+                    state.machine.forget_written();
+                    Self::count_in_memory(&self.cluster, state);
+                }
+            }
+        }
         while self
             .waiting
             .front()
@@ -798,6 +828,7 @@ impl Node {
                 machine,
                 held: VecDeque::new(),
                 in_memory: 0,
+                handed: 0,
             };
             self.rooms.insert(room.to_owned(), state);
             self.feed(room, Input::View(self.view.clone()));
