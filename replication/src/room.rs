@@ -825,15 +825,7 @@ impl Room {
             since,
             answers,
         };
-        let claim = Frame::Claim {
-            room: self.room.clone(),
-            epoch,
-            since,
-        };
-        for m in self.view.members.iter().filter(|m| **m != self.me) {
-            self.send(out, m, claim.clone());
-        }
-        self.maybe_take_over(out);
+        self.ask_members(epoch, since, out);
     }
 
     /// What this node hands a claimant that holds the acknowledged prefix up to `since`:
@@ -884,6 +876,20 @@ impl Room {
             }
         }
         None
+    }
+
+    /// Sends the claim of `epoch` from `since` to every other member; with enough answers
+    /// already (a single-member quorum), takes over.
+    fn ask_members(&mut self, epoch: u64, since: u64, out: &mut Vec<Output>) {
+        let claim = Frame::Claim {
+            room: self.room.clone(),
+            epoch,
+            since,
+        };
+        for m in self.view.members.iter().filter(|m| **m != self.me) {
+            self.send(out, m, claim.clone());
+        }
+        self.maybe_take_over(out);
     }
 
     fn on_claim(&mut self, from: NodeId, epoch: u64, since: u64, out: &mut Vec<Output>) {
@@ -987,15 +993,7 @@ impl Room {
         *at = since;
         answers.clear();
         answers.insert(self.me.clone(), mine);
-        let claim = Frame::Claim {
-            room: self.room.clone(),
-            epoch,
-            since,
-        };
-        for m in self.view.members.iter().filter(|m| **m != self.me) {
-            self.send(out, m, claim.clone());
-        }
-        self.maybe_take_over(out);
+        self.ask_members(epoch, since, out);
     }
 
     fn on_handoff(&mut self, from: NodeId, epoch: u64, answer: Answer, out: &mut Vec<Output>) {

@@ -876,6 +876,27 @@ fn run_watching(net: &mut Net) -> Vec<(String, String, Frame)> {
     seen.into_inner()
 }
 
+/// The first in order (gone) comes back from its disk and outranks: its first claim (epoch
+/// 2, what its disk promised + 1) is refused, its tick claims 3 and takes over. Every frame
+/// delivered meanwhile.
+fn the_first_returns_from_its_disk_and_takes_over(
+    net: &mut Net,
+    o: &[String],
+) -> Vec<(String, String, Frame)> {
+    let disk = net.disks[&o[0]].clone();
+    let back = Room::new(ROOM, &o[0], 3, disk, KEYS_MAX, Rules::default());
+    net.rooms.insert(o[0].clone(), back);
+    let all: Vec<&str> = o.iter().map(String::as_str).collect();
+    for n in o {
+        net.view(n, &all);
+    }
+    let mut seen = run_watching(net);
+    net.input(&o[0].clone(), Input::Tick);
+    seen.extend(run_watching(net));
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(3));
+    seen
+}
+
 /// Goal: a take-over costs what the claimant lacks, not the room's history. The claim says
 /// the prefix the claimant knows acknowledged; answers hand over only what follows it; the
 /// prefix is neither re-stamped (so not rewritten on disk) nor sent again to a replica that
@@ -914,18 +935,7 @@ fn a_take_over_exchanges_and_rewrites_only_what_follows_the_acknowledged_prefix(
     assert_eq!(published(&net.answers()), [(101, 2, 101)]);
 
     // The old owner comes back from its disk and outranks: a handoff at epoch 3.
-    let disk = net.disks[&o[0]].clone();
-    let back = Room::new(ROOM, &o[0], 3, disk, KEYS_MAX, Rules::default());
-    net.rooms.insert(o[0].clone(), back);
-    let all: Vec<&str> = o.iter().map(String::as_str).collect();
-    for n in &o {
-        net.view(n, &all);
-    }
-    let mut seen = run_watching(&mut net);
-    // Its first claim (epoch 2, what its disk promised + 1) is refused; the tick claims 3.
-    net.input(&o[0].clone(), Input::Tick);
-    seen.extend(run_watching(&mut net));
-    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(3));
+    let seen = the_first_returns_from_its_disk_and_takes_over(&mut net, &o);
     let handoffs: Vec<Vec<u64>> = seen
         .iter()
         .filter_map(|(_, _, f)| match f {
@@ -982,17 +992,7 @@ fn a_claimant_far_behind_gets_the_acknowledged_records_in_parts_then_takes_over(
         let room = net.rooms.remove(n).unwrap().with_handoff_bytes_max(200);
         net.rooms.insert(n.clone(), room);
     }
-    let disk = net.disks[&o[0]].clone();
-    let back = Room::new(ROOM, &o[0], 3, disk, KEYS_MAX, Rules::default());
-    net.rooms.insert(o[0].clone(), back);
-    let all: Vec<&str> = o.iter().map(String::as_str).collect();
-    for n in &o {
-        net.view(n, &all);
-    }
-    let mut seen = run_watching(&mut net);
-    net.input(&o[0].clone(), Input::Tick);
-    seen.extend(run_watching(&mut net));
-    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(3));
+    let seen = the_first_returns_from_its_disk_and_takes_over(&mut net, &o);
     let parts: Vec<usize> = seen
         .iter()
         .filter_map(|(_, _, f)| match f {
