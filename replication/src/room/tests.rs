@@ -1,6 +1,7 @@
 //! One test per rule, on three (or four) rooms wired by a tiny in-order network.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 
 use super::*;
 
@@ -8,16 +9,48 @@ const ROOM: &str = "general";
 /// The window of retry keys in these tests.
 const KEYS_MAX: usize = 16;
 
+/// A node's disk: what `take_changes` handed out, applied. Shared with its room's
+/// [`log::Source`] when the room is bounded ([`Net::bound`]).
+#[derive(Debug, Default)]
+struct Disk {
+    durable: Durable,
+    /// Reads fail (an I/O error, say): the source gives nothing.
+    unreadable: bool,
+}
+
+/// A bounded room's reads of its node's [`Disk`].
+#[derive(Debug)]
+struct DiskSource(Arc<Mutex<Disk>>);
+
+impl log::Source for DiskSource {
+    fn read(&self, room: &str, from: u64, max: usize) -> Vec<Record> {
+        assert_eq!(room, ROOM);
+        let disk = self.0.lock().unwrap();
+        if disk.unreadable {
+            return Vec::new();
+        }
+        let from = from.saturating_sub(1) as usize;
+        let log = &disk.durable.log;
+        log.iter().skip(from).take(max).cloned().collect()
+    }
+}
+
 /// Rooms of one name on several nodes, and the frames between them.
 struct Net {
     rooms: BTreeMap<NodeId, Room>,
     /// Per node, what `take_changes` handed out, applied: its disk.
-    disks: BTreeMap<NodeId, Durable>,
+    disks: BTreeMap<NodeId, Arc<Mutex<Disk>>>,
+    /// Per bounded node, the acknowledged records its room keeps in memory.
+    tails: BTreeMap<NodeId, u64>,
+    /// Per node whose writer lags ([`Net::lag`]), the changes handed out and not written
+    /// yet, in order. The others' are written at once.
+    unwritten: BTreeMap<NodeId, Vec<Changes>>,
     queue: VecDeque<(NodeId, NodeId, Frame)>,
     events: Vec<(NodeId, Output)>,
     /// Frames to the forwarding instance outside the net.
     outside: Vec<Frame>,
     configured: usize,
+    rules: Rules,
 }
 
 impl Net {
@@ -35,26 +68,97 @@ impl Net {
             rooms,
             disks: nodes
                 .iter()
-                .map(|n| (n.to_string(), Durable::default()))
+                .map(|n| (n.to_string(), Arc::default()))
                 .collect(),
+            tails: BTreeMap::new(),
+            unwritten: BTreeMap::new(),
             queue: VecDeque::new(),
             events: Vec::new(),
             outside: Vec::new(),
             configured: nodes.len(),
+            rules,
         }
+    }
+
+    /// `node`'s room keeps only `tail` acknowledged records in memory from now on (and
+    /// when it restarts), and reads the others from its disk.
+    fn bound(&mut self, node: &str, tail: u64) {
+        self.tails.insert(node.into(), tail);
+        if let Some(room) = self.rooms.remove(node) {
+            let room = self.with_source(node, room);
+            self.rooms.insert(node.into(), room);
+        }
+    }
+
+    fn with_source(&self, node: &str, room: Room) -> Room {
+        match self.tails.get(node) {
+            Some(&tail) => {
+                let source = Arc::new(DiskSource(self.disks[node].clone()));
+                room.with_log_tail(source, tail)
+            }
+            None => room,
+        }
+    }
+
+    /// `node` comes back from what its disk holds (bounded if it was).
+    fn restart(&mut self, node: &str) {
+        let durable = self.disks[node].lock().unwrap().durable.clone();
+        let (configured, rules) = (self.configured, self.rules);
+        let room = Room::new(ROOM, node, configured, durable, KEYS_MAX, rules);
+        let room = self.with_source(node, room);
+        self.rooms.insert(node.into(), room);
+    }
+
+    /// From now on `node`'s changes wait for [`Net::write`] (a writer that lags behind
+    /// its turns); its frames still leave.
+    fn lag(&mut self, node: &str) {
+        self.unwritten.entry(node.into()).or_default();
+    }
+
+    /// `node`'s writer catches up: every change handed out is on its disk, and its room
+    /// is told so ([`Room::forget_written`]). Its writes are made at once from now on.
+    fn write(&mut self, node: &str) {
+        for changes in self.unwritten.remove(node).unwrap_or_default() {
+            self.disks[node].lock().unwrap().durable.apply(&changes);
+        }
+        self.written(node);
+    }
+
+    /// Everything `node`'s room handed out is on its disk.
+    fn written(&mut self, node: &str) {
+        let room = self.rooms.get_mut(node).unwrap();
+        room.forget_written();
+        // The disk is the memory, but for what the room left on the disk alone.
+        let disk = self.disks[node].lock().unwrap();
+        let d = room.durable();
+        let base = d.base as usize;
+        assert!(
+            disk.durable.log.len() >= base,
+            "{node}: forgot the unwritten"
+        );
+        let mut whole = d.clone();
+        whole.base = 0;
+        whole.log = disk.durable.log[..base].to_vec();
+        whole.log.extend_from_slice(&d.log);
+        assert_eq!(disk.durable, whole, "{node}: take_changes missed a change");
     }
 
     fn input(&mut self, node: &str, input: Input) {
         let room = self.rooms.get_mut(node).unwrap();
         let out = room.handle(input);
-        // Every input's changes, written before its frames leave: the disk is the memory.
-        let disk = self.disks.get_mut(node).unwrap();
-        disk.apply(&room.take_changes());
-        assert_eq!(disk, room.durable(), "{node}: take_changes missed a change");
+        // Every input's changes, written before its frames leave (unless the node's writer
+        // lags).
+        let changes = room.take_changes();
         assert!(
             room.take_changes().is_empty(),
             "{node}: changes handed out twice"
         );
+        if let Some(unwritten) = self.unwritten.get_mut(node) {
+            unwritten.push(changes);
+        } else {
+            self.disks[node].lock().unwrap().durable.apply(&changes);
+            self.written(node);
+        }
         for o in out {
             match o {
                 Output::Send { to, frame } => self.queue.push_back((node.into(), to, frame)),
@@ -883,9 +987,7 @@ fn the_first_returns_from_its_disk_and_takes_over(
     net: &mut Net,
     o: &[String],
 ) -> Vec<(String, String, Frame)> {
-    let disk = net.disks[&o[0]].clone();
-    let back = Room::new(ROOM, &o[0], 3, disk, KEYS_MAX, Rules::default());
-    net.rooms.insert(o[0].clone(), back);
+    net.restart(&o[0]);
     let all: Vec<&str> = o.iter().map(String::as_str).collect();
     for n in o {
         net.view(n, &all);
@@ -1025,4 +1127,217 @@ fn a_claimant_far_behind_gets_the_acknowledged_records_in_parts_then_takes_over(
         payloads(&net.rooms[&o[0]]),
         (1..=61).map(|i| format!("m{i}")).collect::<Vec<_>>()
     );
+}
+
+// --- a bounded room: a tail in memory, the rest on disk -------------------------------
+
+impl Net {
+    /// A replay request of `req` for the acknowledged records after `after`, at `node`.
+    fn replay(&mut self, node: &str, req: u64, after: u64) {
+        let frame = Frame::ReplayRequest {
+            req,
+            room: ROOM.into(),
+            after_seq: after,
+            max: REPLAY_RECORDS_MAX,
+        };
+        let from = "client-node".into();
+        self.input(node, Input::Frame { from, frame });
+    }
+}
+
+/// The payloads of every `ReplayRecords`.
+fn replayed(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::ReplayRecords { records, .. } => Some(records),
+            _ => None,
+        })
+        .flatten()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect()
+}
+
+/// (seq, acknowledged prefix said, payload) of every `Append` from `from` to `to`.
+fn appends(seen: &[(String, String, Frame)], from: &str, to: &str) -> Vec<(u64, u64, String)> {
+    seen.iter()
+        .filter(|(f, t, _)| f == from && t == to)
+        .filter_map(|(_, _, frame)| match frame {
+            Frame::Append {
+                committed, record, ..
+            } => {
+                let payload = String::from_utf8_lossy(&record.payload).into_owned();
+                Some((record.seq, *committed, payload))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// d4d44ab: a claimant whose take-over waited for a read its disk could not serve (the
+/// window of retry keys is built from records it holds on disk only) takes over on a
+/// later tick, once the disk serves it: every answer is in, none would come to retry it.
+#[test]
+fn a_take_over_postponed_for_an_unreadable_disk_completes_on_a_tick() {
+    let (mut net, o) = three();
+    // The successor keeps no acknowledged record in memory.
+    net.bound(&o[1], 0);
+    for i in 1..=3 {
+        net.publish_keyed(&o[0], i, Some(&format!("alice/k{i}")), &format!("m{i}"));
+    }
+    net.run(none);
+    assert_eq!(published(&net.answers()).len(), 3);
+    // A tick tells the successor the acknowledged prefix: seq 3, on its disk only.
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(net.rooms[&o[1]].durable().committed, 3);
+    assert_eq!(net.rooms[&o[1]].records_in_memory(), 0);
+    // The owner goes while the successor's disk cannot be read.
+    net.rooms.remove(&o[0]);
+    net.disks[&o[1]].lock().unwrap().unreadable = true;
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[2].clone(), &rest);
+    net.view(&o[1].clone(), &rest);
+    net.run(none);
+    assert_eq!(
+        net.rooms[&o[1]].owner_epoch(),
+        None,
+        "took over without its keys"
+    );
+    let Role::Claiming { answers, .. } = &net.rooms[&o[1]].role else {
+        panic!("not claiming: {:?}", net.rooms[&o[1]].role);
+    };
+    assert_eq!(answers.len(), 2, "every answer is in");
+    net.input(&o[1].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(
+        net.rooms[&o[1]].owner_epoch(),
+        None,
+        "the disk is still unreadable"
+    );
+    // The disk serves reads again: the next tick takes over.
+    net.disks[&o[1]].lock().unwrap().unreadable = false;
+    net.input(&o[1].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(
+        net.rooms[&o[1]].owner_epoch(),
+        Some(2),
+        "the postponed take-over was not tried again on the tick"
+    );
+    let sequencing = Output::Sequencing {
+        epoch: 2,
+        next_seq: 4,
+    };
+    assert!(net.events.contains(&(o[1].clone(), sequencing)));
+    // With the window of keys read from disk: a retry is answered with its original seq.
+    net.publish_keyed(&o[1], 4, Some("alice/k2"), "m2");
+    net.publish_keyed(&o[1], 5, Some("alice/k4"), "m4");
+    net.run(none);
+    assert_eq!(answered(&net.answers()), [(4, 2, true), (5, 4, false)]);
+}
+
+/// d4d44ab: an acknowledged record leaves memory only once the writer has written its
+/// turn, not when `take_changes` hands it out. A returning owner's take-over overwrites
+/// its own unacknowledged record at seq 1 ("old", epoch 1) with the acknowledged one
+/// ("new"); until that turn is written its disk still holds "old" there, and a read of seq
+/// 1 from the disk would take it for the acknowledged record.
+#[test]
+fn an_acknowledged_record_stays_in_memory_until_its_overwrite_is_written() {
+    let (mut net, o) = three();
+    // The owner (epoch 1) sequences "old" at seq 1; its successor never gets it.
+    let succ = o[1].clone();
+    net.publish(&o[0], 1, "old");
+    net.run(|_, to, f| to == succ && matches!(f, Frame::Append { .. }));
+    assert_eq!(published(&net.answers()), []);
+    // It goes; the successor sequences "new" at seq 1 (epoch 2), acknowledged.
+    net.rooms.remove(&o[0]);
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[2].clone(), &rest);
+    net.view(&o[1].clone(), &rest);
+    net.run(none);
+    net.publish(&o[1], 2, "new");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(2, 2, 1)]);
+    // The first comes back bounded (a tail of 0) with a writer that lags behind its
+    // turns, and takes over at epoch 3 with "new".
+    net.bound(&o[0], 0);
+    net.lag(&o[0]);
+    the_first_returns_from_its_disk_and_takes_over(&mut net, &o);
+    assert_eq!(net.rooms[&o[0]].committed(), Some(1));
+    let on_disk = net.disks[&o[0]].lock().unwrap().durable.log[0]
+        .payload
+        .clone();
+    assert_eq!(on_disk, b"old", "the overwrite is not written yet");
+    // A replay now reads seq 1: the acknowledged record, not what the disk holds.
+    net.replay(&o[0], 3, 0);
+    assert_eq!(
+        replayed(&net.answers()),
+        ["new"],
+        "read the disk's older record for the acknowledged one"
+    );
+    assert_eq!(net.rooms[&o[0]].records_in_memory(), 1);
+    // Once the writer has written the turn, the record leaves memory and is read from
+    // the disk, which holds it.
+    net.write(&o[0]);
+    assert_eq!(net.rooms[&o[0]].records_in_memory(), 0);
+    net.replay(&o[0], 4, 0);
+    assert_eq!(replayed(&net.answers()), ["new"]);
+}
+
+/// An owner with a tail of 0, whose replica holds everything but was told no acknowledged
+/// prefix: (seq 1 acknowledged, in no one's memory, the replica told prefix 0).
+fn an_owner_with_nothing_in_memory() -> (Net, Vec<String>) {
+    let (mut net, o) = three();
+    net.bound(&o[0], 0);
+    net.publish(&o[0], 1, "m1");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(1, 1, 1)]);
+    assert_eq!(net.rooms[&o[0]].records_in_memory(), 0);
+    assert_eq!(net.rooms[&o[1]].durable().held, 1);
+    assert_eq!(net.rooms[&o[1]].durable().committed, 0, "told nothing yet");
+    (net, o)
+}
+
+/// d4d44ab: a tick sends a replica that holds everything but was told an older
+/// acknowledged prefix the last record again with the current one, read from the disk
+/// when it is not in memory.
+#[test]
+fn a_tick_tells_the_replica_the_acknowledged_prefix_with_the_last_record_from_disk() {
+    let (mut net, o) = an_owner_with_nothing_in_memory();
+    net.input(&o[0].clone(), Input::Tick);
+    let seen = run_watching(&mut net);
+    assert_eq!(
+        appends(&seen, &o[0], &o[1]),
+        [(1, 1, "m1".to_string())],
+        "the last record was not sent again"
+    );
+    assert_eq!(net.rooms[&o[1]].durable().committed, 1);
+}
+
+/// d4d44ab: an owner confirming its epoch on a view change sends each replica the last
+/// record it holds, read from the disk when it is not in memory; a replica that promised
+/// a later epoch refuses it and the owner steps down (else, with nothing new to send, it
+/// would never learn).
+#[test]
+fn an_owner_confirms_its_epoch_on_a_view_change_with_the_last_record_from_disk() {
+    let (mut net, o) = an_owner_with_nothing_in_memory();
+    // Its successor promised a later epoch elsewhere (a claim this owner never saw).
+    net.rooms.get_mut(&o[1]).unwrap().durable.promised = 5;
+    let all: Vec<&str> = o.iter().map(String::as_str).collect();
+    net.view(&o[0].clone(), &all);
+    let seen = run_watching(&mut net);
+    assert_eq!(
+        appends(&seen, &o[0], &o[1]),
+        [(1, 1, "m1".to_string())],
+        "the last record was not sent"
+    );
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), None, "did not step down");
+    // The next tick claims above the promise and takes the room over.
+    net.input(&o[0].clone(), Input::Tick);
+    net.run(none);
+    assert_eq!(net.rooms[&o[0]].owner_epoch(), Some(6));
+    net.publish(&o[0], 2, "m2");
+    net.run(none);
+    assert_eq!(published(&net.answers()), [(2, 6, 2)]);
+    assert_eq!(payloads(&net.rooms[&o[1]]), ["m1", "m2"]);
 }
