@@ -31,6 +31,15 @@ pub struct Config {
     #[arg(long, env = "SOKDO_SHARDS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub shards: Option<u16>,
 
+    /// Submission entries of each shard's io_uring rings (its completion queue holds twice
+    /// as many). Every socket a shard waits on has a request in flight, so a burst can
+    /// complete more than the queue holds; the kernel keeps the excess in memory it
+    /// allocates atomically, and where that fails — a memory cgroup at its limit — drops
+    /// completions, which stops the shard (issue 14: seen at 66,500 users in 2 GiB). Larger
+    /// rings cost ≈ 100 bytes of kernel memory per entry per ring (three per shard).
+    #[arg(long, env = "SOKDO_IO_RING_DEPTH", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(128..=32768))]
+    pub io_ring_depth: u32,
+
     /// Pin each shard to one CPU of the process's affinity mask.
     #[arg(long, env = "SOKDO_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,
@@ -807,6 +816,19 @@ mod tests {
         let cfg = parse(&base).unwrap();
         assert_eq!(cfg.peers, ["127.0.0.1:7002", "127.0.0.1:7003"]);
         assert!(cfg.clustered() && !parse(&[]).unwrap().clustered());
+    }
+
+    #[test]
+    fn io_ring_depth_is_range_checked() {
+        assert_eq!(parse(&[]).unwrap().io_ring_depth, 4096);
+        assert_eq!(
+            parse(&["--io-ring-depth", "128"]).unwrap().io_ring_depth,
+            128
+        );
+        for bad in ["127", "32769"] {
+            let err = parse(&["--io-ring-depth", bad]).unwrap_err().to_string();
+            assert!(err.contains("--io-ring-depth"), "{err}");
+        }
     }
 
     #[test]

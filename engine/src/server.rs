@@ -211,6 +211,9 @@ fn start_shard(
     let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("sokdo-shard-{id}"))
         .io_memory(SHARD_IO_MEMORY_BYTES)
+        // glommio's default (128) overflows the completion queue in a burst on a shard of
+        // thousands of sockets; see `--io-ring-depth`.
+        .ring_depth(instance.cfg.io_ring_depth as usize)
         // argon2 and account-store calls run on this pool: not pinned to the shard's core,
         // so the kernel may run them on a quieter one.
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
