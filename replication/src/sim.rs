@@ -1484,6 +1484,20 @@ impl Sim {
     fn on_check(&mut self) {
         let publishers_done = self.publishers.iter().all(|p| p.done);
         let rooms: Vec<String> = (0..self.cfg.rooms).map(room_name).collect();
+        // A room whose owner-to-be had its machine evicted is claimed when it is next used
+        // (as in the engine, and as a room not touched since a start): a room no client
+        // uses any more (no subscriber, every publisher done) would stay without an owner,
+        // and the end's checks need one. The checker uses it: a request at the node that
+        // owns it in its view reaches the machine.
+        for room in &rooms {
+            for i in 0..self.cfg.nodes {
+                let owner_here = self.nodes[i].up && self.owner_of(i, room) == Some(i);
+                if owner_here && self.nodes[i].evicted.contains(room) {
+                    self.log(|| format!("the checker uses {room} at n{i}"));
+                    self.touch(i, room);
+                }
+            }
+        }
         let settled = publishers_done
             && rooms.iter().all(|room| {
                 self.settled_owner(room).is_some_and(|(_, committed)| {
