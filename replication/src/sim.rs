@@ -533,7 +533,7 @@ impl Sim {
             meta_acked: BTreeMap::new(),
             epochs: BTreeMap::new(),
             failovers: 0,
-            evict_rng: Rng::new(seed ^ 0xe71c_7ed),
+            evict_rng: Rng::new(seed ^ 0x0e71_c7ed),
             evictions: 0,
             events: 0,
             violation: None,

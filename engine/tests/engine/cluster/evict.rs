@@ -8,6 +8,28 @@ use super::{
 };
 use crate::support::eventually;
 
+/// `rounds` rounds of a send by every member of every room, a pause after each; per room,
+/// what was acknowledged.
+async fn send_rounds(
+    members: &mut [Vec<crate::support::Client>],
+    rooms: &[String],
+    rounds: usize,
+) -> Vec<Vec<(u64, String)>> {
+    let mut acked: Vec<Vec<(u64, String)>> = vec![Vec::new(); rooms.len()];
+    for round in 0..rounds {
+        for (r, room) in rooms.iter().enumerate() {
+            for (i, member) in members[r].iter_mut().enumerate() {
+                let body = format!("{room}-{round}-{i}");
+                let seq = send_acked(member, room, &body).await;
+                acked[r].push((seq, body));
+            }
+        }
+        // Ticks meanwhile: the replicas' machines go, the next round's appends rebuild them.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    acked
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn with_one_room_machine_in_memory_the_messages_of_many_rooms_all_arrive_in_order() {
     let c = formed_with(&[
@@ -28,18 +50,7 @@ async fn with_one_room_machine_in_memory_the_messages_of_many_rooms_all_arrive_i
     for (r, room) in rooms.iter().enumerate() {
         members.push(one_member_per_instance(&c, room, &format!("e{r}-")).await);
     }
-    let mut acked: Vec<Vec<(u64, String)>> = vec![Vec::new(); ROOMS];
-    for round in 0..ROUNDS {
-        for (r, room) in rooms.iter().enumerate() {
-            for (i, member) in members[r].iter_mut().enumerate() {
-                let body = format!("{room}-{round}-{i}");
-                let seq = send_acked(member, room, &body).await;
-                acked[r].push((seq, body));
-            }
-        }
-        // Ticks meanwhile: the replicas' machines go, the next round's appends rebuild them.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let mut acked = send_rounds(&mut members, &rooms, ROUNDS).await;
     let evicted: Vec<f64> = ALL
         .iter()
         .map(|&i| c.node(i).metric("sokdo_cluster_rooms_evicted_total"))
