@@ -466,6 +466,20 @@ pub struct Config {
     /// only these tails.
     #[arg(long, env = "SOKDO_CLUSTER_LOG_TAIL_RECORDS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub cluster_log_tail_records: u64,
+
+    /// Room machines (one per room this instance owns, replicates or was asked about) the
+    /// cluster thread keeps in memory. Beyond it, each tick drops quiescent ones — not the
+    /// owner nor claiming, no interest registered, nothing waiting or unwritten, idle for
+    /// --cluster-room-idle-ms — least recently used first; the next frame or send for the
+    /// room rebuilds its machine from `cluster.redb`. Owners and busy rooms are never
+    /// dropped, so this is a target, not a hard cap. 0: drop every quiescent machine.
+    #[arg(long, env = "SOKDO_CLUSTER_ROOMS_IN_MEMORY_MAX", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub cluster_rooms_in_memory_max: u64,
+
+    /// How long a room machine has had no input but ticks and views before it may be
+    /// dropped beyond --cluster-rooms-in-memory-max.
+    #[arg(long, env = "SOKDO_CLUSTER_ROOM_IDLE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub cluster_room_idle_ms: u64,
     // === end of Cluster ===
 }
 
@@ -828,6 +842,44 @@ mod tests {
         for bad in ["127", "32769"] {
             let err = parse(&["--io-ring-depth", bad]).unwrap_err().to_string();
             assert!(err.contains("--io-ring-depth"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_room_machine_bound_and_idle_time_are_range_checked_and_read_from_the_environment() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.cluster_rooms_in_memory_max, 100_000);
+        assert_eq!(cfg.cluster_room_idle_ms, 60_000);
+        let cfg = parse(&[
+            "--cluster-rooms-in-memory-max",
+            "0",
+            "--cluster-room-idle-ms",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cfg.cluster_rooms_in_memory_max, cfg.cluster_room_idle_ms),
+            (0, 0)
+        );
+        for (flag, beyond) in [
+            ("--cluster-rooms-in-memory-max", "100000001"),
+            ("--cluster-room-idle-ms", "86400001"),
+        ] {
+            let err = parse(&[flag, beyond]).unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+        for (id, var) in [
+            (
+                "cluster_rooms_in_memory_max",
+                "SOKDO_CLUSTER_ROOMS_IN_MEMORY_MAX",
+            ),
+            ("cluster_room_idle_ms", "SOKDO_CLUSTER_ROOM_IDLE_MS"),
+        ] {
+            let env = Config::command()
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env().map(|e| e.to_owned()));
+            assert_eq!(env.as_deref(), Some(std::ffi::OsStr::new(var)), "{id}");
         }
     }
 

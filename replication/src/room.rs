@@ -443,6 +443,37 @@ impl Room {
         self.durable.log.len()
     }
 
+    /// Whether this machine may be dropped and later rebuilt from what its node wrote
+    /// (`Room::new` of the written [`Durable`], then the node's current view) with nothing
+    /// lost: the same as a restart of this one room, which the protocol tolerates, and
+    /// here the same as keeping it. True only for a follower (not the owner, not claiming)
+    /// that is not the owner in its view either (a tick would make it claim), has no
+    /// interest registered (a node registers with the owner of its view only when that
+    /// view or its link changes: a registration dropped here would not come again, and
+    /// the room would not deliver to it once this node owns it), and has nothing changed
+    /// that [`Room::take_changes`] has not handed out. A follower's other state — the
+    /// promise, the log, `held`, `committed`, the metadata — is all in its `Durable`, and
+    /// its view is given again. The node must also know that what was handed out is
+    /// written (not only queued).
+    pub fn is_quiescent(&self) -> bool {
+        matches!(self.role, Role::Follower)
+            && !self.am_owner()
+            && self.interest.is_empty()
+            && !self.has_unhanded_changes()
+    }
+
+    /// Something changed in the durable state since the last [`Room::take_changes`].
+    fn has_unhanded_changes(&self) -> bool {
+        let (w, d) = (&self.written, &self.durable);
+        let p = &w.promise;
+        w.dirty_from.is_some()
+            || w.log_len != d.len()
+            || w.meta != d.meta
+            || (p.promised, p.held_epoch, p.held, p.committed)
+                != (d.promised, d.held_epoch, d.held, d.committed)
+            || p.promised_to != d.promised_to
+    }
+
     /// Every change [`Room::take_changes`] handed out is on the disk `source` reads (written,
     /// not only queued): the acknowledged records below the tail leave memory. Called
     /// before that, a read could find an older record at a seq whose overwrite is still

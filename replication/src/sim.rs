@@ -60,6 +60,36 @@ pub struct Config {
     /// Claim answers above this many bytes go in parts (`Room::with_handoff_bytes_max`);
     /// `None`: the production bound, which the simulation never reaches.
     pub handoff_bytes_max: Option<usize>,
+    /// Room machines dropped from memory while quiescent (`Room::is_quiescent`), as the
+    /// engine bounds its machines (`--cluster-rooms-in-memory-max`).
+    pub evict: Evict,
+}
+
+/// What becomes of a quiescent room machine on a node's room tick (each one, with a
+/// chance of one in two, drawn from a generator of its own so the run's other draws are
+/// the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evict {
+    /// Kept.
+    Off,
+    /// Rebuilt at once from the node's disk and given its view: a restart of that room
+    /// only. Nothing may change: the run is the run with `Off`, event for event.
+    Restart,
+    /// Dropped, as the engine's node drops it: no tick, no view reaches it; the next frame,
+    /// send or metadata request for the room rebuilds it from the disk and the current view
+    /// first.
+    Drop,
+}
+
+impl Evict {
+    /// `SIM_EVICT=restart` or `SIM_EVICT=drop`; else `Off`.
+    pub fn from_env() -> Self {
+        match std::env::var("SIM_EVICT").as_deref() {
+            Ok("restart") => Evict::Restart,
+            Ok("drop") => Evict::Drop,
+            _ => Evict::Off,
+        }
+    }
 }
 
 impl Config {
@@ -85,6 +115,8 @@ impl Config {
             // One seed in three answers every claim that has acknowledged records to offer
             // a record at a time.
             handoff_bytes_max: seed.is_multiple_of(3).then_some(1),
+            // Off: each seed keeps its scenario; `tests/sim.rs` runs seeds with it on.
+            evict: Evict::Off,
         }
     }
 }
@@ -119,6 +151,8 @@ pub struct Outcome {
     /// Of `acked`, the metadata changes.
     pub meta_changes: usize,
     pub failovers: usize,
+    /// Room machines evicted (`Config::evict`).
+    pub evictions: usize,
     pub events: u64,
     pub end_ms: u64,
     pub trace: String,
@@ -145,9 +179,16 @@ impl std::fmt::Display for Violation {
     }
 }
 
-/// The environment that makes `one_seed` run with `rules` (empty for the defaults).
-fn rules_env(rules: &Rules) -> String {
+/// The environment that makes `one_seed` run with `cfg`'s rules and evictions (empty for
+/// the defaults).
+fn rules_env(cfg: &Config) -> String {
+    let rules = &cfg.rules;
     let mut env = String::new();
+    match cfg.evict {
+        Evict::Off => {}
+        Evict::Restart => env.push_str("SIM_EVICT=restart "),
+        Evict::Drop => env.push_str("SIM_EVICT=drop "),
+    }
     if !rules.fencing {
         env.push_str("SIM_FENCING=off ");
     }
@@ -206,7 +247,7 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Outcome, Violation> {
     match sim.violation.take() {
         Some(what) => Err(Violation {
             seed,
-            rules_env: rules_env(&cfg.rules),
+            rules_env: rules_env(cfg),
             at_ms: sim.now,
             what,
             trace: sim.trace,
@@ -216,6 +257,7 @@ pub fn run(seed: u64, cfg: &Config) -> Result<Outcome, Violation> {
             deduplicated: sim.deduplicated,
             meta_changes: sim.meta_acked.values().map(Vec::len).sum(),
             failovers: sim.failovers,
+            evictions: sim.evictions,
             events: sim.events,
             end_ms: sim.now,
             trace: sim.trace,
@@ -379,6 +421,8 @@ struct Node {
     disk: Disk,
     next_req: u64,
     forwarded: BTreeMap<u64, (u64, Forwarded)>,
+    /// Rooms whose machine was dropped (`Evict::Drop`): rebuilt when next touched.
+    evicted: BTreeSet<String>,
     /// Rooms → subscribers attached here.
     subs: BTreeMap<String, Vec<usize>>,
     mem_timer: Option<u64>,
@@ -426,6 +470,9 @@ struct Sim {
     /// (room, epoch) → (node, boot) that sequenced it.
     epochs: BTreeMap<(String, u64), (usize, u64)>,
     failovers: usize,
+    /// Draws which quiescent machines are evicted (its own: the run's other draws stay).
+    evict_rng: Rng,
+    evictions: usize,
     events: u64,
     violation: Option<String>,
     trace: String,
@@ -445,6 +492,7 @@ impl Sim {
                 disk: Disk::default(),
                 next_req: 1,
                 forwarded: BTreeMap::new(),
+                evicted: BTreeSet::new(),
                 subs: BTreeMap::new(),
                 mem_timer: None,
                 ticks: 0,
@@ -485,6 +533,8 @@ impl Sim {
             meta_acked: BTreeMap::new(),
             epochs: BTreeMap::new(),
             failovers: 0,
+            evict_rng: Rng::new(seed ^ 0x0e71_c7ed),
+            evictions: 0,
             events: 0,
             violation: None,
             trace: String::new(),
@@ -577,21 +627,13 @@ impl Sim {
         node.membership = Some(membership.expect("the simulation's membership config is valid"));
         node.live = vec![name(i)];
         node.mem_timer = None;
+        node.evicted.clear();
         for r in 0..self.cfg.rooms {
             let room = room_name(r);
-            let durable = node.disk.lock().unwrap().get(&room).cloned();
-            let (nodes, rules) = (self.cfg.nodes, self.cfg.rules);
-            let durable = durable.unwrap_or_default();
-            let mut state = Room::new(&room, &name(i), nodes, durable, KEYS_MAX, rules);
-            if let Some(bytes) = self.cfg.handoff_bytes_max {
-                state = state.with_handoff_bytes_max(bytes);
-            }
-            if let Some(tail) = self.cfg.log_tail {
-                let source = Arc::new(DiskSource(node.disk.clone()));
-                state = state.with_log_tail(source, tail);
-            }
+            let state = Self::room_from_disk(&self.cfg, i, node, &room);
             node.rooms.insert(room, state);
         }
+        let node = &self.nodes[i];
         let boot = node.boot;
         self.log(|| format!("n{i} boots (boot {boot})"));
         let view = View {
@@ -603,12 +645,28 @@ impl Sim {
         self.after_membership(i);
     }
 
+    /// Node `i`'s machine for `room`, from what its disk holds (as at a boot).
+    fn room_from_disk(cfg: &Config, i: usize, node: &Node, room: &str) -> Room {
+        let durable = node.disk.lock().unwrap().get(room).cloned();
+        let durable = durable.unwrap_or_default();
+        let mut state = Room::new(room, &name(i), cfg.nodes, durable, KEYS_MAX, cfg.rules);
+        if let Some(bytes) = cfg.handoff_bytes_max {
+            state = state.with_handoff_bytes_max(bytes);
+        }
+        if let Some(tail) = cfg.log_tail {
+            let source = Arc::new(DiskSource(node.disk.clone()));
+            state = state.with_log_tail(source, tail);
+        }
+        state
+    }
+
     fn crash(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.up = false;
         node.membership = None;
         // What was in memory and not written is lost with the process.
         node.rooms.clear();
+        node.evicted.clear();
         node.forwarded.clear();
         node.subs.clear();
         self.log(|| format!("n{i} crashes"));
@@ -731,7 +789,57 @@ impl Sim {
         self.feed_room(to, room, Input::Frame { from, frame });
     }
 
+    /// Drops (or rebuilds at once) node `i`'s quiescent room machines, each with a chance
+    /// of one in two (`Config::evict`).
+    fn evict_quiescent(&mut self, i: usize) {
+        if self.cfg.evict == Evict::Off {
+            return;
+        }
+        let quiescent: Vec<String> = self.nodes[i]
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.is_quiescent())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for room in quiescent {
+            if !self.evict_rng.chance(500) {
+                continue;
+            }
+            self.evictions += 1;
+            self.log(|| format!("n{i} evicts its {room} machine"));
+            self.nodes[i].rooms.remove(&room);
+            match self.cfg.evict {
+                Evict::Restart => self.rebuild(i, &room),
+                Evict::Drop => {
+                    self.nodes[i].evicted.insert(room);
+                }
+                Evict::Off => {}
+            }
+        }
+    }
+
+    /// Node `i`'s machine for `room` from its disk, then its current view (what the engine
+    /// does when an evicted room is touched).
+    fn rebuild(&mut self, i: usize, room: &str) {
+        let state = Self::room_from_disk(&self.cfg, i, &self.nodes[i], room);
+        self.nodes[i].rooms.insert(room.to_owned(), state);
+        let view = View {
+            members: self.nodes[i].live.clone(),
+            configured: self.cfg.nodes,
+        };
+        self.feed_room(i, room, Input::View(view));
+    }
+
+    /// An evicted room is rebuilt before anything reaches it.
+    fn touch(&mut self, i: usize, room: &str) {
+        if self.nodes[i].evicted.remove(room) {
+            self.log(|| format!("n{i} rebuilds its {room} machine"));
+            self.rebuild(i, room);
+        }
+    }
+
     fn feed_room(&mut self, i: usize, room: &str, input: Input) {
+        self.touch(i, room);
         let Some(state) = self.nodes[i].rooms.get_mut(room) else {
             return;
         };
@@ -881,6 +989,7 @@ impl Sim {
     /// The owner's part of a metadata change, as the engine's node layer does it: the tag
     /// added to the room's tags (none if it is there), then the room machine replicates.
     fn decide_meta(&mut self, node: usize, from: usize, req: u64, room: &str, tag: Vec<u8>) {
+        self.touch(node, room);
         let Some(state) = self.nodes[node].rooms.get(room) else {
             return;
         };
@@ -947,8 +1056,20 @@ impl Sim {
         }
     }
 
+    /// The owner in node `node`'s view (an evicted room's machine would have that view).
     fn owner_of(&self, node: usize, room: &str) -> Option<usize> {
-        let owner = self.nodes[node].rooms.get(room)?.owner_in_view()?;
+        let n = &self.nodes[node];
+        if n.evicted.contains(room) {
+            let view = View {
+                members: n.live.clone(),
+                configured: self.cfg.nodes,
+            };
+            if !view.has_quorum() {
+                return None;
+            }
+            return index_of(crate::placement::owner(room, &n.live)?);
+        }
+        let owner = n.rooms.get(room)?.owner_in_view()?;
         index_of(owner)
     }
 
@@ -1082,6 +1203,7 @@ impl Sim {
         if interest {
             self.register_interest(node);
         }
+        self.evict_quiescent(node);
         self.at(TICK_MS, Ev::RoomTick { node, boot });
     }
 }
@@ -1362,6 +1484,20 @@ impl Sim {
     fn on_check(&mut self) {
         let publishers_done = self.publishers.iter().all(|p| p.done);
         let rooms: Vec<String> = (0..self.cfg.rooms).map(room_name).collect();
+        // A room whose owner-to-be had its machine evicted is claimed when it is next used
+        // (as in the engine, and as a room not touched since a start): a room no client
+        // uses any more (no subscriber, every publisher done) would stay without an owner,
+        // and the end's checks need one. The checker uses it: a request at the node that
+        // owns it in its view reaches the machine.
+        for room in &rooms {
+            for i in 0..self.cfg.nodes {
+                let owner_here = self.nodes[i].up && self.owner_of(i, room) == Some(i);
+                if owner_here && self.nodes[i].evicted.contains(room) {
+                    self.log(|| format!("the checker uses {room} at n{i}"));
+                    self.touch(i, room);
+                }
+            }
+        }
         let settled = publishers_done
             && rooms.iter().all(|room| {
                 self.settled_owner(room).is_some_and(|(_, committed)| {

@@ -6,7 +6,7 @@
 //! seed with its trace; `SIM_SEEDS=N` changes how many seeds `many_seeds` runs.
 
 use sokdo_replication::room::Rules;
-use sokdo_replication::sim::{self, Config, Violation};
+use sokdo_replication::sim::{self, Config, Evict, Violation};
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -54,7 +54,7 @@ fn run_configs(
         .map_or(1, |n| n.get())
         .min(2) as u64;
     let found = std::sync::Mutex::new(Vec::new());
-    let totals = std::sync::Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, 0u64));
+    let totals = std::sync::Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64));
     std::thread::scope(|scope| {
         for t in 0..threads {
             let (seeds, found, totals, cfg_of) = (seeds.clone(), &found, &totals, &cfg_of);
@@ -74,15 +74,17 @@ fn run_configs(
                             t.3 += o.acked as u64;
                             t.4 += o.deduplicated as u64;
                             t.5 += o.meta_changes as u64;
+                            t.6 += o.evictions as u64;
                         }
                     }
                 }
             });
         }
     });
-    let (runs, events, failovers, acked, deduplicated, meta) = totals.into_inner().unwrap();
+    let (runs, events, failovers, acked, deduplicated, meta, evictions) =
+        totals.into_inner().unwrap();
     eprintln!(
-        "{runs} runs kept every invariant: {events} events, {failovers} failovers, {acked} messages acknowledged, each at one seq ({deduplicated} retries answered with the original's seq, {meta} of them metadata changes)"
+        "{runs} runs kept every invariant: {events} events, {failovers} failovers, {acked} messages acknowledged, each at one seq ({deduplicated} retries answered with the original's seq, {meta} of them metadata changes), {evictions} room machines evicted"
     );
     let mut found = found.into_inner().unwrap();
     found.sort_by_key(|v| v.seed);
@@ -109,6 +111,7 @@ fn one_seed() {
     let cfg = Config {
         trace: true,
         rules: sim::rules_from_env(),
+        evict: Evict::from_env(),
         ..Config::for_seed(seed)
     };
     eprintln!("seed {seed}: {cfg:?}");
@@ -126,6 +129,55 @@ fn one_seed() {
             panic!("{v}");
         }
     }
+}
+
+/// Quiescent room machines dropped on the room ticks and rebuilt from the node's disk and
+/// view when next touched, as the engine bounds them (`--cluster-rooms-in-memory-max`):
+/// every invariant holds. `SIM_EVICT_SEEDS=N` changes how many seeds run.
+#[test]
+fn many_seeds_with_quiescent_room_machines_evicted() {
+    let n = env_u64("SIM_EVICT_SEEDS").unwrap_or(1_000);
+    let cfg = |seed| Config {
+        evict: Evict::Drop,
+        ..Config::for_seed(seed)
+    };
+    let failures = run_configs(0..n, cfg, false);
+    for v in &failures {
+        eprintln!("{v}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} seeds broke an invariant with evictions (above)",
+        failures.len()
+    );
+}
+
+/// A quiescent room machine rebuilt at once from its node's disk and view is the machine
+/// it replaces: every run is the run without, event for event.
+#[test]
+fn a_quiescent_room_machine_restarted_changes_nothing() {
+    let mut evictions = 0;
+    for seed in 0..200 {
+        let kept = sim::run(seed, &Config::for_seed(seed)).unwrap_or_else(|v| panic!("{v}"));
+        let cfg = Config {
+            evict: Evict::Restart,
+            ..Config::for_seed(seed)
+        };
+        let restarted = sim::run(seed, &cfg).unwrap_or_else(|v| panic!("{v}"));
+        let figures = |o: &sim::Outcome| {
+            (
+                o.events,
+                o.end_ms,
+                o.acked,
+                o.failovers,
+                o.deduplicated,
+                o.meta_changes,
+            )
+        };
+        assert_eq!(figures(&restarted), figures(&kept), "seed {seed}");
+        evictions += restarted.evictions;
+    }
+    assert!(evictions > 1_000, "only {evictions} machines restarted");
 }
 
 /// The checker can fail: with the epoch fencing switched off (claims of an epoch already

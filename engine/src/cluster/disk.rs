@@ -101,6 +101,105 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// One room as [`Disk::load`] loads it at start (what the writer has committed): its
+    /// promise, acknowledged prefix, metadata and the records from `tail` below the
+    /// prefix's end on, checked the same way; `Durable::default()` for a room the file
+    /// does not hold. For a room machine rebuilt after it was evicted from memory.
+    pub fn load_room(&self, room: &str, tail: u64) -> Result<Durable, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        Tables::open(&txn)?.room(room, tail)
+    }
+}
+
+/// The tables a room's durable state is read from, in one read transaction.
+struct Tables {
+    rooms: redb::ReadOnlyTable<&'static str, (u64, Option<&'static str>, u64, u64)>,
+    records: redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    committed: redb::ReadOnlyTable<&'static str, u64>,
+    metas: redb::ReadOnlyTable<&'static str, (u64, u64, &'static [u8])>,
+}
+
+impl Tables {
+    fn open(txn: &redb::ReadTransaction) -> Result<Tables, String> {
+        let e = |e: redb::TableError| e.to_string();
+        Ok(Tables {
+            rooms: txn.open_table(ROOMS).map_err(e)?,
+            records: txn.open_table(RECORDS).map_err(e)?,
+            // `open` creates the table in a file from before it: no row, nothing known.
+            committed: txn.open_table(COMMITTED).map_err(e)?,
+            metas: txn.open_table(METAS).map_err(e)?,
+        })
+    }
+
+    /// `room`'s promise, its records after its acknowledged prefix less `tail`, checked,
+    /// and its metadata; `Durable::default()` (with the metadata, if any) without a
+    /// promise row.
+    fn room(&self, room: &str, tail: u64) -> Result<Durable, String> {
+        let e = |e: redb::StorageError| e.to_string();
+        let mut durable = Durable::default();
+        if let Some(promise) = self.rooms.get(room).map_err(e)? {
+            let (promised, promised_to, held_epoch, held) = promise.value();
+            let committed = self
+                .committed
+                .get(room)
+                .map_err(e)?
+                .map_or(0, |c| c.value());
+            let base = committed.saturating_sub(tail);
+            durable = Durable {
+                promised,
+                promised_to: promised_to.map(str::to_owned),
+                held_epoch,
+                held,
+                committed,
+                base,
+                log: Vec::new(),
+                meta: None,
+            };
+            let range = self
+                .records
+                .range((room, base + 1)..=(room, u64::MAX))
+                .map_err(e)?;
+            for entry in range {
+                let (key, bytes) = entry.map_err(e)?;
+                let seq = key.value().1;
+                let record = frame::decode_record(bytes.value())
+                    .map_err(|e| format!("room {room:?} seq {seq}: {e}"))?;
+                let expected = durable.len() + 1;
+                if record.seq != seq || seq != expected {
+                    return Err(format!(
+                        "room {room:?}: record at seq {seq} holds seq {} where seq {expected} was due",
+                        record.seq
+                    ));
+                }
+                durable.log.push(record);
+            }
+            if durable.held > durable.len() {
+                return Err(format!(
+                    "room {room:?}: {} records, but {} are marked held",
+                    durable.len(),
+                    durable.held
+                ));
+            }
+            if committed > durable.len() {
+                return Err(format!(
+                    "room {room:?}: {} records, but {committed} are marked acknowledged",
+                    durable.len()
+                ));
+            }
+        }
+        if let Some(meta) = self.metas.get(room).map_err(e)? {
+            let (epoch, version, bytes) = meta.value();
+            durable.meta = Some(Meta {
+                epoch,
+                version,
+                bytes: bytes.to_vec(),
+            });
+        }
+        Ok(durable)
+    }
+}
+
 impl Source for Reader {
     fn read(&self, room: &str, from: u64, max: usize) -> Vec<Record> {
         self.try_read(room, from, max).unwrap_or_else(|e| {
@@ -170,79 +269,30 @@ impl Disk {
     /// Every room's promise and the records after its acknowledged prefix less `tail`
     /// (the older ones are read back when needed, [`Reader`]), checked: those records are
     /// consecutive seqs with no hole, each decodes, and `held` and the acknowledged prefix
-    /// are within the log.
+    /// are within the log. A room is loaded as [`Reader::load_room`] loads it later.
     pub fn load(&self, tail: u64) -> Result<HashMap<String, Durable>, DiskError> {
         let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let rooms = txn.open_table(ROOMS).map_err(|e| self.fail(e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| self.fail(e))?;
-        // `open` creates the table in a file from before it: no row, nothing known.
-        let committed_table = txn.open_table(COMMITTED).map_err(|e| self.fail(e))?;
-        let mut out = HashMap::new();
-        for row in rooms.iter().map_err(|e| self.fail(e))? {
-            let (room, promise) = row.map_err(|e| self.fail(e))?;
-            let room = room.value().to_owned();
-            let (promised, promised_to, held_epoch, held) = promise.value();
-            let committed = committed_table
-                .get(room.as_str())
-                .map_err(|e| self.fail(e))?
-                .map_or(0, |c| c.value());
-            let base = committed.saturating_sub(tail);
-            let mut durable = Durable {
-                promised,
-                promised_to: promised_to.map(str::to_owned),
-                held_epoch,
-                held,
-                committed,
-                base,
-                log: Vec::new(),
-                meta: None,
-            };
-            let range = records
-                .range((room.as_str(), base + 1)..=(room.as_str(), u64::MAX))
-                .map_err(|e| self.fail(e))?;
-            for entry in range {
-                let (key, bytes) = entry.map_err(|e| self.fail(e))?;
-                let seq = key.value().1;
-                let record = frame::decode_record(bytes.value())
-                    .map_err(|e| self.fail(format!("room {room:?} seq {seq}: {e}")))?;
-                let expected = durable.len() + 1;
-                if record.seq != seq || seq != expected {
-                    return Err(self.fail(format!(
-                        "room {room:?}: record at seq {seq} holds seq {} where seq {expected} was due",
-                        record.seq
-                    )));
-                }
-                durable.log.push(record);
-            }
-            if durable.held > durable.len() {
-                return Err(self.fail(format!(
-                    "room {room:?}: {} records, but {} are marked held",
-                    durable.len(),
-                    durable.held
-                )));
-            }
-            if committed > durable.len() {
-                return Err(self.fail(format!(
-                    "room {room:?}: {} records, but {committed} are marked acknowledged",
-                    durable.len()
-                )));
-            }
-            out.insert(room, durable);
+        let tables = Tables::open(&txn).map_err(|e| self.fail(e))?;
+        let mut names: Vec<String> = Vec::new();
+        for row in tables.rooms.iter().map_err(|e| self.fail(e))? {
+            let (room, _) = row.map_err(|e| self.fail(e))?;
+            names.push(room.value().to_owned());
         }
-        let metas = txn.open_table(METAS).map_err(|e| self.fail(e))?;
-        for row in metas.iter().map_err(|e| self.fail(e))? {
-            let (room, meta) = row.map_err(|e| self.fail(e))?;
-            let (epoch, version, bytes) = meta.value();
-            let meta = Meta {
-                epoch,
-                version,
-                bytes: bytes.to_vec(),
-            };
-            out.entry(room.value().to_owned()).or_default().meta = Some(meta);
+        // A room with metadata and no promise row has its metadata only.
+        for row in tables.metas.iter().map_err(|e| self.fail(e))? {
+            let (room, _) = row.map_err(|e| self.fail(e))?;
+            names.push(room.value().to_owned());
+        }
+        let mut out = HashMap::new();
+        for room in names {
+            if out.contains_key(&room) {
+                continue;
+            }
+            let durable = tables.room(&room, tail).map_err(|e| self.fail(e))?;
+            out.insert(room, durable);
         }
         Ok(out)
     }
-
     /// Writes every room's changes in one transaction (the group commit of a turn): with
     /// `sync`, durable when this returns.
     pub fn write(&mut self, changes: &[(String, Changes)]) -> Result<(), DiskError> {

@@ -18,7 +18,6 @@ pub mod meta;
 mod node;
 pub mod port;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,7 +36,6 @@ use sokdo_replication::membership::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crossbeam_queue::SegQueue;
 use sokdo_replication::frame::Frame;
-use sokdo_replication::room::Durable;
 
 use crate::config::Config;
 use crate::mesh::Doorbell;
@@ -88,6 +86,10 @@ pub struct Limits {
     pub dedup_keys_max: usize,
     /// `--cluster-log-tail-records`.
     pub log_tail_records: u64,
+    /// `--cluster-rooms-in-memory-max`.
+    pub rooms_in_memory_max: usize,
+    /// `--cluster-room-idle-ms`.
+    pub room_idle: Duration,
 }
 
 impl Limits {
@@ -100,6 +102,9 @@ impl Limits {
             home_queue_records: cfg.cluster_home_queue_records as usize,
             dedup_keys_max: cfg.idempotency_keys_max as usize,
             log_tail_records: cfg.cluster_log_tail_records,
+            rooms_in_memory_max: usize::try_from(cfg.cluster_rooms_in_memory_max)
+                .unwrap_or(usize::MAX),
+            room_idle: Duration::from_millis(cfg.cluster_room_idle_ms),
         }
     }
 }
@@ -115,7 +120,10 @@ pub struct DataStats {
     pub forwarded: AtomicU64,
     pub refused: AtomicU64,
     pub replays_asked: AtomicU64,
+    /// Room machines in memory.
     pub rooms: AtomicU64,
+    /// Quiescent room machines dropped from memory (`--cluster-rooms-in-memory-max`).
+    pub rooms_evicted: AtomicU64,
     pub rooms_owned: AtomicU64,
     pub forwards_waiting: AtomicU64,
     /// Records the room machines hold in memory (each room: what follows its acknowledged
@@ -259,6 +267,7 @@ impl Cluster {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
             "rooms": n(&s.rooms),
+            "rooms_evicted": n(&s.rooms_evicted),
             "rooms_owned": n(&s.rooms_owned),
             "owned": self.owned.load().as_ref(),
             "records_sequenced": n(&s.records_sequenced),
@@ -333,7 +342,7 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     let listener = TcpListener::bind(listen).with_context(|| {
         format!("--cluster-listen {listen}: cannot bind (TCP, the peer links use the same port)")
     })?;
-    let (disk, loaded) = open_disk(cfg)?;
+    let disk = open_disk(cfg)?;
     let boot = random_u64();
     let started_ms = crate::clock::now_ms();
     let me = NodeIdentity::new(node_id.clone(), advertised, boot, started_ms);
@@ -382,7 +391,7 @@ pub fn start(cfg: &Config, doorbells: Arc<[Doorbell]>) -> anyhow::Result<Option<
     let writer = start_writer(disk, events.clone())?;
     links::accept(cluster.clone(), listener, events);
     let shared = cluster.clone();
-    let node = node::Node::new(cluster.clone(), writer, reader, loaded);
+    let node = node::Node::new(cluster.clone(), writer, reader);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || run(&shared, membership, node, &socket, &rx))
@@ -409,8 +418,10 @@ fn membership_config(cfg: &Config, peers: &[SocketAddr]) -> MembershipConfig {
     }
 }
 
-/// `cluster.redb` and every room's log and promise in it; an error names the file.
-fn open_disk(cfg: &Config) -> anyhow::Result<(disk::Disk, HashMap<String, Durable>)> {
+/// `cluster.redb`, every room in it read and checked (a file it cannot read stops the
+/// start); an error names the file. What was read is not kept: a room's machine is built
+/// from the file when the room is first touched (`node`), as after an eviction.
+fn open_disk(cfg: &Config) -> anyhow::Result<disk::Disk> {
     let started = Instant::now();
     let disk = disk::Disk::open(&cfg.data_dir, cfg.durability)?;
     let loaded = disk.load(cfg.cluster_log_tail_records)?;
@@ -422,7 +433,7 @@ fn open_disk(cfg: &Config) -> anyhow::Result<(disk::Disk, HashMap<String, Durabl
         "cluster log loaded from {}",
         cfg.data_dir.join(disk::FILE_NAME).display()
     );
-    Ok((disk, loaded))
+    Ok(disk)
 }
 
 /// The UDP reader thread: every datagram to the cluster thread's channel.
@@ -703,6 +714,7 @@ fn encode_data(c: &Cluster, encoder: &mut DescriptorEncoder<'_>) -> Result<(), s
         ("cluster_sends_forwarded", "Sends forwarded to a room's owner on another instance", &s.forwarded),
         ("cluster_sends_refused", "Sends the cluster refused (no owner, ownership moving, owner overloaded, no answer in time)", &s.refused),
         ("cluster_replays_asked", "Replay requests sent to room owners (catch-ups and gaps)", &s.replays_asked),
+        ("cluster_rooms_evicted", "Quiescent room machines dropped from memory beyond --cluster-rooms-in-memory-max (rebuilt from cluster.redb when their room is touched again)", &s.rooms_evicted),
     ];
     for (name, help, value) in counters {
         let metric = ConstCounter::new(value.load(Ordering::Relaxed));
@@ -711,7 +723,7 @@ fn encode_data(c: &Cluster, encoder: &mut DescriptorEncoder<'_>) -> Result<(), s
     let gauges = [
         (
             "cluster_rooms",
-            "Rooms the cluster thread holds a room machine for",
+            "Room machines the cluster thread holds in memory (beyond --cluster-rooms-in-memory-max only those that are not quiescent)",
             &s.rooms,
         ),
         (

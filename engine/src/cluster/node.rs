@@ -1,7 +1,16 @@
 //! The data path on the cluster thread: one `replication::room::Room` per room touched
-//! (created lazily, fed the view on every membership change and ticked), the sends the
-//! home shards hand over, the frames of the peer links, and the rooms this instance has
-//! local members in (interest). docs/REPLICATION.md "Send and deliver".
+//! (created lazily from `cluster.redb`, fed the view on every membership change and
+//! ticked), the sends the home shards hand over, the frames of the peer links, and the
+//! rooms this instance has local members in (interest). docs/REPLICATION.md "Send and
+//! deliver".
+//!
+//! **Bounded machines.** Beyond `--cluster-rooms-in-memory-max` machines, the tick's
+//! commit drops quiescent ones (`Room::is_quiescent`: a follower that is not the owner in
+//! its view and has no interest registered; here also nothing held, every change written,
+//! no input but ticks and views for `--cluster-room-idle-ms`), least recently used first.
+//! The next input for the room rebuilds its machine from the file, as a first touch after
+//! a start does: a restart of that one room, which the protocol tolerates — and for a
+//! quiescent machine, whose state is all on disk but its view, the same machine.
 //!
 //! The room machine decides everything about ownership, epochs and the ack rule, and this
 //! layer, as the owner, decides requests about a room's metadata (`meta::decide`); it
@@ -26,7 +35,7 @@ use std::time::{Duration, Instant};
 use sokdo_replication::frame::{self, Frame, Meta, Record, RefusalCode};
 use sokdo_replication::membership::{MemberState, MemberView};
 use sokdo_replication::room::{
-    Durable, Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
+    Input, Output, Room, Rules, View, PENDING_SENDS_MAX, REPLAY_RECORDS_MAX,
 };
 
 use super::disk::{Reader, Writer};
@@ -65,6 +74,10 @@ struct RoomState {
     in_memory: u64,
     /// The last turn its changes went to the writer in.
     handed: u64,
+    /// Its last input other than a tick or a view (or when it was built): the least
+    /// recently used quiescent machines are evicted first, and none before
+    /// `--cluster-room-idle-ms`.
+    used: Instant,
 }
 
 /// Something to send once the turn's changes are written.
@@ -101,11 +114,11 @@ pub(super) struct Node {
     local: VecDeque<(String, Frame)>,
     /// The `cluster-disk` thread, writing `cluster.redb`.
     writer: Writer,
-    /// What the room machines read back from `cluster.redb`.
+    /// What the room machines read back from `cluster.redb`, and where a machine is built
+    /// from when its room is touched (first, or again after it was evicted).
     reader: Arc<Reader>,
-    /// What the disk held at start, per room: given to the room's machine when it is
-    /// first touched.
-    loaded: HashMap<String, Durable>,
+    /// A tick happened this turn: its commit evicts quiescent machines beyond the bound.
+    evict_due: bool,
     /// Rooms whose machine had an input since the last commit.
     touched: HashSet<String>,
     /// The last turn whose changes went to the writer.
@@ -117,15 +130,13 @@ pub(super) struct Node {
     forgettable: VecDeque<(u64, String)>,
     /// Earlier turns' sends, each waiting for the writer to reach the turn it names.
     waiting: VecDeque<(u64, Vec<Out>)>,
+    /// Every frame handed to a peer's link (the unit tests' view of the wire).
+    #[cfg(test)]
+    sent: Vec<(String, Frame)>,
 }
 
 impl Node {
-    pub(super) fn new(
-        cluster: Arc<Cluster>,
-        writer: Writer,
-        reader: Arc<Reader>,
-        loaded: HashMap<String, Durable>,
-    ) -> Node {
+    pub(super) fn new(cluster: Arc<Cluster>, writer: Writer, reader: Arc<Reader>) -> Node {
         let view = View {
             members: vec![cluster.node_id.clone()],
             configured: cluster.configured,
@@ -142,12 +153,14 @@ impl Node {
             local: VecDeque::new(),
             writer,
             reader,
-            loaded,
+            evict_due: false,
             touched: HashSet::new(),
             submitted: 0,
             outbox: Vec::new(),
             forgettable: VecDeque::new(),
             waiting: VecDeque::new(),
+            #[cfg(test)]
+            sent: Vec::new(),
         }
     }
 
@@ -172,6 +185,9 @@ impl Node {
             self.submitted += 1;
             self.writer.submit(self.submitted, changes);
         }
+        if std::mem::take(&mut self.evict_due) {
+            self.evict();
+        }
         let outbox = std::mem::take(&mut self.outbox);
         match self.waiting.back_mut() {
             _ if outbox.is_empty() => {}
@@ -180,6 +196,48 @@ impl Node {
             _ => self.waiting.push_back((self.submitted, outbox)),
         }
         self.release();
+    }
+
+    /// Beyond `--cluster-rooms-in-memory-max` machines, drops quiescent ones, least
+    /// recently used first, down to the bound (or as many as are quiescent). Called in a
+    /// commit, after every touched room's changes went to the writer: a machine whose
+    /// changes are not all *written* yet is kept (a rebuild reads the file), and so is one
+    /// with sends held while claiming, or one used within `--cluster-room-idle-ms`. The
+    /// frames a dropped machine produced and that still wait for the writer stay queued
+    /// here: they do not need it.
+    fn evict(&mut self) {
+        let max = self.cluster.limits.rooms_in_memory_max;
+        let Some(excess) = self.rooms.len().checked_sub(max).filter(|&n| n > 0) else {
+            return;
+        };
+        let written = self.writer.written();
+        let idle = self.cluster.limits.room_idle;
+        let now = Instant::now();
+        let mut quiescent: Vec<(Instant, &str)> = self
+            .rooms
+            .iter()
+            .filter(|(_, s)| {
+                s.held.is_empty()
+                    && s.handed <= written
+                    && now.saturating_duration_since(s.used) >= idle
+                    && s.machine.is_quiescent()
+            })
+            .map(|(name, s)| (s.used, name.as_str()))
+            .collect();
+        if quiescent.len() > excess {
+            quiescent.select_nth_unstable(excess);
+            quiescent.truncate(excess);
+        }
+        let gone: Vec<String> = quiescent.into_iter().map(|(_, n)| n.to_owned()).collect();
+        let s = &self.cluster.stats;
+        for room in gone {
+            if let Some(state) = self.rooms.remove(&room) {
+                s.log_records_in_memory
+                    .fetch_sub(state.in_memory, Ordering::Relaxed);
+                s.rooms_evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        s.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
     }
 
     /// The gauge follows each room's count as of its last turn.
@@ -271,6 +329,12 @@ impl Node {
             members: active,
             configured: self.cluster.configured,
         };
+        self.on_view(view);
+    }
+
+    /// A new view (the active members): to every machine in memory (an evicted one gets
+    /// it when rebuilt), and every interest registered again with its owner.
+    fn on_view(&mut self, view: View) {
         self.view = view.clone();
         let names: Vec<String> = self.rooms.keys().cloned().collect();
         for name in names {
@@ -376,6 +440,7 @@ impl Node {
             self.feed(&name, Input::Tick);
             self.expire_held(&name, now);
         }
+        self.evict_due = true;
         let late: Vec<u64> = self
             .forwards
             .iter()
@@ -655,7 +720,10 @@ impl Node {
     ) -> Option<(String, Frame)> {
         let me = self.me().to_owned();
         let deadline = Instant::now() + self.cluster.limits.publish_timeout;
-        let state = self.room_state(room);
+        let Some(state) = self.room_state(room) else {
+            self.refuse(&from, req, room, RefusalCode::Unavailable);
+            return None;
+        };
         let claiming =
             state.machine.owner_epoch().is_none() && state.machine.owner_in_view() == Some(&me);
         if !claiming {
@@ -688,7 +756,10 @@ impl Node {
         else {
             return;
         };
-        let machine = &self.room_state(room).machine;
+        let Some(state) = self.room_state(room) else {
+            return; // not read from the file: `hold_if_claiming` refused it
+        };
+        let machine = &state.machine;
         let change = if machine.meta_refusal().is_some() {
             None
         } else {
@@ -811,10 +882,24 @@ impl Node {
         self.send_to(to, frame);
     }
 
-    fn room_state(&mut self, room: &str) -> &mut RoomState {
+    /// The room's machine; built from what `cluster.redb` holds for it (as at a start) if
+    /// it is not in memory — never touched since the start, or evicted — then given the
+    /// current view. `None` if the file could not be read: the input is dropped (as a
+    /// frame lost on the way; the peers resend, a client's send is refused).
+    fn room_state(&mut self, room: &str) -> Option<&mut RoomState> {
         if !self.rooms.contains_key(room) {
             let me = self.me().to_owned();
-            let durable = self.loaded.remove(room).unwrap_or_default();
+            let tail = self.cluster.limits.log_tail_records;
+            let durable = match self.reader.load_room(room, tail) {
+                Ok(durable) => durable,
+                Err(e) => {
+                    tracing::warn!(
+                        room,
+                        "room not read from cluster.redb, its input dropped: {e}"
+                    );
+                    return None;
+                }
+            };
             let machine = Room::new(
                 room,
                 &me,
@@ -823,22 +908,30 @@ impl Node {
                 self.cluster.limits.dedup_keys_max,
                 Rules::default(),
             )
-            .with_log_tail(self.reader.clone(), self.cluster.limits.log_tail_records);
+            .with_log_tail(self.reader.clone(), tail);
             let state = RoomState {
                 machine,
                 held: VecDeque::new(),
                 in_memory: 0,
                 handed: 0,
+                used: Instant::now(),
             };
             self.rooms.insert(room.to_owned(), state);
             self.feed(room, Input::View(self.view.clone()));
         }
-        self.rooms.get_mut(room).expect("just inserted")
+        self.rooms.get_mut(room)
     }
 
     /// One input to a room's machine, and what it asks for.
     fn feed(&mut self, room: &str, input: Input) {
-        let outputs = self.room_state(room).machine.handle(input);
+        let used = !matches!(input, Input::Tick | Input::View(_));
+        let Some(state) = self.room_state(room) else {
+            return;
+        };
+        if used {
+            state.used = Instant::now();
+        }
+        let outputs = state.machine.handle(input);
         if !self.touched.contains(room) {
             self.touched.insert(room.to_owned());
         }
@@ -865,7 +958,9 @@ impl Node {
             }
         }
         let me = self.me().to_owned();
-        let state = self.room_state(room);
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
         if state.machine.owner_in_view() != Some(&me) && !state.held.is_empty() {
             let held: Vec<Held> = state.held.drain(..).collect();
             for h in held {
@@ -876,7 +971,10 @@ impl Node {
 
     /// The room sequences now: what was held meanwhile goes in, in arrival order.
     fn release_held(&mut self, room: &str) {
-        let held: Vec<Held> = self.room_state(room).held.drain(..).collect();
+        let held: Vec<Held> = match self.rooms.get_mut(room) {
+            Some(state) => state.held.drain(..).collect(),
+            None => Vec::new(),
+        };
         for h in held {
             // Handled after this feed's outputs: `feed` is not re-entered.
             self.local.push_back((h.from, h.frame));
@@ -897,6 +995,8 @@ impl Node {
 
     /// `frame` onto `to`'s link.
     fn transmit(&mut self, to: &str, frame: Frame) {
+        #[cfg(test)]
+        self.sent.push((to.to_owned(), frame.clone()));
         let Some(link) = self.links.get(to) else {
             return; // not in this node's view: the protocol resends or times out
         };
@@ -958,3 +1058,6 @@ fn refusal_text(code: RefusalCode, owner: &str) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

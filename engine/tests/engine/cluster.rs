@@ -385,6 +385,7 @@ async fn send_acked(client: &mut Client, room: &str, body: &str) -> u64 {
 }
 
 mod dedup;
+mod evict;
 mod log_tail;
 
 /// Every client received exactly `expected` (seq, body), in seq order, no gap, no repeat.

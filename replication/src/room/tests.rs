@@ -1341,3 +1341,122 @@ fn an_owner_confirms_its_epoch_on_a_view_change_with_the_last_record_from_disk()
     assert_eq!(published(&net.answers()), [(2, 6, 2)]);
     assert_eq!(payloads(&net.rooms[&o[1]]), ["m1", "m2"]);
 }
+
+/// What a run of [`kept_or_rebuilt`] shows: every frame delivered, the answers to the
+/// forwarding instance, and each node's disk.
+type Observed = (
+    Vec<(String, String, Frame)>,
+    Vec<(u64, u64, u64)>,
+    Vec<Durable>,
+);
+
+/// Six sends through the owner (a tick after each tells its replica the acknowledged
+/// prefix), then the owner fails and its replica takes over and sequences a seventh. With
+/// `rebuild`, the two followers' machines are dropped and rebuilt from their disks (with
+/// their view) after every send, as the engine's node does to bound its room machines.
+fn kept_or_rebuilt(rebuild: bool) -> Observed {
+    let (mut net, o) = three();
+    let all: Vec<&str> = o.iter().map(String::as_str).collect();
+    net.bound(&o[1], 1);
+    let mut seen = Vec::new();
+    for i in 1..=6u64 {
+        net.publish(&o[0], i, &format!("m{i}"));
+        seen.extend(run_watching(&mut net));
+        net.input(&o[0].clone(), Input::Tick);
+        seen.extend(run_watching(&mut net));
+        for n in &o[1..] {
+            assert!(net.rooms[n].is_quiescent(), "{n} after m{i}");
+            if rebuild {
+                net.restart(n);
+                net.view(n, &all);
+                assert!(
+                    net.queue.is_empty(),
+                    "a rebuilt quiescent machine sent something"
+                );
+            }
+        }
+    }
+    assert!(!net.rooms[&o[0]].is_quiescent(), "the owner");
+    // The owner is gone: the replica claims epoch 2 and continues at seq 7.
+    net.rooms.remove(&o[0]);
+    let rest = [o[1].as_str(), o[2].as_str()];
+    for n in rest {
+        net.view(n, &rest);
+    }
+    seen.extend(run_watching(&mut net));
+    net.publish(&o[1], 7, "m7");
+    seen.extend(run_watching(&mut net));
+    let disks = o[1..]
+        .iter()
+        .map(|n| net.disks[n].lock().unwrap().durable.clone())
+        .collect();
+    (seen, published(&net.answers()), disks)
+}
+
+/// A quiescent follower's machine dropped and rebuilt from its disk and its view goes on
+/// exactly as the kept one: the same frames, the same answers, the same logs and promises.
+#[test]
+fn a_quiescent_follower_rebuilt_from_its_disk_goes_on_as_if_it_had_been_kept() {
+    let kept = kept_or_rebuilt(false);
+    let rebuilt = kept_or_rebuilt(true);
+    let answers: Vec<(u64, u64, u64)> = (1..=6).map(|i| (i, 1, i)).chain([(7, 2, 7)]).collect();
+    assert_eq!(kept.1, answers, "seq continues at 7 under epoch 2");
+    assert_eq!(kept.2[0].log.len(), 7);
+    assert_eq!(rebuilt.1, kept.1);
+    assert_eq!(rebuilt.2, kept.2);
+    assert_eq!(rebuilt.0, kept.0, "another frame somewhere");
+}
+
+/// What a quiescent machine is not: the owner, a claimant, a follower that ranks first in
+/// its view (its tick claims), one with interest registered, one with changes not handed
+/// out.
+#[test]
+fn the_owner_a_claimant_an_interested_or_changed_follower_is_not_quiescent() {
+    let (mut net, o) = three();
+    assert!(!net.rooms[&o[0]].is_quiescent(), "the owner");
+    assert!(net.rooms[&o[1]].is_quiescent() && net.rooms[&o[2]].is_quiescent());
+    // A claimant: the first in order after the owner left, its claim unanswered.
+    let rest = [o[1].as_str(), o[2].as_str()];
+    net.view(&o[1].clone(), &rest);
+    assert!(net.rooms[&o[1]].owner_epoch().is_none());
+    assert!(!net.rooms[&o[1]].is_quiescent(), "a claimant");
+    net.queue.clear();
+    // A follower first in its view that could not claim (no epoch left above its promise).
+    let durable = Durable {
+        promised: u64::MAX,
+        ..Durable::default()
+    };
+    let mut room = Room::new(ROOM, &o[0], 3, durable, KEYS_MAX, Rules::default());
+    let view = View {
+        members: o.clone(),
+        configured: 3,
+    };
+    let _ = room.handle(Input::View(view));
+    let _ = room.take_changes();
+    assert!(matches!(room.role, Role::Follower));
+    assert!(!room.is_quiescent(), "a follower first in its view");
+    // Interest registered with a follower (a node whose view has it as the owner).
+    let (mut net, o) = three();
+    let interest = Frame::Interest { room: ROOM.into() };
+    net.input(
+        &o[2].clone(),
+        Input::Frame {
+            from: o[1].clone(),
+            frame: interest,
+        },
+    );
+    assert!(!net.rooms[&o[2]].is_quiescent(), "interest registered");
+    // Changes not handed out yet: a record appended, `take_changes` not called.
+    let (mut net, o) = three();
+    net.publish(&o[0], 1, "m1");
+    let (_, to, append) = net.queue.pop_front().unwrap();
+    assert_eq!(to, o[1]);
+    let room = net.rooms.get_mut(&o[1]).unwrap();
+    let _ = room.handle(Input::Frame {
+        from: o[0].clone(),
+        frame: append,
+    });
+    assert!(!room.is_quiescent(), "changes not handed out");
+    assert!(!room.take_changes().is_empty());
+    assert!(room.is_quiescent());
+}
