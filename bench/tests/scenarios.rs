@@ -416,7 +416,8 @@ fn ramp_holds_every_step_and_reports_it() {
     assert!(u(&s["sent"]) > 0 && u(&s["received"]) > 0, "{s}");
     // Rooms of 10 filled in arrival order: 6 of them at 60 users.
     assert_eq!((u(&s["rooms"]), u(&s["room_members_max"])), (6, 10), "{s}");
-    // The server's CPU per step (each step connected users: never zero), within the run's.
+    // The server's CPU per step, within the run's. It is read in clock ticks (10 ms): a
+    // step of 20 connects can read 0, so only the steps' sum must be above zero.
     let step_cpu: Vec<f64> = steps
         .iter()
         .map(|st| {
@@ -425,7 +426,8 @@ fn ramp_holds_every_step_and_reports_it() {
                 .unwrap_or_else(|| panic!("{st}"))
         })
         .collect();
-    assert!(step_cpu.iter().all(|c| *c > 0.0), "{step_cpu:?}");
+    assert!(step_cpu.iter().all(|c| *c >= 0.0), "{step_cpu:?}");
+    assert!(step_cpu.iter().sum::<f64>() > 0.0, "{step_cpu:?}");
     let run_cpu = s["server_cpu_s"].as_f64().unwrap();
     assert!(
         step_cpu.iter().sum::<f64>() <= run_cpu + 1e-9,
