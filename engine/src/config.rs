@@ -480,6 +480,13 @@ pub struct Config {
     /// dropped beyond --cluster-rooms-in-memory-max.
     #[arg(long, env = "SOKDO_CLUSTER_ROOM_IDLE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub cluster_room_idle_ms: u64,
+
+    /// How often this instance renews, with each room's owner, its interest in the rooms it
+    /// has members in, in ms. An owner drops a registration not renewed within three of
+    /// these (so an instance that owned a room before a view change forgets the others'
+    /// registrations and may evict the room). Give every instance the same value.
+    #[arg(long, env = "SOKDO_CLUSTER_INTEREST_REFRESH_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub cluster_interest_refresh_ms: u64,
     // === end of Cluster ===
 }
 
@@ -881,6 +888,35 @@ mod tests {
                 .and_then(|a| a.get_env().map(|e| e.to_owned()));
             assert_eq!(env.as_deref(), Some(std::ffi::OsStr::new(var)), "{id}");
         }
+    }
+
+    #[test]
+    fn the_interest_refresh_is_range_checked_and_leases_three_of_it_in_ticks() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.cluster_interest_refresh_ms, 10_000);
+        let limits = |args: &[&str]| crate::cluster::Limits::of(&parse(args).unwrap());
+        assert_eq!(limits(&[]).interest_lease_ticks(), 300);
+        let odd = [
+            "--cluster-interest-refresh-ms",
+            "1000",
+            "--cluster-tick-ms",
+            "70",
+        ];
+        assert_eq!(limits(&odd).interest_lease_ticks(), 43, "rounded up");
+        for bad in ["99", "3600001"] {
+            let err = parse(&["--cluster-interest-refresh-ms", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--cluster-interest-refresh-ms"), "{err}");
+        }
+        let env = Config::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "cluster_interest_refresh_ms")
+            .and_then(|a| a.get_env().map(|e| e.to_owned()));
+        assert_eq!(
+            env.as_deref(),
+            Some(std::ffi::OsStr::new("SOKDO_CLUSTER_INTEREST_REFRESH_MS"))
+        );
     }
 
     #[test]

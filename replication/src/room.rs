@@ -361,6 +361,14 @@ impl Written {
     }
 }
 
+/// A node's interest in the room, as its owner keeps it.
+#[derive(Debug, Clone)]
+struct Registration {
+    node: NodeId,
+    /// The owner's tick when the node last registered.
+    at: u64,
+}
+
 /// One room on one node.
 #[derive(Debug, Clone)]
 pub struct Room {
@@ -374,8 +382,15 @@ pub struct Room {
     role: Role,
     durable: Durable,
     written: Written,
-    /// Nodes with subscribers in the room (registered with this node as owner).
-    interest: Vec<NodeId>,
+    /// Nodes with subscribers in the room (registered with this node as owner), each with
+    /// the tick of its last registration.
+    interest: Vec<Registration>,
+    /// Ticks this machine has had (the clock of `interest_lease`).
+    ticks: u64,
+    /// A registration not renewed within this many ticks is dropped (`None`: never): so
+    /// a node that stopped owning the room forgets the nodes that now register elsewhere
+    /// (and may be evicted), and an owner forgets a node that went away.
+    interest_lease: Option<u64>,
     /// Acknowledged records kept in memory below the acknowledged prefix's end (`None`:
     /// every record); the others are read back from `source`.
     tail: Option<u64>,
@@ -413,6 +428,8 @@ impl Room {
             },
             durable,
             interest: Vec::new(),
+            ticks: 0,
+            interest_lease: None,
             tail: None,
             source: Arc::new(log::NoSource),
             handoff_bytes_max: HANDOFF_BYTES_MAX,
@@ -423,6 +440,15 @@ impl Room {
     #[must_use]
     pub fn with_handoff_bytes_max(mut self, bytes: usize) -> Self {
         self.handoff_bytes_max = bytes;
+        self
+    }
+
+    /// An interest registration lapses unless its node registers again within `ticks`
+    /// ticks of this machine (nodes renew theirs more often: the engine every
+    /// `--cluster-interest-refresh-ms`, leased for three of those).
+    #[must_use]
+    pub fn with_interest_lease(mut self, ticks: u64) -> Self {
+        self.interest_lease = Some(ticks.max(1));
         self
     }
 
@@ -448,9 +474,10 @@ impl Room {
     /// lost: the same as a restart of this one room, which the protocol tolerates, and
     /// here the same as keeping it. True only for a follower (not the owner, not claiming)
     /// that is not the owner in its view either (a tick would make it claim), has no
-    /// interest registered (a node registers with the owner of its view only when that
-    /// view or its link changes: a registration dropped here would not come again, and
-    /// the room would not deliver to it once this node owns it), and has nothing changed
+    /// interest registered (a node registers with the owner of its view when that view or
+    /// its link changes, and renews it only every few seconds: a registration dropped
+    /// here would leave the node without deliveries until then, should this node own the
+    /// room again; with a lease, those a former owner holds lapse by themselves), and has nothing changed
     /// that [`Room::take_changes`] has not handed out. A follower's other state — the
     /// promise, the log, `held`, `committed`, the metadata — is all in its `Durable`, and
     /// its view is given again. The node must also know that what was handed out is
@@ -741,6 +768,11 @@ impl Room {
     }
 
     fn on_tick(&mut self, out: &mut Vec<Output>) {
+        self.ticks += 1;
+        if let Some(lease) = self.interest_lease {
+            let now = self.ticks;
+            self.interest.retain(|r| now - r.at <= lease);
+        }
         if !self.am_owner() {
             self.step_down(out);
             return;
@@ -818,11 +850,13 @@ impl Room {
             } => self.on_replay(from, req, after_seq, max, out),
             Frame::Interest { .. } => {
                 self.deliver_meta(out, &from);
-                if !self.interest.contains(&from) {
-                    self.interest.push(from);
+                let at = self.ticks;
+                match self.interest.iter_mut().find(|r| r.node == from) {
+                    Some(r) => r.at = at,
+                    None => self.interest.push(Registration { node: from, at }),
                 }
             }
-            Frame::Uninterest { .. } => self.interest.retain(|n| *n != from),
+            Frame::Uninterest { .. } => self.interest.retain(|r| r.node != from),
             // For the node layer (answers to its forwarded requests), not the owner.
             Frame::Hello { .. }
             | Frame::Published { .. }
@@ -1574,7 +1608,7 @@ impl Room {
                 room: self.room.clone(),
                 record: record.clone(),
             };
-            to_each(out, &self.interest, &frame);
+            to_each(out, self.interest.iter().map(|r| &r.node), &frame);
         }
     }
 
@@ -1667,7 +1701,7 @@ impl Room {
                     room: self.room.clone(),
                     meta: meta.clone(),
                 };
-                to_each(out, &self.interest, &frame);
+                to_each(out, self.interest.iter().map(|r| &r.node), &frame);
             }
         }
         let Some(meta) = o.meta_acked.clone() else {
@@ -1770,8 +1804,8 @@ fn merge<'a>(since: u64, answers: impl Iterator<Item = &'a Vec<Record>>) -> Vec<
 mod tests;
 
 /// `frame` to each of `nodes` (the interested instances: one copy per instance).
-fn to_each(out: &mut Vec<Output>, nodes: &[NodeId], frame: &Frame) {
-    out.extend(nodes.iter().map(|node| Output::Send {
+fn to_each<'a>(out: &mut Vec<Output>, nodes: impl Iterator<Item = &'a NodeId>, frame: &Frame) {
+    out.extend(nodes.map(|node| Output::Send {
         to: node.clone(),
         frame: frame.clone(),
     }));

@@ -273,6 +273,10 @@ const CLIENT_TIMEOUT_MS: u64 = 400;
 const SUB_POLL_MS: u64 = 150;
 /// A node registers its subscribers' interest again every this many ticks (owners change).
 const INTEREST_EVERY_TICKS: u64 = 10;
+/// An owner drops a registration not renewed within this many of its ticks (as the engine:
+/// three renewals; lost frames and cuts make some lapse, which the subscribers' resumes
+/// must cover).
+const INTEREST_LEASE_TICKS: u64 = 3 * INTEREST_EVERY_TICKS;
 /// A node forgets a forwarded request after this long, ms.
 const FORWARD_TTL_MS: u64 = 1_000;
 /// A run that takes more events than this is stuck.
@@ -649,7 +653,8 @@ impl Sim {
     fn room_from_disk(cfg: &Config, i: usize, node: &Node, room: &str) -> Room {
         let durable = node.disk.lock().unwrap().get(room).cloned();
         let durable = durable.unwrap_or_default();
-        let mut state = Room::new(room, &name(i), cfg.nodes, durable, KEYS_MAX, cfg.rules);
+        let mut state = Room::new(room, &name(i), cfg.nodes, durable, KEYS_MAX, cfg.rules)
+            .with_interest_lease(INTEREST_LEASE_TICKS);
         if let Some(bytes) = cfg.handoff_bytes_max {
             state = state.with_handoff_bytes_max(bytes);
         }

@@ -90,10 +90,12 @@ pub struct Limits {
     pub rooms_in_memory_max: usize,
     /// `--cluster-room-idle-ms`.
     pub room_idle: Duration,
+    /// `--cluster-interest-refresh-ms`.
+    pub interest_refresh: Duration,
 }
 
 impl Limits {
-    fn of(cfg: &Config) -> Limits {
+    pub(crate) fn of(cfg: &Config) -> Limits {
         Limits {
             link_queue_frames: cfg.cluster_link_queue_frames as usize,
             link_backoff_max: Duration::from_millis(cfg.cluster_link_backoff_max_ms),
@@ -105,7 +107,16 @@ impl Limits {
             rooms_in_memory_max: usize::try_from(cfg.cluster_rooms_in_memory_max)
                 .unwrap_or(usize::MAX),
             room_idle: Duration::from_millis(cfg.cluster_room_idle_ms),
+            interest_refresh: Duration::from_millis(cfg.cluster_interest_refresh_ms),
         }
+    }
+
+    /// An owner's registration lapses after three renewal periods without one, in ticks
+    /// (rounded up): a renewal may be late by a tick or two, never by two periods.
+    pub fn interest_lease_ticks(&self) -> u64 {
+        let tick = self.tick.as_millis().max(1);
+        let lease = 3 * self.interest_refresh.as_millis();
+        u64::try_from(lease.div_ceil(tick)).unwrap_or(u64::MAX)
     }
 }
 

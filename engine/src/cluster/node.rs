@@ -47,6 +47,9 @@ use crate::mesh::ShardId;
 
 /// A catch-up replay not answered within this is asked again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
+/// The most interest renewals one tick sends (1,024 a tick of 100 ms renew 100,000 rooms in
+/// 10 s; far below a link's queue).
+const RENEWALS_PER_TICK_MAX: usize = 1_024;
 
 /// A publish sent to the room's owner (possibly this node), waiting for its answer.
 struct Forward {
@@ -96,6 +99,9 @@ struct Interest {
     /// The home shard's queue was full (`--cluster-home-queue-records`): live records are
     /// dropped until a catch-up from `delivered` has handed the home what it missed.
     lagging: bool,
+    /// When Interest last went to the room's owner: renewed every
+    /// `--cluster-interest-refresh-ms` (the owner's registration is a lease of three).
+    registered: Instant,
 }
 
 pub(super) struct Node {
@@ -383,17 +389,43 @@ impl Node {
 
     /// Sends Interest to the room's owner and asks for a catch-up.
     fn register(&mut self, room: &str) {
+        let now = Instant::now();
+        self.send_interest(room, now);
+        if let Some(i) = self.interest.get_mut(room) {
+            i.catch_up = true;
+            i.asked = None;
+        }
+        self.catch_up(room, now);
+    }
+
+    /// Interest to the room's owner (a registration, or the renewal of its lease).
+    fn send_interest(&mut self, room: &str, now: Instant) {
+        if let Some(i) = self.interest.get_mut(room) {
+            i.registered = now;
+        }
         if let Some(owner) = self.owner_of(room) {
             let frame = Frame::Interest {
                 room: room.to_owned(),
             };
             self.send_to(&owner, frame);
         }
-        if let Some(i) = self.interest.get_mut(room) {
-            i.catch_up = true;
-            i.asked = None;
+    }
+
+    /// Renews the registrations older than `--cluster-interest-refresh-ms`, at most
+    /// [`RENEWALS_PER_TICK_MAX`] a tick (the rest at the next ones), so that a node of many
+    /// rooms never puts a burst beyond its link's queue.
+    fn renew_interest(&mut self, now: Instant) {
+        let every = self.cluster.limits.interest_refresh;
+        let due: Vec<String> = self
+            .interest
+            .iter()
+            .filter(|(_, i)| now.saturating_duration_since(i.registered) >= every)
+            .map(|(room, _)| room.clone())
+            .take(RENEWALS_PER_TICK_MAX)
+            .collect();
+        for room in due {
+            self.send_interest(&room, now);
         }
-        self.catch_up(room, Instant::now());
     }
 
     /// Asks the owner for the records after those delivered, unless a request is in flight.
@@ -458,6 +490,7 @@ impl Node {
         for room in rooms {
             self.catch_up(&room, now);
         }
+        self.renew_interest(now);
         self.run_local();
         self.publish_stats();
     }
@@ -588,6 +621,7 @@ impl Node {
                             catch_up: true,
                             asked: None,
                             lagging: false,
+                            registered: Instant::now(),
                         },
                     );
                     self.register(&room);
@@ -908,7 +942,8 @@ impl Node {
                 self.cluster.limits.dedup_keys_max,
                 Rules::default(),
             )
-            .with_log_tail(self.reader.clone(), tail);
+            .with_log_tail(self.reader.clone(), tail)
+            .with_interest_lease(self.cluster.limits.interest_lease_ticks());
             let state = RoomState {
                 machine,
                 held: VecDeque::new(),

@@ -1460,3 +1460,71 @@ fn the_owner_a_claimant_an_interested_or_changed_follower_is_not_quiescent() {
     assert!(!room.take_changes().is_empty());
     assert!(room.is_quiescent());
 }
+
+/// Interest registered by `node` with `owner`.
+fn register(net: &mut Net, owner: &str, node: &str) {
+    let frame = Frame::Interest { room: ROOM.into() };
+    let from = node.to_owned();
+    net.input(owner, Input::Frame { from, frame });
+}
+
+/// `owner` sequences `body`; whether its `Deliver` went to `node`.
+fn delivers_to(net: &mut Net, owner: &str, node: &str, req: u64, body: &str) -> bool {
+    net.publish(owner, req, body);
+    let seen = std::cell::Cell::new(false);
+    net.run(|_, to, f| {
+        if to == node && matches!(f, Frame::Deliver { .. }) {
+            seen.set(true);
+        }
+        false
+    });
+    assert_eq!(
+        published(&net.answers()).len(),
+        1,
+        "{body} not acknowledged"
+    );
+    seen.get()
+}
+
+fn ticks(net: &mut Net, node: &str, n: usize) {
+    for _ in 0..n {
+        net.input(node, Input::Tick);
+    }
+    net.run(none);
+}
+
+/// A registration is a lease of the owner's ticks: deliveries go to the node while it
+/// renews, stop once it has not for longer than the lease, and come back with its next
+/// registration. Without a lease, one lasts for ever.
+#[test]
+fn an_interest_registration_lapses_unless_renewed() {
+    let (mut net, o) = three();
+    let owner = o[0].clone();
+    let room = net.rooms.remove(&owner).unwrap().with_interest_lease(3);
+    net.rooms.insert(owner.clone(), room);
+    register(&mut net, &owner, "d");
+    assert!(delivers_to(&mut net, &owner, "d", 1, "m1"));
+    ticks(&mut net, &owner, 3);
+    assert!(
+        delivers_to(&mut net, &owner, "d", 2, "m2"),
+        "within the lease"
+    );
+    register(&mut net, &owner, "d");
+    ticks(&mut net, &owner, 3);
+    assert!(delivers_to(&mut net, &owner, "d", 3, "m3"), "renewed");
+    ticks(&mut net, &owner, 1);
+    assert!(!delivers_to(&mut net, &owner, "d", 4, "m4"), "lapsed");
+    register(&mut net, &owner, "d");
+    assert!(
+        delivers_to(&mut net, &owner, "d", 5, "m5"),
+        "registered again"
+    );
+    // No lease: still registered after many ticks.
+    let (mut net, o) = three();
+    register(&mut net, &o[0], "d");
+    ticks(&mut net, &o[0], 100);
+    assert!(
+        delivers_to(&mut net, &o[0], "d", 1, "m1"),
+        "a lease-less room forgot"
+    );
+}

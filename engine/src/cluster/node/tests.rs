@@ -37,6 +37,7 @@ fn limits(rooms_in_memory_max: usize) -> Limits {
         log_tail_records: 2,
         rooms_in_memory_max,
         room_idle: Duration::ZERO,
+        interest_refresh: Duration::from_secs(10),
     }
 }
 
@@ -502,4 +503,118 @@ fn a_room_used_within_the_idle_time_is_not_evicted() {
     n.frame("n1", claim);
     n.tick_now();
     assert!(n.in_memory(&unwritten), "evicted within the idle time");
+}
+
+/// Interest frames among `sent`: (to, room).
+fn interest_sent(sent: &[(String, Frame)]) -> Vec<(String, String)> {
+    sent.iter()
+        .filter_map(|(to, f)| match f {
+            Frame::Interest { room } => Some((to.clone(), room.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A node renews its interest in each room with local members once every
+/// `--cluster-interest-refresh-ms`, with the room's owner, and no more than
+/// `RENEWALS_PER_TICK_MAX` in one tick (the rest at the next ones).
+#[test]
+fn interest_is_renewed_every_refresh_a_bounded_number_a_tick() {
+    let mut n = node("n2", "renew", KEEP);
+    n.see(&ALL);
+    let count = RENEWALS_PER_TICK_MAX + 6;
+    let order = ["n1", "n2", "n3"];
+    let rooms: Vec<String> = (0..)
+        .map(|i| format!("room-{i}"))
+        .filter(|r| sokdo_replication::placement::owner(r, &order) == Some(&"n1"))
+        .take(count)
+        .collect();
+    let start = Instant::now();
+    for room in &rooms {
+        let room = room.clone();
+        n.on_note(Note::Interest {
+            room,
+            on: true,
+            last_seq: 0,
+        });
+    }
+    n.settle();
+    let registered = interest_sent(&n.take_sent());
+    assert_eq!(registered.len(), count);
+    assert!(registered.iter().all(|(to, _)| to == "n1"));
+    let renewed_at = |n: &mut Node, after: Duration| {
+        n.tick(start + after);
+        n.settle();
+        interest_sent(&n.take_sent())
+    };
+    assert_eq!(
+        renewed_at(&mut n, Duration::from_secs(5)),
+        [],
+        "renewed early"
+    );
+    let first = renewed_at(&mut n, Duration::from_millis(10_500));
+    let second = renewed_at(&mut n, Duration::from_millis(10_600));
+    assert_eq!((first.len(), second.len()), (RENEWALS_PER_TICK_MAX, 6));
+    let mut all: Vec<&String> = first.iter().chain(&second).map(|(_, r)| r).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), count, "a room renewed twice, another not at all");
+    assert!(first.iter().chain(&second).all(|(to, _)| to == "n1"));
+    assert_eq!(renewed_at(&mut n, Duration::from_millis(10_700)), []);
+    // A room whose members left is not renewed.
+    n.on_note(Note::Interest {
+        room: rooms[0].clone(),
+        on: false,
+        last_seq: 0,
+    });
+    n.settle();
+    let again = renewed_at(&mut n, Duration::from_secs(25));
+    assert_eq!(again.len(), RENEWALS_PER_TICK_MAX);
+    let rest = renewed_at(&mut n, Duration::from_millis(25_100));
+    assert_eq!(rest.len(), 5);
+    assert!(!again.iter().chain(&rest).any(|(_, r)| *r == rooms[0]));
+}
+
+/// The owner of a room before a view change keeps the registrations made with it only for
+/// their lease (three refreshes): then the room, a follower's now, is evicted.
+#[test]
+fn a_former_owner_lets_the_registrations_lapse_and_evicts_the_room() {
+    // n1 first, n2 second: n2 owns the room while n1 is away.
+    let room = room_ordered(["n1", "n2", "n3"], 0);
+    let lease_of_three_ticks = Limits {
+        interest_refresh: Duration::from_millis(100),
+        ..limits(0)
+    };
+    assert_eq!(lease_of_three_ticks.interest_lease_ticks(), 3);
+    let mut n = node_with("n2", "lapse", lease_of_three_ticks);
+    n.see(&["n2", "n3"]);
+    let publish = Frame::Publish {
+        req: 1,
+        room: room.clone(),
+        key: None,
+        payload: b"hi".to_vec(),
+    };
+    n.frame("n3", publish);
+    let handoff = Frame::Handoff {
+        room: room.clone(),
+        epoch: 1,
+        committed: 0,
+        records: Vec::new(),
+        meta: None,
+        partial: false,
+    };
+    n.frame("n3", handoff);
+    assert_eq!(n.rooms[&room].machine.owner_epoch(), Some(1));
+    let interest = Frame::Interest { room: room.clone() };
+    n.frame("n3", interest.clone());
+    // n1 is back: n2 steps down on its next tick, a follower with a registration.
+    n.see(&ALL);
+    for _ in 0..3 {
+        n.tick_now();
+    }
+    assert!(n.rooms[&room].machine.owner_epoch().is_none());
+    assert!(n.in_memory(&room), "evicted within the lease");
+    n.tick_now();
+    assert!(!n.in_memory(&room), "the lapsed registration kept the room");
+    assert_eq!(n.evicted(), 1);
 }
