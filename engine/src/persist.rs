@@ -13,10 +13,13 @@ use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use sokdo_persistence::{Completion, CompletionSink, Handle, Stats, StoredMessage};
+use prometheus_client::metrics::MetricType;
+use sokdo_persistence::{
+    Completion, CompletionSink, Handle, Stats, StoredMessage, COMMIT_SECONDS_BOUNDS,
+};
 
 use crate::mesh::{Doorbell, ShardId};
 use crate::wire::protocol::Msg;
@@ -107,7 +110,21 @@ impl Collector for StatsCollector {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
-        Ok(())
+        let buckets: Vec<(f64, u64)> = COMMIT_SECONDS_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(s.commit_buckets)
+            .collect();
+        let help = "Duration of each group commit: its log write and, with --durability sync, its fdatasync";
+        let mut commits =
+            encoder.encode_descriptor("wal_commit_seconds", help, None, MetricType::Histogram)?;
+        commits.encode_histogram::<NoLabelSet>(
+            s.commit_ns_sum as f64 / 1e9,
+            s.commit_buckets.iter().sum(),
+            &buckets,
+            None,
+        )
     }
 }
 

@@ -266,6 +266,20 @@ pub struct RoomSnapshot {
     pub retry_keys: Vec<RetryKey>,
 }
 
+/// Upper bounds of the group-commit duration buckets ([`Stats::commit_buckets`]), in
+/// seconds: 25 µs … ~6.5 s, doubling.
+pub const COMMIT_SECONDS_BOUNDS: [f64; 19] = {
+    let mut bounds = [0.0; 19];
+    let mut i = 0;
+    let mut b = 0.000_025;
+    while i < bounds.len() {
+        bounds[i] = b;
+        b *= 2.0;
+        i += 1;
+    }
+    bounds
+};
+
 /// Counters for `/metrics`. Read from atomics; never on the message path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -279,6 +293,12 @@ pub struct Stats {
     pub records_appended: u64,
     /// Group commits done; each is exactly one `write` and at most one `fdatasync`.
     pub group_commits: u64,
+    /// Group commits by how long each took — its write and, under `Durability::Sync`, its
+    /// `fdatasync` — one count per bucket of [`COMMIT_SECONDS_BOUNDS`] (not cumulative)
+    /// and the last one above them.
+    pub commit_buckets: [u64; COMMIT_SECONDS_BOUNDS.len() + 1],
+    /// The sum of those durations, ns.
+    pub commit_ns_sum: u64,
     pub fdatasyncs: u64,
     pub last_group_records: u64,
     pub sink_batches: u64,

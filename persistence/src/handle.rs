@@ -167,6 +167,8 @@ impl Handle {
                 .saturating_sub(s.confirmed_lsn.load(Relaxed)),
             records_appended: s.records_appended.load(Relaxed),
             group_commits: s.group_commits.load(Relaxed),
+            commit_buckets: std::array::from_fn(|i| s.commit_buckets[i].load(Relaxed)),
+            commit_ns_sum: s.commit_ns_sum.load(Relaxed),
             fdatasyncs: s.fdatasyncs.load(Relaxed),
             last_group_records: s.last_group_records.load(Relaxed),
             sink_batches: s.sink_batches.load(Relaxed),

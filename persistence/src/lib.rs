@@ -106,7 +106,7 @@ pub mod fuzz;
 pub use checkpoint::CHECKPOINT_FILE;
 pub use contract::{
     Completion, CompletionSink, Config, Durability, Error, ReadRequest, Record, RetryKey,
-    RoomSnapshot, Stats, StoredMessage, SubmitError, Ticket,
+    RoomSnapshot, Stats, StoredMessage, SubmitError, Ticket, COMMIT_SECONDS_BOUNDS,
 };
 pub use handle::{Handle, Persistence};
 

@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use crate::backlog::Backlog;
-use crate::contract::{CompletionSink, Config, Durability, Record, SubmitError};
+use crate::contract::{
+    CompletionSink, Config, Durability, Record, SubmitError, COMMIT_SECONDS_BOUNDS,
+};
 use crate::wal::Wal;
 
 pub(crate) struct Pipeline {
@@ -48,6 +50,9 @@ pub(crate) struct Pipeline {
     pub settled: Vec<AtomicU64>,
     pub records_appended: AtomicU64,
     pub group_commits: AtomicU64,
+    /// Per [`COMMIT_SECONDS_BOUNDS`] bucket, group commits that took that long, and their sum.
+    pub commit_buckets: [AtomicU64; COMMIT_SECONDS_BOUNDS.len() + 1],
+    pub commit_ns_sum: AtomicU64,
     pub fdatasyncs: AtomicU64,
     pub last_group_records: AtomicU64,
     /// The OS error of the log's last failed write or sync while it fails, 0 once it wrote
@@ -105,6 +110,8 @@ impl Pipeline {
             written_lsn: AtomicU64::new(written_lsn),
             records_appended: AtomicU64::new(0),
             group_commits: AtomicU64::new(0),
+            commit_buckets: Default::default(),
+            commit_ns_sum: AtomicU64::new(0),
             fdatasyncs: AtomicU64::new(0),
             last_group_records: AtomicU64::new(0),
             wal_write_error: AtomicI32::new(0),

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use crate::queue::{Receiver, RecvTimeoutError};
 
-use crate::contract::{Completion, Durability, Error, Record, Ticket, WAL_RETRY_BACKOFF_MIN_MS};
+use crate::contract::{
+    Completion, Durability, Error, Record, Ticket, COMMIT_SECONDS_BOUNDS, WAL_RETRY_BACKOFF_MIN_MS,
+};
 use crate::record::encode_frame;
 use crate::state::Pipeline;
 use crate::wal::Wal;
@@ -377,6 +379,14 @@ fn collect(
     Ok(false)
 }
 
+/// One group commit's duration into the pipeline's buckets (`sokdo_wal_commit_seconds`).
+fn observe_commit(pipeline: &Pipeline, took: Duration) {
+    let at = COMMIT_SECONDS_BOUNDS.partition_point(|b| *b < took.as_secs_f64());
+    pipeline.commit_buckets[at].fetch_add(1, Relaxed);
+    let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    pipeline.commit_ns_sum.fetch_add(ns, Relaxed);
+}
+
 fn commit(
     wal: &mut Wal,
     group: &mut Group,
@@ -385,7 +395,9 @@ fn commit(
 ) -> Result<(), Error> {
     let n = group.records.len() as u64;
     let sync = pipeline.durability == Durability::Sync;
+    let started = Instant::now();
     wal.append(&group.buf, n, sync)?;
+    observe_commit(pipeline, started.elapsed());
     // Before the sink can see this group: it checkpoints once a closed segment is confirmed.
     pipeline.closed_lsn.store(wal.closed_lsn(), Relaxed);
     if sync {

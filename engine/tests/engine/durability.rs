@@ -255,3 +255,31 @@ async fn a_retry_after_kill_9_gets_the_original_seq_from_the_store_once_trimmed(
     let server = Server::start_in(&data, &args);
     retry_is_a_duplicate(&server, first["seq"].as_u64().unwrap(), 41).await;
 }
+
+/// Each group commit is timed into `sokdo_wal_commit_seconds` (write and fdatasync under
+/// the default `sync`): one observation per commit, every one within the buckets' `+Inf`.
+#[tokio::test]
+async fn every_group_commit_is_timed_in_the_commit_histogram() {
+    let server = Server::start(&[]);
+    let mut c = Client::connect(&server, "u").await;
+    c.ok(json!({"op": "join", "room": "timed"})).await;
+    for i in 0..20 {
+        c.ok(json!({"op": "send", "room": "timed", "body": format!("m{i}")}))
+            .await;
+    }
+    let commits = server.metric("sokdo_wal_group_commits_total");
+    assert!(
+        commits >= 20.0,
+        "{commits} group commits for 20 acked sends"
+    );
+    assert_eq!(server.metric("sokdo_wal_commit_seconds_count"), commits);
+    assert_eq!(
+        server.metric("sokdo_wal_commit_seconds_bucket{le=\"+Inf\"}"),
+        commits
+    );
+    let sum = server.metric("sokdo_wal_commit_seconds_sum");
+    assert!(
+        sum > 0.0 && sum < commits * 10.0,
+        "{sum} s over {commits} commits"
+    );
+}
