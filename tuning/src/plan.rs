@@ -50,6 +50,11 @@ pub struct Args {
     /// Message body size in bytes (the seeds' 64 by default).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub body_bytes: u64,
+    /// The engine's `--room-cache-bytes-per-shard`: the rooms' rings and search indexes of
+    /// each shard stay within it (rooms beyond it read their history from the store), so
+    /// the ring term of memory stops growing at shards × this.
+    #[arg(long, default_value_t = ROOM_CACHE_BYTES_PER_SHARD_DEFAULT, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 40)))]
+    pub room_cache_bytes_per_shard: u64,
     /// Open files one sokdo process may hold on the instance (`LimitNOFILE`).
     #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1024..=1_073_741_816))]
     pub open_files_max: u64,
@@ -137,6 +142,9 @@ pub const ENVELOPE_BYTES: f64 = 120.0;
 /// deliveries to one socket often share a segment.
 pub const WIRE_OVERHEAD_BYTES: f64 = 4.0 + 52.0 + 14.0;
 
+/// The engine's default `--room-cache-bytes-per-shard` (32 MiB).
+pub const ROOM_CACHE_BYTES_PER_SHARD_DEFAULT: u64 = 32 << 20;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Limit {
     pub name: &'static str,
@@ -182,7 +190,11 @@ pub struct Plan {
 /// What one user costs an instance.
 #[derive(Clone, Debug, Serialize)]
 pub struct PerUser {
+    /// Everything, the rings' share included (uncapped).
     pub memory_bytes: f64,
+    /// The user's share of its room's ring, in `memory_bytes`: the part the per-shard room
+    /// cache caps per instance (`--room-cache-bytes-per-shard`).
+    pub ring_bytes: f64,
     pub cpu_s_per_s: f64,
     pub network_bytes_per_s: f64,
 }
@@ -233,10 +245,11 @@ fn per_user(m: &Model, a: &Args, users_total: f64, share: f64) -> PerUser {
     let i = a.message_interval_s;
     let seconds = a.hours * 3600.0;
     let ring_per_room = (s / i * seconds).min(m.history_ring_messages_max as f64);
+    let ring_bytes = mem.bytes_per_ring_message.or_zero() * ring_per_room / s;
     let memory_bytes = mem.bytes_per_connection.or_zero()
         + mem.kernel_bytes_per_socket.or_zero()
         + mem.bytes_per_room.or_zero() / s
-        + mem.bytes_per_ring_message.or_zero() * ring_per_room / s
+        + ring_bytes
         + mem.bytes_per_stored_message.or_zero() * seconds / i;
     let cpu_s_per_s = cpu.s_per_connection_s.or_zero()
         + per_send / i
@@ -245,6 +258,7 @@ fn per_user(m: &Model, a: &Args, users_total: f64, share: f64) -> PerUser {
     let wire = a.body_bytes as f64 + ENVELOPE_BYTES + WIRE_OVERHEAD_BYTES;
     PerUser {
         memory_bytes,
+        ring_bytes,
         cpu_s_per_s,
         network_bytes_per_s: s / i * wire,
     }
@@ -259,13 +273,30 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
     let net = net_gbps * 1e9 / 8.0 * keep;
     let files = a.open_files_max.saturating_sub(FDS_RESERVED);
     let cap = |x: f64, per: f64| if per > 0.0 { x / per } else { f64::INFINITY };
+    // The rings grow with the users until the shards' room caches are full, then no more.
+    let ring_cap = shards(vcpus) as f64 * a.room_cache_bytes_per_shard as f64;
+    let uncapped = cap(mem_free.max(0.0), u.memory_bytes);
+    let (memory_users, rings) = if uncapped * u.ring_bytes <= ring_cap {
+        (uncapped, format!("{:.0} bytes per user", u.memory_bytes))
+    } else {
+        let rest = u.memory_bytes - u.ring_bytes;
+        (
+            cap(mem_free - ring_cap, rest),
+            format!(
+                "{rest:.0} bytes per user once the rings are capped: {} shards × {} MiB room cache (--room-cache-bytes-per-shard) hold them from {:.0} users on",
+                shards(vcpus),
+                a.room_cache_bytes_per_shard as f64 / 1048576.0,
+                ring_cap / u.ring_bytes
+            ),
+        )
+    };
     vec![
         Limit {
             name: "memory",
-            users_per_instance: cap(mem_free.max(0.0), u.memory_bytes),
+            users_per_instance: memory_users,
             detail: format!(
-                "{:.0} MiB usable ({} GiB less {}% headroom and {:.0} MiB process baseline) ÷ {:.0} bytes per user",
-                mem_free / 1048576.0, inst.memory_gib, a.headroom_percent, baseline / 1048576.0, u.memory_bytes
+                "{:.0} MiB usable ({} GiB less {}% headroom and {:.0} MiB process baseline) ÷ {rings}",
+                mem_free / 1048576.0, inst.memory_gib, a.headroom_percent, baseline / 1048576.0
             ),
         },
         Limit {
@@ -295,6 +326,11 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
             ),
         },
     ]
+}
+
+/// The shards one process runs on `vcpus` (the plan's `--shards`).
+fn shards(vcpus: f64) -> u64 {
+    (vcpus.ceil() as u64).max(1)
 }
 
 fn binding(limits: &[Limit]) -> &Limit {
@@ -361,17 +397,25 @@ pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
         binding: bind.name,
         users_per_instance,
         instances: count,
-        sokdo_flags: vec![
-            format!("--connections-max {users_per_instance}"),
-            format!("--shards {}", vcpus.ceil()),
-            "--durability sync".into(),
-        ],
+        sokdo_flags: sokdo_flags(users_per_instance, vcpus, a.room_cache_bytes_per_shard),
         host_settings: host_settings(users_per_instance),
         credits,
         caveats: caveats(m),
         per_user: u,
         limits,
     })
+}
+
+fn sokdo_flags(users_per_instance: u64, vcpus: f64, room_cache: u64) -> Vec<String> {
+    let mut flags = vec![
+        format!("--connections-max {users_per_instance}"),
+        format!("--shards {}", shards(vcpus)),
+        "--durability sync".into(),
+    ];
+    if room_cache != ROOM_CACHE_BYTES_PER_SHARD_DEFAULT {
+        flags.push(format!("--room-cache-bytes-per-shard {room_cache}"));
+    }
+    flags
 }
 
 /// What `sokdo-tune apply --connections N` writes for an instance of N connections (the
@@ -574,8 +618,10 @@ mod tests {
     }
 
     /// Rooms of 50, one message per 10 s, 24 h (rings full: 50/10 × 86400 ≫ 1024):
-    /// memory per user = 20000 + 8192 + 4000/50 + 500 × 1024/50 = 38512 bytes;
-    /// t3.small: 2 GiB × 0.8 − 100 MiB = 1613129318 bytes ÷ 38512 → 41886 users.
+    /// memory per user = 20000 + 8192 + 4000/50 + 500 × 1024/50 = 38512 bytes, of which
+    /// 10240 the ring's; t3.small: 2 GiB × 0.8 − 100 MiB = 1613129318 bytes ÷ 38512 → 41886
+    /// users would hold 409 MiB of rings, beyond 2 shards × 32 MiB of room cache: so
+    /// (1613129318 − 67108864) ÷ 28272 → 54683 users.
     /// CPU per user-second = 1e-6 + 50e-6/10 + 20e-6 × 50/10 = 1.06e-4;
     /// 2 vCPU × 0.8 = 1.6 → 15094 users.
     /// Network: 0.128 Gbps = 16e6 B/s × 0.8 = 12.8e6 B/s; per user 50/10 = 5 deliveries/s ×
@@ -594,7 +640,7 @@ mod tests {
                 .unwrap()
                 .users_per_instance
         };
-        assert_eq!(users("memory").floor(), 41886.0);
+        assert_eq!(users("memory").floor(), 54683.0);
         assert_eq!(users("cpu").floor(), 15094.0);
         assert_eq!(users("network").floor(), 10078.0);
         assert!((p.per_user.cpu_s_per_s - 1.06e-4).abs() < 1e-12);
@@ -613,6 +659,58 @@ mod tests {
         assert!(p
             .sokdo_flags
             .contains(&"--connections-max 10078".to_string()));
+    }
+
+    fn memory_users(p: &Plan) -> f64 {
+        let memory = p.limits.iter().find(|l| l.name == "memory").unwrap();
+        memory.users_per_instance.floor()
+    }
+
+    fn t3_small(extra: &[&str]) -> Plan {
+        let mut v = vec!["--users", "100000", "--room-size", "50"];
+        v.extend_from_slice(extra);
+        compute(
+            &model(),
+            instances::find("t3.small").unwrap(),
+            &args(&v).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// The ring term stops at shards × `--room-cache-bytes-per-shard` (the figures of
+    /// `hand_computed_t3_small`): a cache too large to fill gives the linear model's
+    /// 41886 users; 128 MiB per shard (1613129318 − 2 × 134217728) ÷ 28272 → 47562, and
+    /// the flag goes into the plan; rings that stay below the cap (one message per 600 s
+    /// for 3 minutes: 15 per room, 150 bytes per user) are not capped: ÷ 28422 → 56756.
+    #[test]
+    fn the_rings_stop_growing_at_the_shards_room_cache() {
+        let busy = ["--message-interval-s", "10"];
+        let p = t3_small(&busy);
+        assert_eq!(memory_users(&p), 54683.0);
+        let detail = &p.limits.iter().find(|l| l.name == "memory").unwrap().detail;
+        assert!(detail.contains("--room-cache-bytes-per-shard"), "{detail}");
+        assert!(!p.sokdo_flags.iter().any(|f| f.contains("room-cache")));
+        let unfillable = t3_small(
+            &[
+                &busy[..],
+                &["--room-cache-bytes-per-shard", "1099511627776"],
+            ]
+            .concat(),
+        );
+        assert_eq!(memory_users(&unfillable), 41886.0);
+        let p = t3_small(&[&busy[..], &["--room-cache-bytes-per-shard", "134217728"]].concat());
+        assert_eq!(memory_users(&p), 47562.0);
+        assert!(p
+            .sokdo_flags
+            .contains(&"--room-cache-bytes-per-shard 134217728".to_string()));
+        let quiet = ["--message-interval-s", "600", "--hours", "0.05"];
+        assert_eq!(memory_users(&t3_small(&quiet)), 56756.0);
+        let quiet_unfillable = [
+            &quiet[..],
+            &["--room-cache-bytes-per-shard", "1099511627776"],
+        ]
+        .concat();
+        assert_eq!(memory_users(&t3_small(&quiet_unfillable)), 56756.0);
     }
 
     /// More users or more messages never need fewer instances, on every kind.
@@ -658,6 +756,7 @@ mod tests {
             ("--room-size", "0"),
             ("--body-bytes", "0"),
             ("--connects-per-s", "-2"),
+            ("--room-cache-bytes-per-shard", "65535"),
         ] {
             let mut v = vec![];
             for (f, ok) in [

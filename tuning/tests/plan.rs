@@ -33,7 +33,9 @@ fn close(v: &Value, want: f64) -> bool {
 }
 
 /// 20,000 users, a message per 5 s, rooms of 10, 100-byte bodies, 100 connects/s, 24 h,
-/// 25 % headroom, from a balance of 100 credits, with tests/fixtures/model-round.json:
+/// 25 % headroom, from a balance of 100 credits, with tests/fixtures/model-round.json and a
+/// room cache too large to fill (1 TiB per shard: the rings grow with the users; the cap is
+/// the unit test `the_rings_stop_growing_at_the_shards_room_cache`):
 /// - memory per user = 20000 + 8192 + 4000/10 + 500 × min(1024, 10/5 × 86400)/10 = 79792 B;
 ///   2 GiB × 0.75 − 100 MiB = 1505755136 B → 18871.0 users per instance;
 /// - CPU per user-second = 1e-6 + 50e-6/5 + 20e-6 × 10/5 + 1e-3 × 100/20000 = 5.6e-5;
@@ -66,6 +68,8 @@ fn plan_matches_a_hand_computation() {
         "100",
         "--body-bytes",
         "100",
+        "--room-cache-bytes-per-shard",
+        "1099511627776",
         "--model",
         &model,
     ]);
