@@ -264,8 +264,15 @@ fn per_user(m: &Model, a: &Args, users_total: f64, share: f64) -> PerUser {
     }
 }
 
-/// Users per instance under each limit (CPU at `vcpus` usable vCPUs).
-fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<Limit> {
+/// Users per instance under each limit (CPU at `vcpus` usable vCPUs; the rings capped by
+/// the room caches of `shards`, the instance's whatever its CPU share).
+fn limits(
+    m: &Model,
+    inst: &Instance,
+    a: &Args,
+    u: &PerUser,
+    (vcpus, shards): (f64, u64),
+) -> Vec<Limit> {
     let keep = 1.0 - a.headroom_percent / 100.0;
     let baseline = m.memory.baseline_bytes_per_process.or_zero();
     let mem_free = inst.memory_bytes() * keep - baseline;
@@ -274,7 +281,7 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
     let files = a.open_files_max.saturating_sub(FDS_RESERVED);
     let cap = |x: f64, per: f64| if per > 0.0 { x / per } else { f64::INFINITY };
     // The rings grow with the users until the shards' room caches are full, then no more.
-    let ring_cap = shards(vcpus) as f64 * a.room_cache_bytes_per_shard as f64;
+    let ring_cap = shards as f64 * a.room_cache_bytes_per_shard as f64;
     let uncapped = cap(mem_free.max(0.0), u.memory_bytes);
     let (memory_users, rings) = if uncapped * u.ring_bytes <= ring_cap {
         (uncapped, format!("{:.0} bytes per user", u.memory_bytes))
@@ -284,7 +291,7 @@ fn limits(m: &Model, inst: &Instance, a: &Args, u: &PerUser, vcpus: f64) -> Vec<
             cap(mem_free - ring_cap, rest),
             format!(
                 "{rest:.0} bytes per user once the rings are capped: {} shards × {} MiB room cache (--room-cache-bytes-per-shard) hold them from {:.0} users on",
-                shards(vcpus),
+                shards,
                 a.room_cache_bytes_per_shard as f64 / 1048576.0,
                 ring_cap / u.ring_bytes
             ),
@@ -347,7 +354,7 @@ pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
     // A fraction of one CPU (`--vcpus 0.2`: an emulated instance under a 20 % quota) is a
     // share of a CPU; whole CPUs are not throttled.
     let u = per_user(m, a, n, vcpus.min(1.0));
-    let limits = limits(m, inst, a, &u, vcpus);
+    let limits = limits(m, inst, a, &u, (vcpus, shards(vcpus)));
     let bind = binding(&limits);
     let cap = bind.users_per_instance.floor();
     anyhow::ensure!(
@@ -365,7 +372,8 @@ pub fn compute(m: &Model, inst: &Instance, a: &Args) -> anyhow::Result<Plan> {
         // throttled CPU pays per delivery (saturation.rs); the vCPUs it has, at that share.
         let share = b.baseline_percent_per_vcpu / 100.0;
         let at_base_user = per_user(m, a, n, share * vcpus.min(1.0));
-        let at_base = binding(&self::limits(m, inst, a, &at_base_user, vcpus * share))
+        let throttled = (vcpus * share, shards(vcpus));
+        let at_base = binding(&self::limits(m, inst, a, &at_base_user, throttled))
             .users_per_instance
             .floor();
         let used = n / count as f64 * u.cpu_s_per_s;
@@ -711,6 +719,14 @@ mod tests {
         ]
         .concat();
         assert_eq!(memory_users(&t3_small(&quiet_unfillable)), 56756.0);
+        // At the CPU baseline the instance still runs its 2 shards, with 2 room caches: one
+        // message per 600 s for 24 h fills the rings, memory binds there too, and the same.
+        let p = t3_small(&["--message-interval-s", "600"]);
+        let at_base = p.credits.as_ref().unwrap().users_per_instance_at_baseline;
+        assert_eq!(
+            (p.binding, p.users_per_instance, at_base),
+            ("memory", 54683, 54683)
+        );
     }
 
     /// More users or more messages never need fewer instances, on every kind.
