@@ -895,14 +895,29 @@ mod tests {
         let cfg = parse(&[]).unwrap();
         assert_eq!(cfg.cluster_interest_refresh_ms, 10_000);
         let limits = |args: &[&str]| crate::cluster::Limits::of(&parse(args).unwrap());
-        assert_eq!(limits(&[]).interest_lease_ticks(), 300);
+        assert_eq!(limits(&[]).interest_lease_ticks(), 301);
         let odd = [
             "--cluster-interest-refresh-ms",
             "1000",
             "--cluster-tick-ms",
             "70",
         ];
-        assert_eq!(limits(&odd).interest_lease_ticks(), 43, "rounded up");
+        assert_eq!(
+            limits(&odd).interest_lease_ticks(),
+            44,
+            "rounded up, and a tick"
+        );
+        let fast = [
+            "--cluster-interest-refresh-ms",
+            "100",
+            "--cluster-tick-ms",
+            "1000",
+        ];
+        assert_eq!(
+            limits(&fast).interest_lease_ticks(),
+            4,
+            "renewals go out on ticks"
+        );
         for bad in ["99", "3600001"] {
             let err = parse(&["--cluster-interest-refresh-ms", bad])
                 .unwrap_err()

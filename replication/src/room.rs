@@ -140,6 +140,9 @@ pub enum Input {
         req: u64,
         change: Option<Vec<u8>>,
     },
+    /// The link to `node` broke or was made again: frames sent to it may be lost, so its
+    /// next `Interest` is answered with the metadata again.
+    LinkReset { node: NodeId },
 }
 
 /// What the state machine asks its node to do.
@@ -367,6 +370,8 @@ struct Registration {
     node: NodeId,
     /// The owner's tick when the node last registered.
     at: u64,
+    /// The position of the metadata last sent to it (a renewal gets it only if newer).
+    meta: Option<(u64, u64)>,
 }
 
 /// One room on one node.
@@ -686,6 +691,11 @@ impl Room {
             Input::Tick => self.on_tick(&mut out),
             Input::Frame { from, frame } => self.on_frame(from, frame, &mut out),
             Input::Meta { from, req, change } => self.on_meta(from, req, change, &mut out),
+            Input::LinkReset { node } => {
+                for r in self.interest.iter_mut().filter(|r| r.node == node) {
+                    r.meta = None;
+                }
+            }
         }
         out
     }
@@ -849,11 +859,22 @@ impl Room {
                 ..
             } => self.on_replay(from, req, after_seq, max, out),
             Frame::Interest { .. } => {
-                self.deliver_meta(out, &from);
                 let at = self.ticks;
-                match self.interest.iter_mut().find(|r| r.node == from) {
-                    Some(r) => r.at = at,
-                    None => self.interest.push(Registration { node: from, at }),
+                let i = match self.interest.iter().position(|r| r.node == from) {
+                    Some(i) => i,
+                    None => {
+                        let meta = None;
+                        let node = from.clone();
+                        self.interest.push(Registration { node, at, meta });
+                        self.interest.len() - 1
+                    }
+                };
+                self.interest[i].at = at;
+                // A renewal gets the metadata only if it changed since it was last sent.
+                let current = self.acked_meta_position();
+                if current.is_some() && self.interest[i].meta != current {
+                    self.deliver_meta(out, &from);
+                    self.interest[i].meta = current;
                 }
             }
             Frame::Uninterest { .. } => self.interest.retain(|r| r.node != from),
@@ -1702,6 +1723,8 @@ impl Room {
                     meta: meta.clone(),
                 };
                 to_each(out, self.interest.iter().map(|r| &r.node), &frame);
+                let sent = Some(meta.position());
+                self.interest.iter_mut().for_each(|r| r.meta = sent);
             }
         }
         let Some(meta) = o.meta_acked.clone() else {
@@ -1729,6 +1752,14 @@ impl Room {
     }
 
     /// A newly interested node gets the room's acknowledged metadata.
+    /// The position of the metadata an owner delivers (`None`: not the owner, or none).
+    fn acked_meta_position(&self) -> Option<(u64, u64)> {
+        match &self.role {
+            Role::Owner(o) => o.meta_acked.as_ref().map(Meta::position),
+            _ => None,
+        }
+    }
+
     fn deliver_meta(&self, out: &mut Vec<Output>, to: &str) {
         let Role::Owner(o) = &self.role else {
             return;

@@ -112,11 +112,22 @@ impl Limits {
     }
 
     /// An owner's registration lapses after three renewal periods without one, in ticks
-    /// (rounded up): a renewal may be late by a tick or two, never by two periods.
+    /// (rounded up, and one more): renewals go out on ticks, so a period is at least one.
     pub fn interest_lease_ticks(&self) -> u64 {
         let tick = self.tick.as_millis().max(1);
-        let lease = 3 * self.interest_refresh.as_millis();
-        u64::try_from(lease.div_ceil(tick)).unwrap_or(u64::MAX)
+        let lease = 3 * self.interest_refresh.as_millis().max(tick);
+        u64::try_from(lease.div_ceil(tick) + 1).unwrap_or(u64::MAX)
+    }
+
+    /// The most interest renewals one tick sends, for `rooms` interested rooms: twice what
+    /// renews each once per refresh (so a backlog drains), at least 64, at most a quarter
+    /// of a link's queue (beyond it renewals fall behind and some registrations lapse).
+    pub fn renewals_per_tick(&self, rooms: usize) -> usize {
+        let ticks_per_refresh =
+            (self.interest_refresh.as_millis() / self.tick.as_millis().max(1)).max(1);
+        let even = (rooms as u128).div_ceil(ticks_per_refresh);
+        let budget = usize::try_from(2 * even).unwrap_or(usize::MAX).max(64);
+        budget.min((self.link_queue_frames / 4).max(1))
     }
 }
 

@@ -47,9 +47,6 @@ use crate::mesh::ShardId;
 
 /// A catch-up replay not answered within this is asked again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
-/// The most interest renewals one tick sends (1,024 a tick of 100 ms renew 100,000 rooms in
-/// 10 s; far below a link's queue).
-const RENEWALS_PER_TICK_MAX: usize = 1_024;
 
 /// A publish sent to the room's owner (possibly this node), waiting for its answer.
 struct Forward {
@@ -375,6 +372,13 @@ impl Node {
 
     /// A link to or from `peer` connected or broke: what it carried may be lost.
     pub(super) fn on_link_changed(&mut self, peer: &str) {
+        // What this node's owners sent `peer` may be lost: its next Interest gets the
+        // metadata again.
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            let node = peer.to_owned();
+            self.feed(&name, Input::LinkReset { node });
+        }
         let rooms: Vec<String> = self
             .interest
             .keys()
@@ -411,18 +415,26 @@ impl Node {
         }
     }
 
-    /// Renews the registrations older than `--cluster-interest-refresh-ms`, at most
-    /// [`RENEWALS_PER_TICK_MAX`] a tick (the rest at the next ones), so that a node of many
-    /// rooms never puts a burst beyond its link's queue.
+    /// Renews the registrations older than `--cluster-interest-refresh-ms`, the oldest
+    /// first, at most `Limits::renewals_per_tick` a tick (the rest at the next ones), so
+    /// that a node of many rooms never puts a burst beyond its link's queue.
     fn renew_interest(&mut self, now: Instant) {
-        let every = self.cluster.limits.interest_refresh;
-        let due: Vec<String> = self
+        let limits = &self.cluster.limits;
+        let (every, budget) = (
+            limits.interest_refresh,
+            limits.renewals_per_tick(self.interest.len()),
+        );
+        let mut due: Vec<(Instant, &String)> = self
             .interest
             .iter()
             .filter(|(_, i)| now.saturating_duration_since(i.registered) >= every)
-            .map(|(room, _)| room.clone())
-            .take(RENEWALS_PER_TICK_MAX)
+            .map(|(room, i)| (i.registered, room))
             .collect();
+        if due.len() > budget {
+            due.select_nth_unstable(budget);
+            due.truncate(budget);
+        }
+        let due: Vec<String> = due.into_iter().map(|(_, room)| room.clone()).collect();
         for room in due {
             self.send_interest(&room, now);
         }

@@ -167,6 +167,14 @@ impl Homes {
         now: Now,
         out: &mut Outgoing,
     ) -> Result<Arc<str>, ProtoError> {
+        // What this home applied already (an owner re-sends it, as to each registration)
+        // is not decoded again.
+        let position = meta.position();
+        if let (Some(a), Ok(key)) = (self.metas.get(room), self.room_key(room)) {
+            if a.position >= position {
+                return Ok(key);
+            }
+        }
         let Some(new) = RoomMeta::decode(&meta.bytes) else {
             tracing::warn!(room, "room metadata from the owner that is not readable");
             return Err(ProtoError::new(
@@ -174,13 +182,6 @@ impl Homes {
                 "the room's owner answered with metadata this instance cannot read: retry",
             ));
         };
-        let position = meta.position();
-        let applied = self.metas.get(room);
-        if let (Some(a), Ok(key)) = (applied, self.room_key(room)) {
-            if a.position >= position {
-                return Ok(key);
-            }
-        }
         let info = RoomInfo {
             title: new.title.clone(),
             private: new.private,

@@ -1528,3 +1528,57 @@ fn an_interest_registration_lapses_unless_renewed() {
         "a lease-less room forgot"
     );
 }
+
+/// The metadata positions sent to `node` among the queued frames (dropped from the queue).
+fn metas_sent_to(net: &mut Net, node: &str) -> Vec<(u64, u64)> {
+    let sent = std::cell::RefCell::new(Vec::new());
+    net.run(|_, to, f| {
+        if let (true, Frame::MetaDeliver { meta, .. }) = (to == node, f) {
+            sent.borrow_mut().push(meta.position());
+        }
+        false
+    });
+    sent.into_inner()
+}
+
+/// An `Interest` gets the acknowledged metadata the first time, after a change, and after
+/// the link to its node was reset — not on every renewal; a change goes to every
+/// registration.
+#[test]
+fn a_renewal_gets_the_metadata_only_when_it_changed_or_the_link_was_reset() {
+    let (mut net, o) = three();
+    let owner = o[0].clone();
+    let change = |req, bytes: &str| Input::Meta {
+        from: "client-node".into(),
+        req,
+        change: Some(bytes.as_bytes().to_vec()),
+    };
+    net.input(&owner, change(1, "v1"));
+    net.run(none);
+    net.answers();
+    register(&mut net, &owner, "d");
+    assert_eq!(
+        metas_sent_to(&mut net, "d"),
+        [(1, 1)],
+        "the first registration"
+    );
+    register(&mut net, &owner, "d");
+    assert_eq!(
+        metas_sent_to(&mut net, "d"),
+        [],
+        "a renewal, nothing changed"
+    );
+    net.input(&owner, change(2, "v2"));
+    assert_eq!(
+        metas_sent_to(&mut net, "d"),
+        [(1, 2)],
+        "the change, once acknowledged"
+    );
+    net.answers();
+    register(&mut net, &owner, "d");
+    assert_eq!(metas_sent_to(&mut net, "d"), [], "already sent");
+    let node = "d".to_owned();
+    net.input(&owner, Input::LinkReset { node });
+    register(&mut net, &owner, "d");
+    assert_eq!(metas_sent_to(&mut net, "d"), [(1, 2)], "after a link reset");
+}

@@ -516,13 +516,18 @@ fn interest_sent(sent: &[(String, Frame)]) -> Vec<(String, String)> {
 }
 
 /// A node renews its interest in each room with local members once every
-/// `--cluster-interest-refresh-ms`, with the room's owner, and no more than
-/// `RENEWALS_PER_TICK_MAX` in one tick (the rest at the next ones).
+/// `--cluster-interest-refresh-ms`, with the room's owner, the oldest first and no more
+/// than `Limits::renewals_per_tick` in one tick (the rest at the next ones).
 #[test]
-fn interest_is_renewed_every_refresh_a_bounded_number_a_tick() {
+fn interest_is_renewed_every_refresh_oldest_first_a_bounded_number_a_tick() {
     let mut n = node("n2", "renew", KEEP);
     n.see(&ALL);
-    let count = RENEWALS_PER_TICK_MAX + 6;
+    let count = 150;
+    let budget = n.cluster.limits.renewals_per_tick(count);
+    assert_eq!(
+        budget, 64,
+        "the floor: 150 rooms renew in 100 ticks at 2 a tick"
+    );
     let order = ["n1", "n2", "n3"];
     let rooms: Vec<String> = (0..)
         .map(|i| format!("room-{i}"))
@@ -542,25 +547,30 @@ fn interest_is_renewed_every_refresh_a_bounded_number_a_tick() {
     let registered = interest_sent(&n.take_sent());
     assert_eq!(registered.len(), count);
     assert!(registered.iter().all(|(to, _)| to == "n1"));
-    let renewed_at = |n: &mut Node, after: Duration| {
-        n.tick(start + after);
+    let renewed_at = |n: &mut Node, ms: u64| -> Vec<String> {
+        n.tick(start + Duration::from_millis(ms));
         n.settle();
-        interest_sent(&n.take_sent())
+        let sent = interest_sent(&n.take_sent());
+        assert!(sent.iter().all(|(to, _)| to == "n1"), "{sent:?}");
+        sent.into_iter().map(|(_, room)| room).collect()
     };
-    assert_eq!(
-        renewed_at(&mut n, Duration::from_secs(5)),
-        [],
-        "renewed early"
-    );
-    let first = renewed_at(&mut n, Duration::from_millis(10_500));
-    let second = renewed_at(&mut n, Duration::from_millis(10_600));
-    assert_eq!((first.len(), second.len()), (RENEWALS_PER_TICK_MAX, 6));
-    let mut all: Vec<&String> = first.iter().chain(&second).map(|(_, r)| r).collect();
+    assert_eq!(renewed_at(&mut n, 5_000), Vec::<String>::new(), "early");
+    let first: Vec<Vec<String>> = [10_500, 10_600, 10_700, 10_800]
+        .iter()
+        .map(|ms| renewed_at(&mut n, *ms))
+        .collect();
+    let sizes: Vec<usize> = first.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [64, 64, 22, 0]);
+    let mut all: Vec<&String> = first.iter().flatten().collect();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), count, "a room renewed twice, another not at all");
-    assert!(first.iter().chain(&second).all(|(to, _)| to == "n1"));
-    assert_eq!(renewed_at(&mut n, Duration::from_millis(10_700)), []);
+    // All due again: the oldest renewals (the first tick's) go first — none starves.
+    let mut again = renewed_at(&mut n, 21_000);
+    let mut oldest = first[0].clone();
+    again.sort();
+    oldest.sort();
+    assert_eq!(again, oldest);
     // A room whose members left is not renewed.
     n.on_note(Note::Interest {
         room: rooms[0].clone(),
@@ -568,11 +578,12 @@ fn interest_is_renewed_every_refresh_a_bounded_number_a_tick() {
         last_seq: 0,
     });
     n.settle();
-    let again = renewed_at(&mut n, Duration::from_secs(25));
-    assert_eq!(again.len(), RENEWALS_PER_TICK_MAX);
-    let rest = renewed_at(&mut n, Duration::from_millis(25_100));
-    assert_eq!(rest.len(), 5);
-    assert!(!again.iter().chain(&rest).any(|(_, r)| *r == rooms[0]));
+    let later: Vec<String> = [40_000, 40_100, 40_200]
+        .iter()
+        .flat_map(|ms| renewed_at(&mut n, *ms))
+        .collect();
+    assert_eq!(later.len(), count - 1);
+    assert!(!later.contains(&rooms[0]));
 }
 
 /// The owner of a room before a view change keeps the registrations made with it only for
@@ -581,12 +592,16 @@ fn interest_is_renewed_every_refresh_a_bounded_number_a_tick() {
 fn a_former_owner_lets_the_registrations_lapse_and_evicts_the_room() {
     // n1 first, n2 second: n2 owns the room while n1 is away.
     let room = room_ordered(["n1", "n2", "n3"], 0);
-    let lease_of_three_ticks = Limits {
+    let lease_of_four_ticks = Limits {
         interest_refresh: Duration::from_millis(100),
         ..limits(0)
     };
-    assert_eq!(lease_of_three_ticks.interest_lease_ticks(), 3);
-    let mut n = node_with("n2", "lapse", lease_of_three_ticks);
+    assert_eq!(
+        lease_of_four_ticks.interest_lease_ticks(),
+        4,
+        "3 renewals and a tick"
+    );
+    let mut n = node_with("n2", "lapse", lease_of_four_ticks);
     n.see(&["n2", "n3"]);
     let publish = Frame::Publish {
         req: 1,
@@ -609,7 +624,7 @@ fn a_former_owner_lets_the_registrations_lapse_and_evicts_the_room() {
     n.frame("n3", interest.clone());
     // n1 is back: n2 steps down on its next tick, a follower with a registration.
     n.see(&ALL);
-    for _ in 0..3 {
+    for _ in 0..4 {
         n.tick_now();
     }
     assert!(n.rooms[&room].machine.owner_epoch().is_none());
