@@ -283,7 +283,7 @@ fn limits(
     // The rings grow with the users until the shards' room caches are full, then no more.
     let ring_cap = shards as f64 * a.room_cache_bytes_per_shard as f64;
     let uncapped = cap(mem_free.max(0.0), u.memory_bytes);
-    let (memory_users, rings) = if uncapped * u.ring_bytes <= ring_cap {
+    let (memory_users, rings) = if u.ring_bytes <= 0.0 || uncapped * u.ring_bytes <= ring_cap {
         (uncapped, format!("{:.0} bytes per user", u.memory_bytes))
     } else {
         let rest = u.memory_bytes - u.ring_bytes;
