@@ -858,25 +858,7 @@ impl Room {
                 max,
                 ..
             } => self.on_replay(from, req, after_seq, max, out),
-            Frame::Interest { .. } => {
-                let at = self.ticks;
-                let i = match self.interest.iter().position(|r| r.node == from) {
-                    Some(i) => i,
-                    None => {
-                        let meta = None;
-                        let node = from.clone();
-                        self.interest.push(Registration { node, at, meta });
-                        self.interest.len() - 1
-                    }
-                };
-                self.interest[i].at = at;
-                // A renewal gets the metadata only if it changed since it was last sent.
-                let current = self.acked_meta_position();
-                if current.is_some() && self.interest[i].meta != current {
-                    self.deliver_meta(out, &from);
-                    self.interest[i].meta = current;
-                }
-            }
+            Frame::Interest { .. } => self.on_interest(from, out),
             Frame::Uninterest { .. } => self.interest.retain(|r| r.node != from),
             // For the node layer (answers to its forwarded requests), not the owner.
             Frame::Hello { .. }
@@ -1752,6 +1734,30 @@ impl Room {
     }
 
     /// A newly interested node gets the room's acknowledged metadata.
+    /// `from` registers (or renews) its interest; a renewal gets the metadata only if it
+    /// changed since it was last sent there (or the link was reset since).
+    fn on_interest(&mut self, from: NodeId, out: &mut Vec<Output>) {
+        let at = self.ticks;
+        let i = match self.interest.iter().position(|r| r.node == from) {
+            Some(i) => i,
+            None => {
+                let node = from.clone();
+                self.interest.push(Registration {
+                    node,
+                    at,
+                    meta: None,
+                });
+                self.interest.len() - 1
+            }
+        };
+        self.interest[i].at = at;
+        let current = self.acked_meta_position();
+        if current.is_some() && self.interest[i].meta != current {
+            self.deliver_meta(out, &from);
+            self.interest[i].meta = current;
+        }
+    }
+
     /// The position of the metadata an owner delivers (`None`: not the owner, or none).
     fn acked_meta_position(&self) -> Option<(u64, u64)> {
         match &self.role {
