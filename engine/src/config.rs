@@ -839,6 +839,14 @@ mod tests {
         assert!(cfg.clustered() && !parse(&[]).unwrap().clustered());
     }
 
+    /// The environment variable flag `id` is read from.
+    fn env_of(id: &str) -> Option<std::ffi::OsString> {
+        Config::command()
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env().map(|e| e.to_owned()))
+    }
+
     #[test]
     fn io_ring_depth_is_range_checked() {
         assert_eq!(parse(&[]).unwrap().io_ring_depth, 4096);
@@ -882,11 +890,11 @@ mod tests {
             ),
             ("cluster_room_idle_ms", "SOKDO_CLUSTER_ROOM_IDLE_MS"),
         ] {
-            let env = Config::command()
-                .get_arguments()
-                .find(|a| a.get_id() == id)
-                .and_then(|a| a.get_env().map(|e| e.to_owned()));
-            assert_eq!(env.as_deref(), Some(std::ffi::OsStr::new(var)), "{id}");
+            assert_eq!(
+                env_of(id).as_deref(),
+                Some(std::ffi::OsStr::new(var)),
+                "{id}"
+            );
         }
     }
 
@@ -924,12 +932,8 @@ mod tests {
                 .to_string();
             assert!(err.contains("--cluster-interest-refresh-ms"), "{err}");
         }
-        let env = Config::command()
-            .get_arguments()
-            .find(|a| a.get_id() == "cluster_interest_refresh_ms")
-            .and_then(|a| a.get_env().map(|e| e.to_owned()));
         assert_eq!(
-            env.as_deref(),
+            env_of("cluster_interest_refresh_ms").as_deref(),
             Some(std::ffi::OsStr::new("SOKDO_CLUSTER_INTEREST_REFRESH_MS"))
         );
     }
@@ -947,12 +951,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--write-coalesce-us"), "{err}");
-        let env = Config::command()
-            .get_arguments()
-            .find(|a| a.get_id() == "write_coalesce_us")
-            .and_then(|a| a.get_env().map(|e| e.to_owned()));
         assert_eq!(
-            env.as_deref(),
+            env_of("write_coalesce_us").as_deref(),
             Some(std::ffi::OsStr::new("SOKDO_WRITE_COALESCE_US"))
         );
     }

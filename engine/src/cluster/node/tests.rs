@@ -414,6 +414,28 @@ fn quiescent_machines_beyond_the_bound_are_evicted_least_recently_used_first() {
     assert!(!n.in_memory(&rooms[3]), "the least recently used went");
 }
 
+/// n2, first in its view of n2 and n3 for `room`, comes to own it: a send forwarded by n3
+/// makes it claim, and n3's answer (nothing held) makes it the owner of epoch 1.
+fn own_with_n3(n: &mut Node, room: &str) {
+    let publish = Frame::Publish {
+        req: 1,
+        room: room.to_owned(),
+        key: None,
+        payload: b"hi".to_vec(),
+    };
+    n.frame("n3", publish);
+    let handoff = Frame::Handoff {
+        room: room.to_owned(),
+        epoch: 1,
+        committed: 0,
+        records: Vec::new(),
+        meta: None,
+        partial: false,
+    };
+    n.frame("n3", handoff);
+    assert_eq!(n.rooms[room].machine.owner_epoch(), Some(1));
+}
+
 /// Never evicted, whatever the bound: the owner, a claimant and the sends it holds, a
 /// follower with interest registered, one whose changes are not written yet.
 #[test]
@@ -433,17 +455,7 @@ fn an_owner_a_claimant_a_busy_or_recent_room_is_never_evicted() {
         key: None,
         payload: b"hi".to_vec(),
     };
-    n.frame("n3", publish(&owned, 1));
-    let handoff = Frame::Handoff {
-        room: owned.clone(),
-        epoch: 1,
-        committed: 0,
-        records: Vec::new(),
-        meta: None,
-        partial: false,
-    };
-    n.frame("n3", handoff);
-    assert_eq!(n.rooms[&owned].machine.owner_epoch(), Some(1));
+    own_with_n3(&mut n, &owned);
     // The claimant: its claim unanswered, a send held meanwhile.
     n.frame("n3", publish(&claimed, 2));
     assert_eq!(n.rooms[&claimed].held.len(), 1);
@@ -603,23 +615,7 @@ fn a_former_owner_lets_the_registrations_lapse_and_evicts_the_room() {
     );
     let mut n = node_with("n2", "lapse", lease_of_four_ticks);
     n.see(&["n2", "n3"]);
-    let publish = Frame::Publish {
-        req: 1,
-        room: room.clone(),
-        key: None,
-        payload: b"hi".to_vec(),
-    };
-    n.frame("n3", publish);
-    let handoff = Frame::Handoff {
-        room: room.clone(),
-        epoch: 1,
-        committed: 0,
-        records: Vec::new(),
-        meta: None,
-        partial: false,
-    };
-    n.frame("n3", handoff);
-    assert_eq!(n.rooms[&room].machine.owner_epoch(), Some(1));
+    own_with_n3(&mut n, &room);
     let interest = Frame::Interest { room: room.clone() };
     n.frame("n3", interest.clone());
     // n1 is back: n2 steps down on its next tick, a follower with a registration.
