@@ -60,9 +60,87 @@ pub fn sum(text: &str, name: &str, label: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A histogram of an exposition, its series summed (several shards, several processes):
+/// per bucket upper bound (`le`, ascending, `+Inf` last) the cumulative count, and the sum.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// `name`'s buckets and sum in `text`; `None` when it has no `name_bucket`.
+    pub fn read(text: &str, name: &str) -> Option<Histogram> {
+        let (bucket, sum_name) = (format!("{name}_bucket"), format!("{name}_sum"));
+        let mut h = Histogram::default();
+        for (n, labels, v) in samples(text) {
+            if n == sum_name {
+                h.sum += v;
+            } else if n == bucket {
+                let le = labels.split(',').find_map(|l| l.strip_prefix("le="))?;
+                let le = le.trim_matches('"');
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                match h.buckets.iter_mut().find(|(b, _)| *b == le) {
+                    Some((_, c)) => *c += v,
+                    None => h.buckets.push((le, v)),
+                }
+            }
+        }
+        h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (!h.buckets.is_empty()).then_some(h)
+    }
+
+    /// Adds another reading of the same histogram (another process's).
+    pub fn add(&mut self, other: &Histogram) {
+        for (le, c) in &other.buckets {
+            match self.buckets.iter_mut().find(|(b, _)| b == le) {
+                Some((_, mine)) => *mine += c,
+                None => self.buckets.push((*le, *c)),
+            }
+        }
+        self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.sum += other.sum;
+    }
+
+    /// What was observed between `earlier` and this reading.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let before = |le: f64| {
+            earlier
+                .buckets
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0.0, |(_, c)| *c)
+        };
+        Histogram {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(le, c)| (*le, (c - before(*le)).max(0.0)))
+                .collect(),
+            sum: (self.sum - earlier.sum).max(0.0),
+        }
+    }
+
+    /// Observations (the `+Inf` bucket).
+    pub fn count(&self) -> f64 {
+        self.buckets.last().map_or(0.0, |(_, c)| *c)
+    }
+
+    /// The upper bound of the bucket holding the `q`-quantile (`None`: nothing observed).
+    pub fn quantile_le(&self, q: f64) -> Option<f64> {
+        let rank = q * self.count();
+        let at = self.buckets.iter().find(|(_, c)| *c >= rank && *c > 0.0)?;
+        Some(at.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{samples, sum};
+    use super::{samples, sum, Histogram};
 
     const TEXT: &str = "\
 # HELP sokdo_connections open sockets (any phase)
@@ -77,6 +155,35 @@ sokdo_cluster_link_bytes_total{peer=\"n3\",direction=\"out\"} 500
 sokdo_inbox_depth{shard=\"0\"} 0.5
 # EOF
 ";
+
+    const HIST: &str = "\
+sokdo_wal_commit_seconds_sum 0.5
+sokdo_wal_commit_seconds_count 10
+sokdo_wal_commit_seconds_bucket{le=\"0.001\"} 4
+sokdo_wal_commit_seconds_bucket{le=\"0.002\"} 9
+sokdo_wal_commit_seconds_bucket{le=\"+Inf\"} 10
+";
+
+    #[test]
+    fn a_histogram_is_read_summed_over_processes_and_differenced() {
+        let one = Histogram::read(HIST, "sokdo_wal_commit_seconds").unwrap();
+        assert_eq!(
+            one.buckets,
+            [(0.001, 4.0), (0.002, 9.0), (f64::INFINITY, 10.0)]
+        );
+        assert_eq!((one.sum, one.count()), (0.5, 10.0));
+        assert_eq!(one.quantile_le(0.4), Some(0.001));
+        assert_eq!(one.quantile_le(0.5), Some(0.002));
+        assert_eq!(one.quantile_le(0.99), Some(f64::INFINITY));
+        let mut two = one.clone();
+        two.add(&one);
+        assert_eq!((two.count(), two.sum), (20.0, 1.0));
+        let window = two.since(&one);
+        assert_eq!(window, one);
+        assert_eq!(Histogram::read(TEXT, "sokdo_wal_commit_seconds"), None);
+        let empty = one.since(&one);
+        assert_eq!((empty.count(), empty.quantile_le(0.5)), (0.0, None));
+    }
 
     #[test]
     fn samples_have_their_name_labels_and_value() {

@@ -146,6 +146,9 @@ fn print_server(r: &Run) {
             a as f64 / 1048576.0
         );
     }
+    if let Some(c) = &s.server_wal_commits {
+        println!("{}", c.line());
+    }
     if let Some(n) = s.server_oom_kills.filter(|n| *n > 0) {
         println!("   server processes OOM-killed: {n}");
     }

@@ -262,6 +262,42 @@ pub struct Summary {
     /// `sokdo-cluster`): what the instances sent each other over the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterFigures>,
+    /// sokdo's group commits over the run (`sokdo_wal_commit_seconds`, Σ over processes):
+    /// the disk's share of a durable send's latency, to set the latencies beside. Absent
+    /// for a server without the metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_wal_commits: Option<CommitFigures>,
+}
+
+/// Group commits of a run, from the server's histogram: the quantiles are the upper bounds
+/// of their buckets (doubling from 25 µs), not interpolated.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommitFigures {
+    pub commits: u64,
+    pub mean_ms: f64,
+    pub p50_ms_le: f64,
+    pub p99_ms_le: f64,
+}
+
+impl CommitFigures {
+    /// From the histogram of the run's window; `None` when nothing was committed.
+    pub fn of(h: &crate::metrics::Histogram) -> Option<CommitFigures> {
+        let count = h.count();
+        Some(CommitFigures {
+            commits: count as u64,
+            mean_ms: h.sum / count * 1e3,
+            p50_ms_le: h.quantile_le(0.5)? * 1e3,
+            p99_ms_le: h.quantile_le(0.99)? * 1e3,
+        })
+    }
+
+    /// "server group commits: …" (stdout).
+    pub fn line(&self) -> String {
+        format!(
+            "   server group commits: {} (write + fdatasync under sync), mean {:.3} ms, p50 ≤ {:.3} ms, p99 ≤ {:.3} ms",
+            self.commits, self.mean_ms, self.p50_ms_le, self.p99_ms_le
+        )
+    }
 }
 
 /// What the instances of a cluster sent each other over a scenario's window — from before

@@ -14,8 +14,11 @@ use crate::clock;
 use crate::cluster;
 use crate::fleet::{Fleet, FleetConfig, Target, View};
 use crate::kernel::{self, servers_rss, CpuList};
+use crate::metrics::{self, Histogram};
 use crate::proto::Protocol;
-use crate::report::{ClusterFigures, Generator, Latency, Run, Sample, Step, Summary};
+use crate::report::{
+    ClusterFigures, CommitFigures, Generator, Latency, Run, Sample, Step, Summary,
+};
 use crate::worker::{Command, Rooms};
 
 /// Flags every scenario shares.
@@ -120,6 +123,8 @@ pub(crate) struct Session {
     /// `--cluster-http`: the instances' counters and the balancer's CPU at the start.
     cluster_before: Option<cluster::Mark>,
     balancer_cpu_before_s: Option<f64>,
+    /// sokdo's group-commit histogram at the start (`None`: a server without it).
+    commits_before: Option<Histogram>,
 }
 
 /// The CPU time the server (its pids, and its CPUs when known) had used at one moment.
@@ -183,6 +188,7 @@ impl Session {
         let tcp_mem_before_bytes = kernel::tcp_mem_bytes();
         let cluster_before = cluster_mark(common);
         let balancer_cpu_before_s = balancer_cpu_s(common);
+        let commits_before = commits_histogram(common);
         let cfg = FleetConfig {
             users_max,
             workers_min: common.workers,
@@ -226,6 +232,7 @@ impl Session {
             rss_before,
             tcp_mem_before_bytes,
             cluster_before,
+            commits_before,
             balancer_cpu_before_s,
         })
     }
@@ -337,6 +344,11 @@ impl Session {
         summary.rooms = Some(rooms);
         summary.room_members_max = Some(members);
         summary.cluster = self.cluster_figures();
+        summary.server_wal_commits = self
+            .commits_before
+            .as_ref()
+            .zip(commits_histogram(&self.common))
+            .and_then(|(before, after)| CommitFigures::of(&after.since(before)));
     }
 
     /// `--cluster-http`: the instances' figures since the start and the balancer's CPU and
@@ -422,6 +434,17 @@ fn cluster_mark(common: &Common) -> Option<cluster::Mark> {
         eprintln!("warning: a cluster instance's /metrics did not answer: no link bytes");
     }
     mark
+}
+
+/// `sokdo_wal_commit_seconds` summed over the server's processes; `None` when one of them
+/// does not answer `/metrics` or has no such histogram (a peer).
+fn commits_histogram(common: &Common) -> Option<Histogram> {
+    let mut sum = Histogram::default();
+    for server in &common.server {
+        let text = metrics::scrape(*server)?;
+        sum.add(&Histogram::read(&text, "sokdo_wal_commit_seconds")?);
+    }
+    Some(sum)
 }
 
 fn balancer_cpu_s(common: &Common) -> Option<f64> {

@@ -278,6 +278,16 @@ fn fanout_delivers_every_acked_message_to_every_member() {
     assert!(s["latency_ms"]["p99"].as_f64().unwrap() >= s["latency_ms"]["p50"].as_f64().unwrap());
     let timeline = report["runs"][0]["timeline"].as_array().unwrap();
     assert!(!timeline.is_empty());
+    // sokdo's group commits over the run, from its histogram (`sync`: one per acked group,
+    // so at least one and at most one per acknowledged send and join).
+    let c = &s["server_wal_commits"];
+    let commits = u(&c["commits"]);
+    assert!(commits >= 1 && commits <= acked + 100, "{c}");
+    let f = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{c}"));
+    assert!(
+        f("mean_ms") > 0.0 && f("p50_ms_le") <= f("p99_ms_le"),
+        "{c}"
+    );
 }
 
 /// A fanout with the server's pid and CPUs given: the report has the server's CPU seconds
