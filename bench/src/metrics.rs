@@ -94,35 +94,47 @@ impl Histogram {
         (!h.buckets.is_empty()).then_some(h)
     }
 
-    /// Adds another reading of the same histogram (another process's).
-    pub fn add(&mut self, other: &Histogram) {
-        for (le, c) in &other.buckets {
-            match self.buckets.iter_mut().find(|(b, _)| b == le) {
-                Some((_, mine)) => *mine += c,
-                None => self.buckets.push((*le, *c)),
-            }
-        }
-        self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        self.sum += other.sum;
+    /// Whether `other` has the same bucket bounds (an empty one matches any: a start).
+    fn same_bounds(&self, other: &Histogram) -> bool {
+        self.buckets.is_empty()
+            || (self.buckets.len() == other.buckets.len()
+                && self
+                    .buckets
+                    .iter()
+                    .zip(&other.buckets)
+                    .all(|(a, b)| a.0 == b.0))
     }
 
-    /// What was observed between `earlier` and this reading.
-    pub fn since(&self, earlier: &Histogram) -> Histogram {
-        let before = |le: f64| {
-            earlier
-                .buckets
-                .iter()
-                .find(|(b, _)| *b == le)
-                .map_or(0.0, |(_, c)| *c)
-        };
-        Histogram {
-            buckets: self
-                .buckets
-                .iter()
-                .map(|(le, c)| (*le, (c - before(*le)).max(0.0)))
-                .collect(),
-            sum: (self.sum - earlier.sum).max(0.0),
+    /// Adds another process's reading; `None` when its bounds differ (another build).
+    pub fn add(&mut self, other: &Histogram) -> Option<()> {
+        if !self.same_bounds(other) {
+            return None;
         }
+        if self.buckets.is_empty() {
+            self.buckets = other.buckets.iter().map(|(le, _)| (*le, 0.0)).collect();
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            mine.1 += theirs.1;
+        }
+        self.sum += other.sum;
+        Some(())
+    }
+
+    /// What was observed between `earlier` and this reading; `None` when the bounds
+    /// differ or a count went down (the server restarted between the two).
+    pub fn since(&self, earlier: &Histogram) -> Option<Histogram> {
+        if earlier.buckets.len() != self.buckets.len() || !self.same_bounds(earlier) {
+            return None;
+        }
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for ((le, now), (_, then)) in self.buckets.iter().zip(&earlier.buckets) {
+            if now < then {
+                return None;
+            }
+            buckets.push((*le, now - then));
+        }
+        let sum = self.sum - earlier.sum;
+        (sum >= 0.0).then_some(Histogram { buckets, sum })
     }
 
     /// Observations (the `+Inf` bucket).
@@ -130,7 +142,8 @@ impl Histogram {
         self.buckets.last().map_or(0.0, |(_, c)| *c)
     }
 
-    /// The upper bound of the bucket holding the `q`-quantile (`None`: nothing observed).
+    /// The upper bound of the bucket holding the `q`-quantile (`None`: nothing observed;
+    /// infinite when it is above the largest bound).
     pub fn quantile_le(&self, q: f64) -> Option<f64> {
         let rank = q * self.count();
         let at = self.buckets.iter().find(|(_, c)| *c >= rank && *c > 0.0)?;
@@ -175,14 +188,20 @@ sokdo_wal_commit_seconds_bucket{le=\"+Inf\"} 10
         assert_eq!(one.quantile_le(0.4), Some(0.001));
         assert_eq!(one.quantile_le(0.5), Some(0.002));
         assert_eq!(one.quantile_le(0.99), Some(f64::INFINITY));
-        let mut two = one.clone();
-        two.add(&one);
+        let mut two = Histogram::default();
+        two.add(&one).unwrap();
+        two.add(&one).unwrap();
         assert_eq!((two.count(), two.sum), (20.0, 1.0));
-        let window = two.since(&one);
-        assert_eq!(window, one);
+        assert_eq!(two.since(&one), Some(one.clone()));
         assert_eq!(Histogram::read(TEXT, "sokdo_wal_commit_seconds"), None);
-        let empty = one.since(&one);
+        let empty = one.since(&one).unwrap();
         assert_eq!((empty.count(), empty.quantile_le(0.5)), (0.0, None));
+        // A restart between the readings (counts went down), other bounds: no figures.
+        assert_eq!(one.since(&two), None);
+        let other = Histogram::read(&HIST.replace("0.002", "0.004"), "sokdo_wal_commit_seconds");
+        let other = other.unwrap();
+        assert_eq!(other.since(&one), None);
+        assert_eq!(two.add(&other), None);
     }
 
     #[test]

@@ -348,7 +348,7 @@ impl Session {
             .commits_before
             .as_ref()
             .zip(commits_histogram(&self.common))
-            .and_then(|(before, after)| CommitFigures::of(&after.since(before)));
+            .and_then(|(before, after)| CommitFigures::of(&after.since(before)?));
     }
 
     /// `--cluster-http`: the instances' figures since the start and the balancer's CPU and
@@ -442,7 +442,7 @@ fn commits_histogram(common: &Common) -> Option<Histogram> {
     let mut sum = Histogram::default();
     for server in &common.server {
         let text = metrics::scrape(*server)?;
-        sum.add(&Histogram::read(&text, "sokdo_wal_commit_seconds")?);
+        sum.add(&Histogram::read(&text, "sokdo_wal_commit_seconds")?)?;
     }
     Some(sum)
 }

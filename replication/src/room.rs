@@ -370,8 +370,10 @@ struct Registration {
     node: NodeId,
     /// The owner's tick when the node last registered.
     at: u64,
-    /// The position of the metadata last sent to it (a renewal gets it only if newer).
+    /// The position of the metadata last sent to it (a renewal gets it only if newer, or
+    /// once a lease has passed since), and the owner's tick then.
     meta: Option<(u64, u64)>,
+    meta_at: u64,
 }
 
 /// One room on one node.
@@ -1705,8 +1707,10 @@ impl Room {
                     meta: meta.clone(),
                 };
                 to_each(out, self.interest.iter().map(|r| &r.node), &frame);
-                let sent = Some(meta.position());
-                self.interest.iter_mut().for_each(|r| r.meta = sent);
+                let (sent, at) = (Some(meta.position()), self.ticks);
+                for r in &mut self.interest {
+                    (r.meta, r.meta_at) = (sent, at);
+                }
             }
         }
         let Some(meta) = o.meta_acked.clone() else {
@@ -1733,9 +1737,10 @@ impl Room {
         }
     }
 
-    /// A newly interested node gets the room's acknowledged metadata.
-    /// `from` registers (or renews) its interest; a renewal gets the metadata only if it
-    /// changed since it was last sent there (or the link was reset since).
+    /// `from` registers (or renews) its interest. A new registration gets the room's
+    /// acknowledged metadata; a renewal only if it changed since it was last sent there,
+    /// the link was reset since, or a lease has passed since (a safety net: a delivery lost
+    /// where no link change was seen, or one its home could not apply).
     fn on_interest(&mut self, from: NodeId, out: &mut Vec<Output>) {
         let at = self.ticks;
         let i = match self.interest.iter().position(|r| r.node == from) {
@@ -1746,15 +1751,19 @@ impl Room {
                     node,
                     at,
                     meta: None,
+                    meta_at: at,
                 });
                 self.interest.len() - 1
             }
         };
-        self.interest[i].at = at;
-        let current = self.acked_meta_position();
-        if current.is_some() && self.interest[i].meta != current {
+        let (current, lease) = (self.acked_meta_position(), self.interest_lease);
+        let r = &mut self.interest[i];
+        r.at = at;
+        let stale = lease.is_some_and(|lease| at - r.meta_at >= lease);
+        if current.is_some() && (r.meta != current || stale) {
+            r.meta = current;
+            r.meta_at = at;
             self.deliver_meta(out, &from);
-            self.interest[i].meta = current;
         }
     }
 
@@ -1766,6 +1775,7 @@ impl Room {
         }
     }
 
+    /// The acknowledged metadata to `to`, if this node owns the room and has some.
     fn deliver_meta(&self, out: &mut Vec<Output>, to: &str) {
         let Role::Owner(o) = &self.role else {
             return;

@@ -971,7 +971,9 @@ impl Node {
 
     /// One input to a room's machine, and what it asks for.
     fn feed(&mut self, room: &str, input: Input) {
-        let used = !matches!(input, Input::Tick | Input::View(_));
+        // A link reset changes nothing the writer needs, nor is it a use of the room.
+        let reset = matches!(input, Input::LinkReset { .. });
+        let used = !reset && !matches!(input, Input::Tick | Input::View(_));
         let Some(state) = self.room_state(room) else {
             return;
         };
@@ -979,7 +981,7 @@ impl Node {
             state.used = Instant::now();
         }
         let outputs = state.machine.handle(input);
-        if !self.touched.contains(room) {
+        if !reset && !self.touched.contains(room) {
             self.touched.insert(room.to_owned());
         }
         for output in outputs {

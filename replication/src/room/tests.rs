@@ -1582,3 +1582,33 @@ fn a_renewal_gets_the_metadata_only_when_it_changed_or_the_link_was_reset() {
     register(&mut net, &owner, "d");
     assert_eq!(metas_sent_to(&mut net, "d"), [(1, 2)], "after a link reset");
 }
+
+/// With a lease, a renewal gets the unchanged metadata again once a lease has passed since
+/// it was last sent (a delivery lost where no link reset was seen), not before.
+#[test]
+fn a_renewal_gets_the_metadata_again_once_a_lease_has_passed() {
+    let (mut net, o) = three();
+    let owner = o[0].clone();
+    let room = net.rooms.remove(&owner).unwrap().with_interest_lease(3);
+    net.rooms.insert(owner.clone(), room);
+    let change = Input::Meta {
+        from: "client-node".into(),
+        req: 1,
+        change: Some(b"v1".to_vec()),
+    };
+    net.input(&owner, change);
+    net.run(none);
+    net.answers();
+    register(&mut net, &owner, "d");
+    assert_eq!(metas_sent_to(&mut net, "d"), [(1, 1)]);
+    ticks(&mut net, &owner, 2);
+    register(&mut net, &owner, "d");
+    assert_eq!(metas_sent_to(&mut net, "d"), [], "within the lease");
+    ticks(&mut net, &owner, 1);
+    register(&mut net, &owner, "d");
+    assert_eq!(
+        metas_sent_to(&mut net, "d"),
+        [(1, 1)],
+        "a lease since it was sent"
+    );
+}
