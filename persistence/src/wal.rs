@@ -6,9 +6,13 @@
 //! whole segments, oldest first, whose every record the sink has confirmed; the live segment is
 //! never deleted, so its name always tells where lsns continue.
 //!
-//! Appends go through one io_uring: a `write` linked to an `fdatasync` (`IOSQE_IO_LINK`), one
-//! `io_uring_enter` per group. If the kernel refuses io_uring (old kernel, seccomp) the same
-//! calls are made with `pwrite` and `fdatasync`, and [`Wal::uses_io_uring`] says so.
+//! A synced append goes through one io_uring: a `write` linked to an `fdatasync`
+//! (`IOSQE_IO_LINK`), one `io_uring_enter` per group. If the kernel refuses io_uring (old
+//! kernel, seccomp) the same calls are made with `pwrite` and `fdatasync`, and
+//! [`Wal::uses_io_uring`] says so. An append without a sync (`async`) is one `pwrite`: on
+//! ext4 io_uring hands a buffered write to a kernel worker thread (`iou-wrk`), one more
+//! thread to schedule between the shard's send and its answer for no saving in syscalls
+//! (docs/BENCHMARKS.md, "seed 002's latency: the sink in the shard's idle time").
 //!
 //! Replay reads every segment in order and stops at the first damaged frame (torn write, flipped
 //! byte, lsn gap). That segment is truncated to its last good frame and every later segment is
@@ -380,7 +384,8 @@ fn write_at(
     offset: u64,
     sync: bool,
 ) -> io::Result<bool> {
-    let Some(ring) = ring else {
+    // Without a sync to link, io_uring saves nothing and costs a worker thread's wake-up.
+    let Some(ring) = ring.filter(|_| sync) else {
         file.write_all_at(buf, offset)?;
         if sync {
             file.sync_data()?;
