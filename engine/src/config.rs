@@ -77,6 +77,16 @@ pub struct Config {
     #[arg(long, env = "SOKDO_BATCH_AGE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub batch_age_ms: u64,
 
+    /// The write-behind sink thread runs as `SCHED_IDLE` (only in CPU time the shards leave:
+    /// its store commits no longer delay a shard on the same core) until a record has waited
+    /// this long for it; then as a normal thread until it has caught up (below half of it).
+    /// A batch waits --batch-age-ms, so a lag not well above it keeps the sink normal; 0:
+    /// always a normal thread. Needs CAP_SYS_NICE or
+    /// RLIMIT_NICE >= 20 to leave SCHED_IDLE (systemd: LimitNICE=+0); without, the sink stays
+    /// normal and says so at start (docs/PERSISTENCE.md "The sink's scheduling").
+    #[arg(long, env = "SOKDO_SINK_IDLE_LAG_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub sink_idle_lag_ms: u64,
+
     /// Write messages behind to MongoDB (official driver) instead of the embedded store.
     #[arg(long, env = "SOKDO_MONGODB_URI", hide_env_values = true)]
     #[serde(serialize_with = "uri_redacted")]
@@ -707,6 +717,12 @@ impl Config {
             wal_segment_bytes: self.wal_segment_bytes,
             batch_messages_max: self.batch_messages_max as usize,
             batch_age_ms: self.batch_age_ms,
+            // `--persistence-threads-idle` keeps the sink idle for good: it must not adapt.
+            sink_idle_lag_ms: if self.persistence_threads_idle {
+                0
+            } else {
+                self.sink_idle_lag_ms
+            },
             mongodb_uri: self.mongodb_uri.clone(),
             mongodb_database: self.mongodb_database.clone(),
             wal_retry_backoff_max_ms: self.wal_retry_backoff_max_ms,
@@ -845,6 +861,25 @@ mod tests {
             .get_arguments()
             .find(|a| a.get_id() == id)
             .and_then(|a| a.get_env().map(|e| e.to_owned()))
+    }
+
+    #[test]
+    fn the_sink_idle_lag_is_range_checked_and_off_under_persistence_threads_idle() {
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.persistence().sink_idle_lag_ms, 1000);
+        assert_eq!(
+            env_of("sink_idle_lag_ms").unwrap(),
+            "SOKDO_SINK_IDLE_LAG_MS"
+        );
+        let off = parse(&["--sink-idle-lag-ms", "0"]).unwrap();
+        assert_eq!(off.persistence().sink_idle_lag_ms, 0);
+        let err = parse(&["--sink-idle-lag-ms", "600001"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--sink-idle-lag-ms"), "{err}");
+        // The flag that keeps every persistence thread idle keeps the sink there too.
+        let idle = parse(&["--persistence-threads-idle", "--sink-idle-lag-ms", "500"]).unwrap();
+        assert_eq!(idle.persistence().sink_idle_lag_ms, 0);
     }
 
     #[test]

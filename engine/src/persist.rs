@@ -128,7 +128,7 @@ impl Collector for StatsCollector {
     }
 }
 
-fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 8] {
+fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 9] {
     [
         (
             "wal_bytes",
@@ -161,6 +161,11 @@ fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 8] {
             i64::from(s.sink_up),
         ),
         (
+            "sink_idle",
+            "1 while the sink thread runs as SCHED_IDLE, keeping up in the shards' idle time (--sink-idle-lag-ms)",
+            i64::from(s.sink_idle),
+        ),
+        (
             "wal_write_failing",
             "1 while the write-ahead log cannot be written (sends refused, /readyz 503)",
             i64::from(s.wal_write_failing),
@@ -173,7 +178,7 @@ fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 8] {
     ]
 }
 
-fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 7] {
+fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 8] {
     [
         (
             "wal_records_appended",
@@ -195,6 +200,11 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 7] {
             "sink_errors",
             "Failed sink batches (retried)",
             s.sink_errors,
+        ),
+        (
+            "sink_raised",
+            "Times the sink fell --sink-idle-lag-ms behind and left SCHED_IDLE until caught up",
+            s.sink_raised,
         ),
         (
             "wal_write_errors",

@@ -110,6 +110,11 @@ impl Backlog {
         }
     }
 
+    /// How long the oldest record still here has waited (`None`: none waits).
+    pub fn oldest_waited(&self) -> Option<Duration> {
+        self.lock().records.front().map(|p| p.at.elapsed())
+    }
+
     /// Drops every record with lsn ≤ `lsn` (the sink confirmed them).
     pub fn confirm(&self, lsn: u64) {
         let mut inner = self.lock();

@@ -48,12 +48,13 @@
 //! | `backlog` | records written but not confirmed (a mutex of persistence threads only) | contract |
 //! | `sink` | the `Sink` / `SinkReader` traits | contract |
 //! | `checkpoint` | the checkpoint file: folded state of what the log no longer holds | contract |
-//! | `wal` | segment files, io_uring appends, replay, trimming (the crate's only `unsafe`) | contract, record |
+//! | `wal` | segment files, io_uring appends, replay, trimming (`unsafe`: io_uring) | contract, record |
+//! | `sched` | the sink thread's scheduling class: idle while it keeps up (`unsafe`: libc calls) | — |
 //! | `store` | the redb sink | contract, sink |
 //! | `mongo` | the MongoDB sink | contract, sink, snapshot |
 //! | `state` | `Pipeline`: what the handles and threads share, each field naming its writer | contract, backlog, wal |
 //! | `wal_thread` | group commit | contract, record, state, wal |
-//! | `sink_thread` | write-behind batches, checkpoints | checkpoint, sink, snapshot, state, wal_thread (its command type) |
+//! | `sink_thread` | write-behind batches, checkpoints | checkpoint, sched, sink, snapshot, state, wal_thread (its command type) |
 //! | `read_thread` | reads merged from sink and backlog | contract, sink, state |
 //! | `handle` | [`Handle`] and [`Persistence`] | all of the above |
 //! | `fuzz` | feature `fuzzing` only: entry points for `fuzz/` (docs/SECURITY.md) | checkpoint, contract, record |
@@ -85,6 +86,7 @@ mod snapshot;
 // Layer 2: files and databases.
 mod checkpoint;
 mod mongo;
+mod sched;
 mod store;
 mod wal;
 // Layer 3: what the threads share.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::queue::Sender;
 
 use crate::checkpoint::{self, Checkpoint};
+use crate::sched::Priority;
 use crate::sink::Sink;
 use crate::snapshot::Rooms;
 use crate::state::Pipeline;
@@ -72,6 +73,15 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Sets the sink thread's scheduling class by the age of the oldest record waiting.
+fn adapt(priority: &mut Priority, pipeline: &Pipeline) {
+    let waited = pipeline.backlog.oldest_waited().unwrap_or_default();
+    if priority.adapt(waited) {
+        pipeline.sink_raised.fetch_add(1, Relaxed);
+    }
+    pipeline.sink_idle.store(priority.idle(), Relaxed);
+}
+
 pub(crate) fn run(
     mut sink: Box<dyn Sink>,
     wal: Sender<WalCmd>,
@@ -82,8 +92,12 @@ pub(crate) fn run(
     let age = Duration::from_millis(pipeline.batch_age_ms);
     let mut backoff_ms = SINK_RETRY_MIN_MS;
     let mut drain_deadline: Option<Instant> = None;
+    let mut priority = Priority::start(pipeline.sink_idle_lag_ms);
+    pipeline.sink_idle.store(priority.idle(), Relaxed);
     loop {
         let batch = pipeline.backlog.next_batch(count_max, age);
+        // The batch is still in the backlog: its first record is the oldest waiting.
+        adapt(&mut priority, &pipeline);
         if pipeline.closing.load(Relaxed) {
             let deadline = *drain_deadline
                 .get_or_insert_with(|| Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
@@ -101,6 +115,8 @@ pub(crate) fn run(
                 pipeline.confirmed_lsn.store(last_lsn, Relaxed);
                 confirmed.checkpoint_if_wanted(&pipeline, last_lsn, &wal);
                 pipeline.sink_batches.fetch_add(1, Relaxed);
+                // Caught up (nothing waits): idle again now, not at the next batch.
+                adapt(&mut priority, &pipeline);
                 if !pipeline.sink_up.swap(true, Relaxed) {
                     tracing::info!(
                         pending = pipeline.backlog.len(),

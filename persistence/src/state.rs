@@ -28,10 +28,11 @@ use crate::wal::Wal;
 pub(crate) struct Pipeline {
     /// `sinks[i]` receives the completions of shard `i`'s tickets. Fixed at open.
     pub sinks: Vec<Arc<dyn CompletionSink>>,
-    /// Fixed at open, like the four limits below.
+    /// Fixed at open, like the five limits below.
     pub durability: Durability,
     pub batch_messages_max: usize,
     pub batch_age_ms: u64,
+    pub sink_idle_lag_ms: u64,
     pub wal_bytes_max: u64,
     pub wal_segment_bytes: u64,
     pub wal_retry_backoff_max_ms: u64,
@@ -73,6 +74,9 @@ pub(crate) struct Pipeline {
     pub sink_batches: AtomicU64,
     pub sink_errors: AtomicU64,
     pub sink_up: AtomicBool,
+    /// Whether the sink thread runs as `SCHED_IDLE` now, and how often it left it (`sched.rs`).
+    pub sink_idle: AtomicBool,
+    pub sink_raised: AtomicU64,
     /// Wall-clock time of the last failed sink batch, ms since the epoch (0: none).
     pub sink_last_error_unix_ms: AtomicU64,
     /// Written by the sink thread on each failure.
@@ -100,6 +104,7 @@ impl Pipeline {
             durability: cfg.durability,
             batch_messages_max: cfg.batch_messages_max,
             batch_age_ms: cfg.batch_age_ms,
+            sink_idle_lag_ms: cfg.sink_idle_lag_ms,
             wal_bytes_max: cfg.wal_bytes_max,
             wal_segment_bytes: cfg.wal_segment_bytes,
             wal_retry_backoff_max_ms: cfg.wal_retry_backoff_max_ms,
@@ -124,6 +129,8 @@ impl Pipeline {
             sink_batches: AtomicU64::new(0),
             sink_errors: AtomicU64::new(0),
             sink_up: AtomicBool::new(sink_up),
+            sink_idle: AtomicBool::new(false),
+            sink_raised: AtomicU64::new(0),
             sink_last_error_unix_ms: AtomicU64::new(0),
             last_sink_error: Mutex::new(None),
         }

@@ -241,7 +241,7 @@ pub fn sysctl_text(host: &Host, connections: u64, existing: Option<&str>) -> Str
     out
 }
 
-/// The systemd drop-in: the unit's open-file and locked-memory limits.
+/// The systemd drop-in: the unit's open-file, locked-memory and nice limits.
 pub fn dropin_text(unit: &str, connections: u64) -> String {
     let fds = caps::fds_for(connections);
     format!(
@@ -252,7 +252,10 @@ pub fn dropin_text(unit: &str, connections: u64) -> String {
          # (needs fs.nr_open at least this: the sysctl.d file sees to it).\n\
          LimitNOFILE={fds}\n\
          # glommio registers its io_uring buffers, {} per shard, as locked memory.\n\
-         LimitMEMLOCK=infinity\n",
+         LimitMEMLOCK=infinity\n\
+         # The write-behind sink runs as SCHED_IDLE while it keeps up and leaves it when it\n\
+         # falls behind (--sink-idle-lag-ms): leaving needs RLIMIT_NICE 20, which is +0.\n\
+         LimitNICE=+0\n",
         caps::kib(caps::GLOMMIO_MEMLOCK_PER_SHARD_BYTES)
     )
 }
@@ -363,7 +366,8 @@ mod tests {
         assert!(text.contains("sokdo@a.service"), "{text}");
         assert!(text.contains("\n[Service]\n"), "{text}");
         assert!(text.contains("\nLimitNOFILE=100352\n"), "{text}");
-        assert!(text.ends_with("\nLimitMEMLOCK=infinity\n"), "{text}");
+        assert!(text.contains("\nLimitMEMLOCK=infinity\n"), "{text}");
+        assert!(text.ends_with("\nLimitNICE=+0\n"), "{text}");
         assert_eq!(
             dropin_path("sokdo@a"),
             "etc/systemd/system/sokdo@a.service.d/limits.conf"

@@ -248,34 +248,108 @@ fn policies_of(server: &Server, name: &str) -> Vec<u32> {
 }
 
 /// `--persistence-threads-idle` puts the log, sink and read threads in `SCHED_IDLE` (5),
-/// and the server still stores and answers; without it they keep the policy the process
-/// was started with (this test's: `SCHED_OTHER`, 0, unless it runs under `chrt`).
+/// and the server still stores and answers; without it the log and read threads keep the
+/// policy the process was started with (this test's: `SCHED_OTHER`, 0, unless it runs under
+/// `chrt`) and the sink, keeping up, runs idle (`--sink-idle-lag-ms`), or keeps that policy
+/// too with `--sink-idle-lag-ms 0`.
 #[tokio::test]
 async fn persistence_threads_run_idle_on_request() {
     // SAFETY: a query of this thread's own scheduling policy.
     let inherited = u32::try_from(unsafe { libc::sched_getscheduler(0) }).unwrap();
+    let idle_policy = libc::SCHED_IDLE as u32;
     let plain = Server::start(&["--shards", "1"]);
+    let never = Server::start(&["--shards", "1", "--sink-idle-lag-ms", "0"]);
     let idle = Server::start(&["--shards", "1", "--persistence-threads-idle"]);
     for name in ["sokdo-wal", "sokdo-sink", "sokdo-read"] {
         // A thread names itself when it first runs; a starved SCHED_IDLE thread on a busy
         // machine may not have run yet, so wait for the name before reading the policy.
-        for server in [&plain, &idle] {
+        for server in [&plain, &never, &idle] {
             eventually(&format!("a thread named {name}"), || {
                 policies_of(server, name).len() == 1
             })
             .await;
         }
-        assert_eq!(policies_of(&plain, name), [inherited], "{name} by default");
-        assert_eq!(
-            policies_of(&idle, name),
-            [libc::SCHED_IDLE as u32],
-            "{name} idle"
-        );
+        let by_default = if name == "sokdo-sink" {
+            // The sink goes idle on its own thread after it was named: wait for it.
+            eventually("the sink idle", || plain.metric("sokdo_sink_idle") == 1.0).await;
+            idle_policy
+        } else {
+            inherited
+        };
+        assert_eq!(policies_of(&plain, name), [by_default], "{name} by default");
+        assert_eq!(policies_of(&never, name), [inherited], "{name}, lag 0");
+        assert_eq!(policies_of(&idle, name), [idle_policy], "{name} idle");
     }
+    assert_eq!(never.metric("sokdo_sink_idle"), 0.0);
     let mut c = Client::connect(&idle, "idler").await;
     c.ok(json!({"op": "join", "room": "r"})).await;
     c.ok(json!({"op": "send", "room": "r", "body": "stored"}))
         .await;
     let history = c.ok(json!({"op": "history", "room": "r"})).await;
     assert_eq!(history["messages"][0]["body"], "stored");
+}
+
+/// Spins on one CPU until dropped: a normal-priority thread that never leaves it.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn on(cpu: usize) -> Hog {
+        let child = std::process::Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("taskset runs");
+        Hog(child)
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A sink in `SCHED_IDLE` on a core something else keeps busy gets almost no CPU: once a
+/// record has waited `--sink-idle-lag-ms` it leaves `SCHED_IDLE` (counted), catches up with
+/// everything sent, and goes idle again once the core is free.
+#[tokio::test]
+async fn a_starved_sink_leaves_sched_idle_catches_up_and_goes_idle_again() {
+    let cpu = 0;
+    let mut pinned = std::process::Command::new("taskset");
+    pinned
+        .args(["-c", &cpu.to_string()])
+        .arg(crate::support::sokdo_bin());
+    let data = crate::support::temp_dir("data");
+    let args = ["--shards", "1", "--sink-idle-lag-ms", "200"];
+    let server = Server::start_command(pinned, &data, &args, &[]);
+    eventually("the sink idle", || server.metric("sokdo_sink_idle") == 1.0).await;
+    let mut c = Client::connect(&server, "writer").await;
+    c.ok(json!({"op": "join", "room": "r"})).await;
+    let hog = Hog::on(cpu);
+    // Sends keep records coming until one has waited the lag (bounded by `WAIT`).
+    let mut sent = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.metric("sokdo_sink_raised_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink was never raised"
+        );
+        c.ok(json!({"op": "send", "room": "r", "body": format!("m{sent}")}))
+            .await;
+        sent += 1;
+    }
+    eventually("the sink caught up under the hog", || {
+        server.metric("sokdo_sink_lag_records") == 0.0
+    })
+    .await;
+    drop(hog);
+    eventually("the sink idle again", || {
+        server.metric("sokdo_sink_idle") == 1.0
+    })
+    .await;
+    let history = c
+        .ok(json!({"op": "history", "room": "r", "limit": 100}))
+        .await;
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), sent.min(100), "every send is stored");
 }

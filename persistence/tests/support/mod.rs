@@ -90,6 +90,7 @@ pub fn config(dir: &Path) -> Config {
         wal_segment_bytes: 16 * 1024,
         batch_messages_max: 100,
         batch_age_ms: 5,
+        sink_idle_lag_ms: 1000,
         mongodb_uri: None,
         mongodb_database: "sokdo_test".to_string(),
         wal_retry_backoff_max_ms: 1000,
