@@ -36,6 +36,7 @@ mod html;
 mod kernel;
 mod layers;
 mod metrics;
+mod offcpu;
 mod output;
 mod profile;
 mod proto;

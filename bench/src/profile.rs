@@ -4,7 +4,9 @@
 //! `<label>.svg` and `<label>.layers.txt` (per-layer shares, `layers.rs`). With
 //! `--base-binary` and/or `--base-args`, the same scenario first runs against the base, and
 //! `diff.svg` is inferno's differential flamegraph (the new run's shape, red where it spends
-//! more than the base, blue where less) with `diff-base.svg` the other way round.
+//! more than the base, blue where less) with `diff-base.svg` the other way round. With
+//! `--off-cpu`, `perf sched` records the server's CPUs too, and `<label>.offcpu.txt` says how
+//! long each server thread waited for a CPU and who had it (`offcpu.rs`).
 #![forbid(unsafe_code)]
 
 use std::io::{BufReader, BufWriter, Read};
@@ -18,6 +20,7 @@ use clap::{Args, Parser};
 use crate::compare::{self, CompareArgs, ScenarioKind, Server, TargetKind};
 use crate::kernel::CpuList;
 use crate::layers;
+use crate::offcpu;
 use crate::output;
 
 #[derive(Args, Clone, Debug)]
@@ -61,6 +64,10 @@ pub struct ProfileArgs {
     /// perf's samples per second of CPU time (`-F`).
     #[arg(long, default_value_t = 999, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     frequency_hz: u32,
+    /// Also record the scheduler on the server's CPUs (`perf sched record -C`): how long
+    /// each server thread waited for its CPU, and what ran meanwhile (`<label>.offcpu.txt`).
+    #[arg(long)]
+    off_cpu: bool,
     /// Where the outputs go (created).
     #[arg(long, default_value = "target/profiles")]
     out_dir: PathBuf,
@@ -160,15 +167,29 @@ fn profile_one(
     );
     let server = Server::start(&cargs, TargetKind::Sokdo, port)?;
     let data = args.out_dir.join(format!("{label}.perf.data"));
-    let perf = match start_perf(args.frequency_hz, &server.pids(), &data) {
-        Ok(p) => p,
+    let sched_data = args.out_dir.join(format!("{label}.sched.data"));
+    let pids = server.pids();
+    let recorders = start_perf(args.frequency_hz, &pids, &data).and_then(|perf| {
+        if !args.off_cpu {
+            return Ok((perf, None));
+        }
+        match start_sched(&args.server_cpus, &sched_data) {
+            Ok(sched) => Ok((perf, Some(sched))),
+            Err(e) => {
+                let _ = stop_perf(perf);
+                Err(e)
+            }
+        }
+    });
+    let (perf, sched) = match recorders {
+        Ok(r) => r,
         Err(e) => {
             server.stop();
             return Err(e);
         }
     };
     let result = compare::run_scenario(&cargs, args.scenario, TargetKind::Sokdo, &server);
-    let stopped = stop_perf(perf);
+    let stopped = stop_perf(perf).and(sched.map_or(Ok(()), stop_perf));
     let bin_used = server.bin.clone();
     server.stop();
     let mut runs = result?;
@@ -192,27 +213,56 @@ fn profile_one(
     for path in [&svg, &folded, &table_path, &data] {
         eprintln!("wrote {}", path.display());
     }
+    if args.off_cpu {
+        let table = offcpu::summarise(&timehist(&sched_data)?, &pids);
+        let path = args.out_dir.join(format!("{label}.offcpu.txt"));
+        std::fs::write(&path, &table)?;
+        println!("{table}");
+        eprintln!("wrote {} and {}", path.display(), sched_data.display());
+    }
     Ok(Profiled { folded })
 }
 
-/// `perf record` on every server process, until SIGINT. Waits until perf has attached (its
-/// data file appears) so the scenario's start is sampled.
+/// `perf record` on every server process, until SIGINT.
 fn start_perf(hz: u32, pids: &[u32], data: &Path) -> anyhow::Result<Child> {
-    let _ = std::fs::remove_file(data);
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let hz = hz.to_string();
+    let args = ["record", "-e", "cpu-clock", "-F", &hz, "--call-graph", "fp"];
+    start_recorder(&args, &["-p", &pids.join(",")], data)
+}
+
+/// `perf sched record` on the server's CPUs (every thread on them: what competes with the
+/// server is the point), until SIGINT.
+fn start_sched(cpus: &CpuList, data: &Path) -> anyhow::Result<Child> {
+    start_recorder(&["sched", "record"], &["-C", &cpus.to_string()], data)
+}
+
+/// `perf sched timehist` of `data`: one line per time a thread got a CPU.
+fn timehist(data: &Path) -> anyhow::Result<String> {
+    let out = Command::new("perf")
+        .args(["sched", "timehist", "-i"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("starting perf sched timehist")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "perf sched timehist failed ({})",
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `perf <head> -o data <tail>`, until SIGINT. Waits until perf has attached (its data file
+/// appears) so the scenario's start is recorded.
+fn start_recorder(head: &[&str], tail: &[&str], data: &Path) -> anyhow::Result<Child> {
+    let _ = std::fs::remove_file(data);
     let mut child = Command::new("perf")
-        .args([
-            "record",
-            "-e",
-            "cpu-clock",
-            "-F",
-            &hz.to_string(),
-            "--call-graph",
-            "fp",
-        ])
+        .args(head)
         .arg("-o")
         .arg(data)
-        .args(["-p", &pids.join(",")])
+        .args(tail)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -226,14 +276,16 @@ fn start_perf(hz: u32, pids: &[u32], data: &Path) -> anyhow::Result<Child> {
                 let _ = e.read_to_string(&mut why);
             }
             anyhow::bail!(
-                "perf record exited at once ({status}): {}{}",
+                "perf {} exited at once ({status}): {}{}",
+                head.join(" "),
                 why.trim(),
                 paranoid_hint()
             );
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "perf record did not start within 10 s"
+            "perf {} did not start within 10 s",
+            head.join(" ")
         );
         std::thread::sleep(Duration::from_millis(20));
     }

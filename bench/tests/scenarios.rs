@@ -1313,3 +1313,49 @@ fn soak_reports_dropped_users_brings_them_back_and_is_not_clean() {
         "{verdict}"
     );
 }
+
+/// `profile --off-cpu` against a real sokdo under perf: the flamegraph, its folded stacks
+/// and layers, and the off-CPU table naming the server's own threads (a shard, the log).
+#[test]
+fn profile_with_off_cpu_writes_the_flamegraph_and_the_wait_table() {
+    let out = unique_path("profile");
+    std::fs::create_dir_all(&out).unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port().to_string()
+    };
+    let mut child = bench(&[
+        "profile",
+        "--scenario",
+        "fanout",
+        "--scenario-args",
+        "--users 40 --rooms 1 --publishers 2 --rate 100 --duration-s 2 --drain-s 5",
+        "--off-cpu",
+        "--frequency-hz",
+        "199",
+        "--port",
+        &port,
+    ])
+    .arg("--sokdo-bin")
+    .arg(sokdo_bin())
+    .arg("--out-dir")
+    .arg(&out)
+    // The server's log is written to the working directory: keep it with the outputs.
+    .current_dir(&out)
+    .spawn()
+    .expect("starting sokdo-bench profile");
+    let status = wait_child(&mut child, Duration::from_secs(120));
+    assert!(status.success(), "sokdo-bench profile: {status:?}");
+    for file in ["new.svg", "new.folded", "new.layers.txt", "new.offcpu.txt"] {
+        let len = std::fs::metadata(out.join(file)).map_or(0, |m| m.len());
+        assert!(len > 0, "{file} missing or empty in {}", out.display());
+    }
+    let table = std::fs::read_to_string(out.join("new.offcpu.txt")).unwrap();
+    for thread in ["sokdo-shard-0", "sokdo-wal"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(thread)),
+            "{thread} has no row\n{table}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
