@@ -77,9 +77,9 @@ pub struct Config {
     #[arg(long, env = "SOKDO_BATCH_AGE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub batch_age_ms: u64,
 
-    /// The write-behind sink thread runs as `SCHED_IDLE` (only in CPU time the shards leave:
-    /// its store commits no longer delay a shard on the same core) until a record has waited
-    /// this long for it; then as a normal thread until it has caught up (below half of it).
+    /// The write-behind sink writes its batches as `SCHED_IDLE` (only in CPU time the shards
+    /// leave: its store commits no longer delay a shard on the same core) until a record has
+    /// waited this long for it; then as a normal thread until it has caught up (below half).
     /// A batch waits --batch-age-ms, so a lag not well above it keeps the sink normal; 0:
     /// always a normal thread. Needs CAP_SYS_NICE or
     /// RLIMIT_NICE >= 20 to leave SCHED_IDLE (systemd: LimitNICE=+0); without, the sink stays

@@ -162,7 +162,7 @@ fn gauges(s: &Stats) -> [(&'static str, &'static str, i64); 9] {
         ),
         (
             "sink_idle",
-            "1 while the sink thread runs as SCHED_IDLE, keeping up in the shards' idle time (--sink-idle-lag-ms)",
+            "1 while the sink keeps up, writing its batches as SCHED_IDLE in the shards' idle time (--sink-idle-lag-ms)",
             i64::from(s.sink_idle),
         ),
         (
@@ -202,9 +202,9 @@ fn counters(s: &Stats) -> [(&'static str, &'static str, u64); 8] {
             s.sink_errors,
         ),
         (
-            "sink_raised",
-            "Times the sink fell --sink-idle-lag-ms behind and left SCHED_IDLE until caught up",
-            s.sink_raised,
+            "sink_batches_behind",
+            "Sink batches written as a normal thread because a record had waited --sink-idle-lag-ms",
+            s.sink_batches_behind,
         ),
         (
             "wal_write_errors",

@@ -31,9 +31,9 @@ pub struct Config {
     pub batch_messages_max: usize,
     /// …or once its oldest record has waited this long.
     pub batch_age_ms: u64,
-    /// The sink thread runs as `SCHED_IDLE` (only in time the shards leave) until a record
-    /// has waited this long for it, and as a normal thread until it has caught up (below
-    /// half of it); 0: always a normal thread (`sched.rs`).
+    /// The sink thread writes its batches as `SCHED_IDLE` (only in time the shards leave)
+    /// until a record has waited this long for it, and as a normal thread until it has
+    /// caught up (below half of it); 0: always a normal thread (`sched.rs`).
     pub sink_idle_lag_ms: u64,
     /// `Some` selects the MongoDB sink instead of the embedded store.
     pub mongodb_uri: Option<String>,
@@ -309,10 +309,11 @@ pub struct Stats {
     pub sink_batches: u64,
     pub sink_errors: u64,
     pub sink_up: bool,
-    /// The sink thread runs as `SCHED_IDLE` now ([`Config::sink_idle_lag_ms`]).
+    /// The sink keeps up: it writes its batches as `SCHED_IDLE` ([`Config::sink_idle_lag_ms`]).
     pub sink_idle: bool,
-    /// Times the sink fell [`Config::sink_idle_lag_ms`] behind and left `SCHED_IDLE`.
-    pub sink_raised: u64,
+    /// Batches the sink wrote as a normal thread because a record had waited
+    /// [`Config::sink_idle_lag_ms`] (the shards left it too little idle time, or it was down).
+    pub sink_batches_behind: u64,
     /// The log cannot be written now: appends are refused with [`SubmitError::Unwritable`].
     pub wal_write_failing: bool,
     /// Failed log writes, syncs, rotations, trims and recovery probes.

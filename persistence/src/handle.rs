@@ -175,7 +175,7 @@ impl Handle {
             sink_errors: s.sink_errors.load(Relaxed),
             sink_up: s.sink_up.load(Relaxed),
             sink_idle: s.sink_idle.load(Relaxed),
-            sink_raised: s.sink_raised.load(Relaxed),
+            sink_batches_behind: s.sink_batches_behind.load(Relaxed),
             wal_write_failing: s.wal_write_error.load(Relaxed) != 0,
             wal_write_errors: s.wal_write_errors.load(Relaxed),
             sink_last_error_unix_ms: s.sink_last_error_unix_ms.load(Relaxed),

@@ -7,8 +7,9 @@
 //! those bursts were the p99 (docs/BENCHMARKS.md). As `SCHED_IDLE` the sink runs only in
 //! time the shards leave. A shard that keeps its core busy would starve it (Linux still
 //! gives an idle thread a sliver, weight 3 against 1,024), the backlog would age and the log
-//! fill up; so once the oldest record waiting has waited the configured lag, the sink takes
-//! its normal policy back until it has caught up (below half the lag).
+//! fill up; so once the oldest record waiting has waited the configured lag, the sink writes
+//! as a normal thread until it has caught up (below half the lag). It is idle only *while
+//! it writes a batch* (see [`Priority`]).
 //!
 //! Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or `RLIMIT_NICE` ≥ 20 (systemd: `LimitNICE=+0`).
 //! [`Priority::start`] checks that on a throwaway thread first: without it the sink never
@@ -48,6 +49,11 @@ impl Policy {
         })
     }
 
+    /// `SCHED_IDLE`, whatever flags (`SCHED_RESET_ON_FORK`) come with it.
+    fn is_idle(self) -> bool {
+        self.policy & !libc::SCHED_RESET_ON_FORK == libc::SCHED_IDLE
+    }
+
     /// Puts the calling thread (not the process: Linux schedules threads) in this policy.
     pub(crate) fn apply(self) -> io::Result<()> {
         let param = libc::sched_param {
@@ -64,55 +70,63 @@ impl Policy {
 /// Whether a thread of this process may go to `SCHED_IDLE` and come back to `normal`: tried
 /// on a thread of its own, so a refusal strands nobody in `SCHED_IDLE`.
 fn can_return_from_idle(normal: Policy) -> io::Result<()> {
-    std::thread::spawn(move || {
-        Policy::IDLE.apply()?;
-        normal.apply()
-    })
-    .join()
-    .unwrap_or_else(|_| Err(io::Error::other("the probe thread panicked")))
+    std::thread::Builder::new()
+        .name("sokdo-sink-probe".into())
+        .spawn(move || {
+            Policy::IDLE.apply()?;
+            normal.apply()
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the probe thread panicked")))
 }
 
-/// Whether the sink should run idle next, given whether it does now and how long the oldest
-/// record waiting for it has waited: idle until it reaches `lag`, normal until it is back
-/// below half of it (so one batch at the edge does not flip it every time).
-pub(crate) fn next_idle(idle: bool, waited: Duration, lag: Duration) -> bool {
-    if idle {
+/// Whether the sink keeps up next, given whether it does now and how long the oldest record
+/// waiting for it has waited: it keeps up until that reaches `lag`, and is behind until it
+/// is back below half of it (so one batch at the edge does not flip it every time).
+pub(crate) fn next_keeps_up(keeps_up: bool, waited: Duration, lag: Duration) -> bool {
+    if keeps_up {
         waited < lag
     } else {
         waited < lag / 2
     }
 }
 
-/// The sink thread's side: its normal policy and whether it runs idle now.
+/// The sink thread's side. The thread is `SCHED_IDLE` only while it writes a batch, and
+/// only while it keeps up: between batches it takes the backlog's lock, which the log
+/// thread needs before it may complete any ticket — an idle thread preempted while holding
+/// it would hold every `ok` until the shards leave it the CPU.
 pub(crate) struct Priority {
-    /// `None`: never idle (turned off, already idle by inheritance, or not permitted).
+    /// `None`: never idle (turned off, started idle, or not permitted).
     normal: Option<Policy>,
     lag: Duration,
-    idle: bool,
+    keeps_up: bool,
+    /// Idle now, and the last try to leave it failed (tried again at every batch).
+    stuck: bool,
 }
 
 impl Priority {
-    /// On the sink thread, before its first batch: goes idle if `lag_ms` > 0 and the thread
-    /// may come back.
+    /// On the sink thread, before its first batch: adapts if `lag_ms` > 0 and the thread
+    /// may leave `SCHED_IDLE` again. Never fails: where it may not, the sink stays as it is.
     pub(crate) fn start(lag_ms: u64) -> Priority {
         let off = Priority {
             normal: None,
             lag: Duration::from_millis(lag_ms),
-            idle: false,
+            keeps_up: false,
+            stuck: false,
         };
         if lag_ms == 0 {
             return off;
         }
         let normal = match Policy::current() {
             // Started idle (the whole process under `chrt -i`): nothing to adapt.
-            Ok(p) if p == Policy::IDLE => return off,
+            Ok(p) if p.is_idle() => return off,
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "the sink's scheduling policy is unknown: it stays as it is");
                 return off;
             }
         };
-        if let Err(e) = can_return_from_idle(normal).and_then(|()| Policy::IDLE.apply()) {
+        if let Err(e) = can_return_from_idle(normal) {
             tracing::warn!(
                 error = %e,
                 "--sink-idle-lag-ms: the sink stays a normal thread, as it could not leave \
@@ -122,35 +136,59 @@ impl Priority {
         }
         Priority {
             normal: Some(normal),
-            idle: true,
+            keeps_up: true,
             ..off
         }
     }
 
-    pub(crate) fn idle(&self) -> bool {
-        self.idle
+    /// Whether the sink keeps up: its batches are written as `SCHED_IDLE`.
+    pub(crate) fn keeps_up(&self) -> bool {
+        self.normal.is_some() && self.keeps_up
     }
 
-    /// Given how long the oldest record waiting has `waited` (zero: none waits), changes the
-    /// thread's policy if [`next_idle`] says so; true if it left `SCHED_IDLE`.
-    pub(crate) fn adapt(&mut self, waited: Duration) -> bool {
+    /// Before a batch is written, the oldest record waiting having `waited`: goes idle for
+    /// the write if the sink keeps up and is not `closing` (a drain must not starve).
+    /// Returns (went idle, behind: the batch is written as a normal thread for the lag).
+    pub(crate) fn enter(&mut self, waited: Duration, closing: bool) -> (bool, bool) {
         let Some(normal) = self.normal else {
-            return false;
+            return (false, false);
         };
-        let idle = next_idle(self.idle, waited, self.lag);
-        if idle == self.idle {
-            return false;
+        if self.stuck && !self.restore(normal) {
+            return (false, true);
         }
-        let to = if idle { Policy::IDLE } else { normal };
-        match to.apply() {
+        self.keeps_up = next_keeps_up(self.keeps_up, waited, self.lag);
+        if !self.keeps_up || closing {
+            return (false, !self.keeps_up);
+        }
+        match Policy::IDLE.apply() {
+            Ok(()) => (true, false),
+            Err(e) => {
+                tracing::warn!(error = %e, "the sink could not go SCHED_IDLE: it stays a normal thread");
+                self.normal = None;
+                (false, false)
+            }
+        }
+    }
+
+    /// After the write: the policy it was started with again, before the backlog's lock.
+    pub(crate) fn leave(&mut self, went_idle: bool) {
+        if let (true, Some(normal)) = (went_idle, self.normal) {
+            self.restore(normal);
+        }
+    }
+
+    /// Back to `normal`; on failure stays marked stuck (and says so once), to try again.
+    fn restore(&mut self, normal: Policy) -> bool {
+        match normal.apply() {
             Ok(()) => {
-                self.idle = idle;
-                !idle
+                self.stuck = false;
+                true
             }
             Err(e) => {
-                // Checked at start; should it fail now, stay as we are and stop adapting.
-                tracing::warn!(error = %e, "the sink could not change its scheduling policy");
-                self.normal = None;
+                if !self.stuck {
+                    tracing::error!(error = %e, "the sink could not leave SCHED_IDLE: retrying at every batch");
+                }
+                self.stuck = true;
                 false
             }
         }
@@ -162,42 +200,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_until_the_lag_then_normal_until_below_half_of_it() {
+    fn keeps_up_until_the_lag_then_behind_until_below_half_of_it() {
         let lag = Duration::from_millis(1000);
         let ms = Duration::from_millis;
-        assert!(next_idle(true, ms(999), lag));
+        assert!(next_keeps_up(true, ms(999), lag));
         assert!(
-            !next_idle(true, ms(1000), lag),
-            "reaching the lag raises it"
+            !next_keeps_up(true, ms(1000), lag),
+            "reaching the lag: behind"
         );
-        assert!(!next_idle(false, ms(600), lag), "above half: stays normal");
-        assert!(!next_idle(false, ms(500), lag));
-        assert!(next_idle(false, ms(499), lag), "below half: idle again");
+        assert!(
+            !next_keeps_up(false, ms(600), lag),
+            "above half: still behind"
+        );
+        assert!(!next_keeps_up(false, ms(500), lag));
+        assert!(
+            next_keeps_up(false, ms(499), lag),
+            "below half: keeps up again"
+        );
     }
 
+    /// Idle only for the write, and only while keeping up; closing writes at full speed.
     #[test]
-    fn a_thread_goes_idle_and_back_and_reads_its_own_policy() {
-        // Run on a thread of its own: the test harness's thread keeps its policy.
+    fn a_batch_is_written_idle_while_the_sink_keeps_up_and_normal_otherwise() {
+        // On a thread of its own: the test harness's thread keeps its policy.
         std::thread::spawn(|| {
             let normal = Policy::current().unwrap();
-            if normal == Policy::IDLE {
-                return; // the test process runs under `chrt -i`: nothing to check.
+            if normal.is_idle() {
+                return; // the test process runs under `chrt -i`: nothing to adapt.
             }
             let mut p = Priority::start(1000);
-            assert!(
-                p.idle(),
-                "root, or a permitted RLIMIT_NICE, may go idle and back"
+            if can_return_from_idle(normal).is_err() {
+                // Not permitted here: the sink never goes idle, and says it does not.
+                assert!(!p.keeps_up());
+                assert_eq!(p.enter(Duration::ZERO, false), (false, false));
+                return;
+            }
+            assert!(p.keeps_up());
+            assert_eq!(Policy::current().unwrap(), normal, "normal between batches");
+            assert_eq!(p.enter(Duration::from_millis(60), false), (true, false));
+            assert!(Policy::current().unwrap().is_idle(), "idle for the write");
+            p.leave(true);
+            assert_eq!(Policy::current().unwrap(), normal, "normal for the backlog");
+            assert_eq!(p.enter(Duration::from_millis(1500), false), (false, true));
+            assert!(!p.keeps_up());
+            assert_eq!(Policy::current().unwrap(), normal, "behind: written normal");
+            assert_eq!(
+                p.enter(Duration::from_millis(60), true),
+                (false, false),
+                "closing"
             );
-            assert_eq!(Policy::current().unwrap(), Policy::IDLE);
-            assert!(p.adapt(Duration::from_millis(1500)), "raised");
+            assert!(p.keeps_up());
             assert_eq!(Policy::current().unwrap(), normal);
-            assert!(
-                !p.adapt(Duration::from_millis(100)),
-                "lowered, not raised"
-            );
-            assert_eq!(Policy::current().unwrap(), Policy::IDLE);
-            let off = Priority::start(0);
-            assert!(!off.idle());
+            assert!(!Priority::start(0).keeps_up(), "0 turns it off");
         })
         .join()
         .unwrap();

@@ -73,15 +73,6 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Sets the sink thread's scheduling class by the age of the oldest record waiting.
-fn adapt(priority: &mut Priority, pipeline: &Pipeline) {
-    let waited = pipeline.backlog.oldest_waited().unwrap_or_default();
-    if priority.adapt(waited) {
-        pipeline.sink_raised.fetch_add(1, Relaxed);
-    }
-    pipeline.sink_idle.store(priority.idle(), Relaxed);
-}
-
 pub(crate) fn run(
     mut sink: Box<dyn Sink>,
     wal: Sender<WalCmd>,
@@ -93,11 +84,11 @@ pub(crate) fn run(
     let mut backoff_ms = SINK_RETRY_MIN_MS;
     let mut drain_deadline: Option<Instant> = None;
     let mut priority = Priority::start(pipeline.sink_idle_lag_ms);
-    pipeline.sink_idle.store(priority.idle(), Relaxed);
+    pipeline.sink_idle.store(priority.keeps_up(), Relaxed);
     loop {
         let batch = pipeline.backlog.next_batch(count_max, age);
         // The batch is still in the backlog: its first record is the oldest waiting.
-        adapt(&mut priority, &pipeline);
+        let waited = pipeline.backlog.oldest_waited().unwrap_or_default();
         if pipeline.closing.load(Relaxed) {
             let deadline = *drain_deadline
                 .get_or_insert_with(|| Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
@@ -108,15 +99,23 @@ pub(crate) fn run(
         let Some(&(last_lsn, _)) = batch.last() else {
             continue;
         };
-        match sink.apply(&batch) {
+        // The write (and the fold of its records) in the shards' idle time while the sink
+        // keeps up (`sched.rs`); nothing shared is locked in between.
+        let (idle, behind) = priority.enter(waited, drain_deadline.is_some());
+        pipeline.sink_idle.store(priority.keeps_up(), Relaxed);
+        if behind {
+            pipeline.sink_batches_behind.fetch_add(1, Relaxed);
+        }
+        let written = sink.apply(&batch).inspect(|()| {
+            batch.iter().for_each(|(_, r)| confirmed.rooms.apply(r));
+        });
+        priority.leave(idle);
+        match written {
             Ok(()) => {
-                batch.iter().for_each(|(_, r)| confirmed.rooms.apply(r));
                 pipeline.backlog.confirm(last_lsn);
                 pipeline.confirmed_lsn.store(last_lsn, Relaxed);
                 confirmed.checkpoint_if_wanted(&pipeline, last_lsn, &wal);
                 pipeline.sink_batches.fetch_add(1, Relaxed);
-                // Caught up (nothing waits): idle again now, not at the next batch.
-                adapt(&mut priority, &pipeline);
                 if !pipeline.sink_up.swap(true, Relaxed) {
                     tracing::info!(
                         pending = pipeline.backlog.len(),

@@ -74,9 +74,9 @@ pub(crate) struct Pipeline {
     pub sink_batches: AtomicU64,
     pub sink_errors: AtomicU64,
     pub sink_up: AtomicBool,
-    /// Whether the sink thread runs as `SCHED_IDLE` now, and how often it left it (`sched.rs`).
+    /// Whether the sink keeps up (writes its batches idle), and the batches it wrote behind.
     pub sink_idle: AtomicBool,
-    pub sink_raised: AtomicU64,
+    pub sink_batches_behind: AtomicU64,
     /// Wall-clock time of the last failed sink batch, ms since the epoch (0: none).
     pub sink_last_error_unix_ms: AtomicU64,
     /// Written by the sink thread on each failure.
@@ -130,7 +130,7 @@ impl Pipeline {
             sink_errors: AtomicU64::new(0),
             sink_up: AtomicBool::new(sink_up),
             sink_idle: AtomicBool::new(false),
-            sink_raised: AtomicU64::new(0),
+            sink_batches_behind: AtomicU64::new(0),
             sink_last_error_unix_ms: AtomicU64::new(0),
             last_sink_error: Mutex::new(None),
         }

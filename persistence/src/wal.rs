@@ -202,6 +202,7 @@ impl Wal {
         self.fdatasyncs
     }
 
+    /// Whether synced appends (and the `async` syncs) go through io_uring.
     pub fn uses_io_uring(&self) -> bool {
         self.ring.is_some()
     }
@@ -405,11 +406,7 @@ fn write_at(
             .flags(types::FsyncFlags::DATASYNC)
             .build()
             .user_data(USER_DATA_SYNC);
-        let entries = if sync {
-            vec![write.flags(squeue::Flags::IO_LINK), fsync]
-        } else {
-            vec![write]
-        };
+        let entries = [write.flags(squeue::Flags::IO_LINK), fsync];
         // SAFETY: `rest` borrows `buf`, which outlives the call: `submit_all` returns only once
         // the kernel has completed every entry it queued, and its one `Err` comes before it
         // queues any; when it cannot know, it ends the process rather than return or unwind.
@@ -435,8 +432,8 @@ fn write_at(
             return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
         }
         done += written;
-        if done == buf.len() && (synced || !sync) {
-            return Ok(sync);
+        if done == buf.len() && synced {
+            return Ok(true);
         }
         if done == buf.len() {
             fdatasync(Some(ring), file)?;
