@@ -68,8 +68,9 @@ fn fold_name(name: &str) -> String {
         return name.to_string();
     }
     let base = name.split('/').next().unwrap_or(name);
-    base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == ':')
-        .to_string()
+    let folded = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == ':');
+    // A name of digits only (some helpers name their threads so) stays as it is.
+    if folded.is_empty() { name } else { folded }.to_string()
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -194,6 +195,7 @@ mod tests {
                 run_ms: 0.011,
             }
         );
+        assert_eq!(fold_name("1234"), "1234");
         let k = parse_line(SAMPLE.lines().last().unwrap()).unwrap();
         assert_eq!((k.name.as_str(), k.pid), ("kworker", Some(26166)));
         assert!(

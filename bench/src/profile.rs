@@ -296,7 +296,8 @@ fn start_recorder(head: &[&str], tail: &[&str], data: &Path) -> anyhow::Result<C
 fn paranoid_hint() -> String {
     match std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid") {
         Ok(level) if level.trim().parse::<i32>().is_ok_and(|l| l > 1) => format!(
-            "\nkernel.perf_event_paranoid is {}: run as root, or `sysctl kernel.perf_event_paranoid=1`; \
+            "\nkernel.perf_event_paranoid is {}: run as root, or `sysctl kernel.perf_event_paranoid=1` \
+             (-1 for --off-cpu, whose `perf sched record` reads scheduler tracepoints on whole CPUs); \
              or profile in process with GET /debug/pprof/profile (docs/PROFILING.md)",
             level.trim()
         ),
