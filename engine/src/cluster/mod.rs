@@ -119,6 +119,13 @@ impl Limits {
         u64::try_from(lease.div_ceil(tick) + 1).unwrap_or(u64::MAX)
     }
 
+    /// The most rooms one tick registers again after a view or link change: each is an
+    /// `Interest` and a `ReplayRequest` to its owner, so a quarter of a link's queue (the
+    /// renewals may take another quarter).
+    pub fn registrations_per_tick(&self) -> usize {
+        (self.link_queue_frames / 8).max(1)
+    }
+
     /// The most interest renewals one tick sends, for `rooms` interested rooms: twice what
     /// renews each once per refresh (so a backlog drains), at least 64, at most a quarter
     /// of a link's queue (beyond it renewals fall behind and some registrations lapse).

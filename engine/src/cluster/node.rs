@@ -99,6 +99,8 @@ struct Interest {
     /// When Interest last went to the room's owner: renewed every
     /// `--cluster-interest-refresh-ms` (the owner's registration is a lease of three).
     registered: Instant,
+    /// Queued in `Node::pending` for a registration (after a view or link change).
+    pending: bool,
 }
 
 pub(super) struct Node {
@@ -111,6 +113,11 @@ pub(super) struct Node {
     /// forgotten after ten `REPLAY_RETRY`s; it is asked again after one).
     replays: HashMap<u64, (String, Instant)>,
     interest: HashMap<String, Interest>,
+    /// Rooms to register again with their owners (a view or link change), sent at most
+    /// `Limits::registrations_per_tick` a tick, in order (`drain_registrations`).
+    pending: VecDeque<String>,
+    /// What this tick may still send of them.
+    registrations_left: usize,
     next_req: u64,
     /// Frames for this node (from itself, or held publishes released), handled before
     /// the next event.
@@ -144,6 +151,7 @@ impl Node {
             members: vec![cluster.node_id.clone()],
             configured: cluster.configured,
         };
+        let registrations_left = cluster.limits.registrations_per_tick();
         Node {
             cluster,
             view,
@@ -152,6 +160,8 @@ impl Node {
             forwards: HashMap::new(),
             replays: HashMap::new(),
             interest: HashMap::new(),
+            pending: VecDeque::new(),
+            registrations_left,
             next_req: 0,
             local: VecDeque::new(),
             writer,
@@ -336,7 +346,8 @@ impl Node {
     }
 
     /// A new view (the active members): to every machine in memory (an evicted one gets
-    /// it when rebuilt), and every interest registered again with its owner.
+    /// it when rebuilt), and every interest registered again with its owner (queued: a
+    /// bounded number a tick).
     fn on_view(&mut self, view: View) {
         self.view = view.clone();
         let names: Vec<String> = self.rooms.keys().cloned().collect();
@@ -345,8 +356,9 @@ impl Node {
         }
         let rooms: Vec<String> = self.interest.keys().cloned().collect();
         for room in rooms {
-            self.register(&room);
+            self.queue_registration(&room);
         }
+        self.drain_registrations();
         self.run_local();
     }
 
@@ -386,9 +398,39 @@ impl Node {
             .cloned()
             .collect();
         for room in rooms {
+            self.queue_registration(&room);
+        }
+        self.drain_registrations();
+        self.run_local();
+    }
+
+    /// Queues the room for `register` (once, however often asked before it is sent).
+    fn queue_registration(&mut self, room: &str) {
+        if let Some(i) = self.interest.get_mut(room) {
+            if !i.pending {
+                i.pending = true;
+                self.pending.push_back(room.to_owned());
+            }
+        }
+    }
+
+    /// Registers queued rooms while this tick's budget lasts, oldest queued first: a view
+    /// or link change re-registers every room it touches, each an `Interest` and a
+    /// `ReplayRequest`, and thousands at once would overflow the link's queue (and drop
+    /// the link, which re-registers them all again).
+    fn drain_registrations(&mut self) {
+        while self.registrations_left > 0 {
+            let Some(room) = self.pending.pop_front() else {
+                return;
+            };
+            // Gone (its members left) or registered since: nothing to send.
+            match self.interest.get_mut(&room) {
+                Some(i) if i.pending => i.pending = false,
+                _ => continue,
+            }
+            self.registrations_left -= 1;
             self.register(&room);
         }
-        self.run_local();
     }
 
     /// Sends Interest to the room's owner and asks for a catch-up.
@@ -427,7 +469,8 @@ impl Node {
         let mut due: Vec<(Instant, &String)> = self
             .interest
             .iter()
-            .filter(|(_, i)| now.saturating_duration_since(i.registered) >= every)
+            // A queued room renews with its registration.
+            .filter(|(_, i)| !i.pending && now.saturating_duration_since(i.registered) >= every)
             .map(|(room, i)| (i.registered, room))
             .collect();
         if due.len() > budget {
@@ -498,6 +541,8 @@ impl Node {
         }
         self.replays
             .retain(|_, (_, asked)| now < *asked + REPLAY_RETRY * 10);
+        self.registrations_left = self.cluster.limits.registrations_per_tick();
+        self.drain_registrations();
         let rooms: Vec<String> = self.interest.keys().cloned().collect();
         for room in rooms {
             self.catch_up(&room, now);
@@ -634,6 +679,7 @@ impl Node {
                             asked: None,
                             lagging: false,
                             registered: Instant::now(),
+                            pending: false,
                         },
                     );
                     self.register(&room);

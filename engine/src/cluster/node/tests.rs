@@ -527,6 +527,27 @@ fn interest_sent(sent: &[(String, Frame)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `count` rooms that n1 owns among all three, each given a local member on `n` (whose
+/// Interest goes to n1 at once).
+fn interested_in_rooms_of_n1(n: &mut Node, count: usize) -> Vec<String> {
+    let order = ["n1", "n2", "n3"];
+    let rooms: Vec<String> = (0..)
+        .map(|i| format!("room-{i}"))
+        .filter(|r| sokdo_replication::placement::owner(r, &order) == Some(&"n1"))
+        .take(count)
+        .collect();
+    for room in &rooms {
+        let room = room.clone();
+        n.on_note(Note::Interest {
+            room,
+            on: true,
+            last_seq: 0,
+        });
+    }
+    n.settle();
+    rooms
+}
+
 /// A node renews its interest in each room with local members once every
 /// `--cluster-interest-refresh-ms`, with the room's owner, the oldest first and no more
 /// than `Limits::renewals_per_tick` in one tick (the rest at the next ones).
@@ -540,22 +561,8 @@ fn interest_is_renewed_every_refresh_oldest_first_a_bounded_number_a_tick() {
         budget, 64,
         "the floor: 150 rooms renew in 100 ticks at 2 a tick"
     );
-    let order = ["n1", "n2", "n3"];
-    let rooms: Vec<String> = (0..)
-        .map(|i| format!("room-{i}"))
-        .filter(|r| sokdo_replication::placement::owner(r, &order) == Some(&"n1"))
-        .take(count)
-        .collect();
     let start = Instant::now();
-    for room in &rooms {
-        let room = room.clone();
-        n.on_note(Note::Interest {
-            room,
-            on: true,
-            last_seq: 0,
-        });
-    }
-    n.settle();
+    let rooms = interested_in_rooms_of_n1(&mut n, count);
     let registered = interest_sent(&n.take_sent());
     assert_eq!(registered.len(), count);
     assert!(registered.iter().all(|(to, _)| to == "n1"));
@@ -628,4 +635,72 @@ fn a_former_owner_lets_the_registrations_lapse_and_evicts_the_room() {
     n.tick_now();
     assert!(!n.in_memory(&room), "the lapsed registration kept the room");
     assert_eq!(n.evicted(), 1);
+}
+
+/// A link change (or a view change) registers every room of the peer again, each an
+/// `Interest` and a `ReplayRequest`: no more than `Limits::registrations_per_tick` a tick,
+/// the rest at the next ticks, each room once — however many rooms, the burst stays a
+/// fraction of the link's queue.
+#[test]
+fn a_link_change_registers_the_peers_rooms_again_a_bounded_number_a_tick() {
+    let mut n = node("n2", "reregister", KEEP);
+    n.see(&ALL);
+    let budget = n.cluster.limits.registrations_per_tick();
+    assert_eq!(budget, 128, "an eighth of the 1,024-frame link queue");
+    let count = 300;
+    let rooms = interested_in_rooms_of_n1(&mut n, count);
+    assert_eq!(
+        interest_sent(&n.take_sent()).len(),
+        count,
+        "a first member: at once"
+    );
+    let replays = |sent: &[(String, Frame)]| {
+        sent.iter()
+            .filter(|(_, f)| matches!(f, Frame::ReplayRequest { .. }))
+            .count()
+    };
+    n.on_link_changed("n1");
+    n.settle();
+    let mut waves = Vec::new();
+    let mut all = Vec::new();
+    let mut sent = n.take_sent();
+    for _ in 0..4 {
+        let interest = interest_sent(&sent);
+        assert!(interest.iter().all(|(to, _)| to == "n1"), "{interest:?}");
+        assert_eq!(replays(&sent), interest.len(), "each with its catch-up");
+        waves.push(interest.len());
+        all.extend(interest.into_iter().map(|(_, room)| room));
+        n.tick_now();
+        sent = n.take_sent();
+    }
+    assert_eq!(waves, [128, 128, 44, 0]);
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        count,
+        "a room registered twice, another not at all"
+    );
+    // A room whose members leave while it waits is not registered.
+    n.on_link_changed("n1");
+    n.settle();
+    n.take_sent();
+    let last = rooms
+        .iter()
+        .find(|r| n.interest[*r].pending)
+        .expect("rooms wait beyond the first wave")
+        .clone();
+    n.on_note(Note::Interest {
+        room: last.clone(),
+        on: false,
+        last_seq: 0,
+    });
+    n.settle();
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        n.tick_now();
+        later.extend(interest_sent(&n.take_sent()).into_iter().map(|(_, r)| r));
+    }
+    assert_eq!(later.len(), count - budget - 1);
+    assert!(!later.contains(&last));
 }
