@@ -28,6 +28,8 @@ struct Pending {
 struct Inner {
     records: VecDeque<Pending>,
     closing: bool,
+    /// The `count_max` of the batch a waiting `next_batch` wants, 0 while none waits.
+    waiting_for: usize,
 }
 
 #[derive(Default)]
@@ -48,9 +50,13 @@ impl Backlog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Appends a written group. Wakes the sink only when that changes what it waits for —
+    /// the first record (it then waits for that record's age) or a full batch — not at every
+    /// group: a woken thread on the shards' core costs them a switch each time.
     pub fn push(&self, group: impl IntoIterator<Item = (u64, Arc<Record>)>) {
         let at = Instant::now();
         let mut inner = self.lock();
+        let was_empty = inner.records.is_empty();
         for (lsn, rec) in group {
             debug_assert!(
                 inner.records.back().is_none_or(|p| p.lsn < lsn),
@@ -59,8 +65,11 @@ impl Backlog {
             inner.records.push_back(Pending { lsn, at, rec });
         }
         self.len.store(inner.records.len(), Relaxed);
+        let wake = inner.waiting_for > 0 && (was_empty || inner.records.len() >= inner.waiting_for);
         drop(inner);
-        self.changed.notify_all();
+        if wake {
+            self.changed.notify_all();
+        }
     }
 
     /// Records written but not confirmed yet. Lock-free (shards read it for `/metrics`): the
@@ -86,6 +95,7 @@ impl Backlog {
                 Some(oldest) => inner.records.len() >= count_max || oldest.at.elapsed() >= age,
             };
             if ready {
+                inner.waiting_for = 0;
                 let take = inner.records.len().min(count_max);
                 return inner
                     .records
@@ -94,6 +104,7 @@ impl Backlog {
                     .map(|p| (p.lsn, p.rec.clone()))
                     .collect();
             }
+            inner.waiting_for = count_max.max(1);
             let wait = inner
                 .records
                 .front()
@@ -176,6 +187,32 @@ mod tests {
         );
         b.confirm(3);
         assert_eq!(b.len(), 2);
+    }
+
+    /// A waiting sink is woken by the first record (to wait for its age) and by a full
+    /// batch, not by every push — and never missed: each waits at most its bound.
+    #[test]
+    fn a_waiting_batch_is_woken_by_the_first_record_and_by_a_full_batch() {
+        let b = Arc::new(Backlog::default());
+        let wait = |count_max: usize, age: Duration| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sink = b.clone();
+            std::thread::spawn(move || tx.send(sink.next_batch(count_max, age).len()));
+            rx
+        };
+        let aged = wait(10, Duration::from_millis(50));
+        b.push([(1, rec("a"))]);
+        assert_eq!(aged.recv_timeout(Duration::from_secs(10)), Ok(1), "by age");
+        b.confirm(1);
+        let full = wait(3, Duration::from_secs(3600));
+        for lsn in 2..=4 {
+            b.push([(lsn, rec("a"))]);
+        }
+        assert_eq!(
+            full.recv_timeout(Duration::from_secs(10)),
+            Ok(3),
+            "by count"
+        );
     }
 
     #[test]
