@@ -143,7 +143,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 19_100)]
     port: u16,
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     #[arg(long)]
     html: Option<PathBuf>,
 }

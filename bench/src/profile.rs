@@ -153,7 +153,10 @@ fn profile_one(
     flags: &str,
     port: u16,
 ) -> anyhow::Result<Profiled> {
-    let cargs = compare_args(args, bin.as_deref(), flags, port)?;
+    let mut cargs = compare_args(args, bin.as_deref(), flags, port)?;
+    // Only names the server logs (`compare`'s are beside its report): `<label>.sokdo-<port>.log`
+    // in --out-dir, with the rest of the run's outputs, not in the working directory.
+    cargs.json = Some(args.out_dir.join(format!("{label}.json")));
     compare::check_online("--server-cpus", &args.server_cpus)?;
     if let Err(e) = crate::kernel::pin_self(&args.bench_cpus) {
         eprintln!(

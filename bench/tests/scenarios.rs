@@ -1340,8 +1340,6 @@ fn profile_with_off_cpu_writes_the_flamegraph_and_the_wait_table() {
     .arg(sokdo_bin())
     .arg("--out-dir")
     .arg(&out)
-    // The server's log is written to the working directory: keep it with the outputs.
-    .current_dir(&out)
     .spawn()
     .expect("starting sokdo-bench profile");
     let status = wait_child(&mut child, Duration::from_secs(120));
@@ -1350,6 +1348,12 @@ fn profile_with_off_cpu_writes_the_flamegraph_and_the_wait_table() {
         let len = std::fs::metadata(out.join(file)).map_or(0, |m| m.len());
         assert!(len > 0, "{file} missing or empty in {}", out.display());
     }
+    let log = out.join(format!("new.sokdo-{port}.log"));
+    assert!(
+        log.is_file(),
+        "the server's log belongs in --out-dir: {}",
+        log.display()
+    );
     let table = std::fs::read_to_string(out.join("new.offcpu.txt")).unwrap();
     for thread in ["sokdo-shard-0", "sokdo-wal"] {
         assert!(
